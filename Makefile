@@ -1,0 +1,41 @@
+# microcluster-rs. The two commands a new user needs: `make run` and `make test`.
+# Each target is a one-liner over cargo; `deps` installs the Debian packages they need.
+
+CARGO ?= cargo
+BUILD_PACKAGES := libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config gcc
+BENCH_PACKAGES := go-dqlite
+
+.PHONY: all deps deps-bench build run test lint fmt bench bench-engine clean
+
+all: build
+
+# Installs missing Debian packages (as root), or says what to install.
+deps:
+	@sh .ci/apt-install $(BUILD_PACKAGES)
+
+deps-bench:
+	@sh .ci/apt-install $(BUILD_PACKAGES) $(BENCH_PACKAGES)
+
+build: deps
+	$(CARGO) build --workspace --release
+
+run: deps
+	$(CARGO) run --release -p dqlite --example demo
+
+test: deps lint
+	$(CARGO) test --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: bench-engine
+
+bench-engine: deps-bench
+	$(CARGO) bench -p dqlite --bench engine -- $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,45 @@
+//! Finds libdqlite: `DQLITE_LIB_DIR` (plus optional `DQLITE_STATIC`) first, then pkg-config.
+//! Stops the build with the Debian packages to install when neither finds it.
+
+use std::env;
+
+const MIN_VERSION: &str = "1.11.0";
+const PACKAGES: &str = "libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config";
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=DQLITE_LIB_DIR");
+    println!("cargo:rerun-if-env-changed=DQLITE_STATIC");
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+
+    if let Ok(dir) = env::var("DQLITE_LIB_DIR") {
+        let kind = if env::var_os("DQLITE_STATIC").is_some() {
+            "static"
+        } else {
+            "dylib"
+        };
+        println!("cargo:rustc-link-search=native={dir}");
+        println!("cargo:rustc-link-lib={kind}=dqlite");
+        return;
+    }
+
+    match pkg_config::Config::new()
+        .atleast_version(MIN_VERSION)
+        .probe("dqlite")
+    {
+        Ok(lib) => {
+            for path in &lib.include_paths {
+                println!("cargo:include={}", path.display());
+            }
+        }
+        Err(err) => {
+            // A build script reports a failure by exiting non-zero; the message is what the user reads.
+            eprintln!(
+                "\nerror: libdqlite >= {MIN_VERSION} was not found through pkg-config ({err}).\n\
+                 On Debian or Ubuntu install it with:\n\n    \
+                 sudo apt-get install {PACKAGES}\n\n\
+                 or point DQLITE_LIB_DIR at a directory holding libdqlite.so.\n"
+            );
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Raw declarations of libdqlite 1.11's node API (`/usr/include/dqlite.h`).
+//!
+//! Hand-written rather than generated: the API is small and stable, and the crate's tests compile
+//! a C file against the real header to prove every signature and struct layout here matches it.
+//! Nothing in this crate is safe to call directly; the `dqlite` crate wraps it.
+#![allow(unsafe_code, non_camel_case_types)]
+
+use libc::{c_char, c_int, c_uint, c_ulonglong, c_void};
+
+/// Generic error.
+pub const DQLITE_ERROR: c_int = 1;
+/// The library was used incorrectly (bad argument, wrong state).
+pub const DQLITE_MISUSE: c_int = 2;
+/// A `malloc()` failed.
+pub const DQLITE_NOMEM: c_int = 3;
+
+/// Role codes used by `dqlite_node_info_ext::dqlite_role` and the wire protocol.
+pub const DQLITE_VOTER: u64 = 0;
+/// Stand-by: replicates the log but does not vote.
+pub const DQLITE_STANDBY: u64 = 1;
+/// Spare: member of the configuration that neither replicates nor votes.
+pub const DQLITE_SPARE: u64 = 2;
+
+/// Size of the original `dqlite_node_info_ext` (four 64-bit fields).
+pub const DQLITE_NODE_INFO_EXT_SZ_ORIG: u64 = 32;
+
+/// Opaque handle to a node.
+#[repr(C)]
+#[derive(Debug)]
+pub struct dqlite_node {
+    _private: [u8; 0],
+}
+
+/// Node identifier.
+pub type dqlite_node_id = c_ulonglong;
+
+/// Outbound connect function: dial `address` and store a connected socket in `*fd`.
+/// Returns 0 on success, non-zero on failure. Runs on one of libdqlite's worker threads.
+pub type dqlite_connect_func =
+    Option<unsafe extern "C" fn(arg: *mut c_void, address: *const c_char, fd: *mut c_int) -> c_int>;
+
+/// Entry of a forced configuration for `dqlite_node_recover`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dqlite_node_info {
+    pub id: dqlite_node_id,
+    pub address: *const c_char,
+}
+
+/// Extensible entry of a forced configuration for `dqlite_node_recover_ext`.
+/// `address` holds a `const char *` widened to 64 bits.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dqlite_node_info_ext {
+    pub size: u64,
+    pub id: u64,
+    pub address: u64,
+    pub dqlite_role: u64,
+}
+
+unsafe extern "C" {
+    pub fn dqlite_version_number() -> c_int;
+
+    pub fn dqlite_node_create(
+        id: dqlite_node_id,
+        address: *const c_char,
+        data_dir: *const c_char,
+        n: *mut *mut dqlite_node,
+    ) -> c_int;
+    pub fn dqlite_node_destroy(n: *mut dqlite_node);
+
+    pub fn dqlite_node_set_bind_address(n: *mut dqlite_node, address: *const c_char) -> c_int;
+    pub fn dqlite_node_get_bind_address(n: *mut dqlite_node) -> *const c_char;
+    pub fn dqlite_node_set_connect_func(
+        n: *mut dqlite_node,
+        f: dqlite_connect_func,
+        arg: *mut c_void,
+    ) -> c_int;
+    pub fn dqlite_node_set_network_latency(n: *mut dqlite_node, nanoseconds: c_ulonglong) -> c_int;
+    pub fn dqlite_node_set_network_latency_ms(n: *mut dqlite_node, milliseconds: c_uint) -> c_int;
+    pub fn dqlite_node_set_failure_domain(n: *mut dqlite_node, code: c_ulonglong) -> c_int;
+    pub fn dqlite_node_set_snapshot_params(
+        n: *mut dqlite_node,
+        snapshot_threshold: c_uint,
+        snapshot_trailing: c_uint,
+    ) -> c_int;
+
+    pub fn dqlite_node_start(n: *mut dqlite_node) -> c_int;
+    pub fn dqlite_node_stop(n: *mut dqlite_node) -> c_int;
+
+    pub fn dqlite_node_recover(
+        n: *mut dqlite_node,
+        infos: *mut dqlite_node_info,
+        n_info: c_int,
+    ) -> c_int;
+    pub fn dqlite_node_recover_ext(
+        n: *mut dqlite_node,
+        infos: *mut dqlite_node_info_ext,
+        n_info: c_int,
+    ) -> c_int;
+
+    pub fn dqlite_node_errmsg(n: *mut dqlite_node) -> *const c_char;
+    pub fn dqlite_generate_node_id(address: *const c_char) -> dqlite_node_id;
+}

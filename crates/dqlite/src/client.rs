@@ -1,0 +1,379 @@
+//! A client of a dqlite cluster: it knows a list of node addresses, finds the current leader
+//! among them, and runs cluster administration requests there.
+//!
+//! Leader discovery asks every known node in parallel (the last known leader first), accepts a
+//! node only when it names itself as leader, follows a named leader outside the list once, and
+//! retries with bounded exponential backoff until a deadline.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::connection::Connection;
+use crate::database::Database;
+use crate::dialer::{DefaultDialer, Dialer};
+use crate::error::{Error, Result};
+use crate::proto::{File, NodeInfo, Role};
+
+/// Timeouts and backoff of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Deadline to dial a node and hear its answer to LEADER.
+    pub dial_timeout: Duration,
+    /// Deadline for each request/response exchange.
+    pub request_timeout: Duration,
+    /// How long to keep looking for a leader (and retrying "not leader") before giving up.
+    pub leader_timeout: Duration,
+    /// First pause between discovery rounds; doubles each round.
+    pub backoff_base: Duration,
+    /// Longest pause between discovery rounds.
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            dial_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            leader_timeout: Duration::from_secs(15),
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The pause after discovery round `round` (1-based).
+    pub(crate) fn backoff(&self, round: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(round.saturating_sub(1).min(16))
+            .unwrap_or(u32::MAX);
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_max)
+    }
+}
+
+/// A handle on a cluster; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dialer: Arc<dyn Dialer>,
+    servers: RwLock<Vec<String>>,
+    last_leader: Mutex<Option<String>>,
+    config: ClientConfig,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("servers", &self.servers())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Probe {
+    Leader(Connection),
+    Elsewhere(String),
+    Unknown,
+}
+
+impl Client {
+    /// A client for the nodes at `servers`, dialled with [`DefaultDialer`].
+    pub fn new(servers: impl IntoIterator<Item = impl Into<String>>) -> Client {
+        Client::with_dialer(servers, DefaultDialer, ClientConfig::default())
+    }
+
+    /// A client that reaches nodes through `dialer`.
+    pub fn with_dialer(
+        servers: impl IntoIterator<Item = impl Into<String>>,
+        dialer: impl Dialer,
+        config: ClientConfig,
+    ) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                dialer: Arc::new(dialer),
+                servers: RwLock::new(servers.into_iter().map(Into::into).collect()),
+                last_leader: Mutex::new(None),
+                config,
+            }),
+        }
+    }
+
+    /// The client's settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The addresses the client knows.
+    pub fn servers(&self) -> Vec<String> {
+        self.inner
+            .servers
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the known addresses (e.g. after a membership change).
+    pub fn set_servers(&self, servers: impl IntoIterator<Item = impl Into<String>>) {
+        if let Ok(mut guard) = self.inner.servers.write() {
+            *guard = servers.into_iter().map(Into::into).collect();
+        }
+    }
+
+    /// The leader address found last, if any.
+    pub fn last_leader(&self) -> Option<String> {
+        self.inner.last_leader.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn remember_leader(&self, address: Option<String>) {
+        if let Ok(mut guard) = self.inner.last_leader.lock() {
+            *guard = address;
+        }
+    }
+
+    /// Dials one node and performs the handshake.
+    pub async fn connect(&self, address: &str) -> Result<Connection> {
+        connect(&*self.inner.dialer, address, &self.inner.config).await
+    }
+
+    /// Opens a connection to the current leader, waiting for one to be elected up to
+    /// [`ClientConfig::leader_timeout`].
+    pub async fn connect_leader(&self) -> Result<Connection> {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.leader_timeout;
+        let mut round = 0;
+        loop {
+            round += 1;
+            let mut failures = Vec::new();
+            if let Some(hint) = self.last_leader() {
+                match self.try_leader(&hint).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(err) => failures.push(format!("{hint}: {err}")),
+                }
+            }
+            let servers = self.servers();
+            match self.probe_all(&servers, &mut failures).await {
+                Some(conn) => return Ok(conn),
+                None => self.remember_leader(None),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::NoLeader {
+                    attempts: round,
+                    servers: servers.join(", "),
+                    last_error: if failures.is_empty() {
+                        "no servers known".into()
+                    } else {
+                        failures.join("; ")
+                    },
+                });
+            }
+            tokio::time::sleep(config.backoff(round).min(deadline - now)).await;
+        }
+    }
+
+    /// Asks every address at once; returns the first that is the leader, then tries leaders
+    /// named by others.
+    async fn probe_all(
+        &self,
+        servers: &[String],
+        failures: &mut Vec<String>,
+    ) -> Option<Connection> {
+        let mut probes = JoinSet::new();
+        for address in servers {
+            let dialer = self.inner.dialer.clone();
+            let config = self.inner.config.clone();
+            let address = address.clone();
+            probes.spawn(async move {
+                let result = probe(&*dialer, &address, &config).await;
+                (address, result)
+            });
+        }
+        let mut named = Vec::new();
+        while let Some(joined) = probes.join_next().await {
+            let Ok((address, result)) = joined else {
+                continue;
+            };
+            match result {
+                Ok(Probe::Leader(conn)) => {
+                    probes.abort_all();
+                    self.remember_leader(Some(address));
+                    return Some(conn);
+                }
+                Ok(Probe::Elsewhere(leader)) => named.push(leader),
+                Ok(Probe::Unknown) => failures.push(format!("{address}: knows no leader")),
+                Err(err) => failures.push(format!("{address}: {err}")),
+            }
+        }
+        named.sort();
+        named.dedup();
+        for leader in named.into_iter().filter(|l| !servers.contains(l)) {
+            match self.try_leader(&leader).await {
+                Ok(conn) => return Some(conn),
+                Err(err) => failures.push(format!("{leader}: {err}")),
+            }
+        }
+        None
+    }
+
+    async fn try_leader(&self, address: &str) -> Result<Connection> {
+        match probe(&*self.inner.dialer, address, &self.inner.config).await? {
+            Probe::Leader(conn) => {
+                self.remember_leader(Some(address.to_owned()));
+                Ok(conn)
+            }
+            Probe::Elsewhere(other) => Err(Error::Server {
+                code: crate::error::SQLITE_IOERR_NOT_LEADER,
+                message: format!("not leader (leader is {other})"),
+            }),
+            Probe::Unknown => Err(Error::Server {
+                code: crate::error::SQLITE_IOERR_NOT_LEADER,
+                message: "not leader (no leader known)".into(),
+            }),
+        }
+    }
+
+    /// Information about the current leader.
+    pub async fn leader(&self) -> Result<NodeInfo> {
+        let mut conn = self.connect_leader().await?;
+        let address = conn.address().to_owned();
+        conn.leader().await?.ok_or(Error::NoLeader {
+            attempts: 1,
+            servers: address,
+            last_error: "leader stepped down".into(),
+        })
+    }
+
+    /// A handle on database `name`, connected to the leader lazily and reconnected as needed.
+    pub fn database(&self, name: impl Into<String>) -> Database {
+        Database::new(self.clone(), name.into())
+    }
+
+    /// The raft configuration as the leader sees it.
+    pub async fn cluster(&self) -> Result<Vec<NodeInfo>> {
+        self.on_leader(|mut c| async move { c.cluster().await })
+            .await
+    }
+
+    /// Adds a node as a spare.
+    pub async fn add(&self, id: u64, address: &str) -> Result<()> {
+        let address = address.to_owned();
+        self.on_leader(move |mut c| {
+            let address = address.clone();
+            async move { c.add(id, &address).await }
+        })
+        .await
+    }
+
+    /// Changes a node's role.
+    pub async fn assign(&self, id: u64, role: Role) -> Result<()> {
+        self.on_leader(move |mut c| async move { c.assign(id, role).await })
+            .await
+    }
+
+    /// Removes a node from the configuration.
+    pub async fn remove(&self, id: u64) -> Result<()> {
+        self.on_leader(move |mut c| async move { c.remove(id).await })
+            .await
+    }
+
+    /// Transfers leadership to voter `id` (0: raft picks one).
+    pub async fn transfer(&self, id: u64) -> Result<()> {
+        self.on_leader(move |mut c| async move { c.transfer(id).await })
+            .await
+    }
+
+    /// The failure domain and weight of the node at `address`.
+    pub async fn describe(&self, address: &str) -> Result<(u64, u64)> {
+        self.connect(address).await?.describe().await
+    }
+
+    /// Sets the weight of the node at `address`.
+    pub async fn weight(&self, address: &str, weight: u64) -> Result<()> {
+        self.connect(address).await?.weight(weight).await
+    }
+
+    /// The database files as the node at `address` holds them.
+    pub async fn dump(&self, address: &str, name: &str) -> Result<Vec<File>> {
+        self.connect(address).await?.dump(name).await
+    }
+
+    /// Runs a request on the leader, retrying on a fresh leader while the answer is "not
+    /// leader" (which means the request had no effect).
+    async fn on_leader<T, F, Fut>(&self, request: F) -> Result<T>
+    where
+        F: Fn(Connection) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + self.inner.config.leader_timeout;
+        let mut round = 0;
+        loop {
+            round += 1;
+            let conn = self.connect_leader().await?;
+            match request(conn).await {
+                Err(err) if err.is_not_leader() && Instant::now() < deadline => {
+                    self.remember_leader(None);
+                    tokio::time::sleep(self.inner.config.backoff(round)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) fn forget_leader(&self) {
+        self.remember_leader(None);
+    }
+}
+
+async fn connect(dialer: &dyn Dialer, address: &str, config: &ClientConfig) -> Result<Connection> {
+    let stream = tokio::time::timeout(config.dial_timeout, dialer.dial(address))
+        .await
+        .map_err(|_| Error::Timeout {
+            op: "dialing",
+            address: address.to_owned(),
+            after: config.dial_timeout,
+        })?
+        .map_err(|source| Error::Io {
+            op: "dialing",
+            address: address.to_owned(),
+            source,
+        })?;
+    let mut conn = Connection::handshake(stream, address).await?;
+    conn.set_timeout(config.request_timeout);
+    Ok(conn)
+}
+
+/// Dials `address` and asks it for the leader. Only a node that names itself is the leader:
+/// the address comparison is exact, so every node must be known by one canonical string.
+async fn probe(dialer: &dyn Dialer, address: &str, config: &ClientConfig) -> Result<Probe> {
+    let mut conn = connect(dialer, address, config).await?;
+    conn.set_timeout(config.dial_timeout);
+    let leader = conn.leader().await?;
+    conn.set_timeout(config.request_timeout);
+    Ok(match leader {
+        Some(info) if info.address == address => Probe::Leader(conn),
+        Some(info) => Probe::Elsewhere(info.address),
+        None => Probe::Unknown,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let config = ClientConfig::default();
+        assert_eq!(config.backoff(1), Duration::from_millis(20));
+        assert_eq!(config.backoff(2), Duration::from_millis(40));
+        assert_eq!(config.backoff(5), Duration::from_millis(320));
+        assert_eq!(config.backoff(7), Duration::from_secs(1));
+        assert_eq!(config.backoff(u32::MAX), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,299 @@
+//! A database on the cluster's leader, the way an application uses it: run statements, read
+//! rows, group statements in transactions, and survive leader changes.
+//!
+//! Retry rules: a request refused with "not leader" had no effect and is retried on the new
+//! leader; a connection found closed before a request is sent is replaced silently; reads are
+//! retried after any connection loss. A write whose connection broke after it was sent, or that
+//! failed with "leadership lost", is *not* retried: it may have been committed, and
+//! [`Error::is_ambiguous`] tells the caller so.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use crate::client::Client;
+use crate::connection::{Connection, ExecResult};
+use crate::error::{Error, Result};
+use crate::proto::Value;
+use crate::rows::{QueryResult, Rows};
+use crate::sql::{self, StatementKind};
+
+/// What one statement produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A read: its rows.
+    Rows(QueryResult),
+    /// A write or transaction statement: last insert id and rows affected.
+    Exec(ExecResult),
+}
+
+/// The future a [`Database::transaction`] closure returns.
+pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 't>>;
+
+/// A database on the leader, reconnected as leadership moves.
+#[derive(Debug)]
+pub struct Database {
+    client: Client,
+    name: String,
+    conn: Option<Connection>,
+    /// A transaction was abandoned without COMMIT or ROLLBACK: roll it back before going on.
+    needs_rollback: bool,
+}
+
+impl Database {
+    pub(crate) fn new(client: Client, name: String) -> Database {
+        Database {
+            client,
+            name,
+            conn: None,
+            needs_rollback: false,
+        }
+    }
+
+    /// The database name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A usable connection to the leader with the database open.
+    async fn leader(&mut self) -> Result<&mut Connection> {
+        if self.needs_rollback {
+            self.needs_rollback = false;
+            if let Some(conn) = self.conn.as_mut() {
+                // Fails harmlessly when no transaction is open any more.
+                if let Err(err) = conn.exec_sql("ROLLBACK", &[]).await {
+                    if err.is_connection_lost() {
+                        self.conn = None;
+                    }
+                }
+            }
+        }
+        let reusable = match self.conn.as_mut() {
+            Some(conn) => conn.is_usable() && !conn.peer_closed(),
+            None => false,
+        };
+        if !reusable {
+            self.conn = None;
+            let mut conn = self.client.connect_leader().await?;
+            conn.open(&self.name).await?;
+            self.conn = Some(conn);
+        }
+        self.conn.as_mut().ok_or(Error::NoDatabase)
+    }
+
+    /// Forgets the connection after an error that makes it useless or points elsewhere.
+    fn after_error(&mut self, err: &Error) {
+        if err.is_connection_lost() || err.is_not_leader() || err.is_leadership_lost() {
+            self.conn = None;
+            self.client.forget_leader();
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.client.config().leader_timeout
+    }
+
+    /// Executes SQL text (one or more statements; parameters bind to the first) on the leader.
+    pub async fn exec(&mut self, sql_text: &str, params: &[Value]) -> Result<ExecResult> {
+        let deadline = self.deadline();
+        let mut round = 0;
+        loop {
+            round += 1;
+            let result = self.leader().await?.exec_sql(sql_text, params).await;
+            match result {
+                Err(err) if err.is_not_leader() && Instant::now() < deadline => {
+                    self.after_error(&err);
+                    tokio::time::sleep(self.client.config().backoff(round)).await;
+                }
+                Err(err) => {
+                    self.after_error(&err);
+                    return Err(err);
+                }
+                ok => return ok,
+            }
+        }
+    }
+
+    /// Runs one read-only statement and returns all its rows. Retried on the new leader after
+    /// a leader change or a lost connection, since a read changes nothing.
+    pub async fn query(&mut self, sql_text: &str, params: &[Value]) -> Result<QueryResult> {
+        self.query_limited(sql_text, params, usize::MAX).await
+    }
+
+    /// Like [`Database::query`], failing with [`Error::TooManyRows`] past `limit` rows.
+    pub async fn query_limited(
+        &mut self,
+        sql_text: &str,
+        params: &[Value],
+        limit: usize,
+    ) -> Result<QueryResult> {
+        let deadline = self.deadline();
+        let mut round = 0;
+        loop {
+            round += 1;
+            let result = match self.leader().await {
+                Ok(conn) => match conn.query_sql(sql_text, params).await {
+                    Ok(rows) => rows.collect_limited(limit).await,
+                    Err(err) => Err(err),
+                },
+                Err(err) => Err(err),
+            };
+            match result {
+                Err(err) if retry_read(&err) && Instant::now() < deadline => {
+                    self.after_error(&err);
+                    tokio::time::sleep(self.client.config().backoff(round)).await;
+                }
+                Err(err) => {
+                    self.after_error(&err);
+                    return Err(err);
+                }
+                ok => return ok,
+            }
+        }
+    }
+
+    /// Runs one read-only statement and streams its rows (no retry once rows are flowing).
+    pub async fn query_rows(&mut self, sql_text: &str, params: &[Value]) -> Result<Rows<'_>> {
+        // The connection is re-borrowed for the returned rows, so errors are handled by the
+        // caller's next call (which finds the connection unusable and replaces it).
+        let conn = self.leader().await?;
+        conn.query_sql(sql_text, params).await
+    }
+
+    /// Runs SQL text statement by statement, each down the right path: provably read-only
+    /// statements as queries (their rows returned), everything else as writes. Stops at the
+    /// first error; statements before it stay applied unless the text opened a transaction.
+    pub async fn execute(&mut self, sql_text: &str) -> Result<Vec<Outcome>> {
+        let mut outcomes = Vec::new();
+        for statement in sql::split_statements(sql_text) {
+            let outcome = match sql::classify(statement) {
+                StatementKind::Empty => continue,
+                StatementKind::Read => Outcome::Rows(self.query(statement, &[]).await?),
+                StatementKind::Write | StatementKind::Transaction => {
+                    Outcome::Exec(self.exec(statement, &[]).await?)
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// Starts a transaction on the leader; finish it with [`Transaction::commit`] or
+    /// [`Transaction::rollback`] (dropping it rolls back before the next request).
+    pub async fn begin(&mut self) -> Result<Transaction<'_>> {
+        self.exec("BEGIN", &[]).await?;
+        Ok(Transaction {
+            db: self,
+            finished: false,
+        })
+    }
+
+    /// Runs `f` inside a transaction: commits when it returns `Ok`, rolls back when it
+    /// returns `Err` (and returns that error).
+    ///
+    /// ```no_run
+    /// # async fn demo(db: &mut dqlite::Database) -> dqlite::Result<()> {
+    /// db.transaction(|tx| Box::pin(async move {
+    ///     tx.exec("INSERT INTO t VALUES (?)", &[1.into()]).await?;
+    ///     tx.exec("INSERT INTO t VALUES (?)", &[2.into()]).await?;
+    ///     Ok(())
+    /// })).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction<T, F>(&mut self, f: F) -> Result<T>
+    where
+        F: for<'t, 'd> FnOnce(&'t mut Transaction<'d>) -> TxFuture<'t, T>,
+    {
+        let mut tx = self.begin().await?;
+        match f(&mut tx).await {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(err) => {
+                // The transaction's own error matters more than a failed rollback.
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+        }
+    }
+}
+
+fn retry_read(err: &Error) -> bool {
+    err.is_not_leader() || err.is_leadership_lost() || err.is_connection_lost()
+}
+
+/// An open transaction on one connection to the leader. Nothing in it is retried: if the
+/// connection or leadership is lost, the transaction is gone.
+#[derive(Debug)]
+pub struct Transaction<'d> {
+    db: &'d mut Database,
+    finished: bool,
+}
+
+impl Transaction<'_> {
+    fn conn(&mut self) -> Result<&mut Connection> {
+        match self.db.conn.as_mut() {
+            Some(conn) if conn.is_usable() => Ok(conn),
+            _ => Err(Error::Broken {
+                address: self.db.client.last_leader().unwrap_or_default(),
+            }),
+        }
+    }
+
+    fn check<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(err) = &result {
+            if err.is_connection_lost() || err.is_leadership_lost() || err.is_not_leader() {
+                self.finished = true;
+                self.db.after_error(err);
+            }
+        }
+        result
+    }
+
+    /// Executes SQL text inside the transaction.
+    pub async fn exec(&mut self, sql_text: &str, params: &[Value]) -> Result<ExecResult> {
+        let result = match self.conn() {
+            Ok(conn) => conn.exec_sql(sql_text, params).await,
+            Err(err) => Err(err),
+        };
+        self.check(result)
+    }
+
+    /// Runs one read-only statement inside the transaction (it sees the transaction's writes).
+    pub async fn query(&mut self, sql_text: &str, params: &[Value]) -> Result<QueryResult> {
+        let result = match self.conn() {
+            Ok(conn) => match conn.query_sql(sql_text, params).await {
+                Ok(rows) => rows.collect().await,
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        self.check(result)
+    }
+
+    /// Commits. An error that [`Error::is_ambiguous`] means the commit may have happened.
+    pub async fn commit(mut self) -> Result<()> {
+        self.finished = true;
+        let result = self.exec("COMMIT", &[]).await.map(drop);
+        if result.is_err() {
+            // A failed COMMIT can leave the transaction open on the server.
+            self.db.needs_rollback = true;
+        }
+        result
+    }
+
+    /// Rolls back.
+    pub async fn rollback(mut self) -> Result<()> {
+        self.finished = true;
+        self.exec("ROLLBACK", &[]).await.map(drop)
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.db.needs_rollback = true;
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The crate's error type, with the classification a caller needs to decide what to do next:
+//! retry elsewhere (not leader), retry later (busy), or treat a write as possibly applied.
+
+use std::io;
+use std::time::Duration;
+
+use crate::node::NodeError;
+use crate::proto::ProtocolError;
+
+/// SQLite's BUSY primary code ("database is locked").
+pub const SQLITE_BUSY: u64 = 5;
+/// dqlite's "not leader" (SQLITE_IOERR | 40 << 8): the request was refused before running.
+pub const SQLITE_IOERR_NOT_LEADER: u64 = 10250;
+/// dqlite's "leadership lost" (SQLITE_IOERR | 41 << 8): the outcome of a write is unknown.
+pub const SQLITE_IOERR_LEADERSHIP_LOST: u64 = 10506;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Anything that can go wrong talking to dqlite or running a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server answered with a FAILURE.
+    #[error("dqlite error {code}: {message}")]
+    Server {
+        /// SQLite extended error code, or a dqlite/raft code.
+        code: u64,
+        /// Message from the server.
+        message: String,
+    },
+    /// Reading from or writing to the connection failed; the connection is closed.
+    #[error("{op} {address}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Peer address.
+        address: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The peer sent bytes that are not a valid message; the connection is closed.
+    #[error("malformed message from {address}: {source}")]
+    Protocol {
+        /// Peer address.
+        address: String,
+        /// What was wrong.
+        #[source]
+        source: ProtocolError,
+    },
+    /// A request could not be encoded (bad text, too many parameters); nothing was sent.
+    #[error("cannot encode request: {0}")]
+    Encode(#[source] ProtocolError),
+    /// The peer answered with a message type that does not fit the request.
+    #[error("unexpected {got} response to {request} from {address}")]
+    UnexpectedResponse {
+        /// Request name.
+        request: &'static str,
+        /// Response name.
+        got: &'static str,
+        /// Peer address.
+        address: String,
+    },
+    /// The peer took too long; the connection is closed.
+    #[error("{op} {address} timed out after {after:?}")]
+    Timeout {
+        /// What was being done.
+        op: &'static str,
+        /// Peer address.
+        address: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// An earlier request on this connection was interrupted mid-way, so its framing is lost.
+    #[error("connection to {address} is closed after an interrupted or failed exchange; reconnect")]
+    Broken {
+        /// Peer address.
+        address: String,
+    },
+    /// No node in the list knows a leader (no quorum, or all unreachable).
+    #[error("no dqlite leader found after {attempts} rounds over [{servers}]: {last_error}")]
+    NoLeader {
+        /// Rounds tried.
+        attempts: u32,
+        /// Addresses tried.
+        servers: String,
+        /// What the last round saw.
+        last_error: String,
+    },
+    /// A statement that may write was sent down the query path, which libdqlite 1.11 does not
+    /// replicate (and which crashes the node on its next write). Use `exec` instead.
+    #[error("refusing to run a statement that may write as a query (use exec): {sql}")]
+    NotReadOnly {
+        /// The statement (shortened).
+        sql: String,
+    },
+    /// `RETURNING` cannot run on libdqlite 1.11: on either path the write commits locally
+    /// without being replicated and the node aborts at its next write. Nothing was sent.
+    #[error(
+        "RETURNING is not supported by dqlite 1.11 (the write would not be replicated); run the write, then SELECT what you need: {sql}"
+    )]
+    Returning {
+        /// The statement (shortened).
+        sql: String,
+    },
+    /// PREPARE and QUERY_SQL silently drop every statement after the first.
+    #[error("{op} takes exactly one statement, got {count}: {sql}")]
+    MultipleStatements {
+        /// The operation.
+        op: &'static str,
+        /// Statements found.
+        count: usize,
+        /// The SQL (shortened).
+        sql: String,
+    },
+    /// The SQL text holds no statement.
+    #[error("empty statement")]
+    EmptyStatement,
+    /// A prepared statement was run with the wrong number of parameters (bindings from an
+    /// earlier run would otherwise silently stay in place).
+    #[error("statement takes {expected} parameters, {given} given")]
+    ParamCount {
+        /// Parameters the statement takes.
+        expected: u64,
+        /// Parameters given.
+        given: usize,
+    },
+    /// libdqlite 1.11 rejects UNIXTIME parameters.
+    #[error("parameter {index} is a UNIXTIME, which dqlite 1.11 cannot bind; pass an integer")]
+    UnsupportedParam {
+        /// Zero-based parameter index.
+        index: usize,
+    },
+    /// The connection has no open database (call `open` first).
+    #[error("no database is open on this connection")]
+    NoDatabase,
+    /// A statement handle from another connection (or already finalized).
+    #[error("statement {id} does not belong to this connection")]
+    ForeignStatement {
+        /// Statement id.
+        id: u32,
+    },
+    /// A query returned more rows than the caller allowed.
+    #[error("query returned more than {limit} rows")]
+    TooManyRows {
+        /// The limit.
+        limit: usize,
+    },
+    /// A node operation failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl Error {
+    /// The FAILURE code, if the server sent one.
+    pub fn code(&self) -> Option<u64> {
+        match self {
+            Error::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The server is not the leader; the request had no effect. Retry on the leader.
+    pub fn is_not_leader(&self) -> bool {
+        self.code() == Some(SQLITE_IOERR_NOT_LEADER)
+    }
+
+    /// Leadership was lost while the request ran: a write may or may not have been applied.
+    pub fn is_leadership_lost(&self) -> bool {
+        self.code() == Some(SQLITE_IOERR_LEADERSHIP_LOST)
+    }
+
+    /// "database is locked": another connection holds the write lock (1.11 has no busy timeout).
+    pub fn is_busy(&self) -> bool {
+        self.code().is_some_and(|c| c & 0xff == SQLITE_BUSY)
+    }
+
+    /// The connection this came from can no longer be used.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. }
+                | Error::Protocol { .. }
+                | Error::UnexpectedResponse { .. }
+                | Error::Timeout { .. }
+                | Error::Broken { .. }
+        )
+    }
+
+    /// After this error the outcome of a write that was already sent is unknown: it may have
+    /// been committed. Callers must not blindly retry non-idempotent writes.
+    pub fn is_ambiguous(&self) -> bool {
+        self.is_leadership_lost() || self.is_connection_lost()
+    }
+}
+
+/// Shortens SQL for error messages.
+pub(crate) fn excerpt(sql: &str) -> String {
+    const MAX: usize = 120;
+    let sql = sql.trim();
+    match sql.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &sql[..i]),
+        None => sql.to_owned(),
+    }
+}

@@ -1,0 +1,222 @@
+//! The only place in the workspace outside `dqlite-sys` that calls C: a thin owner of a
+//! `dqlite_node *` and the trampoline through which libdqlite calls a Rust connect function.
+//! Everything here is private to the crate; [`crate::node`] puts the safe API on top.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr::NonNull;
+
+use dqlite_sys as sys;
+
+/// A Rust function that dials a peer for raft and returns the connected socket.
+pub(crate) type ConnectFn = dyn Fn(&str) -> std::io::Result<OwnedFd> + Send + Sync + 'static;
+
+/// The boxed closure whose (thin) address libdqlite keeps as its `arg`.
+struct ConnectCallback(Box<ConnectFn>);
+
+/// A failed C call: its return code and the node's error message, if any.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) code: i32,
+    pub(crate) message: String,
+}
+
+/// Owns a created (not necessarily started) node and frees it on drop. The owner must stop a
+/// started node before dropping it.
+#[derive(Debug)]
+pub(crate) struct RawNode {
+    ptr: NonNull<sys::dqlite_node>,
+    // Declared after `ptr` and only freed in `drop` after the node is destroyed: libdqlite may
+    // call the closure until then.
+    connect: Option<Box<ConnectCallback>>,
+}
+
+impl std::fmt::Debug for ConnectCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectCallback")
+    }
+}
+
+// SAFETY: a dqlite_node is not tied to the thread that created it. Once started, its state is
+// owned by its own loop thread; the calls made through `&mut self` (stop, destroy, setters that
+// libdqlite refuses while running) are the documented way to drive it from another thread, and
+// `&self` methods only read strings the node does not change while running.
+unsafe impl Send for RawNode {}
+// SAFETY: see above; `&self` methods only read immutable-after-start data.
+unsafe impl Sync for RawNode {}
+
+fn check(code: c_int) -> Result<(), i32> {
+    if code == 0 { Ok(()) } else { Err(code) }
+}
+
+impl RawNode {
+    pub(crate) fn create(id: u64, address: &CStr, data_dir: &CStr) -> Result<RawNode, Failure> {
+        let mut ptr = std::ptr::null_mut();
+        // SAFETY: both strings are valid NUL-terminated C strings for the duration of the call
+        // (libdqlite copies them); `ptr` is a valid out-pointer.
+        let rc =
+            unsafe { sys::dqlite_node_create(id, address.as_ptr(), data_dir.as_ptr(), &mut ptr) };
+        match NonNull::new(ptr) {
+            Some(ptr) if rc == 0 => Ok(RawNode { ptr, connect: None }),
+            _ => Err(Failure {
+                code: rc,
+                message: "dqlite_node_create failed (is the data directory writable?)".into(),
+            }),
+        }
+    }
+
+    fn fail(&self, code: i32) -> Failure {
+        Failure {
+            code,
+            message: self.errmsg(),
+        }
+    }
+
+    pub(crate) fn errmsg(&self) -> String {
+        // SAFETY: the node is alive; errmsg returns NULL or a NUL-terminated string owned by it.
+        let msg = unsafe { sys::dqlite_node_errmsg(self.ptr.as_ptr()) };
+        if msg.is_null() {
+            return String::new();
+        }
+        // SAFETY: non-null and NUL-terminated per the API; copied out immediately.
+        unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    pub(crate) fn set_bind_address(&mut self, address: &CStr) -> Result<(), Failure> {
+        // SAFETY: valid node and C string; libdqlite copies the address.
+        check(unsafe { sys::dqlite_node_set_bind_address(self.ptr.as_ptr(), address.as_ptr()) })
+            .map_err(|c| self.fail(c))
+    }
+
+    pub(crate) fn bind_address(&self) -> Option<String> {
+        // SAFETY: valid node; the result is NULL or a NUL-terminated string owned by the node.
+        let addr = unsafe { sys::dqlite_node_get_bind_address(self.ptr.as_ptr()) };
+        if addr.is_null() {
+            return None;
+        }
+        // SAFETY: as above; copied out immediately.
+        Some(
+            unsafe { CStr::from_ptr(addr) }
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+
+    pub(crate) fn set_connect_func(&mut self, f: Box<ConnectFn>) -> Result<(), Failure> {
+        let callback = Box::new(ConnectCallback(f));
+        let arg = &*callback as *const ConnectCallback as *mut c_void;
+        // SAFETY: `arg` points into a box kept in `self.connect` until after the node is
+        // destroyed, and the trampoline only reads through it.
+        let rc = unsafe {
+            sys::dqlite_node_set_connect_func(self.ptr.as_ptr(), Some(connect_trampoline), arg)
+        };
+        check(rc).map_err(|c| self.fail(c))?;
+        self.connect = Some(callback);
+        Ok(())
+    }
+
+    pub(crate) fn set_network_latency_ms(&mut self, ms: u32) -> Result<(), Failure> {
+        // SAFETY: valid node.
+        check(unsafe { sys::dqlite_node_set_network_latency_ms(self.ptr.as_ptr(), ms) })
+            .map_err(|c| self.fail(c))
+    }
+
+    pub(crate) fn set_failure_domain(&mut self, code: u64) -> Result<(), Failure> {
+        // SAFETY: valid node.
+        check(unsafe { sys::dqlite_node_set_failure_domain(self.ptr.as_ptr(), code) })
+            .map_err(|c| self.fail(c))
+    }
+
+    pub(crate) fn set_snapshot_params(
+        &mut self,
+        threshold: u32,
+        trailing: u32,
+    ) -> Result<(), Failure> {
+        // SAFETY: valid node.
+        check(unsafe {
+            sys::dqlite_node_set_snapshot_params(self.ptr.as_ptr(), threshold, trailing)
+        })
+        .map_err(|c| self.fail(c))
+    }
+
+    pub(crate) fn start(&mut self) -> Result<(), Failure> {
+        // SAFETY: valid, not yet started node with a bind address (checked by the caller).
+        check(unsafe { sys::dqlite_node_start(self.ptr.as_ptr()) }).map_err(|c| self.fail(c))
+    }
+
+    pub(crate) fn stop(&mut self) -> Result<(), Failure> {
+        // SAFETY: valid node that the caller knows to be running.
+        check(unsafe { sys::dqlite_node_stop(self.ptr.as_ptr()) }).map_err(|c| self.fail(c))
+    }
+
+    /// Forces the raft configuration to `nodes` (id, address, role code). Offline only.
+    pub(crate) fn recover(&mut self, nodes: &[(u64, CString, u64)]) -> Result<(), Failure> {
+        let mut infos: Vec<sys::dqlite_node_info_ext> = nodes
+            .iter()
+            .map(|(id, address, role)| sys::dqlite_node_info_ext {
+                size: sys::DQLITE_NODE_INFO_EXT_SZ_ORIG,
+                id: *id,
+                address: address.as_ptr() as u64,
+                dqlite_role: *role,
+            })
+            .collect();
+        let n = c_int::try_from(infos.len()).map_err(|_| Failure {
+            code: sys::DQLITE_MISUSE,
+            message: "too many nodes".into(),
+        })?;
+        // SAFETY: `infos` and the address strings it points to outlive the call; libdqlite
+        // copies what it keeps.
+        check(unsafe { sys::dqlite_node_recover_ext(self.ptr.as_ptr(), infos.as_mut_ptr(), n) })
+            .map_err(|c| self.fail(c))
+    }
+}
+
+impl Drop for RawNode {
+    fn drop(&mut self) {
+        // SAFETY: the node is valid and (by the owner's contract) not running; nothing uses the
+        // pointer afterwards. The connect closure is freed only after this returns.
+        unsafe { sys::dqlite_node_destroy(self.ptr.as_ptr()) };
+        drop(self.connect.take());
+    }
+}
+
+/// Called by libdqlite on one of its worker threads to open a raft connection.
+unsafe extern "C" fn connect_trampoline(
+    arg: *mut c_void,
+    address: *const c_char,
+    fd: *mut c_int,
+) -> c_int {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `arg` is the ConnectCallback registered in `set_connect_func`, alive until the
+        // node is destroyed, which cannot happen while libdqlite is calling us.
+        let callback = unsafe { &*(arg as *const ConnectCallback) };
+        // SAFETY: libdqlite passes the peer's NUL-terminated address.
+        let address = unsafe { CStr::from_ptr(address) }.to_string_lossy();
+        (callback.0)(&address)
+    }));
+    match outcome {
+        Ok(Ok(socket)) => {
+            // SAFETY: `fd` is libdqlite's valid out-pointer; it takes ownership of the socket.
+            unsafe { *fd = socket.into_raw_fd() };
+            0
+        }
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "raft connect function failed");
+            sys::DQLITE_ERROR
+        }
+        Err(_) => {
+            tracing::error!("raft connect function panicked");
+            sys::DQLITE_ERROR
+        }
+    }
+}
+
+/// `dqlite_generate_node_id`: a digest of the address and the current time.
+pub(crate) fn generate_node_id(address: &CStr) -> u64 {
+    // SAFETY: valid C string; the function only reads it.
+    unsafe { sys::dqlite_generate_node_id(address.as_ptr()) }
+}

@@ -1,0 +1,41 @@
+//! dqlite for Rust: run a dqlite node inside your process and talk to a dqlite cluster over its
+//! wire protocol, asynchronously (tokio), over any byte stream.
+//!
+//! Targets libdqlite 1.11 (Debian bookworm's `libdqlite-dev`), and guards against that
+//! version's hazards: a write sent down the query path would not be replicated (so queries are
+//! checked to be read-only), HEARTBEAT requests are never answered (so none can be sent),
+//! bindings persist between executions of a prepared statement (so every parameter is always
+//! sent), and an INTERRUPT is only read after all rows were streamed (so it drains them).
+//!
+//! - [`Node`]: a node embedded in this process (`Node::builder(id, address, dir)`).
+//! - [`Client`]: finds the leader among known addresses; runs ADD/ASSIGN/REMOVE/TRANSFER.
+//! - [`Database`]: statements, queries and transactions on the leader, across leader changes.
+//! - [`Connection`]: one raw connection to one node, one method per protocol request.
+//! - [`proto`]: the wire format itself, without I/O.
+//! - [`sql`]: statement splitting and read-only classification.
+
+mod client;
+mod connection;
+mod database;
+mod dialer;
+mod error;
+mod ffi;
+mod id;
+mod node;
+pub mod proto;
+mod rows;
+pub mod sql;
+
+pub use client::{Client, ClientConfig};
+pub use connection::{
+    BoxStream, Connection, DEFAULT_MAX_MESSAGE, DEFAULT_TIMEOUT, ExecResult, Statement, Stream,
+};
+pub use database::{Database, Outcome, Transaction, TxFuture};
+pub use dialer::{DefaultDialer, DialFuture, Dialer, connect_abstract, connect_blocking};
+pub use error::{
+    Error, Result, SQLITE_BUSY, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
+};
+pub use id::{BOOTSTRAP_ID, generate_id};
+pub use node::{Node, NodeBuilder, NodeError, validate_bind_address};
+pub use proto::{File, NodeInfo, Role, Value};
+pub use rows::{QueryResult, Row, Rows};

@@ -1,0 +1,385 @@
+//! A dqlite node embedded in this process: create it with settings, start it, stop it.
+//!
+//! libdqlite runs each started node on its own thread with its own event loop; this type only
+//! drives its life cycle. Facts of libdqlite 1.11 that the API enforces up front: the bind
+//! address is IPv4 `a.b.c.d:port` or an abstract unix socket `@name` (no IPv6, no host names),
+//! a bind address is required before start, and settings cannot change once started.
+
+use std::ffi::CString;
+use std::io;
+use std::net::SocketAddrV4;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::ffi::{ConnectFn, Failure, RawNode};
+use crate::proto::{NodeInfo, Role};
+
+/// Longest abstract socket name (`sun_path` is 108 bytes: a leading NUL, the name, a NUL).
+const MAX_ABSTRACT_NAME: usize = 106;
+
+/// Errors from creating, configuring or running a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// A setting was refused before reaching libdqlite.
+    #[error("invalid {setting} {value:?}: {reason}")]
+    Invalid {
+        /// Which setting.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is invalid.
+        reason: &'static str,
+    },
+    /// libdqlite returned an error.
+    #[error("dqlite_node_{call} failed with code {code}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Call {
+        /// The C function (without the `dqlite_node_` prefix).
+        call: &'static str,
+        /// Its return code (1 error, 2 misuse, 3 out of memory).
+        code: i32,
+        /// libdqlite's error message.
+        message: String,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The operation is only allowed before the node starts.
+    #[error("{what} is only possible before the node starts")]
+    Running {
+        /// The operation.
+        what: &'static str,
+    },
+    /// The node was stopped; dqlite cannot restart a stopped node (create a new one).
+    #[error(
+        "the node was stopped and cannot be started again; create a new node on the same data directory"
+    )]
+    Stopped,
+}
+
+fn call_error(call: &'static str) -> impl FnOnce(Failure) -> NodeError {
+    move |f| NodeError::Call {
+        call,
+        code: f.code,
+        message: f.message,
+    }
+}
+
+fn c_string(setting: &'static str, value: &str) -> Result<CString, NodeError> {
+    CString::new(value).map_err(|_| NodeError::Invalid {
+        setting,
+        value: value.to_owned(),
+        reason: "contains a NUL byte",
+    })
+}
+
+/// Checks a bind address against what libdqlite 1.11 can bind.
+pub fn validate_bind_address(address: &str) -> Result<(), NodeError> {
+    let invalid = |reason| NodeError::Invalid {
+        setting: "bind address",
+        value: address.to_owned(),
+        reason,
+    };
+    if let Some(name) = address.strip_prefix('@') {
+        if name.len() > MAX_ABSTRACT_NAME {
+            return Err(invalid("abstract socket names are limited to 106 bytes"));
+        }
+        return Ok(());
+    }
+    address.parse::<SocketAddrV4>().map(|_| ()).map_err(|_| {
+        invalid("libdqlite 1.11 binds only IPv4 `a.b.c.d:port` or an abstract socket `@name`")
+    })
+}
+
+/// Settings for a node, applied in [`NodeBuilder::build`].
+pub struct NodeBuilder {
+    id: u64,
+    address: String,
+    data_dir: PathBuf,
+    bind_address: Option<String>,
+    connect: Option<Box<ConnectFn>>,
+    latency: Option<Duration>,
+    failure_domain: Option<u64>,
+    snapshot: Option<(u32, u32)>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("id", &self.id)
+            .field("address", &self.address)
+            .field("data_dir", &self.data_dir)
+            .field("bind_address", &self.bind_address)
+            .field("connect", &self.connect.is_some())
+            .field("latency", &self.latency)
+            .field("failure_domain", &self.failure_domain)
+            .field("snapshot", &self.snapshot)
+            .finish()
+    }
+}
+
+impl NodeBuilder {
+    /// Address to listen on: IPv4 `a.b.c.d:port`, `@name` (abstract unix socket, reachable only
+    /// from this process), or `@` for an automatically named abstract socket. Defaults to the
+    /// node's address when that is itself bindable.
+    pub fn bind_address(mut self, address: impl Into<String>) -> Self {
+        self.bind_address = Some(address.into());
+        self
+    }
+
+    /// Function raft uses to reach a peer's address; it runs on a libdqlite worker thread and
+    /// returns a connected socket (TCP or unix) that libdqlite takes over. Without it libdqlite
+    /// dials the address over plain TCP.
+    pub fn connect_func(
+        mut self,
+        f: impl Fn(&str) -> io::Result<OwnedFd> + Send + Sync + 'static,
+    ) -> Self {
+        self.connect = Some(Box::new(f));
+        self
+    }
+
+    /// Expected network round trip; raft's heartbeat becomes 1.5× and its election timeout 15×
+    /// this value (libdqlite's defaults are 500 ms and 3 s). Whole milliseconds, 1 ms to 1 h.
+    pub fn network_latency(mut self, latency: Duration) -> Self {
+        self.latency = Some(latency);
+        self
+    }
+
+    /// Failure domain reported by DESCRIBE, used to spread roles across domains.
+    pub fn failure_domain(mut self, code: u64) -> Self {
+        self.failure_domain = Some(code);
+        self
+    }
+
+    /// Take a snapshot every `threshold` log entries and keep `trailing` entries after it
+    /// (defaults 1024 and 8192; `trailing` must be at least 4 and at least `threshold`).
+    pub fn snapshot_params(mut self, threshold: u32, trailing: u32) -> Self {
+        self.snapshot = Some((threshold, trailing));
+        self
+    }
+
+    /// Creates the node (and its data directory, mode 0700) and applies every setting. The
+    /// node is not started.
+    pub fn build(self) -> Result<Node, NodeError> {
+        let bind_address = match self.bind_address {
+            Some(addr) => addr,
+            None if validate_bind_address(&self.address).is_ok() => self.address.clone(),
+            None => {
+                return Err(NodeError::Invalid {
+                    setting: "address",
+                    value: self.address,
+                    reason: "is not bindable by libdqlite 1.11; set a bind address (`a.b.c.d:port` or `@name`)",
+                });
+            }
+        };
+        validate_bind_address(&bind_address)?;
+        let latency_ms = match self.latency {
+            None => None,
+            Some(d) => Some(
+                u32::try_from(d.as_millis())
+                    .ok()
+                    .filter(|ms| (1..=3_600_000).contains(ms))
+                    .ok_or_else(|| NodeError::Invalid {
+                        setting: "network latency",
+                        value: format!("{d:?}"),
+                        reason: "must be between 1 ms and 1 h",
+                    })?,
+            ),
+        };
+        if let Some((threshold, trailing)) = self.snapshot {
+            if trailing < 4 || trailing < threshold {
+                return Err(NodeError::Invalid {
+                    setting: "snapshot params",
+                    value: format!("threshold {threshold}, trailing {trailing}"),
+                    reason: "trailing must be at least 4 and at least the threshold",
+                });
+            }
+        }
+        create_private_dir(&self.data_dir)?;
+        let dir = self.data_dir.to_str().ok_or_else(|| NodeError::Invalid {
+            setting: "data directory",
+            value: self.data_dir.display().to_string(),
+            reason: "is not valid UTF-8",
+        })?;
+        let address = c_string("address", &self.address)?;
+        let mut raw = RawNode::create(self.id, &address, &c_string("data directory", dir)?)
+            .map_err(call_error("create"))?;
+        raw.set_bind_address(&c_string("bind address", &bind_address)?)
+            .map_err(call_error("set_bind_address"))?;
+        if let Some(f) = self.connect {
+            raw.set_connect_func(f)
+                .map_err(call_error("set_connect_func"))?;
+        }
+        if let Some(ms) = latency_ms {
+            raw.set_network_latency_ms(ms)
+                .map_err(call_error("set_network_latency_ms"))?;
+        }
+        if let Some(code) = self.failure_domain {
+            raw.set_failure_domain(code)
+                .map_err(call_error("set_failure_domain"))?;
+        }
+        if let Some((threshold, trailing)) = self.snapshot {
+            raw.set_snapshot_params(threshold, trailing)
+                .map_err(call_error("set_snapshot_params"))?;
+        }
+        Ok(Node {
+            raw,
+            id: self.id,
+            address: self.address,
+            data_dir: self.data_dir,
+            state: NodeState::Created,
+        })
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| NodeError::DataDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeState {
+    Created,
+    Running,
+    Stopped,
+}
+
+/// A dqlite node. Dropping a running node stops it first.
+#[derive(Debug)]
+pub struct Node {
+    raw: RawNode,
+    id: u64,
+    address: String,
+    data_dir: PathBuf,
+    state: NodeState,
+}
+
+impl Node {
+    /// Settings for a node with this id, the address peers and clients know it by, and the
+    /// directory holding its raft log and snapshots.
+    pub fn builder(
+        id: u64,
+        address: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> NodeBuilder {
+        NodeBuilder {
+            id,
+            address: address.into(),
+            data_dir: data_dir.into(),
+            bind_address: None,
+            connect: None,
+            latency: None,
+            failure_domain: None,
+            snapshot: None,
+        }
+    }
+
+    /// A node with default settings that binds its own address (which must be `a.b.c.d:port`
+    /// or `@name`). A node whose id is [`crate::BOOTSTRAP_ID`] (or 1) bootstraps a one-node
+    /// cluster on its first start.
+    pub fn new(
+        id: u64,
+        address: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Result<Node, NodeError> {
+        Node::builder(id, address, data_dir).build()
+    }
+
+    /// Node id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The address peers and clients know the node by.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The address actually bound (e.g. the generated name for `@`).
+    pub fn bind_address(&self) -> Option<String> {
+        self.raw.bind_address()
+    }
+
+    /// Whether the node is running.
+    pub fn is_running(&self) -> bool {
+        self.state == NodeState::Running
+    }
+
+    /// Changes the failure domain (allowed while running).
+    pub fn set_failure_domain(&mut self, code: u64) -> Result<(), NodeError> {
+        self.raw
+            .set_failure_domain(code)
+            .map_err(call_error("set_failure_domain"))
+    }
+
+    /// Forces the raft configuration to exactly `nodes` (a node without a role becomes a
+    /// voter). For disaster recovery after losing quorum: run it on the surviving node(s)
+    /// before starting them.
+    pub fn recover(&mut self, nodes: &[NodeInfo]) -> Result<(), NodeError> {
+        if self.state != NodeState::Created {
+            return Err(NodeError::Running { what: "recover" });
+        }
+        let nodes = nodes
+            .iter()
+            .map(|n| {
+                Ok((
+                    n.id,
+                    c_string("address", &n.address)?,
+                    n.role.unwrap_or(Role::Voter).code(),
+                ))
+            })
+            .collect::<Result<Vec<_>, NodeError>>()?;
+        self.raw.recover(&nodes).map_err(call_error("recover_ext"))
+    }
+
+    /// Starts the node: bootstraps it if its id says so and its directory is empty, opens its
+    /// raft log and starts serving. Returns once the node accepts connections.
+    pub fn start(&mut self) -> Result<(), NodeError> {
+        match self.state {
+            NodeState::Running => Ok(()),
+            NodeState::Stopped => Err(NodeError::Stopped),
+            NodeState::Created => {
+                self.raw.start().map_err(call_error("start"))?;
+                self.state = NodeState::Running;
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops the node: closes client connections and joins its thread. Idempotent. Blocks for
+    /// a few tens of milliseconds; call it from a blocking context in async code.
+    pub fn stop(&mut self) -> Result<(), NodeError> {
+        if self.state != NodeState::Running {
+            return Ok(());
+        }
+        self.state = NodeState::Stopped;
+        self.raw.stop().map_err(call_error("stop"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop() {
+            tracing::warn!(node = self.id, error = %err, "stopping dqlite node on drop");
+        }
+    }
+}
