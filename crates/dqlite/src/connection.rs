@@ -540,10 +540,10 @@ impl Connection {
                 after: self.timeout,
             })
         });
-        if let Err(err) = &result {
-            if err.is_connection_lost() {
-                self.state = State::Broken;
-            }
+        if let Err(err) = &result
+            && err.is_connection_lost()
+        {
+            self.state = State::Broken;
         }
         result
     }

@@ -61,10 +61,10 @@ impl Database {
             self.needs_rollback = false;
             if let Some(conn) = self.conn.as_mut() {
                 // Fails harmlessly when no transaction is open any more.
-                if let Err(err) = conn.exec_sql("ROLLBACK", &[]).await {
-                    if err.is_connection_lost() {
-                        self.conn = None;
-                    }
+                if let Err(err) = conn.exec_sql("ROLLBACK", &[]).await
+                    && err.is_connection_lost()
+                {
+                    self.conn = None;
                 }
             }
         }
@@ -242,11 +242,11 @@ impl Transaction<'_> {
     }
 
     fn check<T>(&mut self, result: Result<T>) -> Result<T> {
-        if let Err(err) = &result {
-            if err.is_connection_lost() || err.is_leadership_lost() || err.is_not_leader() {
-                self.finished = true;
-                self.db.after_error(err);
-            }
+        if let Err(err) = &result
+            && (err.is_connection_lost() || err.is_leadership_lost() || err.is_not_leader())
+        {
+            self.finished = true;
+            self.db.after_error(err);
         }
         result
     }

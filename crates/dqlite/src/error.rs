@@ -188,6 +188,23 @@ impl Error {
         )
     }
 
+    /// The statement itself was at fault (SQL error, constraint, refused before sending), as
+    /// opposed to the connection, the leader or the cluster.
+    pub fn is_statement_error(&self) -> bool {
+        match self {
+            Error::Server { .. } => !self.is_not_leader() && !self.is_leadership_lost(),
+            Error::Returning { .. }
+            | Error::NotReadOnly { .. }
+            | Error::MultipleStatements { .. }
+            | Error::EmptyStatement
+            | Error::ParamCount { .. }
+            | Error::UnsupportedParam { .. }
+            | Error::Encode(_)
+            | Error::TooManyRows { .. } => true,
+            _ => false,
+        }
+    }
+
     /// After this error the outcome of a write that was already sent is unknown: it may have
     /// been committed. Callers must not blindly retry non-idempotent writes.
     pub fn is_ambiguous(&self) -> bool {

@@ -193,14 +193,14 @@ impl NodeBuilder {
                     })?,
             ),
         };
-        if let Some((threshold, trailing)) = self.snapshot {
-            if trailing < 4 || trailing < threshold {
-                return Err(NodeError::Invalid {
-                    setting: "snapshot params",
-                    value: format!("threshold {threshold}, trailing {trailing}"),
-                    reason: "trailing must be at least 4 and at least the threshold",
-                });
-            }
+        if let Some((threshold, trailing)) = self.snapshot
+            && (trailing < 4 || trailing < threshold)
+        {
+            return Err(NodeError::Invalid {
+                setting: "snapshot params",
+                value: format!("threshold {threshold}, trailing {trailing}"),
+                reason: "trailing must be at least 4 and at least the threshold",
+            });
         }
         create_private_dir(&self.data_dir)?;
         let dir = self.data_dir.to_str().ok_or_else(|| NodeError::Invalid {

@@ -1,0 +1,44 @@
+//! The REST API's contract: paths, the JSON response envelope and the request/response bodies.
+//!
+//! Only this module derives `Serialize`/`Deserialize`; everything else converts to and from
+//! these types explicitly, so a change here is an API change. Field names follow microcluster's
+//! wire format so its clients and ours can talk to either daemon.
+
+mod envelope;
+mod types;
+
+pub use envelope::{Envelope, ResponseType};
+pub use types::*;
+
+/// Paths of the core API.
+pub mod paths {
+    /// Bootstrap or join (unix socket only).
+    pub const CONTROL: &str = "/core/control";
+    /// Stop the daemon (unix socket only).
+    pub const SHUTDOWN: &str = "/core/control/shutdown";
+    /// Issue and list join tokens (unix socket only).
+    pub const CONTROL_TOKENS: &str = "/core/control/tokens";
+    /// Daemon status (untrusted allowed).
+    pub const STATUS: &str = "/core/1.0";
+    /// Cluster members.
+    pub const CLUSTER: &str = "/core/1.0/cluster";
+    /// Join tokens by name (revoke).
+    pub const TOKENS: &str = "/core/1.0/tokens";
+    /// Readiness.
+    pub const READY: &str = "/core/1.0/ready";
+    /// Join requests from new members (secret-gated, untrusted allowed).
+    pub const INTERNAL_CLUSTER: &str = "/core/internal/cluster";
+    /// The dqlite tunnel (HTTP upgrade to `dqlite`).
+    pub const INTERNAL_DATABASE: &str = "/core/internal/database";
+    /// SQL queries and dumps.
+    pub const INTERNAL_SQL: &str = "/core/internal/sql";
+    /// Trust store fan-out.
+    pub const INTERNAL_TRUSTSTORE: &str = "/core/internal/truststore";
+    /// Remote hook calls.
+    pub const INTERNAL_HOOKS: &str = "/core/internal/hooks";
+    /// Heartbeats from the leader.
+    pub const INTERNAL_HEARTBEAT: &str = "/core/internal/heartbeat";
+}
+
+/// The `Upgrade` protocol name of the dqlite tunnel.
+pub const DQLITE_UPGRADE: &str = "dqlite";

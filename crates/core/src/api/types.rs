@@ -1,0 +1,250 @@
+//! Request and response bodies of the REST API.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /core/control`: bootstrap a new cluster or join one with a token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Start a new cluster.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// Join the cluster this token was issued by.
+    #[serde(default)]
+    pub join_token: String,
+    /// This member's address, `ip:port`.
+    pub address: String,
+    /// This member's name.
+    pub name: String,
+    /// Passed to the PreInit, PostBootstrap, PreJoin and PostJoin hooks.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// `GET /core/1.0`: who this daemon is and whether its database is up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Member name (empty before init).
+    pub name: String,
+    /// Member address (empty before init).
+    pub address: String,
+    /// Application version.
+    pub version: String,
+    /// Whether the database is open.
+    pub ready: bool,
+    /// API extensions this daemon supports.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Database status text, e.g. "Database is online".
+    #[serde(default)]
+    pub status: String,
+}
+
+/// `POST /core/control/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Name of the member that may use the token.
+    pub name: String,
+    /// Validity in nanoseconds; 0 means the token never expires.
+    #[serde(default)]
+    pub expire_after: u64,
+}
+
+/// An outstanding join token, as `GET /core/control/tokens` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Name of the member that may use it.
+    pub name: String,
+    /// The token string.
+    pub token: String,
+    /// RFC 3339 expiry time, or empty when it never expires.
+    #[serde(default)]
+    pub expires_at: String,
+}
+
+/// What a join token carries (base64 of this, as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// 32 random bytes, hex.
+    pub secret: String,
+    /// SHA-256 fingerprint (hex) of the cluster certificate.
+    pub fingerprint: String,
+    /// Members to contact, `ip:port`.
+    pub join_addresses: Vec<String>,
+}
+
+/// A member's identity: name, address and certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClusterMemberLocal {
+    /// Member name.
+    pub name: String,
+    /// Member address, `ip:port`.
+    pub address: String,
+    /// PEM of the member's `server.crt`.
+    pub certificate: String,
+}
+
+/// A member as `GET /core/1.0/cluster` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    /// Name, address and certificate.
+    #[serde(flatten)]
+    pub local: ClusterMemberLocal,
+    /// `voter`, `stand-by`, `spare` or `PENDING`.
+    pub role: String,
+    /// Internal schema version the member runs.
+    #[serde(default)]
+    pub schema_internal_version: u64,
+    /// Application schema version the member runs.
+    #[serde(default)]
+    pub schema_external_version: u64,
+    /// Last heartbeat, RFC 3339 (the zero time before the first one).
+    #[serde(default)]
+    pub last_heartbeat: String,
+    /// `ONLINE`, `UNREACHABLE`, ...
+    #[serde(default)]
+    pub status: String,
+    /// Why the status was assigned.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status_reason: String,
+    /// API extensions the member runs.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// SHA-256 fingerprint of the certificate.
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// `POST /core/internal/cluster`: a new member asks to join.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The joiner's name (must be the token's name and in its certificate).
+    pub name: String,
+    /// The joiner's address.
+    pub address: String,
+    /// PEM of the joiner's `server.crt`.
+    pub certificate: String,
+    /// The token's secret.
+    pub secret: String,
+    /// Internal schema version of the joiner's binary.
+    #[serde(default)]
+    pub schema_internal_version: u64,
+    /// Application schema version of the joiner's binary.
+    #[serde(default)]
+    pub schema_external_version: u64,
+    /// API extensions of the joiner's binary.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+}
+
+/// The answer to a join request: what the joiner needs to become a member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// PEM of the cluster certificate.
+    pub cluster_cert: String,
+    /// PEM of the cluster certificate's key (every member serves the cluster certificate).
+    pub cluster_key: String,
+    /// Every current member.
+    pub cluster_members: Vec<ClusterMemberLocal>,
+    /// The member that admitted the joiner (the leader).
+    pub trusted_member: ClusterMemberLocal,
+}
+
+/// `POST /core/internal/sql`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlQuery {
+    /// One or more SQL statements.
+    pub query: String,
+}
+
+/// Results of the statements of one SQL query, in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SqlBatch {
+    /// One result per statement.
+    #[serde(rename = "Results")]
+    pub results: Vec<SqlResult>,
+}
+
+/// The result of one statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SqlResult {
+    /// `select` (columns and rows) or `exec` (rows affected).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The statement.
+    #[serde(default)]
+    pub statement: String,
+    /// Column names (reads).
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Rows (reads): integers and floats as numbers, text as strings, NULL as null, blobs as
+    /// `x'..'` hex strings.
+    #[serde(default)]
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// Rows changed (writes).
+    #[serde(default)]
+    pub rows_affected: u64,
+}
+
+/// `GET /core/internal/sql`: an SQL dump.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SqlDump {
+    /// The SQL text.
+    pub text: String,
+}
+
+/// Body of the pre-remove and post-remove hook calls.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoveHookRequest {
+    /// Whether the removal is forced.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Body of the on-new-member hook call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewMemberHookRequest {
+    /// The member that joined.
+    pub new_member: ClusterMemberLocal,
+}
+
+/// A member state change fanned out by the leader (trust store add/remove).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustStoreEntry {
+    /// The member.
+    #[serde(flatten)]
+    pub member: ClusterMemberLocal,
+}
+
+/// Role strings as microcluster prints them.
+pub mod role {
+    /// Votes and replicates.
+    pub const VOTER: &str = "voter";
+    /// Replicates, promoted first.
+    pub const STAND_BY: &str = "stand-by";
+    /// Neither votes nor replicates.
+    pub const SPARE: &str = "spare";
+    /// Admitted but not yet seen in the dqlite configuration.
+    pub const PENDING: &str = "PENDING";
+}
+
+/// Member status strings.
+pub mod status {
+    /// Answers and is part of the cluster.
+    pub const ONLINE: &str = "ONLINE";
+    /// Did not answer.
+    pub const UNREACHABLE: &str = "UNREACHABLE";
+    /// Answered with a certificate this member does not trust.
+    pub const NOT_TRUSTED: &str = "NOT TRUSTED";
+    /// Runs an older version than the cluster is upgrading to.
+    pub const NEEDS_UPGRADE: &str = "NEEDS UPGRADE";
+    /// Waiting for the other members to upgrade.
+    pub const UPGRADING: &str = "UPGRADING";
+    /// Admitted, still joining.
+    pub const PENDING: &str = "PENDING";
+}

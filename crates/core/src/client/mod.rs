@@ -1,0 +1,405 @@
+//! A typed client for the REST API, over the unix control socket or mutual-TLS HTTPS.
+//!
+//! One method per endpoint, so callers (microctl, the daemon talking to its peers, applications)
+//! never build JSON by hand. Each request uses a fresh HTTP/1.1 connection with a deadline.
+
+mod transport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+pub use hyper::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    self, ClusterMember, ClusterMemberLocal, Control, Envelope, JoinRequest, JoinResponse,
+    ResponseType, ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest, paths,
+};
+
+/// Default deadline for one request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest response body accepted.
+pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// Marks a request as forwarded by a member, so the receiver does not fan it out again.
+pub const NOTIFICATION_USER_AGENT: &str = "lxd-cluster-notifier";
+
+/// A request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Could not connect.
+    #[error("cannot reach {target}: {source}")]
+    Connect {
+        /// Where.
+        target: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (e.g. the server is not the expected cluster).
+    #[error("TLS handshake with {target} failed: {source}")]
+    Tls {
+        /// Where.
+        target: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("HTTP request to {target} failed: {source}")]
+    Http {
+        /// Where.
+        target: String,
+        /// Why.
+        #[source]
+        source: hyper::Error,
+    },
+    /// No answer in time.
+    #[error("{target} did not answer within {after:?}")]
+    Timeout {
+        /// Where.
+        target: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The server answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected response from {target}: {reason}")]
+    Decode {
+        /// Where.
+        target: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The server could not be reached at all (as opposed to answering with an error).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. } | ClientError::Timeout { .. } | ClientError::Tls { .. }
+        )
+    }
+}
+
+/// Where requests go.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Unix(PathBuf),
+    Https {
+        address: String,
+        tls: Arc<rustls::ClientConfig>,
+    },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(path) => write!(f, "{}", path.display()),
+            Target::Https { address, .. } => write!(f, "https://{address}"),
+        }
+    }
+}
+
+/// A client of one daemon.
+#[derive(Clone)]
+pub struct Client {
+    target: Target,
+    timeout: Duration,
+    notification: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("target", &self.target.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the daemon listening on the unix socket at `path`.
+    pub fn unix(path: impl Into<PathBuf>) -> Client {
+        Client {
+            target: Target::Unix(path.into()),
+            timeout: DEFAULT_TIMEOUT,
+            notification: false,
+        }
+    }
+
+    /// A client of the member at `address` (`ip:port`) over HTTPS with `tls` (see
+    /// [`crate::tls::client_config`]).
+    pub fn https(address: impl Into<String>, tls: Arc<rustls::ClientConfig>) -> Client {
+        Client {
+            target: Target::Https {
+                address: address.into(),
+                tls,
+            },
+            timeout: DEFAULT_TIMEOUT,
+            notification: false,
+        }
+    }
+
+    /// Sets the per-request deadline.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Marks requests as notifications from a member, which receivers do not fan out again.
+    pub fn as_notification(mut self) -> Client {
+        self.notification = true;
+        self
+    }
+
+    /// The address of an HTTPS client, or the socket path.
+    pub fn target(&self) -> String {
+        self.target.to_string()
+    }
+
+    /// Sends a request and returns the envelope's metadata decoded as `T`.
+    pub async fn query<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, ClientError> {
+        let body = match body {
+            Some(b) => {
+                Some(Bytes::from(serde_json::to_vec(b).map_err(|e| {
+                    self.decode(format!("encoding the request: {e}"))
+                })?))
+            }
+            None => None,
+        };
+        let (status, bytes) = self.raw(method, path, body).await?;
+        let envelope: Envelope<serde_json::Value> =
+            serde_json::from_slice(&bytes).map_err(|e| {
+                self.decode(format!(
+                    "HTTP {status} with a body that is not an API response ({e})"
+                ))
+            })?;
+        if envelope.kind == ResponseType::Error || !status.is_success() {
+            let status = StatusCode::from_u16(envelope.error_code)
+                .ok()
+                .filter(|s| !s.is_success())
+                .unwrap_or(status);
+            return Err(ClientError::Api {
+                status,
+                message: envelope.error,
+            });
+        }
+        serde_json::from_value(envelope.metadata)
+            .map_err(|e| self.decode(format!("unexpected metadata: {e}")))
+    }
+
+    /// Sends a request; returns the status and the raw body.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let exchange = transport::send(&self.target, method, path, body, self.notification);
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout {
+                target: self.target(),
+                after: self.timeout,
+            }),
+        }
+    }
+
+    fn decode(&self, reason: String) -> ClientError {
+        ClientError::Decode {
+            target: self.target(),
+            reason,
+        }
+    }
+
+    async fn empty(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<(), ClientError> {
+        self.query::<serde_json::Value>(method, path, body)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /core/1.0`.
+    pub async fn status(&self) -> Result<ServerStatus, ClientError> {
+        self.query(Method::GET, paths::STATUS, None::<&()>).await
+    }
+
+    /// `GET /core/1.0/ready`: succeeds once the daemon is ready.
+    pub async fn ready(&self) -> Result<(), ClientError> {
+        self.empty(Method::GET, paths::READY, None::<&()>).await
+    }
+
+    /// `POST /core/control`: bootstrap or join.
+    pub async fn control(&self, control: &Control) -> Result<(), ClientError> {
+        self.empty(Method::POST, paths::CONTROL, Some(control))
+            .await
+    }
+
+    /// `POST /core/control/shutdown`.
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        self.empty(Method::POST, paths::SHUTDOWN, None::<&()>).await
+    }
+
+    /// `POST /core/control/tokens`: a join token for member `name` (`None`: never expires).
+    pub async fn add_token(
+        &self,
+        name: &str,
+        expire_after: Option<Duration>,
+    ) -> Result<String, ClientError> {
+        let expire_after =
+            expire_after.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let request = TokenRequest {
+            name: name.to_owned(),
+            expire_after,
+        };
+        self.query(Method::POST, paths::CONTROL_TOKENS, Some(&request))
+            .await
+    }
+
+    /// `GET /core/control/tokens`.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, ClientError> {
+        self.query(Method::GET, paths::CONTROL_TOKENS, None::<&()>)
+            .await
+    }
+
+    /// `DELETE /core/1.0/tokens/{name}`.
+    pub async fn revoke_token(&self, name: &str) -> Result<(), ClientError> {
+        self.empty(
+            Method::DELETE,
+            &format!("{}/{}", paths::TOKENS, encode_segment(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /core/1.0/cluster`.
+    pub async fn cluster_members(&self) -> Result<Vec<ClusterMember>, ClientError> {
+        self.query(Method::GET, paths::CLUSTER, None::<&()>).await
+    }
+
+    /// `DELETE /core/1.0/cluster/{name}[?force=1]`.
+    pub async fn remove_member(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        let mut path = format!("{}/{}", paths::CLUSTER, encode_segment(name));
+        if force {
+            path.push_str("?force=1");
+        }
+        self.empty(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// `POST /core/internal/sql`.
+    pub async fn sql(&self, query: &str) -> Result<SqlBatch, ClientError> {
+        self.query(
+            Method::POST,
+            paths::INTERNAL_SQL,
+            Some(&SqlQuery {
+                query: query.to_owned(),
+            }),
+        )
+        .await
+    }
+
+    /// `GET /core/internal/sql[?schema=1]`: an SQL dump of the database (or its schema).
+    pub async fn sql_dump(&self, schema_only: bool) -> Result<String, ClientError> {
+        let path = if schema_only {
+            format!("{}?schema=1", paths::INTERNAL_SQL)
+        } else {
+            paths::INTERNAL_SQL.to_owned()
+        };
+        Ok(self
+            .query::<SqlDump>(Method::GET, &path, None::<&()>)
+            .await?
+            .text)
+    }
+
+    /// `POST /core/internal/cluster`: ask to join with a token's secret.
+    pub async fn join(&self, request: &JoinRequest) -> Result<JoinResponse, ClientError> {
+        self.query(Method::POST, paths::INTERNAL_CLUSTER, Some(request))
+            .await
+    }
+
+    /// `PUT /core/internal/cluster/{name}`: tell a removed member to reset itself.
+    pub async fn reset_member(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        let mut path = format!("{}/{}", paths::INTERNAL_CLUSTER, encode_segment(name));
+        if force {
+            path.push_str("?force=1");
+        }
+        self.empty(Method::PUT, &path, None::<&()>).await
+    }
+
+    /// `POST /core/internal/truststore`: trust a member.
+    pub async fn add_trust(&self, member: &ClusterMemberLocal) -> Result<(), ClientError> {
+        self.empty(Method::POST, paths::INTERNAL_TRUSTSTORE, Some(member))
+            .await
+    }
+
+    /// `DELETE /core/internal/truststore/{name}`: stop trusting a member.
+    pub async fn remove_trust(&self, name: &str) -> Result<(), ClientError> {
+        self.empty(
+            Method::DELETE,
+            &format!("{}/{}", paths::INTERNAL_TRUSTSTORE, encode_segment(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /core/internal/hooks/{hook}`: run a hook on this member.
+    pub async fn run_hook(
+        &self,
+        hook: &str,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<(), ClientError> {
+        self.empty(
+            Method::POST,
+            &format!("{}/{}", paths::INTERNAL_HOOKS, encode_segment(hook)),
+            Some(body),
+        )
+        .await
+    }
+}
+
+/// Percent-encodes a path segment (everything but unreserved characters).
+pub fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// HTTP methods, for [`Client::query`].
+pub use hyper::Method;
+
+/// The API's role and status strings, re-exported for callers formatting output.
+pub use api::{role, status};

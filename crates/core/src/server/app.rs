@@ -1,0 +1,420 @@
+//! The library's entry point: [`App`] runs a member's daemon with the application's endpoints,
+//! schema and hooks, and offers the calls an application makes on its own member.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::db::DbStatus;
+use super::db::schema::{SchemaUpdate, internal_updates};
+use super::endpoints;
+use super::hooks::{Hooks, NoHooks};
+use super::membership::{OPEN_TIMEOUT_FOREVER, open_database, start_background, start_runtime};
+use super::rest::{Listener, Resources, Routes};
+use super::state::{Daemon, Settings, State};
+use super::state_dir::{StateDir, StateDirError};
+use super::truststore::TrustStore;
+use crate::api::{Control, ServerStatus, SqlBatch, TokenRecord};
+use crate::client::{Client, ClientError};
+use crate::{certs, validate};
+
+/// Where the member keeps its state.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// The state directory.
+    pub state_dir: PathBuf,
+}
+
+/// What the application brings to the daemon.
+#[derive(Clone)]
+pub struct DaemonArgs {
+    /// Application version, reported by `GET /core/1.0`.
+    pub version: String,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// API extensions this software provides (`[a-z0-9]+(_[a-z0-9]+)*`, append-only).
+    pub api_extensions: Vec<String>,
+    /// The application's schema updates (append-only).
+    pub extensions_schema: Vec<SchemaUpdate>,
+    /// Lifecycle hooks.
+    pub hooks: Arc<dyn Hooks>,
+    /// The application's endpoints, served on the member's HTTPS address and the socket.
+    pub resources: Vec<Resources>,
+    /// Group owning the control socket (name or numeric id).
+    pub socket_group: Option<String>,
+    /// Expected network round trip between members (raft heartbeat 1.5×, election 15×).
+    pub network_latency: Duration,
+}
+
+impl std::fmt::Debug for DaemonArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonArgs")
+            .field("version", &self.version)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("api_extensions", &self.api_extensions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for DaemonArgs {
+    fn default() -> Self {
+        DaemonArgs {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            heartbeat_interval: Duration::from_secs(10),
+            api_extensions: Vec::new(),
+            extensions_schema: Vec::new(),
+            hooks: Arc::new(NoHooks),
+            resources: Vec::new(),
+            socket_group: None,
+            network_latency: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The daemon could not start or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// A state directory problem (including another daemon holding it).
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    /// Invalid arguments.
+    #[error("{0}")]
+    Invalid(String),
+    /// A listener could not start.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A member of a cluster, run by the application.
+#[derive(Debug, Clone)]
+pub struct App {
+    state_dir: PathBuf,
+}
+
+impl App {
+    /// An app using the state directory in `args`.
+    pub fn new(args: Args) -> App {
+        App {
+            state_dir: args.state_dir,
+        }
+    }
+
+    /// The control socket's path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("control.socket")
+    }
+
+    /// A client of this member over its control socket.
+    pub fn local_client(&self) -> Client {
+        Client::unix(self.socket_path())
+    }
+
+    /// This member's status.
+    pub async fn status(&self) -> Result<ServerStatus, ClientError> {
+        self.local_client().status().await
+    }
+
+    /// Waits until the daemon answers and is ready.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self
+                .local_client()
+                .with_timeout(Duration::from_secs(5))
+                .ready()
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Bootstraps a new cluster with this member.
+    pub async fn new_cluster(
+        &self,
+        name: &str,
+        address: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<(), ClientError> {
+        let control = Control {
+            bootstrap: true,
+            name: name.into(),
+            address: address.into(),
+            config,
+            ..Control::default()
+        };
+        self.local_client()
+            .with_timeout(Duration::from_secs(120))
+            .control(&control)
+            .await
+    }
+
+    /// Joins the cluster that issued `token`.
+    pub async fn join_cluster(
+        &self,
+        name: &str,
+        address: &str,
+        token: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<(), ClientError> {
+        let control = Control {
+            join_token: token.into(),
+            name: name.into(),
+            address: address.into(),
+            config,
+            ..Control::default()
+        };
+        self.local_client()
+            .with_timeout(Duration::from_secs(120))
+            .control(&control)
+            .await
+    }
+
+    /// Issues a join token for member `name`.
+    pub async fn new_join_token(
+        &self,
+        name: &str,
+        expire_after: Option<Duration>,
+    ) -> Result<String, ClientError> {
+        self.local_client().add_token(name, expire_after).await
+    }
+
+    /// Outstanding join tokens.
+    pub async fn list_join_tokens(&self) -> Result<Vec<TokenRecord>, ClientError> {
+        self.local_client().tokens().await
+    }
+
+    /// Revokes the join token for `name`.
+    pub async fn revoke_join_token(&self, name: &str) -> Result<(), ClientError> {
+        self.local_client().revoke_token(name).await
+    }
+
+    /// Runs SQL on the cluster database.
+    pub async fn sql(&self, query: &str) -> Result<SqlBatch, ClientError> {
+        self.local_client().sql(query).await
+    }
+
+    /// Runs the daemon until SIGINT, SIGTERM or `POST /core/control/shutdown`.
+    pub async fn run(&self, args: DaemonArgs) -> Result<(), AppError> {
+        for ext in &args.api_extensions {
+            if !valid_extension(ext) {
+                return Err(AppError::Invalid(format!(
+                    "invalid API extension name {ext:?}: use [a-z0-9]+(_[a-z0-9]+)*"
+                )));
+            }
+        }
+        let gid = args
+            .socket_group
+            .as_deref()
+            .map(resolve_group)
+            .transpose()?;
+        let dir = StateDir::open(&self.state_dir)?;
+        let _lock = dir.lock()?;
+        let config = dir.daemon_config()?;
+        let server_identity = match dir.server_identity()? {
+            Some(id) => id,
+            None => {
+                let name = if config.name.is_empty() {
+                    hostname()
+                } else {
+                    config.name.clone()
+                };
+                let id =
+                    certs::generate(&name, &[]).map_err(|e| AppError::Invalid(e.to_string()))?;
+                dir.set_server_identity(&id)?;
+                id
+            }
+        };
+        let truststore =
+            TrustStore::load(dir.truststore_dir()).map_err(|e| AppError::Invalid(e.to_string()))?;
+        let initialised = dir.node_info()?;
+
+        let mut shared = endpoints::shared();
+        shared.extend(args.resources.iter().cloned());
+        let mut unix = vec![endpoints::control()];
+        unix.extend(shared.iter().cloned());
+        let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let daemon = Arc::new(Daemon {
+            dir,
+            settings: Settings {
+                version: args.version.clone(),
+                heartbeat: args.heartbeat_interval,
+                api_extensions: args.api_extensions.clone(),
+                internal_schema: internal_updates(),
+                external_schema: args.extensions_schema.clone(),
+                hooks: args.hooks.clone(),
+                network_latency: args.network_latency,
+            },
+            config: RwLock::new(config),
+            server_identity: RwLock::new(server_identity),
+            truststore,
+            runtime: RwLock::new(None),
+            db_status: watch::channel(DbStatus::NotInitialized).0,
+            shutdown,
+            init_lock: tokio::sync::Mutex::new(()),
+            epoch: AtomicU64::new(0),
+            core_routes: Arc::new(Routes::new(&shared)),
+        });
+        let state = State(daemon);
+        let socket = state.0.dir.socket();
+        let control = Listener::unix(&socket, gid, state.clone(), Arc::new(Routes::new(&unix)))
+            .map_err(|source| AppError::Io {
+                what: format!("cannot serve the control socket {}", socket.display()),
+                source,
+            })?;
+        tracing::info!(socket = %socket.display(), "control socket ready");
+
+        if let Some(info) = initialised {
+            state.set_db_status(DbStatus::Starting);
+            tokio::spawn(resume(state.clone(), info.id));
+        } else {
+            tracing::warn!(
+                "Database is not yet initialized: waiting for `init` (bootstrap or join)"
+            );
+        }
+
+        tokio::select! {
+            _ = shutdown_rx.wait_for(|stop| *stop) => {}
+            _ = signal(tokio::signal::unix::SignalKind::terminate()) => tracing::info!("SIGTERM received"),
+            _ = signal(tokio::signal::unix::SignalKind::interrupt()) => tracing::info!("SIGINT received"),
+        }
+        shutdown_sequence(&state).await;
+        control.stop().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn signal(kind: tokio::signal::unix::SignalKind) {
+    match tokio::signal::unix::signal(kind) {
+        Ok(mut stream) => {
+            stream.recv().await;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for a signal");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Stops everything in reverse order of start-up, bounded in time.
+async fn shutdown_sequence(state: &State) {
+    state.request_shutdown();
+    let hooks = state.0.settings.hooks.clone();
+    match tokio::time::timeout(Duration::from_secs(5), hooks.on_stop(state)).await {
+        Ok(Err(err)) => tracing::warn!(error = %err, "the OnStop hook failed"),
+        Err(_) => tracing::warn!("the OnStop hook took longer than 5 s; going on"),
+        Ok(Ok(())) => {}
+    }
+    let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
+    if let Some(runtime) = runtime {
+        state.set_db_status(DbStatus::Offline);
+        if tokio::time::timeout(Duration::from_secs(10), runtime.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopping the database took longer than 10 s");
+        }
+    }
+}
+
+/// Brings an initialised member back up after a start.
+async fn resume(state: State, node_id: u64) {
+    let _init = state.0.init_lock.lock().await;
+    let runtime = loop {
+        match start_runtime(&state, node_id).await {
+            Ok(runtime) => break runtime,
+            Err(err) if !state.is_shutting_down() => {
+                tracing::warn!(error = %err, "starting the member failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => return,
+        }
+    };
+    if let Err(err) = open_database(&state, &runtime, OPEN_TIMEOUT_FOREVER).await {
+        tracing::error!(error = %err, "the database could not be opened");
+        return;
+    }
+    let hooks = state.0.settings.hooks.clone();
+    if let Err(err) = hooks.on_start(&state).await {
+        tracing::error!(error = %err, "the OnStart hook failed; shutting down");
+        state.request_shutdown();
+        return;
+    }
+    start_background(&state, &runtime);
+    tracing::info!(
+        name = state.name(),
+        address = state.address(),
+        "member started"
+    );
+}
+
+/// API extension names: lower-case words joined by single underscores.
+pub(crate) fn valid_extension(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('_').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+fn resolve_group(group: &str) -> Result<u32, AppError> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").map_err(|source| AppError::Io {
+        what: "reading /etc/group".into(),
+        source,
+    })?;
+    groups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            Some((fields.next()?, fields.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| AppError::Invalid(format!("unknown socket group {group:?}")))
+}
+
+fn hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    if validate::member_name(&name).is_ok() {
+        name
+    } else {
+        "microcluster".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extension_names() {
+        for ok in ["a", "custom_extension_a_0", "x1_y2"] {
+            assert!(valid_extension(ok), "{ok}");
+        }
+        for bad in ["", "A", "a__b", "_a", "a_", "a-b", "a b"] {
+            assert!(!valid_extension(bad), "{bad}");
+        }
+    }
+}

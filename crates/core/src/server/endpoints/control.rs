@@ -1,0 +1,124 @@
+//! Control-socket-only endpoints: init (bootstrap or join), shutdown, and issuing tokens.
+
+use std::time::{Duration, SystemTime};
+
+use crate::api::{Control, JoinToken, TokenRecord, TokenRequest};
+use crate::server::State;
+use crate::server::db::tokens;
+use crate::server::membership::{self, encode_token};
+use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::validate;
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new("").post(Action::new(init).allowed_before_init()),
+        Endpoint::new("shutdown").post(
+            Action::new(shutdown)
+                .allowed_before_init()
+                .allowed_during_shutdown(),
+        ),
+        Endpoint::new("tokens")
+            .post(Action::new(add_token))
+            .get(Action::new(list_tokens)),
+    ]
+}
+
+async fn init(state: State, req: Request) -> HandlerResult {
+    let control: Control = req.json()?;
+    match (control.bootstrap, control.join_token.is_empty()) {
+        (true, true) => membership::bootstrap(&state, &control).await?,
+        (false, false) => membership::join(&state, &control).await?,
+        (true, false) => {
+            return Err(ApiError::bad_request(
+                "give either bootstrap or a join token, not both",
+            ));
+        }
+        (false, true) => {
+            return Err(ApiError::bad_request(
+                "give either bootstrap or a join token",
+            ));
+        }
+    }
+    Ok(Response::empty())
+}
+
+async fn shutdown(state: State, _req: Request) -> HandlerResult {
+    tracing::info!("shutdown requested through the API");
+    state.request_shutdown();
+    Ok(Response::empty())
+}
+
+fn token_string(state: &State, secret: &str, fingerprint: &str) -> String {
+    encode_token(&JoinToken {
+        secret: secret.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        join_addresses: state.0.truststore.snapshot().addresses(),
+    })
+}
+
+async fn add_token(state: State, req: Request) -> HandlerResult {
+    let request: TokenRequest = req.json()?;
+    validate::member_name(&request.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let runtime = state.db()?;
+    if state
+        .0
+        .truststore
+        .snapshot()
+        .by_name(&request.name)
+        .is_some()
+    {
+        return Err(ApiError::conflict(format!(
+            "a member named {:?} already exists",
+            request.name
+        )));
+    }
+    let secret = crate::tls::hex(
+        &crate::server::runtime::random_bytes::<32>()
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    let expiry = (request.expire_after > 0).then(|| {
+        let at = SystemTime::now() + Duration::from_nanos(request.expire_after);
+        humantime::format_rfc3339_nanos(at).to_string()
+    });
+    let name = request.name.clone();
+    let stored = runtime
+        .db
+        .transaction(|tx| {
+            let (name, secret, expiry) = (name.clone(), secret.clone(), expiry.clone());
+            Box::pin(async move {
+                tokens::delete_expired(tx).await?;
+                if tokens::list(tx).await?.iter().any(|t| t.name == name) {
+                    return Ok(false);
+                }
+                tokens::insert(tx, &name, &secret, expiry.as_deref()).await?;
+                Ok(true)
+            })
+        })
+        .await?;
+    if !stored {
+        return Err(ApiError::conflict(format!(
+            "a join token for {:?} already exists; revoke it first or use it",
+            request.name
+        )));
+    }
+    Response::sync(token_string(&state, &secret, &runtime.cluster_fingerprint))
+}
+
+async fn list_tokens(state: State, _req: Request) -> HandlerResult {
+    let runtime = state.db()?;
+    let rows = runtime
+        .db
+        .transaction(|tx| Box::pin(tokens::list(tx)))
+        .await?;
+    let now = SystemTime::now();
+    let records: Vec<TokenRecord> = rows
+        .into_iter()
+        .filter(|t| !t.is_expired(now))
+        .map(|t| TokenRecord {
+            token: token_string(&state, &t.secret, &runtime.cluster_fingerprint),
+            name: t.name,
+            expires_at: t.expiry,
+        })
+        .collect();
+    Response::sync(records)
+}

@@ -1,0 +1,132 @@
+//! Member-to-member endpoints: join requests, reset after removal, trust store fan-out and
+//! remote hook calls.
+
+use crate::api::{ClusterMemberLocal, JoinRequest, NewMemberHookRequest, RemoveHookRequest};
+use crate::server::State;
+use crate::server::membership::{self, fan_out};
+use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        // Untrusted: the joiner is not a member yet; the token's secret is checked instead.
+        Endpoint::new("cluster").post(Action::new(join).allow_untrusted()),
+        Endpoint::new("cluster/{name}").put(Action::new(reset).allowed_before_init()),
+        Endpoint::new("truststore").post(Action::new(add_trust).allowed_before_init()),
+        Endpoint::new("truststore/{name}").delete(Action::new(remove_trust).allowed_before_init()),
+        Endpoint::new("hooks/{hook}").post(Action::new(run_hook).proxy_target()),
+    ]
+}
+
+async fn join(state: State, req: Request) -> HandlerResult {
+    let request: JoinRequest = req.json()?;
+    Response::sync(membership::admit(&state, request).await?)
+}
+
+/// Resets this member after the leader removed it. Answers first and resets afterwards (the
+/// removal may have been requested through this very member and still await its answer).
+async fn reset(state: State, req: Request) -> HandlerResult {
+    let name = req.param("name")?.to_owned();
+    if name != state.name() {
+        return Err(ApiError::not_found(format!(
+            "this member is {:?}, not {name:?}",
+            state.name()
+        )));
+    }
+    let epoch = state.epoch();
+    tokio::spawn(async move {
+        let _init = state.0.init_lock.lock().await;
+        if state.epoch() != epoch || state.name() != name {
+            return;
+        }
+        tracing::info!("removed from the cluster; resetting to an uninitialised member");
+        if let Err(err) = membership::reset_local(&state).await {
+            tracing::error!(error = %err, "resetting after removal");
+        }
+    });
+    Ok(Response::empty())
+}
+
+async fn add_trust(state: State, req: Request) -> HandlerResult {
+    let member: ClusterMemberLocal = req.json()?;
+    state
+        .0
+        .truststore
+        .add(member.clone())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Ok(runtime) = state.runtime() {
+        runtime.set_servers(state.0.truststore.snapshot().addresses());
+    }
+    if !req.is_notification() {
+        let others: Vec<_> = state
+            .peer_clients()?
+            .into_iter()
+            .filter(|(m, _)| m.name != member.name)
+            .collect();
+        for (name, err) in fan_out(others, |c| {
+            let member = member.clone();
+            async move { c.add_trust(&member).await }
+        })
+        .await
+        {
+            tracing::warn!(member = name, error = %err, "could not pass a trust store addition on");
+        }
+    }
+    Ok(Response::empty())
+}
+
+async fn remove_trust(state: State, req: Request) -> HandlerResult {
+    let name = req.param("name")?.to_owned();
+    if name == state.name() {
+        return Err(ApiError::bad_request(
+            "a member cannot stop trusting itself; remove it from the cluster instead",
+        ));
+    }
+    state
+        .0
+        .truststore
+        .remove(&name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Ok(runtime) = state.runtime() {
+        runtime.set_servers(state.0.truststore.snapshot().addresses());
+    }
+    if !req.is_notification() {
+        for (member, err) in fan_out(state.peer_clients()?, |c| {
+            let name = name.clone();
+            async move { c.remove_trust(&name).await }
+        })
+        .await
+        {
+            tracing::warn!(member, error = %err, "could not pass a trust store removal on");
+        }
+    }
+    Ok(Response::empty())
+}
+
+async fn run_hook(state: State, req: Request) -> HandlerResult {
+    let hook = req.param("hook")?;
+    let hooks = state.0.settings.hooks.clone();
+    let result = match hook {
+        "pre-remove" => {
+            hooks
+                .pre_remove(&state, req.json::<RemoveHookRequest>()?.force)
+                .await
+        }
+        "post-remove" => {
+            hooks
+                .post_remove(&state, req.json::<RemoveHookRequest>()?.force)
+                .await
+        }
+        "on-new-member" => {
+            hooks
+                .on_new_member(&state, &req.json::<NewMemberHookRequest>()?.new_member)
+                .await
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no remotely callable hook named {other:?}"
+            )));
+        }
+    };
+    result.map_err(|e| ApiError::internal(format!("the {hook} hook failed: {e}")))?;
+    Ok(Response::empty())
+}

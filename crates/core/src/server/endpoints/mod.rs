@@ -1,0 +1,34 @@
+//! The core API's endpoints, one resource group per file.
+
+mod cluster;
+mod control;
+mod database;
+mod internal;
+mod sql;
+mod status;
+
+use super::rest::Resources;
+
+/// Endpoints served only on the control socket.
+pub(crate) fn control() -> Resources {
+    Resources::new("core/control", control::endpoints())
+}
+
+/// Endpoints served on the control socket and the member's HTTPS address.
+pub(crate) fn shared() -> Vec<Resources> {
+    vec![
+        Resources::new(
+            "core/1.0",
+            [status::endpoints(), cluster::endpoints()].concat(),
+        ),
+        Resources::new(
+            "core/internal",
+            [
+                internal::endpoints(),
+                database::endpoints(),
+                sql::endpoints(),
+            ]
+            .concat(),
+        ),
+    ]
+}

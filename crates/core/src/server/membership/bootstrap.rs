@@ -1,0 +1,94 @@
+//! Bootstrap: the first member creates the cluster.
+
+use super::{
+    OPEN_TIMEOUT, ensure_server_identity, ensure_uninitialised, hook_failed, open_database,
+    own_row, reset_local, start_background, start_runtime,
+};
+use crate::api::{ClusterMemberLocal, Control, role};
+use crate::certs;
+use crate::server::db::{members, now};
+use crate::server::rest::ApiError;
+use crate::server::state::State;
+use crate::server::state_dir::NodeInfo;
+use crate::validate;
+
+/// Creates a new cluster with this member as its only voter.
+pub(crate) async fn bootstrap(state: &State, control: &Control) -> Result<(), ApiError> {
+    let _init = state.0.init_lock.lock().await;
+    ensure_uninitialised(state)?;
+    validate::member_name(&control.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate::member_address(&control.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let hooks = state.0.settings.hooks.clone();
+    hooks
+        .pre_init(state, true, &control.config)
+        .await
+        .map_err(|e| hook_failed("PreInit", e))?;
+    match bootstrap_steps(state, control).await {
+        Ok(()) => {
+            tracing::info!(
+                name = control.name,
+                address = control.address,
+                "bootstrapped a new cluster"
+            );
+            Ok(())
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "bootstrap failed; undoing it");
+            if let Err(reset) = reset_local(state).await {
+                tracing::error!(error = %reset, "undoing the failed bootstrap");
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), ApiError> {
+    let internal = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
+    let server = ensure_server_identity(state, &control.name)?;
+    let cluster = certs::generate(&control.name, &[]).map_err(|e| internal(&e))?;
+    let dir = &state.0.dir;
+    dir.set_cluster_identity(&cluster)
+        .map_err(|e| internal(&e))?;
+    {
+        let mut config = state
+            .0
+            .config
+            .write()
+            .map_err(|_| ApiError::internal("poisoned"))?;
+        config.name = control.name.clone();
+        config.address = control.address.clone();
+        dir.set_daemon_config(&config).map_err(|e| internal(&e))?;
+    }
+    state
+        .0
+        .truststore
+        .add(ClusterMemberLocal {
+            name: control.name.clone(),
+            address: control.address.clone(),
+            certificate: server.cert_pem.clone(),
+        })
+        .map_err(|e| internal(&e))?;
+    dir.set_node_info(&NodeInfo {
+        id: dqlite::BOOTSTRAP_ID,
+    })
+    .map_err(|e| internal(&e))?;
+
+    let runtime = start_runtime(state, dqlite::BOOTSTRAP_ID).await?;
+    open_database(state, &runtime, OPEN_TIMEOUT).await?;
+    let mut row = own_row(state, &server, role::VOTER);
+    row.heartbeat = now();
+    runtime
+        .db
+        .transaction(|tx| {
+            let row = row.clone();
+            Box::pin(async move { members::insert(tx, &row).await })
+        })
+        .await?;
+    let hooks = state.0.settings.hooks.clone();
+    hooks
+        .post_bootstrap(state, &control.config)
+        .await
+        .map_err(|e| hook_failed("PostBootstrap", e))?;
+    start_background(state, &runtime);
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! How a member comes, lives and goes: bootstrap, join (both sides), removal and reset, and the
+//! pieces they share. The order of steps in each keeps the three descriptions of the
+//! membership (dqlite's configuration, `core_cluster_members`, the trust stores) in step, and
+//! every step that can fail midway is undone.
+
+mod bootstrap;
+mod join;
+mod remove;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(crate) use bootstrap::bootstrap;
+pub(crate) use join::{admit, encode_token, join};
+pub(crate) use remove::remove;
+
+use super::db::{DbStatus, members, schema};
+use super::heartbeat;
+use super::rest::ApiError;
+use super::runtime::Runtime;
+use super::state::State;
+use crate::api::{ClusterMemberLocal, role};
+use crate::certs;
+use crate::client::{Client, ClientError};
+use crate::tls::{self, Identity};
+
+/// How long to wait for a leader while opening the database during init.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Waiting for a leader after a restart: as long as it takes (quorum may come back later).
+pub(crate) const OPEN_TIMEOUT_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Fails with 409 if the member is already initialised.
+pub(crate) fn ensure_uninitialised(state: &State) -> Result<(), ApiError> {
+    let initialised = state
+        .0
+        .dir
+        .node_info()
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .is_some();
+    if initialised || state.runtime().is_ok() {
+        return Err(ApiError::conflict(format!(
+            "this member is already initialised as {:?} at {}; remove it from its cluster first",
+            state.name(),
+            state.address()
+        )));
+    }
+    Ok(())
+}
+
+/// Wraps a hook's failure.
+pub(crate) fn hook_failed(hook: &str, err: super::hooks::HookError) -> ApiError {
+    ApiError::internal(format!("the {hook} hook failed: {err}"))
+}
+
+/// This member's certificate, regenerated if it does not name `name` (a joiner's name must be
+/// in its certificate).
+pub(crate) fn ensure_server_identity(state: &State, name: &str) -> Result<Identity, ApiError> {
+    let current = state
+        .0
+        .server_identity
+        .read()
+        .map(|i| i.clone())
+        .map_err(|_| ApiError::internal("poisoned"))?;
+    let der = tls::parse_cert(&current.cert_pem, "server.crt")
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if tls::cert_has_dns_name(&der, name).unwrap_or(false) {
+        return Ok(current);
+    }
+    let fresh = certs::generate(name, &[]).map_err(|e| ApiError::internal(e.to_string()))?;
+    state
+        .0
+        .dir
+        .set_server_identity(&fresh)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Ok(mut guard) = state.0.server_identity.write() {
+        *guard = fresh.clone();
+    }
+    Ok(fresh)
+}
+
+/// Starts the runtime and installs it in the daemon.
+pub(crate) async fn start_runtime(state: &State, node_id: u64) -> Result<Arc<Runtime>, ApiError> {
+    let runtime = Runtime::start(state, node_id)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Ok(mut slot) = state.0.runtime.write() {
+        *slot = Some(runtime.clone());
+    }
+    Ok(runtime)
+}
+
+/// Waits for a leader, brings the schema up to date and marks the database online.
+pub(crate) async fn open_database(
+    state: &State,
+    runtime: &Runtime,
+    timeout: Duration,
+) -> Result<(), ApiError> {
+    state.set_db_status(DbStatus::Starting);
+    let deadline = Instant::now() + timeout;
+    let settings = &state.0.settings;
+    loop {
+        match schema::ensure(
+            &runtime.db,
+            &settings.internal_schema,
+            &settings.external_schema,
+        )
+        .await
+        {
+            Ok(_) => break,
+            Err(schema::SchemaError::Behind {
+                kind,
+                applied,
+                known,
+            }) => {
+                state.set_db_status(DbStatus::Offline);
+                return Err(ApiError::unavailable(
+                    schema::SchemaError::Behind {
+                        kind,
+                        applied,
+                        known,
+                    }
+                    .to_string(),
+                ));
+            }
+            Err(schema::SchemaError::Db(err))
+                if Instant::now() < deadline && !runtime.stop.is_fired() =>
+            {
+                tracing::debug!(error = %err, "database not reachable yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(schema::SchemaError::Db(err)) => return Err(err.into()),
+        }
+    }
+    state.set_db_status(DbStatus::Online);
+    Ok(())
+}
+
+/// Everything after the database is online on every start: heartbeats.
+pub(crate) fn start_background(state: &State, runtime: &Runtime) {
+    runtime.adopt(tokio::spawn(heartbeat::run(
+        state.clone(),
+        runtime.stop.clone(),
+    )));
+}
+
+/// Turns this member back into an uninitialised daemon: stops its node and listener, and
+/// deletes its database, cluster certificate and trust store. Idempotent.
+pub(crate) async fn reset_local(state: &State) -> Result<(), ApiError> {
+    state.bump_epoch();
+    state.set_db_status(DbStatus::Offline);
+    let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
+    if let Some(runtime) = runtime {
+        runtime.stop().await;
+    }
+    let result = state
+        .0
+        .dir
+        .reset()
+        .map_err(|e| ApiError::internal(format!("resetting the state directory: {e}")));
+    state.0.truststore.clear();
+    if let Ok(mut config) = state.0.config.write() {
+        config.name.clear();
+        config.address.clear();
+    }
+    state.set_db_status(DbStatus::NotInitialized);
+    result
+}
+
+/// The role a newly added node should get: voters first (up to 3), then stand-bys (up to 3).
+pub(crate) fn role_for_new_node(nodes: &[dqlite::NodeInfo], new_id: u64) -> dqlite::Role {
+    let count = |role| {
+        nodes
+            .iter()
+            .filter(|n| n.id != new_id && n.role == Some(role))
+            .count()
+    };
+    if count(dqlite::Role::Voter) < 3 {
+        dqlite::Role::Voter
+    } else if count(dqlite::Role::StandBy) < 3 {
+        dqlite::Role::StandBy
+    } else {
+        dqlite::Role::Spare
+    }
+}
+
+/// Runs a dqlite membership request, retrying while raft is busy with another change.
+pub(crate) async fn retry_config_change<F, Fut>(what: &str, mut request: F) -> Result<(), ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = dqlite::Result<()>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match request().await {
+            Ok(()) => return Ok(()),
+            Err(err) if (err.is_busy() || err.is_not_leader()) && Instant::now() < deadline => {
+                tracing::debug!(error = %err, "{what}: retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(err) => return Err(ApiError::from(err).context(what)),
+        }
+    }
+}
+
+/// Runs `call` against every client at once and returns the failures.
+pub(crate) async fn fan_out<F, Fut>(
+    clients: Vec<(ClusterMemberLocal, Client)>,
+    call: F,
+) -> Vec<(String, ClientError)>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>> + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for (member, client) in clients {
+        let fut = call(client);
+        set.spawn(async move { (member.name, fut.await) });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((name, Err(err))) = joined {
+            failures.push((name, err));
+        }
+    }
+    failures
+}
+
+/// The role string stored for a dqlite role.
+pub(crate) fn role_name(role: Option<dqlite::Role>) -> &'static str {
+    match role {
+        Some(dqlite::Role::Voter) => role::VOTER,
+        Some(dqlite::Role::StandBy) => role::STAND_BY,
+        Some(dqlite::Role::Spare) => role::SPARE,
+        None => role::PENDING,
+    }
+}
+
+/// This member's row as first inserted.
+pub(crate) fn own_row(state: &State, identity: &Identity, role: &str) -> members::MemberRow {
+    let settings = &state.0.settings;
+    members::MemberRow {
+        name: state.name(),
+        address: state.address(),
+        certificate: identity.cert_pem.clone(),
+        schema_internal: settings.internal_schema.len() as u64,
+        schema_external: settings.external_schema.len() as u64,
+        heartbeat: super::db::ZERO_TIME.to_owned(),
+        role: role.to_owned(),
+        api_extensions: settings.api_extensions.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dqlite::{NodeInfo, Role};
+
+    fn node(id: u64, role: Role) -> NodeInfo {
+        NodeInfo {
+            id,
+            address: format!("n{id}"),
+            role: Some(role),
+        }
+    }
+
+    #[test]
+    fn new_nodes_fill_voters_then_stand_bys() {
+        let mut nodes = vec![node(1, Role::Voter), node(9, Role::Spare)];
+        assert_eq!(role_for_new_node(&nodes, 9), Role::Voter);
+        nodes.extend([node(2, Role::Voter), node(3, Role::Voter)]);
+        assert_eq!(role_for_new_node(&nodes, 9), Role::StandBy);
+        nodes.extend([
+            node(4, Role::StandBy),
+            node(5, Role::StandBy),
+            node(6, Role::StandBy),
+        ]);
+        assert_eq!(role_for_new_node(&nodes, 9), Role::Spare);
+    }
+}

@@ -1,0 +1,22 @@
+//! The daemon half of the library (cargo feature `server`): the member's REST API, its dqlite
+//! node and database, membership, heartbeats and hooks.
+
+mod app;
+pub(crate) mod db;
+mod endpoints;
+mod heartbeat;
+mod hooks;
+pub(crate) mod membership;
+pub mod rest;
+mod runtime;
+mod state;
+pub(crate) mod state_dir;
+pub(crate) mod truststore;
+pub(crate) mod tunnel;
+
+pub use app::{App, AppError, Args, DaemonArgs};
+pub use db::DbStatus;
+pub use db::schema::SchemaUpdate;
+pub use hooks::{HookError, HookFuture, Hooks, InitConfig, NoHooks};
+pub use state::State;
+pub use state_dir::StateDirError;

@@ -1,0 +1,363 @@
+//! The REST layer: endpoints with per-action access flags, requests as handlers see them,
+//! responses in the JSON envelope, and the one place where errors become HTTP statuses.
+
+mod router;
+mod serve;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::header::USER_AGENT;
+use hyper::{HeaderMap, Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub(crate) use router::Routes;
+pub(crate) use serve::{Listener, ShutdownSignal};
+
+use super::State;
+use crate::client::NOTIFICATION_USER_AGENT;
+
+/// Largest request body accepted.
+pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
+
+/// An error answered to a client: an HTTP status and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with any status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request is malformed or invalid.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 403: the caller is not trusted.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 404: no such thing.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 409: conflicts with the current state.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 503: not possible right now (not ready, not initialised, no leader, shutting down).
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    /// 500: something failed on our side.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Prefixes the message with what was being done.
+    pub fn context(mut self, what: impl std::fmt::Display) -> ApiError {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+/// How a request reached us, and so how far it is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Over the control socket (guarded by file permissions).
+    Unix,
+    /// Over TLS with the certificate of this trusted member.
+    Member(String),
+    /// Over TLS with an unknown certificate (fingerprint), or none.
+    Untrusted(Option<String>),
+}
+
+/// A request as a handler sees it.
+pub struct Request {
+    /// HTTP method.
+    pub method: Method,
+    /// Path without the query.
+    pub path: String,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The body (at most [`MAX_REQUEST_BODY`] bytes).
+    pub body: Bytes,
+    /// Who sent it.
+    pub trust: Trust,
+    params: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("trust", &self.trust)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Request {
+    /// A path parameter (`{name}` in the endpoint's path).
+    pub fn param(&self, name: &str) -> Result<&str, ApiError> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| ApiError::internal(format!("endpoint has no path parameter {name:?}")))
+    }
+
+    /// A query parameter.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A boolean query flag (`?force=1`, `?force=true`).
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.query(name), Some("1" | "true" | "yes"))
+    }
+
+    /// The body as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::bad_request(
+                "the request body is empty; JSON was expected",
+            ));
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    }
+
+    /// Whether a member forwarded this request as a notification (not to be fanned out again).
+    pub fn is_notification(&self) -> bool {
+        self.headers
+            .get(USER_AGENT)
+            .is_some_and(|ua| ua == NOTIFICATION_USER_AGENT)
+    }
+
+    /// Whether the caller is trusted (control socket or a trusted member).
+    pub fn is_trusted(&self) -> bool {
+        !matches!(self.trust, Trust::Untrusted(_))
+    }
+
+    /// The HTTP upgrade of this request, once (for protocol switches such as the dqlite tunnel).
+    pub(crate) fn take_upgrade(&mut self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.upgrade.take()
+    }
+}
+
+/// A handler's answer.
+#[derive(Debug)]
+pub struct Response {
+    pub(crate) inner: ResponseKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum ResponseKind {
+    Sync(serde_json::Value),
+    /// An answer from another member, passed through unchanged.
+    Forwarded {
+        status: StatusCode,
+        body: Bytes,
+    },
+    /// `101 Switching Protocols` to this protocol.
+    Upgrade(&'static str),
+}
+
+impl Response {
+    /// A result, serialised into the envelope's `metadata`.
+    pub fn sync(value: impl Serialize) -> Result<Response, ApiError> {
+        let value = serde_json::to_value(value)
+            .map_err(|e| ApiError::internal(format!("encoding the response: {e}")))?;
+        Ok(Response {
+            inner: ResponseKind::Sync(value),
+        })
+    }
+
+    /// An empty result (`metadata: {}`).
+    pub fn empty() -> Response {
+        Response {
+            inner: ResponseKind::Sync(serde_json::json!({})),
+        }
+    }
+
+    pub(crate) fn forwarded(status: StatusCode, body: Bytes) -> Response {
+        Response {
+            inner: ResponseKind::Forwarded { status, body },
+        }
+    }
+
+    pub(crate) fn upgrade(protocol: &'static str) -> Response {
+        Response {
+            inner: ResponseKind::Upgrade(protocol),
+        }
+    }
+}
+
+/// What a handler returns.
+pub type HandlerResult = Result<Response, ApiError>;
+
+/// The future a handler returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+
+type HandlerFn = dyn Fn(State, Request) -> HandlerFuture + Send + Sync;
+
+/// One method of an endpoint: its handler and who may call it when.
+#[derive(Clone)]
+pub struct Action {
+    pub(crate) handler: Arc<HandlerFn>,
+    pub(crate) allow_untrusted: bool,
+    pub(crate) allowed_before_init: bool,
+    pub(crate) allowed_during_shutdown: bool,
+    pub(crate) proxy_target: bool,
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Action")
+            .field("allow_untrusted", &self.allow_untrusted)
+            .field("allowed_before_init", &self.allowed_before_init)
+            .field("allowed_during_shutdown", &self.allowed_during_shutdown)
+            .field("proxy_target", &self.proxy_target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Action {
+    /// An action running `handler`; by default only trusted callers, only once the database
+    /// is up, and not during shutdown.
+    pub fn new<F, Fut>(handler: F) -> Action
+    where
+        F: Fn(State, Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Action {
+            handler: Arc::new(move |state, req| Box::pin(handler(state, req))),
+            allow_untrusted: false,
+            allowed_before_init: false,
+            allowed_during_shutdown: false,
+            proxy_target: false,
+        }
+    }
+
+    /// Lets callers without a trusted certificate in (the handler must check them itself).
+    pub fn allow_untrusted(mut self) -> Action {
+        self.allow_untrusted = true;
+        self
+    }
+
+    /// Serves it before the member is initialised (before the database exists).
+    pub fn allowed_before_init(mut self) -> Action {
+        self.allowed_before_init = true;
+        self
+    }
+
+    /// Serves it while the daemon shuts down.
+    pub fn allowed_during_shutdown(mut self) -> Action {
+        self.allowed_during_shutdown = true;
+        self
+    }
+
+    /// Forwards the request to the member named by `?target=NAME` when it is not this one.
+    pub fn proxy_target(mut self) -> Action {
+        self.proxy_target = true;
+        self
+    }
+}
+
+/// A path and what each method does there.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub(crate) path: String,
+    pub(crate) actions: Vec<(Method, Action)>,
+}
+
+impl Endpoint {
+    /// An endpoint at `path` below its resources' prefix; `{name}` segments are parameters.
+    pub fn new(path: impl Into<String>) -> Endpoint {
+        Endpoint {
+            path: path.into(),
+            actions: Vec::new(),
+        }
+    }
+
+    /// Handles `method` with `action`.
+    pub fn action(mut self, method: Method, action: Action) -> Endpoint {
+        self.actions.retain(|(m, _)| *m != method);
+        self.actions.push((method, action));
+        self
+    }
+
+    /// Handles GET.
+    pub fn get(self, action: Action) -> Endpoint {
+        self.action(Method::GET, action)
+    }
+
+    /// Handles POST.
+    pub fn post(self, action: Action) -> Endpoint {
+        self.action(Method::POST, action)
+    }
+
+    /// Handles PUT.
+    pub fn put(self, action: Action) -> Endpoint {
+        self.action(Method::PUT, action)
+    }
+
+    /// Handles PATCH.
+    pub fn patch(self, action: Action) -> Endpoint {
+        self.action(Method::PATCH, action)
+    }
+
+    /// Handles DELETE.
+    pub fn delete(self, action: Action) -> Endpoint {
+        self.action(Method::DELETE, action)
+    }
+}
+
+/// Endpoints under a common path prefix (e.g. `1.0` for `/1.0/...`).
+#[derive(Debug, Clone)]
+pub struct Resources {
+    pub(crate) prefix: String,
+    pub(crate) endpoints: Vec<Endpoint>,
+}
+
+impl Resources {
+    /// Endpoints under `/prefix/`.
+    pub fn new(prefix: impl Into<String>, endpoints: Vec<Endpoint>) -> Resources {
+        Resources {
+            prefix: prefix.into().trim_matches('/').to_owned(),
+            endpoints,
+        }
+    }
+}

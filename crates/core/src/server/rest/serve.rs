@@ -1,0 +1,357 @@
+//! Serving HTTP/1.1 (with upgrades) on the control socket and on TLS listeners, and the
+//! dispatch every request goes through: route, trust, shutdown and init checks, forwarding to
+//! `?target=`, then the handler.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::StatusCode;
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::router::{Match, parse_query};
+use super::{
+    ApiError, HandlerResult, MAX_REQUEST_BODY, Request, Response, ResponseKind, Routes, Trust,
+};
+use crate::api::Envelope;
+use crate::server::State;
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A one-way "stop now" signal shared by a listener and the tasks it spawned.
+#[derive(Debug, Clone)]
+pub(crate) struct ShutdownSignal {
+    rx: watch::Receiver<bool>,
+}
+
+impl ShutdownSignal {
+    /// A signal and the sender that fires it.
+    pub(crate) fn new() -> (watch::Sender<bool>, ShutdownSignal) {
+        let (tx, rx) = watch::channel(false);
+        (tx, ShutdownSignal { rx })
+    }
+
+    /// Resolves once the signal fired (or its sender is gone).
+    pub(crate) async fn fired(&mut self) {
+        let _ = self.rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Whether it fired.
+    pub(crate) fn is_fired(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+/// How a connection reached us.
+#[derive(Debug, Clone)]
+pub(crate) enum Peer {
+    Unix,
+    /// TLS, with the fingerprint of the client certificate if one was presented.
+    Tls(Option<String>),
+}
+
+/// A running listener; stopping it closes its connections too.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Serves `routes` on a unix socket at `path` (mode 0660, optionally owned by `gid`).
+    pub(crate) fn unix(
+        path: &Path,
+        gid: Option<u32>,
+        state: State,
+        routes: Arc<Routes>,
+    ) -> std::io::Result<Listener> {
+        use std::os::unix::fs::PermissionsExt;
+        // We hold the state directory lock, so a socket file left here is stale.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(path, None, Some(gid))?;
+        }
+        let (stop, signal) = ShutdownSignal::new();
+        let task = tokio::spawn(accept_unix(listener, state, routes, signal));
+        Ok(Listener { stop, task })
+    }
+
+    /// Serves `routes` over TLS on an already bound TCP listener.
+    pub(crate) fn tls(
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        state: State,
+        routes: Arc<Routes>,
+    ) -> Listener {
+        let (stop, signal) = ShutdownSignal::new();
+        let task = tokio::spawn(accept_tls(
+            listener,
+            tokio_rustls::TlsAcceptor::from(tls),
+            state,
+            routes,
+            signal,
+        ));
+        Listener { stop, task }
+    }
+
+    /// Stops accepting, closes open connections, and waits for the accept loop to end.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_unix(
+    listener: UnixListener,
+    state: State,
+    routes: Arc<Routes>,
+    mut signal: ShutdownSignal,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accepting on the control socket");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = signal.fired() => return,
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            Peer::Unix,
+            state.clone(),
+            routes.clone(),
+            signal.clone(),
+        ));
+    }
+}
+
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: State,
+    routes: Arc<Routes>,
+    mut signal: ShutdownSignal,
+) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accepting a TCP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = signal.fired() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, state, routes, signal) = (
+            acceptor.clone(),
+            state.clone(),
+            routes.clone(),
+            signal.clone(),
+        );
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::debug!(%remote, error = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let fingerprint = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| crate::tls::fingerprint(c));
+            serve_connection(stream, Peer::Tls(fingerprint), state, routes, signal).await;
+        });
+    }
+}
+
+async fn serve_connection<S>(
+    io: S,
+    peer: Peer,
+    state: State,
+    routes: Arc<Routes>,
+    mut signal: ShutdownSignal,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (state, routes, peer) = (state.clone(), routes.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(dispatch(state, &routes, peer, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        }
+        _ = signal.fired() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}
+
+async fn dispatch(
+    state: State,
+    routes: &Routes,
+    peer: Peer,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let result = handle(state, routes, peer, req).await;
+    if let Err(err) = &result {
+        tracing::debug!(%method, %path, status = %err.status(), error = %err, "request failed");
+    }
+    render(result)
+}
+
+async fn handle(
+    state: State,
+    routes: &Routes,
+    peer: Peer,
+    req: hyper::Request<Incoming>,
+) -> HandlerResult {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let (action, params) = match routes.find(&parts.method, &path) {
+        Match::Found(action, params) => (action, params),
+        Match::MethodNotAllowed => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed on {path}", parts.method),
+            ));
+        }
+        Match::NotFound => return Err(ApiError::not_found(format!("no such endpoint: {path}"))),
+    };
+    let trust = match peer {
+        Peer::Unix => Trust::Unix,
+        Peer::Tls(Some(fp)) => match state.trusted_member(&fp) {
+            Some(name) => Trust::Member(name),
+            None => Trust::Untrusted(Some(fp)),
+        },
+        Peer::Tls(None) => Trust::Untrusted(None),
+    };
+    if state.is_shutting_down() && !action.allowed_during_shutdown {
+        return Err(ApiError::unavailable("Daemon is shutting down"));
+    }
+    if matches!(trust, Trust::Untrusted(_)) && !action.allow_untrusted {
+        return Err(ApiError::forbidden(
+            "not authorized: this endpoint needs a trusted member certificate",
+        ));
+    }
+    if !action.allowed_before_init {
+        state.require_database()?;
+    }
+    let body = Limited::new(body, MAX_REQUEST_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {MAX_REQUEST_BODY} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}"))
+            }
+        })?;
+    let request = Request {
+        method: parts.method.clone(),
+        path,
+        query: parse_query(parts.uri.query().unwrap_or("")),
+        headers: std::mem::take(&mut parts.headers),
+        body: body.to_bytes(),
+        trust,
+        params,
+        upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+    };
+    if action.proxy_target
+        && let Some(target) = request.query("target").map(str::to_owned)
+        && target != state.name()
+    {
+        return state
+            .forward(&target, &parts.method, &parts.uri, request.body)
+            .await;
+    }
+    (action.handler)(state, request).await
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> hyper::Response<Full<Bytes>> {
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn render(result: HandlerResult) -> hyper::Response<Full<Bytes>> {
+    match result {
+        Ok(Response {
+            inner: ResponseKind::Sync(value),
+        }) => {
+            let body = serde_json::to_vec(&Envelope::sync(value)).unwrap_or_default();
+            json_response(StatusCode::OK, body)
+        }
+        Ok(Response {
+            inner: ResponseKind::Forwarded { status, body },
+        }) => json_response(status, body.to_vec()),
+        Ok(Response {
+            inner: ResponseKind::Upgrade(protocol),
+        }) => {
+            let mut response = hyper::Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            response.headers_mut().insert(
+                CONNECTION,
+                hyper::header::HeaderValue::from_static("Upgrade"),
+            );
+            response
+                .headers_mut()
+                .insert(UPGRADE, hyper::header::HeaderValue::from_static(protocol));
+            response
+        }
+        Err(err) => {
+            let body = serde_json::to_vec(&Envelope::error(err.status().as_u16(), err.message()))
+                .unwrap_or_default();
+            json_response(err.status(), body)
+        }
+    }
+}

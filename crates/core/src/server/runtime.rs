@@ -1,0 +1,190 @@
+//! What exists while a member is initialised: its HTTPS listener, its dqlite node (on a private
+//! abstract socket, reached through the tunnel) and its database client. Started at init and at
+//! every start of an initialised member, stopped at shutdown and reset.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::db::Db;
+use super::rest::{Listener, ShutdownSignal};
+use super::state::State;
+use super::tunnel;
+use crate::tls::{self, Identity};
+
+/// Starting the runtime failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("this member has no {0} certificate; it is not initialised")]
+    MissingIdentity(&'static str),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Files(#[from] super::state_dir::StateDirError),
+    #[error(transparent)]
+    Node(#[from] dqlite::NodeError),
+}
+
+/// A running member.
+pub(crate) struct Runtime {
+    pub(crate) address: String,
+    pub(crate) node_id: u64,
+    pub(crate) cluster_fingerprint: String,
+    pub(crate) cluster_identity: Identity,
+    /// Client TLS to peers: our server certificate, their cluster certificate pinned.
+    pub(crate) peer_tls: Arc<rustls::ClientConfig>,
+    pub(crate) db: Db,
+    /// The node's abstract socket.
+    pub(crate) bind_name: String,
+    node: Mutex<Option<dqlite::Node>>,
+    listener: tokio::sync::Mutex<Option<Listener>>,
+    stop_tx: watch::Sender<bool>,
+    pub(crate) stop: ShutdownSignal,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("address", &self.address)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Binds the member address, starts the HTTPS listener and the dqlite node.
+    pub(crate) async fn start(state: &State, node_id: u64) -> Result<Arc<Runtime>, StartError> {
+        let daemon = &state.0;
+        let address = state.address();
+        let cluster_identity = daemon
+            .dir
+            .cluster_identity()?
+            .ok_or(StartError::MissingIdentity("cluster"))?;
+        let server_identity = daemon
+            .server_identity
+            .read()
+            .map(|i| i.clone())
+            .map_err(|_| StartError::MissingIdentity("server"))?;
+        let cluster_fingerprint = cluster_identity.fingerprint()?;
+        let peer_tls =
+            tls::client_config(Some(&server_identity), vec![cluster_fingerprint.clone()])?;
+        let server_tls = tls::server_config(&cluster_identity)?;
+
+        let tcp = TcpListener::bind(&address)
+            .await
+            .map_err(|source| StartError::Listen {
+                address: address.clone(),
+                source,
+            })?;
+        let (stop_tx, stop) = ShutdownSignal::new();
+        let nonce = random_bytes::<6>().map_err(|source| StartError::Listen {
+            address: address.clone(),
+            source,
+        })?;
+        let bind_name = format!(
+            "@microcluster-{}-{}",
+            std::process::id(),
+            crate::tls::hex(&nonce)
+        );
+
+        let builder = dqlite::Node::builder(node_id, address.clone(), daemon.dir.database_dir())
+            .bind_address(bind_name.clone())
+            .network_latency(daemon.settings.network_latency)
+            .connect_func(tunnel::connect_func(
+                tokio::runtime::Handle::current(),
+                peer_tls.clone(),
+                stop.clone(),
+            ));
+        let node =
+            tokio::task::spawn_blocking(move || -> Result<dqlite::Node, dqlite::NodeError> {
+                let mut node = builder.build()?;
+                node.start()?;
+                Ok(node)
+            })
+            .await
+            .map_err(|e| StartError::Listen {
+                address: address.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+
+        let servers = daemon.truststore.snapshot().addresses();
+        let client_config = dqlite::ClientConfig {
+            dial_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            leader_timeout: Duration::from_secs(10),
+            ..dqlite::ClientConfig::default()
+        };
+        let client = dqlite::Client::with_dialer(
+            servers,
+            tunnel::dialer(address.clone(), bind_name.clone(), peer_tls.clone()),
+            client_config,
+        );
+        let listener = Listener::tls(tcp, server_tls, state.clone(), daemon.core_routes.clone());
+        Ok(Arc::new(Runtime {
+            address,
+            node_id,
+            cluster_fingerprint,
+            cluster_identity,
+            peer_tls,
+            db: Db::new(client),
+            bind_name,
+            node: Mutex::new(Some(node)),
+            listener: tokio::sync::Mutex::new(Some(listener)),
+            stop_tx,
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Keeps a background task that ends with the runtime.
+    pub(crate) fn adopt(&self, task: JoinHandle<()>) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.push(task);
+        }
+    }
+
+    /// Points the database client at the current members.
+    pub(crate) fn set_servers(&self, servers: Vec<String>) {
+        self.db.client().set_servers(servers);
+    }
+
+    /// Stops background tasks, the listener and the node. Idempotent.
+    pub(crate) async fn stop(&self) {
+        let _ = self.stop_tx.send(true);
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .map(|mut t| t.drain(..).collect())
+            .unwrap_or_default();
+        for task in tasks {
+            task.abort();
+        }
+        if let Some(listener) = self.listener.lock().await.take() {
+            listener.stop().await;
+        }
+        let node = self.node.lock().ok().and_then(|mut n| n.take());
+        if let Some(node) = node {
+            let _ = tokio::task::spawn_blocking(move || drop(node)).await;
+        }
+    }
+}
+
+/// Random bytes from the system's secure generator.
+pub(crate) fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| std::io::Error::other("the system random number generator failed"))?;
+    Ok(out)
+}

@@ -1,0 +1,219 @@
+//! The daemon's shared state, and [`State`], the handle handlers and hooks receive.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hyper::{Method, Uri};
+use tokio::sync::watch;
+
+use super::db::DbStatus;
+use super::db::schema::SchemaUpdate;
+use super::hooks::Hooks;
+use super::rest::{ApiError, Response, Routes};
+use super::runtime::Runtime;
+use super::state_dir::{DaemonConfig, StateDir};
+use super::truststore::TrustStore;
+use crate::api::ClusterMemberLocal;
+use crate::client::Client;
+use crate::tls::Identity;
+
+/// What the application configured.
+pub(crate) struct Settings {
+    pub(crate) version: String,
+    pub(crate) heartbeat: Duration,
+    pub(crate) api_extensions: Vec<String>,
+    pub(crate) internal_schema: Vec<SchemaUpdate>,
+    pub(crate) external_schema: Vec<SchemaUpdate>,
+    pub(crate) hooks: Arc<dyn Hooks>,
+    pub(crate) network_latency: Duration,
+}
+
+/// Everything a running daemon holds.
+pub(crate) struct Daemon {
+    pub(crate) dir: StateDir,
+    pub(crate) settings: Settings,
+    pub(crate) config: RwLock<DaemonConfig>,
+    pub(crate) server_identity: RwLock<Identity>,
+    pub(crate) truststore: TrustStore,
+    pub(crate) runtime: RwLock<Option<Arc<Runtime>>>,
+    pub(crate) db_status: watch::Sender<DbStatus>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Serialises init, reset and the start-up of the cluster runtime.
+    pub(crate) init_lock: tokio::sync::Mutex<()>,
+    /// Bumped on every reset, so a reset requested for an earlier membership is not applied
+    /// to a later one.
+    pub(crate) epoch: AtomicU64,
+    pub(crate) core_routes: Arc<Routes>,
+}
+
+/// A handle on the daemon, given to endpoint handlers and hooks; cheap to clone.
+#[derive(Clone)]
+pub struct State(pub(crate) Arc<Daemon>);
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("name", &self.name())
+            .field("address", &self.address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// This member's name (empty before init).
+    pub fn name(&self) -> String {
+        self.0
+            .config
+            .read()
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// This member's address `ip:port` (empty before init).
+    pub fn address(&self) -> String {
+        self.0
+            .config
+            .read()
+            .map(|c| c.address.clone())
+            .unwrap_or_default()
+    }
+
+    /// The application's version string.
+    pub fn version(&self) -> &str {
+        &self.0.settings.version
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.0.dir.root()
+    }
+
+    /// Where the database stands.
+    pub fn database_status(&self) -> DbStatus {
+        *self.0.db_status.borrow()
+    }
+
+    /// Whether this binary declares API extension `name`.
+    pub fn has_extension(&self, name: &str) -> bool {
+        self.0.settings.api_extensions.iter().any(|e| e == name)
+    }
+
+    /// The members this member trusts (itself included).
+    pub fn members(&self) -> Vec<ClusterMemberLocal> {
+        self.0
+            .truststore
+            .snapshot()
+            .iter()
+            .map(|e| e.member.clone())
+            .collect()
+    }
+
+    /// A mutual-TLS client of the member at `address`.
+    pub fn member_client(&self, address: &str) -> Result<Client, ApiError> {
+        Ok(Client::https(address, self.runtime()?.peer_tls.clone()))
+    }
+
+    /// Clients of every other member, marked as notifications (receivers do not fan out again).
+    pub fn peer_clients(&self) -> Result<Vec<(ClusterMemberLocal, Client)>, ApiError> {
+        let runtime = self.runtime()?;
+        let me = self.name();
+        Ok(self
+            .members()
+            .into_iter()
+            .filter(|m| m.name != me)
+            .map(|m| {
+                let client =
+                    Client::https(m.address.clone(), runtime.peer_tls.clone()).as_notification();
+                (m, client)
+            })
+            .collect())
+    }
+
+    /// The database, when the member is initialised and its database online.
+    pub(crate) fn db(&self) -> Result<Arc<Runtime>, ApiError> {
+        self.require_database()?;
+        self.runtime()
+    }
+
+    /// Runs `f` in a database transaction.
+    pub async fn transaction<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: for<'t, 'd> Fn(&'t mut dqlite::Transaction<'d>) -> dqlite::TxFuture<'t, T>,
+    {
+        let runtime = self.db()?;
+        Ok(runtime.db.transaction(f).await?)
+    }
+
+    pub(crate) fn runtime(&self) -> Result<Arc<Runtime>, ApiError> {
+        self.0
+            .runtime
+            .read()
+            .ok()
+            .and_then(|r| r.clone())
+            .ok_or_else(|| ApiError::unavailable(DbStatus::NotInitialized.text()))
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.0.shutdown.borrow()
+    }
+
+    /// The trusted member with this certificate fingerprint.
+    pub(crate) fn trusted_member(&self, fingerprint: &str) -> Option<String> {
+        self.0
+            .truststore
+            .snapshot()
+            .by_fingerprint(fingerprint)
+            .map(|e| e.member.name.clone())
+    }
+
+    /// Fails with 503 and the status text unless the database is online.
+    pub(crate) fn require_database(&self) -> Result<(), ApiError> {
+        match self.database_status() {
+            DbStatus::Online => Ok(()),
+            other => Err(ApiError::unavailable(other.text())),
+        }
+    }
+
+    pub(crate) fn set_db_status(&self, status: DbStatus) {
+        self.0.db_status.send_replace(status);
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.0.epoch.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn bump_epoch(&self) {
+        self.0.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Forwards a request to the member named `target` and passes its answer through.
+    pub(crate) async fn forward(
+        &self,
+        target: &str,
+        method: &Method,
+        uri: &Uri,
+        body: bytes::Bytes,
+    ) -> Result<Response, ApiError> {
+        let member = self
+            .0
+            .truststore
+            .snapshot()
+            .by_name(target)
+            .map(|e| e.member.address.clone())
+            .ok_or_else(|| ApiError::not_found(format!("no cluster member named {target:?}")))?;
+        let client = self.member_client(&member)?;
+        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let body = (!body.is_empty()).then_some(body);
+        let (status, body) = client
+            .raw(method.clone(), path, body)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("forwarding to {target}: {e}")))?;
+        Ok(Response::forwarded(status, body))
+    }
+
+    /// Asks the daemon to shut down.
+    pub(crate) fn request_shutdown(&self) {
+        self.0.shutdown.send_replace(true);
+    }
+}

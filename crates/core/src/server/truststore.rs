@@ -1,0 +1,296 @@
+//! The trust store: the members this member trusts, by name, with their certificates.
+//!
+//! Kept on disk as `truststore/<name>.toml` (so raft can be let in through the tunnel before
+//! the database is up) and in memory as a swappable snapshot that the request path reads on
+//! every request: a member removed from the store is refused on its next request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use super::state_dir::{StateDirError, create_dir, read_toml, remove_optional, write_toml};
+use crate::api::ClusterMemberLocal;
+use crate::tls;
+use crate::validate;
+
+/// A trust store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum TrustError {
+    /// The files could not be read or written.
+    #[error(transparent)]
+    Files(#[from] StateDirError),
+    /// An entry is invalid.
+    #[error("invalid trust store entry {name:?}: {reason}")]
+    Invalid {
+        /// Member name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One trusted member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TrustEntry {
+    /// Name, address and certificate PEM.
+    pub(crate) member: ClusterMemberLocal,
+    /// SHA-256 of the certificate.
+    pub(crate) fingerprint: String,
+}
+
+impl TrustEntry {
+    /// Validates a member's identity and computes its fingerprint.
+    pub(crate) fn new(member: ClusterMemberLocal) -> Result<TrustEntry, TrustError> {
+        let invalid = |reason: String| TrustError::Invalid {
+            name: member.name.clone(),
+            reason,
+        };
+        validate::member_name(&member.name).map_err(|e| invalid(e.to_string()))?;
+        validate::member_address(&member.address).map_err(|e| invalid(e.to_string()))?;
+        let fingerprint =
+            tls::fingerprint_pem(&member.certificate).map_err(|e| invalid(e.to_string()))?;
+        Ok(TrustEntry {
+            member,
+            fingerprint,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFile {
+    name: String,
+    address: String,
+    certificate: String,
+}
+
+/// An immutable view of the store.
+#[derive(Debug, Default)]
+pub(crate) struct Members {
+    by_name: BTreeMap<String, TrustEntry>,
+    by_fingerprint: HashMap<String, String>,
+}
+
+impl Members {
+    fn build(entries: impl IntoIterator<Item = TrustEntry>) -> Members {
+        let by_name: BTreeMap<_, _> = entries
+            .into_iter()
+            .map(|e| (e.member.name.clone(), e))
+            .collect();
+        let by_fingerprint = by_name
+            .values()
+            .map(|e| (e.fingerprint.clone(), e.member.name.clone()))
+            .collect();
+        Members {
+            by_name,
+            by_fingerprint,
+        }
+    }
+
+    /// The member whose certificate has this fingerprint.
+    pub(crate) fn by_fingerprint(&self, fingerprint: &str) -> Option<&TrustEntry> {
+        self.by_fingerprint
+            .get(fingerprint)
+            .and_then(|name| self.by_name.get(name))
+    }
+
+    /// The member with this name.
+    pub(crate) fn by_name(&self, name: &str) -> Option<&TrustEntry> {
+        self.by_name.get(name)
+    }
+
+    /// The member at this address.
+    pub(crate) fn by_address(&self, address: &str) -> Option<&TrustEntry> {
+        self.by_name.values().find(|e| e.member.address == address)
+    }
+
+    /// Every member, by name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &TrustEntry> {
+        self.by_name.values()
+    }
+
+    /// Every member's address.
+    pub(crate) fn addresses(&self) -> Vec<String> {
+        self.by_name
+            .values()
+            .map(|e| e.member.address.clone())
+            .collect()
+    }
+}
+
+/// The trust store of one member.
+#[derive(Debug)]
+pub(crate) struct TrustStore {
+    dir: PathBuf,
+    current: RwLock<Arc<Members>>,
+}
+
+impl TrustStore {
+    /// Loads the store from `dir` (empty if it does not exist).
+    pub(crate) fn load(dir: impl Into<PathBuf>) -> Result<TrustStore, TrustError> {
+        let dir = dir.into();
+        let mut entries = Vec::new();
+        match std::fs::read_dir(&dir) {
+            Ok(listing) => {
+                for item in listing.flatten() {
+                    let path = item.path();
+                    if path.extension().is_some_and(|e| e == "toml") {
+                        entries.push(load_entry(&path)?);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StateDirError::Io {
+                    action: "reading",
+                    path: dir,
+                    source,
+                }
+                .into());
+            }
+        }
+        Ok(TrustStore {
+            dir,
+            current: RwLock::new(Arc::new(Members::build(entries))),
+        })
+    }
+
+    /// The current members.
+    pub(crate) fn snapshot(&self) -> Arc<Members> {
+        self.current.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn swap(&self, members: Members) {
+        if let Ok(mut guard) = self.current.write() {
+            *guard = Arc::new(members);
+        }
+    }
+
+    /// Trusts a member (replacing an entry of the same name).
+    pub(crate) fn add(&self, member: ClusterMemberLocal) -> Result<TrustEntry, TrustError> {
+        let entry = TrustEntry::new(member)?;
+        create_dir(&self.dir, 0o700)?;
+        let file = EntryFile {
+            name: entry.member.name.clone(),
+            address: entry.member.address.clone(),
+            certificate: entry.member.certificate.clone(),
+        };
+        write_toml(&self.path(&entry.member.name), &file, 0o644)?;
+        let snapshot = self.snapshot();
+        let others = snapshot
+            .iter()
+            .filter(|e| e.member.name != entry.member.name)
+            .cloned();
+        self.swap(Members::build(others.chain(std::iter::once(entry.clone()))));
+        Ok(entry)
+    }
+
+    /// Stops trusting a member; false if it was not trusted.
+    pub(crate) fn remove(&self, name: &str) -> Result<bool, TrustError> {
+        validate::member_name(name).map_err(|e| TrustError::Invalid {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let snapshot = self.snapshot();
+        if snapshot.by_name(name).is_none() {
+            return Ok(false);
+        }
+        remove_optional(&self.path(name))?;
+        self.swap(Members::build(
+            snapshot.iter().filter(|e| e.member.name != name).cloned(),
+        ));
+        Ok(true)
+    }
+
+    /// Forgets every member (the files are removed by the state directory's reset).
+    pub(crate) fn clear(&self) {
+        self.swap(Members::default());
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.toml"))
+    }
+}
+
+fn load_entry(path: &Path) -> Result<TrustEntry, TrustError> {
+    let file: EntryFile = read_toml(path)?.ok_or_else(|| TrustError::Invalid {
+        name: path.display().to_string(),
+        reason: "vanished while loading".into(),
+    })?;
+    if path.file_stem().and_then(|s| s.to_str()) != Some(file.name.as_str()) {
+        return Err(TrustError::Invalid {
+            name: file.name,
+            reason: format!("stored in {}", path.display()),
+        });
+    }
+    TrustEntry::new(ClusterMemberLocal {
+        name: file.name,
+        address: file.address,
+        certificate: file.certificate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs;
+
+    fn member(name: &str, port: u16) -> ClusterMemberLocal {
+        let id = certs::generate(name, &[]).unwrap();
+        ClusterMemberLocal {
+            name: name.into(),
+            address: format!("127.0.0.1:{port}"),
+            certificate: id.cert_pem,
+        }
+    }
+
+    #[test]
+    fn add_remove_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TrustStore::load(dir.path().join("truststore")).unwrap();
+        assert_eq!(store.snapshot().iter().count(), 0);
+        let a = store.add(member("mc1", 9001)).unwrap();
+        store.add(member("mc2", 9002)).unwrap();
+        let snap = store.snapshot();
+        assert_eq!(
+            snap.by_fingerprint(&a.fingerprint).unwrap().member.name,
+            "mc1"
+        );
+        assert_eq!(
+            snap.by_address("127.0.0.1:9002").unwrap().member.name,
+            "mc2"
+        );
+        assert_eq!(snap.addresses(), ["127.0.0.1:9001", "127.0.0.1:9002"]);
+
+        let reloaded = TrustStore::load(dir.path().join("truststore")).unwrap();
+        assert_eq!(reloaded.snapshot().iter().count(), 2);
+
+        assert!(store.remove("mc1").unwrap());
+        assert!(!store.remove("mc1").unwrap());
+        assert!(store.snapshot().by_fingerprint(&a.fingerprint).is_none());
+        assert_eq!(
+            TrustStore::load(dir.path().join("truststore"))
+                .unwrap()
+                .snapshot()
+                .iter()
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn invalid_entries_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TrustStore::load(dir.path()).unwrap();
+        let mut bad = member("mc1", 9001);
+        bad.name = "../evil".into();
+        assert!(store.add(bad).is_err());
+        let mut bad = member("mc1", 9001);
+        bad.certificate = "garbage".into();
+        assert!(store.add(bad).is_err());
+        assert!(store.remove("../x").is_err());
+    }
+}

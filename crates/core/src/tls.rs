@@ -1,0 +1,292 @@
+//! TLS by pinning, not by a CA chain: every certificate here is self-signed, a member trusts a
+//! peer whose certificate fingerprint is in its trust store, and a client trusts a member that
+//! presents the cluster certificate whose fingerprint it knows.
+//!
+//! The verifiers below still check that the peer owns the certificate's key (the handshake
+//! signature, with rustls' own helpers); they only replace "is it signed by a CA" with "is it
+//! the certificate we expect". Client certificates are accepted at the handshake and judged per
+//! request against the current trust store, so joiners (not yet trusted) can reach the
+//! endpoints open to them and a removed member is refused on its very next request.
+
+use std::sync::Arc;
+
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+
+/// A certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The PEM text holds no certificate.
+    #[error("no PEM certificate found in {what}")]
+    NoCertificate {
+        /// Where we looked.
+        what: String,
+    },
+    /// The PEM text holds no private key.
+    #[error("no PEM private key found in {what}")]
+    NoKey {
+        /// Where we looked.
+        what: String,
+    },
+    /// rustls refused the configuration (e.g. the key does not match the certificate).
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    /// The certificate could not be parsed as X.509.
+    #[error("invalid certificate: {0}")]
+    Invalid(String),
+}
+
+/// The crypto provider used everywhere (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Lower-case hex SHA-256 of a certificate's DER encoding (microcluster's fingerprint).
+pub fn fingerprint(der: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
+/// Lower-case hex encoding.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The first certificate in PEM text.
+pub fn parse_cert(pem: &str, what: &str) -> Result<CertificateDer<'static>, TlsError> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::NoCertificate {
+        what: what.to_owned(),
+    })
+}
+
+/// The fingerprint of the first certificate in PEM text.
+pub fn fingerprint_pem(pem: &str) -> Result<String, TlsError> {
+    Ok(fingerprint(&parse_cert(pem, "certificate")?))
+}
+
+/// The first private key in PEM text.
+pub fn parse_key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::NoKey {
+        what: what.to_owned(),
+    })
+}
+
+/// Whether the certificate names `name` among its DNS subject alternative names.
+pub fn cert_has_dns_name(cert: &CertificateDer<'_>, name: &str) -> Result<bool, TlsError> {
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let Ok(server_name) = ServerName::try_from(name) else {
+        return Ok(false);
+    };
+    Ok(ee.verify_is_valid_for_subject_name(&server_name).is_ok())
+}
+
+/// A certificate and its key, as PEM.
+#[derive(Clone)]
+pub struct Identity {
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// Private key PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// The certificate's fingerprint.
+    pub fn fingerprint(&self) -> Result<String, TlsError> {
+        fingerprint_pem(&self.cert_pem)
+    }
+
+    fn parts(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        Ok((
+            vec![parse_cert(&self.cert_pem, "certificate")?],
+            parse_key(&self.key_pem, "key")?,
+        ))
+    }
+}
+
+/// Accepts a server whose certificate has one of the pinned fingerprints.
+#[derive(Debug)]
+struct PinnedServer {
+    fingerprints: Vec<String>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let seen = fingerprint(end_entity);
+        if self
+            .fingerprints
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(&seen))
+        {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "server certificate {seen} is not the expected cluster certificate"
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Accepts any client certificate whose key signed the handshake, or none; whether the
+/// certificate is trusted is decided per request from the trust store.
+#[derive(Debug)]
+struct AnyClientCert {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Client configuration: presents `identity` (if any) and accepts only a server whose
+/// certificate has one of `server_fingerprints`.
+pub fn client_config(
+    identity: Option<&Identity>,
+    server_fingerprints: Vec<String>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedServer {
+        fingerprints: server_fingerprints,
+        provider: provider.clone(),
+    });
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match identity {
+        Some(identity) => {
+            let (chain, key) = identity.parts()?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Server configuration: presents `identity` and asks clients for (but does not require) a
+/// certificate.
+pub fn server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let (chain, key) = identity.parts()?;
+    let config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(AnyClientCert { provider }))
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// The server name to send for an `ip:port` or `host:port` address (SNI is not used for trust).
+pub fn server_name(address: &str) -> ServerName<'static> {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_owned())
+        .unwrap_or_else(|_| ServerName::try_from("microcluster").expect("valid name"))
+}
