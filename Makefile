@@ -2,7 +2,7 @@
 # Each target is a one-liner over cargo; `deps` installs the Debian packages they need.
 
 CARGO ?= cargo
-BUILD_PACKAGES := libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config gcc
+BUILD_PACKAGES := libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config gcc curl
 BENCH_PACKAGES := go-dqlite
 
 .PHONY: all deps deps-bench build run test lint fmt bench bench-engine clean
@@ -19,11 +19,13 @@ deps-bench:
 build: deps
 	$(CARGO) build --workspace --release
 
+# A ready 3-member cluster on 127.0.0.1:9001-9003 (state in ./run/); Ctrl-C stops it.
 run: deps
-	$(CARGO) run --release -p dqlite --example demo
+	$(CARGO) build --release -p microd -p microctl -p microcluster-tests && ./target/release/cluster-demo
 
+# The end-to-end tests run the built microd/microctl binaries, so build them first.
 test: deps lint
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) build --workspace && $(CARGO) test --workspace --all-targets
 
 lint:
 	$(CARGO) fmt --all -- --check

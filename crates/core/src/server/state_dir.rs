@@ -92,8 +92,23 @@ pub(crate) struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NodeInfo {
-    /// dqlite node id.
+    /// dqlite node id (a string: TOML integers are signed 64-bit, ids use all 64 bits).
+    #[serde(with = "u64_string")]
     pub(crate) id: u64,
+}
+
+mod u64_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&value.to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Paths and file helpers of one state directory.
@@ -365,8 +380,11 @@ mod tests {
         };
         state.set_daemon_config(&config).unwrap();
         assert_eq!(state.daemon_config().unwrap(), config);
-        state.set_node_info(&NodeInfo { id: 7 }).unwrap();
-        assert_eq!(state.node_info().unwrap(), Some(NodeInfo { id: 7 }));
+        state.set_node_info(&NodeInfo { id: u64::MAX - 1 }).unwrap();
+        assert_eq!(
+            state.node_info().unwrap(),
+            Some(NodeInfo { id: u64::MAX - 1 })
+        );
         let id = Identity {
             cert_pem: "c".into(),
             key_pem: "k".into(),

@@ -11,7 +11,7 @@ pub(crate) mod tokens;
 
 use std::time::{Duration, Instant};
 
-use dqlite::{Client, Database, ExecResult, QueryResult, Transaction, TxFuture, Value};
+use dqlite::{Client, Database, QueryResult, Transaction, TxFuture, Value};
 use hyper::StatusCode;
 
 use crate::server::rest::ApiError;
@@ -120,17 +120,7 @@ impl Db {
         self.conn.lock().await.query(sql, params).await
     }
 
-    /// Runs SQL text outside a transaction.
-    pub(crate) async fn exec(
-        &self,
-        sql: &str,
-        params: &[Value],
-    ) -> Result<ExecResult, dqlite::Error> {
-        self.conn.lock().await.exec(sql, params).await
-    }
-
-    /// Runs SQL text the way `microctl sql` does: see [`crate::server::db::dump`] for dumps and
-    /// the SQL endpoint for batches. Exposes the connection for a closure.
+    /// Lends the connection to `f` (SQL batches and dumps that need several requests on it).
     pub(crate) async fn with_connection<T>(
         &self,
         f: impl for<'c> FnOnce(

@@ -103,8 +103,14 @@ CREATE TABLE schemas (
 DROP TABLE schemas_first;";
 
 async fn create_schemas_table(db: &Db) -> Result<(), dqlite::Error> {
-    const EXISTS: &str = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schemas'";
-    let count = |rows: &dqlite::QueryResult| rows.rows.first().and_then(|r| r.get(0).and_then(Value::as_i64)).unwrap_or(0);
+    const EXISTS: &str =
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schemas'";
+    let count = |rows: &dqlite::QueryResult| {
+        rows.rows
+            .first()
+            .and_then(|r| r.get(0).and_then(Value::as_i64))
+            .unwrap_or(0)
+    };
     if count(&db.query(EXISTS, &[]).await?) > 0 {
         return Ok(());
     }

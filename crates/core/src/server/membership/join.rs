@@ -98,27 +98,33 @@ pub(crate) async fn join(state: &State, control: &Control) -> Result<(), ApiErro
         extensions: settings.api_extensions.clone(),
     };
 
+    // Try every join address; a member that cannot serve the request right now (no leader
+    // during an election, shutting down) counts like an unreachable one, and the whole list is
+    // retried until the deadline.
+    let deadline = std::time::Instant::now() + JOIN_TIMEOUT;
     let mut unreachable = Vec::new();
-    let mut admitted = None;
-    for address in &token.join_addresses {
-        let client = Client::https(address.clone(), tls.clone()).with_timeout(JOIN_TIMEOUT);
-        match client.join(&request).await {
-            Ok(response) => {
-                admitted = Some((response, client));
-                break;
+    let (response, trusted_client) = 'found: loop {
+        unreachable.clear();
+        for address in &token.join_addresses {
+            let client = Client::https(address.clone(), tls.clone()).with_timeout(JOIN_TIMEOUT);
+            match client.join(&request).await {
+                Ok(response) => break 'found (response, client),
+                Err(ClientError::Api { status, message })
+                    if status != hyper::StatusCode::SERVICE_UNAVAILABLE =>
+                {
+                    // The cluster answered and refused: any member would say the same.
+                    return Err(ApiError::new(status, message));
+                }
+                Err(err) => unreachable.push(format!("{address}: {err}")),
             }
-            // The cluster answered and refused: the same answer would come from any member.
-            Err(ClientError::Api { status, message }) => {
-                return Err(ApiError::new(status, message));
-            }
-            Err(err) => unreachable.push(format!("{address}: {err}")),
         }
-    }
-    let Some((response, trusted_client)) = admitted else {
-        return Err(ApiError::unavailable(format!(
-            "could not reach the cluster at any join address: {}",
-            unreachable.join("; ")
-        )));
+        if std::time::Instant::now() >= deadline {
+            return Err(ApiError::unavailable(format!(
+                "could not reach the cluster at any join address: {}",
+                unreachable.join("; ")
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     };
 
     match join_steps(state, control, &token, &server, &response).await {

@@ -17,7 +17,7 @@ pub(crate) use remove::remove;
 use super::db::{DbStatus, members, schema};
 use super::heartbeat;
 use super::rest::ApiError;
-use super::runtime::Runtime;
+use super::runtime::{Runtime, StartError};
 use super::state::State;
 use crate::api::{ClusterMemberLocal, role};
 use crate::certs;
@@ -80,9 +80,10 @@ pub(crate) fn ensure_server_identity(state: &State, name: &str) -> Result<Identi
 
 /// Starts the runtime and installs it in the daemon.
 pub(crate) async fn start_runtime(state: &State, node_id: u64) -> Result<Arc<Runtime>, ApiError> {
-    let runtime = Runtime::start(state, node_id)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let runtime = Runtime::start(state, node_id).await.map_err(|e| match e {
+        StartError::Listen { .. } => ApiError::conflict(e.to_string()),
+        other => ApiError::internal(other.to_string()),
+    })?;
     if let Ok(mut slot) = state.0.runtime.write() {
         *slot = Some(runtime.clone());
     }
