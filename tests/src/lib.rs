@@ -341,7 +341,11 @@ impl Cluster {
 
     /// Joins member `i` with a token issued by member `via`.
     pub fn join(&self, i: usize, via: usize) {
-        let joiner = &self.members[i];
+        self.join_member(&self.members[i], via);
+    }
+
+    /// Joins a member (running, not necessarily part of `members`) through member `via`.
+    pub fn join_member(&self, joiner: &Member, via: usize) {
         let token = self.members[via].ctl_ok(&["tokens", "add", &joiner.name]);
         joiner.ctl_ok(&[
             "init",

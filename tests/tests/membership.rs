@@ -332,3 +332,71 @@ fn every_member_exits_promptly_on_sigterm_and_restarts_with_its_data() {
     );
     assert!(out.contains("yes"), "{out}");
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
+    let mut first = Member::new("m1");
+    first.start();
+    let out = std::process::Command::new(&microcluster_tests::binaries().microd)
+        .arg("--state-dir")
+        .arg(&first.dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another microd is already running"),
+        "{stderr}"
+    );
+    assert!(first.is_running());
+}
+
+#[test]
+fn a_join_that_fails_midway_leaves_nothing_behind() {
+    let cluster = Cluster::form(2);
+    let mut joiner = Member::new("m3");
+    joiner.start();
+    // Something else holds the joiner's address: the join is admitted by the cluster, then
+    // fails when the joiner starts its listener, and must be undone on both sides.
+    let squatter = std::net::TcpListener::bind(&joiner.address).unwrap();
+    let token = cluster.members[0]
+        .ctl_ok(&["tokens", "add", "m3"])
+        .trim()
+        .to_owned();
+    let out = joiner.ctl(&["init", "m3", &joiner.address, "--token", &token]);
+    assert!(
+        !out.success && out.stderr.contains("cannot listen"),
+        "{out:?}"
+    );
+    drop(squatter);
+
+    for m in &cluster.members {
+        let names: Vec<_> = m.members().iter().map(|m| field(m, "name")).collect();
+        assert_eq!(names, ["m1", "m2"], "{}", m.name);
+        assert!(
+            !m.dir.join("truststore/m3.toml").exists(),
+            "{} still trusts m3",
+            m.name
+        );
+    }
+    let rows = cluster.members[0].ctl_ok(&[
+        "sql",
+        "SELECT count(*) FROM core_cluster_members WHERE name = 'm3'",
+    ]);
+    assert!(rows.contains("| 0 "), "{rows}");
+    assert!(!joiner.dir.join("database").exists() && !joiner.dir.join("cluster.crt").exists());
+    let out = joiner.ctl(&["cluster", "list"]);
+    assert!(
+        !out.success && out.stderr.contains("not yet initialized"),
+        "{out:?}"
+    );
+
+    // With a new token and the address free, the same member joins.
+    cluster.join_member(&joiner, 0);
+    let names: Vec<_> = cluster.members[0]
+        .members()
+        .iter()
+        .map(|m| field(m, "name"))
+        .collect();
+    assert_eq!(names, ["m1", "m2", "m3"]);
+}

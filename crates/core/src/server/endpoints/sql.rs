@@ -101,9 +101,12 @@ async fn run(state: State, req: Request) -> HandlerResult {
     if statements.is_empty() {
         return Err(ApiError::bad_request("no SQL statement given"));
     }
-    let own_transaction = statements
-        .iter()
-        .any(|s| sqltext::classify(s) == StatementKind::Transaction);
+    // One statement is atomic on its own; only a batch needs the surrounding transaction
+    // (which costs two more round trips to the leader).
+    let own_transaction = statements.len() == 1
+        || statements
+            .iter()
+            .any(|s| sqltext::classify(s) == StatementKind::Transaction);
     let runtime = state.db()?;
     let failed_at = Arc::new(AtomicUsize::new(0));
     let outcome = runtime

@@ -142,6 +142,7 @@ pub(crate) async fn join(state: &State, control: &Control) -> Result<(), ApiErro
             if let Err(reset) = reset_local(state).await {
                 tracing::error!(error = %reset, "resetting after the failed join");
             }
+            let trusted_client = trusted_client.with_timeout(std::time::Duration::from_secs(60));
             if let Err(remove) = trusted_client.remove_member(&control.name, true).await {
                 tracing::error!(error = %remove, "asking the cluster to forget this member after the failed join");
             }

@@ -91,9 +91,9 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
     }
 
     let body = RemoveHookRequest { force };
-    let target = state
-        .member_client(&address)?
-        .with_timeout(Duration::from_secs(30));
+    // A forced removal is for members that are gone: do not wait long for them.
+    let victim_timeout = Duration::from_secs(if force { 5 } else { 30 });
+    let target = state.member_client(&address)?.with_timeout(victim_timeout);
     if let Err(err) = target.run_hook("pre-remove", &body).await {
         if !force {
             return Err(from_client(&format!("the PreRemove hook on {name}"), err)
