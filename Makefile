@@ -5,7 +5,7 @@ CARGO ?= cargo
 BUILD_PACKAGES := libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config gcc curl
 BENCH_PACKAGES := go-dqlite
 
-.PHONY: all deps deps-bench build run test lint fmt bench bench-engine clean
+.PHONY: all deps deps-bench build run test lint fmt bench bench-engine bench-cluster clean
 
 all: build
 
@@ -34,10 +34,14 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-bench: bench-engine
+# Side-by-side with Debian's go-dqlite tools; numbers are printed, never asserted.
+bench: bench-engine bench-cluster
 
 bench-engine: deps-bench
 	$(CARGO) bench -p dqlite --bench engine -- $(BENCH_ARGS)
+
+bench-cluster: deps-bench
+	$(CARGO) build --release -p microd -p microctl -p microcluster-tests && ./target/release/bench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

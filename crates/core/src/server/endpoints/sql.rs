@@ -55,14 +55,20 @@ async fn statement(db: &mut impl Runner, sql: &str) -> dqlite::Result<SqlResult>
                 rows_affected: 0,
             })
         }
-        _ => {
+        kind => {
             let result = db.exec(sql).await?;
+            // SQLite reports the previous statement's count for BEGIN/COMMIT; they change no row.
+            let rows_affected = if kind == StatementKind::Transaction {
+                0
+            } else {
+                result.rows_affected
+            };
             Ok(SqlResult {
                 kind: "exec".into(),
                 statement: sql.to_owned(),
                 columns: Vec::new(),
                 rows: Vec::new(),
-                rows_affected: result.rows_affected,
+                rows_affected,
             })
         }
     }
