@@ -330,7 +330,19 @@ impl Connection {
 
     /// This node's view of the raft configuration, with roles.
     pub async fn cluster(&mut self) -> Result<Vec<NodeInfo>> {
-        match self.roundtrip(&Request::Cluster { format: 1 }, 1).await? {
+        self.cluster_with_format(1).await
+    }
+
+    /// This node's view of the raft configuration in CLUSTER format 0 (ids and addresses, as
+    /// pre-1.0 servers answer) or 1 (with roles).
+    pub async fn cluster_with_format(&mut self, format: u64) -> Result<Vec<NodeInfo>> {
+        if format > 1 {
+            return Err(Error::Encode(ProtocolError::InvalidField {
+                field: "cluster format",
+                value: format,
+            }));
+        }
+        match self.roundtrip(&Request::Cluster { format }, format).await? {
             Response::Servers(nodes) => Ok(nodes),
             other => Err(self.unexpected("CLUSTER", &other)),
         }

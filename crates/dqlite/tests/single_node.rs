@@ -28,6 +28,9 @@ async fn leader_cluster_describe_weight_and_dump() {
     let nodes = conn.cluster().await.unwrap();
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].role, Some(Role::Voter));
+    let v0 = conn.cluster_with_format(0).await.unwrap();
+    assert_eq!((v0[0].id, v0[0].role), (BOOTSTRAP_ID, None));
+    assert!(conn.cluster_with_format(2).await.is_err());
 
     assert_eq!(conn.describe().await.unwrap(), (0, 0));
     conn.weight(7).await.unwrap();
