@@ -400,3 +400,73 @@ fn a_join_that_fails_midway_leaves_nothing_behind() {
         .collect();
     assert_eq!(names, ["m1", "m2", "m3"]);
 }
+
+#[test]
+fn a_dead_member_is_removed_with_force_and_shutdown_works_through_the_api() {
+    let mut cluster = Cluster::form(3);
+    cluster.members[2].kill();
+    let m1 = &cluster.members[0];
+    // Without --force the removal needs the member's PreRemove hook, so it is refused.
+    let out = m1.ctl(&["cluster", "remove", "m3"]);
+    assert!(!out.success && out.stderr.contains("--force"), "{out:?}");
+    m1.ctl_ok(&["cluster", "remove", "m3", "--force"]);
+    let names: Vec<_> = m1.members().iter().map(|m| field(m, "name")).collect();
+    assert_eq!(names, ["m1", "m2"]);
+    assert!(!m1.dir.join("truststore/m3.toml").exists());
+    // The cluster still takes writes with the two remaining voters.
+    m1.ctl_ok(&["sql", "CREATE TABLE after_force (x)"]);
+
+    // `microctl shutdown` stops a daemon.
+    cluster.members[1].ctl_ok(&["shutdown"]);
+    assert!(
+        cluster.members[1]
+            .wait_exit(Duration::from_secs(15))
+            .is_some(),
+        "{}",
+        cluster.members[1].log()
+    );
+}
+
+#[test]
+fn sql_batches_dumps_and_stdin() {
+    let cluster = Cluster::form(1);
+    let m1 = &cluster.members[0];
+    let out = m1.ctl_ok(&[
+        "sql",
+        "CREATE TABLE t (a, b); INSERT INTO t VALUES (1, 'x;y'); SELECT * FROM t",
+    ]);
+    assert!(
+        out.contains("=> Query 1:") && out.contains("=> Query 3:"),
+        "{out}"
+    );
+    assert!(out.contains("| 1 | x;y |"), "{out}");
+    // A failing batch applies nothing.
+    let out = m1.ctl(&[
+        "sql",
+        "INSERT INTO t VALUES (2, 'z'); INSERT INTO missing VALUES (1)",
+    ]);
+    assert!(
+        !out.success && out.stderr.contains("no such table: missing"),
+        "{out:?}"
+    );
+    assert!(
+        m1.ctl_ok(&["sql", "SELECT count(*) FROM t"])
+            .contains("| 1 ")
+    );
+    // Writes that libdqlite 1.11 cannot run safely are refused with a reason.
+    let out = m1.ctl(&["sql", "INSERT INTO t VALUES (3, 'r') RETURNING a"]);
+    assert!(!out.success && out.stderr.contains("RETURNING"), "{out:?}");
+    let dump = m1.ctl_ok(&["sql", ".dump"]);
+    assert!(
+        dump.contains("CREATE TABLE t (a, b);")
+            && dump.contains("INSERT INTO \"t\" VALUES(1,'x;y');"),
+        "{dump}"
+    );
+    let schema = m1.ctl_ok(&["sql", ".schema"]);
+    assert!(
+        schema.contains("CREATE TABLE t (a, b);") && !schema.contains("INSERT INTO \"t\""),
+        "{schema}"
+    );
+    let out = m1.ctl_stdin(&["sql", "-"], "SELECT b FROM t");
+    assert!(out.success && out.stdout.contains("x;y"), "{out:?}");
+}
