@@ -115,6 +115,11 @@ enum ClusterCommand {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Hand leadership to another voter (any, or NAME), e.g. before maintenance.
+    TransferLeader {
+        /// The voter that should lead.
+        name: Option<String>,
+    },
     /// Remove a member.
     Remove {
         /// The member's name.
@@ -225,6 +230,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::List { format }) => {
             let members = client.cluster_members().await.map_err(wrap)?;
             print!("{}", cluster_list(format, &members));
+        }
+        Command::Cluster(ClusterCommand::TransferLeader { name }) => {
+            let leader = client.transfer_leader(name.as_deref().unwrap_or_default()).await.map_err(wrap)?;
+            println!("{leader} is the leader");
         }
         Command::Cluster(ClusterCommand::Remove { name, force }) => {
             client

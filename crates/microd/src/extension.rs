@@ -17,9 +17,10 @@ struct ExtendedMessage {
     message: String,
 }
 
-/// What the application contributes to the daemon.
+/// What the application contributes to the daemon. `MICROD_TEST_UPGRADE=1` adds a third
+/// schema update and API extension: the "next release" that upgrade tests roll out.
 pub(crate) fn daemon_args() -> DaemonArgs {
-    DaemonArgs {
+    let mut args = DaemonArgs {
         api_extensions: vec!["custom_extension_a_0".into(), "custom_extension_a_1".into()],
         extensions_schema: vec![
             SchemaUpdate::sql(
@@ -46,7 +47,14 @@ pub(crate) fn daemon_args() -> DaemonArgs {
             vec![Endpoint::new("extended").post(Action::new(extended).allow_untrusted())],
         )],
         ..DaemonArgs::default()
+    };
+    if std::env::var_os("MICROD_TEST_UPGRADE").is_some() {
+        args.api_extensions.push("custom_extension_a_2".into());
+        args.extensions_schema.push(SchemaUpdate::sql(
+            "CREATE TABLE upgraded_table (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, note TEXT)",
+        ));
     }
+    args
 }
 
 /// Called by a user: greets every other member and returns their answers, one per line.

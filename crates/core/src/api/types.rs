@@ -40,6 +40,12 @@ pub struct ServerStatus {
     /// Database status text, e.g. "Database is online".
     #[serde(default)]
     pub status: String,
+    /// Internal schema version of this member's software.
+    #[serde(default)]
+    pub schema_internal_version: u64,
+    /// Application schema version of this member's software.
+    #[serde(default)]
+    pub schema_external_version: u64,
 }
 
 /// `POST /core/control/tokens`.
@@ -221,6 +227,49 @@ pub struct TrustStoreEntry {
     pub member: ClusterMemberLocal,
 }
 
+/// `POST /core/internal/heartbeat`: the leader's round, sent to every member. It carries the
+/// membership the member must trust (the database's view, joining members included).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// Name of the leader sending the round.
+    pub leader: String,
+    /// Every member of the cluster.
+    pub members: Vec<ClusterMemberLocal>,
+}
+
+/// A member's answer to a heartbeat: what it runs and how it is placed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Member name.
+    pub name: String,
+    /// Member address.
+    pub address: String,
+    /// Application version.
+    pub version: String,
+    /// Internal schema version of its software.
+    pub schema_internal_version: u64,
+    /// Application schema version of its software.
+    pub schema_external_version: u64,
+    /// API extensions of its software.
+    pub extensions: Vec<String>,
+    /// Its database status text.
+    pub status: String,
+    /// Failure domain (from its daemon.toml).
+    pub failure_domain: u64,
+    /// Weight (lower is preferred for roles).
+    pub weight: u64,
+}
+
+/// `POST /core/1.0/cluster/leader`: hand leadership over.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeaderRequest {
+    /// The member that should lead (empty: any other voter).
+    #[serde(default)]
+    pub name: String,
+}
+
 /// Role strings as microcluster prints them.
 pub mod role {
     /// Votes and replicates.
@@ -245,6 +294,6 @@ pub mod status {
     pub const NEEDS_UPGRADE: &str = "NEEDS UPGRADE";
     /// Waiting for the other members to upgrade.
     pub const UPGRADING: &str = "UPGRADING";
-    /// Admitted, still joining.
+    /// Admitted, still joining (not yet in the dqlite configuration).
     pub const PENDING: &str = "PENDING";
 }

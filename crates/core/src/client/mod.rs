@@ -15,8 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    self, ClusterMember, ClusterMemberLocal, Control, Envelope, JoinRequest, JoinResponse,
-    ResponseType, ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest, paths,
+    self, ClusterMember, ClusterMemberLocal, Control, Envelope, HeartbeatRequest,
+    HeartbeatResponse, JoinRequest, JoinResponse, ResponseType, ServerStatus, SqlBatch, SqlDump,
+    SqlQuery, TokenRecord, TokenRequest, TransferLeaderRequest, paths,
 };
 
 /// Default deadline for one request.
@@ -368,6 +369,18 @@ impl Client {
             None::<&()>,
         )
         .await
+    }
+
+    /// `POST /core/internal/heartbeat`: a leader's heartbeat.
+    pub async fn heartbeat(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse, ClientError> {
+        self.query(Method::POST, paths::INTERNAL_HEARTBEAT, Some(request)).await
+    }
+
+    /// `POST /core/1.0/cluster/leader`: hand leadership to member `name` (empty: any voter);
+    /// returns the new leader's name.
+    pub async fn transfer_leader(&self, name: &str) -> Result<String, ClientError> {
+        let request = TransferLeaderRequest { name: name.to_owned() };
+        self.query(Method::POST, paths::LEADER, Some(&request)).await
     }
 
     /// `POST /core/internal/hooks/{hook}`: run a hook on this member.

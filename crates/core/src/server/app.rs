@@ -263,6 +263,8 @@ impl App {
             truststore,
             runtime: RwLock::new(None),
             db_status: watch::channel(DbStatus::NotInitialized).0,
+            status_reason: RwLock::new(String::new()),
+            fatal: RwLock::new(None),
             shutdown,
             init_lock: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
@@ -294,7 +296,10 @@ impl App {
         shutdown_sequence(&state).await;
         control.stop().await;
         tracing::info!("stopped");
-        Ok(())
+        match state.0.fatal.read().ok().and_then(|f| f.clone()) {
+            Some(message) => Err(AppError::Invalid(message)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -319,6 +324,7 @@ async fn shutdown_sequence(state: &State) {
         Err(_) => tracing::warn!("the OnStop hook took longer than 5 s; going on"),
         Ok(Ok(())) => {}
     }
+    super::membership::handover(state).await;
     let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
     if let Some(runtime) = runtime {
         state.set_db_status(DbStatus::Offline);
@@ -345,13 +351,14 @@ async fn resume(state: State, node_id: u64) {
         }
     };
     if let Err(err) = open_database(&state, &runtime, OPEN_TIMEOUT_FOREVER).await {
-        tracing::error!(error = %err, "the database could not be opened");
+        if !state.is_shutting_down() {
+            state.fail(format!("the database could not be opened: {err}"));
+        }
         return;
     }
     let hooks = state.0.settings.hooks.clone();
     if let Err(err) = hooks.on_start(&state).await {
-        tracing::error!(error = %err, "the OnStart hook failed; shutting down");
-        state.request_shutdown();
+        state.fail(format!("the OnStart hook failed: {err}"));
         return;
     }
     start_background(&state, &runtime);

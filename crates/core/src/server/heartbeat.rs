@@ -1,13 +1,21 @@
-//! The heartbeat: every interval the dqlite leader probes every member, records who answered
-//! and the roles dqlite reports (replacing PENDING), and prunes expired tokens.
+//! The heartbeat. Every interval the dqlite leader sends each member the membership (as the
+//! database records it) over mutual TLS; members sync their trust stores from it and answer with
+//! what software they run and how they are placed. The leader then records who answered and the
+//! roles dqlite reports (replacing PENDING), prunes expired tokens, and makes at most one role
+//! change to keep 3 voters and 3 stand-bys online.
+//!
+//! Heartbeats are only accepted from a trusted member that names itself as the sender;
+//! microcluster accepts them from anyone, which lets any TLS client rewrite a trust store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::db::{members, now, tokens};
+use super::db::{DbStatus, members, now, tokens};
 use super::membership::role_name;
-use super::rest::ShutdownSignal;
+use super::rest::{ApiError, ShutdownSignal};
+use super::roles::{self, Placement, Targets};
 use super::state::State;
+use crate::api::{ClusterMemberLocal, HeartbeatRequest, HeartbeatResponse};
 
 /// Runs heartbeat rounds until `stop` fires.
 pub(crate) async fn run(state: State, mut stop: ShutdownSignal) {
@@ -23,57 +31,109 @@ pub(crate) async fn run(state: State, mut stop: ShutdownSignal) {
     }
 }
 
+/// How long the leader waits for each member's answer.
+fn probe_timeout(interval: Duration) -> Duration {
+    (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(2))
+}
+
+/// This member's answer to a heartbeat.
+pub(crate) fn report(state: &State) -> HeartbeatResponse {
+    let settings = &state.0.settings;
+    let (failure_domain, weight) = state.0.config.read().map(|c| (c.failure_domain, c.weight)).unwrap_or_default();
+    HeartbeatResponse {
+        name: state.name(),
+        address: state.address(),
+        version: settings.version.clone(),
+        schema_internal_version: settings.internal_schema.len() as u64,
+        schema_external_version: settings.external_schema.len() as u64,
+        extensions: settings.api_extensions.clone(),
+        status: state.database_status_text(),
+        failure_domain,
+        weight,
+    }
+}
+
+/// Makes the trust store match `members` (never dropping this member itself). An empty list
+/// is ignored: a leader always knows at least itself.
+pub(crate) fn sync_truststore(state: &State, members: &[ClusterMemberLocal]) {
+    if members.is_empty() {
+        return;
+    }
+    let store = &state.0.truststore;
+    let current = store.snapshot();
+    for member in members {
+        let same = current.by_name(&member.name).is_some_and(|e| e.member == *member);
+        if !same {
+            match store.add(member.clone()) {
+                Ok(_) => tracing::info!(member = member.name, "trust store: now trusting a member"),
+                Err(err) => tracing::warn!(member = member.name, error = %err, "trust store: cannot add a member"),
+            }
+        }
+    }
+    let keep: HashSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    let me = state.name();
+    for entry in current.iter().filter(|e| !keep.contains(e.member.name.as_str()) && e.member.name != me) {
+        match store.remove(&entry.member.name) {
+            Ok(_) => tracing::info!(member = entry.member.name, "trust store: no longer trusting a removed member"),
+            Err(err) => tracing::warn!(member = entry.member.name, error = %err, "trust store: cannot remove a member"),
+        }
+    }
+    if let Ok(runtime) = state.runtime() {
+        runtime.set_servers(store.snapshot().addresses());
+    }
+}
+
 /// One round, if this member is the leader.
-pub(crate) async fn round(state: &State) -> Result<(), super::rest::ApiError> {
-    let runtime = state.db()?;
+pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
+    if state.database_status() != DbStatus::Online {
+        return Ok(());
+    }
+    let runtime = state.runtime()?;
     let client = runtime.db.client().clone();
     if client.leader().await?.address != runtime.address {
         return Ok(());
     }
     let nodes = client.cluster().await?;
-    let roles: HashMap<String, Option<dqlite::Role>> =
-        nodes.into_iter().map(|n| (n.address, n.role)).collect();
-    let rows = runtime
-        .db
-        .transaction(|tx| Box::pin(members::list(tx)))
-        .await?;
-    let probe_timeout = state.0.settings.heartbeat.min(Duration::from_secs(2));
+    let rows = runtime.db.transaction(|tx| Box::pin(members::list(tx))).await?;
+    let request = HeartbeatRequest {
+        leader: state.name(),
+        members: rows
+            .iter()
+            .map(|r| ClusterMemberLocal { name: r.name.clone(), address: r.address.clone(), certificate: r.certificate.clone() })
+            .collect(),
+    };
+
+    let deadline = probe_timeout(state.0.settings.heartbeat);
     let mut probes = tokio::task::JoinSet::new();
     for row in rows.iter().filter(|r| r.address != runtime.address) {
-        let client = state
-            .member_client(&row.address)?
-            .with_timeout(probe_timeout);
-        let name = row.name.clone();
-        probes.spawn(async move { (name, client.ready().await.is_ok()) });
+        let client = state.member_client(&row.address)?.with_timeout(deadline);
+        let (address, request) = (row.address.clone(), request.clone());
+        probes.spawn(async move { (address, client.heartbeat(&request).await) });
     }
-    let mut alive: HashMap<String, bool> = HashMap::new();
-    while let Some(Ok((name, ok))) = probes.join_next().await {
-        alive.insert(name, ok);
+    let mut answers: HashMap<String, HeartbeatResponse> = HashMap::new();
+    while let Some(joined) = probes.join_next().await {
+        match joined {
+            Ok((address, Ok(answer))) => {
+                answers.insert(address, answer);
+            }
+            Ok((address, Err(err))) => tracing::debug!(member = address, error = %err, "no heartbeat answer"),
+            Err(_) => {}
+        }
     }
-    let me = state.name();
+
+    let roles_now: HashMap<String, Option<dqlite::Role>> = nodes.iter().map(|n| (n.address.clone(), n.role)).collect();
     let time = now();
+    let (answered, own_address) = (answers.keys().cloned().collect::<HashSet<_>>(), runtime.address.clone());
     runtime
         .db
         .transaction(|tx| {
-            let (rows, roles, alive, me, time) = (
-                rows.clone(),
-                roles.clone(),
-                alive.clone(),
-                me.clone(),
-                time.clone(),
-            );
+            let (rows, roles_now, answered, own, time) =
+                (rows.clone(), roles_now.clone(), answered.clone(), own_address.clone(), time.clone());
             Box::pin(async move {
                 for row in &rows {
-                    let role = match roles.get(&row.address) {
-                        Some(role) => role_name(*role),
-                        None => row.role.as_str(),
-                    };
-                    let answered = row.name == me || alive.get(&row.name).copied().unwrap_or(false);
-                    let heartbeat = if answered {
-                        time.as_str()
-                    } else {
-                        row.heartbeat.as_str()
-                    };
+                    let role = roles_now.get(&row.address).map_or(row.role.as_str(), |r| role_name(*r));
+                    let alive = row.address == own || answered.contains(&row.address);
+                    let heartbeat = if alive { time.as_str() } else { row.heartbeat.as_str() };
                     if role != row.role || heartbeat != row.heartbeat {
                         members::set_heartbeat(tx, &row.name, role, heartbeat).await?;
                     }
@@ -83,6 +143,23 @@ pub(crate) async fn round(state: &State) -> Result<(), super::rest::ApiError> {
             })
         })
         .await?;
+    sync_truststore(state, &request.members);
+
+    let mut online: HashSet<String> = answered;
+    online.insert(own_address.clone());
+    let mut placement: HashMap<String, Placement> = answers
+        .values()
+        .map(|a| (a.address.clone(), Placement { failure_domain: a.failure_domain, weight: a.weight }))
+        .collect();
+    let own = report(state);
+    placement.insert(own_address.clone(), Placement { failure_domain: own.failure_domain, weight: own.weight });
+    if let Some(change) = roles::next_change(&nodes, &online, &placement, &own_address, Targets::default()) {
+        tracing::info!(member = change.address, role = %change.role, reason = change.reason, "changing a member's role");
+        if let Err(err) = client.assign(change.id, change.role).await {
+            tracing::warn!(member = change.address, error = %err, "role change failed; retrying next round");
+        }
+    }
+
     let hooks = state.0.settings.hooks.clone();
     if let Err(err) = hooks.on_heartbeat(state).await {
         tracing::warn!(error = %err, "the OnHeartbeat hook failed");

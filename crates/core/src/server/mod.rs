@@ -4,10 +4,11 @@
 mod app;
 pub(crate) mod db;
 mod endpoints;
-mod heartbeat;
+pub(crate) mod heartbeat;
 mod hooks;
 pub(crate) mod membership;
 pub mod rest;
+pub(crate) mod roles;
 mod runtime;
 mod state;
 pub(crate) mod state_dir;

@@ -97,7 +97,9 @@ impl Runtime {
             crate::tls::hex(&nonce)
         );
 
+        let failure_domain = daemon.config.read().map(|c| c.failure_domain).unwrap_or_default();
         let builder = dqlite::Node::builder(node_id, address.clone(), daemon.dir.database_dir())
+            .failure_domain(failure_domain)
             .bind_address(bind_name.clone())
             .network_latency(daemon.settings.network_latency)
             .connect_func(tunnel::connect_func(
@@ -122,6 +124,8 @@ impl Runtime {
             dial_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             leader_timeout: Duration::from_secs(10),
+            // Elections take a few hundred milliseconds: look again soon.
+            backoff_max: Duration::from_millis(200),
             ..dqlite::ClientConfig::default()
         };
         let client = dqlite::Client::with_dialer(

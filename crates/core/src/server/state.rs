@@ -38,6 +38,10 @@ pub(crate) struct Daemon {
     pub(crate) truststore: TrustStore,
     pub(crate) runtime: RwLock<Option<Arc<Runtime>>>,
     pub(crate) db_status: watch::Sender<DbStatus>,
+    /// Why the database is in its status (e.g. which members still run older software).
+    pub(crate) status_reason: RwLock<String>,
+    /// Set when the daemon must stop with an error (e.g. its software is older than the data).
+    pub(crate) fatal: RwLock<Option<String>>,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Serialises init, reset and the start-up of the cluster runtime.
     pub(crate) init_lock: tokio::sync::Mutex<()>,
@@ -167,16 +171,41 @@ impl State {
             .map(|e| e.member.name.clone())
     }
 
+    /// The database status text, with its reason when there is one.
+    pub fn database_status_text(&self) -> String {
+        let reason = self.0.status_reason.read().map(|r| r.clone()).unwrap_or_default();
+        match reason.is_empty() {
+            true => self.database_status().text().to_owned(),
+            false => format!("{}: {reason}", self.database_status().text()),
+        }
+    }
+
     /// Fails with 503 and the status text unless the database is online.
     pub(crate) fn require_database(&self) -> Result<(), ApiError> {
         match self.database_status() {
             DbStatus::Online => Ok(()),
-            other => Err(ApiError::unavailable(other.text())),
+            _ => Err(ApiError::unavailable(self.database_status_text())),
         }
     }
 
     pub(crate) fn set_db_status(&self, status: DbStatus) {
+        self.set_db_status_with(status, String::new());
+    }
+
+    pub(crate) fn set_db_status_with(&self, status: DbStatus, reason: String) {
+        if let Ok(mut slot) = self.0.status_reason.write() {
+            *slot = reason;
+        }
         self.0.db_status.send_replace(status);
+    }
+
+    /// Stops the daemon with an error.
+    pub(crate) fn fail(&self, message: String) {
+        tracing::error!("{message}");
+        if let Ok(mut slot) = self.0.fatal.write() {
+            *slot = Some(message);
+        }
+        self.request_shutdown();
     }
 
     pub(crate) fn epoch(&self) -> u64 {

@@ -75,9 +75,19 @@ pub(crate) struct DaemonConfig {
     /// Member address `ip:port` (empty until init).
     #[serde(default)]
     pub(crate) address: String,
+    /// Failure domain: members in different domains are preferred for roles.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) failure_domain: u64,
+    /// Weight: members with a lower weight are preferred for roles.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) weight: u64,
     /// Addresses of additional listeners, by server name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) servers: BTreeMap<String, ServerConfig>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// An additional listener's settings.

@@ -76,6 +76,23 @@ pub(crate) async fn delete(tx: &mut Transaction<'_>, name: &str) -> dqlite::Resu
     Ok(result.rows_affected > 0)
 }
 
+/// Records the software a member runs.
+pub(crate) async fn set_software(
+    tx: &mut Transaction<'_>,
+    name: &str,
+    schema_internal: u64,
+    schema_external: u64,
+    extensions: &[String],
+) -> dqlite::Result<()> {
+    let extensions = serde_json::to_string(extensions).unwrap_or_else(|_| "[]".into());
+    tx.exec(
+        "UPDATE core_cluster_members SET schema_internal = ?, schema_external = ?, api_extensions = ? WHERE name = ?",
+        &[Value::Integer(schema_internal as i64), Value::Integer(schema_external as i64), extensions.into(), name.into()],
+    )
+    .await
+    .map(drop)
+}
+
 /// Sets a member's role and heartbeat time.
 pub(crate) async fn set_heartbeat(
     tx: &mut Transaction<'_>,

@@ -102,7 +102,7 @@ CREATE TABLE schemas (
 );
 DROP TABLE schemas_first;";
 
-async fn create_schemas_table(db: &Db) -> Result<(), dqlite::Error> {
+pub(crate) async fn create_schemas_table(db: &Db) -> Result<(), dqlite::Error> {
     const EXISTS: &str =
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schemas'";
     let count = |rows: &dqlite::QueryResult| {
@@ -135,46 +135,33 @@ pub(crate) struct Versions {
     pub(crate) external: u64,
 }
 
-/// Applies whatever updates the database lacks (in one transaction) and returns the versions.
-/// Fails without changing anything if the database is ahead of this binary.
-pub(crate) async fn ensure(
-    db: &Db,
-    internal: &[SchemaUpdate],
-    external: &[SchemaUpdate],
-) -> Result<Versions, SchemaError> {
-    create_schemas_table(db).await?;
-    let known = Versions {
-        internal: internal.len() as u64,
-        external: external.len() as u64,
-    };
-    let applied = applied(db).await?;
+/// The versions this software knows.
+pub(crate) fn known(internal: &[SchemaUpdate], external: &[SchemaUpdate]) -> Versions {
+    Versions { internal: internal.len() as u64, external: external.len() as u64 }
+}
+
+/// Fails if the database's schema is newer than this software knows.
+pub(crate) fn check_not_behind(applied: Versions, known: Versions) -> Result<(), SchemaError> {
     for (kind, applied, known) in [
         ("internal", applied.internal, known.internal),
         ("application", applied.external, known.external),
     ] {
         if applied > known {
-            return Err(SchemaError::Behind {
-                kind,
-                applied,
-                known,
-            });
+            return Err(SchemaError::Behind { kind, applied, known });
         }
     }
-    if applied == known {
-        return Ok(known);
-    }
+    Ok(())
+}
+
+/// Applies the updates the database lacks, in one transaction, re-reading what is applied
+/// inside it so that two members doing this at once apply each update once.
+pub(crate) async fn apply_missing(db: &Db, internal: &[SchemaUpdate], external: &[SchemaUpdate]) -> Result<(), SchemaError> {
     let internal: Vec<_> = internal.to_vec();
     let external: Vec<_> = external.to_vec();
     db.transaction(|tx| {
         let (internal, external) = (internal.clone(), external.clone());
         Box::pin(async move {
-            // Re-read inside the transaction: another member may have applied them meanwhile.
-            let rows = tx
-                .query(
-                    "SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type",
-                    &[],
-                )
-                .await?;
+            let rows = tx.query("SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type", &[]).await?;
             let current = |kind: i64| {
                 rows.rows
                     .iter()
@@ -187,11 +174,7 @@ pub(crate) async fn ensure(
                     (update.run)(tx).await?;
                     tx.exec(
                         "INSERT INTO schemas (version, type, updated_at) VALUES (?, ?, ?)",
-                        &[
-                            Value::Integer(index as i64 + 1),
-                            Value::Integer(kind),
-                            Value::Text(now()),
-                        ],
+                        &[Value::Integer(index as i64 + 1), Value::Integer(kind), Value::Text(now())],
                     )
                     .await?;
                 }
@@ -200,7 +183,7 @@ pub(crate) async fn ensure(
         })
     })
     .await?;
-    Ok(known)
+    Ok(())
 }
 
 /// The versions recorded in `schemas`.

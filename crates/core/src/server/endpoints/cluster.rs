@@ -3,41 +3,94 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::api::{ClusterMember, ClusterMemberLocal, status};
+use std::time::SystemTime;
+
+use hyper::StatusCode;
+
+use crate::api::{ClusterMember, ClusterMemberLocal, TransferLeaderRequest, role, status};
+use crate::client::ClientError;
+use crate::server::db::DbStatus;
 use crate::server::State;
 use crate::server::db::{members, tokens};
 use crate::server::membership::{self, role_name};
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
 
-/// How long `cluster list` waits for each member's answer (all are asked at once).
-const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long `cluster list` waits for each member's answer (all are asked at once), so the
+/// list answers in under half a second even with dead or black-holed members.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(350);
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new("cluster").get(Action::new(list)),
-        Endpoint::new("cluster/{name}").delete(Action::new(remove)),
+        Endpoint::new("cluster").get(Action::new(list).allowed_during_upgrade()),
+        Endpoint::new("cluster/leader").post(Action::new(transfer_leader)),
+        Endpoint::new("cluster/{name}").delete(Action::new(remove).allowed_during_upgrade()),
         Endpoint::new("tokens/{name}").delete(Action::new(revoke_token)),
     ]
 }
 
-async fn list(state: State, _req: Request) -> HandlerResult {
-    let runtime = state.db()?;
-    let rows = runtime
-        .db
-        .transaction(|tx| Box::pin(members::list(tx)))
-        .await?;
-    let roles: HashMap<String, Option<dqlite::Role>> = match runtime.db.client().cluster().await {
-        Ok(nodes) => nodes.into_iter().map(|n| (n.address, n.role)).collect(),
-        Err(err) => {
-            tracing::debug!(error = %err, "reading the dqlite configuration for cluster list");
-            HashMap::new()
+/// A member's status and why, from this member's probe and the database.
+fn status_of(
+    state: &State,
+    row: &members::MemberRow,
+    in_config: bool,
+    probe: Option<&Result<(), ClientError>>,
+) -> (&'static str, String) {
+    if !in_config && row.role == role::PENDING {
+        return (status::PENDING, "joining: not yet part of the dqlite configuration".into());
+    }
+    let Some(probe) = probe else {
+        // This member itself.
+        return match state.database_status() {
+            DbStatus::WaitingUpgrade => (status::UPGRADING, state.database_status_text()),
+            _ => (status::ONLINE, String::new()),
+        };
+    };
+    match probe {
+        Ok(()) => (status::ONLINE, String::new()),
+        Err(ClientError::Api { status: code, message }) if *code == StatusCode::FORBIDDEN => {
+            (status::NOT_TRUSTED, format!("it refuses this member's certificate: {message}"))
         }
+        Err(ClientError::Api { message, .. }) if message.contains(DbStatus::WaitingUpgrade.text()) => {
+            (status::UPGRADING, message.clone())
+        }
+        Err(ClientError::Api { message, .. }) => (status::UNREACHABLE, format!("it answers but is not ready: {message}")),
+        Err(err @ ClientError::Tls { .. }) => {
+            (status::NOT_TRUSTED, format!("it does not present this cluster's certificate: {err}"))
+        }
+        Err(err @ ClientError::Timeout { .. }) => {
+            // Black-holed or just slow: the leader's last heartbeat tells which.
+            let age = humantime::parse_rfc3339_weak(&row.heartbeat)
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok());
+            let fresh = state.0.settings.heartbeat * 2 + Duration::from_secs(1);
+            match age {
+                Some(age) if age <= fresh => (
+                    status::ONLINE,
+                    format!("{err}; its last heartbeat was {:.1} s ago", age.as_secs_f64()),
+                ),
+                Some(age) => (status::UNREACHABLE, format!("{err}; last heartbeat {:.0} s ago", age.as_secs_f64())),
+                None => (status::UNREACHABLE, format!("{err}; no heartbeat yet")),
+            }
+        }
+        Err(err) => (status::UNREACHABLE, err.to_string()),
+    }
+}
+
+async fn list(state: State, _req: Request) -> HandlerResult {
+    let runtime = state.runtime()?;
+    let rows = runtime.db.transaction(|tx| Box::pin(members::list(tx))).await?;
+    // This node's own view of the configuration: no round trip to a leader that may be gone.
+    let local = async {
+        let mut conn = runtime.db.client().connect(&runtime.address).await?;
+        conn.cluster().await
+    };
+    let roles: HashMap<String, Option<dqlite::Role>> = match tokio::time::timeout(PROBE_TIMEOUT, local).await {
+        Ok(Ok(nodes)) => nodes.into_iter().map(|n| (n.address, n.role)).collect(),
+        _ => HashMap::new(),
     };
     let mut probes = tokio::task::JoinSet::new();
     for row in rows.iter().filter(|r| r.address != runtime.address) {
-        let client = state
-            .member_client(&row.address)?
-            .with_timeout(PROBE_TIMEOUT);
+        let client = state.member_client(&row.address)?.with_timeout(PROBE_TIMEOUT);
         let name = row.name.clone();
         probes.spawn(async move { (name, client.ready().await) });
     }
@@ -45,28 +98,33 @@ async fn list(state: State, _req: Request) -> HandlerResult {
     while let Some(Ok((name, result))) = probes.join_next().await {
         answers.insert(name, result);
     }
+    // The newest software any member runs: members behind it need an upgrade.
+    let newest = rows.iter().map(|r| (r.schema_internal, r.schema_external, r.api_extensions.len())).max();
     let members: Vec<ClusterMember> = rows
         .into_iter()
         .map(|row| {
-            let role = roles
-                .get(&row.address)
-                .map_or(row.role.clone(), |r| role_name(*r).to_owned());
-            let (status, reason) = if row.address == runtime.address {
-                (status::ONLINE, String::new())
-            } else {
-                match answers.get(&row.name) {
-                    Some(Ok(())) => (status::ONLINE, String::new()),
-                    Some(Err(err)) => (status::UNREACHABLE, err.to_string()),
-                    None => (status::UNREACHABLE, "no answer".to_owned()),
-                }
+            let in_config = roles.contains_key(&row.address);
+            let role = roles.get(&row.address).map_or(row.role.clone(), |r| role_name(*r).to_owned());
+            let probe = (row.address != runtime.address).then(|| answers.get(&row.name)).flatten();
+            let probe = match probe {
+                Some(p) => Some(p),
+                None if row.address != runtime.address => Some(&NO_ANSWER),
+                None => None,
             };
+            let (mut status, mut reason) = status_of(&state, &row, in_config, probe);
+            let software = (row.schema_internal, row.schema_external, row.api_extensions.len());
+            if newest.is_some_and(|n| software < n) && matches!(status, status::ONLINE | status::UPGRADING) {
+                status = status::NEEDS_UPGRADE;
+                reason = format!(
+                    "runs schema {}/{} with {} API extensions; other members run newer software",
+                    row.schema_internal,
+                    row.schema_external,
+                    row.api_extensions.len()
+                );
+            }
             ClusterMember {
                 fingerprint: crate::tls::fingerprint_pem(&row.certificate).unwrap_or_default(),
-                local: ClusterMemberLocal {
-                    name: row.name,
-                    address: row.address,
-                    certificate: row.certificate,
-                },
+                local: ClusterMemberLocal { name: row.name, address: row.address, certificate: row.certificate },
                 role,
                 schema_internal_version: row.schema_internal,
                 schema_external_version: row.schema_external,
@@ -78,6 +136,56 @@ async fn list(state: State, _req: Request) -> HandlerResult {
         })
         .collect();
     Response::sync(members)
+}
+
+/// What a probe task that vanished counts as.
+static NO_ANSWER: Result<(), ClientError> =
+    Err(ClientError::Timeout { target: String::new(), after: PROBE_TIMEOUT });
+
+async fn transfer_leader(state: State, req: Request) -> HandlerResult {
+    let request: TransferLeaderRequest = if req.body.is_empty() { TransferLeaderRequest::default() } else { req.json()? };
+    let runtime = state.db()?;
+    let client = runtime.db.client().clone();
+    let leader = client.leader().await?;
+    if leader.address != runtime.address {
+        let forwarded = state.member_client(&leader.address)?.transfer_leader(&request.name).await;
+        return Response::sync(forwarded.map_err(|e| match e {
+            ClientError::Api { status, message } => ApiError::new(status, message),
+            other => ApiError::unavailable(format!("forwarding to the leader: {other}")),
+        })?);
+    }
+    let nodes = client.cluster().await?;
+    let trusted = state.0.truststore.snapshot();
+    let target = if request.name.is_empty() {
+        nodes
+            .iter()
+            .find(|n| n.role == Some(dqlite::Role::Voter) && n.address != runtime.address)
+            .cloned()
+            .ok_or_else(|| ApiError::conflict("there is no other voter to hand leadership to"))?
+    } else {
+        let entry = trusted
+            .by_name(&request.name)
+            .ok_or_else(|| ApiError::not_found(format!("no cluster member named {:?}", request.name)))?;
+        let node = nodes
+            .iter()
+            .find(|n| n.address == entry.member.address)
+            .cloned()
+            .ok_or_else(|| ApiError::conflict(format!("{} is not in the dqlite configuration yet", request.name)))?;
+        if node.role != Some(dqlite::Role::Voter) {
+            return Err(ApiError::conflict(format!(
+                "{} is a {}; only voters can lead",
+                request.name,
+                role_name(node.role)
+            )));
+        }
+        node
+    };
+    if target.address != runtime.address {
+        client.transfer(target.id).await?;
+    }
+    let name = trusted.by_address(&target.address).map(|e| e.member.name.clone()).unwrap_or(target.address);
+    tracing::info!(to = name, "leadership transferred on request");
+    Response::sync(name)
 }
 
 async fn remove(state: State, req: Request) -> HandlerResult {

@@ -1,7 +1,9 @@
 //! Member-to-member endpoints: join requests, reset after removal, trust store fan-out and
 //! remote hook calls.
 
-use crate::api::{ClusterMemberLocal, JoinRequest, NewMemberHookRequest, RemoveHookRequest};
+use crate::api::{ClusterMemberLocal, HeartbeatRequest, JoinRequest, NewMemberHookRequest, RemoveHookRequest};
+use crate::server::heartbeat as beat;
+use crate::server::rest::Trust;
 use crate::server::State;
 use crate::server::membership::{self, fan_out};
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
@@ -14,6 +16,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("truststore").post(Action::new(add_trust).allowed_before_init()),
         Endpoint::new("truststore/{name}").delete(Action::new(remove_trust).allowed_before_init()),
         Endpoint::new("hooks/{hook}").post(Action::new(run_hook).proxy_target()),
+        Endpoint::new("heartbeat").post(Action::new(heartbeat).allowed_before_init()),
     ]
 }
 
@@ -129,4 +132,20 @@ async fn run_hook(state: State, req: Request) -> HandlerResult {
     };
     result.map_err(|e| ApiError::internal(format!("the {hook} hook failed: {e}")))?;
     Ok(Response::empty())
+}
+
+/// A leader's heartbeat: sync the trust store from it and report what this member runs.
+async fn heartbeat(state: State, req: Request) -> HandlerResult {
+    state.runtime()?;
+    let request: HeartbeatRequest = req.json()?;
+    if let Trust::Member(sender) = &req.trust
+        && *sender != request.leader
+    {
+        return Err(ApiError::forbidden(format!(
+            "heartbeat sent by {sender} claims to come from {}",
+            request.leader
+        )));
+    }
+    beat::sync_truststore(&state, &request.members);
+    Response::sync(beat::report(&state))
 }

@@ -18,14 +18,15 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 }
 
 async fn status(state: State, _req: Request) -> HandlerResult {
-    let db = state.database_status();
     Response::sync(ServerStatus {
         name: state.name(),
         address: state.address(),
         version: state.version().to_owned(),
-        ready: db == DbStatus::Online,
+        ready: state.database_status() == DbStatus::Online,
         extensions: state.0.settings.api_extensions.clone(),
-        status: db.text().to_owned(),
+        status: state.database_status_text(),
+        schema_internal_version: state.0.settings.internal_schema.len() as u64,
+        schema_external_version: state.0.settings.external_schema.len() as u64,
     })
 }
 
@@ -33,9 +34,6 @@ async fn status(state: State, _req: Request) -> HandlerResult {
 async fn ready(state: State, _req: Request) -> HandlerResult {
     match state.database_status() {
         DbStatus::Online | DbStatus::NotInitialized => Ok(Response::empty()),
-        other => Err(ApiError::unavailable(format!(
-            "not ready yet: {}",
-            other.text()
-        ))),
+        _ => Err(ApiError::unavailable(format!("not ready yet: {}", state.database_status_text()))),
     }
 }

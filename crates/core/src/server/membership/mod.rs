@@ -4,6 +4,7 @@
 //! every step that can fail midway is undone.
 
 mod bootstrap;
+mod handover;
 mod join;
 mod remove;
 
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(crate) use bootstrap::bootstrap;
+pub(crate) use handover::handover;
 pub(crate) use join::{admit, encode_token, join};
 pub(crate) use remove::remove;
 
@@ -90,42 +92,40 @@ pub(crate) async fn start_runtime(state: &State, node_id: u64) -> Result<Arc<Run
     Ok(runtime)
 }
 
-/// Waits for a leader, brings the schema up to date and marks the database online.
-pub(crate) async fn open_database(
-    state: &State,
-    runtime: &Runtime,
-    timeout: Duration,
-) -> Result<(), ApiError> {
+/// What opening found.
+enum Opened {
+    Online,
+    /// Other members run older software; the reason names them.
+    Waiting(String),
+}
+
+/// Waits for a leader, then brings the schema up to date and marks the database online — or,
+/// when this member runs newer software than others, waits (status "waiting for an upgrade",
+/// re-checked every second) until every member runs it, and then applies the updates once.
+/// A member whose software is older than the database's schema refuses to open.
+pub(crate) async fn open_database(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), ApiError> {
     state.set_db_status(DbStatus::Starting);
     let deadline = Instant::now() + timeout;
-    let settings = &state.0.settings;
     loop {
-        match schema::ensure(
-            &runtime.db,
-            &settings.internal_schema,
-            &settings.external_schema,
-        )
-        .await
-        {
-            Ok(_) => break,
-            Err(schema::SchemaError::Behind {
-                kind,
-                applied,
-                known,
-            }) => {
+        if runtime.stop.is_fired() || state.is_shutting_down() {
+            return Err(ApiError::unavailable("shutting down"));
+        }
+        match try_open(state, runtime).await {
+            Ok(Opened::Online) => break,
+            Ok(Opened::Waiting(reason)) => {
+                if state.database_status() != DbStatus::WaitingUpgrade {
+                    tracing::warn!("{reason}");
+                }
+                state.set_db_status_with(DbStatus::WaitingUpgrade, reason);
+                tokio::time::sleep(UPGRADE_POLL).await;
+            }
+            Err(schema::SchemaError::Behind { kind, applied, known }) => {
                 state.set_db_status(DbStatus::Offline);
                 return Err(ApiError::unavailable(
-                    schema::SchemaError::Behind {
-                        kind,
-                        applied,
-                        known,
-                    }
-                    .to_string(),
+                    schema::SchemaError::Behind { kind, applied, known }.to_string(),
                 ));
             }
-            Err(schema::SchemaError::Db(err))
-                if Instant::now() < deadline && !runtime.stop.is_fired() =>
-            {
+            Err(schema::SchemaError::Db(err)) if Instant::now() < deadline => {
                 tracing::debug!(error = %err, "database not reachable yet");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -134,6 +134,61 @@ pub(crate) async fn open_database(
     }
     state.set_db_status(DbStatus::Online);
     Ok(())
+}
+
+/// How often a member waiting for the others to upgrade looks again.
+const UPGRADE_POLL: Duration = Duration::from_secs(1);
+
+async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::SchemaError> {
+    let settings = &state.0.settings;
+    let db = &runtime.db;
+    schema::create_schemas_table(db).await?;
+    let applied = schema::applied(db).await?;
+    let known = schema::known(&settings.internal_schema, &settings.external_schema);
+    schema::check_not_behind(applied, known)?;
+    if applied == schema::Versions::default() {
+        // A new cluster's database: nobody else runs older software yet.
+        schema::apply_missing(db, &settings.internal_schema, &settings.external_schema).await?;
+        return Ok(Opened::Online);
+    }
+
+    // Record what this member runs, so the others can tell when everyone has upgraded.
+    let (name, extensions) = (state.name(), settings.api_extensions.clone());
+    let rows = db
+        .transaction(|tx| {
+            let (name, extensions) = (name.clone(), extensions.clone());
+            Box::pin(async move {
+                members::set_software(tx, &name, known.internal, known.external, &extensions).await?;
+                members::list(tx).await
+            })
+        })
+        .await?;
+    let behind: Vec<&str> = rows
+        .iter()
+        .filter(|m| {
+            m.name != name
+                && ((m.schema_internal, m.schema_external) < (known.internal, known.external)
+                    || m.api_extensions.len() < extensions.len())
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+    if !behind.is_empty() {
+        return Ok(Opened::Waiting(format!(
+            "{} cluster member(s) have not yet received the update ({}); upgrade them, or remove \
+             one that is gone for good with `cluster remove --force`",
+            behind.len(),
+            behind.join(", ")
+        )));
+    }
+    if applied != known {
+        schema::apply_missing(db, &settings.internal_schema, &settings.external_schema).await?;
+        tracing::info!(
+            from = ?(applied.internal, applied.external),
+            to = ?(known.internal, known.external),
+            "applied schema updates"
+        );
+    }
+    Ok(Opened::Online)
 }
 
 /// Everything after the database is online on every start: heartbeats.

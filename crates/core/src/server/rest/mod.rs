@@ -240,6 +240,7 @@ pub struct Action {
     pub(crate) allow_untrusted: bool,
     pub(crate) allowed_before_init: bool,
     pub(crate) allowed_during_shutdown: bool,
+    pub(crate) allowed_during_upgrade: bool,
     pub(crate) proxy_target: bool,
 }
 
@@ -267,6 +268,7 @@ impl Action {
             allow_untrusted: false,
             allowed_before_init: false,
             allowed_during_shutdown: false,
+            allowed_during_upgrade: false,
             proxy_target: false,
         }
     }
@@ -286,6 +288,13 @@ impl Action {
     /// Serves it while the daemon shuts down.
     pub fn allowed_during_shutdown(mut self) -> Action {
         self.allowed_during_shutdown = true;
+        self
+    }
+
+    /// Serves it while this member waits for the others to upgrade (its database is up but its
+    /// schema updates are not applied yet).
+    pub fn allowed_during_upgrade(mut self) -> Action {
+        self.allowed_during_upgrade = true;
         self
     }
 

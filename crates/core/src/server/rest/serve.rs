@@ -274,7 +274,8 @@ async fn handle(
             "not authorized: this endpoint needs a trusted member certificate",
         ));
     }
-    if !action.allowed_before_init {
+    let upgrading = state.database_status() == crate::server::DbStatus::WaitingUpgrade;
+    if !action.allowed_before_init && !(upgrading && action.allowed_during_upgrade) {
         state.require_database()?;
     }
     let body = Limited::new(body, MAX_REQUEST_BODY)
