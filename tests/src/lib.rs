@@ -105,6 +105,8 @@ pub struct Member {
     pub dir: PathBuf,
     /// Extra `microd` arguments.
     pub args: Vec<String>,
+    /// Extra environment variables for `microd`.
+    pub env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
 }
@@ -121,6 +123,7 @@ impl Member {
             address: free_address(),
             dir: tmp.path().join("state"),
             args: vec!["--heartbeat".into(), "1s".into()],
+            env: Vec::new(),
             _tmp: Some(tmp),
             child: None,
         }
@@ -133,6 +136,7 @@ impl Member {
             address: address.to_owned(),
             dir: dir.to_owned(),
             args: vec!["--heartbeat".into(), "1s".into()],
+            env: Vec::new(),
             _tmp: None,
             child: None,
         }
@@ -157,6 +161,7 @@ impl Member {
             .arg(&self.dir)
             .arg("--debug")
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -236,6 +241,20 @@ impl Member {
         None
     }
 
+    /// Waits for the process to exit and returns its exit code (None if it did not exit in time).
+    pub fn exit_code(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        let child = self.child.as_mut()?;
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILLs the process.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -292,6 +311,11 @@ impl Member {
     /// Bootstraps a new cluster with this member.
     pub fn bootstrap(&self) {
         self.ctl_ok(&["init", &self.name, &self.address, "--bootstrap"]);
+    }
+
+    /// The member named `name` in `cluster list --format json`, as seen from this member.
+    pub fn member(&self, name: &str) -> serde_json::Value {
+        self.members().into_iter().find(|m| m["name"] == name).unwrap_or_default()
     }
 
     /// `cluster list --format json` as seen from this member.

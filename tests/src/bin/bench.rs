@@ -5,7 +5,8 @@
 //! Workloads: forming a cluster (bootstrap + 2 joins until 3 voters are ONLINE), sequential
 //! replicated writes and sequential point reads through each side's HTTP API.
 //!
-//! `cargo run --release -p microcluster-tests --bin bench -- [--repeat N] [--ops N] [--quick]`
+//! `cargo run --release -p microcluster-tests --bin bench -- [--repeat N] [--ops N]
+//! [--failover-repeat N] [--quick]`
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
@@ -241,6 +242,132 @@ async fn anchor(ops: usize) -> Result<(Duration, Run, Run), Error> {
     Ok((formation, writes, reads))
 }
 
+/// A write loop for failover measurements: one request at a time, each bounded by a deadline,
+/// reconnecting after any failure. Records when each write succeeded.
+struct Writer {
+    connect: Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Http, Error>> + Send>> + Send>,
+    request: Box<dyn Fn(usize) -> (&'static str, String, String) + Send>,
+}
+
+impl Writer {
+    /// Writes until `stop` flips, returning the instants of successful writes.
+    async fn run(self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<Instant> {
+        let mut done = Vec::new();
+        let mut http: Option<Http> = None;
+        let mut i = 0;
+        while !*stop.borrow() {
+            i += 1;
+            if http.is_none() {
+                http = match tokio::time::timeout(Duration::from_secs(1), (self.connect)()).await {
+                    Ok(Ok(h)) => Some(h),
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+            }
+            let (method, path, body) = (self.request)(i);
+            let Some(h) = http.as_mut() else { continue };
+            match tokio::time::timeout(Duration::from_secs(1), h.send(method, &path, &body)).await {
+                Ok(Ok((200, _))) => done.push(Instant::now()),
+                _ => {
+                    http = None;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        done
+    }
+}
+
+/// From a writer's successes around `signal_at`: for SIGKILL, the time from the signal to the
+/// first success after it; for SIGTERM, the longest gap between successes around it.
+fn interruption(successes: &[Instant], signal_at: Instant, kill: bool) -> f64 {
+    if kill {
+        return successes.iter().find(|t| **t > signal_at).map_or(f64::NAN, |t| (*t - signal_at).as_secs_f64() * 1000.0);
+    }
+    let window: Vec<&Instant> = successes
+        .iter()
+        .filter(|t| **t + Duration::from_secs(2) > signal_at && **t < signal_at + Duration::from_secs(5))
+        .collect();
+    window.windows(2).map(|w| (*w[1] - *w[0]).as_secs_f64() * 1000.0).fold(0.0, f64::max)
+}
+
+/// Failover on our side: member 1 leads, a writer writes through member 2, member 1 gets
+/// `signal`. Returns milliseconds (see [`interruption`]).
+async fn failover_ours(signal: &'static str) -> Result<f64, Error> {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let c = Cluster::form(3);
+        c.members[0].ctl_ok(&["cluster", "transfer-leader", "m1"]);
+        c
+    })
+    .await?;
+    let socket = cluster.members[1].dir.join("control.socket");
+    let writer = Writer {
+        connect: Box::new(move || {
+            let socket = socket.clone();
+            Box::pin(async move { Http::unix(&socket).await })
+        }),
+        request: Box::new(|i| {
+            let query = format!("INSERT INTO extended_table (key, value) VALUES ('f{i}', 'v')");
+            ("POST", "/core/internal/sql".into(), serde_json::json!({ "query": query }).to_string())
+        }),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(writer.run(stop_rx));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signal_at = Instant::now();
+    cluster.members[0].signal(signal);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = stop_tx.send(true);
+    let successes = task.await?;
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(interruption(&successes, signal_at, signal == "KILL"))
+}
+
+/// The same with dqlite-demo: node 1 bootstraps and leads, writes go through node 2's API.
+async fn failover_demo(signal: &'static str) -> Result<f64, Error> {
+    let dir = tempfile::tempdir()?;
+    let nodes: Vec<(String, String)> = (0..3).map(|_| (free_address(), free_address())).collect();
+    let mut procs = Processes(Vec::new());
+    for (i, (api, db)) in nodes.iter().enumerate() {
+        let mut cmd = Command::new("dqlite-demo");
+        cmd.args(["--api", api, "--db", db, "--dir"]).arg(dir.path()).stdout(Stdio::null()).stderr(Stdio::null());
+        if i > 0 {
+            cmd.args(["--join", &nodes[0].1]);
+        }
+        procs.0.push(cmd.spawn()?);
+        if i == 0 {
+            let api = api.clone();
+            wait_until("dqlite-demo's API", Duration::from_secs(30), || std::net::TcpStream::connect(&api).ok());
+        }
+    }
+    let first_db = nodes[0].1.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("dqlite-demo's 3 voters", Duration::from_secs(60), || (demo_voters(&first_db) == 3).then_some(()))
+    })
+    .await?;
+    let api = nodes[1].0.clone();
+    let writer = Writer {
+        connect: Box::new(move || {
+            let api = api.clone();
+            Box::pin(async move { Http::tcp(&api).await })
+        }),
+        request: Box::new(|i| ("PUT", format!("/f{i}"), "v".into())),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(writer.run(stop_rx));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signal_at = Instant::now();
+    let pid = procs.0[0].id().to_string();
+    Command::new("kill").args(["-s", signal, &pid]).status()?;
+    tokio::time::sleep(Duration::from_secs(if signal == "KILL" { 8 } else { 4 })).await;
+    let _ = stop_tx.send(true);
+    let successes = task.await?;
+    drop(procs);
+    Ok(interruption(&successes, signal_at, signal == "KILL"))
+}
+
 /// Median and spread of a figure over the repetitions.
 fn summary(values: &[f64]) -> (f64, f64, f64) {
     let mut v = values.to_vec();
@@ -334,6 +461,26 @@ async fn main() -> Result<(), Error> {
     ];
     for (i, (name, unit)) in names.iter().enumerate() {
         row(name, unit, &col(&o, i), &col(&a, i));
+    }
+
+    let failovers = if quick { 1 } else { flag("--failover-repeat", 10) };
+    if failovers > 0 {
+        let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
+        for (label, signal) in [("SIGKILL leader -> first write", "KILL"), ("SIGTERM leader -> longest write gap", "TERM")] {
+            let (mut ours, mut anchor) = (Vec::new(), Vec::new());
+            for rep in 1..=failovers {
+                eprintln!("failover {signal} {rep}/{failovers}");
+                ours.push(failover_ours(signal).await?);
+                if have_demo {
+                    anchor.push(failover_demo(signal).await?);
+                }
+            }
+            results.push((label, ours, anchor));
+        }
+        println!("\nfailover, {failovers} repetitions each; median (min–max); a writer retries every 10 ms\n");
+        for (label, ours, anchor) in &results {
+            row(label, "ms", ours, anchor);
+        }
     }
     Ok(())
 }

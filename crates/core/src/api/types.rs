@@ -122,6 +122,9 @@ pub struct ClusterMember {
     /// SHA-256 fingerprint of the certificate.
     #[serde(default)]
     pub fingerprint: String,
+    /// Whether it is the dqlite leader (as the answering member sees it).
+    #[serde(default)]
+    pub leader: bool,
 }
 
 /// `POST /core/internal/cluster`: a new member asks to join.

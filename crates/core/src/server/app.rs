@@ -70,7 +70,7 @@ impl Default for DaemonArgs {
             hooks: Arc::new(NoHooks),
             resources: Vec::new(),
             socket_group: None,
-            network_latency: Duration::from_millis(100),
+            network_latency: Duration::from_millis(40),
         }
     }
 }

@@ -79,15 +79,19 @@ fn status_of(
 async fn list(state: State, _req: Request) -> HandlerResult {
     let runtime = state.runtime()?;
     let rows = runtime.db.transaction(|tx| Box::pin(members::list(tx))).await?;
-    // This node's own view of the configuration: no round trip to a leader that may be gone.
+    // This node's own view of the configuration and leader: no round trip to a leader that
+    // may be gone.
     let local = async {
         let mut conn = runtime.db.client().connect(&runtime.address).await?;
-        conn.cluster().await
+        let nodes = conn.cluster().await?;
+        let leader = conn.leader().await?.map(|l| l.address);
+        Ok::<_, dqlite::Error>((nodes, leader))
     };
-    let roles: HashMap<String, Option<dqlite::Role>> = match tokio::time::timeout(PROBE_TIMEOUT, local).await {
-        Ok(Ok(nodes)) => nodes.into_iter().map(|n| (n.address, n.role)).collect(),
-        _ => HashMap::new(),
-    };
+    let (roles, leader): (HashMap<String, Option<dqlite::Role>>, Option<String>) =
+        match tokio::time::timeout(PROBE_TIMEOUT, local).await {
+            Ok(Ok((nodes, leader))) => (nodes.into_iter().map(|n| (n.address, n.role)).collect(), leader),
+            _ => (HashMap::new(), None),
+        };
     let mut probes = tokio::task::JoinSet::new();
     for row in rows.iter().filter(|r| r.address != runtime.address) {
         let client = state.member_client(&row.address)?.with_timeout(PROBE_TIMEOUT);
@@ -122,6 +126,7 @@ async fn list(state: State, _req: Request) -> HandlerResult {
                     row.api_extensions.len()
                 );
             }
+            let is_leader = leader.as_deref() == Some(row.address.as_str());
             ClusterMember {
                 fingerprint: crate::tls::fingerprint_pem(&row.certificate).unwrap_or_default(),
                 local: ClusterMemberLocal { name: row.name, address: row.address, certificate: row.certificate },
@@ -132,6 +137,7 @@ async fn list(state: State, _req: Request) -> HandlerResult {
                 status: status.to_owned(),
                 status_reason: reason,
                 extensions: row.api_extensions,
+                leader: is_leader,
             }
         })
         .collect();

@@ -1,0 +1,184 @@
+//! Cluster health with real processes: role rebalancing after a voter dies, fast and honest
+//! `cluster list`, failover under a writer, graceful handover, leadership transfer and rolling
+//! upgrades.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use microcluster_tests::{Cluster, Member, wait_until};
+
+fn field(m: &serde_json::Value, key: &str) -> String {
+    m[key].as_str().unwrap_or_default().to_owned()
+}
+
+/// Inserts through `member` until one write succeeds; returns how long that took.
+fn first_write(member: &Member, value: &str, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    wait_until("a successful write", timeout, || {
+        member
+            .ctl(&["sql", &format!("INSERT INTO extended_table (key, value) VALUES ('{value}', 'x')")])
+            .success
+            .then_some(())
+    });
+    start.elapsed()
+}
+
+#[test]
+fn a_stand_by_replaces_a_dead_voter_and_the_voter_comes_back_as_stand_by() {
+    let mut cluster = Cluster::form(4);
+    let roles: Vec<_> = cluster.members[0].members().iter().map(|m| field(m, "role")).collect();
+    assert_eq!(roles, ["voter", "voter", "voter", "stand-by"]);
+
+    cluster.members[2].kill();
+    let killed = Instant::now();
+    // Heartbeats every second: the stand-by is a voter within two rounds.
+    wait_until("m4 to become a voter", Duration::from_secs(10), || {
+        (field(&cluster.members[0].member("m4"), "role") == "voter").then_some(())
+    });
+    eprintln!("stand-by promoted {:.1} s after the voter died", killed.elapsed().as_secs_f64());
+    let m3 = cluster.members[0].member("m3");
+    assert_eq!(field(&m3, "status"), "UNREACHABLE", "{m3}");
+    assert!(!field(&m3, "status_reason").is_empty());
+    wait_until("m3 to be demoted", Duration::from_secs(10), || {
+        (field(&cluster.members[0].member("m3"), "role") == "spare").then_some(())
+    });
+
+    cluster.members[2].start();
+    wait_until("m3 ONLINE again as a stand-by", Duration::from_secs(30), || {
+        let m3 = cluster.members[0].member("m3");
+        (field(&m3, "status") == "ONLINE" && field(&m3, "role") == "stand-by").then_some(())
+    });
+    let voters = cluster.members[0].members().iter().filter(|m| field(m, "role") == "voter").count();
+    assert_eq!(voters, 3);
+}
+
+#[test]
+fn cluster_list_answers_quickly_with_a_black_holed_member() {
+    let cluster = Cluster::form(3);
+    let m3 = &cluster.members[2];
+    m3.signal("STOP");
+    let socket = cluster.members[0].dir.join("control.socket");
+    // The best of three runs, to keep one scheduling hiccup on a loaded machine out of it.
+    let fastest = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            let out = std::process::Command::new("curl")
+                .args(["-s", "--unix-socket"])
+                .arg(&socket)
+                .arg("http://x/core/1.0/cluster")
+                .output()
+                .unwrap();
+            let took = start.elapsed();
+            let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(body["metadata"].as_array().unwrap().len(), 3, "{body}");
+            took
+        })
+        .min()
+        .unwrap();
+    m3.signal("CONT");
+    eprintln!("cluster list with a stopped member: {fastest:?}");
+    assert!(fastest < Duration::from_millis(500), "cluster list took {fastest:?}");
+}
+
+#[test]
+fn writes_resume_after_the_leader_is_killed() {
+    let mut cluster = Cluster::form(3);
+    let leader = cluster.members[0].ctl_ok(&["cluster", "transfer-leader", "m1"]);
+    assert_eq!(leader.trim(), "m1 is the leader");
+    first_write(&cluster.members[1], "before", Duration::from_secs(5));
+    cluster.members[0].kill();
+    let took = first_write(&cluster.members[1], "after", Duration::from_secs(30));
+    eprintln!("first write through m2 {:.2} s after the leader was killed", took.as_secs_f64());
+    let rows = cluster.members[2].ctl_ok(&["sql", "SELECT count(*) FROM extended_table"]);
+    assert!(rows.contains("| 2 "), "{rows}");
+}
+
+#[test]
+fn a_stopping_leader_hands_over_and_leadership_can_be_moved_by_hand() {
+    let mut cluster = Cluster::form(4);
+    // Planned maintenance: move leadership, then back to any voter.
+    let moved = cluster.members[3].ctl(&["cluster", "transfer-leader", "m4"]);
+    assert!(!moved.success && moved.stderr.contains("only voters can lead"), "{moved:?}");
+    assert_eq!(cluster.members[3].ctl_ok(&["cluster", "transfer-leader", "m2"]).trim(), "m2 is the leader");
+    let any = cluster.members[0].ctl_ok(&["cluster", "transfer-leader"]);
+    assert!(any.trim() == "m1 is the leader" || any.trim() == "m3 is the leader", "{any}");
+    assert_eq!(cluster.members[0].ctl_ok(&["cluster", "transfer-leader", "m1"]).trim(), "m1 is the leader");
+
+    // SIGTERM to the leader: it hands leadership and its voter role over before stopping.
+    cluster.members[0].signal("TERM");
+    assert!(cluster.members[0].wait_exit(Duration::from_secs(15)).is_some());
+    let log = cluster.members[0].log();
+    assert!(log.contains("transferred leadership before stopping"), "{log}");
+    assert!(log.contains("handed this member's role over"), "{log}");
+    let m1 = cluster.members[1].member("m1");
+    assert_eq!(field(&m1, "role"), "spare", "{m1}");
+    assert_eq!(field(&cluster.members[1].member("m4"), "role"), "voter");
+    first_write(&cluster.members[1], "after-handover", Duration::from_secs(5));
+}
+
+#[test]
+fn a_rolling_upgrade_waits_for_every_member_and_applies_once() {
+    let mut cluster = Cluster::form(3);
+    let upgrade = |m: &mut Member| {
+        m.signal("TERM");
+        assert!(m.wait_exit(Duration::from_secs(15)).is_some());
+        m.env = vec![("MICROD_TEST_UPGRADE".into(), "1".into())];
+        m.start();
+    };
+    upgrade(&mut cluster.members[0]);
+    let m1 = &cluster.members[0];
+    wait_until("m1 to wait for the others", Duration::from_secs(20), || {
+        let out = m1.ctl(&["sql", "SELECT 1"]);
+        (!out.success && out.stderr.contains("waiting for an upgrade")).then_some(out.stderr)
+    });
+    let out = m1.ctl(&["sql", "SELECT 1"]);
+    assert!(out.stderr.contains("m2") && out.stderr.contains("m3"), "{out:?}");
+    let view = m1.members();
+    let status = |name: &str| view.iter().find(|m| m["name"] == name).map(|m| field(m, "status")).unwrap();
+    assert_eq!(status("m1"), "UPGRADING", "{view:?}");
+    assert_eq!(status("m2"), "NEEDS UPGRADE", "{view:?}");
+    // The others keep working on the old schema meanwhile.
+    cluster.members[1].ctl_ok(&["sql", "INSERT INTO extended_table (key, value) VALUES ('during', 'upgrade')"]);
+
+    upgrade(&mut cluster.members[1]);
+    wait_until("m2 to wait too", Duration::from_secs(20), || {
+        let out = cluster.members[1].ctl(&["sql", "SELECT 1"]);
+        (!out.success && out.stderr.contains("waiting for an upgrade")).then_some(())
+    });
+    upgrade(&mut cluster.members[2]);
+    for m in &mut cluster.members {
+        m.wait_ready(Duration::from_secs(30));
+    }
+    let applied = cluster.members[0].ctl_ok(&["sql", "SELECT count(*) FROM schemas WHERE type = 1 AND version = 3"]);
+    assert!(applied.contains("| 1 "), "{applied}");
+    cluster.members[1].ctl_ok(&["sql", "INSERT INTO upgraded_table (note) VALUES ('new schema')"]);
+    let statuses: Vec<_> = cluster.members[2].members().iter().map(|m| field(m, "status")).collect();
+    assert_eq!(statuses, ["ONLINE", "ONLINE", "ONLINE"]);
+
+    // The old software refuses to run against the new schema, with a clear message.
+    let m1 = &mut cluster.members[0];
+    m1.signal("TERM");
+    assert!(m1.wait_exit(Duration::from_secs(15)).is_some());
+    m1.env.clear();
+    let mut old = std::process::Command::new(&microcluster_tests::binaries().microd)
+        .arg("--state-dir")
+        .arg(&m1.dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = old.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = old.kill();
+            panic!("the old binary kept running against the new schema");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut old.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("older than the cluster's"), "{stderr}");
+}
