@@ -315,7 +315,10 @@ impl Member {
 
     /// The member named `name` in `cluster list --format json`, as seen from this member.
     pub fn member(&self, name: &str) -> serde_json::Value {
-        self.members().into_iter().find(|m| m["name"] == name).unwrap_or_default()
+        self.members()
+            .into_iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_default()
     }
 
     /// `cluster list --format json` as seen from this member.

@@ -41,6 +41,8 @@ async fn untrusted_certificates_get_403_on_every_non_public_endpoint() {
         (Method::PUT, "/core/internal/cluster/m1"),
         (Method::POST, "/core/internal/database"),
         (Method::DELETE, "/core/1.0/tokens/m2"),
+        (Method::POST, "/core/internal/heartbeat"),
+        (Method::POST, "/core/1.0/cluster/leader"),
     ] {
         let (code, body) = client
             .raw(method.clone(), path, Some("{}".into()))

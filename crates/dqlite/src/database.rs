@@ -89,6 +89,15 @@ impl Database {
         }
     }
 
+    /// How long to wait before retry `round`: nothing the first time (a new leader is usually
+    /// there already, and the leader search has its own backoff), then the client's backoff.
+    fn retry_delay(&self, round: u32) -> std::time::Duration {
+        match round {
+            0 | 1 => std::time::Duration::ZERO,
+            _ => self.client.config().backoff(round - 1),
+        }
+    }
+
     fn deadline(&self) -> Instant {
         Instant::now() + self.client.config().leader_timeout
     }
@@ -103,7 +112,7 @@ impl Database {
             match result {
                 Err(err) if err.is_not_leader() && Instant::now() < deadline => {
                     self.after_error(&err);
-                    tokio::time::sleep(self.client.config().backoff(round)).await;
+                    tokio::time::sleep(self.retry_delay(round)).await;
                 }
                 Err(err) => {
                     self.after_error(&err);
@@ -141,7 +150,7 @@ impl Database {
             match result {
                 Err(err) if retry_read(&err) && Instant::now() < deadline => {
                     self.after_error(&err);
-                    tokio::time::sleep(self.client.config().backoff(round)).await;
+                    tokio::time::sleep(self.retry_delay(round)).await;
                 }
                 Err(err) => {
                     self.after_error(&err);

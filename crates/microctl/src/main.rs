@@ -232,7 +232,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", cluster_list(format, &members));
         }
         Command::Cluster(ClusterCommand::TransferLeader { name }) => {
-            let leader = client.transfer_leader(name.as_deref().unwrap_or_default()).await.map_err(wrap)?;
+            let leader = client
+                .transfer_leader(name.as_deref().unwrap_or_default())
+                .await
+                .map_err(wrap)?;
             println!("{leader} is the leader");
         }
         Command::Cluster(ClusterCommand::Remove { name, force }) => {

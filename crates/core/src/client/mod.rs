@@ -372,15 +372,22 @@ impl Client {
     }
 
     /// `POST /core/internal/heartbeat`: a leader's heartbeat.
-    pub async fn heartbeat(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse, ClientError> {
-        self.query(Method::POST, paths::INTERNAL_HEARTBEAT, Some(request)).await
+    pub async fn heartbeat(
+        &self,
+        request: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        self.query(Method::POST, paths::INTERNAL_HEARTBEAT, Some(request))
+            .await
     }
 
     /// `POST /core/1.0/cluster/leader`: hand leadership to member `name` (empty: any voter);
     /// returns the new leader's name.
     pub async fn transfer_leader(&self, name: &str) -> Result<String, ClientError> {
-        let request = TransferLeaderRequest { name: name.to_owned() };
-        self.query(Method::POST, paths::LEADER, Some(&request)).await
+        let request = TransferLeaderRequest {
+            name: name.to_owned(),
+        };
+        self.query(Method::POST, paths::LEADER, Some(&request))
+            .await
     }
 
     /// `POST /core/internal/hooks/{hook}`: run a hook on this member.

@@ -97,7 +97,11 @@ impl Runtime {
             crate::tls::hex(&nonce)
         );
 
-        let failure_domain = daemon.config.read().map(|c| c.failure_domain).unwrap_or_default();
+        let failure_domain = daemon
+            .config
+            .read()
+            .map(|c| c.failure_domain)
+            .unwrap_or_default();
         let builder = dqlite::Node::builder(node_id, address.clone(), daemon.dir.database_dir())
             .failure_domain(failure_domain)
             .bind_address(bind_name.clone())

@@ -173,7 +173,12 @@ impl State {
 
     /// The database status text, with its reason when there is one.
     pub fn database_status_text(&self) -> String {
-        let reason = self.0.status_reason.read().map(|r| r.clone()).unwrap_or_default();
+        let reason = self
+            .0
+            .status_reason
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_default();
         match reason.is_empty() {
             true => self.database_status().text().to_owned(),
             false => format!("{}: {reason}", self.database_status().text()),

@@ -137,7 +137,10 @@ pub(crate) struct Versions {
 
 /// The versions this software knows.
 pub(crate) fn known(internal: &[SchemaUpdate], external: &[SchemaUpdate]) -> Versions {
-    Versions { internal: internal.len() as u64, external: external.len() as u64 }
+    Versions {
+        internal: internal.len() as u64,
+        external: external.len() as u64,
+    }
 }
 
 /// Fails if the database's schema is newer than this software knows.
@@ -147,7 +150,11 @@ pub(crate) fn check_not_behind(applied: Versions, known: Versions) -> Result<(),
         ("application", applied.external, known.external),
     ] {
         if applied > known {
-            return Err(SchemaError::Behind { kind, applied, known });
+            return Err(SchemaError::Behind {
+                kind,
+                applied,
+                known,
+            });
         }
     }
     Ok(())
@@ -155,13 +162,22 @@ pub(crate) fn check_not_behind(applied: Versions, known: Versions) -> Result<(),
 
 /// Applies the updates the database lacks, in one transaction, re-reading what is applied
 /// inside it so that two members doing this at once apply each update once.
-pub(crate) async fn apply_missing(db: &Db, internal: &[SchemaUpdate], external: &[SchemaUpdate]) -> Result<(), SchemaError> {
+pub(crate) async fn apply_missing(
+    db: &Db,
+    internal: &[SchemaUpdate],
+    external: &[SchemaUpdate],
+) -> Result<(), SchemaError> {
     let internal: Vec<_> = internal.to_vec();
     let external: Vec<_> = external.to_vec();
     db.transaction(|tx| {
         let (internal, external) = (internal.clone(), external.clone());
         Box::pin(async move {
-            let rows = tx.query("SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type", &[]).await?;
+            let rows = tx
+                .query(
+                    "SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type",
+                    &[],
+                )
+                .await?;
             let current = |kind: i64| {
                 rows.rows
                     .iter()
@@ -174,7 +190,11 @@ pub(crate) async fn apply_missing(db: &Db, internal: &[SchemaUpdate], external: 
                     (update.run)(tx).await?;
                     tx.exec(
                         "INSERT INTO schemas (version, type, updated_at) VALUES (?, ?, ?)",
-                        &[Value::Integer(index as i64 + 1), Value::Integer(kind), Value::Text(now())],
+                        &[
+                            Value::Integer(index as i64 + 1),
+                            Value::Integer(kind),
+                            Value::Text(now()),
+                        ],
                     )
                     .await?;
                 }

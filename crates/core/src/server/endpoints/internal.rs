@@ -1,11 +1,13 @@
 //! Member-to-member endpoints: join requests, reset after removal, trust store fan-out and
 //! remote hook calls.
 
-use crate::api::{ClusterMemberLocal, HeartbeatRequest, JoinRequest, NewMemberHookRequest, RemoveHookRequest};
-use crate::server::heartbeat as beat;
-use crate::server::rest::Trust;
+use crate::api::{
+    ClusterMemberLocal, HeartbeatRequest, JoinRequest, NewMemberHookRequest, RemoveHookRequest,
+};
 use crate::server::State;
+use crate::server::heartbeat as beat;
 use crate::server::membership::{self, fan_out};
+use crate::server::rest::Trust;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {

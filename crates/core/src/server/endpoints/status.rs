@@ -34,6 +34,9 @@ async fn status(state: State, _req: Request) -> HandlerResult {
 async fn ready(state: State, _req: Request) -> HandlerResult {
     match state.database_status() {
         DbStatus::Online | DbStatus::NotInitialized => Ok(Response::empty()),
-        _ => Err(ApiError::unavailable(format!("not ready yet: {}", state.database_status_text()))),
+        _ => Err(ApiError::unavailable(format!(
+            "not ready yet: {}",
+            state.database_status_text()
+        ))),
     }
 }

@@ -15,10 +15,15 @@ const STEP: Duration = Duration::from_millis(1500);
 /// Deadline of the whole handover.
 const TOTAL: Duration = Duration::from_secs(5);
 
-async fn step<T>(what: &str, f: impl std::future::Future<Output = dqlite::Result<T>>) -> Result<T, ApiError> {
+async fn step<T>(
+    what: &str,
+    f: impl std::future::Future<Output = dqlite::Result<T>>,
+) -> Result<T, ApiError> {
     match tokio::time::timeout(STEP, f).await {
         Ok(result) => result.map_err(|e| ApiError::from(e).context(what)),
-        Err(_) => Err(ApiError::unavailable(format!("{what}: no answer within {STEP:?}"))),
+        Err(_) => Err(ApiError::unavailable(format!(
+            "{what}: no answer within {STEP:?}"
+        ))),
     }
 }
 
@@ -26,7 +31,9 @@ async fn step<T>(what: &str, f: impl std::future::Future<Output = dqlite::Result
 pub(crate) async fn handover(state: &State) {
     match tokio::time::timeout(TOTAL, steps(state)).await {
         Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::warn!(error = %err, "handover skipped or incomplete; stopping anyway"),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "handover skipped or incomplete; stopping anyway")
+        }
         Err(_) => tracing::warn!("handover took longer than {TOTAL:?}; stopping anyway"),
     }
 }
@@ -41,10 +48,25 @@ async fn steps(state: &State) -> Result<(), ApiError> {
     let Some(role) = me.role.filter(|r| *r != Role::Spare) else {
         return Ok(());
     };
-    // Who can take over: members that answer right now.
+    // Leadership first: it is what writers wait for.
+    let leader = step("finding the leader", client.leader()).await?;
+    if leader.address == runtime.address {
+        let target = nodes
+            .iter()
+            .find(|n| n.role == Some(Role::Voter) && n.address != runtime.address)
+            .ok_or_else(|| ApiError::conflict("no other voter can take over leadership"))?;
+        step("transferring leadership", client.transfer(target.id)).await?;
+        tracing::info!(
+            to = target.address,
+            "transferred leadership before stopping"
+        );
+    }
+    // Then the role: to a member that answers right now.
     let mut probes = tokio::task::JoinSet::new();
     for node in nodes.iter().filter(|n| n.address != runtime.address) {
-        let member = state.member_client(&node.address)?.with_timeout(Duration::from_millis(500));
+        let member = state
+            .member_client(&node.address)?
+            .with_timeout(Duration::from_millis(500));
         let node = node.clone();
         probes.spawn(async move { member.ready().await.is_ok().then_some(node) });
     }
@@ -54,7 +76,6 @@ async fn steps(state: &State) -> Result<(), ApiError> {
             online.push(node);
         }
     }
-    online.sort_by(|a, b| a.address.cmp(&b.address));
     let lower = |r: Option<Role>| match role {
         Role::Voter => r == Some(Role::StandBy) || r == Some(Role::Spare),
         _ => r == Some(Role::Spare),
@@ -68,17 +89,6 @@ async fn steps(state: &State) -> Result<(), ApiError> {
     if let Some(candidate) = &candidate {
         step("promoting a replacement", client.assign(candidate.id, role)).await?;
         tracing::info!(member = candidate.address, %role, "handed this member's role over");
-    }
-    let leader = step("finding the leader", client.leader()).await?;
-    if leader.address == runtime.address {
-        let target = online
-            .iter()
-            .find(|n| n.role == Some(Role::Voter) || (candidate.as_ref().is_some_and(|c| c.id == n.id) && role == Role::Voter))
-            .ok_or_else(|| ApiError::conflict("no other online voter can take over leadership"))?;
-        step("transferring leadership", client.transfer(target.id)).await?;
-        tracing::info!(to = target.address, "transferred leadership before stopping");
-    }
-    if candidate.is_some() {
         step("demoting this member", client.assign(me.id, Role::Spare)).await?;
     }
     Ok(())

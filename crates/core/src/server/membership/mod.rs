@@ -103,7 +103,11 @@ enum Opened {
 /// when this member runs newer software than others, waits (status "waiting for an upgrade",
 /// re-checked every second) until every member runs it, and then applies the updates once.
 /// A member whose software is older than the database's schema refuses to open.
-pub(crate) async fn open_database(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), ApiError> {
+pub(crate) async fn open_database(
+    state: &State,
+    runtime: &Runtime,
+    timeout: Duration,
+) -> Result<(), ApiError> {
     state.set_db_status(DbStatus::Starting);
     let deadline = Instant::now() + timeout;
     loop {
@@ -119,10 +123,19 @@ pub(crate) async fn open_database(state: &State, runtime: &Runtime, timeout: Dur
                 state.set_db_status_with(DbStatus::WaitingUpgrade, reason);
                 tokio::time::sleep(UPGRADE_POLL).await;
             }
-            Err(schema::SchemaError::Behind { kind, applied, known }) => {
+            Err(schema::SchemaError::Behind {
+                kind,
+                applied,
+                known,
+            }) => {
                 state.set_db_status(DbStatus::Offline);
                 return Err(ApiError::unavailable(
-                    schema::SchemaError::Behind { kind, applied, known }.to_string(),
+                    schema::SchemaError::Behind {
+                        kind,
+                        applied,
+                        known,
+                    }
+                    .to_string(),
                 ));
             }
             Err(schema::SchemaError::Db(err)) if Instant::now() < deadline => {
@@ -158,7 +171,8 @@ async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::Sc
         .transaction(|tx| {
             let (name, extensions) = (name.clone(), extensions.clone());
             Box::pin(async move {
-                members::set_software(tx, &name, known.internal, known.external, &extensions).await?;
+                members::set_software(tx, &name, known.internal, known.external, &extensions)
+                    .await?;
                 members::list(tx).await
             })
         })

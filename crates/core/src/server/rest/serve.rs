@@ -275,7 +275,8 @@ async fn handle(
         ));
     }
     let upgrading = state.database_status() == crate::server::DbStatus::WaitingUpgrade;
-    if !action.allowed_before_init && !(upgrading && action.allowed_during_upgrade) {
+    let allowed_now = action.allowed_before_init || (upgrading && action.allowed_during_upgrade);
+    if !allowed_now {
         state.require_database()?;
     }
     let body = Limited::new(body, MAX_REQUEST_BODY)
