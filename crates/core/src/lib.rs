@@ -21,5 +21,5 @@ pub mod validate;
 #[cfg(feature = "server")]
 pub use server::{
     App, AppError, Args, DaemonArgs, DbStatus, HookError, HookFuture, Hooks, InitConfig, NoHooks,
-    SchemaUpdate, State,
+    SchemaUpdate, Server, State,
 };

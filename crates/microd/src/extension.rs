@@ -7,7 +7,7 @@ use microcluster::api::ClusterMemberLocal;
 use microcluster::server::rest::{
     Action, ApiError, Endpoint, HandlerResult, Request, Resources, Response,
 };
-use microcluster::{DaemonArgs, HookFuture, Hooks, InitConfig, SchemaUpdate, State};
+use microcluster::{DaemonArgs, HookFuture, Hooks, InitConfig, SchemaUpdate, Server, State};
 use serde::{Deserialize, Serialize};
 
 /// The body members send each other on `POST /1.0/extended`.
@@ -42,10 +42,17 @@ pub(crate) fn daemon_args() -> DaemonArgs {
             ),
         ],
         hooks: Arc::new(LoggingHooks),
-        resources: vec![Resources::new(
-            "1.0",
-            vec![Endpoint::new("extended").post(Action::new(extended).allow_untrusted())],
-        )],
+        // Served next to the core API on the member's address, and on the control socket.
+        servers: vec![
+            Server::core(
+                "extended",
+                vec![Resources::new(
+                    "1.0",
+                    vec![Endpoint::new("extended").post(Action::new(extended).allow_untrusted())],
+                )],
+            )
+            .serve_unix(),
+        ],
         ..DaemonArgs::default()
     };
     if std::env::var_os("MICROD_TEST_UPGRADE").is_some() {

@@ -72,7 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         socket_group: cli.socket_group,
         ..extension::daemon_args()
     };
-    app.run(args)
+    app.start(args)
         .await
         .with_context(|| format!("microd with state directory {}", cli.state_dir.display()))
 }

@@ -38,6 +38,8 @@ pub mod paths {
     pub const INTERNAL_HOOKS: &str = "/core/internal/hooks";
     /// Heartbeats from the leader.
     pub const INTERNAL_HEARTBEAT: &str = "/core/internal/heartbeat";
+    /// Additional listeners' addresses.
+    pub const DAEMON_SERVERS: &str = "/core/1.0/daemon/servers";
     /// Leadership transfer.
     pub const LEADER: &str = "/core/1.0/cluster/leader";
 }

@@ -273,6 +273,28 @@ pub struct TransferLeaderRequest {
     pub name: String,
 }
 
+/// An additional listener's address (`GET|PUT /core/1.0/daemon/servers` maps server names to
+/// these).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerAddress {
+    /// Listen address `ip:port` (empty: the listener is off).
+    #[serde(default)]
+    pub address: String,
+}
+
+/// A member's own settings, as the OnDaemonConfigUpdate hook receives them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberConfig {
+    /// Member name.
+    pub name: String,
+    /// Member address.
+    pub address: String,
+    /// Additional listeners' addresses.
+    #[serde(default)]
+    pub servers: BTreeMap<String, ServerAddress>,
+}
+
 /// Role strings as microcluster prints them.
 pub mod role {
     /// Votes and replicates.

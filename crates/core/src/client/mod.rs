@@ -16,9 +16,10 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     self, ClusterMember, ClusterMemberLocal, Control, Envelope, HeartbeatRequest,
-    HeartbeatResponse, JoinRequest, JoinResponse, ResponseType, ServerStatus, SqlBatch, SqlDump,
-    SqlQuery, TokenRecord, TokenRequest, TransferLeaderRequest, paths,
+    HeartbeatResponse, JoinRequest, JoinResponse, ResponseType, ServerAddress, ServerStatus,
+    SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest, TransferLeaderRequest, paths,
 };
+use std::collections::BTreeMap;
 
 /// Default deadline for one request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -369,6 +370,22 @@ impl Client {
             None::<&()>,
         )
         .await
+    }
+
+    /// `GET /core/1.0/daemon/servers`: this member's additional listeners.
+    pub async fn servers(&self) -> Result<BTreeMap<String, ServerAddress>, ClientError> {
+        self.query(Method::GET, paths::DAEMON_SERVERS, None::<&()>)
+            .await
+    }
+
+    /// `PUT /core/1.0/daemon/servers`: moves (or stops, with an empty address) this member's
+    /// additional listeners at once.
+    pub async fn set_servers(
+        &self,
+        servers: &BTreeMap<String, ServerAddress>,
+    ) -> Result<(), ClientError> {
+        self.empty(Method::PUT, paths::DAEMON_SERVERS, Some(servers))
+            .await
     }
 
     /// `POST /core/internal/heartbeat`: a leader's heartbeat.

@@ -14,7 +14,8 @@ use super::db::schema::{SchemaUpdate, internal_updates};
 use super::endpoints;
 use super::hooks::{Hooks, NoHooks};
 use super::membership::{OPEN_TIMEOUT_FOREVER, open_database, start_background, start_runtime};
-use super::rest::{Listener, Resources, Routes};
+use super::rest::{Listener, Routes};
+use super::servers::Server;
 use super::state::{Daemon, Settings, State};
 use super::state_dir::{StateDir, StateDirError};
 use super::truststore::TrustStore;
@@ -42,8 +43,8 @@ pub struct DaemonArgs {
     pub extensions_schema: Vec<SchemaUpdate>,
     /// Lifecycle hooks.
     pub hooks: Arc<dyn Hooks>,
-    /// The application's endpoints, served on the member's HTTPS address and the socket.
-    pub resources: Vec<Resources>,
+    /// The application's endpoints and where they are served.
+    pub servers: Vec<Server>,
     /// Group owning the control socket (name or numeric id).
     pub socket_group: Option<String>,
     /// Expected network round trip between members (raft heartbeat 1.5×, election 15×).
@@ -68,7 +69,7 @@ impl Default for DaemonArgs {
             api_extensions: Vec::new(),
             extensions_schema: Vec::new(),
             hooks: Arc::new(NoHooks),
-            resources: Vec::new(),
+            servers: Vec::new(),
             socket_group: None,
             network_latency: Duration::from_millis(40),
         }
@@ -202,13 +203,32 @@ impl App {
         self.local_client().revoke_token(name).await
     }
 
+    /// A mutual-TLS client of the member at `address`, authenticated with this member's
+    /// certificate (the member must be initialised).
+    pub fn remote_client(&self, address: &str) -> Result<Client, AppError> {
+        let dir = StateDir::open(&self.state_dir)?;
+        let identity = dir
+            .server_identity()?
+            .ok_or_else(|| AppError::Invalid("this member has no certificate yet".into()))?;
+        let cluster = dir.cluster_identity()?.ok_or_else(|| {
+            AppError::Invalid("this member is not initialised (no cluster certificate)".into())
+        })?;
+        let fingerprint = cluster
+            .fingerprint()
+            .map_err(|e| AppError::Invalid(e.to_string()))?;
+        let config = crate::tls::client_config(Some(&identity), vec![fingerprint])
+            .map_err(|e| AppError::Invalid(e.to_string()))?;
+        Ok(Client::https(address, config))
+    }
+
     /// Runs SQL on the cluster database.
     pub async fn sql(&self, query: &str) -> Result<SqlBatch, ClientError> {
         self.local_client().sql(query).await
     }
 
     /// Runs the daemon until SIGINT, SIGTERM or `POST /core/control/shutdown`.
-    pub async fn run(&self, args: DaemonArgs) -> Result<(), AppError> {
+    pub async fn start(&self, args: DaemonArgs) -> Result<(), AppError> {
+        super::servers::validate(&args.servers).map_err(AppError::Invalid)?;
         for ext in &args.api_extensions {
             if !valid_extension(ext) {
                 return Err(AppError::Invalid(format!(
@@ -242,10 +262,17 @@ impl App {
             TrustStore::load(dir.truststore_dir()).map_err(|e| AppError::Invalid(e.to_string()))?;
         let initialised = dir.node_info()?;
 
+        // The core listener serves the core API and the core servers; the socket also the
+        // control endpoints and the core servers that asked for it.
         let mut shared = endpoints::shared();
-        shared.extend(args.resources.iter().cloned());
         let mut unix = vec![endpoints::control()];
         unix.extend(shared.iter().cloned());
+        for server in args.servers.iter().filter(|s| s.core_api) {
+            shared.extend(server.resources.iter().cloned());
+            if server.serve_unix {
+                unix.extend(server.resources.iter().cloned());
+            }
+        }
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let daemon = Arc::new(Daemon {
             dir,
@@ -257,6 +284,7 @@ impl App {
                 external_schema: args.extensions_schema.clone(),
                 hooks: args.hooks.clone(),
                 network_latency: args.network_latency,
+                servers: args.servers.clone(),
             },
             config: RwLock::new(config),
             server_identity: RwLock::new(server_identity),

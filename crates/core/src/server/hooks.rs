@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::State;
-use crate::api::ClusterMemberLocal;
+use crate::api::{ClusterMemberLocal, MemberConfig};
 
 /// What a hook returns on failure (any error type).
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,6 +34,7 @@ fn done<'a>() -> HookFuture<'a> {
 /// | `pre_remove` | the member leaving | before it is removed | removal refused (unless forced) |
 /// | `post_remove` | every remaining member | after a removal | logged |
 /// | `on_heartbeat` | the leader | after each heartbeat round | logged |
+/// | `on_daemon_config_update` | every other member | after a member changed its listeners | logged |
 /// | `on_stop` | every member | during shutdown | logged |
 pub trait Hooks: Send + Sync + 'static {
     /// Before bootstrap or join.
@@ -87,6 +88,16 @@ pub trait Hooks: Send + Sync + 'static {
 
     /// On the leader after each heartbeat round.
     fn on_heartbeat<'a>(&'a self, _state: &'a State) -> HookFuture<'a> {
+        done()
+    }
+
+    /// On every other member after a member changed its listeners' addresses
+    /// (`PUT /core/1.0/daemon/servers`); `config` is that member's new configuration.
+    fn on_daemon_config_update<'a>(
+        &'a self,
+        _state: &'a State,
+        _config: &'a MemberConfig,
+    ) -> HookFuture<'a> {
         done()
     }
 

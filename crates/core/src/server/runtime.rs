@@ -47,6 +47,8 @@ pub(crate) struct Runtime {
     pub(crate) bind_name: String,
     node: Mutex<Option<dqlite::Node>>,
     listener: tokio::sync::Mutex<Option<Listener>>,
+    /// Listeners of the application's servers that have their own address.
+    pub(crate) listeners: super::servers::Listeners,
     stop_tx: watch::Sender<bool>,
     pub(crate) stop: ShutdownSignal,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -148,6 +150,7 @@ impl Runtime {
             bind_name,
             node: Mutex::new(Some(node)),
             listener: tokio::sync::Mutex::new(Some(listener)),
+            listeners: super::servers::Listeners::default(),
             stop_tx,
             stop,
             tasks: Mutex::new(Vec::new()),
@@ -177,6 +180,7 @@ impl Runtime {
         for task in tasks {
             task.abort();
         }
+        self.listeners.stop().await;
         if let Some(listener) = self.listener.lock().await.take() {
             listener.stop().await;
         }

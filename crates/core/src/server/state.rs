@@ -27,6 +27,7 @@ pub(crate) struct Settings {
     pub(crate) external_schema: Vec<SchemaUpdate>,
     pub(crate) hooks: Arc<dyn Hooks>,
     pub(crate) network_latency: Duration,
+    pub(crate) servers: Vec<super::servers::Server>,
 }
 
 /// Everything a running daemon holds.
@@ -138,6 +139,34 @@ impl State {
     pub(crate) fn db(&self) -> Result<Arc<Runtime>, ApiError> {
         self.require_database()?;
         self.runtime()
+    }
+
+    /// A mutual-TLS client of the current dqlite leader.
+    pub async fn leader_client(&self) -> Result<Client, ApiError> {
+        let runtime = self.db()?;
+        let leader = runtime.db.client().leader().await?;
+        self.member_client(&leader.address)
+    }
+
+    /// Runs one read-only statement on the cluster database.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[dqlite::Value],
+    ) -> Result<dqlite::QueryResult, ApiError> {
+        let runtime = self.db()?;
+        Ok(runtime.db.query(sql, params).await?)
+    }
+
+    /// Runs SQL text that may write on the cluster database (each statement atomic on its own;
+    /// use [`State::transaction`] to group several).
+    pub async fn exec(
+        &self,
+        sql: &str,
+        params: &[dqlite::Value],
+    ) -> Result<dqlite::ExecResult, ApiError> {
+        let runtime = self.db()?;
+        Ok(runtime.db.exec(sql, params).await?)
     }
 
     /// Runs `f` in a database transaction.

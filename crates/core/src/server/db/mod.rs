@@ -111,6 +111,27 @@ impl Db {
         }
     }
 
+    /// Runs SQL text that may write (each statement atomic on its own), retrying while another
+    /// member holds the write lock.
+    pub(crate) async fn exec(
+        &self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<dqlite::ExecResult, dqlite::Error> {
+        let deadline = Instant::now() + BUSY_RETRY;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let result = self.conn.lock().await.exec(sql, params).await;
+            match result {
+                Err(err) if err.is_busy() && Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Runs one read-only statement.
     pub(crate) async fn query(
         &self,

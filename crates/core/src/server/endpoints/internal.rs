@@ -2,7 +2,8 @@
 //! remote hook calls.
 
 use crate::api::{
-    ClusterMemberLocal, HeartbeatRequest, JoinRequest, NewMemberHookRequest, RemoveHookRequest,
+    ClusterMemberLocal, HeartbeatRequest, JoinRequest, MemberConfig, NewMemberHookRequest,
+    RemoveHookRequest,
 };
 use crate::server::State;
 use crate::server::heartbeat as beat;
@@ -124,6 +125,11 @@ async fn run_hook(state: State, req: Request) -> HandlerResult {
         "on-new-member" => {
             hooks
                 .on_new_member(&state, &req.json::<NewMemberHookRequest>()?.new_member)
+                .await
+        }
+        "on-daemon-config-update" => {
+            hooks
+                .on_daemon_config_update(&state, &req.json::<MemberConfig>()?)
                 .await
         }
         other => {

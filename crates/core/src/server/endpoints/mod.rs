@@ -2,6 +2,7 @@
 
 mod cluster;
 mod control;
+mod daemon;
 mod database;
 mod internal;
 mod sql;
@@ -19,7 +20,12 @@ pub(crate) fn shared() -> Vec<Resources> {
     vec![
         Resources::new(
             "core/1.0",
-            [status::endpoints(), cluster::endpoints()].concat(),
+            [
+                status::endpoints(),
+                cluster::endpoints(),
+                daemon::endpoints(),
+            ]
+            .concat(),
         ),
         Resources::new(
             "core/internal",

@@ -89,6 +89,12 @@ pub(crate) async fn start_runtime(state: &State, node_id: u64) -> Result<Arc<Run
     if let Ok(mut slot) = state.0.runtime.write() {
         *slot = Some(runtime.clone());
     }
+    // The application's own listeners: a failure leaves that listener off, not the member.
+    if let Err(err) =
+        super::servers::apply(state, &runtime.listeners, &runtime.cluster_identity).await
+    {
+        tracing::warn!(error = %err, "additional listeners");
+    }
     Ok(runtime)
 }
 

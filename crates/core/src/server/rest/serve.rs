@@ -111,6 +111,13 @@ impl Listener {
         Listener { stop, task }
     }
 
+    /// Serves `routes` over plain HTTP on an already bound TCP listener (every caller untrusted).
+    pub(crate) fn plain(listener: TcpListener, state: State, routes: Arc<Routes>) -> Listener {
+        let (stop, signal) = ShutdownSignal::new();
+        let task = tokio::spawn(accept_plain(listener, state, routes, signal));
+        Listener { stop, task }
+    }
+
     /// Stops accepting, closes open connections, and waits for the accept loop to end.
     pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
@@ -139,6 +146,35 @@ async fn accept_unix(
         tokio::spawn(serve_connection(
             stream,
             Peer::Unix,
+            state.clone(),
+            routes.clone(),
+            signal.clone(),
+        ));
+    }
+}
+
+async fn accept_plain(
+    listener: TcpListener,
+    state: State,
+    routes: Arc<Routes>,
+    mut signal: ShutdownSignal,
+) {
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accepting a TCP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = signal.fired() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            tcp,
+            Peer::Tls(None),
             state.clone(),
             routes.clone(),
             signal.clone(),
