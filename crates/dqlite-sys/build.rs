@@ -12,20 +12,13 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
     if let Ok(dir) = env::var("DQLITE_LIB_DIR") {
-        let kind = if env::var_os("DQLITE_STATIC").is_some() {
-            "static"
-        } else {
-            "dylib"
-        };
+        let kind = if env::var_os("DQLITE_STATIC").is_some() { "static" } else { "dylib" };
         println!("cargo:rustc-link-search=native={dir}");
         println!("cargo:rustc-link-lib={kind}=dqlite");
         return;
     }
 
-    match pkg_config::Config::new()
-        .atleast_version(MIN_VERSION)
-        .probe("dqlite")
-    {
+    match pkg_config::Config::new().atleast_version(MIN_VERSION).probe("dqlite") {
         Ok(lib) => {
             for path in &lib.include_paths {
                 println!("cargo:include={}", path.display());

@@ -62,10 +62,7 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -114,10 +111,7 @@ pub struct Member {
 impl Member {
     /// A member with a fresh temporary state directory and address (not started).
     pub fn new(name: &str) -> Member {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("microd-{name}-"))
-            .tempdir()
-            .unwrap();
+        let tmp = tempfile::Builder::new().prefix(&format!("microd-{name}-")).tempdir().unwrap();
         Member {
             name: name.to_owned(),
             address: free_address(),
@@ -151,11 +145,7 @@ impl Member {
     pub fn start(&mut self) -> &mut Member {
         assert!(self.child.is_none(), "{} is already running", self.name);
         std::fs::create_dir_all(self.dir.parent().unwrap()).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let child = Command::new(&binaries().microd)
             .arg("--state-dir")
             .arg(&self.dir)
@@ -170,16 +160,10 @@ impl Member {
         self.child = Some(child);
         let name = self.name.clone();
         let socket = self.dir.join("control.socket");
-        wait_until(
-            &format!("{name}'s control socket"),
-            Duration::from_secs(20),
-            || {
-                self.assert_running();
-                std::os::unix::net::UnixStream::connect(&socket)
-                    .ok()
-                    .map(drop)
-            },
-        );
+        wait_until(&format!("{name}'s control socket"), Duration::from_secs(20), || {
+            self.assert_running();
+            std::os::unix::net::UnixStream::connect(&socket).ok().map(drop)
+        });
         self
     }
 
@@ -188,9 +172,7 @@ impl Member {
         let name = self.name.clone();
         wait_until(&format!("{name} to be ready"), timeout, || {
             self.assert_running();
-            self.ctl(&["waitready", "--timeout", "1"])
-                .success
-                .then_some(())
+            self.ctl(&["waitready", "--timeout", "1"]).success.then_some(())
         });
     }
 
@@ -198,11 +180,7 @@ impl Member {
         if let Some(child) = self.child.as_mut()
             && let Ok(Some(status)) = child.try_wait()
         {
-            panic!(
-                "microd {} exited with {status}; its log:\n{}",
-                self.name,
-                self.log()
-            );
+            panic!("microd {} exited with {status}; its log:\n{}", self.name, self.log());
         }
     }
 
@@ -213,17 +191,13 @@ impl Member {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`, ...).
     pub fn signal(&self, signal: &str) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .args(["-s", signal, &pid.to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-s", signal, &pid.to_string()]).status();
         }
     }
 
@@ -265,13 +239,7 @@ impl Member {
 
     /// Runs `microctl --state-dir DIR args...`.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
-        Command::new(&binaries().microctl)
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .args(args)
-            .output()
-            .unwrap()
-            .into()
+        Command::new(&binaries().microctl).arg("--state-dir").arg(&self.dir).args(args).output().unwrap().into()
     }
 
     /// Runs `microctl` with `stdin` as standard input.
@@ -286,12 +254,7 @@ impl Member {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
         child.wait_with_output().unwrap().into()
     }
 
@@ -315,10 +278,7 @@ impl Member {
 
     /// The member named `name` in `cluster list --format json`, as seen from this member.
     pub fn member(&self, name: &str) -> serde_json::Value {
-        self.members()
-            .into_iter()
-            .find(|m| m["name"] == name)
-            .unwrap_or_default()
+        self.members().into_iter().find(|m| m["name"] == name).unwrap_or_default()
     }
 
     /// `cluster list --format json` as seen from this member.
@@ -374,13 +334,7 @@ impl Cluster {
     /// Joins a member (running, not necessarily part of `members`) through member `via`.
     pub fn join_member(&self, joiner: &Member, via: usize) {
         let token = self.members[via].ctl_ok(&["tokens", "add", &joiner.name]);
-        joiner.ctl_ok(&[
-            "init",
-            &joiner.name,
-            &joiner.address,
-            "--token",
-            token.trim(),
-        ]);
+        joiner.ctl_ok(&["init", &joiner.name, &joiner.address, "--token", token.trim()]);
     }
 
     /// Member `i`.

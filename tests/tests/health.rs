@@ -16,10 +16,7 @@ fn first_write(member: &Member, value: &str, timeout: Duration) -> Duration {
     let start = Instant::now();
     wait_until("a successful write", timeout, || {
         member
-            .ctl(&[
-                "sql",
-                &format!("INSERT INTO extended_table (key, value) VALUES ('{value}', 'x')"),
-            ])
+            .ctl(&["sql", &format!("INSERT INTO extended_table (key, value) VALUES ('{value}', 'x')")])
             .success
             .then_some(())
     });
@@ -29,11 +26,7 @@ fn first_write(member: &Member, value: &str, timeout: Duration) -> Duration {
 #[test]
 fn a_stand_by_replaces_a_dead_voter_and_the_voter_comes_back_as_stand_by() {
     let mut cluster = Cluster::form(4);
-    let roles: Vec<_> = cluster.members[0]
-        .members()
-        .iter()
-        .map(|m| field(m, "role"))
-        .collect();
+    let roles: Vec<_> = cluster.members[0].members().iter().map(|m| field(m, "role")).collect();
     assert_eq!(roles, ["voter", "voter", "voter", "stand-by"]);
 
     cluster.members[2].kill();
@@ -42,10 +35,7 @@ fn a_stand_by_replaces_a_dead_voter_and_the_voter_comes_back_as_stand_by() {
     wait_until("m4 to become a voter", Duration::from_secs(10), || {
         (field(&cluster.members[0].member("m4"), "role") == "voter").then_some(())
     });
-    eprintln!(
-        "stand-by promoted {:.1} s after the voter died",
-        killed.elapsed().as_secs_f64()
-    );
+    eprintln!("stand-by promoted {:.1} s after the voter died", killed.elapsed().as_secs_f64());
     let m3 = cluster.members[0].member("m3");
     assert_eq!(field(&m3, "status"), "UNREACHABLE", "{m3}");
     assert!(!field(&m3, "status_reason").is_empty());
@@ -54,19 +44,11 @@ fn a_stand_by_replaces_a_dead_voter_and_the_voter_comes_back_as_stand_by() {
     });
 
     cluster.members[2].start();
-    wait_until(
-        "m3 ONLINE again as a stand-by",
-        Duration::from_secs(30),
-        || {
-            let m3 = cluster.members[0].member("m3");
-            (field(&m3, "status") == "ONLINE" && field(&m3, "role") == "stand-by").then_some(())
-        },
-    );
-    let voters = cluster.members[0]
-        .members()
-        .iter()
-        .filter(|m| field(m, "role") == "voter")
-        .count();
+    wait_until("m3 ONLINE again as a stand-by", Duration::from_secs(30), || {
+        let m3 = cluster.members[0].member("m3");
+        (field(&m3, "status") == "ONLINE" && field(&m3, "role") == "stand-by").then_some(())
+    });
+    let voters = cluster.members[0].members().iter().filter(|m| field(m, "role") == "voter").count();
     assert_eq!(voters, 3);
 }
 
@@ -95,10 +77,7 @@ fn cluster_list_answers_quickly_with_a_black_holed_member() {
         .unwrap();
     m3.signal("CONT");
     eprintln!("cluster list with a stopped member: {fastest:?}");
-    assert!(
-        fastest < Duration::from_millis(500),
-        "cluster list took {fastest:?}"
-    );
+    assert!(fastest < Duration::from_millis(500), "cluster list took {fastest:?}");
 }
 
 #[test]
@@ -109,10 +88,7 @@ fn writes_resume_after_the_leader_is_killed() {
     first_write(&cluster.members[1], "before", Duration::from_secs(5));
     cluster.members[0].kill();
     let took = first_write(&cluster.members[1], "after", Duration::from_secs(30));
-    eprintln!(
-        "first write through m2 {:.2} s after the leader was killed",
-        took.as_secs_f64()
-    );
+    eprintln!("first write through m2 {:.2} s after the leader was killed", took.as_secs_f64());
     let rows = cluster.members[2].ctl_ok(&["sql", "SELECT count(*) FROM extended_table"]);
     assert!(rows.contains("| 2 "), "{rows}");
 }
@@ -122,49 +98,22 @@ fn a_stopping_leader_hands_over_and_leadership_can_be_moved_by_hand() {
     let mut cluster = Cluster::form(4);
     // Planned maintenance: move leadership, then back to any voter.
     let moved = cluster.members[3].ctl(&["cluster", "transfer-leader", "m4"]);
-    assert!(
-        !moved.success && moved.stderr.contains("only voters can lead"),
-        "{moved:?}"
-    );
-    assert_eq!(
-        cluster.members[3]
-            .ctl_ok(&["cluster", "transfer-leader", "m2"])
-            .trim(),
-        "m2 is the leader"
-    );
+    assert!(!moved.success && moved.stderr.contains("only voters can lead"), "{moved:?}");
+    assert_eq!(cluster.members[3].ctl_ok(&["cluster", "transfer-leader", "m2"]).trim(), "m2 is the leader");
     let any = cluster.members[0].ctl_ok(&["cluster", "transfer-leader"]);
-    assert!(
-        any.trim() == "m1 is the leader" || any.trim() == "m3 is the leader",
-        "{any}"
-    );
-    assert_eq!(
-        cluster.members[0]
-            .ctl_ok(&["cluster", "transfer-leader", "m1"])
-            .trim(),
-        "m1 is the leader"
-    );
+    assert!(any.trim() == "m1 is the leader" || any.trim() == "m3 is the leader", "{any}");
+    assert_eq!(cluster.members[0].ctl_ok(&["cluster", "transfer-leader", "m1"]).trim(), "m1 is the leader");
 
     // SIGTERM to the leader: it hands leadership and its voter role over before stopping.
     cluster.members[0].signal("TERM");
-    assert!(
-        cluster.members[0]
-            .wait_exit(Duration::from_secs(15))
-            .is_some()
-    );
+    assert!(cluster.members[0].wait_exit(Duration::from_secs(15)).is_some());
     let log = cluster.members[0].log();
-    assert!(
-        log.contains("transferred leadership before stopping"),
-        "{log}"
-    );
+    assert!(log.contains("transferred leadership before stopping"), "{log}");
     assert!(log.contains("handed this member's role over"), "{log}");
     let m1 = cluster.members[1].member("m1");
     assert_eq!(field(&m1, "role"), "spare", "{m1}");
     assert_eq!(field(&cluster.members[1].member("m4"), "role"), "voter");
-    first_write(
-        &cluster.members[1],
-        "after-handover",
-        Duration::from_secs(5),
-    );
+    first_write(&cluster.members[1], "after-handover", Duration::from_secs(5));
 }
 
 #[test]
@@ -183,24 +132,13 @@ fn a_rolling_upgrade_waits_for_every_member_and_applies_once() {
         (!out.success && out.stderr.contains("waiting for an upgrade")).then_some(out.stderr)
     });
     let out = m1.ctl(&["sql", "SELECT 1"]);
-    assert!(
-        out.stderr.contains("m2") && out.stderr.contains("m3"),
-        "{out:?}"
-    );
+    assert!(out.stderr.contains("m2") && out.stderr.contains("m3"), "{out:?}");
     let view = m1.members();
-    let status = |name: &str| {
-        view.iter()
-            .find(|m| m["name"] == name)
-            .map(|m| field(m, "status"))
-            .unwrap()
-    };
+    let status = |name: &str| view.iter().find(|m| m["name"] == name).map(|m| field(m, "status")).unwrap();
     assert_eq!(status("m1"), "UPGRADING", "{view:?}");
     assert_eq!(status("m2"), "NEEDS UPGRADE", "{view:?}");
     // The others keep working on the old schema meanwhile.
-    cluster.members[1].ctl_ok(&[
-        "sql",
-        "INSERT INTO extended_table (key, value) VALUES ('during', 'upgrade')",
-    ]);
+    cluster.members[1].ctl_ok(&["sql", "INSERT INTO extended_table (key, value) VALUES ('during', 'upgrade')"]);
 
     upgrade(&mut cluster.members[1]);
     wait_until("m2 to wait too", Duration::from_secs(20), || {
@@ -211,20 +149,10 @@ fn a_rolling_upgrade_waits_for_every_member_and_applies_once() {
     for m in &mut cluster.members {
         m.wait_ready(Duration::from_secs(30));
     }
-    let applied = cluster.members[0].ctl_ok(&[
-        "sql",
-        "SELECT count(*) FROM schemas WHERE type = 1 AND version = 3",
-    ]);
+    let applied = cluster.members[0].ctl_ok(&["sql", "SELECT count(*) FROM schemas WHERE type = 1 AND version = 3"]);
     assert!(applied.contains("| 1 "), "{applied}");
-    cluster.members[1].ctl_ok(&[
-        "sql",
-        "INSERT INTO upgraded_table (note) VALUES ('new schema')",
-    ]);
-    let statuses: Vec<_> = cluster.members[2]
-        .members()
-        .iter()
-        .map(|m| field(m, "status"))
-        .collect();
+    cluster.members[1].ctl_ok(&["sql", "INSERT INTO upgraded_table (note) VALUES ('new schema')"]);
+    let statuses: Vec<_> = cluster.members[2].members().iter().map(|m| field(m, "status")).collect();
     assert_eq!(statuses, ["ONLINE", "ONLINE", "ONLINE"]);
 
     // The old software refuses to run against the new schema, with a clear message.

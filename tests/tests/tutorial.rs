@@ -23,17 +23,10 @@ fn tutorial_steps_2_to_6() {
     // Step 2: three daemons, uninitialised, each warning that its database is not initialised.
     let mut cluster = Cluster::start(3);
     for m in &cluster.members {
-        assert!(
-            m.log().contains("Database is not yet initialized"),
-            "{}",
-            m.log()
-        );
+        assert!(m.log().contains("Database is not yet initialized"), "{}", m.log());
         // Listing before init is refused with the database status, in one line.
         let out = m.ctl(&["cluster", "list"]);
-        assert!(
-            !out.success && out.stderr.contains("not yet initialized"),
-            "{out:?}"
-        );
+        assert!(!out.success && out.stderr.contains("not yet initialized"), "{out:?}");
         assert_eq!(out.stderr.trim().lines().count(), 1, "{out:?}");
     }
 
@@ -41,14 +34,8 @@ fn tutorial_steps_2_to_6() {
     let m1 = &cluster.members[0];
     m1.bootstrap();
     let table = m1.ctl_ok(&["cluster", "list"]);
-    assert!(
-        table.contains("| m1 ") && table.contains(&m1.address) && table.contains("ONLINE"),
-        "{table}"
-    );
-    assert!(
-        table.starts_with('+') && table.contains("| NAME"),
-        "{table}"
-    );
+    assert!(table.contains("| m1 ") && table.contains(&m1.address) && table.contains("ONLINE"), "{table}");
+    assert!(table.starts_with('+') && table.contains("| NAME"), "{table}");
 
     // Step 4: join the others with one-time tokens.
     for i in 1..3 {
@@ -57,12 +44,11 @@ fn tutorial_steps_2_to_6() {
     let members = m1.members();
     assert_eq!(
         names_roles_statuses(&members),
-        [
-            ("m1", "voter", "ONLINE"),
-            ("m2", "voter", "ONLINE"),
-            ("m3", "voter", "ONLINE")
-        ]
-        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+        [("m1", "voter", "ONLINE"), ("m2", "voter", "ONLINE"), ("m3", "voter", "ONLINE")].map(|(a, b, c)| (
+            a.to_owned(),
+            b.to_owned(),
+            c.to_owned()
+        ))
     );
 
     // Step 5.1: remove m3 through m1.
@@ -86,27 +72,12 @@ fn tutorial_steps_2_to_6() {
          | some_other_table     |\n\
          +----------------------+\n"
     );
-    let heartbeats = m1.ctl_ok(&[
-        "sql",
-        "SELECT name,address,heartbeat FROM core_cluster_members",
-    ]);
-    assert!(
-        heartbeats.contains("| name |") && heartbeats.contains("heartbeat"),
-        "{heartbeats}"
-    );
-    assert!(
-        heartbeats.contains(&cluster.members[1].address),
-        "{heartbeats}"
-    );
-    assert!(
-        heartbeats.matches('Z').count() >= 2,
-        "RFC 3339 heartbeats expected: {heartbeats}"
-    );
+    let heartbeats = m1.ctl_ok(&["sql", "SELECT name,address,heartbeat FROM core_cluster_members"]);
+    assert!(heartbeats.contains("| name |") && heartbeats.contains("heartbeat"), "{heartbeats}");
+    assert!(heartbeats.contains(&cluster.members[1].address), "{heartbeats}");
+    assert!(heartbeats.matches('Z').count() >= 2, "RFC 3339 heartbeats expected: {heartbeats}");
     assert_eq!(
-        m1.ctl_ok(&[
-            "sql",
-            "insert into extended_table (key, value) values ('some_key', 'some_value')"
-        ]),
+        m1.ctl_ok(&["sql", "insert into extended_table (key, value) values ('some_key', 'some_value')"]),
         "Rows affected: 1\n"
     );
     assert_eq!(
@@ -135,11 +106,6 @@ fn tutorial_steps_2_to_6() {
     }
     for m in &mut cluster.members {
         let took = m.wait_exit(Duration::from_secs(15));
-        assert!(
-            took.is_some(),
-            "{} did not exit within 15 s of SIGTERM:\n{}",
-            m.name,
-            m.log()
-        );
+        assert!(took.is_some(), "{} did not exit within 15 s of SIGTERM:\n{}", m.name, m.log());
     }
 }

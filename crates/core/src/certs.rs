@@ -1,9 +1,7 @@
 //! Generating the self-signed certificates members identify with: ECDSA P-384, about ten years
 //! of validity, the member name as common name and DNS subject alternative name.
 
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P384_SHA384, SanType,
-};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P384_SHA384, SanType};
 
 use crate::tls::Identity;
 
@@ -18,10 +16,7 @@ pub struct CertError {
 
 /// A new self-signed certificate for `name`, with `name` (and `extra_sans`) as DNS SANs.
 pub fn generate(name: &str, extra_sans: &[String]) -> Result<Identity, CertError> {
-    let err = |source| CertError {
-        name: name.to_owned(),
-        source,
-    };
+    let err = |source| CertError { name: name.to_owned(), source };
     let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(err)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -39,10 +34,7 @@ pub fn generate(name: &str, extra_sans: &[String]) -> Result<Identity, CertError
     params.not_before = (now - std::time::Duration::from_secs(60)).into();
     params.not_after = (now + std::time::Duration::from_secs(10 * 365 * 24 * 3600)).into();
     let cert = params.self_signed(&key).map_err(err)?;
-    Ok(Identity {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(Identity { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 #[cfg(test)]
@@ -59,9 +51,6 @@ mod tests {
         assert_eq!(id.fingerprint().unwrap().len(), 64);
         tls::server_config(&id).unwrap();
         tls::client_config(Some(&id), vec![id.fingerprint().unwrap()]).unwrap();
-        assert_ne!(
-            generate("mc1", &[]).unwrap().fingerprint().unwrap(),
-            id.fingerprint().unwrap()
-        );
+        assert_ne!(generate("mc1", &[]).unwrap().fingerprint().unwrap(), id.fingerprint().unwrap());
     }
 }

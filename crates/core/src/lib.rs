@@ -20,6 +20,6 @@ pub mod validate;
 
 #[cfg(feature = "server")]
 pub use server::{
-    App, AppError, Args, DaemonArgs, DbStatus, HookError, HookFuture, Hooks, InitConfig, NoHooks,
-    SchemaUpdate, Server, State,
+    App, AppError, Args, DaemonArgs, DbStatus, HookError, HookFuture, Hooks, InitConfig, NoHooks, SchemaUpdate, Server,
+    State,
 };

@@ -54,19 +54,15 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// Lower-case hex encoding.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// The first certificate in PEM text.
 pub fn parse_cert(pem: &str, what: &str) -> Result<CertificateDer<'static>, TlsError> {
-    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::NoCertificate {
-        what: what.to_owned(),
-    })
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::NoCertificate { what: what.to_owned() })
 }
 
 /// The fingerprint of the first certificate in PEM text.
@@ -76,9 +72,7 @@ pub fn fingerprint_pem(pem: &str) -> Result<String, TlsError> {
 
 /// The first private key in PEM text.
 pub fn parse_key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::NoKey {
-        what: what.to_owned(),
-    })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::NoKey { what: what.to_owned() })
 }
 
 /// Whether the certificate names `name` among its DNS subject alternative names.
@@ -101,9 +95,7 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("cert_pem", &self.cert_pem)
-            .finish_non_exhaustive()
+        f.debug_struct("Identity").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
     }
 }
 
@@ -114,10 +106,7 @@ impl Identity {
     }
 
     fn parts(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-        Ok((
-            vec![parse_cert(&self.cert_pem, "certificate")?],
-            parse_key(&self.key_pem, "key")?,
-        ))
+        Ok((vec![parse_cert(&self.cert_pem, "certificate")?], parse_key(&self.key_pem, "key")?))
     }
 }
 
@@ -138,16 +127,10 @@ impl ServerCertVerifier for PinnedServer {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let seen = fingerprint(end_entity);
-        if self
-            .fingerprints
-            .iter()
-            .any(|f| f.eq_ignore_ascii_case(&seen))
-        {
+        if self.fingerprints.iter().any(|f| f.eq_ignore_ascii_case(&seen)) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!(
-                "server certificate {seen} is not the expected cluster certificate"
-            )))
+            Err(rustls::Error::General(format!("server certificate {seen} is not the expected cluster certificate")))
         }
     }
 
@@ -157,12 +140,7 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -171,18 +149,11 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -217,12 +188,7 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -231,18 +197,11 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -253,10 +212,7 @@ pub fn client_config(
     server_fingerprints: Vec<String>,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServer {
-        fingerprints: server_fingerprints,
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(PinnedServer { fingerprints: server_fingerprints, provider: provider.clone() });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -287,6 +243,5 @@ pub fn server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, T
 pub fn server_name(address: &str) -> ServerName<'static> {
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_owned())
-        .unwrap_or_else(|_| ServerName::try_from("microcluster").expect("valid name"))
+    ServerName::try_from(host.to_owned()).unwrap_or_else(|_| ServerName::try_from("microcluster").expect("valid name"))
 }

@@ -28,12 +28,7 @@ pub enum InvalidInput {
 /// or ending with `-`, 1–63 characters each, 253 in all). It becomes a file name and a
 /// certificate name, so nothing else is allowed.
 pub fn member_name(name: &str) -> Result<(), InvalidInput> {
-    let bad = |reason| {
-        Err(InvalidInput::Name {
-            name: name.to_owned(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(InvalidInput::Name { name: name.to_owned(), reason });
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -47,10 +42,7 @@ pub fn member_name(name: &str) -> Result<(), InvalidInput> {
         if label.len() > 63 {
             return bad("a label is longer than 63 characters");
         }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return bad("only letters, digits, '-' and '.' are allowed");
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -64,25 +56,16 @@ pub fn member_name(name: &str) -> Result<(), InvalidInput> {
 /// (the string is the member's identity in dqlite, so `127.0.0.1:09001` would be a different
 /// member from `127.0.0.1:9001`). Returns the parsed address.
 pub fn member_address(address: &str) -> Result<SocketAddr, InvalidInput> {
-    let bad = |reason| InvalidInput::Address {
-        address: address.to_owned(),
-        reason,
-    };
-    let parsed: SocketAddr = address
-        .parse()
-        .map_err(|_| bad("expected ip:port, e.g. 10.0.0.1:9001"))?;
+    let bad = |reason| InvalidInput::Address { address: address.to_owned(), reason };
+    let parsed: SocketAddr = address.parse().map_err(|_| bad("expected ip:port, e.g. 10.0.0.1:9001"))?;
     if parsed.port() == 0 {
         return Err(bad("the port must not be 0"));
     }
     if parsed.ip().is_unspecified() {
-        return Err(bad(
-            "a member needs an address others can reach, not 0.0.0.0 or ::",
-        ));
+        return Err(bad("a member needs an address others can reach, not 0.0.0.0 or ::"));
     }
     if parsed.to_string() != address {
-        return Err(bad(
-            "not in canonical form; write it as the address would print",
-        ));
+        return Err(bad("not in canonical form; write it as the address would print"));
     }
     Ok(parsed)
 }
@@ -96,22 +79,9 @@ mod tests {
         for ok in ["mc1", "node-1.example.com", "a", "A1"] {
             assert!(member_name(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "..",
-            "../etc",
-            "a/b",
-            "a\\b",
-            "-a",
-            "a-",
-            "a..b",
-            ".a",
-            "a.",
-            "a b",
-            "ä",
-            "a_b",
-            &"x".repeat(64),
-        ] {
+        for bad in
+            ["", "..", "../etc", "a/b", "a\\b", "-a", "a-", "a..b", ".a", "a.", "a b", "ä", "a_b", &"x".repeat(64)]
+        {
             assert!(member_name(bad).is_err(), "{bad}");
         }
     }
@@ -120,15 +90,7 @@ mod tests {
     fn addresses() {
         assert!(member_address("127.0.0.1:9001").is_ok());
         assert!(member_address("[::1]:9001").is_ok());
-        for bad in [
-            "127.0.0.1",
-            "localhost:9001",
-            "127.0.0.1:0",
-            "0.0.0.0:9001",
-            "127.0.0.1:09001",
-            "[::1]:x",
-            "",
-        ] {
+        for bad in ["127.0.0.1", "localhost:9001", "127.0.0.1:0", "0.0.0.0:9001", "127.0.0.1:09001", "[::1]:x", ""] {
             assert!(member_address(bad).is_err(), "{bad}");
         }
     }

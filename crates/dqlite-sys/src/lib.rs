@@ -71,11 +71,7 @@ unsafe extern "C" {
 
     pub fn dqlite_node_set_bind_address(n: *mut dqlite_node, address: *const c_char) -> c_int;
     pub fn dqlite_node_get_bind_address(n: *mut dqlite_node) -> *const c_char;
-    pub fn dqlite_node_set_connect_func(
-        n: *mut dqlite_node,
-        f: dqlite_connect_func,
-        arg: *mut c_void,
-    ) -> c_int;
+    pub fn dqlite_node_set_connect_func(n: *mut dqlite_node, f: dqlite_connect_func, arg: *mut c_void) -> c_int;
     pub fn dqlite_node_set_network_latency(n: *mut dqlite_node, nanoseconds: c_ulonglong) -> c_int;
     pub fn dqlite_node_set_network_latency_ms(n: *mut dqlite_node, milliseconds: c_uint) -> c_int;
     pub fn dqlite_node_set_failure_domain(n: *mut dqlite_node, code: c_ulonglong) -> c_int;
@@ -88,16 +84,8 @@ unsafe extern "C" {
     pub fn dqlite_node_start(n: *mut dqlite_node) -> c_int;
     pub fn dqlite_node_stop(n: *mut dqlite_node) -> c_int;
 
-    pub fn dqlite_node_recover(
-        n: *mut dqlite_node,
-        infos: *mut dqlite_node_info,
-        n_info: c_int,
-    ) -> c_int;
-    pub fn dqlite_node_recover_ext(
-        n: *mut dqlite_node,
-        infos: *mut dqlite_node_info_ext,
-        n_info: c_int,
-    ) -> c_int;
+    pub fn dqlite_node_recover(n: *mut dqlite_node, infos: *mut dqlite_node_info, n_info: c_int) -> c_int;
+    pub fn dqlite_node_recover_ext(n: *mut dqlite_node, infos: *mut dqlite_node_info_ext, n_info: c_int) -> c_int;
 
     pub fn dqlite_node_errmsg(n: *mut dqlite_node) -> *const c_char;
     pub fn dqlite_generate_node_id(address: *const c_char) -> dqlite_node_id;

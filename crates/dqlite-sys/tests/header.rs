@@ -51,17 +51,10 @@ fn declarations_match_the_installed_header() {
         .output()
         .unwrap_or_else(|e| panic!("running {cc}: {e} (a C compiler is needed to check dqlite.h)"));
     std::fs::remove_dir_all(&dir).ok();
-    assert!(
-        out.status.success(),
-        "dqlite.h disagrees with src/lib.rs:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "dqlite.h disagrees with src/lib.rs:\n{}", String::from_utf8_lossy(&out.stderr));
     // The Rust side of the same layouts.
     assert_eq!(std::mem::size_of::<dqlite_node_info>(), 16);
-    assert_eq!(
-        std::mem::size_of::<dqlite_node_info_ext>() as u64,
-        DQLITE_NODE_INFO_EXT_SZ_ORIG
-    );
+    assert_eq!(std::mem::size_of::<dqlite_node_info_ext>() as u64, DQLITE_NODE_INFO_EXT_SZ_ORIG);
 }
 
 #[test]
@@ -73,24 +66,13 @@ fn a_node_starts_and_stops_through_the_raw_api() {
     unsafe {
         assert!(dqlite_version_number() >= 11000);
         let mut node = std::ptr::null_mut();
-        assert_eq!(
-            dqlite_node_create(1, address.as_ptr(), data_dir.as_ptr(), &mut node),
-            0
-        );
+        assert_eq!(dqlite_node_create(1, address.as_ptr(), data_dir.as_ptr(), &mut node), 0);
         assert!(!node.is_null());
         assert_eq!(dqlite_node_set_bind_address(node, address.as_ptr()), 0);
         assert_eq!(dqlite_node_set_network_latency_ms(node, 0), DQLITE_MISUSE);
         assert_eq!(dqlite_node_set_network_latency_ms(node, 20), 0);
-        assert_eq!(
-            dqlite_node_set_snapshot_params(node, 1024, 512),
-            DQLITE_MISUSE
-        );
-        assert_eq!(
-            dqlite_node_start(node),
-            0,
-            "{:?}",
-            CStr::from_ptr(dqlite_node_errmsg(node))
-        );
+        assert_eq!(dqlite_node_set_snapshot_params(node, 1024, 512), DQLITE_MISUSE);
+        assert_eq!(dqlite_node_start(node), 0, "{:?}", CStr::from_ptr(dqlite_node_errmsg(node)));
         let bound = CStr::from_ptr(dqlite_node_get_bind_address(node));
         assert_eq!(bound.to_bytes(), address.as_bytes());
         assert_eq!(dqlite_node_stop(node), 0);

@@ -39,17 +39,8 @@ struct Figures {
 }
 
 fn figures(writes: &Ops, reads: &Ops, seconds: f64) -> Figures {
-    let f = |o: &Ops| {
-        [
-            o.0.len() as f64 / seconds,
-            o.percentile(0.5),
-            o.percentile(0.99),
-        ]
-    };
-    Figures {
-        write: f(writes),
-        read: f(reads),
-    }
+    let f = |o: &Ops| [o.0.len() as f64 / seconds, o.percentile(0.5), o.percentile(0.99)];
+    Figures { write: f(writes), read: f(reads) }
 }
 
 struct Rng(u64);
@@ -63,9 +54,7 @@ impl Rng {
     }
     fn letters(&mut self, n: usize) -> String {
         const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-        (0..n)
-            .map(|_| LETTERS[(self.next() % LETTERS.len() as u64) as usize] as char)
-            .collect()
+        (0..n).map(|_| LETTERS[(self.next() % LETTERS.len() as u64) as usize] as char).collect()
     }
     /// Like go-dqlite's benchmark: half one repeated letter, half random letters.
     fn value(&mut self) -> String {
@@ -75,11 +64,7 @@ impl Rng {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Follower nodes run in processes of their own, as go-dqlite's do (this binary re-executed
@@ -115,18 +100,14 @@ fn spawn_node(id: u64, address: &str, dir: &Path) -> Result<Child, Error> {
 
 async fn ours(nodes: usize, readwrite: bool, duration: Duration) -> Result<Figures, Error> {
     let dir = tempfile::tempdir()?;
-    let addresses: Vec<String> = (0..nodes)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
+    let addresses: Vec<String> = (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let mut followers = Processes(Vec::new());
     let mut leader = Node::new(BOOTSTRAP_ID, addresses[0].clone(), dir.path().join("0"))?;
     leader.start()?;
     let mut ids = Vec::new();
     for (i, address) in addresses.iter().enumerate().skip(1) {
         let id = dqlite::generate_id(address);
-        followers
-            .0
-            .push(spawn_node(id, address, &dir.path().join(i.to_string()))?);
+        followers.0.push(spawn_node(id, address, &dir.path().join(i.to_string()))?);
         ids.push((id, address.clone()));
     }
     let client = Client::new(addresses.clone());
@@ -136,17 +117,9 @@ async fn ours(nodes: usize, readwrite: bool, duration: Duration) -> Result<Figur
     }
     let mut conn = client.connect_leader().await?;
     conn.open("bench").await?;
-    conn.exec_sql(
-        "CREATE TABLE IF NOT EXISTS model (key TEXT, value TEXT, UNIQUE(key))",
-        &[],
-    )
-    .await?;
-    let insert = conn
-        .prepare("INSERT OR REPLACE INTO model(key, value) VALUES(?, ?)")
-        .await?;
-    let select = conn
-        .prepare("SELECT value FROM model WHERE key = ?")
-        .await?;
+    conn.exec_sql("CREATE TABLE IF NOT EXISTS model (key TEXT, value TEXT, UNIQUE(key))", &[]).await?;
+    let insert = conn.prepare("INSERT OR REPLACE INTO model(key, value) VALUES(?, ?)").await?;
+    let select = conn.prepare("SELECT value FROM model WHERE key = ?").await?;
     let (mut writes, mut reads, mut keys) = (Ops::default(), Ops::default(), Vec::new());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let start = Instant::now();
@@ -154,18 +127,13 @@ async fn ours(nodes: usize, readwrite: bool, duration: Duration) -> Result<Figur
         if readwrite && !keys.is_empty() && rng.next().is_multiple_of(2) {
             let key: &String = &keys[(rng.next() % keys.len() as u64) as usize];
             let t = Instant::now();
-            let rows = conn
-                .query(&select, &[Value::Text(key.clone())])
-                .await?
-                .collect()
-                .await?;
+            let rows = conn.query(&select, &[Value::Text(key.clone())]).await?.collect().await?;
             reads.0.push(t.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(rows.rows.len(), 1);
         } else {
             let (key, value) = (rng.letters(32), rng.value());
             let t = Instant::now();
-            conn.exec(&insert, &[Value::Text(key.clone()), Value::Text(value)])
-                .await?;
+            conn.exec(&insert, &[Value::Text(key.clone()), Value::Text(value)]).await?;
             writes.0.push(t.elapsed().as_secs_f64() * 1000.0);
             keys.push(key);
         }
@@ -193,11 +161,7 @@ fn read_results(dir: &Path, kind: &str) -> Result<Ops, Error> {
     let mut ops = Ops::default();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         if !name.contains(&format!("-{kind}-")) {
             continue;
         }
@@ -216,31 +180,13 @@ fn read_results(dir: &Path, kind: &str) -> Result<Ops, Error> {
 
 fn go(nodes: usize, readwrite: bool, duration: Duration) -> Result<Figures, Error> {
     let dir = tempfile::tempdir()?;
-    let addresses: Vec<String> = (0..nodes)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
+    let addresses: Vec<String> = (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let workload = if readwrite { "kvreadwrite" } else { "kvwrite" };
     let secs = duration.as_secs().max(1).to_string();
     let mut procs = Processes(Vec::new());
     let driver = Command::new("dqlite-benchmark")
-        .args([
-            "--db",
-            &addresses[0],
-            "--driver",
-            "--cluster",
-            &addresses.join(","),
-        ])
-        .args([
-            "--workload",
-            workload,
-            "--workers",
-            "1",
-            "--duration",
-            &secs,
-            "--cluster-timeout",
-            "60",
-            "--dir",
-        ])
+        .args(["--db", &addresses[0], "--driver", "--cluster", &addresses.join(",")])
+        .args(["--workload", workload, "--workers", "1", "--duration", &secs, "--cluster-timeout", "60", "--dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -269,11 +215,7 @@ fn go(nodes: usize, readwrite: bool, duration: Duration) -> Result<Figures, Erro
         std::thread::sleep(Duration::from_millis(50));
     }
     let results = dir.path().join(&addresses[0]).join("results");
-    let figures = figures(
-        &read_results(&results, "exec")?,
-        &read_results(&results, "query")?,
-        duration.as_secs_f64(),
-    );
+    let figures = figures(&read_results(&results, "exec")?, &read_results(&results, "query")?, duration.as_secs_f64());
     drop(procs);
     Ok(figures)
 }
@@ -301,73 +243,37 @@ fn main() -> Result<(), Error> {
     if let Some(i) = args.iter().position(|a| a == "--node") {
         return host_node(&args[i + 1..]);
     }
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let quick = args.iter().any(|a| a == "--quick");
-    let duration = Duration::from_secs(if quick {
-        1
-    } else {
-        value("--duration")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5)
-    });
-    let repeat: usize = if quick {
-        1
-    } else {
-        value("--repeat").and_then(|v| v.parse().ok()).unwrap_or(3)
-    };
-    let node_counts: Vec<usize> = value("--nodes")
-        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 3]);
-    let have_go = Command::new("dqlite-benchmark")
-        .arg("--help")
-        .output()
-        .is_ok();
+    let duration =
+        Duration::from_secs(if quick { 1 } else { value("--duration").and_then(|v| v.parse().ok()).unwrap_or(5) });
+    let repeat: usize = if quick { 1 } else { value("--repeat").and_then(|v| v.parse().ok()).unwrap_or(3) };
+    let node_counts: Vec<usize> =
+        value("--nodes").map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect()).unwrap_or_else(|| vec![1, 3]);
+    let have_go = Command::new("dqlite-benchmark").arg("--help").output().is_ok();
     if !have_go {
-        eprintln!(
-            "dqlite-benchmark not found: the Go column is skipped (apt-get install go-dqlite)"
-        );
+        eprintln!("dqlite-benchmark not found: the Go column is skipped (apt-get install go-dqlite)");
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     println!("{repeat} runs of {duration:?} per row, 1 worker; median (min–max) over runs\n");
     println!(
         "| {:<6} | {:<18} | {:<5} | {:<28} | {:<28} | {:>6} |",
-        "nodes",
-        "workload / op",
-        "unit",
-        "ours (Rust client)",
-        "go-dqlite (dqlite-benchmark)",
-        "ratio"
+        "nodes", "workload / op", "unit", "ours (Rust client)", "go-dqlite (dqlite-benchmark)", "ratio"
     );
-    println!(
-        "|{:-<8}|{:-<20}|{:-<7}|{:-<30}|{:-<30}|{:-<8}|",
-        "", "", "", "", "", ""
-    );
+    println!("|{:-<8}|{:-<20}|{:-<7}|{:-<30}|{:-<30}|{:-<8}|", "", "", "", "", "", "");
     for &nodes in &node_counts {
         for readwrite in [false, true] {
             let (mut o, mut g) = (Vec::new(), Vec::new());
             for run in 1..=repeat {
-                eprintln!(
-                    "{nodes} node(s), {}, run {run}/{repeat}",
-                    if readwrite { "kvreadwrite" } else { "kvwrite" }
-                );
+                eprintln!("{nodes} node(s), {}, run {run}/{repeat}", if readwrite { "kvreadwrite" } else { "kvwrite" });
                 o.push(runtime.block_on(ours(nodes, readwrite, duration))?);
                 if have_go {
                     g.push(go(nodes, readwrite, duration)?);
                 }
             }
             let ops: &[(&str, Pick)] = if readwrite {
-                &[
-                    ("kvreadwrite write", |f| f.write),
-                    ("kvreadwrite read", |f| f.read),
-                ]
+                &[("kvreadwrite write", |f| f.write), ("kvreadwrite read", |f| f.read)]
             } else {
                 &[("kvwrite write", |f| f.write)]
             };
@@ -380,11 +286,7 @@ fn main() -> Result<(), Error> {
                         "| {nodes:<6} | {label:<18} | {unit:<5} | {:<28} | {:<28} | {:>6} |",
                         summary(&ours),
                         summary(&theirs),
-                        if ratio.is_finite() {
-                            format!("{ratio:.2}")
-                        } else {
-                            "-".into()
-                        }
+                        if ratio.is_finite() { format!("{ratio:.2}") } else { "-".into() }
                     );
                 }
             }

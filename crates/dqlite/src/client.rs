@@ -46,12 +46,8 @@ impl Default for ClientConfig {
 impl ClientConfig {
     /// The pause after discovery round `round` (1-based).
     pub(crate) fn backoff(&self, round: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(round.saturating_sub(1).min(16))
-            .unwrap_or(u32::MAX);
-        self.backoff_base
-            .saturating_mul(factor)
-            .min(self.backoff_max)
+        let factor = 1u32.checked_shl(round.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
+        self.backoff_base.saturating_mul(factor).min(self.backoff_max)
     }
 }
 
@@ -112,11 +108,7 @@ impl Client {
 
     /// The addresses the client knows.
     pub fn servers(&self) -> Vec<String> {
-        self.inner
-            .servers
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        self.inner.servers.read().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Replaces the known addresses (e.g. after a membership change).
@@ -167,11 +159,7 @@ impl Client {
                 return Err(Error::NoLeader {
                     attempts: round,
                     servers: servers.join(", "),
-                    last_error: if failures.is_empty() {
-                        "no servers known".into()
-                    } else {
-                        failures.join("; ")
-                    },
+                    last_error: if failures.is_empty() { "no servers known".into() } else { failures.join("; ") },
                 });
             }
             tokio::time::sleep(config.backoff(round).min(deadline - now)).await;
@@ -180,11 +168,7 @@ impl Client {
 
     /// Asks every address at once; returns the first that is the leader, then tries leaders
     /// named by others.
-    async fn probe_all(
-        &self,
-        servers: &[String],
-        failures: &mut Vec<String>,
-    ) -> Option<Connection> {
+    async fn probe_all(&self, servers: &[String], failures: &mut Vec<String>) -> Option<Connection> {
         let mut probes = JoinSet::new();
         for address in servers {
             let dialer = self.inner.dialer.clone();
@@ -257,8 +241,7 @@ impl Client {
 
     /// The raft configuration as the leader sees it.
     pub async fn cluster(&self) -> Result<Vec<NodeInfo>> {
-        self.on_leader(|mut c| async move { c.cluster().await })
-            .await
+        self.on_leader(|mut c| async move { c.cluster().await }).await
     }
 
     /// Adds a node as a spare.
@@ -273,20 +256,17 @@ impl Client {
 
     /// Changes a node's role.
     pub async fn assign(&self, id: u64, role: Role) -> Result<()> {
-        self.on_leader(move |mut c| async move { c.assign(id, role).await })
-            .await
+        self.on_leader(move |mut c| async move { c.assign(id, role).await }).await
     }
 
     /// Removes a node from the configuration.
     pub async fn remove(&self, id: u64) -> Result<()> {
-        self.on_leader(move |mut c| async move { c.remove(id).await })
-            .await
+        self.on_leader(move |mut c| async move { c.remove(id).await }).await
     }
 
     /// Transfers leadership to voter `id` (0: raft picks one).
     pub async fn transfer(&self, id: u64) -> Result<()> {
-        self.on_leader(move |mut c| async move { c.transfer(id).await })
-            .await
+        self.on_leader(move |mut c| async move { c.transfer(id).await }).await
     }
 
     /// The failure domain and weight of the node at `address`.
@@ -334,16 +314,8 @@ impl Client {
 async fn connect(dialer: &dyn Dialer, address: &str, config: &ClientConfig) -> Result<Connection> {
     let stream = tokio::time::timeout(config.dial_timeout, dialer.dial(address))
         .await
-        .map_err(|_| Error::Timeout {
-            op: "dialing",
-            address: address.to_owned(),
-            after: config.dial_timeout,
-        })?
-        .map_err(|source| Error::Io {
-            op: "dialing",
-            address: address.to_owned(),
-            source,
-        })?;
+        .map_err(|_| Error::Timeout { op: "dialing", address: address.to_owned(), after: config.dial_timeout })?
+        .map_err(|source| Error::Io { op: "dialing", address: address.to_owned(), source })?;
     let mut conn = Connection::handshake(stream, address).await?;
     conn.set_timeout(config.request_timeout);
     Ok(conn)

@@ -14,8 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::error::{Error, Result, excerpt};
 use crate::proto::{
-    File, HEADER_SIZE, Header, NodeInfo, PROTOCOL_VERSION, ProtocolError, Request, Response, Role,
-    RowsEnd, Value,
+    File, HEADER_SIZE, Header, NodeInfo, PROTOCOL_VERSION, ProtocolError, Request, Response, Role, RowsEnd, Value,
 };
 use crate::rows::Rows;
 use crate::sql;
@@ -164,11 +163,7 @@ impl Connection {
     pub async fn leader(&mut self) -> Result<Option<NodeInfo>> {
         match self.roundtrip(&Request::Leader, 0).await? {
             Response::Server { id, address } if id != 0 && !address.is_empty() => {
-                Ok(Some(NodeInfo {
-                    id,
-                    address,
-                    role: None,
-                }))
+                Ok(Some(NodeInfo { id, address, role: None }))
             }
             Response::Server { .. } => Ok(None),
             other => Err(self.unexpected("LEADER", &other)),
@@ -185,10 +180,7 @@ impl Connection {
 
     /// Opens database `name` on this connection (at most one per connection).
     pub async fn open(&mut self, name: &str) -> Result<()> {
-        match self
-            .roundtrip(&Request::Open { name: name.into() }, 0)
-            .await?
-        {
+        match self.roundtrip(&Request::Open { name: name.into() }, 0).await? {
             Response::Db { id } => {
                 self.db = Some(id);
                 Ok(())
@@ -203,23 +195,10 @@ impl Connection {
         let single = single_statement("prepare", sql_text)?;
         refuse_returning(single)?;
         let db = self.db()?;
-        match self
-            .roundtrip(
-                &Request::Prepare {
-                    db,
-                    sql: sql_text.into(),
-                },
-                0,
-            )
-            .await?
-        {
-            Response::Stmt { id, params, .. } => Ok(Statement {
-                conn: self.id,
-                id,
-                params,
-                read_only: sql::is_read_only(single),
-                sql: excerpt(single),
-            }),
+        match self.roundtrip(&Request::Prepare { db, sql: sql_text.into() }, 0).await? {
+            Response::Stmt { id, params, .. } => {
+                Ok(Statement { conn: self.id, id, params, read_only: sql::is_read_only(single), sql: excerpt(single) })
+            }
             other => Err(self.unexpected("PREPARE", &other)),
         }
     }
@@ -227,11 +206,7 @@ impl Connection {
     /// Executes a prepared statement with all of its parameters.
     pub async fn exec(&mut self, stmt: &Statement, params: &[Value]) -> Result<ExecResult> {
         let db = self.check_statement(stmt, params)?;
-        let req = Request::Exec {
-            db,
-            stmt: stmt.id,
-            params: Cow::Borrowed(params),
-        };
+        let req = Request::Exec { db, stmt: stmt.id, params: Cow::Borrowed(params) };
         let resp = self.roundtrip(&req, 0).await?;
         self.exec_result("EXEC", resp)
     }
@@ -240,24 +215,16 @@ impl Connection {
     pub async fn query(&mut self, stmt: &Statement, params: &[Value]) -> Result<Rows<'_>> {
         let db = self.check_statement(stmt, params)?;
         if !stmt.read_only {
-            return Err(Error::NotReadOnly {
-                sql: stmt.sql.clone(),
-            });
+            return Err(Error::NotReadOnly { sql: stmt.sql.clone() });
         }
-        let req = Request::Query {
-            db,
-            stmt: stmt.id,
-            params: Cow::Borrowed(params),
-        };
+        let req = Request::Query { db, stmt: stmt.id, params: Cow::Borrowed(params) };
         self.start_rows("QUERY", &req).await
     }
 
     /// Releases a prepared statement.
     pub async fn finalize(&mut self, stmt: Statement) -> Result<()> {
         let db = self.statement_db(&stmt)?;
-        let resp = self
-            .roundtrip(&Request::Finalize { db, stmt: stmt.id }, 0)
-            .await?;
+        let resp = self.roundtrip(&Request::Finalize { db, stmt: stmt.id }, 0).await?;
         self.empty("FINALIZE", resp)
     }
 
@@ -267,11 +234,7 @@ impl Connection {
         refuse_returning(sql_text)?;
         let db = self.db()?;
         check_params(params)?;
-        let req = Request::ExecSql {
-            db,
-            sql: sql_text.into(),
-            params: Cow::Borrowed(params),
-        };
+        let req = Request::ExecSql { db, sql: sql_text.into(), params: Cow::Borrowed(params) };
         let resp = self.roundtrip(&req, 0).await?;
         self.exec_result("EXEC_SQL", resp)
     }
@@ -282,31 +245,17 @@ impl Connection {
         let single = single_statement("query", sql_text)?;
         refuse_returning(single)?;
         if !sql::is_read_only(single) {
-            return Err(Error::NotReadOnly {
-                sql: excerpt(single),
-            });
+            return Err(Error::NotReadOnly { sql: excerpt(single) });
         }
         let db = self.db()?;
         check_params(params)?;
-        let req = Request::QuerySql {
-            db,
-            sql: sql_text.into(),
-            params: Cow::Borrowed(params),
-        };
+        let req = Request::QuerySql { db, sql: sql_text.into(), params: Cow::Borrowed(params) };
         self.start_rows("QUERY_SQL", &req).await
     }
 
     /// Adds a node to the configuration as a spare (leader only).
     pub async fn add(&mut self, id: u64, address: &str) -> Result<()> {
-        let resp = self
-            .roundtrip(
-                &Request::Add {
-                    id,
-                    address: address.into(),
-                },
-                0,
-            )
-            .await?;
+        let resp = self.roundtrip(&Request::Add { id, address: address.into() }, 0).await?;
         self.empty("ADD", resp)
     }
 
@@ -337,10 +286,7 @@ impl Connection {
     /// pre-1.0 servers answer) or 1 (with roles).
     pub async fn cluster_with_format(&mut self, format: u64) -> Result<Vec<NodeInfo>> {
         if format > 1 {
-            return Err(Error::Encode(ProtocolError::InvalidField {
-                field: "cluster format",
-                value: format,
-            }));
+            return Err(Error::Encode(ProtocolError::InvalidField { field: "cluster format", value: format }));
         }
         match self.roundtrip(&Request::Cluster { format }, format).await? {
             Response::Servers(nodes) => Ok(nodes),
@@ -351,10 +297,7 @@ impl Connection {
     /// This node's failure domain and weight.
     pub async fn describe(&mut self) -> Result<(u64, u64)> {
         match self.roundtrip(&Request::Describe, 0).await? {
-            Response::Metadata {
-                failure_domain,
-                weight,
-            } => Ok((failure_domain, weight)),
+            Response::Metadata { failure_domain, weight } => Ok((failure_domain, weight)),
             other => Err(self.unexpected("DESCRIBE", &other)),
         }
     }
@@ -367,10 +310,7 @@ impl Connection {
 
     /// This node's copy of database `name`: the main file and its WAL.
     pub async fn dump(&mut self, name: &str) -> Result<Vec<File>> {
-        match self
-            .roundtrip(&Request::Dump { name: name.into() }, 0)
-            .await?
-        {
+        match self.roundtrip(&Request::Dump { name: name.into() }, 0).await? {
             Response::Files(files) => Ok(files),
             other => Err(self.unexpected("DUMP", &other)),
         }
@@ -392,10 +332,7 @@ impl Connection {
         // libdqlite resets but never clears bindings, so a short parameter list would silently
         // reuse values from the previous execution.
         if params.len() as u64 != stmt.params {
-            return Err(Error::ParamCount {
-                expected: stmt.params,
-                given: params.len(),
-            });
+            return Err(Error::ParamCount { expected: stmt.params, given: params.len() });
         }
         check_params(params)?;
         self.statement_db(stmt)
@@ -403,13 +340,7 @@ impl Connection {
 
     fn exec_result(&mut self, request: &'static str, resp: Response) -> Result<ExecResult> {
         match resp {
-            Response::Result {
-                last_insert_id,
-                rows_affected,
-            } => Ok(ExecResult {
-                last_insert_id,
-                rows_affected,
-            }),
+            Response::Result { last_insert_id, rows_affected } => Ok(ExecResult { last_insert_id, rows_affected }),
             other => Err(self.unexpected(request, &other)),
         }
     }
@@ -423,11 +354,7 @@ impl Connection {
 
     fn unexpected(&mut self, request: &'static str, got: &Response) -> Error {
         self.state = State::Broken;
-        Error::UnexpectedResponse {
-            request,
-            got: got.name(),
-            address: self.address.clone(),
-        }
+        Error::UnexpectedResponse { request, got: got.name(), address: self.address.clone() }
     }
 
     async fn start_rows(&mut self, request: &'static str, req: &Request<'_>) -> Result<Rows<'_>> {
@@ -444,16 +371,11 @@ impl Connection {
 
     /// Sends one request and reads its (first) response. A FAILURE becomes `Error::Server`
     /// and leaves the connection usable.
-    pub(crate) async fn roundtrip(
-        &mut self,
-        req: &Request<'_>,
-        cluster_format: u64,
-    ) -> Result<Response> {
+    pub(crate) async fn roundtrip(&mut self, req: &Request<'_>, cluster_format: u64) -> Result<Response> {
         self.settle().await?;
         let frame = req.encode().map_err(Error::Encode)?;
         self.state = State::Busy;
-        let outcome =
-            tokio::time::timeout(self.timeout, self.exchange(&frame, cluster_format)).await;
+        let outcome = tokio::time::timeout(self.timeout, self.exchange(&frame, cluster_format)).await;
         let resp = self.finish("request to", outcome)?;
         self.state = State::Idle;
         match resp {
@@ -470,9 +392,7 @@ impl Connection {
                 State::Idle => return Ok(()),
                 State::Busy | State::Broken => {
                     self.state = State::Broken;
-                    return Err(Error::Broken {
-                        address: self.address.clone(),
-                    });
+                    return Err(Error::Broken { address: self.address.clone() });
                 }
                 State::Streaming => {
                     self.next_batch().await?;
@@ -492,11 +412,7 @@ impl Connection {
         let resp = self.finish("reading rows from", outcome)?;
         match resp {
             Response::Rows(batch) => {
-                self.state = if batch.end == RowsEnd::Part {
-                    State::Streaming
-                } else {
-                    State::Idle
-                };
+                self.state = if batch.end == RowsEnd::Part { State::Streaming } else { State::Idle };
                 Ok(Some(batch))
             }
             Response::Failure { code, message } => {
@@ -540,18 +456,9 @@ impl Connection {
 
     /// Turns the outcome of a deadline-bound exchange into a result; anything but a FAILURE
     /// message leaves the connection Broken, since its framing is lost.
-    fn finish<T>(
-        &mut self,
-        op: &'static str,
-        outcome: Result<Result<T>, tokio::time::error::Elapsed>,
-    ) -> Result<T> {
-        let result = outcome.unwrap_or_else(|_| {
-            Err(Error::Timeout {
-                op,
-                address: self.address.clone(),
-                after: self.timeout,
-            })
-        });
+    fn finish<T>(&mut self, op: &'static str, outcome: Result<Result<T>, tokio::time::error::Elapsed>) -> Result<T> {
+        let result =
+            outcome.unwrap_or_else(|_| Err(Error::Timeout { op, address: self.address.clone(), after: self.timeout }));
         if let Err(err) = &result
             && err.is_connection_lost()
         {
@@ -567,48 +474,26 @@ impl Connection {
             io.flush().await
         }
         .await;
-        result.map_err(|source| Error::Io {
-            op: "writing to",
-            address: self.address.clone(),
-            source,
-        })
+        result.map_err(|source| Error::Io { op: "writing to", address: self.address.clone(), source })
     }
 
     async fn read_response(&mut self, cluster_format: u64) -> Result<Response> {
-        let io_err = |address: &str, source| Error::Io {
-            op: "reading from",
-            address: address.to_owned(),
-            source,
-        };
+        let io_err = |address: &str, source| Error::Io { op: "reading from", address: address.to_owned(), source };
         let mut header = [0u8; HEADER_SIZE];
-        self.io
-            .read_exact(&mut header)
-            .await
-            .map_err(|e| io_err(&self.address, e))?;
+        self.io.read_exact(&mut header).await.map_err(|e| io_err(&self.address, e))?;
         let header = Header::decode(header);
         let len = header.body_len();
         if len > self.max_message {
-            return Err(self.protocol(ProtocolError::FrameTooLarge {
-                size: len,
-                limit: self.max_message,
-            }));
+            return Err(self.protocol(ProtocolError::FrameTooLarge { size: len, limit: self.max_message }));
         }
         // Grow with the bytes that actually arrive, so a lying header costs nothing up front.
         self.buf.clear();
         self.buf.reserve(len.min(64 * 1024) as usize);
-        let read = (&mut self.io)
-            .take(len)
-            .read_to_end(&mut self.buf)
-            .await
-            .map_err(|e| io_err(&self.address, e))?;
+        let read = (&mut self.io).take(len).read_to_end(&mut self.buf).await.map_err(|e| io_err(&self.address, e))?;
         if (read as u64) < len {
-            return Err(io_err(
-                &self.address,
-                std::io::ErrorKind::UnexpectedEof.into(),
-            ));
+            return Err(io_err(&self.address, std::io::ErrorKind::UnexpectedEof.into()));
         }
-        let response =
-            Response::decode(header.kind, &self.buf, cluster_format).map_err(|e| self.protocol(e));
+        let response = Response::decode(header.kind, &self.buf, cluster_format).map_err(|e| self.protocol(e));
         if self.buf.capacity() > 1024 * 1024 {
             self.buf = Vec::new();
         }
@@ -616,10 +501,7 @@ impl Connection {
     }
 
     fn protocol(&self, source: ProtocolError) -> Error {
-        Error::Protocol {
-            address: self.address.clone(),
-            source,
-        }
+        Error::Protocol { address: self.address.clone(), source }
     }
 }
 
@@ -628,19 +510,13 @@ fn single_statement<'s>(op: &'static str, sql_text: &'s str) -> Result<&'s str> 
     match statements.as_slice() {
         [] => Err(Error::EmptyStatement),
         [one] => Ok(one),
-        many => Err(Error::MultipleStatements {
-            op,
-            count: many.len(),
-            sql: excerpt(sql_text),
-        }),
+        many => Err(Error::MultipleStatements { op, count: many.len(), sql: excerpt(sql_text) }),
     }
 }
 
 fn refuse_returning(sql_text: &str) -> Result<()> {
     if sql::has_returning(sql_text) {
-        return Err(Error::Returning {
-            sql: excerpt(sql_text),
-        });
+        return Err(Error::Returning { sql: excerpt(sql_text) });
     }
     Ok(())
 }

@@ -42,12 +42,7 @@ pub struct Database {
 
 impl Database {
     pub(crate) fn new(client: Client, name: String) -> Database {
-        Database {
-            client,
-            name,
-            conn: None,
-            needs_rollback: false,
-        }
+        Database { client, name, conn: None, needs_rollback: false }
     }
 
     /// The database name.
@@ -130,12 +125,7 @@ impl Database {
     }
 
     /// Like [`Database::query`], failing with [`Error::TooManyRows`] past `limit` rows.
-    pub async fn query_limited(
-        &mut self,
-        sql_text: &str,
-        params: &[Value],
-        limit: usize,
-    ) -> Result<QueryResult> {
+    pub async fn query_limited(&mut self, sql_text: &str, params: &[Value], limit: usize) -> Result<QueryResult> {
         let deadline = self.deadline();
         let mut round = 0;
         loop {
@@ -178,9 +168,7 @@ impl Database {
             let outcome = match sql::classify(statement) {
                 StatementKind::Empty => continue,
                 StatementKind::Read => Outcome::Rows(self.query(statement, &[]).await?),
-                StatementKind::Write | StatementKind::Transaction => {
-                    Outcome::Exec(self.exec(statement, &[]).await?)
-                }
+                StatementKind::Write | StatementKind::Transaction => Outcome::Exec(self.exec(statement, &[]).await?),
             };
             outcomes.push(outcome);
         }
@@ -191,10 +179,7 @@ impl Database {
     /// [`Transaction::rollback`] (dropping it rolls back before the next request).
     pub async fn begin(&mut self) -> Result<Transaction<'_>> {
         self.exec("BEGIN", &[]).await?;
-        Ok(Transaction {
-            db: self,
-            finished: false,
-        })
+        Ok(Transaction { db: self, finished: false })
     }
 
     /// Runs `f` inside a transaction: commits when it returns `Ok`, rolls back when it
@@ -244,9 +229,7 @@ impl Transaction<'_> {
     fn conn(&mut self) -> Result<&mut Connection> {
         match self.db.conn.as_mut() {
             Some(conn) if conn.is_usable() => Ok(conn),
-            _ => Err(Error::Broken {
-                address: self.db.client.last_leader().unwrap_or_default(),
-            }),
+            _ => Err(Error::Broken { address: self.db.client.last_leader().unwrap_or_default() }),
         }
     }
 

@@ -63,20 +63,14 @@ pub fn connect_abstract(name: &str) -> io::Result<UnixStream> {
 
 /// Blocking connect for a node's [`crate::NodeBuilder::connect_func`]: reaches `@name`
 /// abstract sockets (which libdqlite's own TCP-only dialer cannot) and IPv4/IPv6 `host:port`.
-pub fn connect_blocking(
-    address: &str,
-    timeout: std::time::Duration,
-) -> io::Result<std::os::fd::OwnedFd> {
+pub fn connect_blocking(address: &str, timeout: std::time::Duration) -> io::Result<std::os::fd::OwnedFd> {
     use std::net::ToSocketAddrs;
     if let Some(name) = address.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
         return Ok(std::os::unix::net::UnixStream::connect_addr(&addr)?.into());
     }
-    let mut last = io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{address} resolves to nothing"),
-    );
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, format!("{address} resolves to nothing"));
     for addr in address.to_socket_addrs()? {
         match std::net::TcpStream::connect_timeout(&addr, timeout) {
             Ok(stream) => {

@@ -56,22 +56,17 @@ impl RawNode {
         let mut ptr = std::ptr::null_mut();
         // SAFETY: both strings are valid NUL-terminated C strings for the duration of the call
         // (libdqlite copies them); `ptr` is a valid out-pointer.
-        let rc =
-            unsafe { sys::dqlite_node_create(id, address.as_ptr(), data_dir.as_ptr(), &mut ptr) };
+        let rc = unsafe { sys::dqlite_node_create(id, address.as_ptr(), data_dir.as_ptr(), &mut ptr) };
         match NonNull::new(ptr) {
             Some(ptr) if rc == 0 => Ok(RawNode { ptr, connect: None }),
-            _ => Err(Failure {
-                code: rc,
-                message: "dqlite_node_create failed (is the data directory writable?)".into(),
-            }),
+            _ => {
+                Err(Failure { code: rc, message: "dqlite_node_create failed (is the data directory writable?)".into() })
+            }
         }
     }
 
     fn fail(&self, code: i32) -> Failure {
-        Failure {
-            code,
-            message: self.errmsg(),
-        }
+        Failure { code, message: self.errmsg() }
     }
 
     pub(crate) fn errmsg(&self) -> String {
@@ -81,9 +76,7 @@ impl RawNode {
             return String::new();
         }
         // SAFETY: non-null and NUL-terminated per the API; copied out immediately.
-        unsafe { CStr::from_ptr(msg) }
-            .to_string_lossy()
-            .into_owned()
+        unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
     }
 
     pub(crate) fn set_bind_address(&mut self, address: &CStr) -> Result<(), Failure> {
@@ -99,11 +92,7 @@ impl RawNode {
             return None;
         }
         // SAFETY: as above; copied out immediately.
-        Some(
-            unsafe { CStr::from_ptr(addr) }
-                .to_string_lossy()
-                .into_owned(),
-        )
+        Some(unsafe { CStr::from_ptr(addr) }.to_string_lossy().into_owned())
     }
 
     pub(crate) fn set_connect_func(&mut self, f: Box<ConnectFn>) -> Result<(), Failure> {
@@ -111,9 +100,7 @@ impl RawNode {
         let arg = &*callback as *const ConnectCallback as *mut c_void;
         // SAFETY: `arg` points into a box kept in `self.connect` until after the node is
         // destroyed, and the trampoline only reads through it.
-        let rc = unsafe {
-            sys::dqlite_node_set_connect_func(self.ptr.as_ptr(), Some(connect_trampoline), arg)
-        };
+        let rc = unsafe { sys::dqlite_node_set_connect_func(self.ptr.as_ptr(), Some(connect_trampoline), arg) };
         check(rc).map_err(|c| self.fail(c))?;
         self.connect = Some(callback);
         Ok(())
@@ -121,26 +108,18 @@ impl RawNode {
 
     pub(crate) fn set_network_latency_ms(&mut self, ms: u32) -> Result<(), Failure> {
         // SAFETY: valid node.
-        check(unsafe { sys::dqlite_node_set_network_latency_ms(self.ptr.as_ptr(), ms) })
-            .map_err(|c| self.fail(c))
+        check(unsafe { sys::dqlite_node_set_network_latency_ms(self.ptr.as_ptr(), ms) }).map_err(|c| self.fail(c))
     }
 
     pub(crate) fn set_failure_domain(&mut self, code: u64) -> Result<(), Failure> {
         // SAFETY: valid node.
-        check(unsafe { sys::dqlite_node_set_failure_domain(self.ptr.as_ptr(), code) })
-            .map_err(|c| self.fail(c))
+        check(unsafe { sys::dqlite_node_set_failure_domain(self.ptr.as_ptr(), code) }).map_err(|c| self.fail(c))
     }
 
-    pub(crate) fn set_snapshot_params(
-        &mut self,
-        threshold: u32,
-        trailing: u32,
-    ) -> Result<(), Failure> {
+    pub(crate) fn set_snapshot_params(&mut self, threshold: u32, trailing: u32) -> Result<(), Failure> {
         // SAFETY: valid node.
-        check(unsafe {
-            sys::dqlite_node_set_snapshot_params(self.ptr.as_ptr(), threshold, trailing)
-        })
-        .map_err(|c| self.fail(c))
+        check(unsafe { sys::dqlite_node_set_snapshot_params(self.ptr.as_ptr(), threshold, trailing) })
+            .map_err(|c| self.fail(c))
     }
 
     pub(crate) fn start(&mut self) -> Result<(), Failure> {
@@ -164,10 +143,8 @@ impl RawNode {
                 dqlite_role: *role,
             })
             .collect();
-        let n = c_int::try_from(infos.len()).map_err(|_| Failure {
-            code: sys::DQLITE_MISUSE,
-            message: "too many nodes".into(),
-        })?;
+        let n = c_int::try_from(infos.len())
+            .map_err(|_| Failure { code: sys::DQLITE_MISUSE, message: "too many nodes".into() })?;
         // SAFETY: `infos` and the address strings it points to outlive the call; libdqlite
         // copies what it keeps.
         check(unsafe { sys::dqlite_node_recover_ext(self.ptr.as_ptr(), infos.as_mut_ptr(), n) })
@@ -185,11 +162,7 @@ impl Drop for RawNode {
 }
 
 /// Called by libdqlite on one of its worker threads to open a raft connection.
-unsafe extern "C" fn connect_trampoline(
-    arg: *mut c_void,
-    address: *const c_char,
-    fd: *mut c_int,
-) -> c_int {
+unsafe extern "C" fn connect_trampoline(arg: *mut c_void, address: *const c_char, fd: *mut c_int) -> c_int {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `arg` is the ConnectCallback registered in `set_connect_func`, alive until the
         // node is destroyed, which cannot happen while libdqlite is calling us.

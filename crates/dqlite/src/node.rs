@@ -61,18 +61,12 @@ pub enum NodeError {
         what: &'static str,
     },
     /// The node was stopped; dqlite cannot restart a stopped node (create a new one).
-    #[error(
-        "the node was stopped and cannot be started again; create a new node on the same data directory"
-    )]
+    #[error("the node was stopped and cannot be started again; create a new node on the same data directory")]
     Stopped,
 }
 
 fn call_error(call: &'static str) -> impl FnOnce(Failure) -> NodeError {
-    move |f| NodeError::Call {
-        call,
-        code: f.code,
-        message: f.message,
-    }
+    move |f| NodeError::Call { call, code: f.code, message: f.message }
 }
 
 fn c_string(setting: &'static str, value: &str) -> Result<CString, NodeError> {
@@ -85,20 +79,17 @@ fn c_string(setting: &'static str, value: &str) -> Result<CString, NodeError> {
 
 /// Checks a bind address against what libdqlite 1.11 can bind.
 pub fn validate_bind_address(address: &str) -> Result<(), NodeError> {
-    let invalid = |reason| NodeError::Invalid {
-        setting: "bind address",
-        value: address.to_owned(),
-        reason,
-    };
+    let invalid = |reason| NodeError::Invalid { setting: "bind address", value: address.to_owned(), reason };
     if let Some(name) = address.strip_prefix('@') {
         if name.len() > MAX_ABSTRACT_NAME {
             return Err(invalid("abstract socket names are limited to 106 bytes"));
         }
         return Ok(());
     }
-    address.parse::<SocketAddrV4>().map(|_| ()).map_err(|_| {
-        invalid("libdqlite 1.11 binds only IPv4 `a.b.c.d:port` or an abstract socket `@name`")
-    })
+    address
+        .parse::<SocketAddrV4>()
+        .map(|_| ())
+        .map_err(|_| invalid("libdqlite 1.11 binds only IPv4 `a.b.c.d:port` or an abstract socket `@name`"))
 }
 
 /// Settings for a node, applied in [`NodeBuilder::build`].
@@ -141,10 +132,7 @@ impl NodeBuilder {
     /// returns a connected socket (TCP or unix) that libdqlite takes over. The default is
     /// [`crate::connect_blocking`]: TCP with `TCP_NODELAY` (libdqlite's own dialer leaves Nagle's
     /// algorithm on, which stalls replication by up to 40 ms) or an `@abstract` socket.
-    pub fn connect_func(
-        mut self,
-        f: impl Fn(&str) -> io::Result<OwnedFd> + Send + Sync + 'static,
-    ) -> Self {
+    pub fn connect_func(mut self, f: impl Fn(&str) -> io::Result<OwnedFd> + Send + Sync + 'static) -> Self {
         self.connect = Some(Box::new(f));
         self
     }
@@ -186,16 +174,15 @@ impl NodeBuilder {
         validate_bind_address(&bind_address)?;
         let latency_ms = match self.latency {
             None => None,
-            Some(d) => Some(
-                u32::try_from(d.as_millis())
-                    .ok()
-                    .filter(|ms| (1..=3_600_000).contains(ms))
-                    .ok_or_else(|| NodeError::Invalid {
+            Some(d) => {
+                Some(u32::try_from(d.as_millis()).ok().filter(|ms| (1..=3_600_000).contains(ms)).ok_or_else(|| {
+                    NodeError::Invalid {
                         setting: "network latency",
                         value: format!("{d:?}"),
                         reason: "must be between 1 ms and 1 h",
-                    })?,
-            ),
+                    }
+                })?)
+            }
         };
         if let Some((threshold, trailing)) = self.snapshot
             && (trailing < 4 || trailing < threshold)
@@ -213,36 +200,23 @@ impl NodeBuilder {
             reason: "is not valid UTF-8",
         })?;
         let address = c_string("address", &self.address)?;
-        let mut raw = RawNode::create(self.id, &address, &c_string("data directory", dir)?)
-            .map_err(call_error("create"))?;
-        raw.set_bind_address(&c_string("bind address", &bind_address)?)
-            .map_err(call_error("set_bind_address"))?;
+        let mut raw =
+            RawNode::create(self.id, &address, &c_string("data directory", dir)?).map_err(call_error("create"))?;
+        raw.set_bind_address(&c_string("bind address", &bind_address)?).map_err(call_error("set_bind_address"))?;
         let connect = self.connect.unwrap_or_else(|| {
-            Box::new(|address: &str| {
-                crate::dialer::connect_blocking(address, DEFAULT_CONNECT_TIMEOUT)
-            })
+            Box::new(|address: &str| crate::dialer::connect_blocking(address, DEFAULT_CONNECT_TIMEOUT))
         });
-        raw.set_connect_func(connect)
-            .map_err(call_error("set_connect_func"))?;
+        raw.set_connect_func(connect).map_err(call_error("set_connect_func"))?;
         if let Some(ms) = latency_ms {
-            raw.set_network_latency_ms(ms)
-                .map_err(call_error("set_network_latency_ms"))?;
+            raw.set_network_latency_ms(ms).map_err(call_error("set_network_latency_ms"))?;
         }
         if let Some(code) = self.failure_domain {
-            raw.set_failure_domain(code)
-                .map_err(call_error("set_failure_domain"))?;
+            raw.set_failure_domain(code).map_err(call_error("set_failure_domain"))?;
         }
         if let Some((threshold, trailing)) = self.snapshot {
-            raw.set_snapshot_params(threshold, trailing)
-                .map_err(call_error("set_snapshot_params"))?;
+            raw.set_snapshot_params(threshold, trailing).map_err(call_error("set_snapshot_params"))?;
         }
-        Ok(Node {
-            raw,
-            id: self.id,
-            address: self.address,
-            data_dir: self.data_dir,
-            state: NodeState::Created,
-        })
+        Ok(Node { raw, id: self.id, address: self.address, data_dir: self.data_dir, state: NodeState::Created })
     }
 }
 
@@ -252,10 +226,7 @@ fn create_private_dir(path: &Path) -> Result<(), NodeError> {
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|source| NodeError::DataDir {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|source| NodeError::DataDir { path: path.to_owned(), source })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,11 +249,7 @@ pub struct Node {
 impl Node {
     /// Settings for a node with this id, the address peers and clients know it by, and the
     /// directory holding its raft log and snapshots.
-    pub fn builder(
-        id: u64,
-        address: impl Into<String>,
-        data_dir: impl Into<PathBuf>,
-    ) -> NodeBuilder {
+    pub fn builder(id: u64, address: impl Into<String>, data_dir: impl Into<PathBuf>) -> NodeBuilder {
         NodeBuilder {
             id,
             address: address.into(),
@@ -298,11 +265,7 @@ impl Node {
     /// A node with default settings that binds its own address (which must be `a.b.c.d:port`
     /// or `@name`). A node whose id is [`crate::BOOTSTRAP_ID`] (or 1) bootstraps a one-node
     /// cluster on its first start.
-    pub fn new(
-        id: u64,
-        address: impl Into<String>,
-        data_dir: impl Into<PathBuf>,
-    ) -> Result<Node, NodeError> {
+    pub fn new(id: u64, address: impl Into<String>, data_dir: impl Into<PathBuf>) -> Result<Node, NodeError> {
         Node::builder(id, address, data_dir).build()
     }
 
@@ -333,9 +296,7 @@ impl Node {
 
     /// Changes the failure domain (allowed while running).
     pub fn set_failure_domain(&mut self, code: u64) -> Result<(), NodeError> {
-        self.raw
-            .set_failure_domain(code)
-            .map_err(call_error("set_failure_domain"))
+        self.raw.set_failure_domain(code).map_err(call_error("set_failure_domain"))
     }
 
     /// Forces the raft configuration to exactly `nodes` (a node without a role becomes a
@@ -347,13 +308,7 @@ impl Node {
         }
         let nodes = nodes
             .iter()
-            .map(|n| {
-                Ok((
-                    n.id,
-                    c_string("address", &n.address)?,
-                    n.role.unwrap_or(Role::Voter).code(),
-                ))
-            })
+            .map(|n| Ok((n.id, c_string("address", &n.address)?, n.role.unwrap_or(Role::Voter).code())))
             .collect::<Result<Vec<_>, NodeError>>()?;
         self.raw.recover(&nodes).map_err(call_error("recover_ext"))
     }

@@ -39,11 +39,11 @@ impl Row {
     /// The value of the first column named `name` (exact match, then ASCII case-insensitive,
     /// as SQLite compares identifiers).
     pub fn get_by_name(&self, name: &str) -> Option<&Value> {
-        let index = self.columns.iter().position(|c| c == name).or_else(|| {
-            self.columns
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case(name))
-        })?;
+        let index = self
+            .columns
+            .iter()
+            .position(|c| c == name)
+            .or_else(|| self.columns.iter().position(|c| c.eq_ignore_ascii_case(name)))?;
         self.values.get(index)
     }
 }
@@ -71,12 +71,7 @@ pub struct Rows<'c> {
 
 impl<'c> Rows<'c> {
     pub(crate) fn new(conn: &'c mut Connection, first: RowsBatch) -> Rows<'c> {
-        Rows {
-            done: first.end == RowsEnd::Done,
-            conn,
-            columns: first.columns.into(),
-            pending: first.rows.into(),
-        }
+        Rows { done: first.end == RowsEnd::Done, conn, columns: first.columns.into(), pending: first.rows.into() }
     }
 
     /// Column names.
@@ -88,10 +83,7 @@ impl<'c> Rows<'c> {
     pub async fn next(&mut self) -> Result<Option<Row>> {
         loop {
             if let Some(values) = self.pending.pop_front() {
-                return Ok(Some(Row {
-                    columns: self.columns.clone(),
-                    values,
-                }));
+                return Ok(Some(Row { columns: self.columns.clone(), values }));
             }
             if self.done {
                 return Ok(None);
@@ -138,9 +130,6 @@ impl<'c> Rows<'c> {
             }
             rows.push(row);
         }
-        Ok(QueryResult {
-            columns: self.columns.to_vec(),
-            rows,
-        })
+        Ok(QueryResult { columns: self.columns.to_vec(), rows })
     }
 }

@@ -60,10 +60,7 @@ pub fn classify(stmt: &str) -> StatementKind {
     let toks: Vec<Token> = Lexer::new(stmt).collect();
     let is_semi = |t: &Token| t.kind == Kind::Punct(b';');
     let first = toks.iter().position(|t| !is_semi(t)).unwrap_or(toks.len());
-    let last = toks
-        .iter()
-        .rposition(|t| !is_semi(t))
-        .map_or(first, |i| i + 1);
+    let last = toks.iter().rposition(|t| !is_semi(t)).map_or(first, |i| i + 1);
     let toks = toks.get(first..last).unwrap_or_default();
     let Some(head) = toks.first() else {
         return StatementKind::Empty;
@@ -79,17 +76,10 @@ pub fn classify(stmt: &str) -> StatementKind {
     if is_any(head, &["EXPLAIN"]) {
         StatementKind::Read
     } else if is_any(head, &["SELECT", "VALUES", "WITH"]) {
-        if has_write_keyword(stmt, toks) {
-            StatementKind::Write
-        } else {
-            StatementKind::Read
-        }
+        if has_write_keyword(stmt, toks) { StatementKind::Write } else { StatementKind::Read }
     } else if is_any(head, &["PRAGMA"]) {
         classify_pragma(stmt, toks.get(1..).unwrap_or_default())
-    } else if is_any(
-        head,
-        &["BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"],
-    ) {
+    } else if is_any(head, &["BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"]) {
         StatementKind::Transaction
     } else {
         StatementKind::Write
@@ -103,9 +93,7 @@ pub fn classify(stmt: &str) -> StatementKind {
 pub fn has_returning(sql: &str) -> bool {
     let toks: Vec<Token> = Lexer::new(sql).collect();
     toks.iter().enumerate().any(|(i, tok)| {
-        let is_call = toks
-            .get(i + 1)
-            .is_some_and(|next| next.kind == Kind::Punct(b'('));
+        let is_call = toks.get(i + 1).is_some_and(|next| next.kind == Kind::Punct(b'('));
         !is_call && word(sql, tok).is_some_and(|w| is_any(w, &["RETURNING"]))
     })
 }
@@ -131,9 +119,7 @@ const WRITING_BARE_PRAGMAS: &[&str] = &["optimize", "incremental_vacuum", "wal_c
 
 fn has_write_keyword(src: &str, toks: &[Token]) -> bool {
     toks.iter().enumerate().any(|(i, tok)| {
-        let is_call = toks
-            .get(i + 1)
-            .is_some_and(|next| next.kind == Kind::Punct(b'('));
+        let is_call = toks.get(i + 1).is_some_and(|next| next.kind == Kind::Punct(b'('));
         !is_call && word(src, tok).is_some_and(|w| is_any(w, WRITE_KEYWORDS))
     })
 }
@@ -142,9 +128,7 @@ fn classify_pragma(src: &str, rest: &[Token]) -> StatementKind {
     let is_word = |t: &Token| t.kind == Kind::Word;
     let (name, args) = match rest {
         [schema, dot, name, args @ ..]
-            if matches!(schema.kind, Kind::Word | Kind::Quoted)
-                && dot.kind == Kind::Punct(b'.')
-                && is_word(name) =>
+            if matches!(schema.kind, Kind::Word | Kind::Quoted) && dot.kind == Kind::Punct(b'.') && is_word(name) =>
         {
             (name, args)
         }
@@ -157,42 +141,26 @@ fn classify_pragma(src: &str, rest: &[Token]) -> StatementKind {
     let read = match args {
         [] => !is_any(name, WRITING_BARE_PRAGMAS),
         [open, .., close] => {
-            open.kind == Kind::Punct(b'(')
-                && close.kind == Kind::Punct(b')')
-                && is_any(name, READ_ONLY_PRAGMA_CALLS)
+            open.kind == Kind::Punct(b'(') && close.kind == Kind::Punct(b')') && is_any(name, READ_ONLY_PRAGMA_CALLS)
         }
         _ => false,
     };
-    if read {
-        StatementKind::Read
-    } else {
-        StatementKind::Write
-    }
+    if read { StatementKind::Read } else { StatementKind::Write }
 }
 
-fn push_statement<'a>(
-    sql: &'a str,
-    start: usize,
-    end: usize,
-    content: bool,
-    out: &mut Vec<&'a str>,
-) {
+fn push_statement<'a>(sql: &'a str, start: usize, end: usize, content: bool, out: &mut Vec<&'a str>) {
     if let Some(text) = sql.get(start..end).filter(|_| content) {
         out.push(text.trim_matches(|c: char| c.is_ascii() && is_space(c as u8)));
     }
 }
 
 fn is_any(word: &[u8], keywords: &[&str]) -> bool {
-    keywords
-        .iter()
-        .any(|k| word.eq_ignore_ascii_case(k.as_bytes()))
+    keywords.iter().any(|k| word.eq_ignore_ascii_case(k.as_bytes()))
 }
 
 /// The bytes of `tok` if it is a bare word (the only kind of token that can be a keyword).
 fn word<'a>(src: &'a str, tok: &Token) -> Option<&'a [u8]> {
-    (tok.kind == Kind::Word)
-        .then(|| src.as_bytes().get(tok.start..tok.end))
-        .flatten()
+    (tok.kind == Kind::Word).then(|| src.as_bytes().get(tok.start..tok.end)).flatten()
 }
 
 /// Where a statement stands with respect to `CREATE [TEMP|TEMPORARY] TRIGGER ... BEGIN ... END`,
@@ -272,10 +240,7 @@ fn is_id_char(b: u8) -> bool {
 
 impl<'a> Lexer<'a> {
     fn new(src: &'a str) -> Self {
-        Lexer {
-            bytes: src.as_bytes(),
-            pos: 0,
-        }
+        Lexer { bytes: src.as_bytes(), pos: 0 }
     }
 
     fn at(&self, i: usize) -> u8 {
@@ -285,9 +250,7 @@ impl<'a> Lexer<'a> {
     /// Index just past the first `needle` at or after `from`, or the end of input.
     fn past(&self, from: usize, needle: &[u8]) -> usize {
         let rest = self.bytes.get(from..).unwrap_or_default();
-        rest.windows(needle.len())
-            .position(|w| w == needle)
-            .map_or(self.bytes.len(), |i| from + i + needle.len())
+        rest.windows(needle.len()).position(|w| w == needle).map_or(self.bytes.len(), |i| from + i + needle.len())
     }
 
     fn scan_while(&self, mut i: usize, f: impl Fn(u8) -> bool) -> usize {
@@ -360,11 +323,7 @@ impl Iterator for Lexer<'_> {
             (b, _) => (Kind::Punct(b), start + 1),
         };
         self.pos = end.max(start + 1);
-        Some(Token {
-            kind,
-            start,
-            end: self.pos,
-        })
+        Some(Token { kind, start, end: self.pos })
     }
 }
 
@@ -381,31 +340,16 @@ mod tests {
                       begin update y set a = case when 1 then case 2 when 2 then 3 end end; end";
         let explained = "EXPLAIN CREATE TEMPORARY TRIGGER t BEGIN DELETE FROM a; END";
         let cases: &[(&str, &[&str])] = &[
-            (
-                "SELECT 'a;b'; SELECT 'c'';'",
-                &["SELECT 'a;b'", "SELECT 'c'';'"],
-            ),
-            (
-                "SELECT 1 -- x;y\n; /* c;d */ SELECT 2;",
-                &["SELECT 1 -- x;y", "/* c;d */ SELECT 2"],
-            ),
-            (
-                "SELECT \"a;\"\"b\"; SELECT `c;``d`",
-                &["SELECT \"a;\"\"b\"", "SELECT `c;``d`"],
-            ),
-            (
-                "SELECT [e;f]; SELECT x';'",
-                &["SELECT [e;f]", "SELECT x';'"],
-            ),
+            ("SELECT 'a;b'; SELECT 'c'';'", &["SELECT 'a;b'", "SELECT 'c'';'"]),
+            ("SELECT 1 -- x;y\n; /* c;d */ SELECT 2;", &["SELECT 1 -- x;y", "/* c;d */ SELECT 2"]),
+            ("SELECT \"a;\"\"b\"; SELECT `c;``d`", &["SELECT \"a;\"\"b\"", "SELECT `c;``d`"]),
+            ("SELECT [e;f]; SELECT x';'", &["SELECT [e;f]", "SELECT x';'"]),
             ("SELECT $a(b;c), :d::e;", &["SELECT $a(b;c), :d::e"]),
             (&format!("{trigger}; SELECT 1"), &[trigger, "SELECT 1"]),
             (&format!("{nested};select 2;"), &[nested, "select 2"]),
             (&format!("{explained};X"), &[explained, "X"]),
             // A table called "trigger" is not a trigger: its semicolon ends the statement.
-            (
-                "CREATE TABLE \"trigger\"(begin); X",
-                &["CREATE TABLE \"trigger\"(begin)", "X"],
-            ),
+            ("CREATE TABLE \"trigger\"(begin); X", &["CREATE TABLE \"trigger\"(begin)", "X"]),
             ("SELECT 1;\n SELECT 2  ", &["SELECT 1", "SELECT 2"]),
             (";;;", &[]),
             ("  ; -- only\n ; /* c */ ;", &[]),
@@ -492,17 +436,8 @@ mod tests {
 
     #[test]
     fn classify_transactions_and_empty() {
-        let transactions = [
-            "BEGIN",
-            "begin immediate",
-            "COMMIT",
-            "END TRANSACTION",
-            "ROLLBACK TO s",
-        ];
-        for sql in transactions
-            .into_iter()
-            .chain(["SAVEPOINT s", "RELEASE s;"])
-        {
+        let transactions = ["BEGIN", "begin immediate", "COMMIT", "END TRANSACTION", "ROLLBACK TO s"];
+        for sql in transactions.into_iter().chain(["SAVEPOINT s", "RELEASE s;"]) {
             assert_eq!(classify(sql), Transaction, "{sql}");
         }
         for sql in ["", "  \n", "-- c", "/* c */ ;", ";;", "/* open"] {
@@ -514,10 +449,7 @@ mod tests {
         let range = sql.as_bytes().as_ptr_range();
         for stmt in split_statements(sql) {
             let inner = stmt.as_bytes().as_ptr_range();
-            assert!(
-                range.start <= inner.start && inner.end <= range.end,
-                "{sql:?}"
-            );
+            assert!(range.start <= inner.start && inner.end <= range.end, "{sql:?}");
             assert!(sql.contains(stmt));
             assert_ne!(classify(stmt), Empty, "{stmt:?} from {sql:?}");
         }
@@ -542,15 +474,9 @@ mod tests {
         for _ in 0..400 {
             let mut bytes = Vec::new();
             for _ in 0..64 {
-                seed = seed
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
                 let r = (seed >> 33) as usize;
-                let pick = if r & 7 == 0 {
-                    (r >> 3) as u8
-                } else {
-                    alphabet[(r >> 3) % alphabet.len()]
-                };
+                let pick = if r & 7 == 0 { (r >> 3) as u8 } else { alphabet[(r >> 3) % alphabet.len()] };
                 bytes.push(pick);
             }
             check_no_panic(&String::from_utf8_lossy(&bytes));

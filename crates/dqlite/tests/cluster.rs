@@ -30,11 +30,7 @@ async fn add_assign_describe_weight_transfer_remove() {
     let nodes = client.cluster().await.unwrap();
     assert_eq!(role_of(&nodes, id_a), Some(Role::Voter));
     assert_eq!(role_of(&nodes, id_b), Some(Role::StandBy));
-    assert!(
-        nodes
-            .iter()
-            .any(|n| n.address == cluster.nodes[b].address())
-    );
+    assert!(nodes.iter().any(|n| n.address == cluster.nodes[b].address()));
 
     // Adding an id twice is refused by raft.
     let err = client.add(id_a, "@elsewhere").await.unwrap_err();
@@ -42,20 +38,12 @@ async fn add_assign_describe_weight_transfer_remove() {
 
     // DESCRIBE and WEIGHT are per node.
     client.weight(cluster.nodes[b].address(), 9).await.unwrap();
-    assert_eq!(
-        client.describe(cluster.nodes[b].address()).await.unwrap(),
-        (0, 9)
-    );
-    assert_eq!(
-        client.describe(cluster.nodes[a].address()).await.unwrap(),
-        (0, 0)
-    );
+    assert_eq!(client.describe(cluster.nodes[b].address()).await.unwrap(), (0, 9));
+    assert_eq!(client.describe(cluster.nodes[a].address()).await.unwrap(), (0, 0));
 
     // Writes replicate to the other voter and the stand-by.
     let mut db = client.database("test");
-    db.exec("CREATE TABLE t (x); INSERT INTO t VALUES (42)", &[])
-        .await
-        .unwrap();
+    db.exec("CREATE TABLE t (x); INSERT INTO t VALUES (42)", &[]).await.unwrap();
 
     // Promote b so two voters remain after the old leader hands over and is removed.
     client.assign(id_b, Role::Voter).await.unwrap();
@@ -85,17 +73,13 @@ async fn client_follows_the_leader_when_it_dies() {
     let mut db = client.database("test");
     db.exec("CREATE TABLE t (x INTEGER)", &[]).await.unwrap();
     for i in 0..20 {
-        db.exec("INSERT INTO t VALUES (?)", &[i.into()])
-            .await
-            .unwrap();
+        db.exec("INSERT INTO t VALUES (?)", &[i.into()]).await.unwrap();
     }
     let old = client.leader().await.unwrap();
     let index = cluster.index_of(&old.address);
     // Stop the leader's node outright (its connections close, no handover).
     let dead = cluster.nodes.remove(index);
-    tokio::task::spawn_blocking(move || drop(dead))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || drop(dead)).await.unwrap();
 
     // The next operations reach the new leader: reads transparently, and a write because the
     // dead connection is noticed before anything is sent on it.
@@ -104,14 +88,8 @@ async fn client_follows_the_leader_when_it_dies() {
     db.exec("INSERT INTO t VALUES (20)", &[]).await.unwrap();
     let new = client.leader().await.unwrap();
     assert_ne!(new.id, old.id);
-    let rows = db
-        .query("SELECT count(*), max(x) FROM t", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        rows.rows[0].values(),
-        &[Value::Integer(21), Value::Integer(20)]
-    );
+    let rows = db.query("SELECT count(*), max(x) FROM t", &[]).await.unwrap();
+    assert_eq!(rows.rows[0].values(), &[Value::Integer(21), Value::Integer(20)]);
 }
 
 #[tokio::test]
@@ -136,9 +114,7 @@ async fn a_writer_that_loses_its_leader_continues_on_the_next() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let dead = cluster.nodes.remove(index);
-    tokio::task::spawn_blocking(move || drop(dead))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || drop(dead)).await.unwrap();
 
     let (acknowledged, ambiguous, mut db) = writer.await.unwrap();
     eprintln!("acknowledged {} ambiguous {ambiguous}", acknowledged.len());
@@ -146,11 +122,7 @@ async fn a_writer_that_loses_its_leader_continues_on_the_next() {
     assert!(ambiguous <= 1, "{ambiguous} ambiguous writes");
     assert!(acknowledged.len() >= 199);
     let rows = db.query("SELECT x FROM t ORDER BY x", &[]).await.unwrap();
-    let stored: Vec<i64> = rows
-        .rows
-        .iter()
-        .filter_map(|r| r.get(0).and_then(Value::as_i64))
-        .collect();
+    let stored: Vec<i64> = rows.rows.iter().filter_map(|r| r.get(0).and_then(Value::as_i64)).collect();
     // Every acknowledged write is there exactly once.
     for x in &acknowledged {
         assert_eq!(stored.iter().filter(|s| *s == x).count(), 1, "value {x}");

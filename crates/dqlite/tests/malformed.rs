@@ -31,27 +31,15 @@ async fn answer(server: &mut DuplexStream, reply: &[u8]) {
 }
 
 fn raw(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = Header {
-        words: (body.len() / 8) as u32,
-        kind,
-        flags: 0,
-        extra: 0,
-    }
-    .encode()
-    .to_vec();
+    let mut out = Header { words: (body.len() / 8) as u32, kind, flags: 0, extra: 0 }.encode().to_vec();
     out.extend_from_slice(body);
     out
 }
 
-async fn leader_with_reply(
-    reply: Vec<u8>,
-) -> (Result<Option<dqlite::NodeInfo>, Error>, Connection) {
+async fn leader_with_reply(reply: Vec<u8>) -> (Result<Option<dqlite::NodeInfo>, Error>, Connection) {
     let (mut conn, mut server) = pair().await;
     // The server hangs up right after its reply, as a crashing node would.
-    let (result, _) = tokio::join!(
-        conn.leader(),
-        async move { answer(&mut server, &reply).await }
-    );
+    let (result, _) = tokio::join!(conn.leader(), async move { answer(&mut server, &reply).await });
     (result, conn)
 }
 
@@ -59,13 +47,7 @@ async fn leader_with_reply(
 async fn oversized_frames_are_refused_without_allocating() {
     let (mut conn, mut server) = pair().await;
     conn.set_max_message_size(1024);
-    let huge = Header {
-        words: u32::MAX,
-        kind: response_type::SERVER,
-        flags: 0,
-        extra: 0,
-    }
-    .encode();
+    let huge = Header { words: u32::MAX, kind: response_type::SERVER, flags: 0, extra: 0 }.encode();
     let (result, _) = tokio::join!(conn.leader(), answer(&mut server, &huge));
     let err = result.unwrap_err();
     assert!(matches!(err, Error::Protocol { .. }), "{err}");
@@ -77,14 +59,7 @@ async fn oversized_frames_are_refused_without_allocating() {
 #[tokio::test]
 async fn truncated_frames_are_io_errors() {
     // The header announces 4 words, only 1 arrives before the server hangs up.
-    let mut reply = Header {
-        words: 4,
-        kind: response_type::SERVER,
-        flags: 0,
-        extra: 0,
-    }
-    .encode()
-    .to_vec();
+    let mut reply = Header { words: 4, kind: response_type::SERVER, flags: 0, extra: 0 }.encode().to_vec();
     reply.extend_from_slice(&[0; 8]);
     let (result, conn) = leader_with_reply(reply).await;
     assert!(matches!(result, Err(Error::Io { .. })), "{result:?}");
@@ -94,30 +69,14 @@ async fn truncated_frames_are_io_errors() {
 #[tokio::test]
 async fn garbage_bodies_are_protocol_errors() {
     let cases: Vec<Vec<u8>> = vec![
-        raw(
-            response_type::SERVER,
-            &[
-                1, 0, 0, 0, 0, 0, 0, 0, b'a', b'b', 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9,
-            ],
-        ),
-        raw(
-            response_type::SERVER,
-            &[1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0, 0, 0, 0, 0, 0],
-        ),
-        raw(
-            response_type::SERVER,
-            &[
-                1, 0, 0, 0, 0, 0, 0, 0, b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h',
-            ],
-        ),
+        raw(response_type::SERVER, &[1, 0, 0, 0, 0, 0, 0, 0, b'a', b'b', 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9]),
+        raw(response_type::SERVER, &[1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0, 0, 0, 0, 0, 0]),
+        raw(response_type::SERVER, &[1, 0, 0, 0, 0, 0, 0, 0, b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h']),
         raw(99, &[0; 8]),
     ];
     for reply in cases {
         let (result, conn) = leader_with_reply(reply.clone()).await;
-        assert!(
-            matches!(result, Err(Error::Protocol { .. })),
-            "{reply:?}: {result:?}"
-        );
+        assert!(matches!(result, Err(Error::Protocol { .. })), "{reply:?}: {result:?}");
         assert!(!conn.is_usable());
     }
 }
@@ -125,38 +84,18 @@ async fn garbage_bodies_are_protocol_errors() {
 #[tokio::test]
 async fn a_response_of_the_wrong_type_breaks_the_connection() {
     let (result, conn) = leader_with_reply(Response::Empty.encode().unwrap()).await;
-    assert!(
-        matches!(
-            result,
-            Err(Error::UnexpectedResponse {
-                request: "LEADER",
-                got: "EMPTY",
-                ..
-            })
-        ),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(Error::UnexpectedResponse { request: "LEADER", got: "EMPTY", .. })), "{result:?}");
     assert!(!conn.is_usable());
 }
 
 #[tokio::test]
 async fn a_failure_keeps_the_connection_usable() {
     let (mut conn, mut server) = pair().await;
-    let failure = Response::Failure {
-        code: 1,
-        message: "nope".into(),
-    }
-    .encode()
-    .unwrap();
+    let failure = Response::Failure { code: 1, message: "nope".into() }.encode().unwrap();
     let (result, _) = tokio::join!(conn.leader(), answer(&mut server, &failure));
     assert_eq!(result.unwrap_err().code(), Some(1));
     assert!(conn.is_usable());
-    let ok = Response::Server {
-        id: 3,
-        address: "fake".into(),
-    }
-    .encode()
-    .unwrap();
+    let ok = Response::Server { id: 3, address: "fake".into() }.encode().unwrap();
     let (result, _) = tokio::join!(conn.leader(), answer(&mut server, &ok));
     assert_eq!(result.unwrap().unwrap().id, 3);
 }
@@ -183,10 +122,7 @@ async fn a_peer_that_hung_up_is_noticed_before_sending() {
 #[tokio::test]
 async fn unsolicited_bytes_break_the_connection() {
     let (mut conn, mut server) = pair().await;
-    server
-        .write_all(&Response::Empty.encode().unwrap())
-        .await
-        .unwrap();
+    server.write_all(&Response::Empty.encode().unwrap()).await.unwrap();
     tokio::task::yield_now().await;
     assert!(conn.peer_closed());
 }

@@ -13,30 +13,18 @@ use harness::{TestCluster, address, client, start_in};
 fn settings_libdqlite_would_refuse_are_refused_with_reasons() {
     let dir = tempfile::tempdir().unwrap();
     for bad in ["[::1]:9001", "localhost:9001", "127.0.0.1", "::1"] {
-        let err = Node::builder(1, "@a", dir.path())
-            .bind_address(bad)
-            .build()
-            .unwrap_err();
+        let err = Node::builder(1, "@a", dir.path()).bind_address(bad).build().unwrap_err();
         assert!(matches!(err, NodeError::Invalid { .. }), "{bad}: {err}");
         assert!(err.to_string().contains("IPv4"), "{err}");
         assert!(Node::new(1, bad, dir.path()).is_err());
     }
     let long = format!("@{}", "x".repeat(200));
     assert!(Node::new(1, long, dir.path()).is_err());
-    let err = Node::builder(1, "@a", dir.path())
-        .network_latency(Duration::ZERO)
-        .build()
-        .unwrap_err();
+    let err = Node::builder(1, "@a", dir.path()).network_latency(Duration::ZERO).build().unwrap_err();
     assert!(err.to_string().contains("network latency"), "{err}");
-    let err = Node::builder(1, "@a", dir.path())
-        .snapshot_params(1024, 512)
-        .build()
-        .unwrap_err();
+    let err = Node::builder(1, "@a", dir.path()).snapshot_params(1024, 512).build().unwrap_err();
     assert!(err.to_string().contains("snapshot"), "{err}");
-    let err = Node::builder(1, "@a", dir.path())
-        .snapshot_params(2, 3)
-        .build()
-        .unwrap_err();
+    let err = Node::builder(1, "@a", dir.path()).snapshot_params(2, 3).build().unwrap_err();
     assert!(err.to_string().contains("at least 4"), "{err}");
     assert!(Node::new(1, "nul\0here", dir.path()).is_err());
 }
@@ -46,10 +34,7 @@ fn a_name_other_than_the_bind_address_needs_a_bind_address() {
     let dir = tempfile::tempdir().unwrap();
     let err = Node::new(1, "node1.example:9001", dir.path()).unwrap_err();
     assert!(err.to_string().contains("set a bind address"), "{err}");
-    let mut node = Node::builder(1, "node1.example:9001", dir.path())
-        .bind_address("@")
-        .build()
-        .unwrap();
+    let mut node = Node::builder(1, "node1.example:9001", dir.path()).bind_address("@").build().unwrap();
     node.start().unwrap();
     // `@` asks for an automatically named abstract socket.
     assert!(node.bind_address().unwrap().starts_with('@'));
@@ -59,16 +44,12 @@ fn a_name_other_than_the_bind_address_needs_a_bind_address() {
 #[test]
 fn start_stop_are_idempotent_and_a_stopped_node_stays_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Node::builder(
-        BOOTSTRAP_ID,
-        address("life"),
-        dir.path().join("nested/data"),
-    )
-    .failure_domain(3)
-    .snapshot_params(64, 128)
-    .network_latency(Duration::from_millis(5))
-    .build()
-    .unwrap();
+    let mut node = Node::builder(BOOTSTRAP_ID, address("life"), dir.path().join("nested/data"))
+        .failure_domain(3)
+        .snapshot_params(64, 128)
+        .network_latency(Duration::from_millis(5))
+        .build()
+        .unwrap();
     assert!(dir.path().join("nested/data").is_dir());
     node.start().unwrap();
     node.start().unwrap();
@@ -87,16 +68,7 @@ fn binding_a_taken_tcp_port_fails_cleanly() {
     let address = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let err = Node::new(BOOTSTRAP_ID, address, dir.path()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            NodeError::Call {
-                call: "set_bind_address",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, NodeError::Call { call: "set_bind_address", .. }), "{err}");
 }
 
 #[tokio::test]
@@ -105,12 +77,8 @@ async fn data_survives_a_restart_on_the_same_directory() {
     let addr = address("restart");
     let node = start_in(BOOTSTRAP_ID, &addr, dir.path());
     let mut db = client(vec![addr.clone()]).database("test");
-    db.exec("CREATE TABLE t (x); INSERT INTO t VALUES ('kept')", &[])
-        .await
-        .unwrap();
-    tokio::task::spawn_blocking(move || drop(node))
-        .await
-        .unwrap();
+    db.exec("CREATE TABLE t (x); INSERT INTO t VALUES ('kept')", &[]).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(node)).await.unwrap();
 
     let _node = start_in(BOOTSTRAP_ID, &addr, dir.path());
     let mut db = client(vec![addr]).database("test");
@@ -122,12 +90,7 @@ async fn data_survives_a_restart_on_the_same_directory() {
 async fn a_survivor_recovers_a_cluster_that_lost_quorum() {
     let mut cluster = TestCluster::start("recover", &[Role::Voter, Role::Voter]).await;
     let mut db = cluster.client.database("test");
-    db.exec(
-        "CREATE TABLE t (x); INSERT INTO t VALUES (1), (2), (3)",
-        &[],
-    )
-    .await
-    .unwrap();
+    db.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2), (3)", &[]).await.unwrap();
     drop(db);
     // Keep the first node's directory and identity; lose the other two for good.
     let survivor = cluster.nodes.remove(0);
@@ -141,16 +104,8 @@ async fn a_survivor_recovers_a_cluster_that_lost_quorum() {
     .await
     .unwrap();
 
-    let mut node = Node::builder(id, addr.clone(), dir.path())
-        .network_latency(harness::LATENCY)
-        .build()
-        .unwrap();
-    node.recover(&[NodeInfo {
-        id,
-        address: addr.clone(),
-        role: Some(Role::Voter),
-    }])
-    .unwrap();
+    let mut node = Node::builder(id, addr.clone(), dir.path()).network_latency(harness::LATENCY).build().unwrap();
+    node.recover(&[NodeInfo { id, address: addr.clone(), role: Some(Role::Voter) }]).unwrap();
     node.start().unwrap();
     let client = client(vec![addr]);
     assert_eq!(client.cluster().await.unwrap().len(), 1);
@@ -158,7 +113,5 @@ async fn a_survivor_recovers_a_cluster_that_lost_quorum() {
     db.exec("INSERT INTO t VALUES (4)", &[]).await.unwrap();
     let rows = db.query("SELECT count(*) FROM t", &[]).await.unwrap();
     assert_eq!(rows.rows[0].get(0), Some(&Value::Integer(4)));
-    tokio::task::spawn_blocking(move || drop(node))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || drop(node)).await.unwrap();
 }

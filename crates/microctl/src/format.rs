@@ -33,18 +33,10 @@ pub(crate) fn table(header: &[String], rows: &[Vec<String>]) -> String {
     let centred = header.iter().enumerate().map(|(i, h)| {
         let extra = width(i) - h.chars().count();
         let left = extra / 2;
-        Cell::new(format!(
-            "{}{h}{}",
-            " ".repeat(left),
-            " ".repeat(extra - left)
-        ))
-        .set_alignment(CellAlignment::Left)
+        Cell::new(format!("{}{h}{}", " ".repeat(left), " ".repeat(extra - left))).set_alignment(CellAlignment::Left)
     });
     let mut table = Table::new();
-    table
-        .load_preset(ASCII_PRESET)
-        .set_content_arrangement(ContentArrangement::Disabled)
-        .force_no_tty();
+    table.load_preset(ASCII_PRESET).set_content_arrangement(ContentArrangement::Disabled).force_no_tty();
     table.set_header(centred);
     for row in rows {
         table.add_row(row.iter().map(Cell::new));
@@ -65,35 +57,21 @@ pub(crate) fn yaml(header: &[String], rows: &[Vec<String>]) -> String {
     for row in rows {
         for (i, (key, value)) in header.iter().zip(row).enumerate() {
             out.push_str(if i == 0 { "- " } else { "  " });
-            out.push_str(&format!(
-                "{}: {}\n",
-                key.to_lowercase().replace(' ', "_"),
-                json_string(value)
-            ));
+            out.push_str(&format!("{}: {}\n", key.to_lowercase().replace(' ', "_"), json_string(value)));
         }
     }
     out
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
 }
 
 /// CSV with a header line.
 pub(crate) fn csv(header: &[String], rows: &[Vec<String>]) -> String {
     std::iter::once(header)
         .chain(rows.iter().map(Vec::as_slice))
-        .map(|row| {
-            row.iter()
-                .map(|f| csv_field(f))
-                .collect::<Vec<_>>()
-                .join(",")
-                + "\n"
-        })
+        .map(|row| row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",") + "\n")
         .collect()
 }
 
@@ -123,10 +101,8 @@ mod tests {
 
     #[test]
     fn tables_look_like_the_tutorials() {
-        let rows: Vec<Vec<String>> = ["sqlite_sequence", "schemas", "core_cluster_members"]
-            .iter()
-            .map(|r| s(&[r]))
-            .collect();
+        let rows: Vec<Vec<String>> =
+            ["sqlite_sequence", "schemas", "core_cluster_members"].iter().map(|r| s(&[r])).collect();
         assert_eq!(
             table(&s(&["name"]), &rows),
             "+----------------------+\n\
@@ -138,10 +114,7 @@ mod tests {
              +----------------------+\n"
         );
         assert_eq!(
-            table(
-                &s(&["id", "key", "value"]),
-                &[s(&["1", "some_key", "some_value"])]
-            ),
+            table(&s(&["id", "key", "value"]), &[s(&["1", "some_key", "some_value"])]),
             "+----+----------+------------+\n\
              | id |   key    |   value    |\n\
              +----+----------+------------+\n\
@@ -154,14 +127,8 @@ mod tests {
     fn yaml_and_csv_escape() {
         let header = s(&["NAME", "EXPIRES AT"]);
         let rows = vec![s(&["a\"b", "x,y\nz"])];
-        assert_eq!(
-            yaml(&header, &rows),
-            "- name: \"a\\\"b\"\n  expires_at: \"x,y\\nz\"\n"
-        );
+        assert_eq!(yaml(&header, &rows), "- name: \"a\\\"b\"\n  expires_at: \"x,y\\nz\"\n");
         assert_eq!(yaml(&header, &[]), "[]\n");
-        assert_eq!(
-            csv(&header, &rows),
-            "NAME,EXPIRES AT\n\"a\"\"b\",\"x,y\nz\"\n"
-        );
+        assert_eq!(csv(&header, &rows), "NAME,EXPIRES AT\n\"a\"\"b\",\"x,y\nz\"\n");
     }
 }

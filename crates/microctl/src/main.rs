@@ -23,12 +23,7 @@ use microcluster::tls;
 #[command(name = "microctl", version, about)]
 struct Cli {
     /// The member's state directory.
-    #[arg(
-        long,
-        env = "STATE_DIR",
-        default_value = "/var/lib/microd",
-        global = true
-    )]
+    #[arg(long, env = "STATE_DIR", default_value = "/var/lib/microd", global = true)]
     state_dir: PathBuf,
     /// Accepted for compatibility with microcluster's microctl.
     #[arg(short, long, global = true)]
@@ -64,6 +59,9 @@ enum Command {
     /// Manage cluster members.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// This member's additional listeners (`servers list`, `servers set NAME ADDRESS`).
+    #[command(subcommand)]
+    Servers(ServersCommand),
     /// Run SQL on the cluster database (`-` reads it from stdin; `.dump`, `.schema`).
     Sql {
         /// The query.
@@ -108,6 +106,19 @@ enum TokensCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum ServersCommand {
+    /// List the listeners and their addresses.
+    List,
+    /// Move a listener to ADDRESS (empty: turn it off), without restarting the daemon.
+    Set {
+        /// Server name.
+        name: String,
+        /// ip:port, or "" to stop listening.
+        address: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ClusterCommand {
     /// List members with their role and status.
     List {
@@ -146,10 +157,7 @@ fn local(dir: &Path) -> Client {
 /// Explains errors reaching the socket: the usual cause is a daemon that is not running.
 fn socket_error(dir: &Path, err: ClientError) -> anyhow::Error {
     if matches!(err, ClientError::Connect { .. }) {
-        anyhow::anyhow!(
-            "{err} (is microd running with --state-dir {}?)",
-            dir.display()
-        )
+        anyhow::anyhow!("{err} (is microd running with --state-dir {}?)", dir.display())
     } else {
         err.into()
     }
@@ -160,38 +168,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = local(dir);
     let wrap = |err| socket_error(dir, err);
     match cli.command {
-        Command::Init {
-            name,
-            address,
-            bootstrap,
-            token,
-            config,
-        } => {
+        Command::Init { name, address, bootstrap, token, config } => {
             let mut values = BTreeMap::new();
             for entry in config {
-                let (k, v) = entry
-                    .split_once('=')
-                    .with_context(|| format!("--config {entry:?} is not KEY=VALUE"))?;
+                let (k, v) = entry.split_once('=').with_context(|| format!("--config {entry:?} is not KEY=VALUE"))?;
                 values.insert(k.to_owned(), v.to_owned());
             }
-            let control = Control {
-                bootstrap,
-                join_token: token.unwrap_or_default(),
-                name,
-                address,
-                config: values,
-            };
-            client
-                .with_timeout(Duration::from_secs(120))
-                .control(&control)
-                .await
-                .map_err(wrap)?;
+            let control = Control { bootstrap, join_token: token.unwrap_or_default(), name, address, config: values };
+            client.with_timeout(Duration::from_secs(120)).control(&control).await.map_err(wrap)?;
         }
         Command::Tokens(TokensCommand::Add { name, expire_after }) => {
-            let token = client
-                .add_token(&name, expiry(&expire_after)?)
-                .await
-                .map_err(wrap)?;
+            let token = client.add_token(&name, expiry(&expire_after)?).await.map_err(wrap)?;
             println!("{token}");
         }
         Command::Tokens(TokensCommand::List { format }) => {
@@ -202,40 +189,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     vec![
                         t.name.clone(),
                         t.token.clone(),
-                        if t.expires_at.is_empty() {
-                            "never".into()
-                        } else {
-                            t.expires_at.clone()
-                        },
+                        if t.expires_at.is_empty() { "never".into() } else { t.expires_at.clone() },
                     ]
                 })
                 .collect();
-            print!(
-                "{}",
-                format::render(
-                    format,
-                    &["NAME", "TOKEN", "EXPIRES AT"],
-                    &rows,
-                    || serde_json::json!(tokens)
-                )
-            );
+            print!("{}", format::render(format, &["NAME", "TOKEN", "EXPIRES AT"], &rows, || serde_json::json!(tokens)));
         }
         Command::Tokens(TokensCommand::Revoke { name }) => {
-            client
-                .revoke_token(&name)
-                .await
-                .map_err(wrap)
-                .with_context(|| format!("revoking the token for {name}"))?;
+            client.revoke_token(&name).await.map_err(wrap).with_context(|| format!("revoking the token for {name}"))?;
         }
         Command::Cluster(ClusterCommand::List { format }) => {
             let members = client.cluster_members().await.map_err(wrap)?;
             print!("{}", cluster_list(format, &members));
         }
         Command::Cluster(ClusterCommand::TransferLeader { name }) => {
-            let leader = client
-                .transfer_leader(name.as_deref().unwrap_or_default())
-                .await
-                .map_err(wrap)?;
+            let leader = client.transfer_leader(name.as_deref().unwrap_or_default()).await.map_err(wrap)?;
             println!("{leader} is the leader");
         }
         Command::Cluster(ClusterCommand::Remove { name, force }) => {
@@ -248,13 +216,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sql { query } => print!(
             "{}",
-            sql::run(&client, &query)
-                .await
-                .map_err(|e| match e.downcast::<ClientError>() {
-                    Ok(err) => wrap(err),
-                    Err(other) => other,
-                })?
+            sql::run(&client, &query).await.map_err(|e| match e.downcast::<ClientError>() {
+                Ok(err) => wrap(err),
+                Err(other) => other,
+            })?
         ),
+        Command::Servers(ServersCommand::List) => {
+            let servers = client.servers().await.map_err(wrap)?;
+            let rows: Vec<Vec<String>> = servers.iter().map(|(n, s)| vec![n.clone(), s.address.clone()]).collect();
+            print!("{}", format::table(&["NAME".into(), "ADDRESS".into()], &rows));
+        }
+        Command::Servers(ServersCommand::Set { name, address }) => {
+            let mut servers = client.servers().await.map_err(wrap)?;
+            servers.insert(name.clone(), microcluster::api::ServerAddress { address });
+            client.set_servers(&servers).await.map_err(wrap).with_context(|| format!("moving listener {name}"))?;
+        }
         Command::Waitready { timeout } => waitready(&client, dir, timeout).await?,
         Command::Shutdown => client.shutdown().await.map_err(wrap)?,
         Command::Extended { address } => {
@@ -274,18 +250,8 @@ fn cluster_list(format: Format, members: &[microcluster::api::ClusterMember]) ->
     let rows: Vec<Vec<String>> = members
         .iter()
         .map(|m| {
-            let fp = if short {
-                m.fingerprint.chars().take(12).collect()
-            } else {
-                m.fingerprint.clone()
-            };
-            let mut row = vec![
-                m.local.name.clone(),
-                m.local.address.clone(),
-                m.role.clone(),
-                fp,
-                m.status.clone(),
-            ];
+            let fp = if short { m.fingerprint.chars().take(12).collect() } else { m.fingerprint.clone() };
+            let mut row = vec![m.local.name.clone(), m.local.address.clone(), m.role.clone(), fp, m.status.clone()];
             if !short {
                 row.extend([
                     m.status_reason.clone(),
@@ -321,36 +287,20 @@ async fn waitready(client: &Client, dir: &Path, timeout: u64) -> anyhow::Result<
     let start = Instant::now();
     let progress = std::io::stderr().is_terminal();
     loop {
-        let last = match client
-            .clone()
-            .with_timeout(Duration::from_secs(5))
-            .ready()
-            .await
-        {
+        let last = match client.clone().with_timeout(Duration::from_secs(5)).ready().await {
             Ok(()) => {
                 if progress {
-                    eprintln!(
-                        "\rready after {:.1} s{:30}",
-                        start.elapsed().as_secs_f64(),
-                        ""
-                    );
+                    eprintln!("\rready after {:.1} s{:30}", start.elapsed().as_secs_f64(), "");
                 }
                 return Ok(());
             }
             Err(err) => err.to_string(),
         };
         if timeout > 0 && start.elapsed() >= Duration::from_secs(timeout) {
-            bail!(
-                "timed out after {timeout} s waiting for the daemon at {} to be ready: {last}",
-                dir.display()
-            );
+            bail!("timed out after {timeout} s waiting for the daemon at {} to be ready: {last}", dir.display());
         }
         if progress {
-            eprint!(
-                "\rwaiting for {} ({:.0} s): {last:.60}",
-                dir.display(),
-                start.elapsed().as_secs_f64()
-            );
+            eprint!("\rwaiting for {} ({:.0} s): {last:.60}", dir.display(), start.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -359,30 +309,17 @@ async fn waitready(client: &Client, dir: &Path, timeout: u64) -> anyhow::Result<
 /// A client of another member, authenticated with this member's certificate.
 fn remote_client(dir: &Path, address: &str) -> anyhow::Result<Client> {
     let read = |file: &str| {
-        std::fs::read_to_string(dir.join(file)).with_context(|| {
-            format!(
-                "reading {} (the member must be initialised first)",
-                dir.join(file).display()
-            )
-        })
+        std::fs::read_to_string(dir.join(file))
+            .with_context(|| format!("reading {} (the member must be initialised first)", dir.join(file).display()))
     };
-    let identity = tls::Identity {
-        cert_pem: read("server.crt")?,
-        key_pem: read("server.key")?,
-    };
+    let identity = tls::Identity { cert_pem: read("server.crt")?, key_pem: read("server.key")? };
     let cluster = tls::fingerprint_pem(&read("cluster.crt")?)?;
-    Ok(Client::https(
-        address,
-        tls::client_config(Some(&identity), vec![cluster])?,
-    ))
+    Ok(Client::https(address, tls::client_config(Some(&identity), vec![cluster])?))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("Error: starting the async runtime: {err}");

@@ -19,9 +19,7 @@ fn cell(value: &serde_json::Value) -> String {
 pub(crate) async fn run(client: &Client, query: &str) -> anyhow::Result<String> {
     let query = if query == "-" {
         let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the query from stdin")?;
+        std::io::stdin().read_to_string(&mut text).context("reading the query from stdin")?;
         text
     } else {
         query.to_owned()
@@ -42,11 +40,7 @@ pub(crate) async fn run(client: &Client, query: &str) -> anyhow::Result<String> 
             out.push_str(&format!("=> Query {}:\n", i + 1));
         }
         if result.kind == "select" {
-            let rows: Vec<Vec<String>> = result
-                .rows
-                .iter()
-                .map(|r| r.iter().map(cell).collect())
-                .collect();
+            let rows: Vec<Vec<String>> = result.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
             out.push_str(&format::table(&result.columns, &rows));
         } else {
             out.push_str(&format!("Rows affected: {}\n", result.rows_affected));

@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use microcluster::api::ClusterMemberLocal;
-use microcluster::server::rest::{
-    Action, ApiError, Endpoint, HandlerResult, Request, Resources, Response,
-};
+use microcluster::api::{ClusterMemberLocal, MemberConfig};
+use microcluster::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Resources, Response};
 use microcluster::{DaemonArgs, HookFuture, Hooks, InitConfig, SchemaUpdate, Server, State};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +50,18 @@ pub(crate) fn daemon_args() -> DaemonArgs {
                 )],
             )
             .serve_unix(),
+            // A listener of its own, off until an address is set (daemon.toml or
+            // `microctl servers set greeter ADDRESS`).
+            Server::listener(
+                "greeter",
+                vec![Resources::new(
+                    "1.0",
+                    vec![
+                        Endpoint::new("greeting").get(Action::new(greeting)),
+                        Endpoint::new("greeting/public").get(Action::new(public_greeting).allow_untrusted()),
+                    ],
+                )],
+            ),
         ],
         ..DaemonArgs::default()
     };
@@ -79,20 +89,11 @@ async fn extended(state: State, req: Request) -> HandlerResult {
     if !req.is_trusted() && !req.body.is_empty() {
         return Err(ApiError::forbidden("only members may send messages"));
     }
-    let greeting = ExtendedMessage {
-        sender: state.address(),
-        message: "Testing 1 2 3...".into(),
-    };
+    let greeting = ExtendedMessage { sender: state.address(), message: "Testing 1 2 3...".into() };
     let mut answers = Vec::new();
     for (member, client) in state.peer_clients()? {
-        let answer: String = client
-            .query(
-                microcluster::client::Method::POST,
-                "/1.0/extended",
-                Some(&greeting),
-            )
-            .await
-            .map_err(|e| {
+        let answer: String =
+            client.query(microcluster::client::Method::POST, "/1.0/extended", Some(&greeting)).await.map_err(|e| {
                 ApiError::unavailable(format!(
                     "failed to POST to cluster member {:?} at {}: {e}",
                     member.name, member.address
@@ -108,73 +109,79 @@ async fn extended(state: State, req: Request) -> HandlerResult {
     Response::sync(out)
 }
 
-/// Logs every hook, as the original example does.
+/// For members only: who answers.
+async fn greeting(state: State, req: Request) -> HandlerResult {
+    let caller = match &req.trust {
+        microcluster::server::rest::Trust::Member(name) => name.clone(),
+        _ => "you".to_owned(),
+    };
+    Response::sync(format!("hello {caller}, this is {}", state.name()))
+}
+
+/// For anyone.
+async fn public_greeting(state: State, _req: Request) -> HandlerResult {
+    Response::sync(format!("hello stranger, this is {}", state.name()))
+}
+
+/// Logs every hook, as the original example does. For tests, `MICROD_HOOK_FILE=PATH` also
+/// appends `MEMBER HOOK DETAIL` lines to PATH (one file can collect several members, in order),
+/// and `MICROD_FAIL_HOOK=NAME` makes hook NAME fail.
 struct LoggingHooks;
 
-fn logged<'a>(hook: &'static str, detail: String) -> HookFuture<'a> {
+fn logged<'a>(state: &State, hook: &'static str, detail: String) -> HookFuture<'a> {
     tracing::info!(hook, "{detail}");
-    Box::pin(std::future::ready(Ok(())))
+    if let Some(path) = std::env::var_os("MICROD_HOOK_FILE") {
+        use std::io::Write;
+        let line = format!("{} {hook} {detail}\n", state.name());
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(err) = written {
+            tracing::warn!(error = %err, "recording a hook");
+        }
+    }
+    let fail = std::env::var("MICROD_FAIL_HOOK").is_ok_and(|h| h == hook);
+    Box::pin(std::future::ready(if fail {
+        Err(format!("{hook} failed on purpose (MICROD_FAIL_HOOK)").into())
+    } else {
+        Ok(())
+    }))
 }
 
 impl Hooks for LoggingHooks {
-    fn pre_init<'a>(
-        &'a self,
-        _state: &'a State,
-        bootstrap: bool,
-        config: &'a InitConfig,
-    ) -> HookFuture<'a> {
-        logged(
-            "pre-init",
-            format!("bootstrap={bootstrap} config={config:?}"),
-        )
+    fn pre_init<'a>(&'a self, state: &'a State, bootstrap: bool, config: &'a InitConfig) -> HookFuture<'a> {
+        logged(state, "pre-init", format!("bootstrap={bootstrap} config={config:?}"))
     }
     fn post_bootstrap<'a>(&'a self, state: &'a State, config: &'a InitConfig) -> HookFuture<'a> {
-        logged(
-            "post-bootstrap",
-            format!("{} bootstrapped with config {config:?}", state.name()),
-        )
+        logged(state, "post-bootstrap", format!("config={config:?}"))
     }
-    fn pre_join<'a>(&'a self, state: &'a State, _config: &'a InitConfig) -> HookFuture<'a> {
-        logged("pre-join", format!("{} is joining", state.name()))
+    fn pre_join<'a>(&'a self, state: &'a State, config: &'a InitConfig) -> HookFuture<'a> {
+        logged(state, "pre-join", format!("config={config:?}"))
     }
-    fn post_join<'a>(&'a self, state: &'a State, _config: &'a InitConfig) -> HookFuture<'a> {
-        logged("post-join", format!("{} joined", state.name()))
+    fn post_join<'a>(&'a self, state: &'a State, config: &'a InitConfig) -> HookFuture<'a> {
+        logged(state, "post-join", format!("config={config:?}"))
     }
-    fn on_new_member<'a>(
-        &'a self,
-        state: &'a State,
-        member: &'a ClusterMemberLocal,
-    ) -> HookFuture<'a> {
-        logged(
-            "on-new-member",
-            format!(
-                "{} sees new member {} at {}",
-                state.name(),
-                member.name,
-                member.address
-            ),
-        )
+    fn on_new_member<'a>(&'a self, state: &'a State, member: &'a ClusterMemberLocal) -> HookFuture<'a> {
+        logged(state, "on-new-member", format!("{} {}", member.name, member.address))
     }
     fn on_start<'a>(&'a self, state: &'a State) -> HookFuture<'a> {
-        logged("on-start", format!("{} started", state.name()))
+        logged(state, "on-start", String::new())
     }
     fn pre_remove<'a>(&'a self, state: &'a State, force: bool) -> HookFuture<'a> {
-        logged(
-            "pre-remove",
-            format!("{} is leaving (force={force})", state.name()),
-        )
+        logged(state, "pre-remove", format!("force={force}"))
     }
     fn post_remove<'a>(&'a self, state: &'a State, force: bool) -> HookFuture<'a> {
-        logged(
-            "post-remove",
-            format!("{} saw a member leave (force={force})", state.name()),
-        )
+        logged(state, "post-remove", format!("force={force}"))
     }
-    fn on_heartbeat<'a>(&'a self, _state: &'a State) -> HookFuture<'a> {
-        tracing::debug!(hook = "on-heartbeat", "heartbeat round done");
-        Box::pin(std::future::ready(Ok(())))
+    fn on_heartbeat<'a>(&'a self, state: &'a State) -> HookFuture<'a> {
+        logged(state, "on-heartbeat", String::new())
+    }
+    fn on_daemon_config_update<'a>(&'a self, state: &'a State, config: &'a MemberConfig) -> HookFuture<'a> {
+        logged(state, "on-daemon-config-update", format!("{} {:?}", config.name, config.servers))
     }
     fn on_stop<'a>(&'a self, state: &'a State) -> HookFuture<'a> {
-        logged("on-stop", format!("{} stopping", state.name()))
+        logged(state, "on-stop", String::new())
     }
 }

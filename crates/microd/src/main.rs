@@ -35,8 +35,7 @@ struct Cli {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d =
-        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 1s, 500ms)"))?;
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 1s, 500ms)"))?;
     if d < Duration::from_millis(100) {
         return Err("must be at least 100ms".into());
     }
@@ -51,9 +50,8 @@ fn init_logging(cli: &Cli) {
     } else {
         "warn"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MICROD_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,rustls=warn"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MICROD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,rustls=warn")));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -63,28 +61,20 @@ fn init_logging(cli: &Cli) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let app = App::new(Args {
-        state_dir: cli.state_dir.clone(),
-    });
+    let app = App::new(Args { state_dir: cli.state_dir.clone() });
     let args = DaemonArgs {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         heartbeat_interval: cli.heartbeat,
         socket_group: cli.socket_group,
         ..extension::daemon_args()
     };
-    app.start(args)
-        .await
-        .with_context(|| format!("microd with state directory {}", cli.state_dir.display()))
+    app.start(args).await.with_context(|| format!("microd with state directory {}", cli.state_dir.display()))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("Error: starting the async runtime: {err}");

@@ -46,10 +46,7 @@ impl Http {
     {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        Ok(Http {
-            sender,
-            host: host.to_owned(),
-        })
+        Ok(Http { sender, host: host.to_owned() })
     }
 
     async fn send(&mut self, method: &str, path: &str, body: &str) -> Result<(u16, Bytes), Error> {
@@ -98,17 +95,10 @@ async fn sequential(
         let (status, answer) = http.send(method, &path, &body).await?;
         latencies.push(t.elapsed());
         if !ok(status, &answer) {
-            return Err(format!(
-                "{method} {path} failed with {status}: {}",
-                String::from_utf8_lossy(&answer)
-            )
-            .into());
+            return Err(format!("{method} {path} failed with {status}: {}", String::from_utf8_lossy(&answer)).into());
         }
     }
-    Ok(Run {
-        latencies,
-        elapsed: start.elapsed(),
-    })
+    Ok(Run { latencies, elapsed: start.elapsed() })
 }
 
 fn value() -> String {
@@ -125,10 +115,7 @@ async fn ours(ops: usize) -> Result<(Duration, Run, Run), Error> {
         cluster.join(2, 0);
         wait_until("3 voters ONLINE", Duration::from_secs(60), || {
             let members = cluster.members[0].members();
-            let ready = members.len() == 3
-                && members
-                    .iter()
-                    .all(|m| m["role"] == "voter" && m["status"] == "ONLINE");
+            let ready = members.len() == 3 && members.iter().all(|m| m["role"] == "voter" && m["status"] == "ONLINE");
             ready.then_some(())
         });
         (start.elapsed(), cluster)
@@ -141,7 +128,13 @@ async fn ours(ops: usize) -> Result<(Duration, Run, Run), Error> {
     let writes = sequential(
         &mut http,
         ops,
-        |i| ("POST", "/core/internal/sql".into(), sql(format!("INSERT OR REPLACE INTO extended_table (key, value) VALUES ('key{i}', '{value}')"))),
+        |i| {
+            (
+                "POST",
+                "/core/internal/sql".into(),
+                sql(format!("INSERT OR REPLACE INTO extended_table (key, value) VALUES ('key{i}', '{value}')")),
+            )
+        },
         |status, _| status == 200,
     )
     .await?;
@@ -149,13 +142,7 @@ async fn ours(ops: usize) -> Result<(Duration, Run, Run), Error> {
         &mut http,
         ops,
         |i| {
-            (
-                "POST",
-                "/core/internal/sql".into(),
-                sql(format!(
-                    "SELECT value FROM extended_table WHERE key = 'key{i}'"
-                )),
-            )
+            ("POST", "/core/internal/sql".into(), sql(format!("SELECT value FROM extended_table WHERE key = 'key{i}'")))
         },
         |status, body| status == 200 && body.len() > 100,
     )
@@ -180,12 +167,7 @@ fn demo_voters(db: &str) -> usize {
     Command::new("dqlite")
         .args(["-s", db, "demo", ".cluster"])
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| l.ends_with("|voter"))
-                .count()
-        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.ends_with("|voter")).count())
         .unwrap_or(0)
 }
 
@@ -196,10 +178,7 @@ async fn anchor(ops: usize) -> Result<(Duration, Run, Run), Error> {
     let mut procs = Processes(Vec::new());
     let spawn = |api: &str, db: &str, join: Option<&str>| -> std::io::Result<Child> {
         let mut cmd = Command::new("dqlite-demo");
-        cmd.args(["--api", api, "--db", db, "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args(["--api", api, "--db", db, "--dir"]).arg(dir.path()).stdout(Stdio::null()).stderr(Stdio::null());
         if let Some(join) = join {
             cmd.args(["--join", join]);
         }
@@ -208,29 +187,20 @@ async fn anchor(ops: usize) -> Result<(Duration, Run, Run), Error> {
     let start = Instant::now();
     procs.0.push(spawn(&nodes[0].0, &nodes[0].1, None)?);
     let first_api = nodes[0].0.clone();
-    wait_until("dqlite-demo's API", Duration::from_secs(30), || {
-        std::net::TcpStream::connect(&first_api).ok()
-    });
+    wait_until("dqlite-demo's API", Duration::from_secs(30), || std::net::TcpStream::connect(&first_api).ok());
     for (api, db) in &nodes[1..] {
         procs.0.push(spawn(api, db, Some(&nodes[0].1))?);
     }
     let first_db = nodes[0].1.clone();
     tokio::task::spawn_blocking(move || {
-        wait_until("dqlite-demo's 3 voters", Duration::from_secs(60), || {
-            (demo_voters(&first_db) == 3).then_some(())
-        })
+        wait_until("dqlite-demo's 3 voters", Duration::from_secs(60), || (demo_voters(&first_db) == 3).then_some(()))
     })
     .await?;
     let formation = start.elapsed();
     let mut http = Http::tcp(&nodes[0].0).await?;
     let value = value();
-    let writes = sequential(
-        &mut http,
-        ops,
-        |i| ("PUT", format!("/key{i}"), value.clone()),
-        |status, _| status == 200,
-    )
-    .await?;
+    let writes =
+        sequential(&mut http, ops, |i| ("PUT", format!("/key{i}"), value.clone()), |status, _| status == 200).await?;
     let reads = sequential(
         &mut http,
         ops,
@@ -245,10 +215,7 @@ async fn anchor(ops: usize) -> Result<(Duration, Run, Run), Error> {
 /// A write loop for failover measurements: one request at a time, each bounded by a deadline,
 /// reconnecting after any failure. Records when each write succeeded.
 /// Opens the writer's connection.
-type Connect = Box<
-    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Http, Error>> + Send>>
-        + Send,
->;
+type Connect = Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Http, Error>> + Send>> + Send>;
 
 struct Writer {
     connect: Connect,
@@ -291,17 +258,12 @@ impl Writer {
 fn interruption(successes: &[Instant], signal_at: Instant) -> f64 {
     let window: Vec<&Instant> = successes
         .iter()
-        .filter(|t| {
-            **t + Duration::from_secs(2) > signal_at && **t < signal_at + Duration::from_secs(8)
-        })
+        .filter(|t| **t + Duration::from_secs(2) > signal_at && **t < signal_at + Duration::from_secs(8))
         .collect();
     if !window.iter().any(|t| **t > signal_at) {
         return f64::NAN;
     }
-    window
-        .windows(2)
-        .map(|w| (*w[1] - *w[0]).as_secs_f64() * 1000.0)
-        .fold(0.0, f64::max)
+    window.windows(2).map(|w| (*w[1] - *w[0]).as_secs_f64() * 1000.0).fold(0.0, f64::max)
 }
 
 /// Failover on our side: member 1 leads, a writer writes through member 2, member 1 gets
@@ -321,11 +283,7 @@ async fn failover_ours(signal: &'static str) -> Result<f64, Error> {
         }),
         request: Box::new(|i| {
             let query = format!("INSERT INTO extended_table (key, value) VALUES ('f{i}', 'v')");
-            (
-                "POST",
-                "/core/internal/sql".into(),
-                serde_json::json!({ "query": query }).to_string(),
-            )
+            ("POST", "/core/internal/sql".into(), serde_json::json!({ "query": query }).to_string())
         }),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -347,26 +305,19 @@ async fn failover_demo(signal: &'static str) -> Result<f64, Error> {
     let mut procs = Processes(Vec::new());
     for (i, (api, db)) in nodes.iter().enumerate() {
         let mut cmd = Command::new("dqlite-demo");
-        cmd.args(["--api", api, "--db", db, "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args(["--api", api, "--db", db, "--dir"]).arg(dir.path()).stdout(Stdio::null()).stderr(Stdio::null());
         if i > 0 {
             cmd.args(["--join", &nodes[0].1]);
         }
         procs.0.push(cmd.spawn()?);
         if i == 0 {
             let api = api.clone();
-            wait_until("dqlite-demo's API", Duration::from_secs(30), || {
-                std::net::TcpStream::connect(&api).ok()
-            });
+            wait_until("dqlite-demo's API", Duration::from_secs(30), || std::net::TcpStream::connect(&api).ok());
         }
     }
     let first_db = nodes[0].1.clone();
     tokio::task::spawn_blocking(move || {
-        wait_until("dqlite-demo's 3 voters", Duration::from_secs(60), || {
-            (demo_voters(&first_db) == 3).then_some(())
-        })
+        wait_until("dqlite-demo's 3 voters", Duration::from_secs(60), || (demo_voters(&first_db) == 3).then_some(()))
     })
     .await?;
     let api = nodes[1].0.clone();
@@ -401,21 +352,11 @@ fn row(name: &str, unit: &str, ours: &[f64], anchor: &[f64]) {
     let (o, omin, omax) = summary(ours);
     let cell = |m: f64, lo: f64, hi: f64| format!("{m:.3} ({lo:.3}–{hi:.3})");
     if anchor.is_empty() {
-        println!(
-            "| {name:<34} | {unit:<5} | {:<26} | {:<26} | {:>6} |",
-            cell(o, omin, omax),
-            "skipped",
-            ""
-        );
+        println!("| {name:<34} | {unit:<5} | {:<26} | {:<26} | {:>6} |", cell(o, omin, omax), "skipped", "");
         return;
     }
     let (a, amin, amax) = summary(anchor);
-    println!(
-        "| {name:<34} | {unit:<5} | {:<26} | {:<26} | {:>6.2} |",
-        cell(o, omin, omax),
-        cell(a, amin, amax),
-        o / a
-    );
+    println!("| {name:<34} | {unit:<5} | {:<26} | {:<26} | {:>6.2} |", cell(o, omin, omax), cell(a, amin, amax), o / a);
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -433,34 +374,18 @@ async fn main() -> Result<(), Error> {
     let ops = if quick { 50 } else { flag("--ops", 500) };
     let have_demo = Command::new("dqlite-demo").arg("--help").output().is_ok();
     if !have_demo {
-        eprintln!(
-            "dqlite-demo not found: the anchor column is skipped (apt-get install go-dqlite)"
-        );
+        eprintln!("dqlite-demo not found: the anchor column is skipped (apt-get install go-dqlite)");
     }
 
     let (mut o, mut a): (Vec<[f64; 6]>, Vec<[f64; 6]>) = (Vec::new(), Vec::new());
     for rep in 1..=repeat {
         eprintln!("repetition {rep}/{repeat}: ours");
         let (formation, w, r) = ours(ops).await?;
-        o.push([
-            formation.as_secs_f64(),
-            w.p(0.5),
-            w.p(0.99),
-            w.ops(),
-            r.p(0.5),
-            r.ops(),
-        ]);
+        o.push([formation.as_secs_f64(), w.p(0.5), w.p(0.99), w.ops(), r.p(0.5), r.ops()]);
         if have_demo {
             eprintln!("repetition {rep}/{repeat}: dqlite-demo");
             let (formation, w, r) = anchor(ops).await?;
-            a.push([
-                formation.as_secs_f64(),
-                w.p(0.5),
-                w.p(0.99),
-                w.ops(),
-                r.p(0.5),
-                r.ops(),
-            ]);
+            a.push([formation.as_secs_f64(), w.p(0.5), w.p(0.99), w.ops(), r.p(0.5), r.ops()]);
         }
     }
     let col = |runs: &[[f64; 6]], i: usize| runs.iter().map(|r| r[i]).collect::<Vec<_>>();
@@ -469,10 +394,7 @@ async fn main() -> Result<(), Error> {
         "| {:<34} | {:<5} | {:<26} | {:<26} | {:>6} |",
         "workload", "unit", "ours (microd)", "anchor (dqlite-demo)", "ratio"
     );
-    println!(
-        "|{:-<36}|{:-<7}|{:-<28}|{:-<28}|{:-<8}|",
-        "", "", "", "", ""
-    );
+    println!("|{:-<36}|{:-<7}|{:-<28}|{:-<28}|{:-<8}|", "", "", "", "", "");
     let names = [
         ("bootstrap + 2 joins -> 3 voters ONLINE", "s"),
         ("sequential write p50", "ms"),
@@ -485,17 +407,10 @@ async fn main() -> Result<(), Error> {
         row(name, unit, &col(&o, i), &col(&a, i));
     }
 
-    let failovers = if quick {
-        1
-    } else {
-        flag("--failover-repeat", 10)
-    };
+    let failovers = if quick { 1 } else { flag("--failover-repeat", 10) };
     if failovers > 0 {
         let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
-        for (label, signal) in [
-            ("SIGKILL leader: write outage", "KILL"),
-            ("SIGTERM leader: write pause", "TERM"),
-        ] {
+        for (label, signal) in [("SIGKILL leader: write outage", "KILL"), ("SIGTERM leader: write pause", "TERM")] {
             let (mut ours, mut anchor) = (Vec::new(), Vec::new());
             for rep in 1..=failovers {
                 eprintln!("failover {signal} {rep}/{failovers}");
@@ -506,9 +421,7 @@ async fn main() -> Result<(), Error> {
             }
             results.push((label, ours, anchor));
         }
-        println!(
-            "\nfailover, {failovers} repetitions each; median (min–max); a writer retries every 10 ms\n"
-        );
+        println!("\nfailover, {failovers} repetitions each; median (min–max); a writer retries every 10 ms\n");
         for (label, ours, anchor) in &results {
             row(label, "ms", ours, anchor);
         }

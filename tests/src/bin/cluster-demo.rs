@@ -15,13 +15,7 @@ fn main() {
         std::fs::remove_dir_all(&root).unwrap();
     }
     let mut members: Vec<Member> = (1..=3)
-        .map(|i| {
-            Member::at(
-                &format!("mc{i}"),
-                &format!("127.0.0.1:900{i}"),
-                &root.join(format!("mc{i}")),
-            )
-        })
+        .map(|i| Member::at(&format!("mc{i}"), &format!("127.0.0.1:900{i}"), &root.join(format!("mc{i}"))))
         .collect();
     for member in &mut members {
         member.args = vec!["--heartbeat".into(), "2s".into()];
@@ -30,21 +24,11 @@ fn main() {
     members[0].bootstrap();
     for i in 1..3 {
         let token = members[0].ctl_ok(&["tokens", "add", &members[i].name]);
-        members[i].ctl_ok(&[
-            "init",
-            &members[i].name,
-            &members[i].address,
-            "--token",
-            token.trim(),
-        ]);
+        members[i].ctl_ok(&["init", &members[i].name, &members[i].address, "--token", token.trim()]);
     }
     print!("{}", members[0].ctl_ok(&["cluster", "list"]));
     let microctl = PathBuf::from(&microcluster_tests::binaries().microctl);
-    let ctl = format!(
-        "{} --state-dir {}",
-        microctl.display(),
-        root.join("mc1").display()
-    );
+    let ctl = format!("{} --state-dir {}", microctl.display(), root.join("mc1").display());
     println!(
         "\nA 3-member cluster is running (state and logs under {}). Try:\n\n  \
          {ctl} cluster list\n  \
@@ -60,12 +44,7 @@ fn main() {
     // Ctrl-C reaches the whole process group: the members get SIGINT and stop cleanly too.
     // Waiting on stdin also returns when the terminal goes away.
     let mut line = String::new();
-    while std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map(|n| n > 0)
-        .unwrap_or(false)
-    {
+    while std::io::stdin().lock().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
         line.clear();
     }
     for member in &mut members {

@@ -15,9 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    self, ClusterMember, ClusterMemberLocal, Control, Envelope, HeartbeatRequest,
-    HeartbeatResponse, JoinRequest, JoinResponse, ResponseType, ServerAddress, ServerStatus,
-    SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest, TransferLeaderRequest, paths,
+    self, ClusterMember, ClusterMemberLocal, Control, Envelope, HeartbeatRequest, HeartbeatResponse, JoinRequest,
+    JoinResponse, ResponseType, ServerAddress, ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest,
+    TransferLeaderRequest, paths,
 };
 use std::collections::BTreeMap;
 
@@ -96,10 +96,7 @@ impl ClientError {
 
     /// The server could not be reached at all (as opposed to answering with an error).
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Connect { .. } | ClientError::Timeout { .. } | ClientError::Tls { .. }
-        )
+        matches!(self, ClientError::Connect { .. } | ClientError::Timeout { .. } | ClientError::Tls { .. })
     }
 }
 
@@ -107,10 +104,7 @@ impl ClientError {
 #[derive(Clone)]
 pub(crate) enum Target {
     Unix(PathBuf),
-    Https {
-        address: String,
-        tls: Arc<rustls::ClientConfig>,
-    },
+    Https { address: String, tls: Arc<rustls::ClientConfig> },
 }
 
 impl std::fmt::Display for Target {
@@ -132,33 +126,20 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("target", &self.target.to_string())
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("target", &self.target.to_string()).finish_non_exhaustive()
     }
 }
 
 impl Client {
     /// A client of the daemon listening on the unix socket at `path`.
     pub fn unix(path: impl Into<PathBuf>) -> Client {
-        Client {
-            target: Target::Unix(path.into()),
-            timeout: DEFAULT_TIMEOUT,
-            notification: false,
-        }
+        Client { target: Target::Unix(path.into()), timeout: DEFAULT_TIMEOUT, notification: false }
     }
 
     /// A client of the member at `address` (`ip:port`) over HTTPS with `tls` (see
     /// [`crate::tls::client_config`]).
     pub fn https(address: impl Into<String>, tls: Arc<rustls::ClientConfig>) -> Client {
-        Client {
-            target: Target::Https {
-                address: address.into(),
-                tls,
-            },
-            timeout: DEFAULT_TIMEOUT,
-            notification: false,
-        }
+        Client { target: Target::Https { address: address.into(), tls }, timeout: DEFAULT_TIMEOUT, notification: false }
     }
 
     /// Sets the per-request deadline.
@@ -187,31 +168,18 @@ impl Client {
     ) -> Result<T, ClientError> {
         let body = match body {
             Some(b) => {
-                Some(Bytes::from(serde_json::to_vec(b).map_err(|e| {
-                    self.decode(format!("encoding the request: {e}"))
-                })?))
+                Some(Bytes::from(serde_json::to_vec(b).map_err(|e| self.decode(format!("encoding the request: {e}")))?))
             }
             None => None,
         };
         let (status, bytes) = self.raw(method, path, body).await?;
-        let envelope: Envelope<serde_json::Value> =
-            serde_json::from_slice(&bytes).map_err(|e| {
-                self.decode(format!(
-                    "HTTP {status} with a body that is not an API response ({e})"
-                ))
-            })?;
+        let envelope: Envelope<serde_json::Value> = serde_json::from_slice(&bytes)
+            .map_err(|e| self.decode(format!("HTTP {status} with a body that is not an API response ({e})")))?;
         if envelope.kind == ResponseType::Error || !status.is_success() {
-            let status = StatusCode::from_u16(envelope.error_code)
-                .ok()
-                .filter(|s| !s.is_success())
-                .unwrap_or(status);
-            return Err(ClientError::Api {
-                status,
-                message: envelope.error,
-            });
+            let status = StatusCode::from_u16(envelope.error_code).ok().filter(|s| !s.is_success()).unwrap_or(status);
+            return Err(ClientError::Api { status, message: envelope.error });
         }
-        serde_json::from_value(envelope.metadata)
-            .map_err(|e| self.decode(format!("unexpected metadata: {e}")))
+        serde_json::from_value(envelope.metadata).map_err(|e| self.decode(format!("unexpected metadata: {e}")))
     }
 
     /// Sends a request; returns the status and the raw body.
@@ -224,18 +192,12 @@ impl Client {
         let exchange = transport::send(&self.target, method, path, body, self.notification);
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout {
-                target: self.target(),
-                after: self.timeout,
-            }),
+            Err(_) => Err(ClientError::Timeout { target: self.target(), after: self.timeout }),
         }
     }
 
     fn decode(&self, reason: String) -> ClientError {
-        ClientError::Decode {
-            target: self.target(),
-            reason,
-        }
+        ClientError::Decode { target: self.target(), reason }
     }
 
     async fn empty(
@@ -244,9 +206,7 @@ impl Client {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<(), ClientError> {
-        self.query::<serde_json::Value>(method, path, body)
-            .await
-            .map(drop)
+        self.query::<serde_json::Value>(method, path, body).await.map(drop)
     }
 
     /// `GET /core/1.0`.
@@ -261,8 +221,7 @@ impl Client {
 
     /// `POST /core/control`: bootstrap or join.
     pub async fn control(&self, control: &Control) -> Result<(), ClientError> {
-        self.empty(Method::POST, paths::CONTROL, Some(control))
-            .await
+        self.empty(Method::POST, paths::CONTROL, Some(control)).await
     }
 
     /// `POST /core/control/shutdown`.
@@ -271,35 +230,20 @@ impl Client {
     }
 
     /// `POST /core/control/tokens`: a join token for member `name` (`None`: never expires).
-    pub async fn add_token(
-        &self,
-        name: &str,
-        expire_after: Option<Duration>,
-    ) -> Result<String, ClientError> {
-        let expire_after =
-            expire_after.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let request = TokenRequest {
-            name: name.to_owned(),
-            expire_after,
-        };
-        self.query(Method::POST, paths::CONTROL_TOKENS, Some(&request))
-            .await
+    pub async fn add_token(&self, name: &str, expire_after: Option<Duration>) -> Result<String, ClientError> {
+        let expire_after = expire_after.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let request = TokenRequest { name: name.to_owned(), expire_after };
+        self.query(Method::POST, paths::CONTROL_TOKENS, Some(&request)).await
     }
 
     /// `GET /core/control/tokens`.
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, ClientError> {
-        self.query(Method::GET, paths::CONTROL_TOKENS, None::<&()>)
-            .await
+        self.query(Method::GET, paths::CONTROL_TOKENS, None::<&()>).await
     }
 
     /// `DELETE /core/1.0/tokens/{name}`.
     pub async fn revoke_token(&self, name: &str) -> Result<(), ClientError> {
-        self.empty(
-            Method::DELETE,
-            &format!("{}/{}", paths::TOKENS, encode_segment(name)),
-            None::<&()>,
-        )
-        .await
+        self.empty(Method::DELETE, &format!("{}/{}", paths::TOKENS, encode_segment(name)), None::<&()>).await
     }
 
     /// `GET /core/1.0/cluster`.
@@ -318,33 +262,19 @@ impl Client {
 
     /// `POST /core/internal/sql`.
     pub async fn sql(&self, query: &str) -> Result<SqlBatch, ClientError> {
-        self.query(
-            Method::POST,
-            paths::INTERNAL_SQL,
-            Some(&SqlQuery {
-                query: query.to_owned(),
-            }),
-        )
-        .await
+        self.query(Method::POST, paths::INTERNAL_SQL, Some(&SqlQuery { query: query.to_owned() })).await
     }
 
     /// `GET /core/internal/sql[?schema=1]`: an SQL dump of the database (or its schema).
     pub async fn sql_dump(&self, schema_only: bool) -> Result<String, ClientError> {
-        let path = if schema_only {
-            format!("{}?schema=1", paths::INTERNAL_SQL)
-        } else {
-            paths::INTERNAL_SQL.to_owned()
-        };
-        Ok(self
-            .query::<SqlDump>(Method::GET, &path, None::<&()>)
-            .await?
-            .text)
+        let path =
+            if schema_only { format!("{}?schema=1", paths::INTERNAL_SQL) } else { paths::INTERNAL_SQL.to_owned() };
+        Ok(self.query::<SqlDump>(Method::GET, &path, None::<&()>).await?.text)
     }
 
     /// `POST /core/internal/cluster`: ask to join with a token's secret.
     pub async fn join(&self, request: &JoinRequest) -> Result<JoinResponse, ClientError> {
-        self.query(Method::POST, paths::INTERNAL_CLUSTER, Some(request))
-            .await
+        self.query(Method::POST, paths::INTERNAL_CLUSTER, Some(request)).await
     }
 
     /// `PUT /core/internal/cluster/{name}`: tell a removed member to reset itself.
@@ -358,67 +288,41 @@ impl Client {
 
     /// `POST /core/internal/truststore`: trust a member.
     pub async fn add_trust(&self, member: &ClusterMemberLocal) -> Result<(), ClientError> {
-        self.empty(Method::POST, paths::INTERNAL_TRUSTSTORE, Some(member))
-            .await
+        self.empty(Method::POST, paths::INTERNAL_TRUSTSTORE, Some(member)).await
     }
 
     /// `DELETE /core/internal/truststore/{name}`: stop trusting a member.
     pub async fn remove_trust(&self, name: &str) -> Result<(), ClientError> {
-        self.empty(
-            Method::DELETE,
-            &format!("{}/{}", paths::INTERNAL_TRUSTSTORE, encode_segment(name)),
-            None::<&()>,
-        )
-        .await
+        self.empty(Method::DELETE, &format!("{}/{}", paths::INTERNAL_TRUSTSTORE, encode_segment(name)), None::<&()>)
+            .await
     }
 
     /// `GET /core/1.0/daemon/servers`: this member's additional listeners.
     pub async fn servers(&self) -> Result<BTreeMap<String, ServerAddress>, ClientError> {
-        self.query(Method::GET, paths::DAEMON_SERVERS, None::<&()>)
-            .await
+        self.query(Method::GET, paths::DAEMON_SERVERS, None::<&()>).await
     }
 
     /// `PUT /core/1.0/daemon/servers`: moves (or stops, with an empty address) this member's
     /// additional listeners at once.
-    pub async fn set_servers(
-        &self,
-        servers: &BTreeMap<String, ServerAddress>,
-    ) -> Result<(), ClientError> {
-        self.empty(Method::PUT, paths::DAEMON_SERVERS, Some(servers))
-            .await
+    pub async fn set_servers(&self, servers: &BTreeMap<String, ServerAddress>) -> Result<(), ClientError> {
+        self.empty(Method::PUT, paths::DAEMON_SERVERS, Some(servers)).await
     }
 
     /// `POST /core/internal/heartbeat`: a leader's heartbeat.
-    pub async fn heartbeat(
-        &self,
-        request: &HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, ClientError> {
-        self.query(Method::POST, paths::INTERNAL_HEARTBEAT, Some(request))
-            .await
+    pub async fn heartbeat(&self, request: &HeartbeatRequest) -> Result<HeartbeatResponse, ClientError> {
+        self.query(Method::POST, paths::INTERNAL_HEARTBEAT, Some(request)).await
     }
 
     /// `POST /core/1.0/cluster/leader`: hand leadership to member `name` (empty: any voter);
     /// returns the new leader's name.
     pub async fn transfer_leader(&self, name: &str) -> Result<String, ClientError> {
-        let request = TransferLeaderRequest {
-            name: name.to_owned(),
-        };
-        self.query(Method::POST, paths::LEADER, Some(&request))
-            .await
+        let request = TransferLeaderRequest { name: name.to_owned() };
+        self.query(Method::POST, paths::LEADER, Some(&request)).await
     }
 
     /// `POST /core/internal/hooks/{hook}`: run a hook on this member.
-    pub async fn run_hook(
-        &self,
-        hook: &str,
-        body: &(impl Serialize + ?Sized),
-    ) -> Result<(), ClientError> {
-        self.empty(
-            Method::POST,
-            &format!("{}/{}", paths::INTERNAL_HOOKS, encode_segment(hook)),
-            Some(body),
-        )
-        .await
+    pub async fn run_hook(&self, hook: &str, body: &(impl Serialize + ?Sized)) -> Result<(), ClientError> {
+        self.empty(Method::POST, &format!("{}/{}", paths::INTERNAL_HOOKS, encode_segment(hook)), Some(body)).await
     }
 }
 

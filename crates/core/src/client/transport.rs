@@ -17,28 +17,20 @@ pub(super) async fn send(
     notification: bool,
 ) -> Result<(StatusCode, Bytes), ClientError> {
     let name = target.to_string();
-    let connect_err = |source| ClientError::Connect {
-        target: name.clone(),
-        source,
-    };
+    let connect_err = |source| ClientError::Connect { target: name.clone(), source };
     match target {
         Target::Unix(path_buf) => {
             let stream = UnixStream::connect(path_buf).await.map_err(connect_err)?;
             exchange(stream, "localhost", method, path, body, notification, &name).await
         }
         Target::Https { address, tls } => {
-            let tcp = TcpStream::connect(address.as_str())
-                .await
-                .map_err(connect_err)?;
+            let tcp = TcpStream::connect(address.as_str()).await.map_err(connect_err)?;
             tcp.set_nodelay(true).map_err(connect_err)?;
             let connector = tokio_rustls::TlsConnector::from(tls.clone());
             let stream = connector
                 .connect(crate::tls::server_name(address), tcp)
                 .await
-                .map_err(|source| ClientError::Tls {
-                    target: name.clone(),
-                    source,
-                })?;
+                .map_err(|source| ClientError::Tls { target: name.clone(), source })?;
             exchange(stream, address, method, path, body, notification, &name).await
         }
     }
@@ -56,13 +48,9 @@ async fn exchange<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let http_err = |source| ClientError::Http {
-        target: name.to_owned(),
-        source,
-    };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(http_err)?;
+    let http_err = |source| ClientError::Http { target: name.to_owned(), source };
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http_err)?;
     let driver = tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "client connection closed");
@@ -72,32 +60,19 @@ where
         .method(method)
         .uri(path)
         .header(HOST, host)
-        .header(
-            USER_AGENT,
-            if notification {
-                NOTIFICATION_USER_AGENT
-            } else {
-                "microcluster"
-            },
-        );
+        .header(USER_AGENT, if notification { NOTIFICATION_USER_AGENT } else { "microcluster" });
     if body.is_some() {
         request = request.header(CONTENT_TYPE, "application/json");
     }
     let request = request
         .body(Full::new(body.unwrap_or_default()))
-        .map_err(|e| ClientError::Decode {
-            target: name.to_owned(),
-            reason: format!("building the request: {e}"),
-        })?;
+        .map_err(|e| ClientError::Decode { target: name.to_owned(), reason: format!("building the request: {e}") })?;
     let response = sender.send_request(request).await.map_err(http_err)?;
     let status = response.status();
     let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
         .collect()
         .await
-        .map_err(|e| ClientError::Decode {
-            target: name.to_owned(),
-            reason: format!("reading the body: {e}"),
-        })?
+        .map_err(|e| ClientError::Decode { target: name.to_owned(), reason: format!("reading the body: {e}") })?
         .to_bytes();
     driver.abort();
     Ok((status, bytes))

@@ -106,9 +106,7 @@ pub struct App {
 impl App {
     /// An app using the state directory in `args`.
     pub fn new(args: Args) -> App {
-        App {
-            state_dir: args.state_dir,
-        }
+        App { state_dir: args.state_dir }
     }
 
     /// The control socket's path.
@@ -130,12 +128,7 @@ impl App {
     pub async fn ready(&self, timeout: Duration) -> Result<(), ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match self
-                .local_client()
-                .with_timeout(Duration::from_secs(5))
-                .ready()
-                .await
-            {
+            match self.local_client().with_timeout(Duration::from_secs(5)).ready().await {
                 Ok(()) => return Ok(()),
                 Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -150,17 +143,9 @@ impl App {
         address: &str,
         config: BTreeMap<String, String>,
     ) -> Result<(), ClientError> {
-        let control = Control {
-            bootstrap: true,
-            name: name.into(),
-            address: address.into(),
-            config,
-            ..Control::default()
-        };
-        self.local_client()
-            .with_timeout(Duration::from_secs(120))
-            .control(&control)
-            .await
+        let control =
+            Control { bootstrap: true, name: name.into(), address: address.into(), config, ..Control::default() };
+        self.local_client().with_timeout(Duration::from_secs(120)).control(&control).await
     }
 
     /// Joins the cluster that issued `token`.
@@ -178,18 +163,11 @@ impl App {
             config,
             ..Control::default()
         };
-        self.local_client()
-            .with_timeout(Duration::from_secs(120))
-            .control(&control)
-            .await
+        self.local_client().with_timeout(Duration::from_secs(120)).control(&control).await
     }
 
     /// Issues a join token for member `name`.
-    pub async fn new_join_token(
-        &self,
-        name: &str,
-        expire_after: Option<Duration>,
-    ) -> Result<String, ClientError> {
+    pub async fn new_join_token(&self, name: &str, expire_after: Option<Duration>) -> Result<String, ClientError> {
         self.local_client().add_token(name, expire_after).await
     }
 
@@ -207,15 +185,12 @@ impl App {
     /// certificate (the member must be initialised).
     pub fn remote_client(&self, address: &str) -> Result<Client, AppError> {
         let dir = StateDir::open(&self.state_dir)?;
-        let identity = dir
-            .server_identity()?
-            .ok_or_else(|| AppError::Invalid("this member has no certificate yet".into()))?;
-        let cluster = dir.cluster_identity()?.ok_or_else(|| {
-            AppError::Invalid("this member is not initialised (no cluster certificate)".into())
-        })?;
-        let fingerprint = cluster
-            .fingerprint()
-            .map_err(|e| AppError::Invalid(e.to_string()))?;
+        let identity =
+            dir.server_identity()?.ok_or_else(|| AppError::Invalid("this member has no certificate yet".into()))?;
+        let cluster = dir
+            .cluster_identity()?
+            .ok_or_else(|| AppError::Invalid("this member is not initialised (no cluster certificate)".into()))?;
+        let fingerprint = cluster.fingerprint().map_err(|e| AppError::Invalid(e.to_string()))?;
         let config = crate::tls::client_config(Some(&identity), vec![fingerprint])
             .map_err(|e| AppError::Invalid(e.to_string()))?;
         Ok(Client::https(address, config))
@@ -236,30 +211,20 @@ impl App {
                 )));
             }
         }
-        let gid = args
-            .socket_group
-            .as_deref()
-            .map(resolve_group)
-            .transpose()?;
+        let gid = args.socket_group.as_deref().map(resolve_group).transpose()?;
         let dir = StateDir::open(&self.state_dir)?;
         let _lock = dir.lock()?;
         let config = dir.daemon_config()?;
         let server_identity = match dir.server_identity()? {
             Some(id) => id,
             None => {
-                let name = if config.name.is_empty() {
-                    hostname()
-                } else {
-                    config.name.clone()
-                };
-                let id =
-                    certs::generate(&name, &[]).map_err(|e| AppError::Invalid(e.to_string()))?;
+                let name = if config.name.is_empty() { hostname() } else { config.name.clone() };
+                let id = certs::generate(&name, &[]).map_err(|e| AppError::Invalid(e.to_string()))?;
                 dir.set_server_identity(&id)?;
                 id
             }
         };
-        let truststore =
-            TrustStore::load(dir.truststore_dir()).map_err(|e| AppError::Invalid(e.to_string()))?;
+        let truststore = TrustStore::load(dir.truststore_dir()).map_err(|e| AppError::Invalid(e.to_string()))?;
         let initialised = dir.node_info()?;
 
         // The core listener serves the core API and the core servers; the socket also the
@@ -300,20 +265,16 @@ impl App {
         });
         let state = State(daemon);
         let socket = state.0.dir.socket();
-        let control = Listener::unix(&socket, gid, state.clone(), Arc::new(Routes::new(&unix)))
-            .map_err(|source| AppError::Io {
-                what: format!("cannot serve the control socket {}", socket.display()),
-                source,
-            })?;
+        let control = Listener::unix(&socket, gid, state.clone(), Arc::new(Routes::new(&unix))).map_err(|source| {
+            AppError::Io { what: format!("cannot serve the control socket {}", socket.display()), source }
+        })?;
         tracing::info!(socket = %socket.display(), "control socket ready");
 
         if let Some(info) = initialised {
             state.set_db_status(DbStatus::Starting);
             tokio::spawn(resume(state.clone(), info.id));
         } else {
-            tracing::warn!(
-                "Database is not yet initialized: waiting for `init` (bootstrap or join)"
-            );
+            tracing::warn!("Database is not yet initialized: waiting for `init` (bootstrap or join)");
         }
 
         tokio::select! {
@@ -356,10 +317,7 @@ async fn shutdown_sequence(state: &State) {
     let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
     if let Some(runtime) = runtime {
         state.set_db_status(DbStatus::Offline);
-        if tokio::time::timeout(Duration::from_secs(10), runtime.stop())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(10), runtime.stop()).await.is_err() {
             tracing::warn!("stopping the database took longer than 10 s");
         }
     }
@@ -390,32 +348,23 @@ async fn resume(state: State, node_id: u64) {
         return;
     }
     start_background(&state, &runtime);
-    tracing::info!(
-        name = state.name(),
-        address = state.address(),
-        "member started"
-    );
+    tracing::info!(name = state.name(), address = state.address(), "member started");
 }
 
 /// API extension names: lower-case words joined by single underscores.
 pub(crate) fn valid_extension(name: &str) -> bool {
     !name.is_empty()
-        && name.split('_').all(|part| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
+        && name
+            .split('_')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
 }
 
 fn resolve_group(group: &str) -> Result<u32, AppError> {
     if let Ok(gid) = group.parse() {
         return Ok(gid);
     }
-    let groups = std::fs::read_to_string("/etc/group").map_err(|source| AppError::Io {
-        what: "reading /etc/group".into(),
-        source,
-    })?;
+    let groups = std::fs::read_to_string("/etc/group")
+        .map_err(|source| AppError::Io { what: "reading /etc/group".into(), source })?;
     groups
         .lines()
         .filter_map(|line| {
@@ -428,15 +377,8 @@ fn resolve_group(group: &str) -> Result<u32, AppError> {
 }
 
 fn hostname() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    if validate::member_name(&name).is_ok() {
-        name
-    } else {
-        "microcluster".to_owned()
-    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+    if validate::member_name(&name).is_ok() { name } else { "microcluster".to_owned() }
 }
 
 #[cfg(test)]

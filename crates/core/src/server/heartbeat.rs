@@ -39,12 +39,7 @@ fn probe_timeout(interval: Duration) -> Duration {
 /// This member's answer to a heartbeat.
 pub(crate) fn report(state: &State) -> HeartbeatResponse {
     let settings = &state.0.settings;
-    let (failure_domain, weight) = state
-        .0
-        .config
-        .read()
-        .map(|c| (c.failure_domain, c.weight))
-        .unwrap_or_default();
+    let (failure_domain, weight) = state.0.config.read().map(|c| (c.failure_domain, c.weight)).unwrap_or_default();
     HeartbeatResponse {
         name: state.name(),
         address: state.address(),
@@ -67,9 +62,7 @@ pub(crate) fn sync_truststore(state: &State, members: &[ClusterMemberLocal]) {
     let store = &state.0.truststore;
     let current = store.snapshot();
     for member in members {
-        let same = current
-            .by_name(&member.name)
-            .is_some_and(|e| e.member == *member);
+        let same = current.by_name(&member.name).is_some_and(|e| e.member == *member);
         if !same {
             match store.add(member.clone()) {
                 Ok(_) => tracing::info!(member = member.name, "trust store: now trusting a member"),
@@ -81,15 +74,9 @@ pub(crate) fn sync_truststore(state: &State, members: &[ClusterMemberLocal]) {
     }
     let keep: HashSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
     let me = state.name();
-    for entry in current
-        .iter()
-        .filter(|e| !keep.contains(e.member.name.as_str()) && e.member.name != me)
-    {
+    for entry in current.iter().filter(|e| !keep.contains(e.member.name.as_str()) && e.member.name != me) {
         match store.remove(&entry.member.name) {
-            Ok(_) => tracing::info!(
-                member = entry.member.name,
-                "trust store: no longer trusting a removed member"
-            ),
+            Ok(_) => tracing::info!(member = entry.member.name, "trust store: no longer trusting a removed member"),
             Err(err) => {
                 tracing::warn!(member = entry.member.name, error = %err, "trust store: cannot remove a member")
             }
@@ -111,10 +98,7 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
         return Ok(());
     }
     let nodes = client.cluster().await?;
-    let rows = runtime
-        .db
-        .transaction(|tx| Box::pin(members::list(tx)))
-        .await?;
+    let rows = runtime.db.transaction(|tx| Box::pin(members::list(tx))).await?;
     let request = HeartbeatRequest {
         leader: state.name(),
         members: rows
@@ -147,34 +131,19 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
         }
     }
 
-    let roles_now: HashMap<String, Option<dqlite::Role>> =
-        nodes.iter().map(|n| (n.address.clone(), n.role)).collect();
+    let roles_now: HashMap<String, Option<dqlite::Role>> = nodes.iter().map(|n| (n.address.clone(), n.role)).collect();
     let time = now();
-    let (answered, own_address) = (
-        answers.keys().cloned().collect::<HashSet<_>>(),
-        runtime.address.clone(),
-    );
+    let (answered, own_address) = (answers.keys().cloned().collect::<HashSet<_>>(), runtime.address.clone());
     runtime
         .db
         .transaction(|tx| {
-            let (rows, roles_now, answered, own, time) = (
-                rows.clone(),
-                roles_now.clone(),
-                answered.clone(),
-                own_address.clone(),
-                time.clone(),
-            );
+            let (rows, roles_now, answered, own, time) =
+                (rows.clone(), roles_now.clone(), answered.clone(), own_address.clone(), time.clone());
             Box::pin(async move {
                 for row in &rows {
-                    let role = roles_now
-                        .get(&row.address)
-                        .map_or(row.role.as_str(), |r| role_name(*r));
+                    let role = roles_now.get(&row.address).map_or(row.role.as_str(), |r| role_name(*r));
                     let alive = row.address == own || answered.contains(&row.address);
-                    let heartbeat = if alive {
-                        time.as_str()
-                    } else {
-                        row.heartbeat.as_str()
-                    };
+                    let heartbeat = if alive { time.as_str() } else { row.heartbeat.as_str() };
                     if role != row.role || heartbeat != row.heartbeat {
                         members::set_heartbeat(tx, &row.name, role, heartbeat).await?;
                     }
@@ -190,31 +159,11 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     online.insert(own_address.clone());
     let mut placement: HashMap<String, Placement> = answers
         .values()
-        .map(|a| {
-            (
-                a.address.clone(),
-                Placement {
-                    failure_domain: a.failure_domain,
-                    weight: a.weight,
-                },
-            )
-        })
+        .map(|a| (a.address.clone(), Placement { failure_domain: a.failure_domain, weight: a.weight }))
         .collect();
     let own = report(state);
-    placement.insert(
-        own_address.clone(),
-        Placement {
-            failure_domain: own.failure_domain,
-            weight: own.weight,
-        },
-    );
-    if let Some(change) = roles::next_change(
-        &nodes,
-        &online,
-        &placement,
-        &own_address,
-        Targets::default(),
-    ) {
+    placement.insert(own_address.clone(), Placement { failure_domain: own.failure_domain, weight: own.weight });
+    if let Some(change) = roles::next_change(&nodes, &online, &placement, &own_address, Targets::default()) {
         tracing::info!(member = change.address, role = %change.role, reason = change.reason, "changing a member's role");
         if let Err(err) = client.assign(change.id, change.role).await {
             tracing::warn!(member = change.address, error = %err, "role change failed; retrying next round");

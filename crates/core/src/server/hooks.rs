@@ -30,7 +30,7 @@ fn done<'a>() -> HookFuture<'a> {
 /// | `pre_join` | the joiner | after its database is up | join undone |
 /// | `on_new_member` | every existing member | after the joiner's `pre_join` | logged |
 /// | `post_join` | the joiner | after `on_new_member` everywhere | logged |
-/// | `on_start` | every member | each start, once the database is up | start fails |
+/// | `on_start` | every member | each start once the database is up (after bootstrap or join the first time) | start fails |
 /// | `pre_remove` | the member leaving | before it is removed | removal refused (unless forced) |
 /// | `post_remove` | every remaining member | after a removal | logged |
 /// | `on_heartbeat` | the leader | after each heartbeat round | logged |
@@ -38,12 +38,7 @@ fn done<'a>() -> HookFuture<'a> {
 /// | `on_stop` | every member | during shutdown | logged |
 pub trait Hooks: Send + Sync + 'static {
     /// Before bootstrap or join.
-    fn pre_init<'a>(
-        &'a self,
-        _state: &'a State,
-        _bootstrap: bool,
-        _config: &'a InitConfig,
-    ) -> HookFuture<'a> {
+    fn pre_init<'a>(&'a self, _state: &'a State, _bootstrap: bool, _config: &'a InitConfig) -> HookFuture<'a> {
         done()
     }
 
@@ -63,11 +58,7 @@ pub trait Hooks: Send + Sync + 'static {
     }
 
     /// On every existing member when a member joined.
-    fn on_new_member<'a>(
-        &'a self,
-        _state: &'a State,
-        _member: &'a ClusterMemberLocal,
-    ) -> HookFuture<'a> {
+    fn on_new_member<'a>(&'a self, _state: &'a State, _member: &'a ClusterMemberLocal) -> HookFuture<'a> {
         done()
     }
 
@@ -93,11 +84,7 @@ pub trait Hooks: Send + Sync + 'static {
 
     /// On every other member after a member changed its listeners' addresses
     /// (`PUT /core/1.0/daemon/servers`); `config` is that member's new configuration.
-    fn on_daemon_config_update<'a>(
-        &'a self,
-        _state: &'a State,
-        _config: &'a MemberConfig,
-    ) -> HookFuture<'a> {
+    fn on_daemon_config_update<'a>(&'a self, _state: &'a State, _config: &'a MemberConfig) -> HookFuture<'a> {
         done()
     }
 

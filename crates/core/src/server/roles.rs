@@ -18,10 +18,7 @@ pub(crate) struct Targets {
 
 impl Default for Targets {
     fn default() -> Self {
-        Targets {
-            voters: 3,
-            stand_bys: 3,
-        }
+        Targets { voters: 3, stand_bys: 3 }
     }
 }
 
@@ -63,39 +60,19 @@ pub(crate) fn next_change(
     let place = |n: &NodeInfo| placement.get(&n.address).copied().unwrap_or_default();
     // Candidates in failure domains the role does not use yet come first, then lower weight.
     let best = |candidates: Vec<&NodeInfo>, holders: &[&NodeInfo]| -> Option<NodeInfo> {
-        let used: HashSet<u64> = holders
-            .iter()
-            .filter(|n| is_online(n))
-            .map(|n| place(n).failure_domain)
-            .collect();
+        let used: HashSet<u64> = holders.iter().filter(|n| is_online(n)).map(|n| place(n).failure_domain).collect();
         candidates
             .into_iter()
-            .min_by_key(|n| {
-                (
-                    used.contains(&place(n).failure_domain),
-                    place(n).weight,
-                    n.address.clone(),
-                )
-            })
+            .min_by_key(|n| (used.contains(&place(n).failure_domain), place(n).weight, n.address.clone()))
             .cloned()
     };
-    let change = |n: NodeInfo, role, reason| {
-        Some(Change {
-            id: n.id,
-            address: n.address,
-            role,
-            reason,
-        })
-    };
+    let change = |n: NodeInfo, role, reason| Some(Change { id: n.id, address: n.address, role, reason });
 
     // 1. Too few voters online: promote an online stand-by, else an online spare.
     if online_voters < targets.voters {
         let spares: Vec<&NodeInfo> = with(Role::Spare).filter(is_online).collect();
-        let pool: Vec<&NodeInfo> = if online_stand_bys > 0 {
-            stand_bys.iter().copied().filter(is_online).collect()
-        } else {
-            spares
-        };
+        let pool: Vec<&NodeInfo> =
+            if online_stand_bys > 0 { stand_bys.iter().copied().filter(is_online).collect() } else { spares };
         // With fewer than 3 nodes in all, keep what there is: a second voter adds no safety.
         if nodes.len() >= 3
             && let Some(n) = best(pool, &voters)
@@ -112,21 +89,9 @@ pub(crate) fn next_change(
     }
     // 3. More voters than wanted (e.g. a dead voter came back after a promotion).
     if voters.len() > targets.voters {
-        let surplus: Vec<&NodeInfo> = voters
-            .iter()
-            .copied()
-            .filter(|n| n.address != leader)
-            .collect();
-        if let Some(n) = surplus
-            .into_iter()
-            .max_by_key(|n| (place(n).weight, n.address.clone()))
-            .cloned()
-        {
-            let role = if online_stand_bys < targets.stand_bys {
-                Role::StandBy
-            } else {
-                Role::Spare
-            };
+        let surplus: Vec<&NodeInfo> = voters.iter().copied().filter(|n| n.address != leader).collect();
+        if let Some(n) = surplus.into_iter().max_by_key(|n| (place(n).weight, n.address.clone())).cloned() {
+            let role = if online_stand_bys < targets.stand_bys { Role::StandBy } else { Role::Spare };
             if online_voters - usize::from(is_online(&&n)) >= quorum(voters.len() - 1) {
                 return change(n, role, "more voters than needed");
             }
@@ -145,9 +110,7 @@ pub(crate) fn next_change(
     }
     // 6. More stand-bys than wanted.
     if stand_bys.len() > targets.stand_bys
-        && let Some(n) = stand_bys
-            .iter()
-            .max_by_key(|n| (place(n).weight, n.address.clone()))
+        && let Some(n) = stand_bys.iter().max_by_key(|n| (place(n).weight, n.address.clone()))
     {
         return change((*n).clone(), Role::Spare, "more stand-bys than needed");
     }
@@ -159,11 +122,7 @@ mod tests {
     use super::*;
 
     fn node(i: u64, role: Role) -> NodeInfo {
-        NodeInfo {
-            id: i,
-            address: format!("n{i}"),
-            role: Some(role),
-        }
+        NodeInfo { id: i, address: format!("n{i}"), role: Some(role) }
     }
 
     fn online(ids: &[u64]) -> HashSet<String> {
@@ -171,14 +130,7 @@ mod tests {
     }
 
     fn plan(nodes: &[NodeInfo], up: &[u64]) -> Option<(u64, Role)> {
-        next_change(
-            nodes,
-            &online(up),
-            &HashMap::new(),
-            "n1",
-            Targets::default(),
-        )
-        .map(|c| (c.id, c.role))
+        next_change(nodes, &online(up), &HashMap::new(), "n1", Targets::default()).map(|c| (c.id, c.role))
     }
 
     /// Applies changes until none is left; returns the final roles.
@@ -190,10 +142,7 @@ mod tests {
                     nodes.iter_mut().find(|n| n.id == id).unwrap().role = Some(role);
                     let voters = nodes.iter().filter(|n| n.role == Some(Role::Voter));
                     let live = voters.clone().filter(|n| up.contains(&n.id)).count();
-                    assert!(
-                        live >= quorum(voters.count()),
-                        "quorum lost after a change (had {voters_before})"
-                    );
+                    assert!(live >= quorum(voters.count()), "quorum lost after a change (had {voters_before})");
                 }
                 None => return nodes,
             }
@@ -207,33 +156,15 @@ mod tests {
 
     #[test]
     fn a_dead_voter_is_replaced_by_a_stand_by_then_demoted() {
-        let nodes = vec![
-            node(1, Role::Voter),
-            node(2, Role::Voter),
-            node(3, Role::Voter),
-            node(4, Role::StandBy),
-        ];
+        let nodes = vec![node(1, Role::Voter), node(2, Role::Voter), node(3, Role::Voter), node(4, Role::StandBy)];
         assert_eq!(plan(&nodes, &[1, 2, 4]), Some((4, Role::Voter)));
         let settled = settle(nodes, &[1, 2, 4]);
-        assert_eq!(
-            roles(&settled),
-            [
-                (1, Role::Voter),
-                (2, Role::Voter),
-                (3, Role::Spare),
-                (4, Role::Voter)
-            ]
-        );
+        assert_eq!(roles(&settled), [(1, Role::Voter), (2, Role::Voter), (3, Role::Spare), (4, Role::Voter)]);
     }
 
     #[test]
     fn a_returning_member_becomes_a_stand_by() {
-        let nodes = vec![
-            node(1, Role::Voter),
-            node(2, Role::Voter),
-            node(3, Role::Spare),
-            node(4, Role::Voter),
-        ];
+        let nodes = vec![node(1, Role::Voter), node(2, Role::Voter), node(3, Role::Spare), node(4, Role::Voter)];
         assert_eq!(plan(&nodes, &[1, 2, 3, 4]), Some((3, Role::StandBy)));
     }
 
@@ -243,19 +174,12 @@ mod tests {
         nodes.extend((2..=7).map(|i| node(i, Role::Spare)));
         let settled = settle(nodes, &[1, 2, 3, 4, 5, 6, 7]);
         let count = |r| settled.iter().filter(|n| n.role == Some(r)).count();
-        assert_eq!(
-            (count(Role::Voter), count(Role::StandBy), count(Role::Spare)),
-            (3, 3, 1)
-        );
+        assert_eq!((count(Role::Voter), count(Role::StandBy), count(Role::Spare)), (3, 3, 1));
     }
 
     #[test]
     fn nothing_changes_without_quorum_or_when_healthy() {
-        let nodes = vec![
-            node(1, Role::Voter),
-            node(2, Role::Voter),
-            node(3, Role::Voter),
-        ];
+        let nodes = vec![node(1, Role::Voter), node(2, Role::Voter), node(3, Role::Voter)];
         assert_eq!(plan(&nodes, &[1, 2, 3]), None);
         // Two of three voters dead: demoting either would leave 1 of 2 live — no quorum.
         assert_eq!(plan(&nodes, &[1]), None);
@@ -266,64 +190,23 @@ mod tests {
 
     #[test]
     fn failure_domains_spread_voters() {
-        let nodes = vec![
-            node(1, Role::Voter),
-            node(2, Role::Voter),
-            node(3, Role::Spare),
-            node(4, Role::Spare),
-        ];
+        let nodes = vec![node(1, Role::Voter), node(2, Role::Voter), node(3, Role::Spare), node(4, Role::Spare)];
         let placement: HashMap<String, Placement> = [
-            (
-                "n1",
-                Placement {
-                    failure_domain: 1,
-                    weight: 0,
-                },
-            ),
-            (
-                "n2",
-                Placement {
-                    failure_domain: 2,
-                    weight: 0,
-                },
-            ),
-            (
-                "n3",
-                Placement {
-                    failure_domain: 1,
-                    weight: 0,
-                },
-            ),
-            (
-                "n4",
-                Placement {
-                    failure_domain: 3,
-                    weight: 5,
-                },
-            ),
+            ("n1", Placement { failure_domain: 1, weight: 0 }),
+            ("n2", Placement { failure_domain: 2, weight: 0 }),
+            ("n3", Placement { failure_domain: 1, weight: 0 }),
+            ("n4", Placement { failure_domain: 3, weight: 5 }),
         ]
         .into_iter()
         .map(|(a, p)| (a.to_owned(), p))
         .collect();
-        let change = next_change(
-            &nodes,
-            &online(&[1, 2, 3, 4]),
-            &placement,
-            "n1",
-            Targets::default(),
-        )
-        .unwrap();
+        let change = next_change(&nodes, &online(&[1, 2, 3, 4]), &placement, "n1", Targets::default()).unwrap();
         assert_eq!((change.id, change.role), (4, Role::Voter));
     }
 
     #[test]
     fn the_leader_is_never_demoted() {
-        let nodes = vec![
-            node(1, Role::Voter),
-            node(2, Role::Voter),
-            node(3, Role::Voter),
-            node(4, Role::Voter),
-        ];
+        let nodes = vec![node(1, Role::Voter), node(2, Role::Voter), node(3, Role::Voter), node(4, Role::Voter)];
         let change = plan(&nodes, &[1, 2, 3, 4]).unwrap();
         assert_ne!(change.0, 1);
         assert_eq!(change.1, Role::StandBy);

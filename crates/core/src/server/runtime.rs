@@ -68,62 +68,33 @@ impl Runtime {
     pub(crate) async fn start(state: &State, node_id: u64) -> Result<Arc<Runtime>, StartError> {
         let daemon = &state.0;
         let address = state.address();
-        let cluster_identity = daemon
-            .dir
-            .cluster_identity()?
-            .ok_or(StartError::MissingIdentity("cluster"))?;
-        let server_identity = daemon
-            .server_identity
-            .read()
-            .map(|i| i.clone())
-            .map_err(|_| StartError::MissingIdentity("server"))?;
+        let cluster_identity = daemon.dir.cluster_identity()?.ok_or(StartError::MissingIdentity("cluster"))?;
+        let server_identity =
+            daemon.server_identity.read().map(|i| i.clone()).map_err(|_| StartError::MissingIdentity("server"))?;
         let cluster_fingerprint = cluster_identity.fingerprint()?;
-        let peer_tls =
-            tls::client_config(Some(&server_identity), vec![cluster_fingerprint.clone()])?;
+        let peer_tls = tls::client_config(Some(&server_identity), vec![cluster_fingerprint.clone()])?;
         let server_tls = tls::server_config(&cluster_identity)?;
 
         let tcp = TcpListener::bind(&address)
             .await
-            .map_err(|source| StartError::Listen {
-                address: address.clone(),
-                source,
-            })?;
+            .map_err(|source| StartError::Listen { address: address.clone(), source })?;
         let (stop_tx, stop) = ShutdownSignal::new();
-        let nonce = random_bytes::<6>().map_err(|source| StartError::Listen {
-            address: address.clone(),
-            source,
-        })?;
-        let bind_name = format!(
-            "@microcluster-{}-{}",
-            std::process::id(),
-            crate::tls::hex(&nonce)
-        );
+        let nonce = random_bytes::<6>().map_err(|source| StartError::Listen { address: address.clone(), source })?;
+        let bind_name = format!("@microcluster-{}-{}", std::process::id(), crate::tls::hex(&nonce));
 
-        let failure_domain = daemon
-            .config
-            .read()
-            .map(|c| c.failure_domain)
-            .unwrap_or_default();
+        let failure_domain = daemon.config.read().map(|c| c.failure_domain).unwrap_or_default();
         let builder = dqlite::Node::builder(node_id, address.clone(), daemon.dir.database_dir())
             .failure_domain(failure_domain)
             .bind_address(bind_name.clone())
             .network_latency(daemon.settings.network_latency)
-            .connect_func(tunnel::connect_func(
-                tokio::runtime::Handle::current(),
-                peer_tls.clone(),
-                stop.clone(),
-            ));
-        let node =
-            tokio::task::spawn_blocking(move || -> Result<dqlite::Node, dqlite::NodeError> {
-                let mut node = builder.build()?;
-                node.start()?;
-                Ok(node)
-            })
-            .await
-            .map_err(|e| StartError::Listen {
-                address: address.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+            .connect_func(tunnel::connect_func(tokio::runtime::Handle::current(), peer_tls.clone(), stop.clone()));
+        let node = tokio::task::spawn_blocking(move || -> Result<dqlite::Node, dqlite::NodeError> {
+            let mut node = builder.build()?;
+            node.start()?;
+            Ok(node)
+        })
+        .await
+        .map_err(|e| StartError::Listen { address: address.clone(), source: std::io::Error::other(e.to_string()) })??;
 
         let servers = daemon.truststore.snapshot().addresses();
         let client_config = dqlite::ClientConfig {
@@ -172,11 +143,7 @@ impl Runtime {
     /// Stops background tasks, the listener and the node. Idempotent.
     pub(crate) async fn stop(&self) {
         let _ = self.stop_tx.send(true);
-        let tasks: Vec<_> = self
-            .tasks
-            .lock()
-            .map(|mut t| t.drain(..).collect())
-            .unwrap_or_default();
+        let tasks: Vec<_> = self.tasks.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
         for task in tasks {
             task.abort();
         }

@@ -43,10 +43,7 @@ impl Server {
     /// configured otherwise). Its address comes from `daemon.toml` (`[servers.NAME] address`),
     /// else [`Server::default_address`]; without either it does not listen.
     pub fn listener(name: impl Into<String>, resources: Vec<Resources>) -> Server {
-        Server {
-            core_api: false,
-            ..Server::core(name, resources)
-        }
+        Server { core_api: false, ..Server::core(name, resources) }
     }
 
     /// Also serves a core server's endpoints on the control socket.
@@ -86,8 +83,7 @@ pub(crate) fn validate(servers: &[Server]) -> Result<(), String> {
     let mut names = std::collections::HashSet::new();
     for server in servers {
         let name = &server.name;
-        validate::member_name(name)
-            .map_err(|_| format!("invalid server name {name:?}: use a host-name-like word"))?;
+        validate::member_name(name).map_err(|_| format!("invalid server name {name:?}: use a host-name-like word"))?;
         if matches!(name.as_str(), "core" | "unix") || !names.insert(name.clone()) {
             return Err(format!("server name {name:?} is reserved or used twice"));
         }
@@ -95,20 +91,13 @@ pub(crate) fn validate(servers: &[Server]) -> Result<(), String> {
             return Err(format!("server {name:?} has no endpoints"));
         }
         if server.core_api {
-            if server.default_address.is_some() || server.dedicated_certificate || server.plain_http
-            {
+            if server.default_address.is_some() || server.dedicated_certificate || server.plain_http {
                 return Err(format!(
                     "core server {name:?} is served on the member's address: no address, certificate or plain HTTP"
                 ));
             }
-            if server
-                .resources
-                .iter()
-                .any(|r| r.prefix == "core" || r.prefix.starts_with("core/"))
-            {
-                return Err(format!(
-                    "server {name:?} uses the /core prefix, which belongs to microcluster"
-                ));
+            if server.resources.iter().any(|r| r.prefix == "core" || r.prefix.starts_with("core/")) {
+                return Err(format!("server {name:?} uses the /core prefix, which belongs to microcluster"));
             }
         } else {
             if server.serve_unix {
@@ -142,12 +131,7 @@ impl Listeners {
 
 /// Where each listener server should be, from `daemon.toml` and the defaults.
 pub(crate) fn wanted(state: &State) -> BTreeMap<String, String> {
-    let configured = state
-        .0
-        .config
-        .read()
-        .map(|c| c.servers.clone())
-        .unwrap_or_default();
+    let configured = state.0.config.read().map(|c| c.servers.clone()).unwrap_or_default();
     state
         .0
         .settings
@@ -166,20 +150,13 @@ pub(crate) fn wanted(state: &State) -> BTreeMap<String, String> {
 
 /// Starts, moves and stops listeners until they match [`wanted`]. Listeners whose address did
 /// not change keep running; a listener that cannot bind is reported and left off.
-pub(crate) async fn apply(
-    state: &State,
-    listeners: &Listeners,
-    cluster: &Identity,
-) -> Result<(), ApiError> {
+pub(crate) async fn apply(state: &State, listeners: &Listeners, cluster: &Identity) -> Result<(), ApiError> {
     let wanted = wanted(state);
     let mut running = listeners.running.lock().await;
     let mut errors = Vec::new();
     for server in state.0.settings.servers.iter().filter(|s| !s.core_api) {
         let address = wanted.get(&server.name).cloned().unwrap_or_default();
-        if running
-            .get(&server.name)
-            .is_some_and(|(current, _)| *current == address)
-        {
+        if running.get(&server.name).is_some_and(|(current, _)| *current == address) {
             continue;
         }
         if let Some((_, old)) = running.remove(&server.name) {
@@ -200,25 +177,15 @@ pub(crate) async fn apply(
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::conflict(format!(
-            "listeners could not start: {}",
-            errors.join("; ")
-        )))
+        Err(ApiError::conflict(format!("listeners could not start: {}", errors.join("; "))))
     }
 }
 
-async fn start(
-    state: &State,
-    server: &Server,
-    address: &str,
-    cluster: &Identity,
-) -> Result<Listener, String> {
+async fn start(state: &State, server: &Server, address: &str, cluster: &Identity) -> Result<Listener, String> {
     if address == state.address() {
         return Err(format!("{address} is the member's own address"));
     }
-    let tcp = TcpListener::bind(address)
-        .await
-        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let tcp = TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let routes = Arc::new(Routes::new(&server.resources));
     if server.plain_http {
         return Ok(Listener::plain(tcp, state.clone(), routes));
@@ -235,18 +202,13 @@ async fn start(
 /// `certificates/NAME.crt` and `.key`, generated on first use.
 fn dedicated_identity(state: &State, name: &str) -> Result<Identity, StateDirError> {
     let dir = state.0.dir.root().join("certificates");
-    let (cert, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
     if let (Some(cert_pem), Some(key_pem)) = (read_optional(&cert)?, read_optional(&key)?) {
         return Ok(Identity { cert_pem, key_pem });
     }
     super::state_dir::create_dir(&dir, 0o700)?;
-    let identity = certs::generate(name, &[]).map_err(|e| StateDirError::Invalid {
-        path: cert.clone(),
-        reason: e.to_string(),
-    })?;
+    let identity =
+        certs::generate(name, &[]).map_err(|e| StateDirError::Invalid { path: cert.clone(), reason: e.to_string() })?;
     write_atomic(&key, identity.key_pem.as_bytes(), 0o600)?;
     write_atomic(&cert, identity.cert_pem.as_bytes(), 0o644)?;
     Ok(identity)

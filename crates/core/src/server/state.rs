@@ -58,30 +58,19 @@ pub struct State(pub(crate) Arc<Daemon>);
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("name", &self.name())
-            .field("address", &self.address())
-            .finish_non_exhaustive()
+        f.debug_struct("State").field("name", &self.name()).field("address", &self.address()).finish_non_exhaustive()
     }
 }
 
 impl State {
     /// This member's name (empty before init).
     pub fn name(&self) -> String {
-        self.0
-            .config
-            .read()
-            .map(|c| c.name.clone())
-            .unwrap_or_default()
+        self.0.config.read().map(|c| c.name.clone()).unwrap_or_default()
     }
 
     /// This member's address `ip:port` (empty before init).
     pub fn address(&self) -> String {
-        self.0
-            .config
-            .read()
-            .map(|c| c.address.clone())
-            .unwrap_or_default()
+        self.0.config.read().map(|c| c.address.clone()).unwrap_or_default()
     }
 
     /// The application's version string.
@@ -106,12 +95,7 @@ impl State {
 
     /// The members this member trusts (itself included).
     pub fn members(&self) -> Vec<ClusterMemberLocal> {
-        self.0
-            .truststore
-            .snapshot()
-            .iter()
-            .map(|e| e.member.clone())
-            .collect()
+        self.0.truststore.snapshot().iter().map(|e| e.member.clone()).collect()
     }
 
     /// A mutual-TLS client of the member at `address`.
@@ -128,8 +112,7 @@ impl State {
             .into_iter()
             .filter(|m| m.name != me)
             .map(|m| {
-                let client =
-                    Client::https(m.address.clone(), runtime.peer_tls.clone()).as_notification();
+                let client = Client::https(m.address.clone(), runtime.peer_tls.clone()).as_notification();
                 (m, client)
             })
             .collect())
@@ -149,22 +132,14 @@ impl State {
     }
 
     /// Runs one read-only statement on the cluster database.
-    pub async fn query(
-        &self,
-        sql: &str,
-        params: &[dqlite::Value],
-    ) -> Result<dqlite::QueryResult, ApiError> {
+    pub async fn query(&self, sql: &str, params: &[dqlite::Value]) -> Result<dqlite::QueryResult, ApiError> {
         let runtime = self.db()?;
         Ok(runtime.db.query(sql, params).await?)
     }
 
     /// Runs SQL text that may write on the cluster database (each statement atomic on its own;
     /// use [`State::transaction`] to group several).
-    pub async fn exec(
-        &self,
-        sql: &str,
-        params: &[dqlite::Value],
-    ) -> Result<dqlite::ExecResult, ApiError> {
+    pub async fn exec(&self, sql: &str, params: &[dqlite::Value]) -> Result<dqlite::ExecResult, ApiError> {
         let runtime = self.db()?;
         Ok(runtime.db.exec(sql, params).await?)
     }
@@ -193,21 +168,12 @@ impl State {
 
     /// The trusted member with this certificate fingerprint.
     pub(crate) fn trusted_member(&self, fingerprint: &str) -> Option<String> {
-        self.0
-            .truststore
-            .snapshot()
-            .by_fingerprint(fingerprint)
-            .map(|e| e.member.name.clone())
+        self.0.truststore.snapshot().by_fingerprint(fingerprint).map(|e| e.member.name.clone())
     }
 
     /// The database status text, with its reason when there is one.
     pub fn database_status_text(&self) -> String {
-        let reason = self
-            .0
-            .status_reason
-            .read()
-            .map(|r| r.clone())
-            .unwrap_or_default();
+        let reason = self.0.status_reason.read().map(|r| r.clone()).unwrap_or_default();
         match reason.is_empty() {
             true => self.database_status().text().to_owned(),
             false => format!("{}: {reason}", self.database_status().text()),

@@ -37,9 +37,7 @@ pub enum StateDirError {
         source: io::Error,
     },
     /// Another daemon holds the lock.
-    #[error(
-        "another microd is already running with state directory {0} (it holds {0}/microd.lock); stop it first"
-    )]
+    #[error("another microd is already running with state directory {0} (it holds {0}/microd.lock); stop it first")]
     Locked(PathBuf),
     /// A file's content is invalid.
     #[error("invalid {path}: {reason}")]
@@ -54,15 +52,8 @@ pub enum StateDirError {
     KeyExposed(PathBuf),
 }
 
-fn io_err<'p>(
-    action: &'static str,
-    path: &'p Path,
-) -> impl FnOnce(io::Error) -> StateDirError + 'p {
-    move |source| StateDirError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
+fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StateDirError + 'p {
+    move |source| StateDirError::Io { action, path: path.to_owned(), source }
 }
 
 /// Per-member settings kept in `daemon.toml`.
@@ -115,9 +106,7 @@ mod u64_string {
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -140,9 +129,7 @@ impl StateDir {
         let root = if root.is_absolute() {
             root.to_owned()
         } else {
-            std::env::current_dir()
-                .map_err(io_err("resolving", root))?
-                .join(root)
+            std::env::current_dir().map_err(io_err("resolving", root))?.join(root)
         };
         create_dir(&root, 0o711)?;
         Ok(StateDir { root })
@@ -241,10 +228,7 @@ impl StateDir {
         let (Some(cert_pem), Some(key_pem)) = (read_optional(&cert)?, read_optional(&key)?) else {
             return Ok(None);
         };
-        let mode = fs::metadata(&key)
-            .map_err(io_err("reading", &key))?
-            .permissions()
-            .mode();
+        let mode = fs::metadata(&key).map_err(io_err("reading", &key))?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(StateDirError::KeyExposed(key));
         }
@@ -252,16 +236,8 @@ impl StateDir {
     }
 
     fn set_identity(&self, which: &str, id: &Identity) -> Result<(), StateDirError> {
-        write_atomic(
-            &self.root.join(format!("{which}.key")),
-            id.key_pem.as_bytes(),
-            0o600,
-        )?;
-        write_atomic(
-            &self.root.join(format!("{which}.crt")),
-            id.cert_pem.as_bytes(),
-            0o644,
-        )
+        write_atomic(&self.root.join(format!("{which}.key")), id.key_pem.as_bytes(), 0o600)?;
+        write_atomic(&self.root.join(format!("{which}.crt")), id.cert_pem.as_bytes(), 0o644)
     }
 
     /// Removes everything that makes this member part of a cluster: the database, the cluster
@@ -287,13 +263,8 @@ impl StateDir {
 
 /// Creates a directory (and parents) with `mode`, and tightens the mode if it already existed.
 pub(crate) fn create_dir(path: &Path, mode: u32) -> Result<(), StateDirError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(io_err("creating", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting permissions on", path))
+    fs::DirBuilder::new().recursive(true).mode(mode).create(path).map_err(io_err("creating", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("setting permissions on", path))
 }
 
 /// Reads a file that may not exist.
@@ -313,29 +284,16 @@ pub(crate) fn remove_optional(path: &Path) -> Result<(), StateDirError> {
     }
 }
 
-pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(
-    path: &Path,
-) -> Result<Option<T>, StateDirError> {
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateDirError> {
     let Some(text) = read_optional(path)? else {
         return Ok(None);
     };
-    toml::from_str(&text)
-        .map(Some)
-        .map_err(|e| StateDirError::Invalid {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
+    toml::from_str(&text).map(Some).map_err(|e| StateDirError::Invalid { path: path.to_owned(), reason: e.to_string() })
 }
 
-pub(crate) fn write_toml<T: Serialize>(
-    path: &Path,
-    value: &T,
-    mode: u32,
-) -> Result<(), StateDirError> {
-    let text = toml::to_string(value).map_err(|e| StateDirError::Invalid {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+pub(crate) fn write_toml<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StateDirError> {
+    let text =
+        toml::to_string(value).map_err(|e| StateDirError::Invalid { path: path.to_owned(), reason: e.to_string() })?;
     write_atomic(path, text.as_bytes(), mode)
 }
 
@@ -343,12 +301,7 @@ pub(crate) fn write_toml<T: Serialize>(
 pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), StateDirError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut file = OpenOptions::new().create(true).truncate(true).write(true).mode(mode).open(&tmp)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(contents)?;
         file.sync_all()?;
@@ -378,32 +331,16 @@ mod tests {
     fn config_node_info_identity_and_reset() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path().join("s")).unwrap();
-        assert_eq!(
-            fs::metadata(state.root()).unwrap().permissions().mode() & 0o777,
-            0o711
-        );
+        assert_eq!(fs::metadata(state.root()).unwrap().permissions().mode() & 0o777, 0o711);
         assert_eq!(state.daemon_config().unwrap(), DaemonConfig::default());
-        let config = DaemonConfig {
-            name: "mc1".into(),
-            address: "127.0.0.1:9001".into(),
-            ..Default::default()
-        };
+        let config = DaemonConfig { name: "mc1".into(), address: "127.0.0.1:9001".into(), ..Default::default() };
         state.set_daemon_config(&config).unwrap();
         assert_eq!(state.daemon_config().unwrap(), config);
         state.set_node_info(&NodeInfo { id: u64::MAX - 1 }).unwrap();
-        assert_eq!(
-            state.node_info().unwrap(),
-            Some(NodeInfo { id: u64::MAX - 1 })
-        );
-        let id = Identity {
-            cert_pem: "c".into(),
-            key_pem: "k".into(),
-        };
+        assert_eq!(state.node_info().unwrap(), Some(NodeInfo { id: u64::MAX - 1 }));
+        let id = Identity { cert_pem: "c".into(), key_pem: "k".into() };
         state.set_cluster_identity(&id).unwrap();
-        let key_mode = fs::metadata(state.root().join("cluster.key"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let key_mode = fs::metadata(state.root().join("cluster.key")).unwrap().permissions().mode();
         assert_eq!(key_mode & 0o777, 0o600);
         assert_eq!(state.cluster_identity().unwrap().unwrap().key_pem, "k");
         state.reset().unwrap();
@@ -416,21 +353,9 @@ mod tests {
     fn exposed_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
-        state
-            .set_server_identity(&Identity {
-                cert_pem: "c".into(),
-                key_pem: "k".into(),
-            })
-            .unwrap();
-        fs::set_permissions(
-            dir.path().join("server.key"),
-            fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
-        assert!(matches!(
-            state.server_identity(),
-            Err(StateDirError::KeyExposed(_))
-        ));
+        state.set_server_identity(&Identity { cert_pem: "c".into(), key_pem: "k".into() }).unwrap();
+        fs::set_permissions(dir.path().join("server.key"), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(state.server_identity(), Err(StateDirError::KeyExposed(_))));
     }
 
     #[test]

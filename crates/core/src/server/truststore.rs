@@ -44,18 +44,11 @@ pub(crate) struct TrustEntry {
 impl TrustEntry {
     /// Validates a member's identity and computes its fingerprint.
     pub(crate) fn new(member: ClusterMemberLocal) -> Result<TrustEntry, TrustError> {
-        let invalid = |reason: String| TrustError::Invalid {
-            name: member.name.clone(),
-            reason,
-        };
+        let invalid = |reason: String| TrustError::Invalid { name: member.name.clone(), reason };
         validate::member_name(&member.name).map_err(|e| invalid(e.to_string()))?;
         validate::member_address(&member.address).map_err(|e| invalid(e.to_string()))?;
-        let fingerprint =
-            tls::fingerprint_pem(&member.certificate).map_err(|e| invalid(e.to_string()))?;
-        Ok(TrustEntry {
-            member,
-            fingerprint,
-        })
+        let fingerprint = tls::fingerprint_pem(&member.certificate).map_err(|e| invalid(e.to_string()))?;
+        Ok(TrustEntry { member, fingerprint })
     }
 }
 
@@ -76,25 +69,14 @@ pub(crate) struct Members {
 
 impl Members {
     fn build(entries: impl IntoIterator<Item = TrustEntry>) -> Members {
-        let by_name: BTreeMap<_, _> = entries
-            .into_iter()
-            .map(|e| (e.member.name.clone(), e))
-            .collect();
-        let by_fingerprint = by_name
-            .values()
-            .map(|e| (e.fingerprint.clone(), e.member.name.clone()))
-            .collect();
-        Members {
-            by_name,
-            by_fingerprint,
-        }
+        let by_name: BTreeMap<_, _> = entries.into_iter().map(|e| (e.member.name.clone(), e)).collect();
+        let by_fingerprint = by_name.values().map(|e| (e.fingerprint.clone(), e.member.name.clone())).collect();
+        Members { by_name, by_fingerprint }
     }
 
     /// The member whose certificate has this fingerprint.
     pub(crate) fn by_fingerprint(&self, fingerprint: &str) -> Option<&TrustEntry> {
-        self.by_fingerprint
-            .get(fingerprint)
-            .and_then(|name| self.by_name.get(name))
+        self.by_fingerprint.get(fingerprint).and_then(|name| self.by_name.get(name))
     }
 
     /// The member with this name.
@@ -114,10 +96,7 @@ impl Members {
 
     /// Every member's address.
     pub(crate) fn addresses(&self) -> Vec<String> {
-        self.by_name
-            .values()
-            .map(|e| e.member.address.clone())
-            .collect()
+        self.by_name.values().map(|e| e.member.address.clone()).collect()
     }
 }
 
@@ -144,18 +123,10 @@ impl TrustStore {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(StateDirError::Io {
-                    action: "reading",
-                    path: dir,
-                    source,
-                }
-                .into());
+                return Err(StateDirError::Io { action: "reading", path: dir, source }.into());
             }
         }
-        Ok(TrustStore {
-            dir,
-            current: RwLock::new(Arc::new(Members::build(entries))),
-        })
+        Ok(TrustStore { dir, current: RwLock::new(Arc::new(Members::build(entries))) })
     }
 
     /// The current members.
@@ -180,28 +151,21 @@ impl TrustStore {
         };
         write_toml(&self.path(&entry.member.name), &file, 0o644)?;
         let snapshot = self.snapshot();
-        let others = snapshot
-            .iter()
-            .filter(|e| e.member.name != entry.member.name)
-            .cloned();
+        let others = snapshot.iter().filter(|e| e.member.name != entry.member.name).cloned();
         self.swap(Members::build(others.chain(std::iter::once(entry.clone()))));
         Ok(entry)
     }
 
     /// Stops trusting a member; false if it was not trusted.
     pub(crate) fn remove(&self, name: &str) -> Result<bool, TrustError> {
-        validate::member_name(name).map_err(|e| TrustError::Invalid {
-            name: name.to_owned(),
-            reason: e.to_string(),
-        })?;
+        validate::member_name(name)
+            .map_err(|e| TrustError::Invalid { name: name.to_owned(), reason: e.to_string() })?;
         let snapshot = self.snapshot();
         if snapshot.by_name(name).is_none() {
             return Ok(false);
         }
         remove_optional(&self.path(name))?;
-        self.swap(Members::build(
-            snapshot.iter().filter(|e| e.member.name != name).cloned(),
-        ));
+        self.swap(Members::build(snapshot.iter().filter(|e| e.member.name != name).cloned()));
         Ok(true)
     }
 
@@ -221,16 +185,9 @@ fn load_entry(path: &Path) -> Result<TrustEntry, TrustError> {
         reason: "vanished while loading".into(),
     })?;
     if path.file_stem().and_then(|s| s.to_str()) != Some(file.name.as_str()) {
-        return Err(TrustError::Invalid {
-            name: file.name,
-            reason: format!("stored in {}", path.display()),
-        });
+        return Err(TrustError::Invalid { name: file.name, reason: format!("stored in {}", path.display()) });
     }
-    TrustEntry::new(ClusterMemberLocal {
-        name: file.name,
-        address: file.address,
-        certificate: file.certificate,
-    })
+    TrustEntry::new(ClusterMemberLocal { name: file.name, address: file.address, certificate: file.certificate })
 }
 
 #[cfg(test)]
@@ -240,11 +197,7 @@ mod tests {
 
     fn member(name: &str, port: u16) -> ClusterMemberLocal {
         let id = certs::generate(name, &[]).unwrap();
-        ClusterMemberLocal {
-            name: name.into(),
-            address: format!("127.0.0.1:{port}"),
-            certificate: id.cert_pem,
-        }
+        ClusterMemberLocal { name: name.into(), address: format!("127.0.0.1:{port}"), certificate: id.cert_pem }
     }
 
     #[test]
@@ -255,14 +208,8 @@ mod tests {
         let a = store.add(member("mc1", 9001)).unwrap();
         store.add(member("mc2", 9002)).unwrap();
         let snap = store.snapshot();
-        assert_eq!(
-            snap.by_fingerprint(&a.fingerprint).unwrap().member.name,
-            "mc1"
-        );
-        assert_eq!(
-            snap.by_address("127.0.0.1:9002").unwrap().member.name,
-            "mc2"
-        );
+        assert_eq!(snap.by_fingerprint(&a.fingerprint).unwrap().member.name, "mc1");
+        assert_eq!(snap.by_address("127.0.0.1:9002").unwrap().member.name, "mc2");
         assert_eq!(snap.addresses(), ["127.0.0.1:9001", "127.0.0.1:9002"]);
 
         let reloaded = TrustStore::load(dir.path().join("truststore")).unwrap();
@@ -271,14 +218,7 @@ mod tests {
         assert!(store.remove("mc1").unwrap());
         assert!(!store.remove("mc1").unwrap());
         assert!(store.snapshot().by_fingerprint(&a.fingerprint).is_none());
-        assert_eq!(
-            TrustStore::load(dir.path().join("truststore"))
-                .unwrap()
-                .snapshot()
-                .iter()
-                .count(),
-            1
-        );
+        assert_eq!(TrustStore::load(dir.path().join("truststore")).unwrap().snapshot().iter().count(), 1);
     }
 
     #[test]

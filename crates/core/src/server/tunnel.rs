@@ -30,29 +30,16 @@ fn other(message: String) -> io::Error {
 }
 
 /// Opens a dqlite stream to the member at `address` through its HTTPS listener.
-pub(crate) async fn dial(
-    address: &str,
-    tls: Arc<rustls::ClientConfig>,
-) -> io::Result<TlsStream<TcpStream>> {
+pub(crate) async fn dial(address: &str, tls: Arc<rustls::ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
     tokio::time::timeout(DIAL_TIMEOUT, dial_inner(address, tls))
         .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("dqlite tunnel to {address} timed out"),
-            )
-        })?
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("dqlite tunnel to {address} timed out")))?
 }
 
-async fn dial_inner(
-    address: &str,
-    tls: Arc<rustls::ClientConfig>,
-) -> io::Result<TlsStream<TcpStream>> {
+async fn dial_inner(address: &str, tls: Arc<rustls::ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(address).await?;
     tcp.set_nodelay(true)?;
-    let mut stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(crate::tls::server_name(address), tcp)
-        .await?;
+    let mut stream = tokio_rustls::TlsConnector::from(tls).connect(crate::tls::server_name(address), tcp).await?;
     let request = format!(
         "POST {} HTTP/1.1\r\nHost: {address}\r\nUpgrade: {DQLITE_UPGRADE}\r\nConnection: Upgrade\r\n\
          X-Dqlite-Version: 1\r\nContent-Length: 0\r\n\r\n",
@@ -72,37 +59,22 @@ async fn dial_inner(
     let text = String::from_utf8_lossy(&header);
     let status_line = text.lines().next().unwrap_or_default();
     if !status_line.starts_with("HTTP/1.1 101") {
-        return Err(other(format!(
-            "{address} refused the dqlite tunnel: {status_line}"
-        )));
+        return Err(other(format!("{address} refused the dqlite tunnel: {status_line}")));
     }
     let upgraded = text.lines().any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("upgrade") && v.trim() == DQLITE_UPGRADE
-        })
+        l.split_once(':').is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("upgrade") && v.trim() == DQLITE_UPGRADE)
     });
     if !upgraded {
-        return Err(other(format!(
-            "{address} switched to another protocol than dqlite"
-        )));
+        return Err(other(format!("{address} switched to another protocol than dqlite")));
     }
     Ok(stream)
 }
 
 /// The dialer our dqlite client uses: this member's own node directly over its abstract
 /// socket, every other member through the tunnel.
-pub(crate) fn dialer(
-    own_address: String,
-    bind_name: String,
-    tls: Arc<rustls::ClientConfig>,
-) -> impl dqlite::Dialer {
+pub(crate) fn dialer(own_address: String, bind_name: String, tls: Arc<rustls::ClientConfig>) -> impl dqlite::Dialer {
     move |address: &str| -> dqlite::DialFuture {
-        let (address, own, bind, tls) = (
-            address.to_owned(),
-            own_address.clone(),
-            bind_name.clone(),
-            tls.clone(),
-        );
+        let (address, own, bind, tls) = (address.to_owned(), own_address.clone(), bind_name.clone(), tls.clone());
         Box::pin(async move {
             if address == own {
                 let stream = dqlite::connect_abstract(bind.trim_start_matches('@'))?;
@@ -153,20 +125,13 @@ pub(crate) fn connect_func(
                 tracing::debug!(peer = address, error = %err, "raft could not reach a peer");
                 Err(err)
             }
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "dqlite tunnel setup timed out",
-            )),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "dqlite tunnel setup timed out")),
         }
     }
 }
 
 /// Pipes an accepted, upgraded peer stream to this member's node until either side closes.
-pub(crate) async fn serve_inbound<S>(
-    mut upgraded: S,
-    bind_name: &str,
-    mut stop: ShutdownSignal,
-) -> io::Result<()>
+pub(crate) async fn serve_inbound<S>(mut upgraded: S, bind_name: &str, mut stop: ShutdownSignal) -> io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {

@@ -89,11 +89,7 @@ impl<'a> Reader<'a> {
     /// Takes the next `n` bytes.
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
         if n > self.remaining() {
-            return Err(ProtocolError::Truncated {
-                offset: self.pos,
-                needed: n,
-                available: self.remaining(),
-            });
+            return Err(ProtocolError::Truncated { offset: self.pos, needed: n, available: self.remaining() });
         }
         let out = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -128,36 +124,26 @@ impl<'a> Reader<'a> {
 
     /// Reads the next word without consuming it.
     pub(crate) fn peek_u64(&self) -> Result<u64, ProtocolError> {
-        let mut copy = Reader {
-            buf: self.buf,
-            pos: self.pos,
-        };
+        let mut copy = Reader { buf: self.buf, pos: self.pos };
         copy.u64()
     }
 
     pub(crate) fn text(&mut self) -> Result<&'a str, ProtocolError> {
         let start = self.pos;
         let rest = &self.buf[start..];
-        let len = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(ProtocolError::UnterminatedText { offset: start })?;
-        let text = std::str::from_utf8(&rest[..len])
-            .map_err(|_| ProtocolError::InvalidUtf8 { offset: start })?;
+        let len = rest.iter().position(|&b| b == 0).ok_or(ProtocolError::UnterminatedText { offset: start })?;
+        let text = std::str::from_utf8(&rest[..len]).map_err(|_| ProtocolError::InvalidUtf8 { offset: start })?;
         self.skip_padded(len + 1)?;
         Ok(text)
     }
 
     pub(crate) fn blob(&mut self) -> Result<&'a [u8], ProtocolError> {
         let len = self.u64()?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&n| n <= self.remaining())
-            .ok_or(ProtocolError::Truncated {
-                offset: self.pos,
-                needed: usize::try_from(len).unwrap_or(usize::MAX),
-                available: self.remaining(),
-            })?;
+        let len = usize::try_from(len).ok().filter(|&n| n <= self.remaining()).ok_or(ProtocolError::Truncated {
+            offset: self.pos,
+            needed: usize::try_from(len).unwrap_or(usize::MAX),
+            available: self.remaining(),
+        })?;
         let start = self.pos;
         self.skip_padded(len)?;
         Ok(&self.buf[start..start + len])
@@ -200,10 +186,7 @@ mod tests {
 
     #[test]
     fn interior_nul_is_refused() {
-        assert_eq!(
-            Writer::default().text("a\0b"),
-            Err(ProtocolError::NulInText)
-        );
+        assert_eq!(Writer::default().text("a\0b"), Err(ProtocolError::NulInText));
     }
 
     #[test]
@@ -220,26 +203,11 @@ mod tests {
     fn lying_lengths_are_errors() {
         let mut w = Writer::default();
         w.u64(u64::MAX);
-        assert!(matches!(
-            Reader::new(&w.buf).blob(),
-            Err(ProtocolError::Truncated { .. })
-        ));
-        assert!(matches!(
-            Reader::new(b"abc").text(),
-            Err(ProtocolError::UnterminatedText { .. })
-        ));
-        assert!(matches!(
-            Reader::new(b"\xff\xfe\0\0\0\0\0\0").text(),
-            Err(ProtocolError::InvalidUtf8 { .. })
-        ));
+        assert!(matches!(Reader::new(&w.buf).blob(), Err(ProtocolError::Truncated { .. })));
+        assert!(matches!(Reader::new(b"abc").text(), Err(ProtocolError::UnterminatedText { .. })));
+        assert!(matches!(Reader::new(b"\xff\xfe\0\0\0\0\0\0").text(), Err(ProtocolError::InvalidUtf8 { .. })));
         // Text that ends at its NUL without the padding that must follow.
-        assert!(matches!(
-            Reader::new(b"ab\0").text(),
-            Err(ProtocolError::Truncated { .. })
-        ));
-        assert!(matches!(
-            Reader::new(&[1, 2]).u32(),
-            Err(ProtocolError::Truncated { .. })
-        ));
+        assert!(matches!(Reader::new(b"ab\0").text(), Err(ProtocolError::Truncated { .. })));
+        assert!(matches!(Reader::new(&[1, 2]).u32(), Err(ProtocolError::Truncated { .. })));
     }
 }

@@ -104,22 +104,13 @@ pub(crate) fn frame(
     kind: u8,
     body_writer: impl FnOnce(&mut codec::Writer) -> Result<(), ProtocolError>,
 ) -> Result<Vec<u8>, ProtocolError> {
-    let mut w = codec::Writer {
-        buf: vec![0; HEADER_SIZE],
-    };
+    let mut w = codec::Writer { buf: vec![0; HEADER_SIZE] };
     body_writer(&mut w)?;
     w.pad();
     let body = w.buf.len() - HEADER_SIZE;
-    let words = u32::try_from(body / 8).map_err(|_| ProtocolError::FrameTooLarge {
-        size: body as u64,
-        limit: u64::from(u32::MAX) * 8,
-    })?;
-    let header = Header {
-        words,
-        kind,
-        flags: 0,
-        extra: 0,
-    };
+    let words = u32::try_from(body / 8)
+        .map_err(|_| ProtocolError::FrameTooLarge { size: body as u64, limit: u64::from(u32::MAX) * 8 })?;
+    let header = Header { words, kind, flags: 0, extra: 0 };
     w.buf[..HEADER_SIZE].copy_from_slice(&header.encode());
     Ok(w.buf)
 }
@@ -150,9 +141,7 @@ pub enum ProtocolError {
         offset: usize,
     },
     /// A text value to send contains a NUL byte, which the wire format cannot carry.
-    #[error(
-        "text contains a NUL byte, which dqlite's wire format cannot carry (send it as a blob)"
-    )]
+    #[error("text contains a NUL byte, which dqlite's wire format cannot carry (send it as a blob)")]
     NulInText,
     /// More parameters than protocol 1 can carry.
     #[error("{count} parameters given; dqlite 1.11 accepts at most 255 per statement")]

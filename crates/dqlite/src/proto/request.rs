@@ -34,10 +34,7 @@ impl Role {
             0 => Ok(Role::Voter),
             1 => Ok(Role::StandBy),
             2 => Ok(Role::Spare),
-            value => Err(ProtocolError::InvalidField {
-                field: "role",
-                value,
-            }),
+            value => Err(ProtocolError::InvalidField { field: "role", value }),
         }
     }
 
@@ -203,9 +200,7 @@ impl Request<'_> {
     fn encode_body(&self, w: &mut Writer) -> Result<(), ProtocolError> {
         match self {
             Request::Leader | Request::Describe => w.u64(0),
-            Request::Client { id } | Request::Remove { id } | Request::Transfer { id } => {
-                w.u64(*id)
-            }
+            Request::Client { id } | Request::Remove { id } | Request::Transfer { id } => w.u64(*id),
             Request::Open { name } => {
                 w.text(name)?;
                 w.u64(0);
@@ -249,12 +244,7 @@ impl Request<'_> {
     pub fn decode(kind: u8, body: &[u8]) -> Result<Request<'static>, ProtocolError> {
         let mut r = Reader::new(body);
         let owned = |s: &str| Cow::Owned(s.to_owned());
-        let db32 = |v: u64| {
-            u32::try_from(v).map_err(|_| ProtocolError::InvalidField {
-                field: "db_id",
-                value: v,
-            })
-        };
+        let db32 = |v: u64| u32::try_from(v).map_err(|_| ProtocolError::InvalidField { field: "db_id", value: v });
         let req = match kind {
             t::LEADER => {
                 r.u64()?;
@@ -267,23 +257,13 @@ impl Request<'_> {
                 r.text()?;
                 Request::Open { name }
             }
-            t::PREPARE => Request::Prepare {
-                db: db32(r.u64()?)?,
-                sql: owned(r.text()?),
-            },
+            t::PREPARE => Request::Prepare { db: db32(r.u64()?)?, sql: owned(r.text()?) },
             t::EXEC | t::QUERY => {
                 let (db, stmt) = (r.u32()?, r.u32()?);
                 let params = Cow::Owned(decode_params(&mut r)?);
-                if kind == t::EXEC {
-                    Request::Exec { db, stmt, params }
-                } else {
-                    Request::Query { db, stmt, params }
-                }
+                if kind == t::EXEC { Request::Exec { db, stmt, params } } else { Request::Query { db, stmt, params } }
             }
-            t::FINALIZE => Request::Finalize {
-                db: r.u32()?,
-                stmt: r.u32()?,
-            },
+            t::FINALIZE => Request::Finalize { db: r.u32()?, stmt: r.u32()? },
             t::EXEC_SQL | t::QUERY_SQL => {
                 let db = db32(r.u64()?)?;
                 let sql = owned(r.text()?);
@@ -294,46 +274,29 @@ impl Request<'_> {
                     Request::QuerySql { db, sql, params }
                 }
             }
-            t::INTERRUPT => Request::Interrupt {
-                db: db32(r.u64()?)?,
-            },
-            t::ADD => Request::Add {
-                id: r.u64()?,
-                address: owned(r.text()?),
-            },
+            t::INTERRUPT => Request::Interrupt { db: db32(r.u64()?)? },
+            t::ADD => Request::Add { id: r.u64()?, address: owned(r.text()?) },
             t::ASSIGN => {
                 let id = r.u64()?;
                 // Without a role this is the legacy PROMOTE, which means voter.
-                let role = if r.is_empty() {
-                    Role::Voter
-                } else {
-                    Role::from_code(r.u64()?)?
-                };
+                let role = if r.is_empty() { Role::Voter } else { Role::from_code(r.u64()?)? };
                 Request::Assign { id, role }
             }
             t::REMOVE => Request::Remove { id: r.u64()? },
-            t::DUMP => Request::Dump {
-                name: owned(r.text()?),
-            },
+            t::DUMP => Request::Dump { name: owned(r.text()?) },
             t::CLUSTER => Request::Cluster { format: r.u64()? },
             t::TRANSFER => Request::Transfer { id: r.u64()? },
             t::DESCRIBE => match r.u64()? {
                 0 => Request::Describe,
                 value => {
-                    return Err(ProtocolError::InvalidField {
-                        field: "describe format",
-                        value,
-                    });
+                    return Err(ProtocolError::InvalidField { field: "describe format", value });
                 }
             },
             t::WEIGHT => Request::Weight { weight: r.u64()? },
             kind => return Err(ProtocolError::UnknownMessageType { kind }),
         };
         if !r.is_empty() {
-            return Err(ProtocolError::TrailingBytes {
-                kind: "request",
-                extra: r.remaining(),
-            });
+            return Err(ProtocolError::TrailingBytes { kind: "request", extra: r.remaining() });
         }
         Ok(req)
     }
@@ -358,45 +321,16 @@ mod tests {
             Request::Leader,
             Request::Client { id: 7 },
             Request::Open { name: "db".into() },
-            Request::Prepare {
-                db: 0,
-                sql: "SELECT ?".into(),
-            },
-            Request::Exec {
-                db: 0,
-                stmt: 3,
-                params: params.clone(),
-            },
-            Request::Exec {
-                db: 0,
-                stmt: 3,
-                params: Cow::Owned(vec![]),
-            },
-            Request::Query {
-                db: 0,
-                stmt: 4,
-                params: params.clone(),
-            },
+            Request::Prepare { db: 0, sql: "SELECT ?".into() },
+            Request::Exec { db: 0, stmt: 3, params: params.clone() },
+            Request::Exec { db: 0, stmt: 3, params: Cow::Owned(vec![]) },
+            Request::Query { db: 0, stmt: 4, params: params.clone() },
             Request::Finalize { db: 0, stmt: 4 },
-            Request::ExecSql {
-                db: 0,
-                sql: "INSERT INTO t VALUES(?)".into(),
-                params: params.clone(),
-            },
-            Request::QuerySql {
-                db: 0,
-                sql: "SELECT 1".into(),
-                params: Cow::Owned(vec![]),
-            },
+            Request::ExecSql { db: 0, sql: "INSERT INTO t VALUES(?)".into(), params: params.clone() },
+            Request::QuerySql { db: 0, sql: "SELECT 1".into(), params: Cow::Owned(vec![]) },
             Request::Interrupt { db: 0 },
-            Request::Add {
-                id: 9,
-                address: "127.0.0.1:9001".into(),
-            },
-            Request::Assign {
-                id: 9,
-                role: Role::StandBy,
-            },
+            Request::Add { id: 9, address: "127.0.0.1:9001".into() },
+            Request::Assign { id: 9, role: Role::StandBy },
             Request::Remove { id: 9 },
             Request::Dump { name: "db".into() },
             Request::Cluster { format: 1 },
@@ -423,19 +357,10 @@ mod tests {
         // HEARTBEAT (2) stalls a 1.11 connection, CONNECT (11) hands it to raft, and unknown
         // types get no reply: none of them can come out of the encoder.
         for req in every_request() {
-            assert!(
-                ![2u8, 11].contains(&req.kind()) && req.kind() <= 19,
-                "{req:?}"
-            );
+            assert!(![2u8, 11].contains(&req.kind()) && req.kind() <= 19, "{req:?}");
         }
-        assert!(matches!(
-            Request::decode(2, &[0; 8]),
-            Err(ProtocolError::UnknownMessageType { kind: 2 })
-        ));
-        assert!(matches!(
-            Request::decode(11, &[0; 8]),
-            Err(ProtocolError::UnknownMessageType { .. })
-        ));
+        assert!(matches!(Request::decode(2, &[0; 8]), Err(ProtocolError::UnknownMessageType { kind: 2 })));
+        assert!(matches!(Request::decode(11, &[0; 8]), Err(ProtocolError::UnknownMessageType { .. })));
     }
 
     #[test]
@@ -446,20 +371,12 @@ mod tests {
         assert_eq!(&open[8..16], b"db\0\0\0\0\0\0");
         assert_eq!(&open[24..33], b"volatile\0");
         // ASSIGN carries the role word after the id.
-        let assign = Request::Assign {
-            id: 1,
-            role: Role::Spare,
-        }
-        .encode()
-        .unwrap();
+        let assign = Request::Assign { id: 1, role: Role::Spare }.encode().unwrap();
         assert_eq!(assign[16], 2);
         // Legacy PROMOTE (no role) decodes as voter.
         assert_eq!(
             Request::decode(t::ASSIGN, &1u64.to_le_bytes()).unwrap(),
-            Request::Assign {
-                id: 1,
-                role: Role::Voter
-            }
+            Request::Assign { id: 1, role: Role::Voter }
         );
     }
 
@@ -477,20 +394,14 @@ mod tests {
         }
         assert!(Request::decode(t::LEADER, &[0; 16]).is_err());
         assert!(Request::decode(t::DESCRIBE, &1u64.to_le_bytes()).is_err());
-        assert!(
-            Request::decode(t::ASSIGN, &[1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]).is_err()
-        );
+        assert!(Request::decode(t::ASSIGN, &[1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 
     #[test]
     fn nul_in_sql_is_refused() {
-        let err = Request::ExecSql {
-            db: 0,
-            sql: "SELECT 1\0; DROP TABLE t".into(),
-            params: Cow::Owned(vec![]),
-        }
-        .encode()
-        .unwrap_err();
+        let err = Request::ExecSql { db: 0, sql: "SELECT 1\0; DROP TABLE t".into(), params: Cow::Owned(vec![]) }
+            .encode()
+            .unwrap_err();
         assert_eq!(err, ProtocolError::NulInText);
     }
 }

@@ -180,10 +180,7 @@ impl Response {
                 w.u32(*id);
                 w.u64(*params);
             }
-            Response::Result {
-                last_insert_id,
-                rows_affected,
-            } => {
+            Response::Result { last_insert_id, rows_affected } => {
                 w.u64(*last_insert_id);
                 w.u64(*rows_affected);
             }
@@ -210,10 +207,7 @@ impl Response {
                     w.pad();
                 }
             }
-            Response::Metadata {
-                failure_domain,
-                weight,
-            } => {
+            Response::Metadata { failure_domain, weight } => {
                 w.u64(*failure_domain);
                 w.u64(*weight);
             }
@@ -226,68 +220,39 @@ impl Response {
     pub fn decode(kind: u8, body: &[u8], cluster_format: u64) -> Result<Response, ProtocolError> {
         let mut r = Reader::new(body);
         let response = match kind {
-            t::FAILURE => Response::Failure {
-                code: r.u64()?,
-                message: r.text()?.to_owned(),
-            },
-            t::SERVER => Response::Server {
-                id: r.u64()?,
-                address: r.text()?.to_owned(),
-            },
-            t::WELCOME => Response::Welcome {
-                heartbeat_timeout: r.u64()?,
-            },
+            t::FAILURE => Response::Failure { code: r.u64()?, message: r.text()?.to_owned() },
+            t::SERVER => Response::Server { id: r.u64()?, address: r.text()?.to_owned() },
+            t::WELCOME => Response::Welcome { heartbeat_timeout: r.u64()? },
             t::SERVERS => Response::Servers(decode_servers(&mut r, cluster_format)?),
             t::DB => {
                 let id = r.u32()?;
                 r.u32()?;
                 Response::Db { id }
             }
-            t::STMT => Response::Stmt {
-                db: r.u32()?,
-                id: r.u32()?,
-                params: r.u64()?,
-            },
-            t::RESULT => Response::Result {
-                last_insert_id: r.u64()?,
-                rows_affected: r.u64()?,
-            },
+            t::STMT => Response::Stmt { db: r.u32()?, id: r.u32()?, params: r.u64()? },
+            t::RESULT => Response::Result { last_insert_id: r.u64()?, rows_affected: r.u64()? },
             t::ROWS => Response::Rows(decode_rows(&mut r)?),
             t::EMPTY => {
                 r.u64()?;
                 Response::Empty
             }
             t::FILES => Response::Files(decode_files(&mut r)?),
-            t::METADATA => Response::Metadata {
-                failure_domain: r.u64()?,
-                weight: r.u64()?,
-            },
+            t::METADATA => Response::Metadata { failure_domain: r.u64()?, weight: r.u64()? },
             kind => return Err(ProtocolError::UnknownMessageType { kind }),
         };
         if !r.is_empty() {
-            return Err(ProtocolError::TrailingBytes {
-                kind: response.name(),
-                extra: r.remaining(),
-            });
+            return Err(ProtocolError::TrailingBytes { kind: response.name(), extra: r.remaining() });
         }
         Ok(response)
     }
 }
 
 /// Checks that `count` items of at least `min_size` bytes each can fit in what is left.
-fn bounded_count(
-    r: &Reader<'_>,
-    count: u64,
-    min_size: usize,
-    field: &'static str,
-) -> Result<usize, ProtocolError> {
+fn bounded_count(r: &Reader<'_>, count: u64, min_size: usize, field: &'static str) -> Result<usize, ProtocolError> {
     usize::try_from(count)
         .ok()
         .filter(|&n| n <= r.remaining() / min_size)
-        .ok_or(ProtocolError::InvalidField {
-            field,
-            value: count,
-        })
+        .ok_or(ProtocolError::InvalidField { field, value: count })
 }
 
 fn decode_servers(r: &mut Reader<'_>, format: u64) -> Result<Vec<NodeInfo>, ProtocolError> {
@@ -297,11 +262,7 @@ fn decode_servers(r: &mut Reader<'_>, format: u64) -> Result<Vec<NodeInfo>, Prot
     for _ in 0..count {
         let id = r.u64()?;
         let address = r.text()?.to_owned();
-        let role = if format >= 1 {
-            Some(Role::from_code(r.u64()?)?)
-        } else {
-            None
-        };
+        let role = if format >= 1 { Some(Role::from_code(r.u64()?)?) } else { None };
         nodes.push(NodeInfo { id, address, role });
     }
     Ok(nodes)
@@ -311,14 +272,9 @@ fn decode_rows(r: &mut Reader<'_>) -> Result<RowsBatch, ProtocolError> {
     let count = r.u64()?;
     let columns = bounded_count(r, count, 8, "column count")?;
     if columns == 0 {
-        return Err(ProtocolError::InvalidField {
-            field: "column count",
-            value: 0,
-        });
+        return Err(ProtocolError::InvalidField { field: "column count", value: 0 });
     }
-    let names = (0..columns)
-        .map(|_| r.text().map(str::to_owned))
-        .collect::<Result<Vec<_>, _>>()?;
+    let names = (0..columns).map(|_| r.text().map(str::to_owned)).collect::<Result<Vec<_>, _>>()?;
     let mut rows = Vec::new();
     // A row header's nibbles are type codes (1..=11), so a word of all 0xE or all 0xF nibbles
     // can only be the end marker.
@@ -330,11 +286,7 @@ fn decode_rows(r: &mut Reader<'_>) -> Result<RowsBatch, ProtocolError> {
         }
     };
     r.u64()?;
-    Ok(RowsBatch {
-        columns: names,
-        rows,
-        end,
-    })
+    Ok(RowsBatch { columns: names, rows, end })
 }
 
 fn decode_files(r: &mut Reader<'_>) -> Result<Vec<File>, ProtocolError> {
@@ -359,116 +311,42 @@ mod tests {
 
     fn every_response() -> Vec<(Response, u64)> {
         vec![
-            (
-                Response::Failure {
-                    code: 10250,
-                    message: "not leader".into(),
-                },
-                0,
-            ),
-            (
-                Response::Server {
-                    id: 1,
-                    address: "@n1".into(),
-                },
-                0,
-            ),
-            (
-                Response::Server {
-                    id: 0,
-                    address: String::new(),
-                },
-                0,
-            ),
-            (
-                Response::Welcome {
-                    heartbeat_timeout: 15000,
-                },
-                0,
-            ),
+            (Response::Failure { code: 10250, message: "not leader".into() }, 0),
+            (Response::Server { id: 1, address: "@n1".into() }, 0),
+            (Response::Server { id: 0, address: String::new() }, 0),
+            (Response::Welcome { heartbeat_timeout: 15000 }, 0),
             (
                 Response::Servers(vec![
-                    NodeInfo {
-                        id: 1,
-                        address: "a:1".into(),
-                        role: None,
-                    },
-                    NodeInfo {
-                        id: 2,
-                        address: "b:2".into(),
-                        role: None,
-                    },
+                    NodeInfo { id: 1, address: "a:1".into(), role: None },
+                    NodeInfo { id: 2, address: "b:2".into(), role: None },
                 ]),
                 0,
             ),
-            (
-                Response::Servers(vec![NodeInfo {
-                    id: 1,
-                    address: "a:1".into(),
-                    role: Some(Role::StandBy),
-                }]),
-                1,
-            ),
+            (Response::Servers(vec![NodeInfo { id: 1, address: "a:1".into(), role: Some(Role::StandBy) }]), 1),
             (Response::Db { id: 0 }, 0),
-            (
-                Response::Stmt {
-                    db: 0,
-                    id: 3,
-                    params: 2,
-                },
-                0,
-            ),
-            (
-                Response::Result {
-                    last_insert_id: 5,
-                    rows_affected: 1,
-                },
-                0,
-            ),
+            (Response::Stmt { db: 0, id: 3, params: 2 }, 0),
+            (Response::Result { last_insert_id: 5, rows_affected: 1 }, 0),
             (
                 Response::Rows(RowsBatch {
                     columns: vec!["a".into(), "b".into(), "c".into()],
                     rows: vec![
                         vec![Value::Integer(1), Value::Text("x".into()), Value::Null],
-                        vec![
-                            Value::Float(1.5),
-                            Value::Blob(vec![1; 20]),
-                            Value::Boolean(true),
-                        ],
+                        vec![Value::Float(1.5), Value::Blob(vec![1; 20]), Value::Boolean(true)],
                     ],
                     end: RowsEnd::Part,
                 }),
                 0,
             ),
-            (
-                Response::Rows(RowsBatch {
-                    columns: vec!["only".into()],
-                    rows: vec![],
-                    end: RowsEnd::Done,
-                }),
-                0,
-            ),
+            (Response::Rows(RowsBatch { columns: vec!["only".into()], rows: vec![], end: RowsEnd::Done }), 0),
             (Response::Empty, 0),
             (
                 Response::Files(vec![
-                    File {
-                        name: "db".into(),
-                        data: vec![7; 4096],
-                    },
-                    File {
-                        name: "db-wal".into(),
-                        data: vec![],
-                    },
+                    File { name: "db".into(), data: vec![7; 4096] },
+                    File { name: "db-wal".into(), data: vec![] },
                 ]),
                 0,
             ),
-            (
-                Response::Metadata {
-                    failure_domain: 3,
-                    weight: 9,
-                },
-                0,
-            ),
+            (Response::Metadata { failure_domain: 3, weight: 9 }, 0),
         ]
     }
 
@@ -489,10 +367,7 @@ mod tests {
             let bytes = resp.encode().unwrap();
             let body = &bytes[HEADER_SIZE..];
             for cut in 0..body.len() {
-                assert!(
-                    Response::decode(resp.kind(), &body[..cut], format).is_err(),
-                    "{resp:?} cut at {cut}"
-                );
+                assert!(Response::decode(resp.kind(), &body[..cut], format).is_err(), "{resp:?} cut at {cut}");
             }
         }
     }
@@ -502,10 +377,7 @@ mod tests {
         let mut body = u64::MAX.to_le_bytes().to_vec();
         body.extend_from_slice(&[0; 16]);
         for kind in [t::SERVERS, t::ROWS, t::FILES] {
-            assert!(matches!(
-                Response::decode(kind, &body, 1),
-                Err(ProtocolError::InvalidField { .. })
-            ));
+            assert!(matches!(Response::decode(kind, &body, 1), Err(ProtocolError::InvalidField { .. })));
         }
     }
 
@@ -518,29 +390,17 @@ mod tests {
         body.extend_from_slice(&[6, 0, 0, 0, 0, 0, 0, 0]);
         body.extend_from_slice(&[0; 8]);
         body.extend_from_slice(&ROWS_DONE.to_le_bytes());
-        assert_eq!(
-            Response::decode(t::ROWS, &body, 0),
-            Err(ProtocolError::UnknownValueType { code: 6 })
-        );
+        assert_eq!(Response::decode(t::ROWS, &body, 0), Err(ProtocolError::UnknownValueType { code: 6 }));
     }
 
     #[test]
     fn trailing_bytes_and_unknown_types_are_errors() {
-        assert!(matches!(
-            Response::decode(t::EMPTY, &[0; 16], 0),
-            Err(ProtocolError::TrailingBytes { .. })
-        ));
-        assert!(matches!(
-            Response::decode(42, &[0; 8], 0),
-            Err(ProtocolError::UnknownMessageType { kind: 42 })
-        ));
+        assert!(matches!(Response::decode(t::EMPTY, &[0; 16], 0), Err(ProtocolError::TrailingBytes { .. })));
+        assert!(matches!(Response::decode(42, &[0; 8], 0), Err(ProtocolError::UnknownMessageType { kind: 42 })));
         assert!(
             Response::decode(
                 t::SERVERS,
-                &[
-                    1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'a', 0, 0, 0, 0, 0, 0, 0, 7,
-                    0, 0, 0, 0, 0, 0, 0
-                ],
+                &[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'a', 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0],
                 1
             )
             .is_err()

@@ -209,9 +209,7 @@ pub(crate) fn encode_params(params: &[Value], w: &mut Writer) -> Result<(), Prot
     if params.is_empty() {
         return Ok(());
     }
-    let count = u8::try_from(params.len()).map_err(|_| ProtocolError::TooManyParams {
-        count: params.len(),
-    })?;
+    let count = u8::try_from(params.len()).map_err(|_| ProtocolError::TooManyParams { count: params.len() })?;
     w.u8(count);
     for p in params {
         w.u8(p.type_code());
@@ -237,8 +235,7 @@ pub(crate) fn decode_params(r: &mut Reader<'_>) -> Result<Vec<Value>, ProtocolEr
 /// Appends one row: 4-bit type codes (column 0 in the low nibble), padded, then the values.
 pub(crate) fn encode_row(values: &[Value], w: &mut Writer) -> Result<(), ProtocolError> {
     let header_start = w.buf.len();
-    w.buf
-        .resize(header_start + pad8(values.len().div_ceil(2)), 0);
+    w.buf.resize(header_start + pad8(values.len().div_ceil(2)), 0);
     for (i, v) in values.iter().enumerate() {
         w.buf[header_start + i / 2] |= v.type_code() << (4 * (i % 2));
     }
@@ -328,19 +325,13 @@ mod tests {
     #[test]
     fn unknown_value_type_is_an_error() {
         let buf = [0x07u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(
-            decode_row(1, &mut Reader::new(&buf)),
-            Err(ProtocolError::UnknownValueType { code: 7 })
-        );
+        assert_eq!(decode_row(1, &mut Reader::new(&buf)), Err(ProtocolError::UnknownValueType { code: 7 }));
     }
 
     #[test]
     fn huge_column_counts_do_not_allocate() {
         let buf = [0x11u8; 16];
-        assert!(matches!(
-            decode_row(1 << 40, &mut Reader::new(&buf)),
-            Err(ProtocolError::Truncated { .. })
-        ));
+        assert!(matches!(decode_row(1 << 40, &mut Reader::new(&buf)), Err(ProtocolError::Truncated { .. })));
     }
 
     #[test]

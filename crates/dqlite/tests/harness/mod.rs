@@ -14,11 +14,7 @@ pub const LATENCY: Duration = Duration::from_millis(20);
 
 /// A unique abstract socket address.
 pub fn address(tag: &str) -> String {
-    format!(
-        "@dqlite-test-{}-{tag}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("@dqlite-test-{}-{tag}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A running node and its data directory.
@@ -56,10 +52,7 @@ pub fn start_in(id: u64, address: &str, dir: &std::path::Path) -> Node {
 
 /// A client with short timeouts suited to tests.
 pub fn client(servers: Vec<String>) -> Client {
-    let config = ClientConfig {
-        leader_timeout: Duration::from_secs(20),
-        ..ClientConfig::default()
-    };
+    let config = ClientConfig { leader_timeout: Duration::from_secs(20), ..ClientConfig::default() };
     Client::with_dialer(servers, DefaultDialer, config)
 }
 
@@ -74,10 +67,7 @@ impl TestCluster {
     pub async fn start(tag: &str, roles: &[Role]) -> TestCluster {
         let first = TestNode::start(BOOTSTRAP_ID, &address(tag));
         let client = client(vec![first.address().to_owned()]);
-        let mut cluster = TestCluster {
-            nodes: vec![first],
-            client,
-        };
+        let mut cluster = TestCluster { nodes: vec![first], client };
         for role in roles {
             cluster.join(tag, *role).await;
         }
@@ -102,10 +92,7 @@ impl TestCluster {
     }
 
     pub fn index_of(&self, address: &str) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.address() == address)
-            .unwrap()
+        self.nodes.iter().position(|n| n.address() == address).unwrap()
     }
 }
 

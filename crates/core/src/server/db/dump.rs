@@ -27,11 +27,7 @@ fn quote_ident(name: &str) -> String {
 }
 
 /// The schema (and, unless `schema_only`, every row) as SQL statements in one transaction.
-pub(crate) async fn dump(
-    db: &mut Database,
-    schema_only: bool,
-    max_rows: usize,
-) -> dqlite::Result<String> {
+pub(crate) async fn dump(db: &mut Database, schema_only: bool, max_rows: usize) -> dqlite::Result<String> {
     let mut out = String::from("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n");
     let objects = db
         .query(
@@ -50,30 +46,17 @@ pub(crate) async fn dump(
         if kind == "table" {
             tables.push(name.to_owned());
             if !schema_only {
-                let rows = db
-                    .query_limited(
-                        &format!("SELECT * FROM {}", quote_ident(name)),
-                        &[],
-                        max_rows,
-                    )
-                    .await?;
+                let rows = db.query_limited(&format!("SELECT * FROM {}", quote_ident(name)), &[], max_rows).await?;
                 for r in &rows.rows {
                     let values: Vec<String> = r.values().iter().map(literal).collect();
-                    out.push_str(&format!(
-                        "INSERT INTO {} VALUES({});\n",
-                        quote_ident(name),
-                        values.join(",")
-                    ));
+                    out.push_str(&format!("INSERT INTO {} VALUES({});\n", quote_ident(name), values.join(",")));
                 }
             }
         }
     }
     if !schema_only {
         let has_sequence = db
-            .query(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_sequence'",
-                &[],
-            )
+            .query("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_sequence'", &[])
             .await?
             .rows
             .first()
@@ -82,15 +65,10 @@ pub(crate) async fn dump(
             > 0;
         if has_sequence {
             out.push_str("DELETE FROM sqlite_sequence;\n");
-            let seq = db
-                .query("SELECT name, seq FROM sqlite_sequence", &[])
-                .await?;
+            let seq = db.query("SELECT name, seq FROM sqlite_sequence", &[]).await?;
             for r in &seq.rows {
                 let values: Vec<String> = r.values().iter().map(literal).collect();
-                out.push_str(&format!(
-                    "INSERT INTO sqlite_sequence VALUES({});\n",
-                    values.join(",")
-                ));
+                out.push_str(&format!("INSERT INTO sqlite_sequence VALUES({});\n", values.join(",")));
             }
         }
     }

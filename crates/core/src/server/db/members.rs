@@ -17,8 +17,7 @@ pub(crate) struct MemberRow {
     pub(crate) api_extensions: Vec<String>,
 }
 
-const COLUMNS: &str =
-    "name, address, certificate, schema_internal, schema_external, heartbeat, role, api_extensions";
+const COLUMNS: &str = "name, address, certificate, schema_internal, schema_external, heartbeat, role, api_extensions";
 
 fn from_row(row: &Row) -> MemberRow {
     let extensions = text(row.get(7));
@@ -36,12 +35,7 @@ fn from_row(row: &Row) -> MemberRow {
 
 /// Every member, by name.
 pub(crate) async fn list(tx: &mut Transaction<'_>) -> dqlite::Result<Vec<MemberRow>> {
-    let rows = tx
-        .query(
-            &format!("SELECT {COLUMNS} FROM core_cluster_members ORDER BY name"),
-            &[],
-        )
-        .await?;
+    let rows = tx.query(&format!("SELECT {COLUMNS} FROM core_cluster_members ORDER BY name"), &[]).await?;
     Ok(rows.rows.iter().map(from_row).collect())
 }
 
@@ -67,12 +61,7 @@ pub(crate) async fn insert(tx: &mut Transaction<'_>, m: &MemberRow) -> dqlite::R
 
 /// Deletes a member by name; returns whether it existed.
 pub(crate) async fn delete(tx: &mut Transaction<'_>, name: &str) -> dqlite::Result<bool> {
-    let result = tx
-        .exec(
-            "DELETE FROM core_cluster_members WHERE name = ?",
-            &[name.into()],
-        )
-        .await?;
+    let result = tx.exec("DELETE FROM core_cluster_members WHERE name = ?", &[name.into()]).await?;
     Ok(result.rows_affected > 0)
 }
 
@@ -87,7 +76,12 @@ pub(crate) async fn set_software(
     let extensions = serde_json::to_string(extensions).unwrap_or_else(|_| "[]".into());
     tx.exec(
         "UPDATE core_cluster_members SET schema_internal = ?, schema_external = ?, api_extensions = ? WHERE name = ?",
-        &[Value::Integer(schema_internal as i64), Value::Integer(schema_external as i64), extensions.into(), name.into()],
+        &[
+            Value::Integer(schema_internal as i64),
+            Value::Integer(schema_external as i64),
+            extensions.into(),
+            name.into(),
+        ],
     )
     .await
     .map(drop)

@@ -113,11 +113,7 @@ impl Db {
 
     /// Runs SQL text that may write (each statement atomic on its own), retrying while another
     /// member holds the write lock.
-    pub(crate) async fn exec(
-        &self,
-        sql: &str,
-        params: &[Value],
-    ) -> Result<dqlite::ExecResult, dqlite::Error> {
+    pub(crate) async fn exec(&self, sql: &str, params: &[Value]) -> Result<dqlite::ExecResult, dqlite::Error> {
         let deadline = Instant::now() + BUSY_RETRY;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -133,21 +129,14 @@ impl Db {
     }
 
     /// Runs one read-only statement.
-    pub(crate) async fn query(
-        &self,
-        sql: &str,
-        params: &[Value],
-    ) -> Result<QueryResult, dqlite::Error> {
+    pub(crate) async fn query(&self, sql: &str, params: &[Value]) -> Result<QueryResult, dqlite::Error> {
         self.conn.lock().await.query(sql, params).await
     }
 
     /// Lends the connection to `f` (SQL batches and dumps that need several requests on it).
     pub(crate) async fn with_connection<T>(
         &self,
-        f: impl for<'c> FnOnce(
-            &'c mut Database,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'c>>,
+        f: impl for<'c> FnOnce(&'c mut Database) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'c>>,
     ) -> T {
         let mut guard = self.conn.lock().await;
         f(&mut guard).await

@@ -103,14 +103,9 @@ CREATE TABLE schemas (
 DROP TABLE schemas_first;";
 
 pub(crate) async fn create_schemas_table(db: &Db) -> Result<(), dqlite::Error> {
-    const EXISTS: &str =
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schemas'";
-    let count = |rows: &dqlite::QueryResult| {
-        rows.rows
-            .first()
-            .and_then(|r| r.get(0).and_then(Value::as_i64))
-            .unwrap_or(0)
-    };
+    const EXISTS: &str = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schemas'";
+    let count =
+        |rows: &dqlite::QueryResult| rows.rows.first().and_then(|r| r.get(0).and_then(Value::as_i64)).unwrap_or(0);
     if count(&db.query(EXISTS, &[]).await?) > 0 {
         return Ok(());
     }
@@ -137,24 +132,16 @@ pub(crate) struct Versions {
 
 /// The versions this software knows.
 pub(crate) fn known(internal: &[SchemaUpdate], external: &[SchemaUpdate]) -> Versions {
-    Versions {
-        internal: internal.len() as u64,
-        external: external.len() as u64,
-    }
+    Versions { internal: internal.len() as u64, external: external.len() as u64 }
 }
 
 /// Fails if the database's schema is newer than this software knows.
 pub(crate) fn check_not_behind(applied: Versions, known: Versions) -> Result<(), SchemaError> {
-    for (kind, applied, known) in [
-        ("internal", applied.internal, known.internal),
-        ("application", applied.external, known.external),
-    ] {
+    for (kind, applied, known) in
+        [("internal", applied.internal, known.internal), ("application", applied.external, known.external)]
+    {
         if applied > known {
-            return Err(SchemaError::Behind {
-                kind,
-                applied,
-                known,
-            });
+            return Err(SchemaError::Behind { kind, applied, known });
         }
     }
     Ok(())
@@ -172,12 +159,7 @@ pub(crate) async fn apply_missing(
     db.transaction(|tx| {
         let (internal, external) = (internal.clone(), external.clone());
         Box::pin(async move {
-            let rows = tx
-                .query(
-                    "SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type",
-                    &[],
-                )
-                .await?;
+            let rows = tx.query("SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type", &[]).await?;
             let current = |kind: i64| {
                 rows.rows
                     .iter()
@@ -190,11 +172,7 @@ pub(crate) async fn apply_missing(
                     (update.run)(tx).await?;
                     tx.exec(
                         "INSERT INTO schemas (version, type, updated_at) VALUES (?, ?, ?)",
-                        &[
-                            Value::Integer(index as i64 + 1),
-                            Value::Integer(kind),
-                            Value::Text(now()),
-                        ],
+                        &[Value::Integer(index as i64 + 1), Value::Integer(kind), Value::Text(now())],
                     )
                     .await?;
                 }
@@ -208,12 +186,7 @@ pub(crate) async fn apply_missing(
 
 /// The versions recorded in `schemas`.
 pub(crate) async fn applied(db: &Db) -> Result<Versions, dqlite::Error> {
-    let rows = db
-        .query(
-            "SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type",
-            &[],
-        )
-        .await?;
+    let rows = db.query("SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type", &[]).await?;
     let mut versions = Versions::default();
     for row in &rows.rows {
         let version = row.get(1).and_then(Value::as_i64).unwrap_or(0).max(0) as u64;

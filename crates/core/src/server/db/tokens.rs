@@ -28,21 +28,11 @@ impl TokenRow {
 
 /// Every token, expired or not.
 pub(crate) async fn list(tx: &mut Transaction<'_>) -> dqlite::Result<Vec<TokenRow>> {
-    let rows = tx
-        .query(
-            "SELECT id, name, secret, expiry_date FROM core_token_records ORDER BY name",
-            &[],
-        )
-        .await?;
+    let rows = tx.query("SELECT id, name, secret, expiry_date FROM core_token_records ORDER BY name", &[]).await?;
     Ok(rows
         .rows
         .iter()
-        .map(|r| TokenRow {
-            id: int(r.get(0)),
-            name: text(r.get(1)),
-            secret: text(r.get(2)),
-            expiry: text(r.get(3)),
-        })
+        .map(|r| TokenRow { id: int(r.get(0)), name: text(r.get(1)), secret: text(r.get(2)), expiry: text(r.get(3)) })
         .collect())
 }
 
@@ -55,11 +45,7 @@ pub(crate) async fn insert(
 ) -> dqlite::Result<()> {
     tx.exec(
         "INSERT INTO core_token_records (name, secret, expiry_date) VALUES (?, ?, ?)",
-        &[
-            name.into(),
-            secret.into(),
-            expiry.map_or(Value::Null, Value::from),
-        ],
+        &[name.into(), secret.into(), expiry.map_or(Value::Null, Value::from)],
     )
     .await
     .map(drop)
@@ -67,14 +53,7 @@ pub(crate) async fn insert(
 
 /// Deletes a token by name; returns whether it existed.
 pub(crate) async fn delete(tx: &mut Transaction<'_>, name: &str) -> dqlite::Result<bool> {
-    Ok(tx
-        .exec(
-            "DELETE FROM core_token_records WHERE name = ?",
-            &[name.into()],
-        )
-        .await?
-        .rows_affected
-        > 0)
+    Ok(tx.exec("DELETE FROM core_token_records WHERE name = ?", &[name.into()]).await?.rows_affected > 0)
 }
 
 /// Deletes expired tokens; returns how many.
@@ -82,11 +61,7 @@ pub(crate) async fn delete_expired(tx: &mut Transaction<'_>) -> dqlite::Result<u
     let now = SystemTime::now();
     let mut deleted = 0;
     for token in list(tx).await?.into_iter().filter(|t| t.is_expired(now)) {
-        tx.exec(
-            "DELETE FROM core_token_records WHERE id = ?",
-            &[Value::Integer(token.id)],
-        )
-        .await?;
+        tx.exec("DELETE FROM core_token_records WHERE id = ?", &[Value::Integer(token.id)]).await?;
         deleted += 1;
     }
     Ok(deleted)

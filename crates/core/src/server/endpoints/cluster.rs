@@ -36,10 +36,7 @@ fn status_of(
     probe: Option<&Result<(), ClientError>>,
 ) -> (&'static str, String) {
     if !in_config && row.role == role::PENDING {
-        return (
-            status::PENDING,
-            "joining: not yet part of the dqlite configuration".into(),
-        );
+        return (status::PENDING, "joining: not yet part of the dqlite configuration".into());
     }
     let Some(probe) = probe else {
         // This member itself.
@@ -50,26 +47,18 @@ fn status_of(
     };
     match probe {
         Ok(()) => (status::ONLINE, String::new()),
-        Err(ClientError::Api {
-            status: code,
-            message,
-        }) if *code == StatusCode::FORBIDDEN => (
-            status::NOT_TRUSTED,
-            format!("it refuses this member's certificate: {message}"),
-        ),
-        Err(ClientError::Api { message, .. })
-            if message.contains(DbStatus::WaitingUpgrade.text()) =>
-        {
+        Err(ClientError::Api { status: code, message }) if *code == StatusCode::FORBIDDEN => {
+            (status::NOT_TRUSTED, format!("it refuses this member's certificate: {message}"))
+        }
+        Err(ClientError::Api { message, .. }) if message.contains(DbStatus::WaitingUpgrade.text()) => {
             (status::UPGRADING, message.clone())
         }
-        Err(ClientError::Api { message, .. }) => (
-            status::UNREACHABLE,
-            format!("it answers but is not ready: {message}"),
-        ),
-        Err(err @ ClientError::Tls { .. }) => (
-            status::NOT_TRUSTED,
-            format!("it does not present this cluster's certificate: {err}"),
-        ),
+        Err(ClientError::Api { message, .. }) => {
+            (status::UNREACHABLE, format!("it answers but is not ready: {message}"))
+        }
+        Err(err @ ClientError::Tls { .. }) => {
+            (status::NOT_TRUSTED, format!("it does not present this cluster's certificate: {err}"))
+        }
         Err(err @ ClientError::Timeout { .. }) => {
             // Black-holed or just slow: the leader's last heartbeat tells which.
             let age = humantime::parse_rfc3339_weak(&row.heartbeat)
@@ -77,17 +66,10 @@ fn status_of(
                 .and_then(|t| SystemTime::now().duration_since(t).ok());
             let fresh = state.0.settings.heartbeat * 2 + Duration::from_secs(1);
             match age {
-                Some(age) if age <= fresh => (
-                    status::ONLINE,
-                    format!(
-                        "{err}; its last heartbeat was {:.1} s ago",
-                        age.as_secs_f64()
-                    ),
-                ),
-                Some(age) => (
-                    status::UNREACHABLE,
-                    format!("{err}; last heartbeat {:.0} s ago", age.as_secs_f64()),
-                ),
+                Some(age) if age <= fresh => {
+                    (status::ONLINE, format!("{err}; its last heartbeat was {:.1} s ago", age.as_secs_f64()))
+                }
+                Some(age) => (status::UNREACHABLE, format!("{err}; last heartbeat {:.0} s ago", age.as_secs_f64())),
                 None => (status::UNREACHABLE, format!("{err}; no heartbeat yet")),
             }
         }
@@ -97,10 +79,7 @@ fn status_of(
 
 async fn list(state: State, _req: Request) -> HandlerResult {
     let runtime = state.runtime()?;
-    let rows = runtime
-        .db
-        .transaction(|tx| Box::pin(members::list(tx)))
-        .await?;
+    let rows = runtime.db.transaction(|tx| Box::pin(members::list(tx))).await?;
     // This node's own view of the configuration and leader: no round trip to a leader that
     // may be gone.
     let local = async {
@@ -111,17 +90,12 @@ async fn list(state: State, _req: Request) -> HandlerResult {
     };
     let (roles, leader): (HashMap<String, Option<dqlite::Role>>, Option<String>) =
         match tokio::time::timeout(PROBE_TIMEOUT, local).await {
-            Ok(Ok((nodes, leader))) => (
-                nodes.into_iter().map(|n| (n.address, n.role)).collect(),
-                leader,
-            ),
+            Ok(Ok((nodes, leader))) => (nodes.into_iter().map(|n| (n.address, n.role)).collect(), leader),
             _ => (HashMap::new(), None),
         };
     let mut probes = tokio::task::JoinSet::new();
     for row in rows.iter().filter(|r| r.address != runtime.address) {
-        let client = state
-            .member_client(&row.address)?
-            .with_timeout(PROBE_TIMEOUT);
+        let client = state.member_client(&row.address)?.with_timeout(PROBE_TIMEOUT);
         let name = row.name.clone();
         probes.spawn(async move { (name, client.ready().await) });
     }
@@ -130,34 +104,21 @@ async fn list(state: State, _req: Request) -> HandlerResult {
         answers.insert(name, result);
     }
     // The newest software any member runs: members behind it need an upgrade.
-    let newest = rows
-        .iter()
-        .map(|r| (r.schema_internal, r.schema_external, r.api_extensions.len()))
-        .max();
+    let newest = rows.iter().map(|r| (r.schema_internal, r.schema_external, r.api_extensions.len())).max();
     let members: Vec<ClusterMember> = rows
         .into_iter()
         .map(|row| {
             let in_config = roles.contains_key(&row.address);
-            let role = roles
-                .get(&row.address)
-                .map_or(row.role.clone(), |r| role_name(*r).to_owned());
-            let probe = (row.address != runtime.address)
-                .then(|| answers.get(&row.name))
-                .flatten();
+            let role = roles.get(&row.address).map_or(row.role.clone(), |r| role_name(*r).to_owned());
+            let probe = (row.address != runtime.address).then(|| answers.get(&row.name)).flatten();
             let probe = match probe {
                 Some(p) => Some(p),
                 None if row.address != runtime.address => Some(&NO_ANSWER),
                 None => None,
             };
             let (mut status, mut reason) = status_of(&state, &row, in_config, probe);
-            let software = (
-                row.schema_internal,
-                row.schema_external,
-                row.api_extensions.len(),
-            );
-            if newest.is_some_and(|n| software < n)
-                && matches!(status, status::ONLINE | status::UPGRADING)
-            {
+            let software = (row.schema_internal, row.schema_external, row.api_extensions.len());
+            if newest.is_some_and(|n| software < n) && matches!(status, status::ONLINE | status::UPGRADING) {
                 status = status::NEEDS_UPGRADE;
                 reason = format!(
                     "runs schema {}/{} with {} API extensions; other members run newer software",
@@ -169,11 +130,7 @@ async fn list(state: State, _req: Request) -> HandlerResult {
             let is_leader = leader.as_deref() == Some(row.address.as_str());
             ClusterMember {
                 fingerprint: crate::tls::fingerprint_pem(&row.certificate).unwrap_or_default(),
-                local: ClusterMemberLocal {
-                    name: row.name,
-                    address: row.address,
-                    certificate: row.certificate,
-                },
+                local: ClusterMemberLocal { name: row.name, address: row.address, certificate: row.certificate },
                 role,
                 schema_internal_version: row.schema_internal,
                 schema_external_version: row.schema_external,
@@ -189,25 +146,16 @@ async fn list(state: State, _req: Request) -> HandlerResult {
 }
 
 /// What a probe task that vanished counts as.
-static NO_ANSWER: Result<(), ClientError> = Err(ClientError::Timeout {
-    target: String::new(),
-    after: PROBE_TIMEOUT,
-});
+static NO_ANSWER: Result<(), ClientError> = Err(ClientError::Timeout { target: String::new(), after: PROBE_TIMEOUT });
 
 async fn transfer_leader(state: State, req: Request) -> HandlerResult {
-    let request: TransferLeaderRequest = if req.body.is_empty() {
-        TransferLeaderRequest::default()
-    } else {
-        req.json()?
-    };
+    let request: TransferLeaderRequest =
+        if req.body.is_empty() { TransferLeaderRequest::default() } else { req.json()? };
     let runtime = state.db()?;
     let client = runtime.db.client().clone();
     let leader = client.leader().await?;
     if leader.address != runtime.address {
-        let forwarded = state
-            .member_client(&leader.address)?
-            .transfer_leader(&request.name)
-            .await;
+        let forwarded = state.member_client(&leader.address)?.transfer_leader(&request.name).await;
         return Response::sync(forwarded.map_err(|e| match e {
             ClientError::Api { status, message } => ApiError::new(status, message),
             other => ApiError::unavailable(format!("forwarding to the leader: {other}")),
@@ -222,18 +170,12 @@ async fn transfer_leader(state: State, req: Request) -> HandlerResult {
             .cloned()
             .ok_or_else(|| ApiError::conflict("there is no other voter to hand leadership to"))?
     } else {
-        let entry = trusted.by_name(&request.name).ok_or_else(|| {
-            ApiError::not_found(format!("no cluster member named {:?}", request.name))
-        })?;
-        let node = nodes
-            .iter()
-            .find(|n| n.address == entry.member.address)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::conflict(format!(
-                    "{} is not in the dqlite configuration yet",
-                    request.name
-                ))
+        let entry = trusted
+            .by_name(&request.name)
+            .ok_or_else(|| ApiError::not_found(format!("no cluster member named {:?}", request.name)))?;
+        let node =
+            nodes.iter().find(|n| n.address == entry.member.address).cloned().ok_or_else(|| {
+                ApiError::conflict(format!("{} is not in the dqlite configuration yet", request.name))
             })?;
         if node.role != Some(dqlite::Role::Voter) {
             return Err(ApiError::conflict(format!(
@@ -247,10 +189,7 @@ async fn transfer_leader(state: State, req: Request) -> HandlerResult {
     if target.address != runtime.address {
         client.transfer(target.id).await?;
     }
-    let name = trusted
-        .by_address(&target.address)
-        .map(|e| e.member.name.clone())
-        .unwrap_or(target.address);
+    let name = trusted.by_address(&target.address).map(|e| e.member.name.clone()).unwrap_or(target.address);
     tracing::info!(to = name, "leadership transferred on request");
     Response::sync(name)
 }

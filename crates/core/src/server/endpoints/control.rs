@@ -12,14 +12,8 @@ use crate::validate;
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
         Endpoint::new("").post(Action::new(init).allowed_before_init()),
-        Endpoint::new("shutdown").post(
-            Action::new(shutdown)
-                .allowed_before_init()
-                .allowed_during_shutdown(),
-        ),
-        Endpoint::new("tokens")
-            .post(Action::new(add_token))
-            .get(Action::new(list_tokens)),
+        Endpoint::new("shutdown").post(Action::new(shutdown).allowed_before_init().allowed_during_shutdown()),
+        Endpoint::new("tokens").post(Action::new(add_token)).get(Action::new(list_tokens)),
     ]
 }
 
@@ -29,14 +23,10 @@ async fn init(state: State, req: Request) -> HandlerResult {
         (true, true) => membership::bootstrap(&state, &control).await?,
         (false, false) => membership::join(&state, &control).await?,
         (true, false) => {
-            return Err(ApiError::bad_request(
-                "give either bootstrap or a join token, not both",
-            ));
+            return Err(ApiError::bad_request("give either bootstrap or a join token, not both"));
         }
         (false, true) => {
-            return Err(ApiError::bad_request(
-                "give either bootstrap or a join token",
-            ));
+            return Err(ApiError::bad_request("give either bootstrap or a join token"));
         }
     }
     Ok(Response::empty())
@@ -60,22 +50,11 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
     let request: TokenRequest = req.json()?;
     validate::member_name(&request.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let runtime = state.db()?;
-    if state
-        .0
-        .truststore
-        .snapshot()
-        .by_name(&request.name)
-        .is_some()
-    {
-        return Err(ApiError::conflict(format!(
-            "a member named {:?} already exists",
-            request.name
-        )));
+    if state.0.truststore.snapshot().by_name(&request.name).is_some() {
+        return Err(ApiError::conflict(format!("a member named {:?} already exists", request.name)));
     }
-    let secret = crate::tls::hex(
-        &crate::server::runtime::random_bytes::<32>()
-            .map_err(|e| ApiError::internal(e.to_string()))?,
-    );
+    let secret =
+        crate::tls::hex(&crate::server::runtime::random_bytes::<32>().map_err(|e| ApiError::internal(e.to_string()))?);
     let expiry = (request.expire_after > 0).then(|| {
         let at = SystemTime::now() + Duration::from_nanos(request.expire_after);
         humantime::format_rfc3339_nanos(at).to_string()
@@ -106,10 +85,7 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
 
 async fn list_tokens(state: State, _req: Request) -> HandlerResult {
     let runtime = state.db()?;
-    let rows = runtime
-        .db
-        .transaction(|tx| Box::pin(tokens::list(tx)))
-        .await?;
+    let rows = runtime.db.transaction(|tx| Box::pin(tokens::list(tx))).await?;
     let now = SystemTime::now();
     let records: Vec<TokenRecord> = rows
         .into_iter()

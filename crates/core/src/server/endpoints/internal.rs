@@ -2,8 +2,7 @@
 //! remote hook calls.
 
 use crate::api::{
-    ClusterMemberLocal, HeartbeatRequest, JoinRequest, MemberConfig, NewMemberHookRequest,
-    RemoveHookRequest,
+    ClusterMemberLocal, HeartbeatRequest, JoinRequest, MemberConfig, NewMemberHookRequest, RemoveHookRequest,
 };
 use crate::server::State;
 use crate::server::heartbeat as beat;
@@ -33,10 +32,7 @@ async fn join(state: State, req: Request) -> HandlerResult {
 async fn reset(state: State, req: Request) -> HandlerResult {
     let name = req.param("name")?.to_owned();
     if name != state.name() {
-        return Err(ApiError::not_found(format!(
-            "this member is {:?}, not {name:?}",
-            state.name()
-        )));
+        return Err(ApiError::not_found(format!("this member is {:?}, not {name:?}", state.name())));
     }
     let epoch = state.epoch();
     tokio::spawn(async move {
@@ -54,20 +50,12 @@ async fn reset(state: State, req: Request) -> HandlerResult {
 
 async fn add_trust(state: State, req: Request) -> HandlerResult {
     let member: ClusterMemberLocal = req.json()?;
-    state
-        .0
-        .truststore
-        .add(member.clone())
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    state.0.truststore.add(member.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Ok(runtime) = state.runtime() {
         runtime.set_servers(state.0.truststore.snapshot().addresses());
     }
     if !req.is_notification() {
-        let others: Vec<_> = state
-            .peer_clients()?
-            .into_iter()
-            .filter(|(m, _)| m.name != member.name)
-            .collect();
+        let others: Vec<_> = state.peer_clients()?.into_iter().filter(|(m, _)| m.name != member.name).collect();
         for (name, err) in fan_out(others, |c| {
             let member = member.clone();
             async move { c.add_trust(&member).await }
@@ -83,15 +71,9 @@ async fn add_trust(state: State, req: Request) -> HandlerResult {
 async fn remove_trust(state: State, req: Request) -> HandlerResult {
     let name = req.param("name")?.to_owned();
     if name == state.name() {
-        return Err(ApiError::bad_request(
-            "a member cannot stop trusting itself; remove it from the cluster instead",
-        ));
+        return Err(ApiError::bad_request("a member cannot stop trusting itself; remove it from the cluster instead"));
     }
-    state
-        .0
-        .truststore
-        .remove(&name)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    state.0.truststore.remove(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Ok(runtime) = state.runtime() {
         runtime.set_servers(state.0.truststore.snapshot().addresses());
     }
@@ -112,30 +94,12 @@ async fn run_hook(state: State, req: Request) -> HandlerResult {
     let hook = req.param("hook")?;
     let hooks = state.0.settings.hooks.clone();
     let result = match hook {
-        "pre-remove" => {
-            hooks
-                .pre_remove(&state, req.json::<RemoveHookRequest>()?.force)
-                .await
-        }
-        "post-remove" => {
-            hooks
-                .post_remove(&state, req.json::<RemoveHookRequest>()?.force)
-                .await
-        }
-        "on-new-member" => {
-            hooks
-                .on_new_member(&state, &req.json::<NewMemberHookRequest>()?.new_member)
-                .await
-        }
-        "on-daemon-config-update" => {
-            hooks
-                .on_daemon_config_update(&state, &req.json::<MemberConfig>()?)
-                .await
-        }
+        "pre-remove" => hooks.pre_remove(&state, req.json::<RemoveHookRequest>()?.force).await,
+        "post-remove" => hooks.post_remove(&state, req.json::<RemoveHookRequest>()?.force).await,
+        "on-new-member" => hooks.on_new_member(&state, &req.json::<NewMemberHookRequest>()?.new_member).await,
+        "on-daemon-config-update" => hooks.on_daemon_config_update(&state, &req.json::<MemberConfig>()?).await,
         other => {
-            return Err(ApiError::not_found(format!(
-                "no remotely callable hook named {other:?}"
-            )));
+            return Err(ApiError::not_found(format!("no remotely callable hook named {other:?}")));
         }
     };
     result.map_err(|e| ApiError::internal(format!("the {hook} hook failed: {e}")))?;
@@ -149,10 +113,7 @@ async fn heartbeat(state: State, req: Request) -> HandlerResult {
     if let Trust::Member(sender) = &req.trust
         && *sender != request.leader
     {
-        return Err(ApiError::forbidden(format!(
-            "heartbeat sent by {sender} claims to come from {}",
-            request.leader
-        )));
+        return Err(ApiError::forbidden(format!("heartbeat sent by {sender} claims to come from {}", request.leader)));
     }
     beat::sync_truststore(&state, &request.members);
     Response::sync(beat::report(&state))

@@ -18,23 +18,7 @@ pub(crate) fn control() -> Resources {
 /// Endpoints served on the control socket and the member's HTTPS address.
 pub(crate) fn shared() -> Vec<Resources> {
     vec![
-        Resources::new(
-            "core/1.0",
-            [
-                status::endpoints(),
-                cluster::endpoints(),
-                daemon::endpoints(),
-            ]
-            .concat(),
-        ),
-        Resources::new(
-            "core/internal",
-            [
-                internal::endpoints(),
-                database::endpoints(),
-                sql::endpoints(),
-            ]
-            .concat(),
-        ),
+        Resources::new("core/1.0", [status::endpoints(), cluster::endpoints(), daemon::endpoints()].concat()),
+        Resources::new("core/internal", [internal::endpoints(), database::endpoints(), sql::endpoints()].concat()),
     ]
 }

@@ -19,19 +19,13 @@ use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Re
 pub(crate) const MAX_ROWS: usize = 100_000;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
-    vec![
-        Endpoint::new("sql")
-            .post(Action::new(run))
-            .get(Action::new(dump_sql)),
-    ]
+    vec![Endpoint::new("sql").post(Action::new(run)).get(Action::new(dump_sql))]
 }
 
 fn json_value(value: &Value) -> serde_json::Value {
     match value {
         Value::Integer(v) | Value::UnixTime(v) => (*v).into(),
-        Value::Float(v) => {
-            serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into)
-        }
+        Value::Float(v) => serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into),
         Value::Text(s) | Value::Iso8601(s) => s.clone().into(),
         Value::Blob(_) => dump::literal(value).into(),
         Value::Null => serde_json::Value::Null,
@@ -47,22 +41,14 @@ async fn statement(db: &mut impl Runner, sql: &str) -> dqlite::Result<SqlResult>
                 kind: "select".into(),
                 statement: sql.to_owned(),
                 columns: rows.columns,
-                rows: rows
-                    .rows
-                    .iter()
-                    .map(|r| r.values().iter().map(json_value).collect())
-                    .collect(),
+                rows: rows.rows.iter().map(|r| r.values().iter().map(json_value).collect()).collect(),
                 rows_affected: 0,
             })
         }
         kind => {
             let result = db.exec(sql).await?;
             // SQLite reports the previous statement's count for BEGIN/COMMIT; they change no row.
-            let rows_affected = if kind == StatementKind::Transaction {
-                0
-            } else {
-                result.rows_affected
-            };
+            let rows_affected = if kind == StatementKind::Transaction { 0 } else { result.rows_affected };
             Ok(SqlResult {
                 kind: "exec".into(),
                 statement: sql.to_owned(),
@@ -100,19 +86,14 @@ impl Runner for dqlite::Transaction<'_> {
 
 async fn run(state: State, req: Request) -> HandlerResult {
     let query: SqlQuery = req.json()?;
-    let statements: Vec<String> = sqltext::split_statements(&query.query)
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let statements: Vec<String> = sqltext::split_statements(&query.query).into_iter().map(str::to_owned).collect();
     if statements.is_empty() {
         return Err(ApiError::bad_request("no SQL statement given"));
     }
     // One statement is atomic on its own; only a batch needs the surrounding transaction
     // (which costs two more round trips to the leader).
-    let own_transaction = statements.len() == 1
-        || statements
-            .iter()
-            .any(|s| sqltext::classify(s) == StatementKind::Transaction);
+    let own_transaction =
+        statements.len() == 1 || statements.iter().any(|s| sqltext::classify(s) == StatementKind::Transaction);
     let runtime = state.db()?;
     let failed_at = Arc::new(AtomicUsize::new(0));
     let outcome = runtime
@@ -147,19 +128,10 @@ async fn run(state: State, req: Request) -> HandlerResult {
         Ok(results) => Response::sync(SqlBatch { results }),
         Err(err) if err.is_statement_error() => {
             let index = failed_at.load(Ordering::SeqCst);
-            let sql = statements
-                .get(index)
-                .map(String::as_str)
-                .unwrap_or_default();
-            let scope = if own_transaction || statements.len() == 1 {
-                ""
-            } else {
-                "; no statement of the batch was applied"
-            };
-            Err(ApiError::bad_request(format!(
-                "statement {} ({sql}): {err}{scope}",
-                index + 1
-            )))
+            let sql = statements.get(index).map(String::as_str).unwrap_or_default();
+            let scope =
+                if own_transaction || statements.len() == 1 { "" } else { "; no statement of the batch was applied" };
+            Err(ApiError::bad_request(format!("statement {} ({sql}): {err}{scope}", index + 1)))
         }
         Err(err) => Err(err.into()),
     }
@@ -168,9 +140,7 @@ async fn run(state: State, req: Request) -> HandlerResult {
 async fn dump_sql(state: State, req: Request) -> HandlerResult {
     let schema_only = req.flag("schema");
     let runtime = state.db()?;
-    let text = runtime
-        .db
-        .with_connection(|db| Box::pin(async move { dump::dump(db, schema_only, MAX_ROWS).await }))
-        .await?;
+    let text =
+        runtime.db.with_connection(|db| Box::pin(async move { dump::dump(db, schema_only, MAX_ROWS).await })).await?;
     Response::sync(SqlDump { text })
 }

@@ -7,12 +7,7 @@ use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Re
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new("").get(
-            Action::new(status)
-                .allow_untrusted()
-                .allowed_before_init()
-                .allowed_during_shutdown(),
-        ),
+        Endpoint::new("").get(Action::new(status).allow_untrusted().allowed_before_init().allowed_during_shutdown()),
         Endpoint::new("ready").get(Action::new(ready).allowed_before_init()),
     ]
 }
@@ -34,9 +29,6 @@ async fn status(state: State, _req: Request) -> HandlerResult {
 async fn ready(state: State, _req: Request) -> HandlerResult {
     match state.database_status() {
         DbStatus::Online | DbStatus::NotInitialized => Ok(Response::empty()),
-        _ => Err(ApiError::unavailable(format!(
-            "not ready yet: {}",
-            state.database_status_text()
-        ))),
+        _ => Err(ApiError::unavailable(format!("not ready yet: {}", state.database_status_text()))),
     }
 }

@@ -1,8 +1,8 @@
 //! Bootstrap: the first member creates the cluster.
 
 use super::{
-    OPEN_TIMEOUT, ensure_server_identity, ensure_uninitialised, hook_failed, open_database,
-    own_row, reset_local, start_background, start_runtime,
+    OPEN_TIMEOUT, ensure_server_identity, ensure_uninitialised, hook_failed, open_database, own_row, reset_local,
+    start_background, start_runtime,
 };
 use crate::api::{ClusterMemberLocal, Control, role};
 use crate::certs;
@@ -19,17 +19,10 @@ pub(crate) async fn bootstrap(state: &State, control: &Control) -> Result<(), Ap
     validate::member_name(&control.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     validate::member_address(&control.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let hooks = state.0.settings.hooks.clone();
-    hooks
-        .pre_init(state, true, &control.config)
-        .await
-        .map_err(|e| hook_failed("PreInit", e))?;
+    hooks.pre_init(state, true, &control.config).await.map_err(|e| hook_failed("PreInit", e))?;
     match bootstrap_steps(state, control).await {
         Ok(()) => {
-            tracing::info!(
-                name = control.name,
-                address = control.address,
-                "bootstrapped a new cluster"
-            );
+            tracing::info!(name = control.name, address = control.address, "bootstrapped a new cluster");
             Ok(())
         }
         Err(err) => {
@@ -47,14 +40,9 @@ async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), ApiErro
     let server = ensure_server_identity(state, &control.name)?;
     let cluster = certs::generate(&control.name, &[]).map_err(|e| internal(&e))?;
     let dir = &state.0.dir;
-    dir.set_cluster_identity(&cluster)
-        .map_err(|e| internal(&e))?;
+    dir.set_cluster_identity(&cluster).map_err(|e| internal(&e))?;
     {
-        let mut config = state
-            .0
-            .config
-            .write()
-            .map_err(|_| ApiError::internal("poisoned"))?;
+        let mut config = state.0.config.write().map_err(|_| ApiError::internal("poisoned"))?;
         config.name = control.name.clone();
         config.address = control.address.clone();
         dir.set_daemon_config(&config).map_err(|e| internal(&e))?;
@@ -68,10 +56,7 @@ async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), ApiErro
             certificate: server.cert_pem.clone(),
         })
         .map_err(|e| internal(&e))?;
-    dir.set_node_info(&NodeInfo {
-        id: dqlite::BOOTSTRAP_ID,
-    })
-    .map_err(|e| internal(&e))?;
+    dir.set_node_info(&NodeInfo { id: dqlite::BOOTSTRAP_ID }).map_err(|e| internal(&e))?;
 
     let runtime = start_runtime(state, dqlite::BOOTSTRAP_ID).await?;
     open_database(state, &runtime, OPEN_TIMEOUT).await?;
@@ -85,10 +70,8 @@ async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), ApiErro
         })
         .await?;
     let hooks = state.0.settings.hooks.clone();
-    hooks
-        .post_bootstrap(state, &control.config)
-        .await
-        .map_err(|e| hook_failed("PostBootstrap", e))?;
+    hooks.post_bootstrap(state, &control.config).await.map_err(|e| hook_failed("PostBootstrap", e))?;
+    hooks.on_start(state).await.map_err(|e| hook_failed("OnStart", e))?;
     start_background(state, &runtime);
     Ok(())
 }

@@ -15,15 +15,10 @@ const STEP: Duration = Duration::from_millis(1500);
 /// Deadline of the whole handover.
 const TOTAL: Duration = Duration::from_secs(5);
 
-async fn step<T>(
-    what: &str,
-    f: impl std::future::Future<Output = dqlite::Result<T>>,
-) -> Result<T, ApiError> {
+async fn step<T>(what: &str, f: impl std::future::Future<Output = dqlite::Result<T>>) -> Result<T, ApiError> {
     match tokio::time::timeout(STEP, f).await {
         Ok(result) => result.map_err(|e| ApiError::from(e).context(what)),
-        Err(_) => Err(ApiError::unavailable(format!(
-            "{what}: no answer within {STEP:?}"
-        ))),
+        Err(_) => Err(ApiError::unavailable(format!("{what}: no answer within {STEP:?}"))),
     }
 }
 
@@ -56,17 +51,12 @@ async fn steps(state: &State) -> Result<(), ApiError> {
             .find(|n| n.role == Some(Role::Voter) && n.address != runtime.address)
             .ok_or_else(|| ApiError::conflict("no other voter can take over leadership"))?;
         step("transferring leadership", client.transfer(target.id)).await?;
-        tracing::info!(
-            to = target.address,
-            "transferred leadership before stopping"
-        );
+        tracing::info!(to = target.address, "transferred leadership before stopping");
     }
     // Then the role: to a member that answers right now.
     let mut probes = tokio::task::JoinSet::new();
     for node in nodes.iter().filter(|n| n.address != runtime.address) {
-        let member = state
-            .member_client(&node.address)?
-            .with_timeout(Duration::from_millis(500));
+        let member = state.member_client(&node.address)?.with_timeout(Duration::from_millis(500));
         let node = node.clone();
         probes.spawn(async move { member.ready().await.is_ok().then_some(node) });
     }

@@ -15,13 +15,10 @@
 use base64::Engine;
 
 use super::{
-    OPEN_TIMEOUT, ensure_server_identity, ensure_uninitialised, fan_out, hook_failed,
-    open_database, reset_local, retry_config_change, role_for_new_node, role_name,
-    start_background, start_runtime,
+    OPEN_TIMEOUT, ensure_server_identity, ensure_uninitialised, fan_out, hook_failed, open_database, reset_local,
+    retry_config_change, role_for_new_node, role_name, start_background, start_runtime,
 };
-use crate::api::{
-    ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role,
-};
+use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role};
 use crate::client::{Client, ClientError};
 use crate::server::db::{members, now, tokens};
 use crate::server::rest::ApiError;
@@ -40,8 +37,7 @@ pub(crate) fn decode_token(text: &str) -> Result<JoinToken, ApiError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .map_err(|e| invalid(format!("not base64 ({e})")))?;
-    let token: JoinToken =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not a token ({e})")))?;
+    let token: JoinToken = serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not a token ({e})")))?;
     let is_hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
     if !is_hex64(&token.secret) {
         return Err(invalid("malformed secret".into()));
@@ -65,11 +61,7 @@ pub(crate) fn encode_token(token: &JoinToken) -> String {
 
 /// Compares secrets without leaking where they differ.
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Joins the cluster that issued `control.join_token`.
@@ -80,10 +72,7 @@ pub(crate) async fn join(state: &State, control: &Control) -> Result<(), ApiErro
     validate::member_address(&control.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let token = decode_token(&control.join_token)?;
     let hooks = state.0.settings.hooks.clone();
-    hooks
-        .pre_init(state, false, &control.config)
-        .await
-        .map_err(|e| hook_failed("PreInit", e))?;
+    hooks.pre_init(state, false, &control.config).await.map_err(|e| hook_failed("PreInit", e))?;
     let server = ensure_server_identity(state, &control.name)?;
     let tls = tls::client_config(Some(&server), vec![token.fingerprint.clone()])
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -109,9 +98,7 @@ pub(crate) async fn join(state: &State, control: &Control) -> Result<(), ApiErro
             let client = Client::https(address.clone(), tls.clone()).with_timeout(JOIN_TIMEOUT);
             match client.join(&request).await {
                 Ok(response) => break 'found (response, client),
-                Err(ClientError::Api { status, message })
-                    if status != hyper::StatusCode::SERVICE_UNAVAILABLE =>
-                {
+                Err(ClientError::Api { status, message }) if status != hyper::StatusCode::SERVICE_UNAVAILABLE => {
                     // The cluster answered and refused: any member would say the same.
                     return Err(ApiError::new(status, message));
                 }
@@ -129,11 +116,7 @@ pub(crate) async fn join(state: &State, control: &Control) -> Result<(), ApiErro
 
     match join_steps(state, control, &token, &server, &response).await {
         Ok(()) => {
-            tracing::info!(
-                name = control.name,
-                via = response.trusted_member.address,
-                "joined the cluster"
-            );
+            tracing::info!(name = control.name, via = response.trusted_member.address, "joined the cluster");
             Ok(())
         }
         Err(err) => {
@@ -161,9 +144,7 @@ async fn join_steps(
     let internal = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
     let cluster_fp = tls::fingerprint_pem(&response.cluster_cert).map_err(|e| internal(&e))?;
     if !cluster_fp.eq_ignore_ascii_case(&token.fingerprint) {
-        return Err(ApiError::forbidden(
-            "the cluster sent a certificate that does not match the token",
-        ));
+        return Err(ApiError::forbidden("the cluster sent a certificate that does not match the token"));
     }
     let dir = &state.0.dir;
     dir.set_cluster_identity(&Identity {
@@ -172,11 +153,7 @@ async fn join_steps(
     })
     .map_err(|e| internal(&e))?;
     {
-        let mut config = state
-            .0
-            .config
-            .write()
-            .map_err(|_| ApiError::internal("poisoned"))?;
+        let mut config = state.0.config.write().map_err(|_| ApiError::internal("poisoned"))?;
         config.name = control.name.clone();
         config.address = control.address.clone();
         dir.set_daemon_config(&config).map_err(|e| internal(&e))?;
@@ -187,29 +164,18 @@ async fn join_steps(
         certificate: server.cert_pem.clone(),
     };
     for member in response.cluster_members.iter().chain(std::iter::once(&me)) {
-        state
-            .0
-            .truststore
-            .add(member.clone())
-            .map_err(|e| internal(&e))?;
+        state.0.truststore.add(member.clone()).map_err(|e| internal(&e))?;
     }
     let node_id = dqlite::generate_id(&control.address);
-    dir.set_node_info(&NodeInfo { id: node_id })
-        .map_err(|e| internal(&e))?;
+    dir.set_node_info(&NodeInfo { id: node_id }).map_err(|e| internal(&e))?;
 
     let runtime = start_runtime(state, node_id).await?;
     let client = runtime.db.client().clone();
-    retry_config_change("adding this member to dqlite", || {
-        client.add(node_id, &control.address)
-    })
-    .await?;
+    retry_config_change("adding this member to dqlite", || client.add(node_id, &control.address)).await?;
     let nodes = client.cluster().await?;
     let role = role_for_new_node(&nodes, node_id);
     if role != dqlite::Role::Spare {
-        retry_config_change("assigning this member's role", || {
-            client.assign(node_id, role)
-        })
-        .await?;
+        retry_config_change("assigning this member's role", || client.assign(node_id, role)).await?;
     }
     open_database(state, &runtime, OPEN_TIMEOUT).await?;
     let (name, role_text) = (control.name.clone(), role_name(Some(role)).to_owned());
@@ -222,10 +188,7 @@ async fn join_steps(
         .await?;
 
     let hooks = state.0.settings.hooks.clone();
-    hooks
-        .pre_join(state, &control.config)
-        .await
-        .map_err(|e| hook_failed("PreJoin", e))?;
+    hooks.pre_join(state, &control.config).await.map_err(|e| hook_failed("PreJoin", e))?;
     let notice = NewMemberHookRequest { new_member: me };
     let failures = fan_out(state.peer_clients()?, |c| {
         let notice = notice.clone();
@@ -238,6 +201,7 @@ async fn join_steps(
     if let Err(err) = hooks.post_join(state, &control.config).await {
         tracing::warn!(error = %err, "the PostJoin hook failed");
     }
+    hooks.on_start(state).await.map_err(|e| hook_failed("OnStart", e))?;
     start_background(state, &runtime);
     Ok(())
 }
@@ -250,17 +214,11 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
         address: request.address.clone(),
         certificate: request.certificate.clone(),
     };
-    let entry =
-        TrustEntry::new(member.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let cert = tls::parse_cert(&request.certificate, "certificate")
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if !tls::cert_has_dns_name(&cert, &request.name)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?
-    {
-        return Err(ApiError::forbidden(format!(
-            "the joiner's certificate does not name {:?}",
-            request.name
-        )));
+    let entry = TrustEntry::new(member.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let cert =
+        tls::parse_cert(&request.certificate, "certificate").map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !tls::cert_has_dns_name(&cert, &request.name).map_err(|e| ApiError::bad_request(e.to_string()))? {
+        return Err(ApiError::forbidden(format!("the joiner's certificate does not name {:?}", request.name)));
     }
 
     let leader = runtime.db.client().leader().await?;
@@ -268,9 +226,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
         let client = state.member_client(&leader.address)?;
         return client.join(&request).await.map_err(|e| match e {
             ClientError::Api { status, message } => ApiError::new(status, message),
-            other => ApiError::unavailable(format!(
-                "forwarding the join request to the leader: {other}"
-            )),
+            other => ApiError::unavailable(format!("forwarding the join request to the leader: {other}")),
         });
     }
 
@@ -281,30 +237,17 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
             request.extensions, settings.api_extensions
         )));
     }
-    let ours = (
-        settings.internal_schema.len() as u64,
-        settings.external_schema.len() as u64,
-    );
-    if (
-        request.schema_internal_version,
-        request.schema_external_version,
-    ) != ours
-    {
+    let ours = (settings.internal_schema.len() as u64, settings.external_schema.len() as u64);
+    if (request.schema_internal_version, request.schema_external_version) != ours {
         return Err(ApiError::bad_request(format!(
             "the joiner's schema versions {:?} differ from the cluster's {:?}; run the same software version",
-            (
-                request.schema_internal_version,
-                request.schema_external_version
-            ),
+            (request.schema_internal_version, request.schema_external_version),
             ours
         )));
     }
     let trusted = state.0.truststore.snapshot();
     if trusted.by_name(&request.name).is_some() {
-        return Err(ApiError::conflict(format!(
-            "a member named {:?} already exists",
-            request.name
-        )));
+        return Err(ApiError::conflict(format!("a member named {:?} already exists", request.name)));
     }
     if let Some(other) = trusted.by_address(&request.address) {
         return Err(ApiError::conflict(format!(
@@ -315,10 +258,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
 
     let mut row = super::own_row(
         state,
-        &Identity {
-            cert_pem: request.certificate.clone(),
-            key_pem: String::new(),
-        },
+        &Identity { cert_pem: request.certificate.clone(), key_pem: String::new() },
         role::PENDING,
     );
     row.name = request.name.clone();
@@ -352,17 +292,9 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
         return Err(err);
     }
 
-    state
-        .0
-        .truststore
-        .add(entry.member.clone())
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    state.0.truststore.add(entry.member.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
     runtime.set_servers(state.0.truststore.snapshot().addresses());
-    let others: Vec<_> = state
-        .peer_clients()?
-        .into_iter()
-        .filter(|(m, _)| m.name != request.name)
-        .collect();
+    let others: Vec<_> = state.peer_clients()?.into_iter().filter(|(m, _)| m.name != request.name).collect();
     let failures = fan_out(others, |c| {
         let member = member.clone();
         async move { c.add_trust(&member).await }
@@ -378,11 +310,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
         .by_name(&state.name())
         .map(|e| e.member.clone())
         .ok_or_else(|| ApiError::internal("this member is missing from its own trust store"))?;
-    tracing::info!(
-        name = request.name,
-        address = request.address,
-        "admitted a new member"
-    );
+    tracing::info!(name = request.name, address = request.address, "admitted a new member");
     Ok(JoinResponse {
         cluster_cert: runtime.cluster_identity.cert_pem.clone(),
         cluster_key: runtime.cluster_identity.key_pem.clone(),

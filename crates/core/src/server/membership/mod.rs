@@ -33,12 +33,7 @@ pub(crate) const OPEN_TIMEOUT_FOREVER: Duration = Duration::from_secs(100 * 365 
 
 /// Fails with 409 if the member is already initialised.
 pub(crate) fn ensure_uninitialised(state: &State) -> Result<(), ApiError> {
-    let initialised = state
-        .0
-        .dir
-        .node_info()
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .is_some();
+    let initialised = state.0.dir.node_info().map_err(|e| ApiError::internal(e.to_string()))?.is_some();
     if initialised || state.runtime().is_ok() {
         return Err(ApiError::conflict(format!(
             "this member is already initialised as {:?} at {}; remove it from its cluster first",
@@ -57,23 +52,13 @@ pub(crate) fn hook_failed(hook: &str, err: super::hooks::HookError) -> ApiError 
 /// This member's certificate, regenerated if it does not name `name` (a joiner's name must be
 /// in its certificate).
 pub(crate) fn ensure_server_identity(state: &State, name: &str) -> Result<Identity, ApiError> {
-    let current = state
-        .0
-        .server_identity
-        .read()
-        .map(|i| i.clone())
-        .map_err(|_| ApiError::internal("poisoned"))?;
-    let der = tls::parse_cert(&current.cert_pem, "server.crt")
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let current = state.0.server_identity.read().map(|i| i.clone()).map_err(|_| ApiError::internal("poisoned"))?;
+    let der = tls::parse_cert(&current.cert_pem, "server.crt").map_err(|e| ApiError::internal(e.to_string()))?;
     if tls::cert_has_dns_name(&der, name).unwrap_or(false) {
         return Ok(current);
     }
     let fresh = certs::generate(name, &[]).map_err(|e| ApiError::internal(e.to_string()))?;
-    state
-        .0
-        .dir
-        .set_server_identity(&fresh)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    state.0.dir.set_server_identity(&fresh).map_err(|e| ApiError::internal(e.to_string()))?;
     if let Ok(mut guard) = state.0.server_identity.write() {
         *guard = fresh.clone();
     }
@@ -90,9 +75,7 @@ pub(crate) async fn start_runtime(state: &State, node_id: u64) -> Result<Arc<Run
         *slot = Some(runtime.clone());
     }
     // The application's own listeners: a failure leaves that listener off, not the member.
-    if let Err(err) =
-        super::servers::apply(state, &runtime.listeners, &runtime.cluster_identity).await
-    {
+    if let Err(err) = super::servers::apply(state, &runtime.listeners, &runtime.cluster_identity).await {
         tracing::warn!(error = %err, "additional listeners");
     }
     Ok(runtime)
@@ -109,11 +92,7 @@ enum Opened {
 /// when this member runs newer software than others, waits (status "waiting for an upgrade",
 /// re-checked every second) until every member runs it, and then applies the updates once.
 /// A member whose software is older than the database's schema refuses to open.
-pub(crate) async fn open_database(
-    state: &State,
-    runtime: &Runtime,
-    timeout: Duration,
-) -> Result<(), ApiError> {
+pub(crate) async fn open_database(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), ApiError> {
     state.set_db_status(DbStatus::Starting);
     let deadline = Instant::now() + timeout;
     loop {
@@ -129,20 +108,9 @@ pub(crate) async fn open_database(
                 state.set_db_status_with(DbStatus::WaitingUpgrade, reason);
                 tokio::time::sleep(UPGRADE_POLL).await;
             }
-            Err(schema::SchemaError::Behind {
-                kind,
-                applied,
-                known,
-            }) => {
+            Err(schema::SchemaError::Behind { kind, applied, known }) => {
                 state.set_db_status(DbStatus::Offline);
-                return Err(ApiError::unavailable(
-                    schema::SchemaError::Behind {
-                        kind,
-                        applied,
-                        known,
-                    }
-                    .to_string(),
-                ));
+                return Err(ApiError::unavailable(schema::SchemaError::Behind { kind, applied, known }.to_string()));
             }
             Err(schema::SchemaError::Db(err)) if Instant::now() < deadline => {
                 tracing::debug!(error = %err, "database not reachable yet");
@@ -177,8 +145,7 @@ async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::Sc
         .transaction(|tx| {
             let (name, extensions) = (name.clone(), extensions.clone());
             Box::pin(async move {
-                members::set_software(tx, &name, known.internal, known.external, &extensions)
-                    .await?;
+                members::set_software(tx, &name, known.internal, known.external, &extensions).await?;
                 members::list(tx).await
             })
         })
@@ -213,10 +180,7 @@ async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::Sc
 
 /// Everything after the database is online on every start: heartbeats.
 pub(crate) fn start_background(state: &State, runtime: &Runtime) {
-    runtime.adopt(tokio::spawn(heartbeat::run(
-        state.clone(),
-        runtime.stop.clone(),
-    )));
+    runtime.adopt(tokio::spawn(heartbeat::run(state.clone(), runtime.stop.clone())));
 }
 
 /// Turns this member back into an uninitialised daemon: stops its node and listener, and
@@ -228,11 +192,7 @@ pub(crate) async fn reset_local(state: &State) -> Result<(), ApiError> {
     if let Some(runtime) = runtime {
         runtime.stop().await;
     }
-    let result = state
-        .0
-        .dir
-        .reset()
-        .map_err(|e| ApiError::internal(format!("resetting the state directory: {e}")));
+    let result = state.0.dir.reset().map_err(|e| ApiError::internal(format!("resetting the state directory: {e}")));
     state.0.truststore.clear();
     if let Ok(mut config) = state.0.config.write() {
         config.name.clear();
@@ -244,12 +204,7 @@ pub(crate) async fn reset_local(state: &State) -> Result<(), ApiError> {
 
 /// The role a newly added node should get: voters first (up to 3), then stand-bys (up to 3).
 pub(crate) fn role_for_new_node(nodes: &[dqlite::NodeInfo], new_id: u64) -> dqlite::Role {
-    let count = |role| {
-        nodes
-            .iter()
-            .filter(|n| n.id != new_id && n.role == Some(role))
-            .count()
-    };
+    let count = |role| nodes.iter().filter(|n| n.id != new_id && n.role == Some(role)).count();
     if count(dqlite::Role::Voter) < 3 {
         dqlite::Role::Voter
     } else if count(dqlite::Role::StandBy) < 3 {
@@ -281,10 +236,7 @@ where
 }
 
 /// Runs `call` against every client at once and returns the failures.
-pub(crate) async fn fan_out<F, Fut>(
-    clients: Vec<(ClusterMemberLocal, Client)>,
-    call: F,
-) -> Vec<(String, ClientError)>
+pub(crate) async fn fan_out<F, Fut>(clients: Vec<(ClusterMemberLocal, Client)>, call: F) -> Vec<(String, ClientError)>
 where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = Result<(), ClientError>> + Send + 'static,
@@ -334,11 +286,7 @@ mod tests {
     use dqlite::{NodeInfo, Role};
 
     fn node(id: u64, role: Role) -> NodeInfo {
-        NodeInfo {
-            id,
-            address: format!("n{id}"),
-            role: Some(role),
-        }
+        NodeInfo { id, address: format!("n{id}"), role: Some(role) }
     }
 
     #[test]
@@ -347,11 +295,7 @@ mod tests {
         assert_eq!(role_for_new_node(&nodes, 9), Role::Voter);
         nodes.extend([node(2, Role::Voter), node(3, Role::Voter)]);
         assert_eq!(role_for_new_node(&nodes, 9), Role::StandBy);
-        nodes.extend([
-            node(4, Role::StandBy),
-            node(5, Role::StandBy),
-            node(6, Role::StandBy),
-        ]);
+        nodes.extend([node(4, Role::StandBy), node(5, Role::StandBy), node(6, Role::StandBy)]);
         assert_eq!(role_for_new_node(&nodes, 9), Role::Spare);
     }
 }

@@ -34,18 +34,13 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
             .map_err(|e| from_client("forwarding the removal to the leader", e));
     }
 
-    let rows = runtime
-        .db
-        .transaction(|tx| Box::pin(members::list(tx)))
-        .await?;
+    let rows = runtime.db.transaction(|tx| Box::pin(members::list(tx))).await?;
     let trusted = state.0.truststore.snapshot();
     let address = match (rows.iter().find(|m| m.name == name), trusted.by_name(name)) {
         (Some(row), _) => row.address.clone(),
         (None, Some(entry)) => entry.member.address.clone(),
         (None, None) => {
-            return Err(ApiError::not_found(format!(
-                "no cluster member named {name:?}"
-            )));
+            return Err(ApiError::not_found(format!("no cluster member named {name:?}")));
         }
     };
     let nodes = client.cluster().await?;
@@ -56,10 +51,7 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
             "{name:?} is the last member; a cluster cannot remove its last member"
         )));
     }
-    let voters = nodes
-        .iter()
-        .filter(|n| n.role == Some(dqlite::Role::Voter))
-        .count();
+    let voters = nodes.iter().filter(|n| n.role == Some(dqlite::Role::Voter)).count();
     let role_now = node.as_ref().map_or(role::PENDING, |n| role_name(n.role));
     if role_now == role::PENDING && voters < 2 {
         return Err(ApiError::conflict(format!(
@@ -69,19 +61,12 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
 
     if address == runtime.address {
         // The leader is leaving: hand over first, then let the new leader do the removal.
-        let target = nodes
-            .iter()
-            .find(|n| n.role == Some(dqlite::Role::Voter) && n.address != runtime.address)
-            .ok_or_else(|| {
-                ApiError::conflict(
-                    "no other voter can take over leadership; add or promote a member first",
-                )
-            })?;
+        let target =
+            nodes.iter().find(|n| n.role == Some(dqlite::Role::Voter) && n.address != runtime.address).ok_or_else(
+                || ApiError::conflict("no other voter can take over leadership; add or promote a member first"),
+            )?;
         client.transfer(target.id).await?;
-        tracing::info!(
-            to = target.address,
-            "transferred leadership before removing this member"
-        );
+        tracing::info!(to = target.address, "transferred leadership before removing this member");
         return state
             .member_client(&target.address)?
             .with_timeout(Duration::from_secs(120))
@@ -111,8 +96,7 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
         })
         .await?;
     if let Some(node) = node
-        && let Err(err) =
-            super::retry_config_change("removing the dqlite node", || client.remove(node.id)).await
+        && let Err(err) = super::retry_config_change("removing the dqlite node", || client.remove(node.id)).await
     {
         if !force {
             return Err(err);
@@ -120,11 +104,7 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
         tracing::warn!(member = name, error = %err, "removing the dqlite node failed; continuing because of --force");
     }
 
-    state
-        .0
-        .truststore
-        .remove(name)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    state.0.truststore.remove(name).map_err(|e| ApiError::internal(e.to_string()))?;
     runtime.set_servers(state.0.truststore.snapshot().addresses());
     let remaining = state.peer_clients()?;
     let victim = name.to_owned();

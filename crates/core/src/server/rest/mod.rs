@@ -34,10 +34,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with any status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        ApiError { status, message: message.into() }
     }
 
     /// 400: the request is malformed or invalid.
@@ -137,10 +134,7 @@ impl Request {
 
     /// A query parameter.
     pub fn query(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// A boolean query flag (`?force=1`, `?force=true`).
@@ -151,19 +145,14 @@ impl Request {
     /// The body as JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if self.body.is_empty() {
-            return Err(ApiError::bad_request(
-                "the request body is empty; JSON was expected",
-            ));
+            return Err(ApiError::bad_request("the request body is empty; JSON was expected"));
         }
-        serde_json::from_slice(&self.body)
-            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+        serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
     }
 
     /// Whether a member forwarded this request as a notification (not to be fanned out again).
     pub fn is_notification(&self) -> bool {
-        self.headers
-            .get(USER_AGENT)
-            .is_some_and(|ua| ua == NOTIFICATION_USER_AGENT)
+        self.headers.get(USER_AGENT).is_some_and(|ua| ua == NOTIFICATION_USER_AGENT)
     }
 
     /// Whether the caller is trusted (control socket or a trusted member).
@@ -198,30 +187,22 @@ pub(crate) enum ResponseKind {
 impl Response {
     /// A result, serialised into the envelope's `metadata`.
     pub fn sync(value: impl Serialize) -> Result<Response, ApiError> {
-        let value = serde_json::to_value(value)
-            .map_err(|e| ApiError::internal(format!("encoding the response: {e}")))?;
-        Ok(Response {
-            inner: ResponseKind::Sync(value),
-        })
+        let value =
+            serde_json::to_value(value).map_err(|e| ApiError::internal(format!("encoding the response: {e}")))?;
+        Ok(Response { inner: ResponseKind::Sync(value) })
     }
 
     /// An empty result (`metadata: {}`).
     pub fn empty() -> Response {
-        Response {
-            inner: ResponseKind::Sync(serde_json::json!({})),
-        }
+        Response { inner: ResponseKind::Sync(serde_json::json!({})) }
     }
 
     pub(crate) fn forwarded(status: StatusCode, body: Bytes) -> Response {
-        Response {
-            inner: ResponseKind::Forwarded { status, body },
-        }
+        Response { inner: ResponseKind::Forwarded { status, body } }
     }
 
     pub(crate) fn upgrade(protocol: &'static str) -> Response {
-        Response {
-            inner: ResponseKind::Upgrade(protocol),
-        }
+        Response { inner: ResponseKind::Upgrade(protocol) }
     }
 }
 
@@ -315,10 +296,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// An endpoint at `path` below its resources' prefix; `{name}` segments are parameters.
     pub fn new(path: impl Into<String>) -> Endpoint {
-        Endpoint {
-            path: path.into(),
-            actions: Vec::new(),
-        }
+        Endpoint { path: path.into(), actions: Vec::new() }
     }
 
     /// Handles `method` with `action`.
@@ -364,9 +342,6 @@ pub struct Resources {
 impl Resources {
     /// Endpoints under `/prefix/`.
     pub fn new(prefix: impl Into<String>, endpoints: Vec<Endpoint>) -> Resources {
-        Resources {
-            prefix: prefix.into().trim_matches('/').to_owned(),
-            endpoints,
-        }
+        Resources { prefix: prefix.into().trim_matches('/').to_owned(), endpoints }
     }
 }

@@ -38,17 +38,12 @@ impl Routes {
                 let pattern = full
                     .split('/')
                     .filter(|s| !s.is_empty())
-                    .map(
-                        |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                            Some(name) => Segment::Param(name.to_owned()),
-                            None => Segment::Literal(s.to_owned()),
-                        },
-                    )
+                    .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        Some(name) => Segment::Param(name.to_owned()),
+                        None => Segment::Literal(s.to_owned()),
+                    })
                     .collect();
-                routes.push(Route {
-                    pattern,
-                    actions: endpoint.actions.clone(),
-                });
+                routes.push(Route { pattern, actions: endpoint.actions.clone() });
             }
         }
         Routes { routes }
@@ -66,11 +61,7 @@ impl Routes {
                 return Match::Found(action, params);
             }
         }
-        if path_matched {
-            Match::MethodNotAllowed
-        } else {
-            Match::NotFound
-        }
+        if path_matched { Match::MethodNotAllowed } else { Match::NotFound }
     }
 }
 
@@ -132,45 +123,24 @@ mod tests {
     fn routes_match_literals_params_and_methods() {
         let routes = Routes::new(&[Resources::new(
             "core/1.0",
-            vec![
-                Endpoint::new("").get(action()),
-                Endpoint::new("cluster/{name}").delete(action()),
-            ],
+            vec![Endpoint::new("").get(action()), Endpoint::new("cluster/{name}").delete(action())],
         )]);
-        assert!(
-            matches!(routes.find(&Method::GET, "/core/1.0"), Match::Found(_, p) if p.is_empty())
-        );
-        assert!(matches!(
-            routes.find(&Method::GET, "/core/1.0/"),
-            Match::Found(..)
-        ));
+        assert!(matches!(routes.find(&Method::GET, "/core/1.0"), Match::Found(_, p) if p.is_empty()));
+        assert!(matches!(routes.find(&Method::GET, "/core/1.0/"), Match::Found(..)));
         match routes.find(&Method::DELETE, "/core/1.0/cluster/mc%33") {
             Match::Found(_, params) => assert_eq!(params, [("name".to_owned(), "mc3".to_owned())]),
             _ => panic!("no match"),
         }
-        assert!(matches!(
-            routes.find(&Method::GET, "/core/1.0/cluster/mc3"),
-            Match::MethodNotAllowed
-        ));
-        assert!(matches!(
-            routes.find(&Method::GET, "/core/1.0/cluster/a/b"),
-            Match::NotFound
-        ));
-        assert!(matches!(
-            routes.find(&Method::DELETE, "/core/1.0/cluster/%zz"),
-            Match::NotFound
-        ));
+        assert!(matches!(routes.find(&Method::GET, "/core/1.0/cluster/mc3"), Match::MethodNotAllowed));
+        assert!(matches!(routes.find(&Method::GET, "/core/1.0/cluster/a/b"), Match::NotFound));
+        assert!(matches!(routes.find(&Method::DELETE, "/core/1.0/cluster/%zz"), Match::NotFound));
     }
 
     #[test]
     fn queries_decode() {
         assert_eq!(
             parse_query("force=1&target=mc%32&x"),
-            [
-                ("force".into(), "1".into()),
-                ("target".into(), "mc2".into()),
-                ("x".into(), String::new())
-            ]
+            [("force".into(), "1".into()), ("target".into(), "mc2".into()), ("x".into(), String::new())]
         );
     }
 }

@@ -21,9 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::router::{Match, parse_query};
-use super::{
-    ApiError, HandlerResult, MAX_REQUEST_BODY, Request, Response, ResponseKind, Routes, Trust,
-};
+use super::{ApiError, HandlerResult, MAX_REQUEST_BODY, Request, Response, ResponseKind, Routes, Trust};
 use crate::api::Envelope;
 use crate::server::State;
 
@@ -71,12 +69,7 @@ pub(crate) struct Listener {
 
 impl Listener {
     /// Serves `routes` on a unix socket at `path` (mode 0660, optionally owned by `gid`).
-    pub(crate) fn unix(
-        path: &Path,
-        gid: Option<u32>,
-        state: State,
-        routes: Arc<Routes>,
-    ) -> std::io::Result<Listener> {
+    pub(crate) fn unix(path: &Path, gid: Option<u32>, state: State, routes: Arc<Routes>) -> std::io::Result<Listener> {
         use std::os::unix::fs::PermissionsExt;
         // We hold the state directory lock, so a socket file left here is stale.
         match std::fs::remove_file(path) {
@@ -101,13 +94,7 @@ impl Listener {
         routes: Arc<Routes>,
     ) -> Listener {
         let (stop, signal) = ShutdownSignal::new();
-        let task = tokio::spawn(accept_tls(
-            listener,
-            tokio_rustls::TlsAcceptor::from(tls),
-            state,
-            routes,
-            signal,
-        ));
+        let task = tokio::spawn(accept_tls(listener, tokio_rustls::TlsAcceptor::from(tls), state, routes, signal));
         Listener { stop, task }
     }
 
@@ -125,12 +112,7 @@ impl Listener {
     }
 }
 
-async fn accept_unix(
-    listener: UnixListener,
-    state: State,
-    routes: Arc<Routes>,
-    mut signal: ShutdownSignal,
-) {
+async fn accept_unix(listener: UnixListener, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -143,22 +125,11 @@ async fn accept_unix(
             },
             _ = signal.fired() => return,
         };
-        tokio::spawn(serve_connection(
-            stream,
-            Peer::Unix,
-            state.clone(),
-            routes.clone(),
-            signal.clone(),
-        ));
+        tokio::spawn(serve_connection(stream, Peer::Unix, state.clone(), routes.clone(), signal.clone()));
     }
 }
 
-async fn accept_plain(
-    listener: TcpListener,
-    state: State,
-    routes: Arc<Routes>,
-    mut signal: ShutdownSignal,
-) {
+async fn accept_plain(listener: TcpListener, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal) {
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -172,13 +143,7 @@ async fn accept_plain(
             _ = signal.fired() => return,
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            tcp,
-            Peer::Tls(None),
-            state.clone(),
-            routes.clone(),
-            signal.clone(),
-        ));
+        tokio::spawn(serve_connection(tcp, Peer::Tls(None), state.clone(), routes.clone(), signal.clone()));
     }
 }
 
@@ -202,12 +167,7 @@ async fn accept_tls(
             _ = signal.fired() => return,
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, state, routes, signal) = (
-            acceptor.clone(),
-            state.clone(),
-            routes.clone(),
-            signal.clone(),
-        );
+        let (acceptor, state, routes, signal) = (acceptor.clone(), state.clone(), routes.clone(), signal.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
@@ -220,33 +180,22 @@ async fn accept_tls(
                     return;
                 }
             };
-            let fingerprint = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| crate::tls::fingerprint(c));
+            let fingerprint =
+                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::fingerprint(c));
             serve_connection(stream, Peer::Tls(fingerprint), state, routes, signal).await;
         });
     }
 }
 
-async fn serve_connection<S>(
-    io: S,
-    peer: Peer,
-    state: State,
-    routes: Arc<Routes>,
-    mut signal: ShutdownSignal,
-) where
+async fn serve_connection<S>(io: S, peer: Peer, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
         let (state, routes, peer) = (state.clone(), routes.clone(), peer.clone());
         async move { Ok::<_, Infallible>(dispatch(state, &routes, peer, req).await) }
     });
-    let conn = http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -276,12 +225,7 @@ async fn dispatch(
     render(result)
 }
 
-async fn handle(
-    state: State,
-    routes: &Routes,
-    peer: Peer,
-    req: hyper::Request<Incoming>,
-) -> HandlerResult {
+async fn handle(state: State, routes: &Routes, peer: Peer, req: hyper::Request<Incoming>) -> HandlerResult {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let (action, params) = match routes.find(&parts.method, &path) {
@@ -306,30 +250,20 @@ async fn handle(
         return Err(ApiError::unavailable("Daemon is shutting down"));
     }
     if matches!(trust, Trust::Untrusted(_)) && !action.allow_untrusted {
-        return Err(ApiError::forbidden(
-            "not authorized: this endpoint needs a trusted member certificate",
-        ));
+        return Err(ApiError::forbidden("not authorized: this endpoint needs a trusted member certificate"));
     }
     let upgrading = state.database_status() == crate::server::DbStatus::WaitingUpgrade;
     let allowed_now = action.allowed_before_init || (upgrading && action.allowed_during_upgrade);
     if !allowed_now {
         state.require_database()?;
     }
-    let body = Limited::new(body, MAX_REQUEST_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body larger than {MAX_REQUEST_BODY} bytes"),
-                )
-            } else {
-                ApiError::bad_request(format!("reading the request body: {e}"))
-            }
-        })?;
+    let body = Limited::new(body, MAX_REQUEST_BODY).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {MAX_REQUEST_BODY} bytes"))
+        } else {
+            ApiError::bad_request(format!("reading the request body: {e}"))
+        }
+    })?;
     let request = Request {
         method: parts.method.clone(),
         path,
@@ -344,9 +278,7 @@ async fn handle(
         && let Some(target) = request.query("target").map(str::to_owned)
         && target != state.name()
     {
-        return state
-            .forward(&target, &parts.method, &parts.uri, request.body)
-            .await;
+        return state.forward(&target, &parts.method, &parts.uri, request.body).await;
     }
     (action.handler)(state, request).await
 }
@@ -354,41 +286,26 @@ async fn handle(
 fn json_response(status: StatusCode, body: Vec<u8>) -> hyper::Response<Full<Bytes>> {
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     response
 }
 
 fn render(result: HandlerResult) -> hyper::Response<Full<Bytes>> {
     match result {
-        Ok(Response {
-            inner: ResponseKind::Sync(value),
-        }) => {
+        Ok(Response { inner: ResponseKind::Sync(value) }) => {
             let body = serde_json::to_vec(&Envelope::sync(value)).unwrap_or_default();
             json_response(StatusCode::OK, body)
         }
-        Ok(Response {
-            inner: ResponseKind::Forwarded { status, body },
-        }) => json_response(status, body.to_vec()),
-        Ok(Response {
-            inner: ResponseKind::Upgrade(protocol),
-        }) => {
+        Ok(Response { inner: ResponseKind::Forwarded { status, body } }) => json_response(status, body.to_vec()),
+        Ok(Response { inner: ResponseKind::Upgrade(protocol) }) => {
             let mut response = hyper::Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            response.headers_mut().insert(
-                CONNECTION,
-                hyper::header::HeaderValue::from_static("Upgrade"),
-            );
-            response
-                .headers_mut()
-                .insert(UPGRADE, hyper::header::HeaderValue::from_static(protocol));
+            response.headers_mut().insert(CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+            response.headers_mut().insert(UPGRADE, hyper::header::HeaderValue::from_static(protocol));
             response
         }
         Err(err) => {
-            let body = serde_json::to_vec(&Envelope::error(err.status().as_u16(), err.message()))
-                .unwrap_or_default();
+            let body = serde_json::to_vec(&Envelope::error(err.status().as_u16(), err.message())).unwrap_or_default();
             json_response(err.status(), body)
         }
     }
