@@ -25,11 +25,12 @@ run: deps
 
 # The end-to-end tests run the built microd/microctl binaries, so build them first.
 test: deps lint
-	$(CARGO) build --workspace && $(CARGO) test --workspace --all-targets
+	$(CARGO) build --workspace && $(CARGO) test --workspace --all-targets && $(CARGO) test --workspace --doc
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace --quiet
 
 fmt:
 	$(CARGO) fmt --all
@@ -41,7 +42,7 @@ bench-engine: deps-bench
 	$(CARGO) bench -p dqlite --bench engine -- $(BENCH_ARGS)
 
 bench-cluster: deps-bench
-	$(CARGO) build --release -p microd -p microctl -p microcluster-tests && ./target/release/bench $(BENCH_ARGS)
+	$(CARGO) build --release -p microd -p microctl -p microcluster-tests && $(CARGO) build --release -p microcluster --example kv && ./target/release/bench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

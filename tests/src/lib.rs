@@ -21,6 +21,8 @@ pub struct Binaries {
     pub microd: PathBuf,
     /// `microctl`.
     pub microctl: PathBuf,
+    /// Where they are (examples are in `examples/` below it).
+    pub dir: PathBuf,
 }
 
 /// Finds the built binaries once.
@@ -42,7 +44,7 @@ pub fn binaries() -> &'static Binaries {
             );
             path
         };
-        Binaries { microd: find("MICROD_BIN", "microd"), microctl: find("MICROCTL_BIN", "microctl") }
+        Binaries { microd: find("MICROD_BIN", "microd"), microctl: find("MICROCTL_BIN", "microctl"), dir }
     })
 }
 
@@ -104,6 +106,8 @@ pub struct Member {
     pub args: Vec<String>,
     /// Extra environment variables for `microd`.
     pub env: Vec<(String, String)>,
+    /// Another daemon built on the library (e.g. the `kv` example) to run instead of `microd`.
+    pub binary: Option<PathBuf>,
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
 }
@@ -116,8 +120,9 @@ impl Member {
             name: name.to_owned(),
             address: free_address(),
             dir: tmp.path().join("state"),
-            args: vec!["--heartbeat".into(), "1s".into()],
+            args: vec!["--debug".into(), "--heartbeat".into(), "1s".into()],
             env: Vec::new(),
+            binary: None,
             _tmp: Some(tmp),
             child: None,
         }
@@ -129,8 +134,9 @@ impl Member {
             name: name.to_owned(),
             address: address.to_owned(),
             dir: dir.to_owned(),
-            args: vec!["--heartbeat".into(), "1s".into()],
+            args: vec!["--debug".into(), "--heartbeat".into(), "1s".into()],
             env: Vec::new(),
+            binary: None,
             _tmp: None,
             child: None,
         }
@@ -146,10 +152,10 @@ impl Member {
         assert!(self.child.is_none(), "{} is already running", self.name);
         std::fs::create_dir_all(self.dir.parent().unwrap()).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let child = Command::new(&binaries().microd)
+        let binary = self.binary.clone().unwrap_or_else(|| binaries().microd.clone());
+        let child = Command::new(binary)
             .arg("--state-dir")
             .arg(&self.dir)
-            .arg("--debug")
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -309,7 +315,13 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` daemons named `m1`..`mN`.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_| {})
+    }
+
+    /// Starts `n` daemons, letting `prepare` adjust each member (arguments, environment) first.
+    pub fn start_with(n: usize, prepare: impl Fn(&mut Member)) -> Cluster {
         let mut members: Vec<Member> = (1..=n).map(|i| Member::new(&format!("m{i}"))).collect();
+        members.iter_mut().for_each(&prepare);
         for member in &mut members {
             member.start();
         }

@@ -1,13 +1,45 @@
 //! microcluster: highly available clustered services on dqlite.
 //!
-//! A member runs a daemon ([`App::run`]) with a unix control socket and, once initialised, one
-//! mutual-TLS HTTPS address that serves the REST API and tunnels dqlite's traffic. Members join
-//! with one-time tokens, share a replicated SQL database, and run the application's endpoints,
-//! schema updates and lifecycle hooks.
+//! A member runs a daemon ([`App::start`]) with a unix control socket and, once initialised,
+//! one mutual-TLS HTTPS address that serves the REST API and tunnels dqlite's traffic. Members
+//! join with one-time tokens, share a replicated SQL database, and run the application's
+//! endpoints ([`Server`]), schema updates ([`SchemaUpdate`]) and lifecycle hooks ([`Hooks`]).
 //!
 //! Without the default `server` feature only the client side is built ([`client`], [`api`],
 //! [`tls`]), so command-line tools do not link libdqlite.
+//!
+//! # An application
+//!
+//! ```no_run
+//! use microcluster::server::rest::{Action, Endpoint, HandlerResult, Request, Resources, Response};
+//! use microcluster::{App, Args, DaemonArgs, SchemaUpdate, Server, State};
+//!
+//! /// `GET /1.0/count` on every member's address: rows in the replicated table.
+//! async fn count(state: State, _req: Request) -> HandlerResult {
+//!     let rows = state.query("SELECT count(*) FROM notes", &[]).await?;
+//!     Response::sync(rows.rows[0].get(0).and_then(|v| v.as_i64()))
+//! }
+//!
+//! # async fn run() -> Result<(), microcluster::AppError> {
+//! let app = App::new(Args { state_dir: "/var/lib/notes".into() });
+//! app.start(DaemonArgs {
+//!     version: "1.0".into(),
+//!     api_extensions: vec!["notes_count".into()],
+//!     extensions_schema: vec![SchemaUpdate::sql("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")],
+//!     servers: vec![Server::core(
+//!         "notes",
+//!         vec![Resources::new("1.0", vec![Endpoint::new("count").get(Action::new(count))])],
+//!     )],
+//!     ..DaemonArgs::default()
+//! })
+//! .await // runs until SIGTERM, SIGINT or `microctl shutdown`
+//! # }
+//! ```
+//!
+//! Then, from another process (or `microctl`): [`App::new_cluster`] on the first member,
+//! [`App::new_join_token`] there and [`App::join_cluster`] on each new one.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod api;
 #[cfg(feature = "server")]

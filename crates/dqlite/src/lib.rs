@@ -14,6 +14,8 @@
 //! - [`proto`]: the wire format itself, without I/O.
 //! - [`sql`]: statement splitting and read-only classification.
 
+#![warn(missing_docs)]
+
 mod client;
 mod connection;
 mod database;

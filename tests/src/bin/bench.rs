@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use microcluster_tests::{Cluster, free_address, wait_until};
+use microcluster_tests::{Cluster, Member, free_address, wait_until};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -149,6 +149,46 @@ async fn ours(ops: usize) -> Result<(Duration, Run, Run), Error> {
     .await?;
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     Ok((formation, writes, reads))
+}
+
+/// The `kv` example (a key/value service on the library) as a 3-member cluster: writes and
+/// reads through its plain HTTP API, like dqlite-demo's.
+async fn kv(ops: usize) -> Result<(Run, Run), Error> {
+    let binary = microcluster_tests::binaries().dir.join("examples/kv");
+    if !binary.is_file() {
+        return Err(format!("{} missing: cargo build --release -p microcluster --example kv", binary.display()).into());
+    }
+    let apis: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let cluster = {
+        let (binary, apis) = (binary.clone(), apis.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut members: Vec<Member> = (1..=3).map(|i| Member::new(&format!("k{i}"))).collect();
+            for (member, api) in members.iter_mut().zip(&apis) {
+                member.binary = Some(binary.clone());
+                member.args = vec!["--api".into(), api.clone()];
+                member.start();
+            }
+            let cluster = Cluster { members };
+            cluster.members[0].bootstrap();
+            cluster.join(1, 0);
+            cluster.join(2, 0);
+            cluster
+        })
+        .await?
+    };
+    let mut http = Http::tcp(&apis[0]).await?;
+    let value = value();
+    let writes =
+        sequential(&mut http, ops, |i| ("PUT", format!("/key{i}"), value.clone()), |status, _| status == 200).await?;
+    let reads = sequential(
+        &mut http,
+        ops,
+        |i| ("GET", format!("/key{i}"), String::new()),
+        |status, body| status == 200 && body.len() >= 100,
+    )
+    .await?;
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok((writes, reads))
 }
 
 /// Kills the anchor's processes even when a run fails.
@@ -378,10 +418,14 @@ async fn main() -> Result<(), Error> {
     }
 
     let (mut o, mut a): (Vec<[f64; 6]>, Vec<[f64; 6]>) = (Vec::new(), Vec::new());
+    let mut k: Vec<[f64; 6]> = Vec::new();
     for rep in 1..=repeat {
         eprintln!("repetition {rep}/{repeat}: ours");
         let (formation, w, r) = ours(ops).await?;
         o.push([formation.as_secs_f64(), w.p(0.5), w.p(0.99), w.ops(), r.p(0.5), r.ops()]);
+        eprintln!("repetition {rep}/{repeat}: kv example");
+        let (w, r) = kv(ops).await?;
+        k.push([f64::NAN, w.p(0.5), w.p(0.99), w.ops(), r.p(0.5), r.ops()]);
         if have_demo {
             eprintln!("repetition {rep}/{repeat}: dqlite-demo");
             let (formation, w, r) = anchor(ops).await?;
@@ -405,6 +449,9 @@ async fn main() -> Result<(), Error> {
     ];
     for (i, (name, unit)) in names.iter().enumerate() {
         row(name, unit, &col(&o, i), &col(&a, i));
+    }
+    for (i, (name, unit)) in names.iter().enumerate().skip(1) {
+        row(&format!("kv example: {}", name.trim_start_matches("sequential ")), unit, &col(&k, i), &col(&a, i));
     }
 
     let failovers = if quick { 1 } else { flag("--failover-repeat", 10) };

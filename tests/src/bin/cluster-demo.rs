@@ -18,7 +18,7 @@ fn main() {
         .map(|i| Member::at(&format!("mc{i}"), &format!("127.0.0.1:900{i}"), &root.join(format!("mc{i}"))))
         .collect();
     for member in &mut members {
-        member.args = vec!["--heartbeat".into(), "2s".into()];
+        member.args = vec!["--debug".into(), "--heartbeat".into(), "2s".into()];
         member.start();
     }
     members[0].bootstrap();

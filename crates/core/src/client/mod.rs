@@ -117,6 +117,19 @@ impl std::fmt::Display for Target {
 }
 
 /// A client of one daemon.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), microcluster::client::ClientError> {
+/// use microcluster::client::Client;
+///
+/// let local = Client::unix("/var/lib/microd/control.socket");
+/// for member in local.cluster_members().await? {
+///     println!("{} {} {}", member.local.name, member.role, member.status);
+/// }
+/// let token = local.add_token("node4", Some(std::time::Duration::from_secs(3600))).await?;
+/// # let _ = token;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     target: Target,

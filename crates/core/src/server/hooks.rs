@@ -23,6 +23,21 @@ fn done<'a>() -> HookFuture<'a> {
 
 /// Lifecycle hooks. Where a hook runs and what its failure does:
 ///
+/// ```
+/// use microcluster::{HookFuture, Hooks, State};
+///
+/// struct Audit;
+///
+/// impl Hooks for Audit {
+///     fn on_new_member<'a>(&'a self, state: &'a State, member: &'a microcluster::api::ClusterMemberLocal) -> HookFuture<'a> {
+///         Box::pin(async move {
+///             state.exec("INSERT INTO audit (event) VALUES (?)", &[format!("{} joined", member.name).into()]).await?;
+///             Ok(())
+///         })
+///     }
+/// }
+/// ```
+///
 /// | hook | runs on | when | on error |
 /// |---|---|---|---|
 /// | `pre_init` | the member being initialised | before anything is written | init fails, nothing changed |

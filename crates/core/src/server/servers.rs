@@ -14,6 +14,19 @@ use crate::tls::{self, Identity};
 use crate::{certs, validate};
 
 /// A set of endpoints and where they are served.
+///
+/// ```
+/// use microcluster::Server;
+/// use microcluster::server::rest::{Action, Endpoint, HandlerResult, Request, Resources, Response};
+/// # async fn status(_: microcluster::State, _: Request) -> HandlerResult { Ok(Response::empty()) }
+/// let api = vec![Resources::new("1.0", vec![Endpoint::new("status").get(Action::new(status))])];
+/// // On the member's own address (mutual TLS) and the control socket:
+/// let internal = Server::core("myapp", api.clone()).serve_unix();
+/// // On a port of its own, movable at run time with `PUT /core/1.0/daemon/servers`:
+/// let public = Server::listener("public", api).default_address("127.0.0.1:8443").dedicated_certificate();
+/// assert_eq!(public.name(), "public");
+/// # let _ = internal;
+/// ```
 #[derive(Debug, Clone)]
 pub struct Server {
     pub(crate) name: String,

@@ -30,6 +30,23 @@ pub(crate) enum SchemaError {
 type UpdateFn = dyn for<'t, 'd> Fn(&'t mut Transaction<'d>) -> TxFuture<'t, ()> + Send + Sync;
 
 /// One schema update. Updates are append-only: never change or reorder released ones.
+///
+/// ```
+/// use microcluster::SchemaUpdate;
+///
+/// let updates = vec![
+///     SchemaUpdate::sql("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"),
+///     // Later release: arbitrary statements in the update's transaction.
+///     SchemaUpdate::new(|tx| {
+///         Box::pin(async move {
+///             tx.exec("ALTER TABLE notes ADD COLUMN author TEXT", &[]).await?;
+///             tx.exec("UPDATE notes SET author = ?", &["unknown".into()]).await?;
+///             Ok(())
+///         })
+///     }),
+/// ];
+/// # let _ = updates;
+/// ```
 #[derive(Clone)]
 pub struct SchemaUpdate {
     run: Arc<UpdateFn>,

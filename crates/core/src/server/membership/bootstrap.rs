@@ -19,7 +19,12 @@ pub(crate) async fn bootstrap(state: &State, control: &Control) -> Result<(), Ap
     validate::member_name(&control.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     validate::member_address(&control.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let hooks = state.0.settings.hooks.clone();
-    hooks.pre_init(state, true, &control.config).await.map_err(|e| hook_failed("PreInit", e))?;
+    // The hooks see the member's name and address from PreInit on, as microcluster's do.
+    super::record_identity(state, &control.name, &control.address)?;
+    if let Err(err) = hooks.pre_init(state, true, &control.config).await {
+        let _ = reset_local(state).await;
+        return Err(hook_failed("PreInit", err));
+    }
     match bootstrap_steps(state, control).await {
         Ok(()) => {
             tracing::info!(name = control.name, address = control.address, "bootstrapped a new cluster");
@@ -41,12 +46,6 @@ async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), ApiErro
     let cluster = certs::generate(&control.name, &[]).map_err(|e| internal(&e))?;
     let dir = &state.0.dir;
     dir.set_cluster_identity(&cluster).map_err(|e| internal(&e))?;
-    {
-        let mut config = state.0.config.write().map_err(|_| ApiError::internal("poisoned"))?;
-        config.name = control.name.clone();
-        config.address = control.address.clone();
-        dir.set_daemon_config(&config).map_err(|e| internal(&e))?;
-    }
     state
         .0
         .truststore

@@ -72,46 +72,14 @@ pub(crate) async fn join(state: &State, control: &Control) -> Result<(), ApiErro
     validate::member_address(&control.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let token = decode_token(&control.join_token)?;
     let hooks = state.0.settings.hooks.clone();
-    hooks.pre_init(state, false, &control.config).await.map_err(|e| hook_failed("PreInit", e))?;
-    let server = ensure_server_identity(state, &control.name)?;
-    let tls = tls::client_config(Some(&server), vec![token.fingerprint.clone()])
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let settings = &state.0.settings;
-    let request = JoinRequest {
-        name: control.name.clone(),
-        address: control.address.clone(),
-        certificate: server.cert_pem.clone(),
-        secret: token.secret.clone(),
-        schema_internal_version: settings.internal_schema.len() as u64,
-        schema_external_version: settings.external_schema.len() as u64,
-        extensions: settings.api_extensions.clone(),
-    };
-
-    // Try every join address; a member that cannot serve the request right now (no leader
-    // during an election, shutting down) counts like an unreachable one, and the whole list is
-    // retried until the deadline.
-    let deadline = std::time::Instant::now() + JOIN_TIMEOUT;
-    let mut unreachable = Vec::new();
-    let (response, trusted_client) = 'found: loop {
-        unreachable.clear();
-        for address in &token.join_addresses {
-            let client = Client::https(address.clone(), tls.clone()).with_timeout(JOIN_TIMEOUT);
-            match client.join(&request).await {
-                Ok(response) => break 'found (response, client),
-                Err(ClientError::Api { status, message }) if status != hyper::StatusCode::SERVICE_UNAVAILABLE => {
-                    // The cluster answered and refused: any member would say the same.
-                    return Err(ApiError::new(status, message));
-                }
-                Err(err) => unreachable.push(format!("{address}: {err}")),
-            }
+    super::record_identity(state, &control.name, &control.address)?;
+    let (response, trusted_client, server) = match ask_to_join(state, control, &token).await {
+        Ok(admitted) => admitted,
+        Err(err) => {
+            // Nothing was admitted: forget the name and address again.
+            let _ = reset_local(state).await;
+            return Err(err);
         }
-        if std::time::Instant::now() >= deadline {
-            return Err(ApiError::unavailable(format!(
-                "could not reach the cluster at any join address: {}",
-                unreachable.join("; ")
-            )));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     };
 
     match join_steps(state, control, &token, &server, &response).await {
@@ -152,12 +120,6 @@ async fn join_steps(
         key_pem: response.cluster_key.clone(),
     })
     .map_err(|e| internal(&e))?;
-    {
-        let mut config = state.0.config.write().map_err(|_| ApiError::internal("poisoned"))?;
-        config.name = control.name.clone();
-        config.address = control.address.clone();
-        dir.set_daemon_config(&config).map_err(|e| internal(&e))?;
-    }
     let me = ClusterMemberLocal {
         name: control.name.clone(),
         address: control.address.clone(),
@@ -204,6 +166,56 @@ async fn join_steps(
     hooks.on_start(state).await.map_err(|e| hook_failed("OnStart", e))?;
     start_background(state, &runtime);
     Ok(())
+}
+
+/// PreInit, then asks the cluster (any join address) to admit this member.
+async fn ask_to_join(
+    state: &State,
+    control: &Control,
+    token: &JoinToken,
+) -> Result<(JoinResponse, Client, Identity), ApiError> {
+    let hooks = state.0.settings.hooks.clone();
+    hooks.pre_init(state, false, &control.config).await.map_err(|e| hook_failed("PreInit", e))?;
+    let server = ensure_server_identity(state, &control.name)?;
+    let tls = tls::client_config(Some(&server), vec![token.fingerprint.clone()])
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let settings = &state.0.settings;
+    let request = JoinRequest {
+        name: control.name.clone(),
+        address: control.address.clone(),
+        certificate: server.cert_pem.clone(),
+        secret: token.secret.clone(),
+        schema_internal_version: settings.internal_schema.len() as u64,
+        schema_external_version: settings.external_schema.len() as u64,
+        extensions: settings.api_extensions.clone(),
+    };
+
+    // Try every join address; a member that cannot serve the request right now (no leader
+    // during an election, shutting down) counts like an unreachable one, and the whole list is
+    // retried until the deadline.
+    let deadline = std::time::Instant::now() + JOIN_TIMEOUT;
+    let mut unreachable = Vec::new();
+    loop {
+        unreachable.clear();
+        for address in &token.join_addresses {
+            let client = Client::https(address.clone(), tls.clone()).with_timeout(JOIN_TIMEOUT);
+            match client.join(&request).await {
+                Ok(response) => return Ok((response, client, server)),
+                Err(ClientError::Api { status, message }) if status != hyper::StatusCode::SERVICE_UNAVAILABLE => {
+                    // The cluster answered and refused: any member would say the same.
+                    return Err(ApiError::new(status, message));
+                }
+                Err(err) => unreachable.push(format!("{address}: {err}")),
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ApiError::unavailable(format!(
+                "could not reach the cluster at any join address: {}",
+                unreachable.join("; ")
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// On any member: admits a joiner that presents a valid token (forwarded to the leader).

@@ -44,6 +44,14 @@ pub(crate) fn ensure_uninitialised(state: &State) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Sets this member's name and address (in memory and `daemon.toml`) at the start of init.
+pub(crate) fn record_identity(state: &State, name: &str, address: &str) -> Result<(), ApiError> {
+    let mut config = state.0.config.write().map_err(|_| ApiError::internal("poisoned"))?;
+    config.name = name.to_owned();
+    config.address = address.to_owned();
+    state.0.dir.set_daemon_config(&config).map_err(|e| ApiError::internal(e.to_string()))
+}
+
 /// Wraps a hook's failure.
 pub(crate) fn hook_failed(hook: &str, err: super::hooks::HookError) -> ApiError {
     ApiError::internal(format!("the {hook} hook failed: {err}"))

@@ -215,6 +215,24 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
 type HandlerFn = dyn Fn(State, Request) -> HandlerFuture + Send + Sync;
 
 /// One method of an endpoint: its handler and who may call it when.
+///
+/// ```
+/// use microcluster::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+/// use microcluster::State;
+///
+/// async fn show(state: State, req: Request) -> HandlerResult {
+///     let name = req.param("name")?;
+///     let rows = state.query("SELECT value FROM settings WHERE name = ?", &[name.into()]).await?;
+///     match rows.rows.first() {
+///         Some(row) => Response::sync(row.get(0).map(|v| v.to_string())),
+///         None => Err(ApiError::not_found(format!("no setting {name:?}"))),
+///     }
+/// }
+///
+/// // Readable by anyone who can reach the address, answered by the member `?target=` names.
+/// let endpoint = Endpoint::new("settings/{name}").get(Action::new(show).allow_untrusted().proxy_target());
+/// # let _ = endpoint;
+/// ```
 #[derive(Clone)]
 pub struct Action {
     pub(crate) handler: Arc<HandlerFn>,
