@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod checker;
+
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -291,6 +293,11 @@ impl Member {
     pub fn members(&self) -> Vec<serde_json::Value> {
         let text = self.ctl_ok(&["cluster", "list", "--format", "json"]);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("cluster list JSON: {e}: {text}"))
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("control.socket")
     }
 
     /// The daemon's log so far.

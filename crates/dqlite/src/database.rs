@@ -182,8 +182,37 @@ impl Database {
         Ok(Transaction { db: self, finished: false })
     }
 
-    /// Runs `f` inside a transaction: commits when it returns `Ok`, rolls back when it
-    /// returns `Err` (and returns that error).
+    /// Like [`Database::begin`], but takes the write lock at once (`BEGIN IMMEDIATE`): a
+    /// transaction that reads and then writes cannot then fail half-way with "database is
+    /// locked" because another connection committed meanwhile; if the lock is taken, the BEGIN
+    /// itself fails with [`Error::is_busy`], before anything ran.
+    pub async fn begin_immediate(&mut self) -> Result<Transaction<'_>> {
+        self.exec("BEGIN IMMEDIATE", &[]).await?;
+        Ok(Transaction { db: self, finished: false })
+    }
+
+    /// Runs `f` inside a read transaction (deferred `BEGIN`: one consistent snapshot, no write
+    /// lock); ends it with COMMIT when `f` returns `Ok`, ROLLBACK otherwise.
+    pub async fn read_transaction<T, F>(&mut self, f: F) -> Result<T>
+    where
+        F: for<'t, 'd> FnOnce(&'t mut Transaction<'d>) -> TxFuture<'t, T>,
+    {
+        let mut tx = self.begin().await?;
+        match f(&mut tx).await {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(err) => {
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs `f` inside a write transaction (`BEGIN IMMEDIATE`, see
+    /// [`Database::begin_immediate`]): commits when it returns `Ok`, rolls back when it returns
+    /// `Err` (and returns that error).
     ///
     /// ```no_run
     /// # async fn demo(db: &mut dqlite::Database) -> dqlite::Result<()> {
@@ -198,7 +227,7 @@ impl Database {
     where
         F: for<'t, 'd> FnOnce(&'t mut Transaction<'d>) -> TxFuture<'t, T>,
     {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_immediate().await?;
         match f(&mut tx).await {
             Ok(value) => {
                 tx.commit().await?;

@@ -274,6 +274,16 @@ async fn concurrent_writers_on_two_connections_get_busy() {
     assert!(err.to_string().contains("database is locked"), "{err}");
     a.exec_sql("COMMIT", &[]).await.unwrap();
     b.exec_sql("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+
+    // BEGIN IMMEDIATE reports the lock at BEGIN, before any statement ran.
+    let client2 = client.clone();
+    let mut db_a = client.database("test");
+    let mut db_b = client2.database("test");
+    let tx = db_a.begin_immediate().await.unwrap();
+    let err = db_b.begin_immediate().await.unwrap_err();
+    assert!(err.is_busy(), "{err}");
+    tx.commit().await.unwrap();
+    db_b.begin_immediate().await.unwrap().rollback().await.unwrap();
 }
 
 #[tokio::test]

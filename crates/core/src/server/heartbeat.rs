@@ -98,7 +98,7 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
         return Ok(());
     }
     let nodes = client.cluster().await?;
-    let rows = runtime.db.transaction(|tx| Box::pin(members::list(tx))).await?;
+    let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
     let request = HeartbeatRequest {
         leader: state.name(),
         members: rows

@@ -80,8 +80,12 @@ pub(crate) fn next_change(
             return change(n, Role::Voter, "too few voters online");
         }
     }
-    // 2. An offline voter: demote it, if the remaining voters still make a quorum.
-    if let Some(dead) = voters.iter().find(|n| !is_online(n) && n.address != leader) {
+    // 2. An offline voter that has been replaced (more voters than wanted): demote it, if the
+    //    remaining voters still make a quorum. Without a replacement it keeps its vote, so that
+    //    it counts again the moment it comes back.
+    if voters.len() > targets.voters
+        && let Some(dead) = voters.iter().find(|n| !is_online(n) && n.address != leader)
+    {
         let remaining = voters.len() - 1;
         if online_voters >= quorum(remaining) && remaining >= 1 {
             return change((*dead).clone(), Role::Spare, "voter offline");
@@ -181,6 +185,8 @@ mod tests {
     fn nothing_changes_without_quorum_or_when_healthy() {
         let nodes = vec![node(1, Role::Voter), node(2, Role::Voter), node(3, Role::Voter)];
         assert_eq!(plan(&nodes, &[1, 2, 3]), None);
+        // One voter down and nobody to replace it: it keeps its vote for when it returns.
+        assert_eq!(plan(&nodes, &[1, 2]), None);
         // Two of three voters dead: demoting either would leave 1 of 2 live — no quorum.
         assert_eq!(plan(&nodes, &[1]), None);
         // Two nodes only: leave them be.

@@ -111,6 +111,14 @@ impl Db {
         }
     }
 
+    /// Runs `f` in a read transaction (a consistent snapshot without the write lock).
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, dqlite::Error>
+    where
+        F: for<'t, 'd> FnOnce(&'t mut Transaction<'d>) -> TxFuture<'t, T>,
+    {
+        self.conn.lock().await.read_transaction(f).await
+    }
+
     /// Runs SQL text that may write (each statement atomic on its own), retrying while another
     /// member holds the write lock.
     pub(crate) async fn exec(&self, sql: &str, params: &[Value]) -> Result<dqlite::ExecResult, dqlite::Error> {

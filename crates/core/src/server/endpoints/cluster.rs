@@ -79,7 +79,7 @@ fn status_of(
 
 async fn list(state: State, _req: Request) -> HandlerResult {
     let runtime = state.runtime()?;
-    let rows = runtime.db.transaction(|tx| Box::pin(members::list(tx))).await?;
+    let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
     // This node's own view of the configuration and leader: no round trip to a leader that
     // may be gone.
     let local = async {

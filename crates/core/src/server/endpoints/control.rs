@@ -85,7 +85,7 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
 
 async fn list_tokens(state: State, _req: Request) -> HandlerResult {
     let runtime = state.db()?;
-    let rows = runtime.db.transaction(|tx| Box::pin(tokens::list(tx))).await?;
+    let rows = runtime.db.read(|tx| Box::pin(tokens::list(tx))).await?;
     let now = SystemTime::now();
     let records: Vec<TokenRecord> = rows
         .into_iter()

@@ -96,36 +96,51 @@ async fn run(state: State, req: Request) -> HandlerResult {
         statements.len() == 1 || statements.iter().any(|s| sqltext::classify(s) == StatementKind::Transaction);
     let runtime = state.db()?;
     let failed_at = Arc::new(AtomicUsize::new(0));
-    let outcome = runtime
-        .db
-        .with_connection(|db| {
-            let (statements, failed_at) = (statements.clone(), failed_at.clone());
-            Box::pin(async move {
-                if own_transaction {
-                    let mut results = Vec::new();
-                    for (i, sql) in statements.iter().enumerate() {
-                        failed_at.store(i, Ordering::SeqCst);
-                        results.push(statement(db, sql).await?);
-                    }
-                    Ok(results)
-                } else {
-                    db.transaction(|tx| {
-                        Box::pin(async move {
-                            let mut results = Vec::new();
-                            for (i, sql) in statements.iter().enumerate() {
-                                failed_at.store(i, Ordering::SeqCst);
-                                results.push(statement(tx, sql).await?);
-                            }
-                            Ok(results)
+    // "database is locked" (another member writing) on a single statement or a batch in our
+    // own transaction means nothing was applied: try again, for a while, instead of failing.
+    let retry_safe = statements.len() == 1 || !own_transaction;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pause = std::time::Duration::from_millis(2);
+    let outcome = loop {
+        let outcome = runtime
+            .db
+            .with_connection(|db| {
+                let (statements, failed_at) = (statements.clone(), failed_at.clone());
+                Box::pin(async move {
+                    if own_transaction {
+                        let mut results = Vec::new();
+                        for (i, sql) in statements.iter().enumerate() {
+                            failed_at.store(i, Ordering::SeqCst);
+                            results.push(statement(db, sql).await?);
+                        }
+                        Ok(results)
+                    } else {
+                        db.transaction(|tx| {
+                            Box::pin(async move {
+                                let mut results = Vec::new();
+                                for (i, sql) in statements.iter().enumerate() {
+                                    failed_at.store(i, Ordering::SeqCst);
+                                    results.push(statement(tx, sql).await?);
+                                }
+                                Ok(results)
+                            })
                         })
-                    })
-                    .await
-                }
+                        .await
+                    }
+                })
             })
-        })
-        .await;
+            .await;
+        match outcome {
+            Err(err) if err.is_busy() && retry_safe && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
     match outcome {
         Ok(results) => Response::sync(SqlBatch { results }),
+        Err(err) if err.is_busy() => Err(ApiError::unavailable(format!("the database stayed busy: {err}; try again"))),
         Err(err) if err.is_statement_error() => {
             let index = failed_at.load(Ordering::SeqCst);
             let sql = statements.get(index).map(String::as_str).unwrap_or_default();

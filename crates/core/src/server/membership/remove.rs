@@ -34,7 +34,7 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
             .map_err(|e| from_client("forwarding the removal to the leader", e));
     }
 
-    let rows = runtime.db.transaction(|tx| Box::pin(members::list(tx))).await?;
+    let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
     let trusted = state.0.truststore.snapshot();
     let address = match (rows.iter().find(|m| m.name == name), trusted.by_name(name)) {
         (Some(row), _) => row.address.clone(),

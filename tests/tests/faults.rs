@@ -1,0 +1,162 @@
+//! The fault suite: real members, writers through different members, and faults injected
+//! while they write; after each fault and at the end the checker proves nothing acknowledged
+//! was lost and nothing was applied twice.
+//!
+//! `make test` runs a quick version of each fault; `make test-faults` sets
+//! `MICROCLUSTER_FAULTS=full` for the full counts (20 leader kills, a 10 s freeze, ...).
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use microcluster_tests::checker::{self, Checker};
+use microcluster_tests::{Cluster, Member, wait_until};
+
+fn full() -> bool {
+    std::env::var("MICROCLUSTER_FAULTS").is_ok_and(|v| v == "full")
+}
+
+/// Writers through members 0..n (four writers, spread over the members).
+fn writers(cluster: &Cluster) -> Checker {
+    checker::create_table(&cluster.members[0].socket()).unwrap();
+    let sockets = (0..4).map(|w| cluster.members[w % cluster.members.len()].socket()).collect();
+    Checker::start(sockets)
+}
+
+/// Waits until `more` further writes were acknowledged (writes flow again).
+fn writes_flow(checker: &Checker, more: usize, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let base = checker.acknowledged();
+    wait_until(&format!("{more} more acknowledged writes"), timeout, || {
+        (checker.acknowledged() >= base + more).then_some(())
+    });
+    start.elapsed()
+}
+
+fn verify_now(member: &Member, checker: &Checker) {
+    let history = checker.history();
+    checker::verify(&member.socket(), &history, false).unwrap_or_else(|e| panic!("after a fault: {e}"));
+}
+
+/// The member that leads, as a voter that answers sees it (waiting through an election).
+fn leader(cluster: &Cluster) -> usize {
+    wait_until("a known leader", Duration::from_secs(60), || {
+        cluster.members.iter().find_map(|m| {
+            let out = m.ctl(&["cluster", "list", "--format", "json"]);
+            let members: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+            let name = members.iter().find(|m| m["leader"] == true)?["name"].as_str()?.to_owned();
+            cluster.members.iter().position(|m| m.name == name)
+        })
+    })
+}
+
+fn online(cluster: &Cluster, observer: usize, name: &str, timeout: Duration) {
+    wait_until(&format!("{name} ONLINE"), timeout, || {
+        (cluster.members[observer].member(name)["status"] == "ONLINE").then_some(())
+    });
+}
+
+#[test]
+fn the_checker_catches_lost_and_duplicated_writes() {
+    let cluster = Cluster::form(1);
+    let checker = writers(&cluster);
+    writes_flow(&checker, 50, Duration::from_secs(30));
+    let history = checker.stop();
+    let socket = cluster.members[0].socket();
+    checker::verify(&socket, &history, true).unwrap();
+    // Drop one acknowledged write: the checker must notice.
+    let (writer, seq) = history.acknowledged.iter().find_map(|(w, s)| s.first().map(|s| (*w, *s))).unwrap();
+    checker::sql(&socket, &format!("DELETE FROM checker WHERE writer = {writer} AND seq = {seq}")).unwrap();
+    let err = checker::verify(&socket, &history, true).unwrap_err();
+    assert!(err.contains("acknowledged but missing") && err.contains(&seq.to_string()), "{err}");
+    // Apply it twice: the checker must notice that too.
+    for _ in 0..2 {
+        checker::sql(&socket, &format!("INSERT INTO checker VALUES ({writer}, {seq})")).unwrap();
+    }
+    let err = checker::verify(&socket, &history, true).unwrap_err();
+    assert!(err.contains("more than once"), "{err}");
+    // And a value nobody wrote.
+    checker::sql(&socket, &format!("DELETE FROM checker WHERE writer = {writer} AND seq = {seq}")).unwrap();
+    checker::sql(&socket, &format!("INSERT INTO checker VALUES ({writer}, {seq}), ({writer}, 999999999)")).unwrap();
+    let err = checker::verify(&socket, &history, true).unwrap_err();
+    assert!(err.contains("never written"), "{err}");
+}
+
+#[test]
+fn killing_the_leader_again_and_again_loses_nothing() {
+    let rounds = if full() { 20 } else { 3 };
+    let mut cluster = Cluster::form(3);
+    let checker = writers(&cluster);
+    writes_flow(&checker, 50, Duration::from_secs(30));
+    let mut outages = Vec::new();
+    for round in 1..=rounds {
+        let victim = leader(&cluster);
+        cluster.members[victim].kill();
+        outages.push(writes_flow(&checker, 20, Duration::from_secs(60)));
+        cluster.members[victim].start();
+        let observer = (victim + 1) % 3;
+        let name = cluster.members[victim].name.clone();
+        online(&cluster, observer, &name, Duration::from_secs(60));
+        verify_now(&cluster.members[observer], &checker);
+        eprintln!("round {round}: killed {name}, writes flowed again after {:?}", outages.last().unwrap());
+    }
+    let history = checker.stop();
+    let summary = checker::verify(&cluster.members[0].socket(), &history, true).unwrap();
+    eprintln!("{rounds} leader kills: {summary}; failures {:?}", history.failures);
+}
+
+#[test]
+fn a_killed_voter_a_frozen_voter_and_a_full_stop_lose_nothing() {
+    let mut cluster = Cluster::form(3);
+    let checker = writers(&cluster);
+    writes_flow(&checker, 50, Duration::from_secs(30));
+
+    // kill -9 a voter that does not lead.
+    eprintln!("killing a voter");
+    let victim = (leader(&cluster) + 1) % 3;
+    cluster.members[victim].kill();
+    writes_flow(&checker, 50, Duration::from_secs(60));
+    cluster.members[victim].start();
+    verify_now(&cluster.members[(victim + 1) % 3], &checker);
+
+    // Freeze a voter (SIGSTOP), then let it go.
+    eprintln!("freezing a voter");
+    let frozen = (leader(&cluster) + 2) % 3;
+    cluster.members[frozen].signal("STOP");
+    std::thread::sleep(Duration::from_secs(if full() { 10 } else { 3 }));
+    writes_flow(&checker, 20, Duration::from_secs(60));
+    cluster.members[frozen].signal("CONT");
+    writes_flow(&checker, 20, Duration::from_secs(60));
+    verify_now(&cluster.members[frozen], &checker);
+
+    // Every member at once, then all back.
+    eprintln!("killing every member");
+    for m in &mut cluster.members {
+        m.kill();
+    }
+    for m in &mut cluster.members {
+        m.start();
+    }
+    writes_flow(&checker, 50, Duration::from_secs(60));
+    let history = checker.stop();
+    let summary = checker::verify(&cluster.members[0].socket(), &history, true).unwrap();
+    eprintln!("voter kill, freeze, full stop: {summary}; failures {:?}", history.failures);
+}
+
+#[test]
+fn removing_and_rejoining_a_member_under_load_loses_nothing() {
+    let cluster = Cluster::form(4);
+    let checker = writers(&cluster);
+    writes_flow(&checker, 50, Duration::from_secs(30));
+    // m4 is a stand-by; m3 a voter. Remove a voter under load, then bring it back.
+    cluster.members[0].ctl_ok(&["cluster", "remove", "m3"]);
+    writes_flow(&checker, 50, Duration::from_secs(60));
+    wait_until("m3 to reset", Duration::from_secs(30), || {
+        (!cluster.members[2].dir.join("cluster.crt").exists()).then_some(())
+    });
+    cluster.join(2, 1);
+    online(&cluster, 0, "m3", Duration::from_secs(60));
+    writes_flow(&checker, 50, Duration::from_secs(60));
+    let history = checker.stop();
+    let summary = checker::verify(&cluster.members[1].socket(), &history, true).unwrap();
+    eprintln!("remove and re-join under load: {summary}; failures {:?}", history.failures);
+}
