@@ -15,19 +15,22 @@ fn main() {
         let kind = if env::var_os("DQLITE_STATIC").is_some() { "static" } else { "dylib" };
         println!("cargo:rustc-link-search=native={dir}");
         println!("cargo:rustc-link-lib={kind}=dqlite");
+        println!("cargo:rustc-link-lib=dylib=sqlite3");
         return;
     }
 
-    match pkg_config::Config::new().atleast_version(MIN_VERSION).probe("dqlite") {
-        Ok(lib) => {
+    // libdqlite's own SQLite: a few of its calls are made directly (statement time limits).
+    let sqlite = pkg_config::Config::new().probe("sqlite3");
+    match (pkg_config::Config::new().atleast_version(MIN_VERSION).probe("dqlite"), sqlite) {
+        (Ok(lib), Ok(_)) => {
             for path in &lib.include_paths {
                 println!("cargo:include={}", path.display());
             }
         }
-        Err(err) => {
+        (Ok(_), Err(err)) | (Err(err), _) => {
             // A build script reports a failure by exiting non-zero; the message is what the user reads.
             eprintln!(
-                "\nerror: libdqlite >= {MIN_VERSION} was not found through pkg-config ({err}).\n\
+                "\nerror: libdqlite >= {MIN_VERSION} or SQLite was not found through pkg-config ({err}).\n\
                  On Debian or Ubuntu install it with:\n\n    \
                  sudo apt-get install {PACKAGES}\n\n\
                  or point DQLITE_LIB_DIR at a directory holding libdqlite.so.\n"

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod checker;
+pub mod netns;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
@@ -110,6 +111,8 @@ pub struct Member {
     pub env: Vec<(String, String)>,
     /// Another daemon built on the library (e.g. the `kv` example) to run instead of `microd`.
     pub binary: Option<PathBuf>,
+    /// A network namespace to run the daemon in (see [`netns`]).
+    pub netns: Option<String>,
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
 }
@@ -125,6 +128,7 @@ impl Member {
             args: vec!["--debug".into(), "--heartbeat".into(), "1s".into()],
             env: Vec::new(),
             binary: None,
+            netns: None,
             _tmp: Some(tmp),
             child: None,
         }
@@ -139,6 +143,7 @@ impl Member {
             args: vec!["--debug".into(), "--heartbeat".into(), "1s".into()],
             env: Vec::new(),
             binary: None,
+            netns: None,
             _tmp: None,
             child: None,
         }
@@ -155,7 +160,16 @@ impl Member {
         std::fs::create_dir_all(self.dir.parent().unwrap()).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let binary = self.binary.clone().unwrap_or_else(|| binaries().microd.clone());
-        let child = Command::new(binary)
+        // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("--state-dir")
             .arg(&self.dir)
             .args(&self.args)

@@ -90,3 +90,37 @@ unsafe extern "C" {
     pub fn dqlite_node_errmsg(n: *mut dqlite_node) -> *const c_char;
     pub fn dqlite_generate_node_id(address: *const c_char) -> dqlite_node_id;
 }
+
+/// Opaque SQLite connection (libdqlite's SQLite, the process's `libsqlite3`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct sqlite3 {
+    _private: [u8; 0],
+}
+
+/// `sqlite3_trace_v2` event: a statement starts running.
+pub const SQLITE_TRACE_STMT: c_uint = 0x01;
+/// `sqlite3_trace_v2` event: a statement finished (or was reset).
+pub const SQLITE_TRACE_PROFILE: c_uint = 0x02;
+/// `sqlite3_trace_v2` event: the connection closes.
+pub const SQLITE_TRACE_CLOSE: c_uint = 0x08;
+/// Success.
+pub const SQLITE_OK: c_int = 0;
+/// The statement was interrupted (e.g. by a progress handler).
+pub const SQLITE_INTERRUPT: c_int = 9;
+
+/// Entry point registered with `sqlite3_auto_extension`; SQLite declares it as `void (*)(void)`
+/// and calls it as `int (*)(sqlite3 *, char **, const sqlite3_api_routines *)`.
+pub type sqlite3_auto_extension_entry = unsafe extern "C" fn();
+/// `sqlite3_progress_handler` callback: non-zero interrupts the running statement.
+pub type sqlite3_progress_callback = Option<unsafe extern "C" fn(ctx: *mut c_void) -> c_int>;
+/// `sqlite3_trace_v2` callback.
+pub type sqlite3_trace_callback =
+    Option<unsafe extern "C" fn(event: c_uint, ctx: *mut c_void, p: *mut c_void, x: *mut c_void) -> c_int>;
+
+// The few SQLite calls used to put a time limit on the statements libdqlite runs for clients.
+unsafe extern "C" {
+    pub fn sqlite3_auto_extension(entry: Option<sqlite3_auto_extension_entry>) -> c_int;
+    pub fn sqlite3_progress_handler(db: *mut sqlite3, ops: c_int, f: sqlite3_progress_callback, ctx: *mut c_void);
+    pub fn sqlite3_trace_v2(db: *mut sqlite3, mask: c_uint, f: sqlite3_trace_callback, ctx: *mut c_void) -> c_int;
+}

@@ -36,6 +36,12 @@ _Static_assert(offsetof(dqlite_node_info_ext, id) == 8, "ext id");
 _Static_assert(offsetof(dqlite_node_info_ext, address) == 16, "ext address");
 _Static_assert(offsetof(dqlite_node_info_ext, dqlite_role) == 24, "ext role");
 _Static_assert(DQLITE_ERROR == 1 && DQLITE_MISUSE == 2 && DQLITE_NOMEM == 3, "codes");
+#include <sqlite3.h>
+SAME(sqlite3_auto_extension, int (*)(void (*)(void)));
+SAME(sqlite3_progress_handler, void (*)(sqlite3 *, int, int (*)(void *), void *));
+SAME(sqlite3_trace_v2, int (*)(sqlite3 *, unsigned, int (*)(unsigned, void *, void *, void *), void *));
+_Static_assert(SQLITE_TRACE_STMT == 0x01 && SQLITE_TRACE_PROFILE == 0x02 && SQLITE_TRACE_CLOSE == 0x08, "trace");
+_Static_assert(SQLITE_OK == 0 && SQLITE_INTERRUPT == 9, "sqlite codes");
 "#;
 
 #[test]

@@ -440,10 +440,13 @@ impl Connection {
 
     async fn interrupt_exchange(&mut self, frame: &[u8]) -> Result<()> {
         self.write(frame).await?;
+        // The query ends first (its last ROWS, or a FAILURE if it failed meanwhile, e.g. at
+        // the statement time limit); only then does the server read the INTERRUPT and answer
+        // it with EMPTY.
         loop {
             match self.read_response(0).await? {
-                Response::Rows(_) => continue,
-                Response::Empty | Response::Failure { .. } => return Ok(()),
+                Response::Rows(_) | Response::Failure { .. } => continue,
+                Response::Empty => return Ok(()),
                 other => return Err(self.unexpected("INTERRUPT", &other)),
             }
         }

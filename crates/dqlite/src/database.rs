@@ -11,11 +11,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
 
+use tokio::sync::watch;
+
 use crate::client::Client;
 use crate::connection::{Connection, ExecResult};
 use crate::error::{Error, Result};
 use crate::proto::Value;
-use crate::rows::{QueryResult, Rows};
+use crate::rows::{Limits, QueryResult, Rows};
 use crate::sql::{self, StatementKind};
 
 /// What one statement produced.
@@ -38,16 +40,42 @@ pub struct Database {
     conn: Option<Connection>,
     /// A transaction was abandoned without COMMIT or ROLLBACK: roll it back before going on.
     needs_rollback: bool,
+    /// Who leads, as someone else keeps finding out (see [`Database::follow_leader`]).
+    leader_hint: Option<watch::Receiver<Option<String>>>,
 }
 
 impl Database {
     pub(crate) fn new(client: Client, name: String) -> Database {
-        Database { client, name, conn: None, needs_rollback: false }
+        Database { client, name, conn: None, needs_rollback: false, leader_hint: None }
     }
 
     /// The database name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The address of the node this handle is connected to (the leader when it connected), if
+    /// it holds a connection.
+    pub fn connected_to(&self) -> Option<&str> {
+        self.conn.as_ref().map(Connection::address)
+    }
+
+    /// Gives up on any request to a node as soon as `leader` names another node as the leader.
+    ///
+    /// A leader cut off by a partition or frozen neither answers nor closes its connections,
+    /// so a request sent to it would wait for the full request timeout; whoever watches the
+    /// cluster (e.g. a task asking the local node who leads) can cut that short. An abandoned
+    /// request fails with [`Error::LeaderMoved`] (ambiguous for a write) and the next one goes
+    /// to the new leader.
+    pub fn follow_leader(&mut self, leader: watch::Receiver<Option<String>>) {
+        self.leader_hint = Some(leader);
+    }
+
+    /// Drops the connection (the next request finds the leader again), e.g. when the leader is
+    /// known to have moved while a request hangs on the old one.
+    pub fn disconnect(&mut self) {
+        self.conn = None;
+        self.needs_rollback = false;
     }
 
     /// A usable connection to the leader with the database open.
@@ -103,7 +131,9 @@ impl Database {
         let mut round = 0;
         loop {
             round += 1;
-            let result = self.leader().await?.exec_sql(sql_text, params).await;
+            let hint = self.leader_hint.clone();
+            let conn = self.leader().await?;
+            let result = guarded(hint, conn.address().to_owned(), conn.exec_sql(sql_text, params)).await;
             match result {
                 Err(err) if err.is_not_leader() && Instant::now() < deadline => {
                     self.after_error(&err);
@@ -121,20 +151,34 @@ impl Database {
     /// Runs one read-only statement and returns all its rows. Retried on the new leader after
     /// a leader change or a lost connection, since a read changes nothing.
     pub async fn query(&mut self, sql_text: &str, params: &[Value]) -> Result<QueryResult> {
-        self.query_limited(sql_text, params, usize::MAX).await
+        self.query_limited(sql_text, params, Limits::NONE).await
     }
 
-    /// Like [`Database::query`], failing with [`Error::TooManyRows`] past `limit` rows.
-    pub async fn query_limited(&mut self, sql_text: &str, params: &[Value], limit: usize) -> Result<QueryResult> {
+    /// Like [`Database::query`], failing (with [`Error::TooManyRows`] or
+    /// [`Error::ResultTooLarge`]) past `limits`.
+    pub async fn query_limited(
+        &mut self,
+        sql_text: &str,
+        params: &[Value],
+        limits: impl Into<Limits>,
+    ) -> Result<QueryResult> {
+        let limits = limits.into();
         let deadline = self.deadline();
         let mut round = 0;
         loop {
             round += 1;
+            let hint = self.leader_hint.clone();
             let result = match self.leader().await {
-                Ok(conn) => match conn.query_sql(sql_text, params).await {
-                    Ok(rows) => rows.collect_limited(limit).await,
-                    Err(err) => Err(err),
-                },
+                Ok(conn) => {
+                    let address = conn.address().to_owned();
+                    guarded(hint, address, async {
+                        match conn.query_sql(sql_text, params).await {
+                            Ok(rows) => rows.collect_limited(limits).await,
+                            Err(err) => Err(err),
+                        }
+                    })
+                    .await
+                }
                 Err(err) => Err(err),
             };
             match result {
@@ -242,6 +286,36 @@ impl Database {
     }
 }
 
+/// How long a request to a former leader may still take once another node leads.
+const LEADER_MOVED_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs a request on the connection to `address`, abandoning it once `hint` names another
+/// leader. The request future is dropped mid-exchange, which marks the connection unusable.
+async fn guarded<T>(
+    hint: Option<watch::Receiver<Option<String>>>,
+    address: String,
+    request: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let Some(mut hint) = hint else { return request.await };
+    let moved = async {
+        let moved = hint.wait_for(|l| l.as_ref().is_some_and(|l| *l != address)).await.map(|l| l.clone());
+        match moved {
+            Ok(leader) => {
+                // A live old leader answers "not leader" (safe to retry) within a round trip;
+                // only one that is gone or cut off stays silent.
+                tokio::time::sleep(LEADER_MOVED_GRACE).await;
+                leader.unwrap_or_default()
+            }
+            // Nobody watches any more: never give up on that account.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = request => result,
+        leader = moved => Err(Error::LeaderMoved { address, leader }),
+    }
+}
+
 fn retry_read(err: &Error) -> bool {
     err.is_not_leader() || err.is_leadership_lost() || err.is_connection_lost()
 }
@@ -274,8 +348,9 @@ impl Transaction<'_> {
 
     /// Executes SQL text inside the transaction.
     pub async fn exec(&mut self, sql_text: &str, params: &[Value]) -> Result<ExecResult> {
+        let hint = self.db.leader_hint.clone();
         let result = match self.conn() {
-            Ok(conn) => conn.exec_sql(sql_text, params).await,
+            Ok(conn) => guarded(hint, conn.address().to_owned(), conn.exec_sql(sql_text, params)).await,
             Err(err) => Err(err),
         };
         self.check(result)
@@ -283,11 +358,30 @@ impl Transaction<'_> {
 
     /// Runs one read-only statement inside the transaction (it sees the transaction's writes).
     pub async fn query(&mut self, sql_text: &str, params: &[Value]) -> Result<QueryResult> {
+        self.query_limited(sql_text, params, Limits::NONE).await
+    }
+
+    /// Like [`Transaction::query`], failing past `limits` (the query is stopped; the
+    /// transaction stays usable).
+    pub async fn query_limited(
+        &mut self,
+        sql_text: &str,
+        params: &[Value],
+        limits: impl Into<Limits>,
+    ) -> Result<QueryResult> {
+        let limits = limits.into();
+        let hint = self.db.leader_hint.clone();
         let result = match self.conn() {
-            Ok(conn) => match conn.query_sql(sql_text, params).await {
-                Ok(rows) => rows.collect().await,
-                Err(err) => Err(err),
-            },
+            Ok(conn) => {
+                let address = conn.address().to_owned();
+                guarded(hint, address, async {
+                    match conn.query_sql(sql_text, params).await {
+                        Ok(rows) => rows.collect_limited(limits).await,
+                        Err(err) => Err(err),
+                    }
+                })
+                .await
+            }
             Err(err) => Err(err),
         };
         self.check(result)

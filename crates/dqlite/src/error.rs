@@ -9,6 +9,8 @@ use crate::proto::ProtocolError;
 
 /// SQLite's BUSY primary code ("database is locked").
 pub const SQLITE_BUSY: u64 = 5;
+/// SQLite's "interrupted" code (a statement stopped at its time limit).
+pub const SQLITE_INTERRUPT: u64 = 9;
 /// dqlite's "not leader" (SQLITE_IOERR | 40 << 8): the request was refused before running.
 pub const SQLITE_IOERR_NOT_LEADER: u64 = 10250;
 /// dqlite's "leadership lost" (SQLITE_IOERR | 41 << 8): the outcome of a write is unknown.
@@ -77,6 +79,16 @@ pub enum Error {
     Broken {
         /// Peer address.
         address: String,
+    },
+    /// A request was abandoned because the cluster elected another leader while it waited on
+    /// this one (see [`crate::Database::follow_leader`]); the connection is closed. A write may
+    /// or may not have been applied.
+    #[error("gave up on {address}: the cluster now follows {leader}")]
+    LeaderMoved {
+        /// The node the request was sent to.
+        address: String,
+        /// The new leader.
+        leader: String,
     },
     /// No node in the list knows a leader (no quorum, or all unreachable).
     #[error("no dqlite leader found after {attempts} rounds over [{servers}]: {last_error}")]
@@ -147,9 +159,56 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A query's values took more bytes than the caller allowed.
+    #[error("query result is larger than {limit} bytes")]
+    ResultTooLarge {
+        /// The limit.
+        limit: usize,
+    },
     /// A node operation failed.
     #[error(transparent)]
     Node(#[from] NodeError),
+}
+
+/// A copy for every waiter of a shared request (`io::Error` is not `Clone`: the copy keeps its
+/// kind and message).
+impl Clone for Error {
+    fn clone(&self) -> Error {
+        match self {
+            Error::Server { code, message } => Error::Server { code: *code, message: message.clone() },
+            Error::Io { op, address, source } => Error::Io { op, address: address.clone(), source: copy_io(source) },
+            Error::Protocol { address, source } => Error::Protocol { address: address.clone(), source: source.clone() },
+            Error::Encode(e) => Error::Encode(e.clone()),
+            Error::UnexpectedResponse { request, got, address } => {
+                Error::UnexpectedResponse { request, got, address: address.clone() }
+            }
+            Error::Timeout { op, address, after } => Error::Timeout { op, address: address.clone(), after: *after },
+            Error::Broken { address } => Error::Broken { address: address.clone() },
+            Error::LeaderMoved { address, leader } => {
+                Error::LeaderMoved { address: address.clone(), leader: leader.clone() }
+            }
+            Error::NoLeader { attempts, servers, last_error } => {
+                Error::NoLeader { attempts: *attempts, servers: servers.clone(), last_error: last_error.clone() }
+            }
+            Error::NotReadOnly { sql } => Error::NotReadOnly { sql: sql.clone() },
+            Error::Returning { sql } => Error::Returning { sql: sql.clone() },
+            Error::MultipleStatements { op, count, sql } => {
+                Error::MultipleStatements { op, count: *count, sql: sql.clone() }
+            }
+            Error::EmptyStatement => Error::EmptyStatement,
+            Error::ParamCount { expected, given } => Error::ParamCount { expected: *expected, given: *given },
+            Error::UnsupportedParam { index } => Error::UnsupportedParam { index: *index },
+            Error::NoDatabase => Error::NoDatabase,
+            Error::ForeignStatement { id } => Error::ForeignStatement { id: *id },
+            Error::TooManyRows { limit } => Error::TooManyRows { limit: *limit },
+            Error::ResultTooLarge { limit } => Error::ResultTooLarge { limit: *limit },
+            Error::Node(e) => Error::Node(e.clone()),
+        }
+    }
+}
+
+pub(crate) fn copy_io(err: &io::Error) -> io::Error {
+    io::Error::new(err.kind(), err.to_string())
 }
 
 impl Error {
@@ -164,6 +223,12 @@ impl Error {
     /// The server is not the leader; the request had no effect. Retry on the leader.
     pub fn is_not_leader(&self) -> bool {
         self.code() == Some(SQLITE_IOERR_NOT_LEADER)
+    }
+
+    /// The statement ran past the statement time limit and was interrupted (see
+    /// [`crate::set_statement_timeout`]); its changes were rolled back.
+    pub fn is_interrupted(&self) -> bool {
+        self.code().is_some_and(|c| c & 0xff == SQLITE_INTERRUPT)
     }
 
     /// Leadership was lost while the request ran: a write may or may not have been applied.
@@ -185,6 +250,7 @@ impl Error {
                 | Error::UnexpectedResponse { .. }
                 | Error::Timeout { .. }
                 | Error::Broken { .. }
+                | Error::LeaderMoved { .. }
         )
     }
 
@@ -200,7 +266,8 @@ impl Error {
             | Error::ParamCount { .. }
             | Error::UnsupportedParam { .. }
             | Error::Encode(_)
-            | Error::TooManyRows { .. } => true,
+            | Error::TooManyRows { .. }
+            | Error::ResultTooLarge { .. } => true,
             _ => false,
         }
     }

@@ -193,3 +193,91 @@ pub(crate) fn generate_node_id(address: &CStr) -> u64 {
     // SAFETY: valid C string; the function only reads it.
     unsafe { sys::dqlite_generate_node_id(address.as_ptr()) }
 }
+
+/// The statement time limit in milliseconds (0: none), read by every connection's progress
+/// handler.
+static STATEMENT_LIMIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static STATEMENT_LIMIT_INSTALLED: std::sync::Once = std::sync::Once::new();
+/// How many SQLite VM steps pass between two looks at the clock.
+const PROGRESS_STEPS: c_int = 1000;
+
+/// Sets the time limit of every SQL statement run by any SQLite connection this process opens
+/// from now on (libdqlite opens one per client database on the leader). The first call
+/// registers the hooks with SQLite; returns SQLite's code if that fails.
+pub(crate) fn set_statement_limit(limit_ms: u64) -> Result<(), c_int> {
+    STATEMENT_LIMIT_MS.store(limit_ms, std::sync::atomic::Ordering::Relaxed);
+    let mut result = Ok(());
+    STATEMENT_LIMIT_INSTALLED.call_once(|| {
+        // SAFETY: SQLite calls the entry point with the real (wider) signature; casting the
+        // function pointer to `void (*)(void)` is how its API takes it.
+        let entry = unsafe {
+            std::mem::transmute::<
+                unsafe extern "C" fn(*mut sys::sqlite3, *mut *mut c_char, *const c_void) -> c_int,
+                sys::sqlite3_auto_extension_entry,
+            >(watch_connection)
+        };
+        // SAFETY: registering a static function.
+        let rc = unsafe { sys::sqlite3_auto_extension(Some(entry)) };
+        if rc != sys::SQLITE_OK {
+            result = Err(rc);
+        }
+    });
+    result
+}
+
+/// When the statement running on one connection started (milliseconds on [`clock_ms`]; 0:
+/// none is running).
+struct StatementClock(std::sync::atomic::AtomicU64);
+
+fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let ms = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// Called by SQLite for every new connection: starts timing its statements.
+unsafe extern "C" fn watch_connection(db: *mut sys::sqlite3, _err: *mut *mut c_char, _api: *const c_void) -> c_int {
+    let clock = Box::into_raw(Box::new(StatementClock(std::sync::atomic::AtomicU64::new(0))));
+    let mask = sys::SQLITE_TRACE_STMT | sys::SQLITE_TRACE_PROFILE | sys::SQLITE_TRACE_CLOSE;
+    // SAFETY: `db` is the connection being opened; `clock` lives until its CLOSE event.
+    unsafe {
+        if sys::sqlite3_trace_v2(db, mask, Some(on_trace), clock.cast()) != sys::SQLITE_OK {
+            drop(Box::from_raw(clock));
+            return sys::SQLITE_OK;
+        }
+        sys::sqlite3_progress_handler(db, PROGRESS_STEPS, Some(on_progress), clock.cast());
+    }
+    sys::SQLITE_OK
+}
+
+unsafe extern "C" fn on_trace(event: std::ffi::c_uint, ctx: *mut c_void, _p: *mut c_void, x: *mut c_void) -> c_int {
+    let clock = ctx.cast::<StatementClock>();
+    if event == sys::SQLITE_TRACE_CLOSE {
+        // SAFETY: the box made in `watch_connection`; SQLite sends no event after CLOSE.
+        drop(unsafe { Box::from_raw(clock) });
+        return 0;
+    }
+    // SAFETY: alive until CLOSE.
+    let started = unsafe { &(*clock).0 };
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    if event == sys::SQLITE_TRACE_STMT {
+        // STMT also fires for each trigger program of a running statement, with a comment
+        // ("-- trigger name") as its text: those do not restart the clock.
+        // SAFETY: for STMT, X is the statement's NUL-terminated text.
+        let trigger = !x.is_null() && unsafe { CStr::from_ptr(x.cast::<c_char>()) }.to_bytes().starts_with(b"--");
+        if !trigger {
+            started.store(clock_ms(), ordering);
+        }
+    } else if event == sys::SQLITE_TRACE_PROFILE {
+        started.store(0, ordering);
+    }
+    0
+}
+
+unsafe extern "C" fn on_progress(ctx: *mut c_void) -> c_int {
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    let limit = STATEMENT_LIMIT_MS.load(ordering);
+    // SAFETY: alive until CLOSE, after which SQLite runs no statement on the connection.
+    let started = unsafe { (*ctx.cast::<StatementClock>()).0.load(ordering) };
+    c_int::from(limit != 0 && started != 0 && clock_ms().saturating_sub(started) > limit)
+}

@@ -60,9 +60,36 @@ pub enum NodeError {
         /// The operation.
         what: &'static str,
     },
+    /// A SQLite call failed.
+    #[error("{call} failed with SQLite code {code}")]
+    Sqlite {
+        /// The C function.
+        call: &'static str,
+        /// Its return code.
+        code: i32,
+    },
     /// The node was stopped; dqlite cannot restart a stopped node (create a new one).
     #[error("the node was stopped and cannot be started again; create a new node on the same data directory")]
     Stopped,
+}
+
+/// Errors are handed to every waiter of a shared request; `io::Error` is not `Clone`, so a copy
+/// keeps its kind and message.
+impl Clone for NodeError {
+    fn clone(&self) -> NodeError {
+        match self {
+            NodeError::Invalid { setting, value, reason } => {
+                NodeError::Invalid { setting, value: value.clone(), reason }
+            }
+            NodeError::Call { call, code, message } => NodeError::Call { call, code: *code, message: message.clone() },
+            NodeError::DataDir { path, source } => {
+                NodeError::DataDir { path: path.clone(), source: crate::error::copy_io(source) }
+            }
+            NodeError::Running { what } => NodeError::Running { what },
+            NodeError::Sqlite { call, code } => NodeError::Sqlite { call, code: *code },
+            NodeError::Stopped => NodeError::Stopped,
+        }
+    }
 }
 
 fn call_error(call: &'static str) -> impl FnOnce(Failure) -> NodeError {
@@ -75,6 +102,24 @@ fn c_string(setting: &'static str, value: &str) -> Result<CString, NodeError> {
         value: value.to_owned(),
         reason: "contains a NUL byte",
     })
+}
+
+/// Puts a time limit on every SQL statement run by the dqlite nodes of this process (or lifts
+/// it, with `None`). A statement still running when its time is up is interrupted: the client
+/// gets SQLite's "interrupted" error ([`crate::Error::is_interrupted`]) and the statement's
+/// changes are rolled back.
+///
+/// Why: libdqlite runs statements on the node's event loop, the same loop that sends raft
+/// heartbeats, and in 1.11 nothing else can stop one. A runaway query (an unbounded recursive
+/// CTE, a cross join of big tables) would freeze the leader for good; the cluster would elect
+/// another leader and the old one would never come back. Keep the limit above the longest
+/// legitimate statement (schema changes on big tables included).
+///
+/// Applies to connections opened after the call (libdqlite opens one when a client opens a
+/// database on the leader), so call it before starting nodes.
+pub fn set_statement_timeout(limit: Option<Duration>) -> Result<(), NodeError> {
+    let ms = limit.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+    crate::ffi::set_statement_limit(ms).map_err(|code| NodeError::Sqlite { call: "sqlite3_auto_extension", code })
 }
 
 /// Checks a bind address against what libdqlite 1.11 can bind.

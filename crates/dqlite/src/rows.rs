@@ -48,6 +48,42 @@ impl Row {
     }
 }
 
+/// How much a collected query result may hold; past either bound the query is stopped and
+/// the call fails ([`Error::TooManyRows`], [`Error::ResultTooLarge`]), so a careless query
+/// cannot exhaust the caller's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most rows.
+    pub rows: usize,
+    /// Most bytes of values (text and blob lengths, 8 per other value).
+    pub bytes: usize,
+}
+
+impl Limits {
+    /// No bounds.
+    pub const NONE: Limits = Limits { rows: usize::MAX, bytes: usize::MAX };
+
+    /// At most `rows` rows, any size.
+    pub const fn rows(rows: usize) -> Limits {
+        Limits { rows, bytes: usize::MAX }
+    }
+}
+
+impl From<usize> for Limits {
+    fn from(rows: usize) -> Limits {
+        Limits::rows(rows)
+    }
+}
+
+/// The memory a value's payload takes, for [`Limits::bytes`].
+fn value_size(value: &Value) -> usize {
+    match value {
+        Value::Text(s) | Value::Iso8601(s) => s.len().max(8),
+        Value::Blob(b) => b.len().max(8),
+        _ => 8,
+    }
+}
+
 /// All rows of a query, collected.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct QueryResult {
@@ -116,17 +152,27 @@ impl<'c> Rows<'c> {
 
     /// Reads every remaining row.
     pub async fn collect(self) -> Result<QueryResult> {
-        self.collect_limited(usize::MAX).await
+        self.collect_limited(Limits::NONE).await
     }
 
-    /// Reads every remaining row, failing with [`Error::TooManyRows`] (after interrupting the
-    /// query) once more than `limit` rows arrived.
-    pub async fn collect_limited(mut self, limit: usize) -> Result<QueryResult> {
+    /// Reads every remaining row, failing (after stopping the query) once more than
+    /// `limits` allow arrived.
+    pub async fn collect_limited(mut self, limits: impl Into<Limits>) -> Result<QueryResult> {
+        let limits = limits.into();
         let mut rows = Vec::new();
+        let mut bytes = 0usize;
         while let Some(row) = self.next().await? {
-            if rows.len() == limit {
+            bytes = bytes.saturating_add(row.values.iter().map(value_size).sum());
+            let error = if rows.len() == limits.rows {
+                Some(Error::TooManyRows { limit: limits.rows })
+            } else if bytes > limits.bytes {
+                Some(Error::ResultTooLarge { limit: limits.bytes })
+            } else {
+                None
+            };
+            if let Some(error) = error {
                 self.interrupt().await?;
-                return Err(Error::TooManyRows { limit });
+                return Err(error);
             }
             rows.push(row);
         }

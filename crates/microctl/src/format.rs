@@ -1,39 +1,72 @@
-//! Rendering lists for people (ASCII tables like microcluster's) and for programs (JSON, YAML,
-//! CSV). Every list is a header plus rows of strings.
+//! Rendering lists for people (ASCII tables exactly like microcluster's example CLI) and for
+//! programs (JSON, YAML, CSV).
+//!
+//! A [`Listing`] carries each view separately because they differ on purpose: the table shows
+//! short, human columns (e.g. a truncated fingerprint), JSON is the API's own objects, and
+//! YAML/CSV are flat records with every field at full length.
 
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table};
+use serde_json::Value;
 
 /// How to print a list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Format {
     /// An ASCII table.
     Table,
-    /// A JSON array.
+    /// A JSON array of the API's objects.
     Json,
-    /// A YAML list.
+    /// A YAML list of flat records.
     Yaml,
     /// Comma-separated values with a header line.
     Csv,
 }
 
-/// `+---+` borders, a rule under the header only, no colours, never wrapped.
+/// comfy-table's 19 border characters, in its preset order: left/right borders `|`, top/bottom
+/// borders `-`, header rule `+-+` with `|` between columns, spaces (meaning "none") for the rules
+/// between body rows, and `+` for every other intersection and corner. No built-in preset has
+/// a `-` header rule without body rules (`ASCII_FULL_CONDENSED` uses `=`).
 const ASCII_PRESET: &str = "||--+-++|    ++++++";
 
-/// An ASCII table: header centred (odd space on the right, as Go's tablewriter does), cells
-/// left-aligned.
+/// A list in every output format.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Listing {
+    /// Table column titles.
+    pub(crate) header: Vec<String>,
+    /// Table cells, one row per item.
+    pub(crate) cells: Vec<Vec<String>>,
+    /// YAML keys and CSV column names.
+    pub(crate) keys: Vec<&'static str>,
+    /// YAML/CSV records, one value per key.
+    pub(crate) records: Vec<Vec<Value>>,
+    /// The JSON document.
+    pub(crate) json: Value,
+}
+
+impl Listing {
+    /// The listing as text, ending in a newline.
+    pub(crate) fn render(&self, format: Format) -> String {
+        match format {
+            Format::Table => table(&self.header, &self.cells),
+            Format::Json => format!("{:#}\n", self.json),
+            Format::Yaml => yaml(&self.keys, &self.records),
+            Format::Csv => csv(&self.keys, &self.records),
+        }
+    }
+}
+
+/// An ASCII table, ending in a newline: header centred, body left-aligned, never wrapped.
+///
+/// comfy-table's own centring puts the odd space on the left, while the tutorial's tables (Go's
+/// tablewriter) put it on the right (`|   key    |`), so headers are padded by hand and
+/// rendered left-aligned.
 pub(crate) fn table(header: &[String], rows: &[Vec<String>]) -> String {
-    let width = |i: usize| {
-        rows.iter()
-            .filter_map(|r| r.get(i))
-            .chain(std::iter::once(&header[i]))
-            .map(|s| s.chars().count())
-            .max()
-            .unwrap_or(0)
+    let width = |i: usize, title: &str| {
+        rows.iter().filter_map(|r| r.get(i)).map(|s| display_width(s)).chain([display_width(title)]).max().unwrap_or(0)
     };
-    let centred = header.iter().enumerate().map(|(i, h)| {
-        let extra = width(i) - h.chars().count();
+    let centred = header.iter().enumerate().map(|(i, title)| {
+        let extra = width(i, title) - display_width(title);
         let left = extra / 2;
-        Cell::new(format!("{}{h}{}", " ".repeat(left), " ".repeat(extra - left))).set_alignment(CellAlignment::Left)
+        Cell::new(format!("{}{title}{}", " ".repeat(left), " ".repeat(extra - left))).set_alignment(CellAlignment::Left)
     });
     let mut table = Table::new();
     table.load_preset(ASCII_PRESET).set_content_arrangement(ContentArrangement::Disabled).force_no_tty();
@@ -44,73 +77,78 @@ pub(crate) fn table(header: &[String], rows: &[Vec<String>]) -> String {
     format!("{table}\n")
 }
 
-fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+/// Width of the widest line of a cell (comfy-table splits cells on newlines).
+fn display_width(s: &str) -> usize {
+    s.lines().map(|l| l.chars().count()).max().unwrap_or(0)
 }
 
-/// A YAML list of flat records (strings quoted JSON-style, which is valid YAML).
-pub(crate) fn yaml(header: &[String], rows: &[Vec<String>]) -> String {
-    if rows.is_empty() {
+/// A YAML list of flat records, ending in a newline. Strings are JSON-quoted and lists are JSON
+/// flow sequences: both are valid YAML, and quoting every string keeps values such as `no`,
+/// `1.0` or `null` from being read back as something else.
+pub(crate) fn yaml(keys: &[&str], records: &[Vec<Value>]) -> String {
+    if records.is_empty() {
         return "[]\n".to_owned();
     }
     let mut out = String::new();
-    for row in rows {
-        for (i, (key, value)) in header.iter().zip(row).enumerate() {
+    for record in records {
+        for (i, (key, value)) in keys.iter().zip(record).enumerate() {
             out.push_str(if i == 0 { "- " } else { "  " });
-            out.push_str(&format!("{}: {}\n", key.to_lowercase().replace(' ', "_"), json_string(value)));
+            out.push_str(key);
+            out.push_str(": ");
+            out.push_str(&value.to_string());
+            out.push('\n');
         }
     }
     out
+}
+
+/// CSV (RFC 4180 quoting) with a header line; lists become space-separated words.
+pub(crate) fn csv(keys: &[&str], records: &[Vec<Value>]) -> String {
+    let header = keys.iter().map(|k| csv_field(k)).collect::<Vec<_>>().join(",");
+    let rows = records.iter().map(|r| r.iter().map(|v| csv_field(&csv_text(v))).collect::<Vec<_>>().join(","));
+    std::iter::once(header).chain(rows).map(|line| line + "\n").collect()
+}
+
+fn csv_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(items) => items.iter().map(csv_text).collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    }
 }
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
 }
 
-/// CSV with a header line.
-pub(crate) fn csv(header: &[String], rows: &[Vec<String>]) -> String {
-    std::iter::once(header)
-        .chain(rows.iter().map(Vec::as_slice))
-        .map(|row| row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",") + "\n")
-        .collect()
-}
-
-/// Renders `rows` for humans or, for JSON, returns `json` as given.
-pub(crate) fn render(
-    format: Format,
-    header: &[&str],
-    rows: &[Vec<String>],
-    json: impl FnOnce() -> serde_json::Value,
-) -> String {
-    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    match format {
-        Format::Table => table(&header, rows),
-        Format::Json => format!("{:#}\n", json()),
-        Format::Yaml => yaml(&header, rows),
-        Format::Csv => csv(&header, rows),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| (*x).to_owned()).collect()
     }
 
     #[test]
-    fn tables_look_like_the_tutorials() {
-        let rows: Vec<Vec<String>> =
-            ["sqlite_sequence", "schemas", "core_cluster_members"].iter().map(|r| s(&[r])).collect();
+    fn tables_match_the_tutorial() {
+        let names = ["sqlite_sequence", "schemas", "core_cluster_members", "core_token_records"]
+            .into_iter()
+            .chain(["extended_table", "some_other_table"])
+            .map(|r| s(&[r]))
+            .collect::<Vec<_>>();
         assert_eq!(
-            table(&s(&["name"]), &rows),
+            table(&s(&["name"]), &names),
             "+----------------------+\n\
              |         name         |\n\
              +----------------------+\n\
              | sqlite_sequence      |\n\
              | schemas              |\n\
              | core_cluster_members |\n\
+             | core_token_records   |\n\
+             | extended_table       |\n\
+             | some_other_table     |\n\
              +----------------------+\n"
         );
         assert_eq!(
@@ -121,14 +159,67 @@ mod tests {
              | 1  | some_key | some_value |\n\
              +----+----------+------------+\n"
         );
+        assert_eq!(
+            table(
+                &s(&["name", "address", "heartbeat"]),
+                &[
+                    s(&["mc1", "127.0.0.1:9001", "2025-03-20T17:52:03.101704405Z"]),
+                    s(&["mc2", "127.0.0.1:9002", "2025-03-20T17:52:03.125658611Z"]),
+                ]
+            ),
+            "+------+----------------+--------------------------------+\n\
+             | name |    address     |           heartbeat            |\n\
+             +------+----------------+--------------------------------+\n\
+             | mc1  | 127.0.0.1:9001 | 2025-03-20T17:52:03.101704405Z |\n\
+             | mc2  | 127.0.0.1:9002 | 2025-03-20T17:52:03.125658611Z |\n\
+             +------+----------------+--------------------------------+\n"
+        );
     }
 
     #[test]
-    fn yaml_and_csv_escape() {
-        let header = s(&["NAME", "EXPIRES AT"]);
-        let rows = vec![s(&["a\"b", "x,y\nz"])];
-        assert_eq!(yaml(&header, &rows), "- name: \"a\\\"b\"\n  expires_at: \"x,y\\nz\"\n");
-        assert_eq!(yaml(&header, &[]), "[]\n");
-        assert_eq!(csv(&header, &rows), "NAME,EXPIRES AT\n\"a\"\"b\",\"x,y\nz\"\n");
+    fn tables_without_rows_or_with_wide_headers() {
+        assert_eq!(
+            table(&s(&["NAME", "TOKEN"]), &[]),
+            "+------+-------+\n| NAME | TOKEN |\n+------+-------+\n+------+-------+\n"
+        );
+        assert_eq!(
+            table(&s(&["count(*)"]), &[s(&["3"])]),
+            "+----------+\n| count(*) |\n+----------+\n| 3        |\n+----------+\n"
+        );
+    }
+
+    #[test]
+    fn yaml_quotes_strings_and_keeps_numbers() {
+        let keys = ["name", "version", "extensions"];
+        let records = vec![vec![json!("a\"b\nc"), json!(2), json!(["x", "y"])], vec![json!("no"), json!(0), json!([])]];
+        assert_eq!(
+            yaml(&keys, &records),
+            "- name: \"a\\\"b\\nc\"\n  version: 2\n  extensions: [\"x\",\"y\"]\n\
+             - name: \"no\"\n  version: 0\n  extensions: []\n"
+        );
+        assert_eq!(yaml(&keys, &[]), "[]\n");
+    }
+
+    #[test]
+    fn csv_quotes_only_when_needed() {
+        let keys = ["name", "expires_at", "extensions"];
+        let records = vec![
+            vec![json!("a\"b"), json!("x,y\nz"), json!(["e1", "e2"])],
+            vec![json!("plain"), json!("cr\r"), Value::Null],
+        ];
+        assert_eq!(csv(&keys, &records), "name,expires_at,extensions\n\"a\"\"b\",\"x,y\nz\",e1 e2\nplain,\"cr\r\",\n");
+        assert_eq!(csv(&keys, &[]), "name,expires_at,extensions\n");
+    }
+
+    #[test]
+    fn json_is_pretty() {
+        let listing = Listing {
+            header: s(&["NAME"]),
+            cells: vec![],
+            keys: vec!["name"],
+            records: vec![],
+            json: json!([{"name": "a"}]),
+        };
+        assert_eq!(listing.render(Format::Json), "[\n  {\n    \"name\": \"a\"\n  }\n]\n");
     }
 }

@@ -1,35 +1,51 @@
-//! `microctl sql`: run a query and print each statement's result, or a dump.
+//! `microctl sql`: what the argument asks for, and how each statement's result is printed.
+//!
+//! Kept free of I/O with the daemon so the printing can be tested without one.
 
 use std::io::Read;
 
-use anyhow::Context;
-use microcluster::client::Client;
+use anyhow::{Context, bail};
+use microcluster::api::SqlBatch;
+use serde_json::Value;
 
 use crate::format;
 
-fn cell(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "NULL".to_owned(),
-        other => other.to_string(),
-    }
+/// What `microctl sql QUERY` should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// `.dump` (`schema_only: false`) or `.schema` (`true`).
+    Dump {
+        /// Only the schema, no rows.
+        schema_only: bool,
+    },
+    /// One or more statements, separated by `;`.
+    Statements(String),
 }
 
-/// Runs `query` (`-`: from stdin; `.dump` / `.schema`: a dump) and returns what to print.
-pub(crate) async fn run(client: &Client, query: &str) -> anyhow::Result<String> {
-    let query = if query == "-" {
+/// Reads the query (`-`: standard input) and recognises the dot commands.
+pub(crate) fn request(arg: &str) -> anyhow::Result<Request> {
+    let text = if arg == "-" {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("reading the query from stdin")?;
+        std::io::stdin().read_to_string(&mut text).context("reading the query from standard input")?;
         text
     } else {
-        query.to_owned()
+        arg.to_owned()
     };
-    match query.trim() {
-        ".dump" => return Ok(client.sql_dump(false).await?),
-        ".schema" => return Ok(client.sql_dump(true).await?),
-        _ => {}
-    }
-    let batch = client.sql(&query).await?;
+    parse(text)
+}
+
+fn parse(text: String) -> anyhow::Result<Request> {
+    Ok(match text.trim() {
+        ".dump" => Request::Dump { schema_only: false },
+        ".schema" => Request::Dump { schema_only: true },
+        "" => bail!("the query is empty"),
+        _ => Request::Statements(text),
+    })
+}
+
+/// Reads become tables, writes `Rows affected: N`; with several statements each result is
+/// headed `=> Query i:` and separated by a blank line.
+pub(crate) fn render(batch: &SqlBatch) -> String {
     let many = batch.results.len() > 1;
     let mut out = String::new();
     for (i, result) in batch.results.iter().enumerate() {
@@ -46,5 +62,91 @@ pub(crate) async fn run(client: &Client, query: &str) -> anyhow::Result<String> 
             out.push_str(&format!("Rows affected: {}\n", result.rows_affected));
         }
     }
-    Ok(out)
+    out
+}
+
+/// A dump as the daemon produced it, with a final newline so the shell prompt starts on its own
+/// line.
+pub(crate) fn render_dump(mut text: String) -> String {
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "NULL".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use microcluster::api::SqlResult;
+    use serde_json::json;
+
+    fn select(columns: &[&str], rows: Vec<Vec<Value>>) -> SqlResult {
+        SqlResult {
+            kind: "select".into(),
+            statement: String::new(),
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            rows,
+            rows_affected: 0,
+        }
+    }
+
+    fn exec(n: u64) -> SqlResult {
+        SqlResult { kind: "exec".into(), statement: String::new(), columns: vec![], rows: vec![], rows_affected: n }
+    }
+
+    #[test]
+    fn one_statement_has_no_heading() {
+        assert_eq!(render(&SqlBatch { results: vec![exec(1)] }), "Rows affected: 1\n");
+        let batch = SqlBatch {
+            results: vec![select(
+                &["id", "key", "value"],
+                vec![vec![json!(1), json!("some_key"), json!("some_value")]],
+            )],
+        };
+        assert_eq!(
+            render(&batch),
+            "+----+----------+------------+\n\
+             | id |   key    |   value    |\n\
+             +----+----------+------------+\n\
+             | 1  | some_key | some_value |\n\
+             +----+----------+------------+\n"
+        );
+    }
+
+    #[test]
+    fn several_statements_are_numbered() {
+        let batch = SqlBatch {
+            results: vec![exec(2), select(&["a", "b", "c"], vec![vec![Value::Null, json!(1.5), json!(true)]])],
+        };
+        assert_eq!(
+            render(&batch),
+            "=> Query 1:\n\
+             Rows affected: 2\n\
+             \n\
+             => Query 2:\n\
+             +------+-----+------+\n\
+             |  a   |  b  |  c   |\n\
+             +------+-----+------+\n\
+             | NULL | 1.5 | true |\n\
+             +------+-----+------+\n"
+        );
+    }
+
+    #[test]
+    fn dot_commands_and_empty_queries() {
+        assert_eq!(parse(" .dump\n".into()).unwrap(), Request::Dump { schema_only: false });
+        assert_eq!(parse(".schema".into()).unwrap(), Request::Dump { schema_only: true });
+        assert_eq!(parse("SELECT 1".into()).unwrap(), Request::Statements("SELECT 1".into()));
+        assert!(parse(" \n".into()).is_err());
+        assert_eq!(render_dump("BEGIN;".into()), "BEGIN;\n");
+        assert_eq!(render_dump(String::new()), "");
+    }
 }

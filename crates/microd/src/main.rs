@@ -23,6 +23,9 @@ struct Cli {
     /// Heartbeat interval (e.g. 10s, 1s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// Interrupt SQL statements that run longer than this (0: never).
+    #[arg(long, default_value = "5s", value_parser = parse_limit)]
+    statement_timeout: Duration,
     /// Group that may use the control socket (name or id).
     #[arg(long, env = "SOCKET_GROUP")]
     socket_group: Option<String>,
@@ -40,6 +43,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be at least 100ms".into());
     }
     Ok(d)
+}
+
+fn parse_limit(text: &str) -> Result<Duration, String> {
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 5s, 1m, 0 for no limit)"))
 }
 
 fn init_logging(cli: &Cli) {
@@ -66,6 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         heartbeat_interval: cli.heartbeat,
         socket_group: cli.socket_group,
+        statement_timeout: Some(cli.statement_timeout).filter(|d| !d.is_zero()),
         ..extension::daemon_args()
     };
     app.start(args).await.with_context(|| format!("microd with state directory {}", cli.state_dir.display()))

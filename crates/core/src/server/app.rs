@@ -49,6 +49,11 @@ pub struct DaemonArgs {
     pub socket_group: Option<String>,
     /// Expected network round trip between members (raft heartbeat 1.5×, election 15×).
     pub network_latency: Duration,
+    /// Longest an SQL statement may run on this member's node before it is interrupted
+    /// (`None`: no limit). libdqlite runs statements on the loop that also keeps raft going, so
+    /// a runaway query would otherwise freeze the member for good. Process-wide (see
+    /// [`dqlite::set_statement_timeout`]).
+    pub statement_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for DaemonArgs {
@@ -72,6 +77,7 @@ impl Default for DaemonArgs {
             servers: Vec::new(),
             socket_group: None,
             network_latency: Duration::from_millis(40),
+            statement_timeout: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -212,6 +218,7 @@ impl App {
             }
         }
         let gid = args.socket_group.as_deref().map(resolve_group).transpose()?;
+        dqlite::set_statement_timeout(args.statement_timeout).map_err(|e| AppError::Invalid(e.to_string()))?;
         let dir = StateDir::open(&self.state_dir)?;
         let _lock = dir.lock()?;
         let config = dir.daemon_config()?;

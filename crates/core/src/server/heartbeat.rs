@@ -134,11 +134,11 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     let roles_now: HashMap<String, Option<dqlite::Role>> = nodes.iter().map(|n| (n.address.clone(), n.role)).collect();
     let time = now();
     let (answered, own_address) = (answers.keys().cloned().collect::<HashSet<_>>(), runtime.address.clone());
+    let (seen, own) = (answered.clone(), own_address.clone());
     runtime
         .db
-        .transaction(|tx| {
-            let (rows, roles_now, answered, own, time) =
-                (rows.clone(), roles_now.clone(), answered.clone(), own_address.clone(), time.clone());
+        .transaction(move |tx| {
+            let answered = seen;
             Box::pin(async move {
                 for row in &rows {
                     let role = roles_now.get(&row.address).map_or(row.role.as_str(), |r| role_name(*r));

@@ -100,7 +100,8 @@ impl Runtime {
         let client_config = dqlite::ClientConfig {
             dial_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
-            leader_timeout: Duration::from_secs(10),
+            // A member cut off from the majority must refuse soon rather than hang its caller.
+            leader_timeout: Duration::from_secs(5),
             // Elections take a few hundred milliseconds: look again soon.
             backoff_max: Duration::from_millis(200),
             ..dqlite::ClientConfig::default()
@@ -117,7 +118,7 @@ impl Runtime {
             cluster_fingerprint,
             cluster_identity,
             peer_tls,
-            db: Db::new(client),
+            db: Db::new(client, state.address()),
             bind_name,
             node: Mutex::new(Some(node)),
             listener: tokio::sync::Mutex::new(Some(listener)),

@@ -144,10 +144,13 @@ impl State {
         Ok(runtime.db.exec(sql, params).await?)
     }
 
-    /// Runs `f` in a database transaction.
+    /// Runs `f` in a write transaction. Writes from concurrent requests on this member are
+    /// committed together (each in a savepoint of its own), so `f` owns what it uses; if
+    /// leadership moves before the commit, the call fails and `f`'s work is rolled back.
     pub async fn transaction<T, F>(&self, f: F) -> Result<T, ApiError>
     where
-        F: for<'t, 'd> Fn(&'t mut dqlite::Transaction<'d>) -> dqlite::TxFuture<'t, T>,
+        T: Send + 'static,
+        F: for<'t, 'd> FnOnce(&'t mut dqlite::Transaction<'d>) -> dqlite::TxFuture<'t, T> + Send + 'static,
     {
         let runtime = self.db()?;
         Ok(runtime.db.transaction(f).await?)

@@ -220,7 +220,10 @@ impl Response {
     pub fn decode(kind: u8, body: &[u8], cluster_format: u64) -> Result<Response, ProtocolError> {
         let mut r = Reader::new(body);
         let response = match kind {
-            t::FAILURE => Response::Failure { code: r.u64()?, message: r.text()?.to_owned() },
+            t::FAILURE => match decode_failure_after_columns(body) {
+                Some(failure) => return Ok(failure),
+                None => Response::Failure { code: r.u64()?, message: r.text()?.to_owned() },
+            },
             t::SERVER => Response::Server { id: r.u64()?, address: r.text()?.to_owned() },
             t::WELCOME => Response::Welcome { heartbeat_timeout: r.u64()? },
             t::SERVERS => Response::Servers(decode_servers(&mut r, cluster_format)?),
@@ -240,11 +243,32 @@ impl Response {
             t::METADATA => Response::Metadata { failure_domain: r.u64()?, weight: r.u64()? },
             kind => return Err(ProtocolError::UnknownMessageType { kind }),
         };
-        if !r.is_empty() {
+        // A FAILURE with bytes after its message is one libdqlite garbled in a way not
+        // recognised above; the header's size keeps the framing intact, so the rest is skipped.
+        if !r.is_empty() && !matches!(response, Response::Failure { .. }) {
             return Err(ProtocolError::TrailingBytes { kind: response.name(), extra: r.remaining() });
         }
         Ok(response)
     }
+}
+
+/// libdqlite 1.11 builds a query's response in place: when the statement fails after the
+/// column names were written (e.g. it was interrupted), it appends the code and message to them
+/// and sends the lot as a FAILURE. Recognises exactly that layout (a column count, that many
+/// names, a code, a message, nothing after) and returns the real failure.
+fn decode_failure_after_columns(body: &[u8]) -> Option<Response> {
+    let mut r = Reader::new(body);
+    let columns = r.u64().ok()?;
+    // Each name takes at least 8 bytes: a count that cannot fit is no column header.
+    if columns == 0 || columns > (r.remaining() / 8) as u64 {
+        return None;
+    }
+    for _ in 0..columns {
+        r.text().ok()?;
+    }
+    let code = r.u64().ok()?;
+    let message = r.text().ok()?.to_owned();
+    r.is_empty().then_some(Response::Failure { code, message })
 }
 
 /// Checks that `count` items of at least `min_size` bytes each can fit in what is left.
@@ -397,6 +421,20 @@ mod tests {
     fn trailing_bytes_and_unknown_types_are_errors() {
         assert!(matches!(Response::decode(t::EMPTY, &[0; 16], 0), Err(ProtocolError::TrailingBytes { .. })));
         assert!(matches!(Response::decode(42, &[0; 8], 0), Err(ProtocolError::UnknownMessageType { kind: 42 })));
+        // A FAILURE behind the column names of the query that failed (as libdqlite 1.11 sends
+        // one when a statement is interrupted).
+        let mut body = 1u64.to_le_bytes().to_vec();
+        body.extend_from_slice(b"count(*)\0\0\0\0\0\0\0\0");
+        body.extend_from_slice(&9u64.to_le_bytes());
+        body.extend_from_slice(b"interrupted\0\0\0\0\0");
+        let failure = Response::decode(t::FAILURE, &body, 0).unwrap();
+        assert_eq!(failure, Response::Failure { code: 9, message: "interrupted".into() });
+        // Other bytes after a plain FAILURE are skipped.
+        let mut body = 19u64.to_le_bytes().to_vec();
+        body.extend_from_slice(b"constraint\0\0\0\0\0\0");
+        body.extend_from_slice(&[0xff; 8]);
+        let failure = Response::decode(t::FAILURE, &body, 0).unwrap();
+        assert_eq!(failure, Response::Failure { code: 19, message: "constraint".into() });
         assert!(
             Response::decode(
                 t::SERVERS,

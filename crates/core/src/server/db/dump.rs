@@ -27,7 +27,7 @@ fn quote_ident(name: &str) -> String {
 }
 
 /// The schema (and, unless `schema_only`, every row) as SQL statements in one transaction.
-pub(crate) async fn dump(db: &mut Database, schema_only: bool, max_rows: usize) -> dqlite::Result<String> {
+pub(crate) async fn dump(db: &mut Database, schema_only: bool, limits: dqlite::Limits) -> dqlite::Result<String> {
     let mut out = String::from("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n");
     let objects = db
         .query(
@@ -46,7 +46,7 @@ pub(crate) async fn dump(db: &mut Database, schema_only: bool, max_rows: usize) 
         if kind == "table" {
             tables.push(name.to_owned());
             if !schema_only {
-                let rows = db.query_limited(&format!("SELECT * FROM {}", quote_ident(name)), &[], max_rows).await?;
+                let rows = db.query_limited(&format!("SELECT * FROM {}", quote_ident(name)), &[], limits).await?;
                 for r in &rows.rows {
                     let values: Vec<String> = r.values().iter().map(literal).collect();
                     out.push_str(&format!("INSERT INTO {} VALUES({});\n", quote_ident(name), values.join(",")));

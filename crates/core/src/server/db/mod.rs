@@ -1,18 +1,26 @@
 //! The cluster database as the daemon uses it: one dqlite database (`db.bin`) reached through
 //! the leader, its status, schema bookkeeping, and the core tables' queries.
 //!
-//! Access is serialised through one connection for now: libdqlite 1.11 answers a second
-//! concurrent writer with "database is locked", and one connection never races itself.
+//! libdqlite 1.11 answers a second concurrent writer with "database is locked" and has no busy
+//! timeout, so this member's writes all go through one queue (`writer`), which commits
+//! concurrent requests together and retries the lock; reads use a small pool of their own.
 
 pub(crate) mod dump;
 pub(crate) mod members;
 pub(crate) mod schema;
 pub(crate) mod tokens;
+mod writer;
 
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use dqlite::{Client, Database, QueryResult, Transaction, TxFuture, Value};
 use hyper::StatusCode;
+use tokio::sync::{mpsc, oneshot, watch};
+pub(crate) use writer::BUSY_DEADLINE;
+use writer::Job;
 
 use crate::server::rest::ApiError;
 
@@ -64,27 +72,60 @@ impl From<dqlite::Error> for ApiError {
             | dqlite::Error::ParamCount { .. }
             | dqlite::Error::UnsupportedParam { .. }
             | dqlite::Error::Encode(_)
-            | dqlite::Error::TooManyRows { .. } => StatusCode::BAD_REQUEST,
+            | dqlite::Error::TooManyRows { .. }
+            | dqlite::Error::ResultTooLarge { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, format!("database: {err}"))
     }
 }
 
-/// The shared database.
+/// How many connections serve reads at once.
+const READERS: usize = 4;
+/// How many times a read runs before its error is returned.
+const READ_ATTEMPTS: u32 = 3;
+/// How often the local node is asked who leads.
+const LEADER_POLL: Duration = Duration::from_millis(100);
+
+/// The shared database: a write queue (one connection, group commit), a pool of read
+/// connections, and a watcher that tells them when leadership moves.
 #[derive(Debug)]
 pub(crate) struct Db {
     client: Client,
-    conn: tokio::sync::Mutex<Database>,
+    jobs: mpsc::Sender<Job>,
+    readers: tokio::sync::Mutex<Vec<Database>>,
+    reader_slots: tokio::sync::Semaphore,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// How long database operations keep retrying "database is locked" from other members.
-const BUSY_RETRY: Duration = Duration::from_secs(10);
+impl Drop for Db {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
 
 impl Db {
-    pub(crate) fn new(client: Client) -> Db {
-        let conn = tokio::sync::Mutex::new(client.database(DB_NAME));
-        Db { client, conn }
+    /// Starts the queue and the leader watcher; `own_address` is this member's node.
+    pub(crate) fn new(client: Client, own_address: String) -> Db {
+        let (leader_tx, leader) = watch::channel(None);
+        let (jobs, queue) = mpsc::channel(1024);
+        let database = || {
+            let mut db = client.database(DB_NAME);
+            db.follow_leader(leader.clone());
+            db
+        };
+        let writer = tokio::spawn(writer::run(database(), queue));
+        let readers = (0..READERS).map(|_| database()).collect();
+        let watcher = tokio::spawn(watch_leader(client.clone(), own_address, leader_tx));
+        Db {
+            readers: tokio::sync::Mutex::new(readers),
+            reader_slots: tokio::sync::Semaphore::new(READERS),
+            client,
+            jobs,
+            tasks: vec![writer, watcher],
+        }
     }
 
     /// The dqlite client (leader discovery, membership requests).
@@ -92,62 +133,137 @@ impl Db {
         &self.client
     }
 
-    /// Runs `f` in a transaction, retrying while another member holds the write lock.
+    async fn submit(&self, job: Job) -> Result<(), dqlite::Error> {
+        self.jobs.send(job).await.map_err(|_| abandoned())
+    }
+
+    /// Runs `f` in a write transaction, committed together with whatever else this member is
+    /// writing at the same moment (each caller's work in a savepoint of its own).
     pub(crate) async fn transaction<T, F>(&self, f: F) -> Result<T, dqlite::Error>
     where
-        F: for<'t, 'd> Fn(&'t mut Transaction<'d>) -> TxFuture<'t, T>,
+        T: Send + 'static,
+        F: for<'t, 'd> FnOnce(&'t mut Transaction<'d>) -> TxFuture<'t, T> + Send + 'static,
     {
-        let deadline = Instant::now() + BUSY_RETRY;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let result = self.conn.lock().await.transaction(&f).await;
-            match result {
-                Err(err) if err.is_busy() && Instant::now() < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
+        let slot: Arc<std::sync::Mutex<Option<T>>> = Arc::new(std::sync::Mutex::new(None));
+        let out = slot.clone();
+        let run: writer::TxJob = Box::new(move |tx| {
+            Box::pin(async move {
+                let value = f(tx).await?;
+                if let Ok(mut out) = out.lock() {
+                    *out = Some(value);
                 }
-                other => return other,
+                Ok(())
+            })
+        });
+        let (done, finished) = oneshot::channel();
+        self.submit(Job::Tx { run, done }).await?;
+        finished.await.map_err(|_| abandoned())??;
+        slot.lock().ok().and_then(|mut v| v.take()).ok_or_else(abandoned)
+    }
+
+    /// Runs SQL text that may write (parameters bind to its first statement).
+    pub(crate) async fn exec(&self, sql: &str, params: &[Value]) -> Result<dqlite::ExecResult, dqlite::Error> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Exec { sql: sql.to_owned(), params: params.to_vec(), reply }).await?;
+        answer.await.map_err(|_| abandoned())?
+    }
+
+    /// Gives `f` the write connection alone, outside any batch (for SQL that has its own
+    /// BEGIN/COMMIT).
+    pub(crate) async fn exclusive<T, F>(&self, f: F) -> Result<T, dqlite::Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Database) -> Pin<Box<dyn Future<Output = T> + Send + 'c>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let run: writer::ExclusiveJob = Box::new(move |db| {
+            Box::pin(async move {
+                let _ = reply.send(f(db).await);
+            })
+        });
+        self.submit(Job::Exclusive(run)).await?;
+        answer.await.map_err(|_| abandoned())
+    }
+
+    /// Lends `f` a read connection (reads do not queue behind writes). A read that lost its
+    /// connection or its leader changed nothing, so `f` runs again, on the new leader.
+    pub(crate) async fn reading<T, F>(&self, f: F) -> Result<T, dqlite::Error>
+    where
+        F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
+    {
+        let _slot = self.reader_slots.acquire().await.map_err(|_| abandoned())?;
+        let Some(mut db) = self.readers.lock().await.pop() else { return Err(abandoned()) };
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match f(&mut db).await {
+                Err(err) if attempt < READ_ATTEMPTS && lost_leader(&err) => {
+                    tracing::debug!(error = %err, "read interrupted; trying again on the leader");
+                    tokio::time::sleep(LEADER_POLL).await;
+                }
+                other => break other,
             }
-        }
+        };
+        self.readers.lock().await.push(db);
+        result
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot without the write lock).
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, dqlite::Error>
     where
-        F: for<'t, 'd> FnOnce(&'t mut Transaction<'d>) -> TxFuture<'t, T>,
+        F: for<'t, 'd> Fn(&'t mut Transaction<'d>) -> TxFuture<'t, T> + Send + Sync + 'static,
+        T: Send + 'static,
     {
-        self.conn.lock().await.read_transaction(f).await
-    }
-
-    /// Runs SQL text that may write (each statement atomic on its own), retrying while another
-    /// member holds the write lock.
-    pub(crate) async fn exec(&self, sql: &str, params: &[Value]) -> Result<dqlite::ExecResult, dqlite::Error> {
-        let deadline = Instant::now() + BUSY_RETRY;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let result = self.conn.lock().await.exec(sql, params).await;
-            match result {
-                Err(err) if err.is_busy() && Instant::now() < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
-                }
-                other => return other,
-            }
-        }
+        let f = Arc::new(f);
+        self.reading(move |db| {
+            let f = f.clone();
+            Box::pin(async move { db.read_transaction(&*f).await })
+        })
+        .await
     }
 
     /// Runs one read-only statement.
     pub(crate) async fn query(&self, sql: &str, params: &[Value]) -> Result<QueryResult, dqlite::Error> {
-        self.conn.lock().await.query(sql, params).await
+        self.reading(|db| {
+            let (sql, params) = (sql.to_owned(), params.to_vec());
+            Box::pin(async move { db.query(&sql, &params).await })
+        })
+        .await
     }
+}
 
-    /// Lends the connection to `f` (SQL batches and dumps that need several requests on it).
-    pub(crate) async fn with_connection<T>(
-        &self,
-        f: impl for<'c> FnOnce(&'c mut Database) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'c>>,
-    ) -> T {
-        let mut guard = self.conn.lock().await;
-        f(&mut guard).await
+/// A request the queue dropped (its batch was abandoned when leadership moved): the outcome
+/// of a write in it is unknown.
+fn abandoned() -> dqlite::Error {
+    dqlite::Error::Broken { address: "the database queue (request abandoned; leadership moved)".into() }
+}
+
+/// The leader went away under a request (not the request's own fault).
+fn lost_leader(err: &dqlite::Error) -> bool {
+    err.is_not_leader() || err.is_leadership_lost() || err.is_connection_lost()
+}
+
+/// Asks this member's own node who leads, every [`LEADER_POLL`] (only voters know).
+async fn watch_leader(client: Client, own_address: String, leader: watch::Sender<Option<String>>) {
+    let mut conn = None;
+    loop {
+        if conn.is_none() {
+            conn = client.connect(&own_address).await.ok();
+        }
+        if let Some(c) = conn.as_mut() {
+            match c.leader().await {
+                Ok(now) => {
+                    let now = now.map(|n| n.address);
+                    leader.send_if_modified(|current| {
+                        let changed = *current != now;
+                        *current = now;
+                        changed
+                    });
+                }
+                Err(_) => conn = None,
+            }
+        }
+        tokio::time::sleep(LEADER_POLL).await;
     }
 }
 

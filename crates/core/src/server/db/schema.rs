@@ -126,7 +126,7 @@ pub(crate) async fn create_schemas_table(db: &Db) -> Result<(), dqlite::Error> {
     if count(&db.query(EXISTS, &[]).await?) > 0 {
         return Ok(());
     }
-    db.transaction(|tx| {
+    db.transaction(move |tx| {
         Box::pin(async move {
             // Another member may have created it since the check above.
             if count(&tx.query(EXISTS, &[]).await?) == 0 {
@@ -173,7 +173,7 @@ pub(crate) async fn apply_missing(
 ) -> Result<(), SchemaError> {
     let internal: Vec<_> = internal.to_vec();
     let external: Vec<_> = external.to_vec();
-    db.transaction(|tx| {
+    db.transaction(move |tx| {
         let (internal, external) = (internal.clone(), external.clone());
         Box::pin(async move {
             let rows = tx.query("SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type", &[]).await?;

@@ -204,10 +204,11 @@ async fn remove(state: State, req: Request) -> HandlerResult {
 async fn revoke_token(state: State, req: Request) -> HandlerResult {
     let name = req.param("name")?.to_owned();
     let runtime = state.db()?;
+    let owned_name = name.clone();
     let deleted = runtime
         .db
-        .transaction(|tx| {
-            let name = name.clone();
+        .transaction(move |tx| {
+            let name = owned_name;
             Box::pin(async move { tokens::delete(tx, &name).await })
         })
         .await?;

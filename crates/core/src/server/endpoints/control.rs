@@ -59,11 +59,11 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
         let at = SystemTime::now() + Duration::from_nanos(request.expire_after);
         humantime::format_rfc3339_nanos(at).to_string()
     });
-    let name = request.name.clone();
+    let (name, owned_secret) = (request.name.clone(), secret.clone());
     let stored = runtime
         .db
-        .transaction(|tx| {
-            let (name, secret, expiry) = (name.clone(), secret.clone(), expiry.clone());
+        .transaction(move |tx| {
+            let secret = owned_secret;
             Box::pin(async move {
                 tokens::delete_expired(tx).await?;
                 if tokens::list(tx).await?.iter().any(|t| t.name == name) {

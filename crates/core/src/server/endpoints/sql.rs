@@ -15,8 +15,8 @@ use crate::server::State;
 use crate::server::db::dump;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
 
-/// Most rows one statement may return through the API.
-pub(crate) const MAX_ROWS: usize = 100_000;
+/// The most one statement may return through the API (the response is built in memory).
+pub(crate) const RESULT_LIMITS: dqlite::Limits = dqlite::Limits { rows: 100_000, bytes: 64 * 1024 * 1024 };
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![Endpoint::new("sql").post(Action::new(run)).get(Action::new(dump_sql))]
@@ -68,7 +68,7 @@ trait Runner {
 
 impl Runner for dqlite::Database {
     async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult> {
-        self.query_limited(sql, &[], MAX_ROWS).await
+        self.query_limited(sql, &[], RESULT_LIMITS).await
     }
     async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult> {
         dqlite::Database::exec(self, sql, &[]).await
@@ -77,7 +77,7 @@ impl Runner for dqlite::Database {
 
 impl Runner for dqlite::Transaction<'_> {
     async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult> {
-        dqlite::Transaction::query(self, sql, &[]).await
+        dqlite::Transaction::query_limited(self, sql, &[], RESULT_LIMITS).await
     }
     async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult> {
         dqlite::Transaction::exec(self, sql, &[]).await
@@ -90,46 +90,53 @@ async fn run(state: State, req: Request) -> HandlerResult {
     if statements.is_empty() {
         return Err(ApiError::bad_request("no SQL statement given"));
     }
-    // One statement is atomic on its own; only a batch needs the surrounding transaction
-    // (which costs two more round trips to the leader).
-    let own_transaction =
-        statements.len() == 1 || statements.iter().any(|s| sqltext::classify(s) == StatementKind::Transaction);
+    let kinds: Vec<StatementKind> = statements.iter().map(|s| sqltext::classify(s)).collect();
+    let all_reads = kinds.iter().all(|k| *k == StatementKind::Read);
+    let own_transaction = kinds.contains(&StatementKind::Transaction);
     let runtime = state.db()?;
     let failed_at = Arc::new(AtomicUsize::new(0));
-    // "database is locked" (another member writing) on a single statement or a batch in our
-    // own transaction means nothing was applied: try again, for a while, instead of failing.
-    let retry_safe = statements.len() == 1 || !own_transaction;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The write queue retries "database is locked" (another member writing) itself. Text with
+    // its own transaction can be retried only when one BEGIN … COMMIT holds all of it: then a
+    // busy failure applied nothing.
+    let retry_safe = own_transaction
+        && kinds.iter().filter(|k| **k == StatementKind::Transaction).count() == 2
+        && kinds.first() == Some(&StatementKind::Transaction)
+        && kinds.last() == Some(&StatementKind::Transaction)
+        && statements.first().is_some_and(|s| s.get(..5).is_some_and(|b| b.eq_ignore_ascii_case("BEGIN")));
+    let deadline = std::time::Instant::now() + crate::server::db::BUSY_DEADLINE;
     let mut pause = std::time::Duration::from_millis(2);
     let outcome = loop {
-        let outcome = runtime
-            .db
-            .with_connection(|db| {
-                let (statements, failed_at) = (statements.clone(), failed_at.clone());
-                Box::pin(async move {
-                    if own_transaction {
-                        let mut results = Vec::new();
-                        for (i, sql) in statements.iter().enumerate() {
-                            failed_at.store(i, Ordering::SeqCst);
-                            results.push(statement(db, sql).await?);
-                        }
-                        Ok(results)
-                    } else {
-                        db.transaction(|tx| {
-                            Box::pin(async move {
-                                let mut results = Vec::new();
-                                for (i, sql) in statements.iter().enumerate() {
-                                    failed_at.store(i, Ordering::SeqCst);
-                                    results.push(statement(tx, sql).await?);
-                                }
-                                Ok(results)
-                            })
-                        })
-                        .await
-                    }
+        let (statements, failed_at) = (statements.clone(), failed_at.clone());
+        let outcome = if all_reads {
+            // Reads take a pooled connection and never wait behind this member's writes.
+            runtime
+                .db
+                .reading(|db| {
+                    let (statements, failed_at) = (statements.clone(), failed_at.clone());
+                    Box::pin(async move { run_all(db, &statements, &failed_at).await })
                 })
-            })
-            .await;
+                .await
+        } else if own_transaction {
+            // The text has its own BEGIN/COMMIT: it needs the write connection to itself.
+            runtime
+                .db
+                .exclusive(move |db| {
+                    Box::pin(async move {
+                        let outcome = run_all(db, &statements, &failed_at).await;
+                        // Never hand the shared connection on inside a transaction the text
+                        // left open (a missing COMMIT, or a failure between BEGIN and COMMIT).
+                        let _ = dqlite::Database::exec(db, "ROLLBACK", &[]).await;
+                        outcome
+                    })
+                })
+                .await
+                .and_then(|outcome| outcome)
+        } else if statements.len() == 1 {
+            // One statement is atomic on its own and may be committed with other requests'.
+            run_all(&mut Queued(&runtime.db), &statements, &failed_at).await
+        } else {
+            runtime.db.transaction(move |tx| Box::pin(async move { run_all(tx, &statements, &failed_at).await })).await
+        };
         match outcome {
             Err(err) if err.is_busy() && retry_safe && std::time::Instant::now() < deadline => {
                 tokio::time::sleep(pause).await;
@@ -146,16 +153,52 @@ async fn run(state: State, req: Request) -> HandlerResult {
             let sql = statements.get(index).map(String::as_str).unwrap_or_default();
             let scope =
                 if own_transaction || statements.len() == 1 { "" } else { "; no statement of the batch was applied" };
-            Err(ApiError::bad_request(format!("statement {} ({sql}): {err}{scope}", index + 1)))
+            let why = if err.is_interrupted() {
+                "it ran past the member's statement time limit and was interrupted".to_owned()
+            } else {
+                err.to_string()
+            };
+            Err(ApiError::bad_request(format!("statement {} ({sql}): {why}{scope}", index + 1)))
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// The write queue, for a statement that needs no transaction of its own.
+struct Queued<'a>(&'a crate::server::db::Db);
+
+impl Runner for Queued<'_> {
+    async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult> {
+        self.0
+            .reading(|db| {
+                let sql = sql.to_owned();
+                Box::pin(async move { db.query_limited(&sql, &[], RESULT_LIMITS).await })
+            })
+            .await
+    }
+    async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult> {
+        self.0.exec(sql, &[]).await
+    }
+}
+
+/// Runs the statements in order, recording which one is running (to name it if it fails).
+async fn run_all(
+    db: &mut impl Runner,
+    statements: &[String],
+    failed_at: &AtomicUsize,
+) -> dqlite::Result<Vec<SqlResult>> {
+    let mut results = Vec::with_capacity(statements.len());
+    for (i, sql) in statements.iter().enumerate() {
+        failed_at.store(i, Ordering::SeqCst);
+        results.push(statement(db, sql).await?);
+    }
+    Ok(results)
 }
 
 async fn dump_sql(state: State, req: Request) -> HandlerResult {
     let schema_only = req.flag("schema");
     let runtime = state.db()?;
     let text =
-        runtime.db.with_connection(|db| Box::pin(async move { dump::dump(db, schema_only, MAX_ROWS).await })).await?;
+        runtime.db.reading(|db| Box::pin(async move { dump::dump(db, schema_only, RESULT_LIMITS).await })).await?;
     Response::sync(SqlDump { text })
 }

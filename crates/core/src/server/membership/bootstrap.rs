@@ -63,7 +63,7 @@ async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), ApiErro
     row.heartbeat = now();
     runtime
         .db
-        .transaction(|tx| {
+        .transaction(move |tx| {
             let row = row.clone();
             Box::pin(async move { members::insert(tx, &row).await })
         })

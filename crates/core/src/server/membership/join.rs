@@ -143,7 +143,7 @@ async fn join_steps(
     let (name, role_text) = (control.name.clone(), role_name(Some(role)).to_owned());
     runtime
         .db
-        .transaction(|tx| {
+        .transaction(move |tx| {
             let (name, role_text) = (name.clone(), role_text.clone());
             Box::pin(async move { members::set_heartbeat(tx, &name, &role_text, &now()).await })
         })
@@ -278,7 +278,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
     let secret = request.secret.clone();
     let refused = runtime
         .db
-        .transaction(|tx| {
+        .transaction(move |tx| {
             let (row, secret) = (row.clone(), secret.clone());
             Box::pin(async move {
                 let existing = members::list(tx).await?;

@@ -149,9 +149,10 @@ async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::Sc
 
     // Record what this member runs, so the others can tell when everyone has upgraded.
     let (name, extensions) = (state.name(), settings.api_extensions.clone());
+    let (owned_name, owned_extensions) = (name.clone(), extensions.clone());
     let rows = db
-        .transaction(|tx| {
-            let (name, extensions) = (name.clone(), extensions.clone());
+        .transaction(move |tx| {
+            let (name, extensions) = (owned_name, owned_extensions);
             Box::pin(async move {
                 members::set_software(tx, &name, known.internal, known.external, &extensions).await?;
                 members::list(tx).await

@@ -90,7 +90,7 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
     let victim = name.to_owned();
     runtime
         .db
-        .transaction(|tx| {
+        .transaction(move |tx| {
             let victim = victim.clone();
             Box::pin(async move { members::delete(tx, &victim).await.map(drop) })
         })

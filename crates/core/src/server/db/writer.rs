@@ -1,0 +1,217 @@
+//! The write queue: every write of this member goes through one task and one connection to the
+//! leader, so writes of this member never race each other for SQLite's write lock. Requests that
+//! arrive together are committed together (group commit): one `BEGIN IMMEDIATE … COMMIT` around
+//! them, each request in a savepoint of its own so that one that fails is rolled back alone and
+//! gets its own error, the others their own results. "database is locked" (another member is
+//! writing) is retried inside the queue and never reaches a caller until a deadline passes.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use dqlite::{Database, ExecResult, Transaction, TxFuture, Value};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most requests committed together.
+const MAX_BATCH: usize = 64;
+/// How long "database is locked" is retried before the requests fail.
+pub(crate) const BUSY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A closure run inside the batch's transaction.
+pub(crate) type TxJob = Box<dyn for<'t, 'd> FnOnce(&'t mut Transaction<'d>) -> TxFuture<'t, ()> + Send>;
+/// A closure given the write connection alone (for SQL that manages its own transaction).
+pub(crate) type ExclusiveJob =
+    Box<dyn for<'c> FnOnce(&'c mut Database) -> Pin<Box<dyn Future<Output = ()> + Send + 'c>> + Send>;
+
+/// One request to the queue.
+pub(crate) enum Job {
+    /// SQL text (parameters bind to its first statement).
+    Exec { sql: String, params: Vec<Value>, reply: oneshot::Sender<dqlite::Result<ExecResult>> },
+    /// A closure in the shared transaction; `done` says whether its work was committed.
+    Tx { run: TxJob, done: oneshot::Sender<dqlite::Result<()>> },
+    /// Exclusive use of the connection, outside any batch.
+    Exclusive(ExclusiveJob),
+}
+
+/// Runs the queue until every sender is gone.
+pub(crate) async fn run(mut db: Database, mut jobs: mpsc::Receiver<Job>) {
+    // Jobs taken off the channel but not yet run (an exclusive job waits its turn here).
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    loop {
+        let first = match pending.pop_front() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        if let Job::Exclusive(run) = first {
+            run(&mut db).await;
+            continue;
+        }
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && !matches!(pending.front(), Some(Job::Exclusive(_))) {
+            match pending.pop_front().map_or_else(|| jobs.try_recv().ok(), Some) {
+                Some(Job::Exclusive(run)) => {
+                    pending.push_front(Job::Exclusive(run));
+                    break;
+                }
+                Some(job) => batch.push(job),
+                None => break,
+            }
+        }
+        if let Some(outage) = run_batch(&mut db, batch).await {
+            // No leader could be found for as long as the client looks: everything that queued
+            // meanwhile would wait as long again, one after the other. Answer them now.
+            while let Ok(job) = jobs.try_recv() {
+                pending.push_back(job);
+            }
+            pending.retain_mut(|job| !matches!(job, Job::Exclusive(_)));
+            for job in pending.drain(..) {
+                refuse(job, &outage);
+            }
+        }
+    }
+}
+
+/// Hands every waiting job `err`.
+fn fail_all(replies: Vec<Reply>, err: &dqlite::Error) {
+    for reply in replies {
+        reply.send(Err(err.clone()));
+    }
+}
+
+/// Where a committed job's answer goes.
+enum Reply {
+    Exec(oneshot::Sender<dqlite::Result<ExecResult>>, ExecResult),
+    Tx(oneshot::Sender<dqlite::Result<()>>),
+}
+
+impl Reply {
+    fn send(self, result: dqlite::Result<()>) {
+        match self {
+            Reply::Exec(tx, r) => {
+                let _ = tx.send(result.map(|()| r));
+            }
+            Reply::Tx(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// Runs a batch; returns the error if no leader could be found at all.
+async fn run_batch(db: &mut Database, batch: Vec<Job>) -> Option<dqlite::Error> {
+    // One plain statement alone: autocommit, one round trip.
+    if let [Job::Exec { sql, .. }] = batch.as_slice()
+        && dqlite::sql::split_statements(sql).len() <= 1
+    {
+        let Some(Job::Exec { sql, params, reply }) = batch.into_iter().next() else { return None };
+        let result = exec_retrying_busy(db, &sql, &params).await;
+        let outage = result.as_ref().err().filter(|e| matches!(e, dqlite::Error::NoLeader { .. })).cloned();
+        let _ = reply.send(result);
+        return outage;
+    }
+    batch_in_transaction(db, batch).await
+}
+
+/// Runs the jobs in one transaction.
+async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>) -> Option<dqlite::Error> {
+    let deadline = Instant::now() + BUSY_DEADLINE;
+    let mut pause = Duration::from_millis(1);
+    let mut tx = loop {
+        match db.begin_immediate().await {
+            Ok(tx) => break tx,
+            Err(err) if err.is_busy() && Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(err) => {
+                for job in batch {
+                    refuse(job, &err);
+                }
+                return matches!(err, dqlite::Error::NoLeader { .. }).then_some(err);
+            }
+        }
+    };
+    let mut committed: Vec<Reply> = Vec::new();
+    let mut jobs = batch.into_iter().enumerate();
+    let failure = loop {
+        let Some((i, job)) = jobs.next() else { break None };
+        let savepoint = format!("job{i}");
+        if let Err(err) = tx.exec(&format!("SAVEPOINT {savepoint}"), &[]).await {
+            refuse(job, &err);
+            break Some(err);
+        }
+        let (result, reply) = match job {
+            Job::Exec { sql, params, reply } => match tx.exec(&sql, &params).await {
+                Ok(r) => (Ok(()), Some(Reply::Exec(reply, r))),
+                Err(err) => {
+                    let _ = reply.send(Err(err.clone()));
+                    (Err(err), None)
+                }
+            },
+            Job::Tx { run, done } => match run(&mut tx).await {
+                Ok(()) => (Ok(()), Some(Reply::Tx(done))),
+                Err(err) => {
+                    let _ = done.send(Err(err.clone()));
+                    (Err(err), None)
+                }
+            },
+            Job::Exclusive(_) => (Ok(()), None),
+        };
+        let undo = match result {
+            // The transaction itself is gone: nothing of the batch can be committed.
+            Err(err) if err.is_connection_lost() || err.is_leadership_lost() || err.is_not_leader() => break Some(err),
+            Err(_) => format!("ROLLBACK TO {savepoint}; RELEASE {savepoint}"),
+            Ok(()) => format!("RELEASE {savepoint}"),
+        };
+        if let Err(err) = tx.exec(&undo, &[]).await {
+            break Some(err);
+        }
+        committed.extend(reply);
+    };
+    if let Some(err) = failure {
+        for (_, job) in jobs {
+            refuse(job, &err);
+        }
+        fail_all(committed, &err);
+        return None;
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            for reply in committed {
+                reply.send(Ok(()));
+            }
+        }
+        Err(err) => fail_all(committed, &err),
+    }
+    None
+}
+
+fn refuse(job: Job, err: &dqlite::Error) {
+    match job {
+        Job::Exec { reply, .. } => {
+            let _ = reply.send(Err(err.clone()));
+        }
+        Job::Tx { done, .. } => {
+            let _ = done.send(Err(err.clone()));
+        }
+        Job::Exclusive(_) => {}
+    }
+}
+
+async fn exec_retrying_busy(db: &mut Database, sql: &str, params: &[Value]) -> dqlite::Result<ExecResult> {
+    let deadline = Instant::now() + BUSY_DEADLINE;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match db.exec(sql, params).await {
+            Err(err) if err.is_busy() && Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}

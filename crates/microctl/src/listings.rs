@@ -1,0 +1,135 @@
+//! The `cluster list` and `tokens list` views of the API's objects.
+
+use microcluster::api::{ClusterMember, TokenRecord};
+use serde_json::json;
+
+use crate::format::Listing;
+
+/// Fingerprint characters shown in tables: enough to tell members apart at a glance.
+const SHORT_FINGERPRINT: usize = 12;
+
+/// Members: NAME, ADDRESS, ROLE, FINGERPRINT (short), STATUS in the table; every field but the
+/// certificate in YAML/CSV.
+pub(crate) fn members(members: &[ClusterMember]) -> Listing {
+    let header = ["NAME", "ADDRESS", "ROLE", "FINGERPRINT", "STATUS"].map(String::from).to_vec();
+    let cells = members
+        .iter()
+        .map(|m| {
+            vec![
+                m.local.name.clone(),
+                m.local.address.clone(),
+                m.role.clone(),
+                m.fingerprint.chars().take(SHORT_FINGERPRINT).collect(),
+                m.status.clone(),
+            ]
+        })
+        .collect();
+    let keys = vec![
+        "name",
+        "address",
+        "role",
+        "fingerprint",
+        "status",
+        "status_reason",
+        "last_heartbeat",
+        "schema_internal_version",
+        "schema_external_version",
+        "extensions",
+        "leader",
+    ];
+    let records = members
+        .iter()
+        .map(|m| {
+            vec![
+                json!(m.local.name),
+                json!(m.local.address),
+                json!(m.role),
+                json!(m.fingerprint),
+                json!(m.status),
+                json!(m.status_reason),
+                json!(m.last_heartbeat),
+                json!(m.schema_internal_version),
+                json!(m.schema_external_version),
+                json!(m.extensions),
+                json!(m.leader),
+            ]
+        })
+        .collect();
+    Listing { header, cells, keys, records, json: json!(members) }
+}
+
+/// Join tokens: NAME, TOKEN, EXPIRES AT ("never" in the table when there is no expiry).
+pub(crate) fn tokens(tokens: &[TokenRecord]) -> Listing {
+    let header = ["NAME", "TOKEN", "EXPIRES AT"].map(String::from).to_vec();
+    let cells = tokens
+        .iter()
+        .map(|t| {
+            let expires = if t.expires_at.is_empty() { "never".to_owned() } else { t.expires_at.clone() };
+            vec![t.name.clone(), t.token.clone(), expires]
+        })
+        .collect();
+    let records = tokens.iter().map(|t| vec![json!(t.name), json!(t.token), json!(t.expires_at)]).collect();
+    Listing { header, cells, keys: vec!["name", "token", "expires_at"], records, json: json!(tokens) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Format;
+    use microcluster::api::ClusterMemberLocal;
+
+    fn member() -> ClusterMember {
+        ClusterMember {
+            local: ClusterMemberLocal {
+                name: "mc1".into(),
+                address: "127.0.0.1:9001".into(),
+                certificate: "-----BEGIN CERTIFICATE-----".into(),
+            },
+            role: "voter".into(),
+            schema_internal_version: 7,
+            schema_external_version: 2,
+            last_heartbeat: "2025-03-20T17:52:03Z".into(),
+            status: "ONLINE".into(),
+            status_reason: String::new(),
+            extensions: vec!["custom_extension_a_0".into()],
+            fingerprint: "0123456789abcdef0123".into(),
+            leader: true,
+        }
+    }
+
+    #[test]
+    fn members_table_shortens_the_fingerprint() {
+        assert_eq!(
+            members(&[member()]).render(Format::Table),
+            "+------+----------------+-------+--------------+--------+\n\
+             | NAME |    ADDRESS     | ROLE  | FINGERPRINT  | STATUS |\n\
+             +------+----------------+-------+--------------+--------+\n\
+             | mc1  | 127.0.0.1:9001 | voter | 0123456789ab | ONLINE |\n\
+             +------+----------------+-------+--------------+--------+\n"
+        );
+    }
+
+    #[test]
+    fn members_records_have_every_field_in_full() {
+        let listing = members(&[member()]);
+        assert_eq!(
+            listing.render(Format::Csv),
+            "name,address,role,fingerprint,status,status_reason,last_heartbeat,schema_internal_version,\
+             schema_external_version,extensions,leader\n\
+             mc1,127.0.0.1:9001,voter,0123456789abcdef0123,ONLINE,,2025-03-20T17:52:03Z,7,2,custom_extension_a_0,true\n"
+        );
+        assert!(
+            listing.render(Format::Yaml).contains("  fingerprint: \"0123456789abcdef0123\"\n  status: \"ONLINE\"\n")
+        );
+        let json: Vec<ClusterMember> = serde_json::from_str(&listing.render(Format::Json)).unwrap();
+        assert_eq!(json, vec![member()]);
+    }
+
+    #[test]
+    fn tokens_without_expiry_say_never() {
+        let t = TokenRecord { name: "mc2".into(), token: "abc".into(), expires_at: String::new() };
+        let listing = tokens(&[t]);
+        assert!(listing.render(Format::Table).contains("| mc2  | abc   | never      |"));
+        assert_eq!(listing.render(Format::Csv), "name,token,expires_at\nmc2,abc,\n");
+    }
+}
