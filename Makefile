@@ -5,7 +5,7 @@ CARGO ?= cargo
 BUILD_PACKAGES := libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config gcc curl
 BENCH_PACKAGES := go-dqlite
 
-.PHONY: all deps deps-bench build run test lint fmt bench bench-engine bench-cluster clean
+.PHONY: all deps deps-bench build run test test-faults fuzz lint fmt bench bench-engine bench-cluster clean
 
 all: build
 
@@ -26,6 +26,16 @@ run: deps
 # The end-to-end tests run the built microd/microctl binaries, so build them first.
 test: deps lint
 	$(CARGO) build --workspace && $(CARGO) test --workspace --all-targets && $(CARGO) test --workspace --doc
+
+# The full fault suite (20 leader kills, a 10 s freeze, partitions, full disks); `make test`
+# runs a quick version of each fault.
+test-faults: deps
+	$(CARGO) build --workspace && MICROCLUSTER_FAULTS=full $(CARGO) test -p microcluster-tests --test faults --test partition -- --nocapture
+
+# Every fuzz target for FUZZ_SECONDS (default 60) each; crashes land in fuzz/regressions/.
+fuzz: deps
+	@sh .ci/apt-install g++
+	sh scripts/fuzz.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

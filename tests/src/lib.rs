@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod checker;
+pub mod fuzzing;
 pub mod netns;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};

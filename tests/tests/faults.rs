@@ -160,3 +160,117 @@ fn removing_and_rejoining_a_member_under_load_loses_nothing() {
     let summary = checker::verify(&cluster.members[1].socket(), &history, true).unwrap();
     eprintln!("remove and re-join under load: {summary}; failures {:?}", history.failures);
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts one, or says why it cannot (it needs root).
+    fn mount(size_mb: u32) -> Result<SmallDisk, String> {
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = tmp.path().join("disk");
+        std::fs::create_dir(&path).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("mount: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(SmallDisk { path, _tmp: tmp })
+    }
+
+    fn remount(&self, mode: &str) {
+        let out = std::process::Command::new("mount").args(["-o", &format!("remount,{mode}")]).arg(&self.path).output();
+        assert!(out.is_ok_and(|o| o.status.success()), "remounting {mode}");
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_member_whose_disk_fills_up_or_turns_read_only_harms_no_one_else() {
+    let disk = match SmallDisk::mount(256) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED: a small filesystem for a member's state cannot be mounted here ({why})");
+            return;
+        }
+    };
+    let mut cluster = Cluster::form(2);
+    let mut m3 = Member::at("m3", &microcluster_tests::free_address(), &disk.path);
+    m3.args = vec!["--debug".into(), "--heartbeat".into(), "1s".into()];
+    m3.start();
+    cluster.join_member(&m3, 0);
+    cluster.members.push(m3);
+    online(&cluster, 0, "m3", Duration::from_secs(30));
+    checker::create_table(&cluster.members[0].socket()).unwrap();
+    // Writers through the two healthy members.
+    let checker = Checker::start((0..4).map(|w| cluster.members[w % 2].socket()).collect());
+    writes_flow(&checker, 100, Duration::from_secs(30));
+
+    // The disk fills up under a running member.
+    let filler = disk.fill();
+    // The healthy majority keeps writing; nothing acknowledged is lost.
+    writes_flow(&checker, 300, Duration::from_secs(60));
+    verify_now(&cluster.members[0], &checker);
+    let m3 = &mut cluster.members[2];
+    let log = m3.log();
+    eprintln!("m3 with a full disk: running = {}", m3.is_running());
+    // Given room again, it catches up (restarted if it gave up, which it must explain).
+    std::fs::remove_file(filler).unwrap();
+    if !m3.is_running() {
+        assert!(log.contains("No space left"), "m3 stopped without saying why:\n{log}");
+        m3.kill();
+        m3.start();
+    }
+    online(&cluster, 0, "m3", Duration::from_secs(60));
+    writes_flow(&checker, 100, Duration::from_secs(30));
+
+    // A read-only state directory: the member refuses to start, saying why.
+    let m3 = &mut cluster.members[2];
+    m3.signal("TERM");
+    assert!(m3.wait_exit(Duration::from_secs(20)).is_some(), "m3 did not stop");
+    disk.remount("ro");
+    let mut child = std::process::Command::new(&microcluster_tests::binaries().microd)
+        .arg("--state-dir")
+        .arg(&disk.path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status =
+        wait_until("microd on a read-only state dir to give up", Duration::from_secs(30), || child.try_wait().unwrap());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "microd ran on a read-only state directory");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    writes_flow(&checker, 100, Duration::from_secs(30));
+    disk.remount("rw");
+    let m3 = &mut cluster.members[2];
+    m3.start();
+    online(&cluster, 0, "m3", Duration::from_secs(60));
+    writes_flow(&checker, 100, Duration::from_secs(30));
+    let history = checker.stop();
+    let summary = checker::verify(&cluster.members[2].socket(), &history, true).unwrap();
+    eprintln!("disk full and read-only on one member: {summary}");
+}

@@ -45,6 +45,7 @@ pub mod api;
 #[cfg(feature = "server")]
 pub mod certs;
 pub mod client;
+pub mod report;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod tls;

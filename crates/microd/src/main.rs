@@ -95,7 +95,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("Error: {err:#}");
+            eprintln!("Error: {}", microcluster::report::one_line(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -82,6 +82,45 @@ pub struct JoinToken {
     pub join_addresses: Vec<String>,
 }
 
+/// Why a join token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid join token: {0}")]
+pub struct TokenError(String);
+
+impl JoinToken {
+    /// Most join addresses a token may carry.
+    pub const MAX_ADDRESSES: usize = 1000;
+
+    /// Decodes a token as `microctl tokens add` prints it, and checks every field's form.
+    pub fn decode(text: &str) -> Result<JoinToken, TokenError> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| TokenError(format!("not base64 ({e})")))?;
+        let token: JoinToken = serde_json::from_slice(&bytes).map_err(|e| TokenError(format!("not a token ({e})")))?;
+        let is_hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_hex64(&token.secret) {
+            return Err(TokenError("malformed secret".into()));
+        }
+        if !is_hex64(&token.fingerprint) {
+            return Err(TokenError("malformed fingerprint".into()));
+        }
+        if token.join_addresses.is_empty() || token.join_addresses.len() > Self::MAX_ADDRESSES {
+            return Err(TokenError("no join addresses".into()));
+        }
+        for address in &token.join_addresses {
+            crate::validate::member_address(address).map_err(|e| TokenError(e.to_string()))?;
+        }
+        Ok(token)
+    }
+
+    /// Encodes the token for people to pass around (base64 of its JSON).
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
 /// A member's identity: name, address and certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ClusterMemberLocal {

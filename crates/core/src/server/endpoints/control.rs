@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use crate::api::{Control, JoinToken, TokenRecord, TokenRequest};
 use crate::server::State;
 use crate::server::db::tokens;
-use crate::server::membership::{self, encode_token};
+use crate::server::membership;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
 use crate::validate;
 
@@ -39,11 +39,12 @@ async fn shutdown(state: State, _req: Request) -> HandlerResult {
 }
 
 fn token_string(state: &State, secret: &str, fingerprint: &str) -> String {
-    encode_token(&JoinToken {
+    JoinToken {
         secret: secret.to_owned(),
         fingerprint: fingerprint.to_owned(),
         join_addresses: state.0.truststore.snapshot().addresses(),
-    })
+    }
+    .encode()
 }
 
 async fn add_token(state: State, req: Request) -> HandlerResult {

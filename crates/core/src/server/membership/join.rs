@@ -12,8 +12,6 @@
 //! If anything fails after step 2, the joiner resets itself and asks the cluster to remove it
 //! (forced), so no row, trust entry or dqlite node is left behind.
 
-use base64::Engine;
-
 use super::{
     OPEN_TIMEOUT, ensure_server_identity, ensure_uninitialised, fan_out, hook_failed, open_database, reset_local,
     retry_config_change, role_for_new_node, role_name, start_background, start_runtime,
@@ -31,34 +29,6 @@ use crate::validate;
 /// Deadline for the join request to the cluster.
 const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Decodes and checks a join token.
-pub(crate) fn decode_token(text: &str) -> Result<JoinToken, ApiError> {
-    let invalid = |why: String| ApiError::bad_request(format!("invalid join token: {why}"));
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|e| invalid(format!("not base64 ({e})")))?;
-    let token: JoinToken = serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not a token ({e})")))?;
-    let is_hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !is_hex64(&token.secret) {
-        return Err(invalid("malformed secret".into()));
-    }
-    if !is_hex64(&token.fingerprint) {
-        return Err(invalid("malformed fingerprint".into()));
-    }
-    if token.join_addresses.is_empty() || token.join_addresses.len() > 1000 {
-        return Err(invalid("no join addresses".into()));
-    }
-    for address in &token.join_addresses {
-        validate::member_address(address).map_err(|e| invalid(e.to_string()))?;
-    }
-    Ok(token)
-}
-
-/// Encodes a join token.
-pub(crate) fn encode_token(token: &JoinToken) -> String {
-    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(token).unwrap_or_default())
-}
-
 /// Compares secrets without leaking where they differ.
 fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -70,7 +40,7 @@ pub(crate) async fn join(state: &State, control: &Control) -> Result<(), ApiErro
     ensure_uninitialised(state)?;
     validate::member_name(&control.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     validate::member_address(&control.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let token = decode_token(&control.join_token)?;
+    let token = JoinToken::decode(&control.join_token).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let hooks = state.0.settings.hooks.clone();
     super::record_identity(state, &control.name, &control.address)?;
     let (response, trusted_client, server) = match ask_to_join(state, control, &token).await {

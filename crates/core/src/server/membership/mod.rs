@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use bootstrap::bootstrap;
 pub(crate) use handover::handover;
-pub(crate) use join::{admit, encode_token, join};
+pub(crate) use join::{admit, join};
 pub(crate) use remove::remove;
 
 use super::db::{DbStatus, members, schema};

@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| microcluster_tests::fuzzing::dqlite_stream(data));
