@@ -35,7 +35,7 @@ test-faults: deps
 # Every fuzz target for FUZZ_SECONDS (default 60) each; crashes land in fuzz/regressions/.
 fuzz: deps
 	@sh .ci/apt-install g++
-	sh scripts/fuzz.sh
+	sh fuzz/run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -3,7 +3,7 @@
 # committed inputs. A crash is copied into fuzz/regressions/<target>/ (where `cargo test`
 # replays it) and fails the run. Works on stable Rust (no sanitizer: `-s none`).
 set -eu
-cd "$(dirname "$0")/../fuzz"
+cd "$(dirname "$0")"
 seconds="${FUZZ_SECONDS:-60}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 failed=""
