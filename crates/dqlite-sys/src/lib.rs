@@ -5,7 +5,7 @@
 //! Nothing in this crate is safe to call directly; the `dqlite` crate wraps it.
 #![allow(unsafe_code, non_camel_case_types)]
 
-use libc::{c_char, c_int, c_uint, c_ulonglong, c_void};
+use libc::{c_char, c_double, c_int, c_longlong, c_uchar, c_uint, c_ulonglong, c_void};
 
 /// Generic error.
 pub const DQLITE_ERROR: c_int = 1;
@@ -123,4 +123,56 @@ unsafe extern "C" {
     pub fn sqlite3_auto_extension(entry: Option<sqlite3_auto_extension_entry>) -> c_int;
     pub fn sqlite3_progress_handler(db: *mut sqlite3, ops: c_int, f: sqlite3_progress_callback, ctx: *mut c_void);
     pub fn sqlite3_trace_v2(db: *mut sqlite3, mask: c_uint, f: sqlite3_trace_callback, ctx: *mut c_void) -> c_int;
+}
+
+/// Opaque prepared SQLite statement.
+#[repr(C)]
+#[derive(Debug)]
+pub struct sqlite3_stmt {
+    _private: [u8; 0],
+}
+
+/// `sqlite3_open_v2` flag: open read-only.
+pub const SQLITE_OPEN_READONLY: c_int = 0x0000_0001;
+/// `sqlite3_open_v2` flag: open for reading and writing.
+pub const SQLITE_OPEN_READWRITE: c_int = 0x0000_0002;
+/// `sqlite3_open_v2` flag: create the file if it does not exist.
+pub const SQLITE_OPEN_CREATE: c_int = 0x0000_0004;
+/// `sqlite3_step`: a row is ready.
+pub const SQLITE_ROW: c_int = 100;
+/// `sqlite3_step`: the statement finished.
+pub const SQLITE_DONE: c_int = 101;
+/// Column type: integer.
+pub const SQLITE_INTEGER: c_int = 1;
+/// Column type: floating point.
+pub const SQLITE_FLOAT: c_int = 2;
+/// Column type: text.
+pub const SQLITE_TEXT: c_int = 3;
+/// Column type: blob.
+pub const SQLITE_BLOB: c_int = 4;
+/// Column type: NULL.
+pub const SQLITE_NULL: c_int = 5;
+
+// Plain SQLite files outside dqlite (backups): open, run statements, read rows.
+unsafe extern "C" {
+    pub fn sqlite3_open_v2(filename: *const c_char, db: *mut *mut sqlite3, flags: c_int, vfs: *const c_char) -> c_int;
+    pub fn sqlite3_close_v2(db: *mut sqlite3) -> c_int;
+    pub fn sqlite3_errmsg(db: *mut sqlite3) -> *const c_char;
+    pub fn sqlite3_prepare_v2(
+        db: *mut sqlite3,
+        sql: *const c_char,
+        n_byte: c_int,
+        stmt: *mut *mut sqlite3_stmt,
+        tail: *mut *const c_char,
+    ) -> c_int;
+    pub fn sqlite3_step(stmt: *mut sqlite3_stmt) -> c_int;
+    pub fn sqlite3_finalize(stmt: *mut sqlite3_stmt) -> c_int;
+    pub fn sqlite3_column_count(stmt: *mut sqlite3_stmt) -> c_int;
+    pub fn sqlite3_column_name(stmt: *mut sqlite3_stmt, i: c_int) -> *const c_char;
+    pub fn sqlite3_column_type(stmt: *mut sqlite3_stmt, i: c_int) -> c_int;
+    pub fn sqlite3_column_int64(stmt: *mut sqlite3_stmt, i: c_int) -> c_longlong;
+    pub fn sqlite3_column_double(stmt: *mut sqlite3_stmt, i: c_int) -> c_double;
+    pub fn sqlite3_column_text(stmt: *mut sqlite3_stmt, i: c_int) -> *const c_uchar;
+    pub fn sqlite3_column_blob(stmt: *mut sqlite3_stmt, i: c_int) -> *const c_void;
+    pub fn sqlite3_column_bytes(stmt: *mut sqlite3_stmt, i: c_int) -> c_int;
 }

@@ -42,6 +42,23 @@ SAME(sqlite3_progress_handler, void (*)(sqlite3 *, int, int (*)(void *), void *)
 SAME(sqlite3_trace_v2, int (*)(sqlite3 *, unsigned, int (*)(unsigned, void *, void *, void *), void *));
 _Static_assert(SQLITE_TRACE_STMT == 0x01 && SQLITE_TRACE_PROFILE == 0x02 && SQLITE_TRACE_CLOSE == 0x08, "trace");
 _Static_assert(SQLITE_OK == 0 && SQLITE_INTERRUPT == 9, "sqlite codes");
+SAME(sqlite3_open_v2, int (*)(const char *, sqlite3 **, int, const char *));
+SAME(sqlite3_close_v2, int (*)(sqlite3 *));
+SAME(sqlite3_errmsg, const char *(*)(sqlite3 *));
+SAME(sqlite3_prepare_v2, int (*)(sqlite3 *, const char *, int, sqlite3_stmt **, const char **));
+SAME(sqlite3_step, int (*)(sqlite3_stmt *));
+SAME(sqlite3_finalize, int (*)(sqlite3_stmt *));
+SAME(sqlite3_column_count, int (*)(sqlite3_stmt *));
+SAME(sqlite3_column_name, const char *(*)(sqlite3_stmt *, int));
+SAME(sqlite3_column_type, int (*)(sqlite3_stmt *, int));
+SAME(sqlite3_column_int64, sqlite3_int64 (*)(sqlite3_stmt *, int));
+SAME(sqlite3_column_double, double (*)(sqlite3_stmt *, int));
+SAME(sqlite3_column_text, const unsigned char *(*)(sqlite3_stmt *, int));
+SAME(sqlite3_column_blob, const void *(*)(sqlite3_stmt *, int));
+SAME(sqlite3_column_bytes, int (*)(sqlite3_stmt *, int));
+_Static_assert(SQLITE_OPEN_READONLY == 1 && SQLITE_OPEN_READWRITE == 2 && SQLITE_OPEN_CREATE == 4, "open flags");
+_Static_assert(SQLITE_ROW == 100 && SQLITE_DONE == 101, "step codes");
+_Static_assert(SQLITE_INTEGER == 1 && SQLITE_FLOAT == 2 && SQLITE_TEXT == 3 && SQLITE_BLOB == 4 && SQLITE_NULL == 5, "types");
 "#;
 
 #[test]

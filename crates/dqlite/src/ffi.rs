@@ -10,6 +10,8 @@ use std::ptr::NonNull;
 
 use dqlite_sys as sys;
 
+pub(crate) mod sqlite;
+
 /// A Rust function that dials a peer for raft and returns the connected socket.
 pub(crate) type ConnectFn = dyn Fn(&str) -> std::io::Result<OwnedFd> + Send + Sync + 'static;
 

@@ -1,6 +1,8 @@
-//! The `cluster list` and `tokens list` views of the API's objects.
+//! The `cluster list`, `tokens list` and `servers list` views of the API's objects.
 
-use microcluster::api::{ClusterMember, TokenRecord};
+use std::collections::BTreeMap;
+
+use microcluster::api::{ClusterMember, ServerAddress, TokenRecord};
 use serde_json::json;
 
 use crate::format::Listing;
@@ -72,6 +74,14 @@ pub(crate) fn tokens(tokens: &[TokenRecord]) -> Listing {
     Listing { header, cells, keys: vec!["name", "token", "expires_at"], records, json: json!(tokens) }
 }
 
+/// Additional listeners: NAME, ADDRESS (empty: off). JSON is the API's map of name to address.
+pub(crate) fn servers(servers: &BTreeMap<String, ServerAddress>) -> Listing {
+    let header = ["NAME", "ADDRESS"].map(String::from).to_vec();
+    let cells = servers.iter().map(|(name, s)| vec![name.clone(), s.address.clone()]).collect();
+    let records = servers.iter().map(|(name, s)| vec![json!(name), json!(s.address)]).collect();
+    Listing { header, cells, keys: vec!["name", "address"], records, json: json!(servers) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +141,30 @@ mod tests {
         let listing = tokens(&[t]);
         assert!(listing.render(Format::Table).contains("| mc2  | abc   | never      |"));
         assert_eq!(listing.render(Format::Csv), "name,token,expires_at\nmc2,abc,\n");
+    }
+
+    #[test]
+    fn servers_in_every_format() {
+        let servers = BTreeMap::from([
+            ("greeter".to_owned(), ServerAddress { address: "127.0.0.1:9101".into() }),
+            ("off".to_owned(), ServerAddress { address: String::new() }),
+        ]);
+        let listing = super::servers(&servers);
+        assert_eq!(
+            listing.render(Format::Table),
+            "+---------+----------------+\n\
+             |  NAME   |    ADDRESS     |\n\
+             +---------+----------------+\n\
+             | greeter | 127.0.0.1:9101 |\n\
+             | off     |                |\n\
+             +---------+----------------+\n"
+        );
+        assert_eq!(listing.render(Format::Csv), "name,address\ngreeter,127.0.0.1:9101\noff,\n");
+        assert_eq!(
+            listing.render(Format::Yaml),
+            "- name: \"greeter\"\n  address: \"127.0.0.1:9101\"\n- name: \"off\"\n  address: \"\"\n"
+        );
+        let json: BTreeMap<String, ServerAddress> = serde_json::from_str(&listing.render(Format::Json)).unwrap();
+        assert_eq!(json, servers);
     }
 }

@@ -1,34 +1,45 @@
 //! `microctl`: drives a `microd` member through the control socket in its state directory.
 //!
-//! Argument parsing and dispatch over microcluster's typed client; the printing lives in
-//! [`format`](mod@format), [`listings`] and [`sql`]. Errors are one line on stderr and exit code 1 (usage
-//! errors are clap's, exit code 2).
+//! This file is the command line (clap) and a dispatch of each command to the typed client and
+//! a module: printing lives in [`format`](mod@format), [`listings`] and [`sql`], the SQL shell in
+//! [`shell`], completions and man pages in [`docs`], and failures become one line on stderr and
+//! a stable exit code in [`exit`].
 #![forbid(unsafe_code)]
 
+mod complete;
+mod docs;
+mod exit;
 mod format;
 mod listings;
+mod shell;
 mod sql;
+mod waitready;
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use clap::{ArgGroup, Parser, Subcommand};
+use anyhow::{Context, anyhow};
+use clap::{ArgGroup, CommandFactory, Parser, Subcommand};
+use exit::Code;
 use format::Format;
 use microcluster::api::{Control, ServerAddress};
-use microcluster::client::{Client, ClientError, Method};
+use microcluster::client::{Client, Method};
 use microcluster::tls;
 
 /// Joining waits for the database to replicate to the new member, and removal for the member to
 /// be demoted and reset, so both get far longer than the client's default deadline.
 const SLOW_TIMEOUT: Duration = Duration::from_secs(120);
-/// `waitready` polling interval.
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// Deadline of one `waitready` probe, so a hung daemon does not stall the loop.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The start of `microctl --help`'s closing text; the exit codes follow.
+const EXAMPLE: &str = "Example (the tutorial's three-member cluster):
+  microctl --state-dir /tmp/mc1 init mc1 127.0.0.1:9001 --bootstrap
+  token=$(microctl --state-dir /tmp/mc1 tokens add mc2)
+  microctl --state-dir /tmp/mc2 init mc2 127.0.0.1:9002 --token \"$token\"
+  microctl --state-dir /tmp/mc1 cluster list
+  microctl --state-dir /tmp/mc1 sql \"SELECT name FROM sqlite_master WHERE type='table'\"";
 
 /// Control a microd cluster member through the control socket in its state directory.
 #[derive(Debug, Parser)]
@@ -36,12 +47,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
     name = "microctl",
     version,
     about,
-    after_help = "Example (the tutorial's three-member cluster):
-  microctl --state-dir /tmp/mc1 init mc1 127.0.0.1:9001 --bootstrap
-  token=$(microctl --state-dir /tmp/mc1 tokens add mc2)
-  microctl --state-dir /tmp/mc2 init mc2 127.0.0.1:9002 --token \"$token\"
-  microctl --state-dir /tmp/mc1 cluster list
-  microctl --state-dir /tmp/mc1 sql \"SELECT name FROM sqlite_master WHERE type='table'\""
+    after_help = format!("{EXAMPLE}\n\n{}", exit::HELP)
 )]
 struct Cli {
     /// The member's state directory (its control socket is DIR/control.socket).
@@ -86,16 +92,24 @@ enum Command {
     /// Manage this member's additional listeners.
     #[command(subcommand)]
     Servers(ServersCommand),
-    /// Run SQL on the cluster database.
+    /// Run SQL on the cluster database, or open an SQL shell.
     #[command(after_help = "Examples:
   microctl sql \"SELECT name FROM sqlite_master WHERE type='table'\"
   microctl sql \"INSERT INTO extended_table (key, value) VALUES ('k', 'v'); SELECT * FROM extended_table\"
+  microctl sql -f json \"SELECT * FROM extended_table\"
   microctl sql .dump
-  microctl sql - < queries.sql")]
+  microctl sql - < queries.sql
+  microctl sql                                 (the shell; .help lists its commands)
+  printf '.tables\\nSELECT 1;\\n' | microctl sql")]
     Sql {
         /// SQL statements separated by `;` (each runs in its own transaction), `-` to read them
-        /// from standard input, `.dump` for a dump of the database or `.schema` for its schema.
-        query: String,
+        /// from standard input as one batch, `.dump` for a dump of the database or `.schema` for
+        /// its schema. Without it: a shell (statements line by line from standard input when it
+        /// is not a terminal).
+        query: Option<String>,
+        /// Output format of results.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Wait until the daemon answers and is ready.
     Waitready {
@@ -111,6 +125,17 @@ enum Command {
     Extended {
         /// A cluster member's address, ip:port.
         address: String,
+    },
+    /// Print a shell completion script, e.g. `microctl completion bash > /etc/bash_completion.d/microctl`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (microctl.1 and one per subcommand) into DIR, creating it.
+    Manpages {
+        /// Where, e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
     },
 }
 
@@ -163,7 +188,11 @@ enum ClusterCommand {
 #[derive(Debug, Subcommand)]
 enum ServersCommand {
     /// List the listeners and their addresses.
-    List,
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Move a listener to ADDRESS (empty: turn it off) without restarting the daemon.
     Set {
         /// Server name.
@@ -193,27 +222,9 @@ fn parse_config(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Explains failures to reach the control socket, whose usual cause is a daemon that is not
-/// running or a wrong `--state-dir`; the daemon's own errors pass through unchanged.
-fn explain(dir: &Path, err: ClientError) -> anyhow::Error {
-    match err {
-        ClientError::Connect { target, source } => {
-            let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
-                "do you have permission to use it?".to_owned()
-            } else {
-                format!("is microd running with --state-dir {}?", dir.display())
-            };
-            let why = if dir.is_dir() { source.to_string() } else { format!("{} does not exist", dir.display()) };
-            anyhow!("cannot reach the daemon at {target}: {why} ({hint})")
-        }
-        other => other.into(),
-    }
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = cli.state_dir.as_path();
     let client = Client::unix(dir.join("control.socket"));
-    let explain = |err| explain(dir, err);
     match cli.command {
         Command::Init { name, address, bootstrap, token, config } => {
             let control = Control {
@@ -228,66 +239,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_timeout(SLOW_TIMEOUT)
                 .control(&control)
                 .await
-                .map_err(explain)
                 .with_context(|| format!("{what} member {name}"))?;
         }
         Command::Tokens(TokensCommand::Add { name, expire_after }) => {
-            let token = client
-                .add_token(&name, expire_after.0)
-                .await
-                .map_err(explain)
-                .with_context(|| format!("issuing a token for {name}"))?;
+            let token =
+                client.add_token(&name, expire_after.0).await.with_context(|| format!("issuing a token for {name}"))?;
             emit(&format!("{token}\n"))?;
         }
         Command::Tokens(TokensCommand::List { format }) => {
-            let tokens = client.tokens().await.map_err(explain)?;
-            emit(&listings::tokens(&tokens).render(format))?;
+            emit(&listings::tokens(&client.tokens().await?).render(format))?;
         }
         Command::Tokens(TokensCommand::Revoke { name }) => {
-            client
-                .revoke_token(&name)
-                .await
-                .map_err(explain)
-                .with_context(|| format!("revoking the token for {name}"))?;
+            client.revoke_token(&name).await.with_context(|| format!("revoking the token for {name}"))?;
         }
         Command::Cluster(ClusterCommand::List { format }) => {
-            let members = client.cluster_members().await.map_err(explain)?;
-            emit(&listings::members(&members).render(format))?;
+            emit(&listings::members(&client.cluster_members().await?).render(format))?;
         }
         Command::Cluster(ClusterCommand::Remove { name, force }) => {
             client
                 .with_timeout(SLOW_TIMEOUT)
                 .remove_member(&name, force)
                 .await
-                .map_err(explain)
                 .with_context(|| format!("removing member {name}"))?;
         }
         Command::Cluster(ClusterCommand::TransferLeader { name }) => {
-            let leader = client.transfer_leader(name.as_deref().unwrap_or_default()).await.map_err(explain)?;
+            let leader = client.transfer_leader(name.as_deref().unwrap_or_default()).await?;
             emit(&format!("{leader} is the leader\n"))?;
         }
-        Command::Servers(ServersCommand::List) => {
-            let servers = client.servers().await.map_err(explain)?;
-            let rows: Vec<Vec<String>> = servers.iter().map(|(n, s)| vec![n.clone(), s.address.clone()]).collect();
-            emit(&format::table(&["NAME".into(), "ADDRESS".into()], &rows))?;
+        Command::Servers(ServersCommand::List { format }) => {
+            emit(&listings::servers(&client.servers().await?).render(format))?;
         }
         Command::Servers(ServersCommand::Set { name, address }) => {
             // The endpoint replaces the whole set, so the other listeners are sent back as they are.
-            let mut servers = client.servers().await.map_err(explain)?;
+            let mut servers = client.servers().await?;
             servers.insert(name.clone(), ServerAddress { address });
-            client.set_servers(&servers).await.map_err(explain).with_context(|| format!("moving listener {name}"))?;
+            client.set_servers(&servers).await.with_context(|| format!("moving listener {name}"))?;
         }
-        Command::Sql { query } => {
+        Command::Sql { query: None, format } => shell::run(&client, dir, format).await?,
+        Command::Sql { query: Some(query), format } => {
             let text = match sql::request(&query)? {
-                sql::Request::Dump { schema_only } => {
-                    sql::render_dump(client.sql_dump(schema_only).await.map_err(explain)?)
-                }
-                sql::Request::Statements(query) => sql::render(&client.sql(&query).await.map_err(explain)?),
+                sql::Request::Dump { schema_only } => sql::render_dump(client.sql_dump(schema_only).await?),
+                sql::Request::Statements(query) => sql::render_as(&client.sql(&query).await?, format),
             };
             emit(&text)?;
         }
-        Command::Waitready { timeout } => waitready(&client, dir, timeout).await?,
-        Command::Shutdown => client.shutdown().await.map_err(explain)?,
+        Command::Waitready { timeout } => waitready::run(&client, dir, timeout).await?,
+        Command::Shutdown => client.shutdown().await?,
         Command::Extended { address } => {
             let answer: String = remote_client(dir, &address)?
                 .query(Method::POST, "/1.0/extended", None::<&()>)
@@ -295,42 +292,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("calling the extended API on {address}"))?;
             emit(&answer)?;
         }
+        Command::Completion { shell } => emit(&docs::completion(Cli::command(), shell))?,
+        Command::Manpages { dir } => {
+            let pages = docs::manpages(Cli::command(), &dir)?;
+            eprintln!("wrote {pages} man pages into {}", dir.display());
+        }
     }
     Ok(())
-}
-
-/// Polls the socket until the daemon says it is ready, showing progress on a terminal.
-async fn waitready(client: &Client, dir: &Path, timeout: u64) -> anyhow::Result<()> {
-    let start = Instant::now();
-    let deadline = (timeout > 0).then(|| start + Duration::from_secs(timeout));
-    let progress = std::io::stderr().is_terminal();
-    let clear = || {
-        if progress {
-            eprint!("\r\x1b[2K");
-        }
-    };
-    loop {
-        let budget = deadline.map_or(PROBE_TIMEOUT, |d| {
-            d.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(100), PROBE_TIMEOUT)
-        });
-        let err = match client.clone().with_timeout(budget).ready().await {
-            Ok(()) => {
-                clear();
-                return Ok(());
-            }
-            Err(err) => err,
-        };
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            clear();
-            let why = explain(dir, err);
-            bail!("timed out after {timeout} s waiting for the daemon at {} to be ready: {why:#}", dir.display());
-        }
-        if progress {
-            let elapsed = start.elapsed().as_secs();
-            eprint!("\r\x1b[2Kwaiting for the daemon at {} ({elapsed} s): {:.60}", dir.display(), err.to_string());
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
 }
 
 /// A client of another member, authenticated with this member's certificate and trusting only
@@ -364,20 +332,30 @@ fn emit(text: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Help and version requests are "errors" to clap, printed to stdout.
+            let _ = err.print();
+            return if err.use_stderr() { Code::Usage } else { Code::Success }.into();
+        }
+    };
+    let state_dir = cli.state_dir.clone();
     // One request at a time: a single-threaded runtime is all the CLI needs.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("Error: starting the async runtime: {err}");
-            return ExitCode::FAILURE;
+            return Code::Failed.into();
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Code::Success.into(),
         Err(err) => {
-            eprintln!("Error: {}", microcluster::report::one_line(err.as_ref()));
-            ExitCode::FAILURE
+            if let Some(message) = exit::message(&err, &state_dir) {
+                eprintln!("Error: {message}");
+            }
+            Code::of(&err).into()
         }
     }
 }
@@ -429,16 +407,39 @@ mod tests {
     }
 
     #[test]
-    fn unreachable_daemon_is_explained() {
-        let dir = Path::new("/nonexistent/microctl-test");
-        let err = ClientError::Connect {
-            target: "/nonexistent/microctl-test/control.socket".into(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        };
-        assert_eq!(
-            format!("{:#}", explain(dir, err)),
-            "cannot reach the daemon at /nonexistent/microctl-test/control.socket: /nonexistent/microctl-test \
-             does not exist (is microd running with --state-dir /nonexistent/microctl-test?)"
-        );
+    fn help_documents_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("3  the daemon cannot be reached"), "{help}");
+    }
+
+    #[test]
+    fn usage_errors_exit_with_clap_code() {
+        let err = parse(&["cluster", "frobnicate"]).unwrap_err();
+        assert!(err.use_stderr());
+        assert_eq!(err.exit_code(), Code::Usage as i32);
+        let help = parse(&["--help"]).unwrap_err();
+        assert!(!help.use_stderr());
+    }
+
+    #[test]
+    fn every_list_takes_a_format() {
+        for list in [&["cluster", "list"][..], &["tokens", "list"], &["servers", "list"], &["sql", "SELECT 1"]] {
+            for format in ["table", "json", "yaml", "csv"] {
+                let args: Vec<&str> = list.iter().copied().chain(["-f", format]).collect();
+                assert!(parse(&args).is_ok(), "{args:?}");
+            }
+            let args: Vec<&str> = list.iter().copied().chain(["--format", "xml"]).collect();
+            assert!(parse(&args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn sql_without_a_query_is_the_shell() {
+        let cli = parse(&["sql"]).unwrap();
+        let Command::Sql { query, format } = cli.command else { panic!("not sql") };
+        assert_eq!((query, format), (None, Format::Table));
+        assert!(parse(&["completion", "bash"]).is_ok());
+        assert!(parse(&["completion", "tcsh"]).is_err());
+        assert!(parse(&["manpages"]).is_err());
     }
 }

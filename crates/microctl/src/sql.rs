@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use microcluster::api::SqlBatch;
 use serde_json::Value;
 
-use crate::format;
+use crate::format::{self, Format};
 
 /// What `microctl sql QUERY` should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,48 @@ fn parse(text: String) -> anyhow::Result<Request> {
         "" => bail!("the query is empty"),
         _ => Request::Statements(text),
     })
+}
+
+/// A batch's results in `format`: [`render`] for tables; the API's own object in JSON; a YAML
+/// list of results; CSV with one table per result (NULL is an empty field) (a write's is `rows_affected`), separated by
+/// blank lines.
+pub(crate) fn render_as(batch: &SqlBatch, format: Format) -> String {
+    match format {
+        Format::Table => render(batch),
+        Format::Json => format!("{:#}\n", serde_json::json!(batch)),
+        Format::Yaml => {
+            let keys = ["type", "statement", "columns", "rows", "rows_affected"];
+            let records: Vec<Vec<Value>> = batch
+                .results
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.kind.clone().into(),
+                        r.statement.clone().into(),
+                        r.columns.clone().into(),
+                        r.rows.iter().map(|row| Value::Array(row.clone())).collect(),
+                        r.rows_affected.into(),
+                    ]
+                })
+                .collect();
+            format::yaml(&keys, &records)
+        }
+        Format::Csv => {
+            let tables: Vec<String> = batch
+                .results
+                .iter()
+                .map(|r| {
+                    if r.kind == "select" {
+                        let columns: Vec<&str> = r.columns.iter().map(String::as_str).collect();
+                        format::csv(&columns, &r.rows)
+                    } else {
+                        format::csv(&["rows_affected"], &[vec![r.rows_affected.into()]])
+                    }
+                })
+                .collect();
+            tables.join("\n")
+        }
+    }
 }
 
 /// Reads become tables, writes `Rows affected: N`; with several statements each result is
@@ -138,6 +180,26 @@ mod tests {
              | NULL | 1.5 | true |\n\
              +------+-----+------+\n"
         );
+    }
+
+    #[test]
+    fn batches_in_every_format() {
+        let batch = SqlBatch {
+            results: vec![
+                exec(2),
+                select(&["a", "b"], vec![vec![Value::Null, json!("x,y")], vec![json!(1), json!(2.5)]]),
+            ],
+        };
+        let parsed: SqlBatch = serde_json::from_str(&render_as(&batch, Format::Json)).unwrap();
+        assert_eq!(parsed, batch);
+        assert_eq!(render_as(&batch, Format::Csv), "rows_affected\n2\n\na,b\n,\"x,y\"\n1,2.5\n");
+        assert_eq!(
+            render_as(&batch, Format::Yaml),
+            "- type: \"exec\"\n  statement: \"\"\n  columns: []\n  rows: []\n  rows_affected: 2\n\
+             - type: \"select\"\n  statement: \"\"\n  columns: [\"a\",\"b\"]\n  rows: [[null,\"x,y\"],[1,2.5]]\n  \
+             rows_affected: 0\n"
+        );
+        assert_eq!(render_as(&batch, Format::Table), render(&batch));
     }
 
     #[test]

@@ -40,8 +40,18 @@ pub mod paths {
     pub const INTERNAL_HEARTBEAT: &str = "/core/internal/heartbeat";
     /// Additional listeners' addresses.
     pub const DAEMON_SERVERS: &str = "/core/1.0/daemon/servers";
+    /// A backup of the database (GET: an SQLite file; `?verify=1` proves it restores first).
+    pub const DATABASE_BACKUP: &str = "/core/1.0/database/backup";
+    /// Restore a backup into this cluster (POST the file; `?replace=1` replaces existing rows).
+    pub const DATABASE_RESTORE: &str = "/core/1.0/database/restore";
+    /// Prove that a backup file restores, into a scratch node (POST the file).
+    pub const DATABASE_VERIFY: &str = "/core/1.0/database/verify";
+    /// Header of a backup download carrying its summary (JSON).
+    pub const BACKUP_SUMMARY_HEADER: &str = "x-microcluster-backup";
     /// Leadership transfer.
     pub const LEADER: &str = "/core/1.0/cluster/leader";
+    /// This member's metrics in the Prometheus text format (trusted callers).
+    pub const METRICS: &str = "/core/1.0/metrics";
 }
 
 /// The `Upgrade` protocol name of the dqlite tunnel.

@@ -246,6 +246,35 @@ pub struct SqlDump {
     pub text: String,
 }
 
+/// What a database backup holds: the application's tables with their row counts, and a
+/// SHA-256 over every row (in a fixed order), which a restore must reproduce.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSummary {
+    /// Application tables, in the backup's order.
+    pub tables: Vec<TableRows>,
+    /// Rows in all of them.
+    pub rows: u64,
+    /// SHA-256 (hex) over the tables' names, columns and rows.
+    pub checksum: String,
+    /// Internal schema version of the backed-up database.
+    pub schema_internal: u64,
+    /// Application schema version of the backed-up database.
+    pub schema_external: u64,
+    /// Size of the backup file in bytes.
+    pub size: u64,
+    /// Whether the backup was restored (into a scratch node, or the cluster) and compared.
+    pub verified: bool,
+}
+
+/// One table of a backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRows {
+    /// Table name.
+    pub name: String,
+    /// Rows.
+    pub rows: u64,
+}
+
 /// Body of the pre-remove and post-remove hook calls.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RemoveHookRequest {

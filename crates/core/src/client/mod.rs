@@ -15,9 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    self, ClusterMember, ClusterMemberLocal, Control, Envelope, HeartbeatRequest, HeartbeatResponse, JoinRequest,
-    JoinResponse, ResponseType, ServerAddress, ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest,
-    TransferLeaderRequest, paths,
+    self, BackupSummary, ClusterMember, ClusterMemberLocal, Control, Envelope, HeartbeatRequest, HeartbeatResponse,
+    JoinRequest, JoinResponse, ResponseType, ServerAddress, ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord,
+    TokenRequest, TransferLeaderRequest, paths,
 };
 use std::collections::BTreeMap;
 
@@ -25,6 +25,8 @@ use std::collections::BTreeMap;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response body accepted.
 pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// Largest backup file (the daemon sends the whole database in one answer).
+pub const MAX_BACKUP: usize = 256 * 1024 * 1024;
 /// Marks a request as forwarded by a member, so the receiver does not fan it out again.
 pub const NOTIFICATION_USER_AGENT: &str = "lxd-cluster-notifier";
 
@@ -186,7 +188,12 @@ impl Client {
             None => None,
         };
         let (status, bytes) = self.raw(method, path, body).await?;
-        let envelope: Envelope<serde_json::Value> = serde_json::from_slice(&bytes)
+        self.metadata(status, &bytes)
+    }
+
+    /// The metadata of a response in the envelope, or its error.
+    fn metadata<T: DeserializeOwned>(&self, status: StatusCode, bytes: &[u8]) -> Result<T, ClientError> {
+        let envelope: Envelope<serde_json::Value> = serde_json::from_slice(bytes)
             .map_err(|e| self.decode(format!("HTTP {status} with a body that is not an API response ({e})")))?;
         if envelope.kind == ResponseType::Error || !status.is_success() {
             let status = StatusCode::from_u16(envelope.error_code).ok().filter(|s| !s.is_success()).unwrap_or(status);
@@ -202,11 +209,65 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let exchange = transport::send(&self.target, method, path, body, self.notification);
+        let options = transport::Options {
+            notification: self.notification,
+            content_type: "application/json",
+            limit: MAX_RESPONSE,
+        };
+        let (status, _, body) = self.send(method, path, body, options).await?;
+        Ok((status, body))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        options: transport::Options,
+    ) -> Result<transport::Answer, ClientError> {
+        let exchange = transport::send(&self.target, method, path, body, options);
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout { target: self.target(), after: self.timeout }),
         }
+    }
+
+    /// `GET /core/1.0/database/backup[?verify=1]`: a consistent copy of the database as an
+    /// SQLite file, and what it holds.
+    pub async fn backup(&self, verify: bool) -> Result<(BackupSummary, Bytes), ClientError> {
+        let path = format!("{}{}", paths::DATABASE_BACKUP, if verify { "?verify=1" } else { "" });
+        let options = transport::Options { notification: false, content_type: "application/json", limit: MAX_BACKUP };
+        let (status, headers, body) = self.send(Method::GET, &path, None, options).await?;
+        if !status.is_success() {
+            return Err(self
+                .metadata::<serde_json::Value>(status, &body)
+                .err()
+                .unwrap_or_else(|| self.decode(format!("HTTP {status} without an error message"))));
+        }
+        let summary = headers
+            .get(paths::BACKUP_SUMMARY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| serde_json::from_str(v).ok())
+            .ok_or_else(|| self.decode("a backup without its summary header".into()))?;
+        Ok((summary, body))
+    }
+
+    /// `POST /core/1.0/database/restore[?replace=1]`: restores a backup file into the cluster.
+    pub async fn restore(&self, file: Bytes, replace: bool) -> Result<BackupSummary, ClientError> {
+        let path = format!("{}{}", paths::DATABASE_RESTORE, if replace { "?replace=1" } else { "" });
+        self.upload(&path, file).await
+    }
+
+    /// `POST /core/1.0/database/verify`: proves a backup file restores (into a scratch node).
+    pub async fn verify_backup(&self, file: Bytes) -> Result<BackupSummary, ClientError> {
+        self.upload(paths::DATABASE_VERIFY, file).await
+    }
+
+    async fn upload<T: DeserializeOwned>(&self, path: &str, file: Bytes) -> Result<T, ClientError> {
+        let options =
+            transport::Options { notification: false, content_type: "application/vnd.sqlite3", limit: MAX_RESPONSE };
+        let (status, _, body) = self.send(Method::POST, path, Some(file), options).await?;
+        self.metadata(status, &body)
     }
 
     fn decode(&self, reason: String) -> ClientError {
@@ -331,6 +392,19 @@ impl Client {
     pub async fn transfer_leader(&self, name: &str) -> Result<String, ClientError> {
         let request = TransferLeaderRequest { name: name.to_owned() };
         self.query(Method::POST, paths::LEADER, Some(&request)).await
+    }
+
+    /// `GET /core/1.0/metrics`: this member's metrics, as Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let (status, body) = self.raw(Method::GET, paths::METRICS, None).await?;
+        if !status.is_success() {
+            let message = match serde_json::from_slice::<Envelope<serde_json::Value>>(&body) {
+                Ok(envelope) => envelope.error,
+                Err(_) => String::from_utf8_lossy(&body).into_owned(),
+            };
+            return Err(ClientError::Api { status, message });
+        }
+        String::from_utf8(body.to_vec()).map_err(|e| self.decode(format!("metrics that are not UTF-8: {e}")))
     }
 
     /// `POST /core/internal/hooks/{hook}`: run a hook on this member.

@@ -3,25 +3,37 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
-use hyper::{Method, Request, StatusCode};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
 
-use super::{ClientError, MAX_RESPONSE, NOTIFICATION_USER_AGENT, Target};
+use super::{ClientError, NOTIFICATION_USER_AGENT, Target};
+
+/// What to send besides method, path and body.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Options {
+    pub(super) notification: bool,
+    pub(super) content_type: &'static str,
+    /// Largest response body accepted.
+    pub(super) limit: usize,
+}
+
+/// A response: status, headers and the whole body.
+pub(super) type Answer = (StatusCode, HeaderMap, Bytes);
 
 pub(super) async fn send(
     target: &Target,
     method: Method,
     path: &str,
     body: Option<Bytes>,
-    notification: bool,
-) -> Result<(StatusCode, Bytes), ClientError> {
+    options: Options,
+) -> Result<Answer, ClientError> {
     let name = target.to_string();
     let connect_err = |source| ClientError::Connect { target: name.clone(), source };
     match target {
         Target::Unix(path_buf) => {
             let stream = UnixStream::connect(path_buf).await.map_err(connect_err)?;
-            exchange(stream, "localhost", method, path, body, notification, &name).await
+            exchange(stream, "localhost", method, path, body, options, &name).await
         }
         Target::Https { address, tls } => {
             let tcp = TcpStream::connect(address.as_str()).await.map_err(connect_err)?;
@@ -31,7 +43,7 @@ pub(super) async fn send(
                 .connect(crate::tls::server_name(address), tcp)
                 .await
                 .map_err(|source| ClientError::Tls { target: name.clone(), source })?;
-            exchange(stream, address, method, path, body, notification, &name).await
+            exchange(stream, address, method, path, body, options, &name).await
         }
     }
 }
@@ -42,9 +54,9 @@ async fn exchange<S>(
     method: Method,
     path: &str,
     body: Option<Bytes>,
-    notification: bool,
+    options: Options,
     name: &str,
-) -> Result<(StatusCode, Bytes), ClientError>
+) -> Result<Answer, ClientError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -60,20 +72,21 @@ where
         .method(method)
         .uri(path)
         .header(HOST, host)
-        .header(USER_AGENT, if notification { NOTIFICATION_USER_AGENT } else { "microcluster" });
+        .header(USER_AGENT, if options.notification { NOTIFICATION_USER_AGENT } else { "microcluster" });
     if body.is_some() {
-        request = request.header(CONTENT_TYPE, "application/json");
+        request = request.header(CONTENT_TYPE, options.content_type);
     }
     let request = request
         .body(Full::new(body.unwrap_or_default()))
         .map_err(|e| ClientError::Decode { target: name.to_owned(), reason: format!("building the request: {e}") })?;
     let response = sender.send_request(request).await.map_err(http_err)?;
     let status = response.status();
-    let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
+    let (parts, body) = response.into_parts();
+    let bytes = Limited::new(body, options.limit)
         .collect()
         .await
         .map_err(|e| ClientError::Decode { target: name.to_owned(), reason: format!("reading the body: {e}") })?
         .to_bytes();
     driver.abort();
-    Ok((status, bytes))
+    Ok((status, parts.headers, bytes))
 }

@@ -54,6 +54,9 @@ pub struct DaemonArgs {
     /// a runaway query would otherwise freeze the member for good. Process-wide (see
     /// [`dqlite::set_statement_timeout`]).
     pub statement_timeout: Option<Duration>,
+    /// This member's failure domain, recorded in `daemon.toml` at start (`None`: keep the
+    /// recorded one). Voters and stand-bys are spread across domains.
+    pub failure_domain: Option<u64>,
 }
 
 impl std::fmt::Debug for DaemonArgs {
@@ -78,6 +81,7 @@ impl Default for DaemonArgs {
             socket_group: None,
             network_latency: Duration::from_millis(40),
             statement_timeout: Some(Duration::from_secs(5)),
+            failure_domain: None,
         }
     }
 }
@@ -221,7 +225,11 @@ impl App {
         dqlite::set_statement_timeout(args.statement_timeout).map_err(|e| AppError::Invalid(e.to_string()))?;
         let dir = StateDir::open(&self.state_dir)?;
         let _lock = dir.lock()?;
-        let config = dir.daemon_config()?;
+        let mut config = dir.daemon_config()?;
+        if let Some(domain) = args.failure_domain.filter(|d| *d != config.failure_domain) {
+            config.failure_domain = domain;
+            dir.set_daemon_config(&config)?;
+        }
         let server_identity = match dir.server_identity()? {
             Some(id) => id,
             None => {
@@ -269,6 +277,7 @@ impl App {
             init_lock: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
             core_routes: Arc::new(Routes::new(&shared)),
+            metrics: Arc::default(),
         });
         let state = State(daemon);
         let socket = state.0.dir.socket();

@@ -97,6 +97,8 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     if client.leader().await?.address != runtime.address {
         return Ok(());
     }
+    // Counted as failed if any step below returns early.
+    let timer = state.0.metrics.heartbeat_round();
     let nodes = client.cluster().await?;
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
     let request = HeartbeatRequest {
@@ -174,5 +176,6 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     if let Err(err) = hooks.on_heartbeat(state).await {
         tracing::warn!(error = %err, "the OnHeartbeat hook failed");
     }
+    timer.succeeded();
     Ok(())
 }

@@ -2,11 +2,13 @@
 //! node and database, membership, heartbeats and hooks.
 
 mod app;
+mod backup;
 pub(crate) mod db;
 mod endpoints;
 pub(crate) mod heartbeat;
 mod hooks;
 pub(crate) mod membership;
+pub(crate) mod metrics;
 pub mod rest;
 pub(crate) mod roles;
 mod runtime;

@@ -87,7 +87,12 @@ impl Runtime {
             .failure_domain(failure_domain)
             .bind_address(bind_name.clone())
             .network_latency(daemon.settings.network_latency)
-            .connect_func(tunnel::connect_func(tokio::runtime::Handle::current(), peer_tls.clone(), stop.clone()));
+            .connect_func(tunnel::connect_func(
+                tokio::runtime::Handle::current(),
+                peer_tls.clone(),
+                stop.clone(),
+                daemon.metrics.clone(),
+            ));
         let node = tokio::task::spawn_blocking(move || -> Result<dqlite::Node, dqlite::NodeError> {
             let mut node = builder.build()?;
             node.start()?;
@@ -108,7 +113,7 @@ impl Runtime {
         };
         let client = dqlite::Client::with_dialer(
             servers,
-            tunnel::dialer(address.clone(), bind_name.clone(), peer_tls.clone()),
+            tunnel::dialer(address.clone(), bind_name.clone(), peer_tls.clone(), daemon.metrics.clone()),
             client_config,
         );
         let listener = Listener::tls(tcp, server_tls, state.clone(), daemon.core_routes.clone());
@@ -118,7 +123,7 @@ impl Runtime {
             cluster_fingerprint,
             cluster_identity,
             peer_tls,
-            db: Db::new(client, state.address()),
+            db: Db::new(client, state.address(), daemon.metrics.clone()),
             bind_name,
             node: Mutex::new(Some(node)),
             listener: tokio::sync::Mutex::new(Some(listener)),

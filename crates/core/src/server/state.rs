@@ -50,6 +50,8 @@ pub(crate) struct Daemon {
     /// to a later one.
     pub(crate) epoch: AtomicU64,
     pub(crate) core_routes: Arc<Routes>,
+    /// What `GET /core/1.0/metrics` reports (shared with the database's tasks).
+    pub(crate) metrics: Arc<super::metrics::Metrics>,
 }
 
 /// A handle on the daemon, given to endpoint handlers and hooks; cheap to clone.

@@ -18,6 +18,7 @@ use tokio::runtime::Handle;
 use tokio_rustls::client::TlsStream;
 
 use crate::api::{DQLITE_UPGRADE, paths};
+use crate::server::metrics::{DIAL_CLIENT, DIAL_RAFT, Metrics};
 use crate::server::rest::ShutdownSignal;
 
 /// Deadline to reach a peer and complete the upgrade.
@@ -72,15 +73,22 @@ async fn dial_inner(address: &str, tls: Arc<rustls::ClientConfig>) -> io::Result
 
 /// The dialer our dqlite client uses: this member's own node directly over its abstract
 /// socket, every other member through the tunnel.
-pub(crate) fn dialer(own_address: String, bind_name: String, tls: Arc<rustls::ClientConfig>) -> impl dqlite::Dialer {
+pub(crate) fn dialer(
+    own_address: String,
+    bind_name: String,
+    tls: Arc<rustls::ClientConfig>,
+    metrics: Arc<Metrics>,
+) -> impl dqlite::Dialer {
     move |address: &str| -> dqlite::DialFuture {
         let (address, own, bind, tls) = (address.to_owned(), own_address.clone(), bind_name.clone(), tls.clone());
+        let metrics = metrics.clone();
         Box::pin(async move {
             if address == own {
                 let stream = dqlite::connect_abstract(bind.trim_start_matches('@'))?;
                 return Ok(Box::new(stream) as dqlite::BoxStream);
             }
-            Ok(Box::new(dial(&address, tls).await?) as dqlite::BoxStream)
+            let stream = dial(&address, tls).await.inspect_err(|_| metrics.dial_failed(DIAL_CLIENT))?;
+            Ok(Box::new(stream) as dqlite::BoxStream)
         })
     }
 }
@@ -91,6 +99,7 @@ pub(crate) fn connect_func(
     runtime: Handle,
     tls: Arc<rustls::ClientConfig>,
     stop: ShutdownSignal,
+    metrics: Arc<Metrics>,
 ) -> impl Fn(&str) -> io::Result<OwnedFd> + Send + Sync + 'static {
     move |address: &str| {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
@@ -122,6 +131,7 @@ pub(crate) fn connect_func(
         match ready_rx.recv_timeout(DIAL_TIMEOUT + Duration::from_secs(1)) {
             Ok(Ok(())) => Ok(ours.into()),
             Ok(Err(err)) => {
+                metrics.dial_failed(DIAL_RAFT);
                 tracing::debug!(peer = address, error = %err, "raft could not reach a peer");
                 Err(err)
             }

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub(crate) use writer::BUSY_DEADLINE;
 use writer::Job;
 
+use crate::server::metrics::Metrics;
 use crate::server::rest::ApiError;
 
 /// The logical database every member shares.
@@ -96,6 +97,8 @@ pub(crate) struct Db {
     readers: tokio::sync::Mutex<Vec<Database>>,
     reader_slots: tokio::sync::Semaphore,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    leader: watch::Receiver<Option<String>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for Db {
@@ -108,7 +111,7 @@ impl Drop for Db {
 
 impl Db {
     /// Starts the queue and the leader watcher; `own_address` is this member's node.
-    pub(crate) fn new(client: Client, own_address: String) -> Db {
+    pub(crate) fn new(client: Client, own_address: String, metrics: Arc<Metrics>) -> Db {
         let (leader_tx, leader) = watch::channel(None);
         let (jobs, queue) = mpsc::channel(1024);
         let database = || {
@@ -116,10 +119,12 @@ impl Db {
             db.follow_leader(leader.clone());
             db
         };
-        let writer = tokio::spawn(writer::run(database(), queue));
+        let writer = tokio::spawn(writer::run(database(), queue, metrics.clone()));
         let readers = (0..READERS).map(|_| database()).collect();
-        let watcher = tokio::spawn(watch_leader(client.clone(), own_address, leader_tx));
+        let watcher = tokio::spawn(watch_leader(client.clone(), own_address, leader_tx, metrics.clone()));
         Db {
+            leader,
+            metrics,
             readers: tokio::sync::Mutex::new(readers),
             reader_slots: tokio::sync::Semaphore::new(READERS),
             client,
@@ -131,6 +136,16 @@ impl Db {
     /// The dqlite client (leader discovery, membership requests).
     pub(crate) fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Write requests waiting in the queue.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
+    /// The leader's address as this member's node last reported it.
+    pub(crate) fn leader(&self) -> Option<String> {
+        self.leader.borrow().clone()
     }
 
     async fn submit(&self, job: Job) -> Result<(), dqlite::Error> {
@@ -157,7 +172,9 @@ impl Db {
         });
         let (done, finished) = oneshot::channel();
         self.submit(Job::Tx { run, done }).await?;
-        finished.await.map_err(|_| abandoned())??;
+        let outcome = finished.await.map_err(|_| abandoned()).and_then(|r| r);
+        self.metrics.record(&outcome);
+        outcome?;
         slot.lock().ok().and_then(|mut v| v.take()).ok_or_else(abandoned)
     }
 
@@ -165,7 +182,9 @@ impl Db {
     pub(crate) async fn exec(&self, sql: &str, params: &[Value]) -> Result<dqlite::ExecResult, dqlite::Error> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Exec { sql: sql.to_owned(), params: params.to_vec(), reply }).await?;
-        answer.await.map_err(|_| abandoned())?
+        let outcome = answer.await.map_err(|_| abandoned()).and_then(|r| r);
+        self.metrics.record(&outcome);
+        outcome
     }
 
     /// Gives `f` the write connection alone, outside any batch (for SQL that has its own
@@ -205,6 +224,7 @@ impl Db {
             }
         };
         self.readers.lock().await.push(db);
+        self.metrics.record(&result);
         result
     }
 
@@ -244,8 +264,13 @@ fn lost_leader(err: &dqlite::Error) -> bool {
 }
 
 /// Asks this member's own node who leads, every [`LEADER_POLL`] (only voters know).
-async fn watch_leader(client: Client, own_address: String, leader: watch::Sender<Option<String>>) {
-    let mut conn = None;
+async fn watch_leader(
+    client: Client,
+    own_address: String,
+    leader: watch::Sender<Option<String>>,
+    metrics: Arc<Metrics>,
+) {
+    let (mut conn, mut last_known) = (None, None);
     loop {
         if conn.is_none() {
             conn = client.connect(&own_address).await.ok();
@@ -254,6 +279,12 @@ async fn watch_leader(client: Client, own_address: String, leader: watch::Sender
             match c.leader().await {
                 Ok(now) => {
                     let now = now.map(|n| n.address);
+                    // A change is a new leader after another one (an election between them
+                    // included), not the first leader seen.
+                    if now.is_some() && last_known.is_some() && now != last_known {
+                        metrics.leader_changes.inc();
+                    }
+                    last_known = now.clone().or(last_known);
                     leader.send_if_modified(|current| {
                         let changed = *current != now;
                         *current = now;

@@ -8,10 +8,13 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dqlite::{Database, ExecResult, Transaction, TxFuture, Value};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::server::metrics::Metrics;
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 64;
@@ -35,7 +38,7 @@ pub(crate) enum Job {
 }
 
 /// Runs the queue until every sender is gone.
-pub(crate) async fn run(mut db: Database, mut jobs: mpsc::Receiver<Job>) {
+pub(crate) async fn run(mut db: Database, mut jobs: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
     // Jobs taken off the channel but not yet run (an exclusive job waits its turn here).
     let mut pending: VecDeque<Job> = VecDeque::new();
     loop {
@@ -61,7 +64,11 @@ pub(crate) async fn run(mut db: Database, mut jobs: mpsc::Receiver<Job>) {
                 None => break,
             }
         }
-        if let Some(outage) = run_batch(&mut db, batch).await {
+        let started = Instant::now();
+        metrics.write_batch_size.observe(batch.len() as f64);
+        let outage = run_batch(&mut db, batch, &metrics).await;
+        metrics.write_batch_duration.observe_duration(started.elapsed());
+        if let Some(outage) = outage {
             // No leader could be found for as long as the client looks: everything that queued
             // meanwhile would wait as long again, one after the other. Answer them now.
             while let Ok(job) = jobs.try_recv() {
@@ -102,28 +109,29 @@ impl Reply {
 }
 
 /// Runs a batch; returns the error if no leader could be found at all.
-async fn run_batch(db: &mut Database, batch: Vec<Job>) -> Option<dqlite::Error> {
+async fn run_batch(db: &mut Database, batch: Vec<Job>, metrics: &Metrics) -> Option<dqlite::Error> {
     // One plain statement alone: autocommit, one round trip.
     if let [Job::Exec { sql, .. }] = batch.as_slice()
         && dqlite::sql::split_statements(sql).len() <= 1
     {
         let Some(Job::Exec { sql, params, reply }) = batch.into_iter().next() else { return None };
-        let result = exec_retrying_busy(db, &sql, &params).await;
+        let result = exec_retrying_busy(db, &sql, &params, metrics).await;
         let outage = result.as_ref().err().filter(|e| matches!(e, dqlite::Error::NoLeader { .. })).cloned();
         let _ = reply.send(result);
         return outage;
     }
-    batch_in_transaction(db, batch).await
+    batch_in_transaction(db, batch, metrics).await
 }
 
 /// Runs the jobs in one transaction.
-async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>) -> Option<dqlite::Error> {
+async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metrics) -> Option<dqlite::Error> {
     let deadline = Instant::now() + BUSY_DEADLINE;
     let mut pause = Duration::from_millis(1);
     let mut tx = loop {
         match db.begin_immediate().await {
             Ok(tx) => break tx,
             Err(err) if err.is_busy() && Instant::now() < deadline => {
+                metrics.write_busy_retries.inc();
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(20));
             }
@@ -202,12 +210,18 @@ fn refuse(job: Job, err: &dqlite::Error) {
     }
 }
 
-async fn exec_retrying_busy(db: &mut Database, sql: &str, params: &[Value]) -> dqlite::Result<ExecResult> {
+async fn exec_retrying_busy(
+    db: &mut Database,
+    sql: &str,
+    params: &[Value],
+    metrics: &Metrics,
+) -> dqlite::Result<ExecResult> {
     let deadline = Instant::now() + BUSY_DEADLINE;
     let mut pause = Duration::from_millis(1);
     loop {
         match db.exec(sql, params).await {
             Err(err) if err.is_busy() && Instant::now() < deadline => {
+                metrics.write_busy_retries.inc();
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(20));
             }

@@ -1,10 +1,12 @@
 //! The core API's endpoints, one resource group per file.
 
+mod backup;
 mod cluster;
 mod control;
 mod daemon;
 mod database;
 mod internal;
+mod metrics;
 mod sql;
 mod status;
 
@@ -18,7 +20,11 @@ pub(crate) fn control() -> Resources {
 /// Endpoints served on the control socket and the member's HTTPS address.
 pub(crate) fn shared() -> Vec<Resources> {
     vec![
-        Resources::new("core/1.0", [status::endpoints(), cluster::endpoints(), daemon::endpoints()].concat()),
+        Resources::new(
+            "core/1.0",
+            [status::endpoints(), cluster::endpoints(), daemon::endpoints(), metrics::endpoints(), backup::endpoints()]
+                .concat(),
+        ),
         Resources::new("core/internal", [internal::endpoints(), database::endpoints(), sql::endpoints()].concat()),
     ]
 }

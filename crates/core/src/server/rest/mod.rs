@@ -103,7 +103,7 @@ pub struct Request {
     pub path: String,
     /// Headers.
     pub headers: HeaderMap,
-    /// The body (at most [`MAX_REQUEST_BODY`] bytes).
+    /// The body (at most [`MAX_REQUEST_BODY`] bytes, or the action's [`Action::max_body`]).
     pub body: Bytes,
     /// Who sent it.
     pub trust: Trust,
@@ -182,6 +182,13 @@ pub(crate) enum ResponseKind {
     },
     /// `101 Switching Protocols` to this protocol.
     Upgrade(&'static str),
+    /// `200` with a body that is not the JSON envelope (e.g. Prometheus text).
+    Raw {
+        content_type: &'static str,
+        body: Bytes,
+        /// Extra headers (names in lower case).
+        headers: Vec<(&'static str, String)>,
+    },
 }
 
 impl Response {
@@ -203,6 +210,19 @@ impl Response {
 
     pub(crate) fn upgrade(protocol: &'static str) -> Response {
         Response { inner: ResponseKind::Upgrade(protocol) }
+    }
+
+    /// `200` with `body` as it is, outside the envelope.
+    pub(crate) fn raw(content_type: &'static str, body: impl Into<Bytes>) -> Response {
+        Response { inner: ResponseKind::Raw { content_type, body: body.into(), headers: Vec::new() } }
+    }
+
+    /// Adds a header to a raw response (other kinds carry none of their own).
+    pub(crate) fn with_header(mut self, name: &'static str, value: String) -> Response {
+        if let ResponseKind::Raw { headers, .. } = &mut self.inner {
+            headers.push((name, value));
+        }
+        self
     }
 }
 
@@ -241,6 +261,7 @@ pub struct Action {
     pub(crate) allowed_during_shutdown: bool,
     pub(crate) allowed_during_upgrade: bool,
     pub(crate) proxy_target: bool,
+    pub(crate) max_body: usize,
 }
 
 impl std::fmt::Debug for Action {
@@ -269,6 +290,7 @@ impl Action {
             allowed_during_shutdown: false,
             allowed_during_upgrade: false,
             proxy_target: false,
+            max_body: MAX_REQUEST_BODY,
         }
     }
 
@@ -294,6 +316,12 @@ impl Action {
     /// schema updates are not applied yet).
     pub fn allowed_during_upgrade(mut self) -> Action {
         self.allowed_during_upgrade = true;
+        self
+    }
+
+    /// Accepts request bodies up to `bytes` (instead of [`MAX_REQUEST_BODY`]), e.g. for uploads.
+    pub fn max_body(mut self, bytes: usize) -> Action {
+        self.max_body = bytes;
         self
     }
 

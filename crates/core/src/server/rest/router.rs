@@ -13,12 +13,14 @@ enum Segment {
 #[derive(Debug)]
 struct Route {
     pattern: Vec<Segment>,
+    /// The pattern as written (`/core/1.0/cluster/{name}`), the metrics' route label.
+    label: String,
     actions: Vec<(Method, Action)>,
 }
 
-/// A found route: the action (if the method is handled) and the path parameters.
+/// A found route: the action (if the method is handled), the path parameters and the pattern.
 pub(crate) enum Match<'r> {
-    Found(&'r Action, Vec<(String, String)>),
+    Found(&'r Action, Vec<(String, String)>, &'r str),
     MethodNotAllowed,
     NotFound,
 }
@@ -43,7 +45,8 @@ impl Routes {
                         None => Segment::Literal(s.to_owned()),
                     })
                     .collect();
-                routes.push(Route { pattern, actions: endpoint.actions.clone() });
+                let label = format!("/{}", full.trim_matches('/'));
+                routes.push(Route { pattern, label, actions: endpoint.actions.clone() });
             }
         }
         Routes { routes }
@@ -58,7 +61,7 @@ impl Routes {
             };
             path_matched = true;
             if let Some((_, action)) = route.actions.iter().find(|(m, _)| m == method) {
-                return Match::Found(action, params);
+                return Match::Found(action, params, &route.label);
             }
         }
         if path_matched { Match::MethodNotAllowed } else { Match::NotFound }
@@ -125,10 +128,13 @@ mod tests {
             "core/1.0",
             vec![Endpoint::new("").get(action()), Endpoint::new("cluster/{name}").delete(action())],
         )]);
-        assert!(matches!(routes.find(&Method::GET, "/core/1.0"), Match::Found(_, p) if p.is_empty()));
+        assert!(matches!(routes.find(&Method::GET, "/core/1.0"), Match::Found(_, p, "/core/1.0") if p.is_empty()));
         assert!(matches!(routes.find(&Method::GET, "/core/1.0/"), Match::Found(..)));
         match routes.find(&Method::DELETE, "/core/1.0/cluster/mc%33") {
-            Match::Found(_, params) => assert_eq!(params, [("name".to_owned(), "mc3".to_owned())]),
+            Match::Found(_, params, route) => {
+                assert_eq!(params, [("name".to_owned(), "mc3".to_owned())]);
+                assert_eq!(route, "/core/1.0/cluster/{name}");
+            }
             _ => panic!("no match"),
         }
         assert!(matches!(routes.find(&Method::GET, "/core/1.0/cluster/mc3"), Match::MethodNotAllowed));

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::router::{Match, parse_query};
-use super::{ApiError, HandlerResult, MAX_REQUEST_BODY, Request, Response, ResponseKind, Routes, Trust};
+use super::{ApiError, HandlerResult, Request, Response, ResponseKind, Routes, Trust};
 use crate::api::Envelope;
 use crate::server::State;
 
@@ -216,20 +216,33 @@ async fn dispatch(
     peer: Peer,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
-    let method = req.method().clone();
+    let (method, started) = (req.method().clone(), std::time::Instant::now());
     let path = req.uri().path().to_owned();
-    let result = handle(state, routes, peer, req).await;
+    let mut route = crate::server::metrics::UNMATCHED;
+    let result = handle(state.clone(), routes, peer, req, &mut route).await;
     if let Err(err) = &result {
         tracing::debug!(%method, %path, status = %err.status(), error = %err, "request failed");
     }
-    render(result)
+    let response = render(result);
+    state.0.metrics.request(route, &method, response.status(), started.elapsed());
+    response
 }
 
-async fn handle(state: State, routes: &Routes, peer: Peer, req: hyper::Request<Incoming>) -> HandlerResult {
+/// Routes and runs a request; `route` is set to the endpoint's pattern once it matched.
+async fn handle<'r>(
+    state: State,
+    routes: &'r Routes,
+    peer: Peer,
+    req: hyper::Request<Incoming>,
+    route: &mut &'r str,
+) -> HandlerResult {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let (action, params) = match routes.find(&parts.method, &path) {
-        Match::Found(action, params) => (action, params),
+        Match::Found(action, params, pattern) => {
+            *route = pattern;
+            (action, params)
+        }
         Match::MethodNotAllowed => {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -257,9 +270,10 @@ async fn handle(state: State, routes: &Routes, peer: Peer, req: hyper::Request<I
     if !allowed_now {
         state.require_database()?;
     }
-    let body = Limited::new(body, MAX_REQUEST_BODY).collect().await.map_err(|e| {
+    let limit = action.max_body;
+    let body = Limited::new(body, limit).collect().await.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {MAX_REQUEST_BODY} bytes"))
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {limit} bytes"))
         } else {
             ApiError::bad_request(format!("reading the request body: {e}"))
         }
@@ -297,6 +311,16 @@ fn render(result: HandlerResult) -> hyper::Response<Full<Bytes>> {
             json_response(StatusCode::OK, body)
         }
         Ok(Response { inner: ResponseKind::Forwarded { status, body } }) => json_response(status, body.to_vec()),
+        Ok(Response { inner: ResponseKind::Raw { content_type, body, headers } }) => {
+            let mut response = hyper::Response::new(Full::new(body));
+            response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+            for (name, value) in headers {
+                if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
         Ok(Response { inner: ResponseKind::Upgrade(protocol) }) => {
             let mut response = hyper::Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

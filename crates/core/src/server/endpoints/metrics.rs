@@ -1,0 +1,137 @@
+//! `GET /core/1.0/metrics`: this member's metrics in the Prometheus text format, for trusted
+//! callers (the control socket, or a trusted certificate over HTTPS). It answers before init,
+//! while waiting for an upgrade and during shutdown, with whatever exists then.
+//!
+//! The counters and histograms come from [`crate::server::metrics::Metrics`]; the gauges are
+//! read at scrape time from what the member knows cheaply: its own status, the leader its
+//! node last reported, the write queue, and one read of `core_cluster_members`. No other
+//! member is asked anything.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use crate::api::{role, status};
+use crate::server::State;
+use crate::server::db::DbStatus;
+use crate::server::metrics::{CONTENT_TYPE, Exposition, Kind};
+use crate::server::rest::{Action, Endpoint, HandlerResult, Request, Response};
+
+/// Longest the members gauge waits for the database (e.g. during an election): a scrape
+/// without it is better than a scrape that times out.
+const MEMBERS_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new("metrics")
+            .get(Action::new(metrics).allowed_before_init().allowed_during_upgrade().allowed_during_shutdown()),
+    ]
+}
+
+async fn metrics(state: State, _req: Request) -> HandlerResult {
+    let mut out = Exposition::default();
+    out.family("microcluster_build_info", Kind::Gauge, "Always 1; the application's version as a label.");
+    out.sample("microcluster_build_info", &[("version", state.version())], 1u64);
+
+    let current = state.database_status();
+    out.family(
+        "microcluster_database_status",
+        Kind::Gauge,
+        "1 for the status this member's database is in, 0 for the others.",
+    );
+    for (label, status) in [
+        ("not_initialized", DbStatus::NotInitialized),
+        ("starting", DbStatus::Starting),
+        ("waiting_upgrade", DbStatus::WaitingUpgrade),
+        ("online", DbStatus::Online),
+        ("offline", DbStatus::Offline),
+    ] {
+        out.sample("microcluster_database_status", &[("status", label)], status == current);
+    }
+
+    let runtime = state.runtime().ok();
+    out.family("microcluster_is_leader", Kind::Gauge, "1 if this member's node reports itself as the dqlite leader.");
+    let leader = runtime.as_ref().is_some_and(|r| r.db.leader().as_deref() == Some(r.address.as_str()));
+    out.sample("microcluster_is_leader", &[], leader);
+    out.family("microcluster_write_queue_depth", Kind::Gauge, "Write requests waiting in this member's write queue.");
+    out.sample("microcluster_write_queue_depth", &[], runtime.as_ref().map_or(0, |r| r.db.queue_depth()));
+
+    out.family(
+        "microcluster_members",
+        Kind::Gauge,
+        "Cluster members by role and status, from the database: the role the leader last recorded, and ONLINE \
+         if the leader's last heartbeat reached the member within two intervals and a second (by this member's \
+         clock), UNREACHABLE if not, PENDING while joining. Absent when the database cannot be read.",
+    );
+    if let Some(runtime) = runtime.filter(|_| matches!(current, DbStatus::Online | DbStatus::WaitingUpgrade)) {
+        let read = runtime.db.query("SELECT role, heartbeat FROM core_cluster_members", &[]);
+        match tokio::time::timeout(MEMBERS_TIMEOUT, read).await {
+            Ok(Ok(rows)) => {
+                let fresh = state.0.settings.heartbeat * 2 + Duration::from_secs(1);
+                let mut counts: BTreeMap<(String, &str), u64> = BTreeMap::new();
+                for row in &rows.rows {
+                    let member_role = crate::server::db::text(row.get(0));
+                    let heartbeat = crate::server::db::text(row.get(1));
+                    let status = member_status(&member_role, &heartbeat, fresh);
+                    *counts.entry((member_role, status)).or_default() += 1;
+                }
+                for ((member_role, status), count) in counts {
+                    out.sample("microcluster_members", &[("role", &member_role), ("status", status)], count);
+                }
+            }
+            Ok(Err(err)) => tracing::debug!(error = %err, "metrics: cannot read the members"),
+            Err(_) => tracing::debug!("metrics: reading the members timed out"),
+        }
+    }
+
+    state.0.metrics.render(&mut out);
+
+    if let Some(bytes) = resident_memory() {
+        out.family("microcluster_process_resident_memory_bytes", Kind::Gauge, "Resident memory of the daemon process.");
+        out.sample("microcluster_process_resident_memory_bytes", &[], bytes);
+    }
+    Ok(Response::raw(CONTENT_TYPE, out.finish()))
+}
+
+/// A member's status from its row, by the rule `cluster list` uses for a member it cannot
+/// probe in time (the last heartbeat's age).
+fn member_status(member_role: &str, heartbeat: &str, fresh: Duration) -> &'static str {
+    if member_role == role::PENDING {
+        return status::PENDING;
+    }
+    let Ok(time) = humantime::parse_rfc3339_weak(heartbeat) else { return status::UNREACHABLE };
+    match SystemTime::now().duration_since(time) {
+        Ok(age) if age > fresh => status::UNREACHABLE,
+        // A heartbeat stamped slightly in the future (clock skew) is fresh too.
+        _ => status::ONLINE,
+    }
+}
+
+/// The process's resident set size, from `/proc/self/status` (`VmRSS: N kB`).
+fn resident_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_follows_the_last_heartbeat() {
+        let fresh = Duration::from_secs(3);
+        let now = crate::server::db::now();
+        assert_eq!(member_status(role::VOTER, &now, fresh), status::ONLINE);
+        assert_eq!(member_status(role::PENDING, &now, fresh), status::PENDING);
+        assert_eq!(member_status(role::VOTER, crate::server::db::ZERO_TIME, fresh), status::UNREACHABLE);
+        assert_eq!(member_status(role::STAND_BY, "not a time", fresh), status::UNREACHABLE);
+        let ahead = humantime::format_rfc3339(SystemTime::now() + Duration::from_secs(60)).to_string();
+        assert_eq!(member_status(role::VOTER, &ahead, fresh), status::ONLINE);
+    }
+
+    #[test]
+    fn resident_memory_is_read() {
+        assert!(resident_memory().is_some_and(|b| b > 0));
+    }
+}

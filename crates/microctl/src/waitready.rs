@@ -1,0 +1,54 @@
+//! `microctl waitready`: poll the control socket until the daemon says it is ready, with a
+//! progress line on a terminal, and a [`TimedOut`] failure (exit code 4) past `--timeout`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use microcluster::client::{Client, ClientError};
+
+use crate::exit::TimedOut;
+
+/// Polling interval.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Deadline of one probe, so a hung daemon does not stall the loop.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until the daemon at `dir` is ready, for at most `timeout` seconds (0: forever).
+pub(crate) async fn run(client: &Client, dir: &Path, timeout: u64) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let deadline = (timeout > 0).then(|| start + Duration::from_secs(timeout));
+    let progress = std::io::stderr().is_terminal();
+    let clear = || {
+        if progress {
+            eprint!("\r\x1b[2K");
+        }
+    };
+    loop {
+        let budget = deadline.map_or(PROBE_TIMEOUT, |d| {
+            d.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(100), PROBE_TIMEOUT)
+        });
+        let err = match client.clone().with_timeout(budget).ready().await {
+            Ok(()) => {
+                clear();
+                return Ok(());
+            }
+            Err(err) => err,
+        };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            clear();
+            let what = format!("timed out after {timeout} s waiting for the daemon at {} to be ready", dir.display());
+            return Err(TimedOut { what, last: err }.into());
+        }
+        if progress {
+            let elapsed = start.elapsed().as_secs();
+            // The line already names the directory: the root cause is enough.
+            let why = match &err {
+                ClientError::Connect { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            eprint!("\r\x1b[2Kwaiting for the daemon at {} ({elapsed} s): {why:.60}", dir.display());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
