@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod complete;
+mod database;
 mod docs;
 mod exit;
 mod format;
@@ -92,6 +93,9 @@ enum Command {
     /// Manage this member's additional listeners.
     #[command(subcommand)]
     Servers(ServersCommand),
+    /// Back up, restore and check the cluster database.
+    #[command(subcommand)]
+    Database(DatabaseCommand),
     /// Run SQL on the cluster database, or open an SQL shell.
     #[command(after_help = "Examples:
   microctl sql \"SELECT name FROM sqlite_master WHERE type='table'\"
@@ -186,6 +190,40 @@ enum ClusterCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum DatabaseCommand {
+    /// Write a consistent copy of the database (an SQLite file, mode 0600) to FILE.
+    Backup {
+        /// Where (replaced only once the new backup is complete).
+        file: PathBuf,
+        /// First prove that it restores: into a scratch node, comparing row counts and checksum.
+        #[arg(long)]
+        verify: bool,
+        /// Output format of the summary.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Restore a backup into this (new) cluster's application tables.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Replace rows that the tables already hold (otherwise refused).
+        #[arg(long)]
+        replace: bool,
+        /// Output format of the summary.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Prove that a backup file restores (into a scratch node), without touching the cluster.
+    Verify {
+        /// The backup file.
+        file: PathBuf,
+        /// Output format of the summary.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ServersCommand {
     /// List the listeners and their addresses.
     List {
@@ -274,6 +312,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut servers = client.servers().await?;
             servers.insert(name.clone(), ServerAddress { address });
             client.set_servers(&servers).await.with_context(|| format!("moving listener {name}"))?;
+        }
+        Command::Database(DatabaseCommand::Backup { file, verify, format }) => {
+            emit(&database::backup(&client, &file, verify, format).await?)?;
+        }
+        Command::Database(DatabaseCommand::Restore { file, replace, format }) => {
+            emit(&database::restore(&client, &file, replace, format).await?)?;
+        }
+        Command::Database(DatabaseCommand::Verify { file, format }) => {
+            emit(&database::verify(&client, &file, format).await?)?;
         }
         Command::Sql { query: None, format } => shell::run(&client, dir, format).await?,
         Command::Sql { query: Some(query), format } => {

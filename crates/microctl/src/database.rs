@@ -1,0 +1,140 @@
+//! `microctl database backup|restore|verify`: backups as ordinary SQLite files, written
+//! atomically and readable only by their owner (they hold every table, join tokens included).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use microcluster::api::BackupSummary;
+use microcluster::client::{Client, MAX_BACKUP};
+use serde_json::json;
+
+use crate::format::{Format, Listing};
+
+/// Backups, restores and checks copy the whole database: far longer than a request's default.
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Takes a backup into `file` (replacing it only once the new one is complete).
+pub(crate) async fn backup(client: &Client, file: &Path, verify: bool, format: Format) -> anyhow::Result<String> {
+    let (summary, bytes) =
+        client.clone().with_timeout(BACKUP_TIMEOUT).backup(verify).await.context("taking a backup")?;
+    write_private(file, &bytes)?;
+    Ok(render(&summary, &format!("backed up to {}", file.display()), format))
+}
+
+/// Restores `file` into the cluster.
+pub(crate) async fn restore(client: &Client, file: &Path, replace: bool, format: Format) -> anyhow::Result<String> {
+    let bytes = read_backup(file)?;
+    let summary = client
+        .clone()
+        .with_timeout(BACKUP_TIMEOUT)
+        .restore(bytes.into(), replace)
+        .await
+        .with_context(|| format!("restoring {}", file.display()))?;
+    Ok(render(&summary, &format!("restored from {}", file.display()), format))
+}
+
+/// Proves that `file` restores, without touching the cluster.
+pub(crate) async fn verify(client: &Client, file: &Path, format: Format) -> anyhow::Result<String> {
+    let bytes = read_backup(file)?;
+    let summary = client
+        .clone()
+        .with_timeout(BACKUP_TIMEOUT)
+        .verify_backup(bytes.into())
+        .await
+        .with_context(|| format!("verifying {}", file.display()))?;
+    Ok(render(&summary, &format!("{} restores", file.display()), format))
+}
+
+fn read_backup(file: &Path) -> anyhow::Result<Vec<u8>> {
+    let size = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
+    if size > MAX_BACKUP as u64 {
+        bail!("{} has {size} bytes; a backup holds at most {MAX_BACKUP}", file.display());
+    }
+    std::fs::read(file).with_context(|| format!("reading {}", file.display()))
+}
+
+/// Writes `bytes` to a new file next to `path` with mode 0600, then renames it over `path`.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().with_context(|| format!("{} is not a file name", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(err) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
+}
+
+/// The summary: one line of totals and a table of row counts, or the object as JSON/YAML/CSV.
+fn render(summary: &BackupSummary, what: &str, format: Format) -> String {
+    let tables = Listing {
+        header: vec!["TABLE".into(), "ROWS".into()],
+        cells: summary.tables.iter().map(|t| vec![t.name.clone(), t.rows.to_string()]).collect(),
+        keys: vec!["table", "rows"],
+        records: summary.tables.iter().map(|t| vec![json!(t.name), json!(t.rows)]).collect(),
+        json: serde_json::to_value(summary).unwrap_or_default(),
+    };
+    match format {
+        Format::Table => {
+            let verified = if summary.verified { ", verified by restoring and comparing" } else { "" };
+            format!(
+                "{what}: {} tables, {} rows, {} bytes, schema {}/{}, sha256 {}{verified}\n{}",
+                summary.tables.len(),
+                summary.rows,
+                summary.size,
+                summary.schema_internal,
+                summary.schema_external,
+                summary.checksum,
+                tables.render(format)
+            )
+        }
+        _ => tables.render(format),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use microcluster::api::TableRows;
+
+    #[test]
+    fn backups_are_written_privately_and_atomically() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        std::fs::write(&path, b"old").unwrap();
+        write_private(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(write_private(&dir.path().join("missing/b.db"), b"x").is_err());
+    }
+
+    #[test]
+    fn summaries_render_in_every_format() {
+        let summary = BackupSummary {
+            tables: vec![TableRows { name: "t".into(), rows: 2 }],
+            rows: 2,
+            checksum: "ab".into(),
+            schema_internal: 1,
+            schema_external: 2,
+            size: 4096,
+            verified: true,
+        };
+        let table = render(&summary, "backed up to x", Format::Table);
+        assert!(table.starts_with("backed up to x: 1 tables, 2 rows, 4096 bytes, schema 1/2, sha256 ab, verified"));
+        assert!(table.contains("| t     | 2    |"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&render(&summary, "", Format::Json)).unwrap();
+        assert_eq!(json["checksum"], "ab");
+        assert_eq!(render(&summary, "", Format::Csv), "table,rows\nt,2\n");
+    }
+}
