@@ -3,9 +3,9 @@
 
 CARGO ?= cargo
 BUILD_PACKAGES := libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config gcc curl
-BENCH_PACKAGES := go-dqlite
+BENCH_PACKAGES := go-dqlite etcd-server etcd-client
 
-.PHONY: all deps deps-bench build run test test-faults fuzz lint fmt bench bench-engine bench-cluster clean
+.PHONY: all deps deps-bench build run test test-faults fuzz lint fmt bench bench-engine bench-cluster clean install uninstall
 
 all: build
 
@@ -45,7 +45,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# Side-by-side with Debian's go-dqlite tools; numbers are printed, never asserted.
+# Side-by-side with Debian's go-dqlite tools and etcd (docs/performance.md); numbers are printed, never asserted.
 bench: bench-engine bench-cluster
 
 bench-engine: deps-bench
@@ -56,3 +56,34 @@ bench-cluster: deps-bench
 
 clean:
 	$(CARGO) clean
+
+# `make install [PREFIX=/usr/local] [DESTDIR=]`: binaries, man pages and completions under PREFIX;
+# the systemd unit and the config (an existing one is kept) under /etc. systemd is reloaded
+# only when it runs and nothing is staged in DESTDIR. `make uninstall` keeps config and state.
+PREFIX ?= /usr/local
+RELEASE = $(or $(CARGO_TARGET_DIR),target)/release
+BIN_DIR = $(DESTDIR)$(PREFIX)/bin
+SHARE_DIR = $(DESTDIR)$(PREFIX)/share
+UNIT_DIR = $(DESTDIR)/etc/systemd/system
+CONFIG_DIR = $(DESTDIR)/etc/microd
+SYSTEMD_RUNNING = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]
+
+install: deps
+	$(CARGO) build --release -p microd -p microctl
+	install -d $(BIN_DIR) $(SHARE_DIR)/man/man1 $(UNIT_DIR) $(CONFIG_DIR) $(SHARE_DIR)/bash-completion/completions $(SHARE_DIR)/zsh/site-functions $(SHARE_DIR)/fish/vendor_completions.d
+	install -m 0755 $(RELEASE)/microd $(RELEASE)/microctl $(BIN_DIR)/
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|' systemd/microd.service > $(UNIT_DIR)/microd.service && chmod 0644 $(UNIT_DIR)/microd.service
+	[ -e $(CONFIG_DIR)/microd.toml ] || install -m 0644 config/microd.toml $(CONFIG_DIR)/microd.toml
+	$(RELEASE)/microd --generate-manpage $(SHARE_DIR)/man/man1
+	$(RELEASE)/microctl manpages $(SHARE_DIR)/man/man1
+	$(RELEASE)/microctl completion bash > $(SHARE_DIR)/bash-completion/completions/microctl
+	$(RELEASE)/microctl completion zsh > $(SHARE_DIR)/zsh/site-functions/_microctl
+	$(RELEASE)/microctl completion fish > $(SHARE_DIR)/fish/vendor_completions.d/microctl.fish
+	if $(SYSTEMD_RUNNING); then systemctl daemon-reload; fi
+
+uninstall:
+	if $(SYSTEMD_RUNNING); then systemctl disable --now microd.service || true; fi
+	rm -f $(BIN_DIR)/microd $(BIN_DIR)/microctl $(UNIT_DIR)/microd.service $(SHARE_DIR)/man/man1/microd.1 $(SHARE_DIR)/man/man1/microctl.1 $(SHARE_DIR)/man/man1/microctl-*.1
+	rm -f $(SHARE_DIR)/bash-completion/completions/microctl $(SHARE_DIR)/zsh/site-functions/_microctl $(SHARE_DIR)/fish/vendor_completions.d/microctl.fish
+	if $(SYSTEMD_RUNNING); then systemctl daemon-reload; fi
+	@echo "kept $(CONFIG_DIR)/microd.toml and /var/lib/microd: remove them by hand if they are no longer wanted"

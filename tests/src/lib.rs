@@ -150,13 +150,27 @@ impl Member {
         }
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The file the daemon's standard output and error are appended to.
+    pub fn log_path(&self) -> PathBuf {
         self.dir.with_file_name(format!("{}.log", self.name))
     }
 
     /// Starts `microd` and waits until its control socket accepts connections (an initialised
     /// member may still wait for its cluster's quorum; see [`Member::wait_ready`]).
     pub fn start(&mut self) -> &mut Member {
+        self.spawn();
+        let name = self.name.clone();
+        let socket = self.dir.join("control.socket");
+        wait_until(&format!("{name}'s control socket"), Duration::from_secs(20), || {
+            self.assert_running();
+            std::os::unix::net::UnixStream::connect(&socket).ok().map(drop)
+        });
+        self
+    }
+
+    /// Starts `microd` without waiting for anything (e.g. for a daemon expected to refuse to
+    /// start; see [`Member::exit_code`]).
+    pub fn spawn(&mut self) -> &mut Member {
         assert!(self.child.is_none(), "{} is already running", self.name);
         std::fs::create_dir_all(self.dir.parent().unwrap()).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
@@ -181,12 +195,6 @@ impl Member {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let name = self.name.clone();
-        let socket = self.dir.join("control.socket");
-        wait_until(&format!("{name}'s control socket"), Duration::from_secs(20), || {
-            self.assert_running();
-            std::os::unix::net::UnixStream::connect(&socket).ok().map(drop)
-        });
         self
     }
 

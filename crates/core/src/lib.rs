@@ -45,10 +45,16 @@ pub mod api;
 #[cfg(feature = "server")]
 pub mod certs;
 pub mod client;
+pub mod raftlog;
+pub mod recovery;
 pub mod report;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+mod state_dir;
 pub mod tls;
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+mod truststore;
 pub mod validate;
 
 #[cfg(feature = "server")]
@@ -56,3 +62,4 @@ pub use server::{
     App, AppError, Args, DaemonArgs, DbStatus, HookError, HookFuture, Hooks, InitConfig, NoHooks, SchemaUpdate, Server,
     State,
 };
+pub use state_dir::StateDirError;

@@ -9,9 +9,11 @@
 mod complete;
 mod database;
 mod docs;
+mod doctor;
 mod exit;
 mod format;
 mod listings;
+mod recover;
 mod shell;
 mod sql;
 mod waitready;
@@ -115,6 +117,19 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Compare dqlite's configuration, the member table and every trust store; repair what
+    /// provably drifted.
+    ///
+    /// Runs on the dqlite leader (any member forwards it there). Exits 0 when nothing is left
+    /// unresolved, 1 while any PROBLEM remains.
+    Doctor {
+        /// Only report: change nothing.
+        #[arg(long)]
+        check: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Wait until the daemon answers and is ready.
     Waitready {
         /// Give up after this many seconds (0: wait forever).
@@ -182,10 +197,34 @@ enum ClusterCommand {
         #[arg(short, long)]
         force: bool,
     },
+    /// Recover from quorum loss, on a stopped member: force a configuration of survivors.
+    ///
+    /// Shows the members of the last raft configuration with their log position, then writes a
+    /// plan that microd applies when it starts; it hands the plan to the other survivors (whose
+    /// microd must run) and drops the other members.
+    Recover {
+        /// Keep this member and every member that answered, without asking.
+        #[arg(short, long)]
+        yes: bool,
+        /// A member to keep (repeatable; this member must be one).
+        #[arg(long = "survivor", value_name = "NAME")]
+        survivors: Vec<String>,
+    },
     /// Hand leadership to another voter (NAME, or any), e.g. before maintenance.
     TransferLeader {
         /// The voter that should lead.
         name: Option<String>,
+    },
+    /// Move member NAME to a new ADDRESS while the rest of the cluster keeps its quorum.
+    ///
+    /// Run it with NAME's own state directory: the member steps down, rejoins at ADDRESS as a
+    /// new dqlite node and catches up. Works too when its old address is gone (e.g. the machine
+    /// was re-addressed), as long as the other members keep their quorum.
+    SetAddress {
+        /// The member's name (the member whose state directory is given).
+        name: String,
+        /// Its new address, ip:port.
+        address: String,
     },
 }
 
@@ -300,9 +339,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("removing member {name}"))?;
         }
+        Command::Cluster(ClusterCommand::Recover { yes, survivors }) => {
+            emit(&recover::run(dir, yes, survivors).await?)?
+        }
         Command::Cluster(ClusterCommand::TransferLeader { name }) => {
             let leader = client.transfer_leader(name.as_deref().unwrap_or_default()).await?;
             emit(&format!("{leader} is the leader\n"))?;
+        }
+        Command::Cluster(ClusterCommand::SetAddress { name, address }) => {
+            client
+                .with_timeout(SLOW_TIMEOUT)
+                .set_member_address(&name, &address)
+                .await
+                .with_context(|| format!("changing the address of member {name} to {address}"))?;
         }
         Command::Servers(ServersCommand::List { format }) => {
             emit(&listings::servers(&client.servers().await?).render(format))?;
@@ -330,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             emit(&text)?;
         }
+        Command::Doctor { check, format } => doctor::run(&client.with_timeout(SLOW_TIMEOUT), !check, format).await?,
         Command::Waitready { timeout } => waitready::run(&client, dir, timeout).await?,
         Command::Shutdown => client.shutdown().await?,
         Command::Extended { address } => {

@@ -1,90 +1,138 @@
-//! `microd`: the example member daemon. Argument parsing and logging set-up over
-//! [`microcluster::App`]; the application itself (schema, endpoints, hooks) is in `extension`.
+//! `microd`: the example member daemon. Flags and the config file (`config`), logging set-up
+//! (`logging`) and systemd notifications (`notify`) over [`microcluster::App`]; the application
+//! itself (schema, endpoints, hooks) is in `extension`.
 #![forbid(unsafe_code)]
 
+mod config;
 mod extension;
+mod logging;
+mod notify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use microcluster::{App, Args, DaemonArgs};
+
+use config::{Config, LogFormat, LogLevel, Settings};
 
 /// Runs a microcluster member: a unix control socket at once, and after `microctl init` an
 /// HTTPS address serving the cluster API and the replicated database.
+///
+/// Each flag overrides its key in the config file; a key left out takes the default shown.
 #[derive(Debug, Parser)]
 #[command(name = "microd", version, about)]
 struct Cli {
-    /// State directory (created if missing).
-    #[arg(long, env = "STATE_DIR", default_value = "/var/lib/microd")]
-    state_dir: PathBuf,
-    /// Heartbeat interval (e.g. 10s, 1s, 500ms).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    heartbeat: Duration,
-    /// Interrupt SQL statements that run longer than this (0: never).
-    #[arg(long, default_value = "5s", value_parser = parse_limit)]
-    statement_timeout: Duration,
-    /// Group that may use the control socket (name or id).
-    #[arg(long, env = "SOCKET_GROUP")]
+    /// Config file [default: /etc/microd/microd.toml if it exists].
+    #[arg(long, env = "MICROD_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// State directory, created if missing [key: state_dir; default: /var/lib/microd].
+    #[arg(long, env = "STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Heartbeat interval, e.g. 10s, 1s, 500ms [key: heartbeat; default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_heartbeat)]
+    heartbeat: Option<Duration>,
+    /// Interrupt SQL statements that run longer than this, 0: never [key: statement_timeout;
+    /// default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_statement_timeout)]
+    statement_timeout: Option<Duration>,
+    /// Expected network round trip between members [key: network_latency; default: 40ms].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_network_latency)]
+    network_latency: Option<Duration>,
+    /// Group that may use the control socket, name or id [key: socket_group].
+    #[arg(long, env = "SOCKET_GROUP", value_name = "GROUP")]
     socket_group: Option<String>,
-    /// Log informational messages.
+    /// This member's failure domain [key: failure_domain; default: daemon.toml's].
+    #[arg(long, value_name = "N")]
+    failure_domain: Option<u64>,
+    /// Log level [key: log_level; default: warn].
+    #[arg(long, value_enum, value_name = "LEVEL", conflicts_with_all = ["verbose", "debug"])]
+    log_level: Option<LogLevel>,
+    /// Log format [key: log_format; default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log informational messages (--log-level info).
     #[arg(short, long)]
     verbose: bool,
-    /// Log debug messages.
+    /// Log debug messages (--log-level debug).
     #[arg(short, long)]
     debug: bool,
+    /// Write the man page microd.1 into DIR and exit (for `make install`).
+    #[arg(long, value_name = "DIR", hide = true)]
+    generate_manpage: Option<PathBuf>,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10s, 1s, 500ms)"))?;
-    if d < Duration::from_millis(100) {
-        return Err("must be at least 100ms".into());
+impl Cli {
+    /// The settings the flags (and their environment variables) give.
+    fn flags(&self) -> Config {
+        let verbosity = if self.debug { Some(LogLevel::Debug) } else { self.verbose.then_some(LogLevel::Info) };
+        Config {
+            state_dir: self.state_dir.clone(),
+            heartbeat: self.heartbeat,
+            statement_timeout: self.statement_timeout,
+            network_latency: self.network_latency,
+            socket_group: self.socket_group.clone(),
+            failure_domain: self.failure_domain,
+            log_level: self.log_level.or(verbosity),
+            log_format: self.log_format,
+        }
     }
-    Ok(d)
 }
 
-fn parse_limit(text: &str) -> Result<Duration, String> {
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 5s, 1m, 0 for no limit)"))
+fn write_manpage(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("microd.1");
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page).context("rendering the man page")?;
+    std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))
 }
 
-fn init_logging(cli: &Cli) {
-    let level = if cli.debug {
-        "debug"
-    } else if cli.verbose {
-        "info"
-    } else {
-        "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MICROD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,rustls=warn")));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let app = App::new(Args { state_dir: cli.state_dir.clone() });
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let app = App::new(Args { state_dir: settings.state_dir.clone() });
     let args = DaemonArgs {
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        heartbeat_interval: cli.heartbeat,
-        socket_group: cli.socket_group,
-        statement_timeout: Some(cli.statement_timeout).filter(|d| !d.is_zero()),
+        heartbeat_interval: settings.heartbeat,
+        socket_group: settings.socket_group,
+        statement_timeout: settings.statement_timeout,
+        network_latency: settings.network_latency,
+        failure_domain: settings.failure_domain,
         ..extension::daemon_args()
     };
-    app.start(args).await.with_context(|| format!("microd with state directory {}", cli.state_dir.display()))
+    let notifier = notify::Notifier::from_env().map(Arc::new);
+    if let Some(notifier) = &notifier {
+        notify::spawn(notifier.clone(), app.clone());
+    }
+    let result = app.start(args).await;
+    if let Some(notifier) = notifier {
+        // Already sent on SIGTERM/SIGINT; this covers `microctl shutdown` and failures.
+        notifier.stopping();
+    }
+    result.with_context(|| format!("microd with state directory {}", settings.state_dir.display()))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
+    if let Some(dir) = &cli.generate_manpage {
+        return match write_manpage(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("Error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Everything is checked before the state directory or any socket is touched.
+    let file = match config::load(cli.config.as_deref()) {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = Settings::new(cli.flags(), file);
+    logging::init(settings.log_level, settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -92,7 +140,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("Error: {}", microcluster::report::one_line(err.as_ref()));

@@ -28,6 +28,9 @@ pub mod paths {
     pub const READY: &str = "/core/1.0/ready";
     /// Join requests from new members (secret-gated, untrusted allowed).
     pub const INTERNAL_CLUSTER: &str = "/core/internal/cluster";
+    /// Last segment of `CLUSTER/{name}/address` (move member `name`, on its own control socket)
+    /// and of `INTERNAL_CLUSTER/{name}/address` (the leader's side of the move).
+    pub const MEMBER_ADDRESS: &str = "address";
     /// The dqlite tunnel (HTTP upgrade to `dqlite`).
     pub const INTERNAL_DATABASE: &str = "/core/internal/database";
     /// SQL queries and dumps.
@@ -48,10 +51,15 @@ pub mod paths {
     pub const DATABASE_VERIFY: &str = "/core/1.0/database/verify";
     /// Header of a backup download carrying its summary (JSON).
     pub const BACKUP_SUMMARY_HEADER: &str = "x-microcluster-backup";
+    /// Quorum recovery between members: GET a member's log position, POST it a plan.
+    pub const INTERNAL_RECOVERY: &str = "/core/internal/recovery";
     /// Leadership transfer.
     pub const LEADER: &str = "/core/1.0/cluster/leader";
     /// This member's metrics in the Prometheus text format (trusted callers).
     pub const METRICS: &str = "/core/1.0/metrics";
+    /// Compare the three views of the membership and repair provable drift (`?repair=0`: only
+    /// report); run by the dqlite leader.
+    pub const DOCTOR: &str = "/core/1.0/doctor";
 }
 
 /// The `Upgrade` protocol name of the dqlite tunnel.

@@ -275,6 +275,57 @@ pub struct TableRows {
     pub rows: u64,
 }
 
+/// A quorum recovery: the raft configuration the survivors force on themselves, and the
+/// members dropped. Written by `microctl cluster recover` into `STATE/recovery.json` of a
+/// stopped member, applied when its daemon starts, and handed by it to the other survivors.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryPlan {
+    /// Random id of this recovery.
+    pub id: String,
+    /// The member where it was planned (it hands the plan to the other survivors).
+    pub initiator: String,
+    /// When it was planned (RFC 3339).
+    pub created: String,
+    /// The new configuration: every survivor with its node id and role.
+    pub members: Vec<RecoveryMember>,
+    /// Members no longer in the cluster.
+    pub removed: Vec<String>,
+}
+
+/// A survivor in a [`RecoveryPlan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryMember {
+    /// Member name.
+    pub name: String,
+    /// Member address.
+    pub address: String,
+    /// dqlite node id.
+    pub id: u64,
+    /// `voter` or `stand-by`.
+    pub role: String,
+}
+
+/// `GET /core/internal/recovery`: what a running member knows that a recovery needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryStatus {
+    /// Member name.
+    pub name: String,
+    /// Member address.
+    pub address: String,
+    /// dqlite node id.
+    pub id: u64,
+    /// Index of its last raft log entry.
+    pub last_index: u64,
+    /// Term of that entry.
+    pub last_term: u64,
+    /// The leader its node follows (empty: none).
+    pub leader: String,
+    /// Its database status text.
+    pub database: String,
+}
+
 /// Body of the pre-remove and post-remove hook calls.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RemoveHookRequest {
@@ -389,4 +440,67 @@ pub mod status {
     pub const UPGRADING: &str = "UPGRADING";
     /// Admitted, still joining (not yet in the dqlite configuration).
     pub const PENDING: &str = "PENDING";
+}
+
+/// `POST /core/1.0/doctor[?repair=0]`: the leader's comparison of dqlite's configuration,
+/// `core_cluster_members` and every member's trust store, with what it repaired.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    /// The member that ran the checks (the dqlite leader).
+    pub leader: String,
+    /// Whether provable drift was repaired (`false`: only reported).
+    pub repair: bool,
+    /// Every check's result, in order.
+    pub checks: Vec<DoctorCheck>,
+    /// Results left as `PROBLEM` (unresolved).
+    pub problems: u64,
+    /// Results `REPAIRED`.
+    pub repaired: u64,
+    /// Results `SKIPPED` (a member could not be asked, or is still joining).
+    pub skipped: u64,
+}
+
+/// One result of `microctl doctor`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorCheck {
+    /// Which check, e.g. `trust-store`.
+    pub check: String,
+    /// The member (or dqlite node address) it is about.
+    pub member: String,
+    /// `OK`, `REPAIRED`, `PROBLEM` or `SKIPPED` (see [`doctor_status`]).
+    pub status: String,
+    /// What was found, and what was done or should be done.
+    pub detail: String,
+}
+
+/// Status strings of [`DoctorCheck`].
+pub mod doctor_status {
+    /// Consistent.
+    pub const OK: &str = "OK";
+    /// Drifted, and repaired.
+    pub const REPAIRED: &str = "REPAIRED";
+    /// Drifted and left as it is (not provably safe to repair, `--check`, or the repair failed).
+    pub const PROBLEM: &str = "PROBLEM";
+    /// Not checked (a member could not be asked, or is still joining).
+    pub const SKIPPED: &str = "SKIPPED";
+}
+
+/// `PUT /core/1.0/cluster/{name}/address`, sent to member `name` itself (its control socket):
+/// move it to a new address while the rest of the cluster keeps its quorum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetAddressRequest {
+    /// The new address, `ip:port` in canonical form.
+    pub address: String,
+}
+
+/// `PUT /core/internal/cluster/{name}/address`, from the moving member to the leader: record
+/// the new address and swap the member's dqlite node for a new one (`node_id`) at that address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveMemberRequest {
+    /// The new address, `ip:port` in canonical form.
+    pub address: String,
+    /// The id of the member's new dqlite node.
+    pub node_id: u64,
 }

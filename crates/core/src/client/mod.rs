@@ -15,9 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    self, BackupSummary, ClusterMember, ClusterMemberLocal, Control, Envelope, HeartbeatRequest, HeartbeatResponse,
-    JoinRequest, JoinResponse, ResponseType, ServerAddress, ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord,
-    TokenRequest, TransferLeaderRequest, paths,
+    self, BackupSummary, ClusterMember, ClusterMemberLocal, Control, DoctorReport, Envelope, HeartbeatRequest,
+    HeartbeatResponse, JoinRequest, JoinResponse, RecoveryPlan, RecoveryStatus, ResponseType, ServerAddress,
+    ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest, TransferLeaderRequest, paths,
 };
 use std::collections::BTreeMap;
 
@@ -334,6 +334,19 @@ impl Client {
         self.empty(Method::DELETE, &path, None::<&()>).await
     }
 
+    /// `PUT /core/1.0/cluster/{name}/address`: moves member `name` to `address` while the rest of
+    /// the cluster keeps its quorum. Send it to that member's control socket.
+    pub async fn set_member_address(&self, name: &str, address: &str) -> Result<(), ClientError> {
+        let path = format!("{}/{}/{}", paths::CLUSTER, encode_segment(name), paths::MEMBER_ADDRESS);
+        self.empty(Method::PUT, &path, Some(&api::SetAddressRequest { address: address.to_owned() })).await
+    }
+
+    /// `PUT /core/internal/cluster/{name}/address`: the leader's side of a member's move.
+    pub async fn move_member(&self, name: &str, request: &api::MoveMemberRequest) -> Result<(), ClientError> {
+        let path = format!("{}/{}/{}", paths::INTERNAL_CLUSTER, encode_segment(name), paths::MEMBER_ADDRESS);
+        self.empty(Method::PUT, &path, Some(request)).await
+    }
+
     /// `POST /core/internal/sql`.
     pub async fn sql(&self, query: &str) -> Result<SqlBatch, ClientError> {
         self.query(Method::POST, paths::INTERNAL_SQL, Some(&SqlQuery { query: query.to_owned() })).await
@@ -371,6 +384,18 @@ impl Client {
             .await
     }
 
+    /// `GET /core/internal/truststore`: the members this member trusts (itself included).
+    pub async fn truststore(&self) -> Result<Vec<ClusterMemberLocal>, ClientError> {
+        self.query(Method::GET, paths::INTERNAL_TRUSTSTORE, None::<&()>).await
+    }
+
+    /// `POST /core/1.0/doctor[?repair=0]`: compare dqlite's configuration, the member table and
+    /// every trust store on the leader, repairing provable drift unless `repair` is false.
+    pub async fn doctor(&self, repair: bool) -> Result<DoctorReport, ClientError> {
+        let path = if repair { paths::DOCTOR.to_owned() } else { format!("{}?repair=0", paths::DOCTOR) };
+        self.query(Method::POST, &path, None::<&()>).await
+    }
+
     /// `GET /core/1.0/daemon/servers`: this member's additional listeners.
     pub async fn servers(&self) -> Result<BTreeMap<String, ServerAddress>, ClientError> {
         self.query(Method::GET, paths::DAEMON_SERVERS, None::<&()>).await
@@ -405,6 +430,16 @@ impl Client {
             return Err(ClientError::Api { status, message });
         }
         String::from_utf8(body.to_vec()).map_err(|e| self.decode(format!("metrics that are not UTF-8: {e}")))
+    }
+
+    /// `GET /core/internal/recovery`: a member's raft log position and leader, for recovery.
+    pub async fn recovery_status(&self) -> Result<RecoveryStatus, ClientError> {
+        self.query(Method::GET, paths::INTERNAL_RECOVERY, None::<&()>).await
+    }
+
+    /// `POST /core/internal/recovery`: hand a survivor the recovery plan to apply.
+    pub async fn send_recovery(&self, plan: &RecoveryPlan) -> Result<(), ClientError> {
+        self.empty(Method::POST, paths::INTERNAL_RECOVERY, Some(plan)).await
     }
 
     /// `POST /core/internal/hooks/{hook}`: run a hook on this member.

@@ -13,7 +13,7 @@ use super::db::DbStatus;
 use super::db::schema::{SchemaUpdate, internal_updates};
 use super::endpoints;
 use super::hooks::{Hooks, NoHooks};
-use super::membership::{OPEN_TIMEOUT_FOREVER, open_database, start_background, start_runtime};
+use super::membership::{OPEN_TIMEOUT_FOREVER, open_database, start_background, start_runtime_with};
 use super::rest::{Listener, Routes};
 use super::servers::Server;
 use super::state::{Daemon, Settings, State};
@@ -339,21 +339,44 @@ async fn shutdown_sequence(state: &State) {
     }
 }
 
-/// Brings an initialised member back up after a start.
-async fn resume(state: State, node_id: u64) {
-    let _init = state.0.init_lock.lock().await;
+/// Brings an initialised member back up after a start (or after a recovery plan arrived),
+/// applying a pending recovery plan first.
+pub(crate) async fn resume(state: State, node_id: u64) {
+    let mut _init = state.0.init_lock.lock().await;
+    let plan = match super::recovery::pending(&state, node_id) {
+        Ok(plan) => plan,
+        Err(err) => return state.fail(format!("cannot apply the recovery plan: {err}")),
+    };
+    let configuration = match plan.as_ref().map(|p| super::recovery::prepare(&state, p)).transpose() {
+        Ok(configuration) => configuration,
+        Err(err) => return state.fail(format!("cannot apply the recovery plan: {err}")),
+    };
+    let mut node_id = node_id;
     let runtime = loop {
-        match start_runtime(&state, node_id).await {
+        match start_runtime_with(&state, node_id, configuration.clone()).await {
             Ok(runtime) => break runtime,
             Err(err) if !state.is_shutting_down() => {
                 tracing::warn!(error = %err, "starting the member failed; retrying in 1 s");
+                // Unlocked meanwhile, so `cluster set-address` can move a member whose address is
+                // gone (with a new node id) or a removal can reset it.
+                drop(_init);
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                _init = state.0.init_lock.lock().await;
+                match state.0.dir.node_info() {
+                    Ok(Some(info)) => node_id = info.id,
+                    _ => return,
+                }
             }
             Err(_) => return,
         }
     };
+    if let Some(plan) = plan {
+        super::recovery::applied(&state, &plan);
+        super::recovery::follow_up(&state, &runtime, plan);
+    }
     if let Err(err) = open_database(&state, &runtime, OPEN_TIMEOUT_FOREVER).await {
-        if !state.is_shutting_down() {
+        // A stopped runtime is being restarted (a recovery plan arrived), not a failure.
+        if !state.is_shutting_down() && !runtime.stop.is_fired() {
             state.fail(format!("the database could not be opened: {err}"));
         }
         return;

@@ -49,7 +49,7 @@ fn done<'a>() -> HookFuture<'a> {
 /// | `pre_remove` | the member leaving | before it is removed | removal refused (unless forced) |
 /// | `post_remove` | every remaining member | after a removal | logged |
 /// | `on_heartbeat` | the leader | after each heartbeat round | logged |
-/// | `on_daemon_config_update` | every other member | after a member changed its listeners | logged |
+/// | `on_daemon_config_update` | every other member | after a member changed its listeners or its address | logged |
 /// | `on_stop` | every member | during shutdown | logged |
 pub trait Hooks: Send + Sync + 'static {
     /// Before bootstrap or join.
@@ -98,7 +98,8 @@ pub trait Hooks: Send + Sync + 'static {
     }
 
     /// On every other member after a member changed its listeners' addresses
-    /// (`PUT /core/1.0/daemon/servers`); `config` is that member's new configuration.
+    /// (`PUT /core/1.0/daemon/servers`) or its own (`cluster set-address`); `config` is that
+    /// member's new configuration.
     fn on_daemon_config_update<'a>(&'a self, _state: &'a State, _config: &'a MemberConfig) -> HookFuture<'a> {
         done()
     }

@@ -4,19 +4,23 @@
 mod app;
 mod backup;
 pub(crate) mod db;
+mod doctor;
 mod endpoints;
 pub(crate) mod heartbeat;
 mod hooks;
 pub(crate) mod membership;
 pub(crate) mod metrics;
+mod recovery;
 pub mod rest;
 pub(crate) mod roles;
 mod runtime;
 mod servers;
 mod state;
-pub(crate) mod state_dir;
-pub(crate) mod truststore;
 pub(crate) mod tunnel;
+
+// Kept at the crate root (the offline recovery in the client half reads them too); reachable
+// here under their old paths.
+pub(crate) use crate::{state_dir, truststore};
 
 pub use app::{App, AppError, Args, DaemonArgs};
 pub use db::DbStatus;

@@ -65,7 +65,12 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// Binds the member address, starts the HTTPS listener and the dqlite node.
-    pub(crate) async fn start(state: &State, node_id: u64) -> Result<Arc<Runtime>, StartError> {
+    /// With `recovery`, the node's raft configuration is forced to it first (quorum recovery).
+    pub(crate) async fn start_with(
+        state: &State,
+        node_id: u64,
+        recovery: Option<Vec<dqlite::NodeInfo>>,
+    ) -> Result<Arc<Runtime>, StartError> {
         let daemon = &state.0;
         let address = state.address();
         let cluster_identity = daemon.dir.cluster_identity()?.ok_or(StartError::MissingIdentity("cluster"))?;
@@ -95,6 +100,9 @@ impl Runtime {
             ));
         let node = tokio::task::spawn_blocking(move || -> Result<dqlite::Node, dqlite::NodeError> {
             let mut node = builder.build()?;
+            if let Some(configuration) = recovery {
+                node.recover(&configuration)?;
+            }
             node.start()?;
             Ok(node)
         })

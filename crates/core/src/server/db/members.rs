@@ -65,6 +65,13 @@ pub(crate) async fn delete(tx: &mut Transaction<'_>, name: &str) -> dqlite::Resu
     Ok(result.rows_affected > 0)
 }
 
+/// Records a member's new address.
+pub(crate) async fn set_address(tx: &mut Transaction<'_>, name: &str, address: &str) -> dqlite::Result<()> {
+    tx.exec("UPDATE core_cluster_members SET address = ? WHERE name = ?", &[address.into(), name.into()])
+        .await
+        .map(drop)
+}
+
 /// Records the software a member runs.
 pub(crate) async fn set_software(
     tx: &mut Transaction<'_>,

@@ -1,4 +1,5 @@
-//! `GET /core/1.0/cluster`, `DELETE /core/1.0/cluster/{name}`, `DELETE /core/1.0/tokens/{name}`.
+//! `GET /core/1.0/cluster`, `DELETE /core/1.0/cluster/{name}`, `PUT /core/1.0/cluster/{name}/address`,
+//! `DELETE /core/1.0/tokens/{name}`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -7,13 +8,13 @@ use std::time::SystemTime;
 
 use hyper::StatusCode;
 
-use crate::api::{ClusterMember, ClusterMemberLocal, TransferLeaderRequest, role, status};
+use crate::api::{ClusterMember, ClusterMemberLocal, SetAddressRequest, TransferLeaderRequest, role, status};
 use crate::client::ClientError;
 use crate::server::State;
 use crate::server::db::DbStatus;
 use crate::server::db::{members, tokens};
 use crate::server::membership::{self, role_name};
-use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response, Trust};
 
 /// How long `cluster list` waits for each member's answer (all are asked at once), so the
 /// list answers in under half a second even with dead or black-holed members.
@@ -24,6 +25,8 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("cluster").get(Action::new(list).allowed_during_upgrade()),
         Endpoint::new("cluster/leader").post(Action::new(transfer_leader)),
         Endpoint::new("cluster/{name}").delete(Action::new(remove).allowed_during_upgrade()),
+        // Before init too: a member whose old address is gone has no database until it moves.
+        Endpoint::new("cluster/{name}/address").put(Action::new(set_address).allowed_before_init()),
         Endpoint::new("tokens/{name}").delete(Action::new(revoke_token)),
     ]
 }
@@ -198,6 +201,20 @@ async fn remove(state: State, req: Request) -> HandlerResult {
     let name = req.param("name")?.to_owned();
     crate::validate::member_name(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     membership::remove(&state, &name, req.flag("force")).await?;
+    Ok(Response::empty())
+}
+
+/// Moves this member (`name` must be it) to a new address. Only through the control socket:
+/// the member's HTTPS listener moves with it.
+async fn set_address(state: State, req: Request) -> HandlerResult {
+    if req.trust != Trust::Unix {
+        return Err(ApiError::forbidden(
+            "a member's address is changed through its own control socket (microctl on that member)",
+        ));
+    }
+    let name = req.param("name")?.to_owned();
+    let request: SetAddressRequest = req.json()?;
+    membership::set_address(&state, &name, &request.address).await?;
     Ok(Response::empty())
 }
 

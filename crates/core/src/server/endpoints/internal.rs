@@ -1,5 +1,5 @@
-//! Member-to-member endpoints: join requests, reset after removal, trust store fan-out and
-//! remote hook calls.
+//! Member-to-member endpoints: join requests, reset after removal, trust store fan-out (and
+//! reading, for the doctor) and remote hook calls.
 
 use crate::api::{
     ClusterMemberLocal, HeartbeatRequest, JoinRequest, MemberConfig, NewMemberHookRequest, RemoveHookRequest,
@@ -15,11 +15,22 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         // Untrusted: the joiner is not a member yet; the token's secret is checked instead.
         Endpoint::new("cluster").post(Action::new(join).allow_untrusted()),
         Endpoint::new("cluster/{name}").put(Action::new(reset).allowed_before_init()),
-        Endpoint::new("truststore").post(Action::new(add_trust).allowed_before_init()),
+        Endpoint::new("cluster/{name}/address").put(Action::new(move_member)),
+        Endpoint::new("truststore")
+            .get(Action::new(list_trust).allowed_before_init().allowed_during_upgrade())
+            .post(Action::new(add_trust).allowed_before_init()),
         Endpoint::new("truststore/{name}").delete(Action::new(remove_trust).allowed_before_init()),
         Endpoint::new("hooks/{hook}").post(Action::new(run_hook).proxy_target()),
         Endpoint::new("heartbeat").post(Action::new(heartbeat).allowed_before_init()),
     ]
+}
+
+/// The leader's side of a member's address change (forwarded to the leader).
+async fn move_member(state: State, req: Request) -> HandlerResult {
+    let name = req.param("name")?.to_owned();
+    let request: crate::api::MoveMemberRequest = req.json()?;
+    membership::relocate(&state, &name, &request).await?;
+    Ok(Response::empty())
 }
 
 async fn join(state: State, req: Request) -> HandlerResult {
@@ -46,6 +57,11 @@ async fn reset(state: State, req: Request) -> HandlerResult {
         }
     });
     Ok(Response::empty())
+}
+
+/// This member's trust store, for `microctl doctor` on the leader.
+async fn list_trust(state: State, _req: Request) -> HandlerResult {
+    Response::sync(state.members())
 }
 
 async fn add_trust(state: State, req: Request) -> HandlerResult {

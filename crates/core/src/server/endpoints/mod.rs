@@ -5,8 +5,10 @@ mod cluster;
 mod control;
 mod daemon;
 mod database;
+mod doctor;
 mod internal;
 mod metrics;
+mod recovery;
 mod sql;
 mod status;
 
@@ -22,9 +24,19 @@ pub(crate) fn shared() -> Vec<Resources> {
     vec![
         Resources::new(
             "core/1.0",
-            [status::endpoints(), cluster::endpoints(), daemon::endpoints(), metrics::endpoints(), backup::endpoints()]
-                .concat(),
+            [
+                status::endpoints(),
+                cluster::endpoints(),
+                daemon::endpoints(),
+                metrics::endpoints(),
+                backup::endpoints(),
+                doctor::endpoints(),
+            ]
+            .concat(),
         ),
-        Resources::new("core/internal", [internal::endpoints(), database::endpoints(), sql::endpoints()].concat()),
+        Resources::new(
+            "core/internal",
+            [internal::endpoints(), database::endpoints(), sql::endpoints(), recovery::endpoints()].concat(),
+        ),
     ]
 }

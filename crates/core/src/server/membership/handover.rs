@@ -24,13 +24,36 @@ async fn step<T>(what: &str, f: impl std::future::Future<Output = dqlite::Result
 
 /// Hands this member's role (and leadership) over, if it has any; bounded in time.
 pub(crate) async fn handover(state: &State) {
-    match tokio::time::timeout(TOTAL, steps(state)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "handover skipped or incomplete; stopping anyway")
-        }
-        Err(_) => tracing::warn!("handover took longer than {TOTAL:?}; stopping anyway"),
+    if let Err(err) = step_down(state).await {
+        tracing::warn!(error = %err, "handover skipped or incomplete; stopping anyway");
     }
+}
+
+/// [`handover`], failing if it could not be completed in time (before changing the address).
+pub(crate) async fn step_down(state: &State) -> Result<(), ApiError> {
+    match tokio::time::timeout(TOTAL, steps(state)).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::unavailable(format!("the handover took longer than {TOTAL:?}"))),
+    }
+}
+
+/// The nodes whose members answer right now (all asked at once, briefly).
+pub(super) async fn answering(
+    state: &State,
+    nodes: impl IntoIterator<Item = dqlite::NodeInfo>,
+) -> Result<Vec<dqlite::NodeInfo>, ApiError> {
+    let mut probes = tokio::task::JoinSet::new();
+    for node in nodes {
+        let member = state.member_client(&node.address)?.with_timeout(Duration::from_millis(500));
+        probes.spawn(async move { member.ready().await.is_ok().then_some(node) });
+    }
+    let mut online = Vec::new();
+    while let Some(joined) = probes.join_next().await {
+        if let Ok(Some(node)) = joined {
+            online.push(node);
+        }
+    }
+    Ok(online)
 }
 
 async fn steps(state: &State) -> Result<(), ApiError> {
@@ -54,18 +77,7 @@ async fn steps(state: &State) -> Result<(), ApiError> {
         tracing::info!(to = target.address, "transferred leadership before stopping");
     }
     // Then the role: to a member that answers right now.
-    let mut probes = tokio::task::JoinSet::new();
-    for node in nodes.iter().filter(|n| n.address != runtime.address) {
-        let member = state.member_client(&node.address)?.with_timeout(Duration::from_millis(500));
-        let node = node.clone();
-        probes.spawn(async move { member.ready().await.is_ok().then_some(node) });
-    }
-    let mut online = Vec::new();
-    while let Some(joined) = probes.join_next().await {
-        if let Ok(Some(node)) = joined {
-            online.push(node);
-        }
-    }
+    let online = answering(state, nodes.iter().filter(|n| n.address != runtime.address).cloned()).await?;
     let lower = |r: Option<Role>| match role {
         Role::Voter => r == Some(Role::StandBy) || r == Some(Role::Spare),
         _ => r == Some(Role::Spare),

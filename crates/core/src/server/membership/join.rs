@@ -14,7 +14,7 @@
 
 use super::{
     OPEN_TIMEOUT, ensure_server_identity, ensure_uninitialised, fan_out, hook_failed, open_database, reset_local,
-    retry_config_change, role_for_new_node, role_name, start_background, start_runtime,
+    retry_config_change, role_name, start_background, start_runtime, take_role,
 };
 use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role};
 use crate::client::{Client, ClientError};
@@ -104,11 +104,7 @@ async fn join_steps(
     let runtime = start_runtime(state, node_id).await?;
     let client = runtime.db.client().clone();
     retry_config_change("adding this member to dqlite", || client.add(node_id, &control.address)).await?;
-    let nodes = client.cluster().await?;
-    let role = role_for_new_node(&nodes, node_id);
-    if role != dqlite::Role::Spare {
-        retry_config_change("assigning this member's role", || client.assign(node_id, role)).await?;
-    }
+    let role = take_role(&client, node_id).await?;
     open_database(state, &runtime, OPEN_TIMEOUT).await?;
     let (name, role_text) = (control.name.clone(), role_name(Some(role)).to_owned());
     runtime

@@ -3,6 +3,7 @@
 //! membership (dqlite's configuration, `core_cluster_members`, the trust stores) in step, and
 //! every step that can fail midway is undone.
 
+mod address;
 mod bootstrap;
 mod handover;
 mod join;
@@ -11,6 +12,7 @@ mod remove;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub(crate) use address::{relocate, set_address};
 pub(crate) use bootstrap::bootstrap;
 pub(crate) use handover::handover;
 pub(crate) use join::{admit, join};
@@ -75,7 +77,16 @@ pub(crate) fn ensure_server_identity(state: &State, name: &str) -> Result<Identi
 
 /// Starts the runtime and installs it in the daemon.
 pub(crate) async fn start_runtime(state: &State, node_id: u64) -> Result<Arc<Runtime>, ApiError> {
-    let runtime = Runtime::start(state, node_id).await.map_err(|e| match e {
+    start_runtime_with(state, node_id, None).await
+}
+
+/// [`start_runtime`], forcing the node's raft configuration first (quorum recovery).
+pub(crate) async fn start_runtime_with(
+    state: &State,
+    node_id: u64,
+    recovery: Option<Vec<dqlite::NodeInfo>>,
+) -> Result<Arc<Runtime>, ApiError> {
+    let runtime = Runtime::start_with(state, node_id, recovery).await.map_err(|e| match e {
         StartError::Listen { .. } => ApiError::conflict(e.to_string()),
         other => ApiError::internal(other.to_string()),
     })?;
@@ -221,6 +232,20 @@ pub(crate) fn role_for_new_node(nodes: &[dqlite::NodeInfo], new_id: u64) -> dqli
     } else {
         dqlite::Role::Spare
     }
+}
+
+/// Gives node `id`, added as a spare, the role the cluster needs ([`role_for_new_node`]);
+/// returns its role (a node a heartbeat promoted meanwhile keeps its role).
+pub(crate) async fn take_role(client: &dqlite::Client, id: u64) -> Result<dqlite::Role, ApiError> {
+    let nodes = client.cluster().await?;
+    if let Some(role) = nodes.iter().find(|n| n.id == id).and_then(|n| n.role).filter(|r| *r != dqlite::Role::Spare) {
+        return Ok(role);
+    }
+    let role = role_for_new_node(&nodes, id);
+    if role != dqlite::Role::Spare {
+        retry_config_change("assigning this member's role", || client.assign(id, role)).await?;
+    }
+    Ok(role)
 }
 
 /// Runs a dqlite membership request, retrying while raft is busy with another change.

@@ -13,7 +13,7 @@ use crate::server::db::members;
 use crate::server::rest::ApiError;
 use crate::server::state::State;
 
-fn from_client(what: &str, err: ClientError) -> ApiError {
+pub(super) fn from_client(what: &str, err: ClientError) -> ApiError {
     match err {
         ClientError::Api { status, message } => ApiError::new(status, message),
         other => ApiError::unavailable(format!("{what}: {other}")),

@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use super::state_dir::{StateDirError, create_dir, read_toml, remove_optional, write_toml};
 use crate::api::ClusterMemberLocal;
+use crate::state_dir::{StateDirError, create_dir, read_toml, remove_optional, write_toml};
 use crate::tls;
 use crate::validate;
 
@@ -191,6 +191,7 @@ fn load_entry(path: &Path) -> Result<TrustEntry, TrustError> {
 }
 
 #[cfg(test)]
+#[cfg(feature = "server")]
 mod tests {
     use super::*;
     use crate::certs;

@@ -160,7 +160,8 @@ impl StateDir {
         self.root.join("database")
     }
 
-    fn node_info_path(&self) -> PathBuf {
+    /// `database/node.toml`.
+    pub(crate) fn node_info_path(&self) -> PathBuf {
         self.database_dir().join("node.toml")
     }
 

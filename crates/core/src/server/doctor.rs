@@ -1,0 +1,865 @@
+//! `microctl doctor`: the dqlite leader compares the three descriptions of the membership
+//! (dqlite's configuration, `core_cluster_members`, every member's trust store) and repairs
+//! the drift it can prove; everything else is reported as a PROBLEM with the command to run.
+//!
+//! [`gather`] reads the configuration and the rows on the leader and asks every other member
+//! for its trust store at once, with a short deadline: a member that does not answer is
+//! reported, never guessed at. [`plan`] is pure: each check yields results, some carrying a
+//! repair. [`apply`] runs the repairs when asked, the database first, then dqlite, then the
+//! trust stores. The rules: dqlite is the truth for roles and for who takes part in the
+//! database; the table is the truth for who is a member, with which address and certificate;
+//! nothing is done that could cost the quorum, and the leader never removes itself.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use dqlite::{NodeInfo, Role};
+use hyper::StatusCode;
+
+use super::db::{self, members};
+use super::membership::{retry_config_change, role_name};
+use super::rest::ApiError;
+use super::runtime::Runtime;
+use super::state::State;
+use super::truststore::Members;
+use crate::api::{ClusterMemberLocal, DoctorCheck, DoctorReport, doctor_status, role};
+use crate::client::ClientError;
+use crate::tls;
+
+/// How long a member may stay PENDING outside dqlite's configuration before its join counts as
+/// failed: far past the joiner's own deadlines (it adds itself to dqlite right after being
+/// admitted, retrying for at most 30 s, and undoes the join when that fails).
+const PENDING_GRACE: Duration = Duration::from_secs(120);
+/// How long the leader waits for each member's trust store.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of one trust store repair on another member.
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The checks' names, as `microctl doctor` prints them.
+mod check {
+    /// Every row has a dqlite node at its address.
+    pub(super) const ROW_NODE: &str = "row-has-node";
+    /// Every dqlite node has a row.
+    pub(super) const NODE_ROW: &str = "node-has-row";
+    /// The row's role is dqlite's.
+    pub(super) const ROLE: &str = "role";
+    /// A member trusts exactly the rows, with their addresses and certificates.
+    pub(super) const TRUST: &str = "trust-store";
+    /// The same for the leader.
+    pub(super) const LEADER_TRUST: &str = "leader-trust-store";
+    /// Node ids and addresses are unique.
+    pub(super) const UNIQUE: &str = "unique";
+}
+
+/// A row of `core_cluster_members`, as the checks need it.
+#[derive(Debug, Clone)]
+struct Row {
+    member: ClusterMemberLocal,
+    /// Of the row's certificate (empty if it cannot be read).
+    fingerprint: String,
+    role: String,
+    /// For a PENDING row: how long it has at least been a member (`None`: cannot tell).
+    pending_for: Option<Duration>,
+}
+
+/// One trust store entry.
+#[derive(Debug, Clone)]
+struct Trusted {
+    name: String,
+    address: String,
+    fingerprint: String,
+}
+
+/// What a member answered when asked for its trust store.
+#[derive(Debug, Clone)]
+enum Answer {
+    Trusts(Vec<Trusted>),
+    /// No connection, or no answer in time.
+    Unreachable(String),
+    /// It refused the leader's certificate.
+    Refused(String),
+    /// Any other failure.
+    Failed(String),
+}
+
+/// Everything the checks look at.
+#[derive(Debug, Clone)]
+struct View {
+    leader: String,
+    leader_address: String,
+    nodes: Vec<NodeInfo>,
+    rows: Vec<Row>,
+    leader_trust: Vec<Trusted>,
+    /// Every other member's answer, by name.
+    answers: BTreeMap<String, Answer>,
+}
+
+/// Whose trust store a repair changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Store {
+    Leader,
+    Member { address: String },
+}
+
+/// A change that brings one view back in line with the one that is the truth for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Repair {
+    /// Copy dqlite's role into the row (if the row still holds `from`).
+    SetRole { name: String, from: String, to: String },
+    /// Delete the row of a failed join (if it is still PENDING).
+    DeleteRow { name: String },
+    /// Remove an orphan node from dqlite's configuration.
+    RemoveNode { id: u64 },
+    /// Add or replace a trust store entry.
+    Trust { store: Store, member: ClusterMemberLocal },
+    /// Remove a trust store entry.
+    Distrust { store: Store, name: String },
+}
+
+impl Repair {
+    /// What it does (`done`: what it did).
+    fn action(&self, done: bool) -> String {
+        let (to_do, did) = match self {
+            Repair::SetRole { to, .. } => (format!("set its role in the database to {to}"), String::new()),
+            Repair::DeleteRow { .. } => ("delete its row".into(), "deleted its row".into()),
+            Repair::RemoveNode { id } => (
+                format!("remove node {id} from the dqlite configuration"),
+                format!("removed node {id} from the dqlite configuration"),
+            ),
+            Repair::Trust { member, .. } => (
+                format!("trust {} at {}", member.name, member.address),
+                format!("now trusts {} at {}", member.name, member.address),
+            ),
+            Repair::Distrust { name, .. } => (format!("stop trusting {name}"), format!("no longer trusts {name}")),
+        };
+        if done && !did.is_empty() { did } else { to_do }
+    }
+
+    /// Database changes first, then dqlite's, then the trust stores (which may depend on both).
+    fn phase(&self) -> u8 {
+        match self {
+            Repair::SetRole { .. } | Repair::DeleteRow { .. } => 0,
+            Repair::RemoveNode { .. } => 1,
+            Repair::Trust { .. } | Repair::Distrust { .. } => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Skipped,
+    Problem,
+    Repair(Repair),
+}
+
+/// One result of a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Finding {
+    check: &'static str,
+    member: String,
+    outcome: Outcome,
+    detail: String,
+}
+
+fn finding(check: &'static str, member: &str, outcome: Outcome, detail: String) -> Finding {
+    Finding { check, member: member.to_owned(), outcome, detail }
+}
+
+/// Runs every check on this member (which must be the dqlite leader) and, with `repair`, the
+/// repairs that are provably safe.
+pub(crate) async fn run(state: &State, repair: bool) -> Result<DoctorReport, ApiError> {
+    let runtime = state.db()?;
+    let view = gather(state, &runtime).await?;
+    let checks = apply(state, &runtime, plan(&view), repair).await;
+    let count = |status: &str| checks.iter().filter(|c| c.status == status).count() as u64;
+    let (problems, repaired, skipped) =
+        (count(doctor_status::PROBLEM), count(doctor_status::REPAIRED), count(doctor_status::SKIPPED));
+    tracing::info!(problems, repaired, skipped, repair, "doctor: checked the membership");
+    Ok(DoctorReport { leader: view.leader, repair, checks, problems, repaired, skipped })
+}
+
+/// Reads the three views: dqlite's configuration and the rows here, and every other member's
+/// trust store (asked at once, each within [`ASK_TIMEOUT`]).
+async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
+    let nodes = runtime.db.client().cluster().await?;
+    let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
+    let snapshot = state.0.truststore.snapshot();
+
+    let others: Vec<&members::MemberRow> = rows.iter().filter(|r| r.address != runtime.address).collect();
+    let mut asks = tokio::task::JoinSet::new();
+    for row in &others {
+        let client = state.member_client(&row.address)?.with_timeout(ASK_TIMEOUT);
+        let name = row.name.clone();
+        asks.spawn(async move { (name, client.truststore().await) });
+    }
+    let mut answers = BTreeMap::new();
+    while let Some(joined) = asks.join_next().await {
+        if let Ok((name, result)) = joined {
+            answers.insert(name, answer(result));
+        }
+    }
+    for row in others {
+        answers.entry(row.name.clone()).or_insert_with(|| Answer::Failed("the request was lost".into()));
+    }
+
+    let now = SystemTime::now();
+    let trust_dir = state.0.dir.truststore_dir();
+    let rows = rows
+        .into_iter()
+        .map(|r| Row {
+            fingerprint: tls::fingerprint_pem(&r.certificate).unwrap_or_default(),
+            pending_for: (r.role == role::PENDING).then(|| member_for(&r, &snapshot, &trust_dir, now)).flatten(),
+            role: r.role,
+            member: ClusterMemberLocal { name: r.name, address: r.address, certificate: r.certificate },
+        })
+        .collect();
+    let leader_trust = snapshot
+        .iter()
+        .map(|e| Trusted {
+            name: e.member.name.clone(),
+            address: e.member.address.clone(),
+            fingerprint: e.fingerprint.clone(),
+        })
+        .collect();
+    Ok(View { leader: state.name(), leader_address: runtime.address.clone(), nodes, rows, leader_trust, answers })
+}
+
+fn answer(result: Result<Vec<ClusterMemberLocal>, ClientError>) -> Answer {
+    match result {
+        Ok(entries) => Answer::Trusts(
+            entries
+                .into_iter()
+                .map(|m| Trusted {
+                    fingerprint: tls::fingerprint_pem(&m.certificate).unwrap_or_default(),
+                    name: m.name,
+                    address: m.address,
+                })
+                .collect(),
+        ),
+        Err(err @ (ClientError::Connect { .. } | ClientError::Timeout { .. })) => Answer::Unreachable(err.to_string()),
+        Err(err) if err.status() == Some(StatusCode::FORBIDDEN) => Answer::Refused(err.to_string()),
+        Err(err) => Answer::Failed(err.to_string()),
+    }
+}
+
+/// How long a PENDING row's member has at least been admitted. Both clues are written at or
+/// after its admission, so each is a lower bound: its last heartbeat answer, and when this
+/// member started trusting it with the row's certificate (its trust store file).
+fn member_for(row: &members::MemberRow, trusted: &Members, dir: &Path, now: SystemTime) -> Option<Duration> {
+    let since = |t: SystemTime| now.duration_since(t).ok();
+    let heartbeat = (row.heartbeat != db::ZERO_TIME)
+        .then(|| humantime::parse_rfc3339_weak(&row.heartbeat).ok())
+        .flatten()
+        .and_then(since);
+    let trust = trusted
+        .by_name(&row.name)
+        .filter(|e| e.member.address == row.address && e.member.certificate == row.certificate)
+        .and_then(|_| std::fs::metadata(dir.join(format!("{}.toml", row.name))).ok())
+        .and_then(|m| m.modified().ok())
+        .and_then(since);
+    heartbeat.max(trust)
+}
+
+/// What the checks find in `view`, in order: rows against nodes, nodes against rows, roles,
+/// the members' trust stores, the leader's, uniqueness.
+fn plan(view: &View) -> Vec<Finding> {
+    let ctx = Context::new(view);
+    let mut out = Vec::new();
+    rows_have_nodes(&ctx, &mut out);
+    nodes_have_rows(&ctx, &mut out);
+    roles_match(&ctx, &mut out);
+    for row in view.rows.iter().filter(|r| r.member.address != view.leader_address) {
+        let name = row.member.name.as_str();
+        let store = Store::Member { address: row.member.address.clone() };
+        match view.answers.get(name) {
+            Some(Answer::Trusts(entries)) => compare_trust(&ctx, check::TRUST, name, store, entries, &mut out),
+            Some(Answer::Unreachable(err) | Answer::Failed(err)) => out.push(finding(
+                check::TRUST,
+                name,
+                Outcome::Skipped,
+                format!("its trust store could not be read: {err}"),
+            )),
+            Some(Answer::Refused(err)) => out.push(finding(
+                check::TRUST,
+                name,
+                Outcome::Problem,
+                format!(
+                    "it refuses the leader ({err}): its trust store lacks {} or holds another certificate for it, \
+                     which no request can fix; copy truststore/{}.toml from another member into its state \
+                     directory and restart it",
+                    view.leader, view.leader
+                ),
+            )),
+            None => {}
+        }
+    }
+    compare_trust(&ctx, check::LEADER_TRUST, &view.leader, Store::Leader, &view.leader_trust, &mut out);
+    unique(view, &mut out);
+    out
+}
+
+/// Lookups the checks share.
+struct Context<'v> {
+    view: &'v View,
+    node_at: HashMap<&'v str, &'v NodeInfo>,
+    row_at: HashMap<&'v str, &'v Row>,
+    /// Rows of failed joins, to be deleted: PENDING past the grace period, never in dqlite's
+    /// configuration, and unreachable.
+    failed_joins: HashSet<&'v str>,
+}
+
+impl<'v> Context<'v> {
+    fn new(view: &'v View) -> Context<'v> {
+        let node_at: HashMap<&str, &NodeInfo> = view.nodes.iter().map(|n| (n.address.as_str(), n)).collect();
+        let row_at = view.rows.iter().map(|r| (r.member.address.as_str(), r)).collect();
+        let failed_joins = view
+            .rows
+            .iter()
+            .filter(|r| {
+                r.role == role::PENDING
+                    && r.member.address != view.leader_address
+                    && !node_at.contains_key(r.member.address.as_str())
+                    && r.pending_for.is_some_and(|age| age >= PENDING_GRACE)
+                    && matches!(view.answers.get(&r.member.name), Some(Answer::Unreachable(_)))
+            })
+            .map(|r| r.member.name.as_str())
+            .collect();
+        Context { view, node_at, row_at, failed_joins }
+    }
+
+    /// Still joining: PENDING for less than the grace period.
+    fn joining(row: &Row) -> bool {
+        row.role == role::PENDING && row.pending_for.is_some_and(|age| age < PENDING_GRACE)
+    }
+
+    /// The rows every trust store must hold.
+    fn members(&self) -> impl Iterator<Item = &'v Row> + '_ {
+        self.view.rows.iter().filter(|r| !self.failed_joins.contains(r.member.name.as_str()))
+    }
+}
+
+fn rows_have_nodes(ctx: &Context, out: &mut Vec<Finding>) {
+    for row in &ctx.view.rows {
+        let (name, address) = (row.member.name.as_str(), row.member.address.as_str());
+        let (outcome, detail) = if let Some(node) = ctx.node_at.get(address) {
+            (Outcome::Ok, format!("dqlite node {} at {address}", node.id))
+        } else if ctx.failed_joins.contains(name) {
+            let detail = format!(
+                "PENDING for over {}s, never in the dqlite configuration and unreachable: a failed join",
+                row.pending_for.unwrap_or_default().as_secs()
+            );
+            (Outcome::Repair(Repair::DeleteRow { name: name.to_owned() }), detail)
+        } else if Context::joining(row) {
+            let age = row.pending_for.unwrap_or_default().as_secs();
+            (Outcome::Skipped, format!("joining for {age}s: not in the dqlite configuration yet"))
+        } else if row.role == role::PENDING {
+            let age = row.pending_for.map_or("an unknown time".to_owned(), |a| format!("{}s", a.as_secs()));
+            let answers = match ctx.view.answers.get(name) {
+                Some(Answer::Unreachable(_)) => "",
+                _ => " (it answers, so it is left alone)",
+            };
+            let detail = format!(
+                "PENDING for {age} and not in the dqlite configuration{answers}; if its join failed, run \
+                 `microctl cluster remove {name} --force`"
+            );
+            (Outcome::Problem, detail)
+        } else {
+            let detail = format!(
+                "no dqlite node at {address}: it takes no part in the database; run `microctl cluster remove \
+                 {name} --force` and join it again"
+            );
+            (Outcome::Problem, detail)
+        };
+        out.push(finding(check::ROW_NODE, name, outcome, detail));
+    }
+}
+
+fn nodes_have_rows(ctx: &Context, out: &mut Vec<Finding>) {
+    let view = ctx.view;
+    let voters = view.nodes.iter().filter(|n| n.role == Some(Role::Voter)).count();
+    // Voters that can vote now: the leader and the members that answered.
+    let online: HashSet<&str> = view
+        .rows
+        .iter()
+        .filter(|r| matches!(view.answers.get(&r.member.name), Some(Answer::Trusts(_))))
+        .map(|r| r.member.address.as_str())
+        .chain([view.leader_address.as_str()])
+        .collect();
+    let online_voters =
+        view.nodes.iter().filter(|n| n.role == Some(Role::Voter) && online.contains(n.address.as_str())).count();
+    let mut voters_removed = 0;
+    let unasked: Vec<&str> =
+        view.answers.iter().filter(|(_, a)| !matches!(a, Answer::Trusts(_))).map(|(n, _)| n.as_str()).collect();
+
+    let mut nodes: Vec<&NodeInfo> = view.nodes.iter().collect();
+    nodes.sort_by(|a, b| a.address.cmp(&b.address));
+    for node in nodes {
+        let address = node.address.as_str();
+        if let Some(row) = ctx.row_at.get(address) {
+            out.push(finding(check::NODE_ROW, &row.member.name, Outcome::Ok, format!("dqlite node {}", node.id)));
+            continue;
+        }
+        let what = format!("dqlite node {} ({}) at {address} has no row", node.id, role_name(node.role));
+        // Who still trusts that address, and as whom.
+        let mut trusted_as: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let stores = std::iter::once((view.leader.as_str(), &view.leader_trust)).chain(
+            view.answers
+                .iter()
+                .filter_map(|(n, a)| if let Answer::Trusts(t) = a { Some((n.as_str(), t)) } else { None }),
+        );
+        for (owner, entries) in stores {
+            for entry in entries.iter().filter(|e| e.address == address) {
+                trusted_as.entry(entry.name.as_str()).or_default().push(owner);
+            }
+        }
+        let (outcome, detail) = if address == view.leader_address {
+            (Outcome::Problem, format!("{what}: it is this member, the leader, which the doctor never removes"))
+        } else if let Some((name, owners)) = trusted_as.iter().next() {
+            let detail = format!(
+                "{what}, but {} still trust{} it as {name}; once none does (the trust-store repairs, or the next \
+                 heartbeat), run the doctor again to remove it",
+                owners.join(", "),
+                if owners.len() == 1 { "s" } else { "" }
+            );
+            (Outcome::Problem, detail)
+        } else if !unasked.is_empty() {
+            let detail = format!(
+                "{what}; it cannot be proven unused while {} cannot be asked: run the doctor again when they answer",
+                unasked.join(", ")
+            );
+            (Outcome::Problem, detail)
+        } else if node.role == Some(Role::Voter) && !quorum_survives(voters - voters_removed, online_voters) {
+            let detail = format!(
+                "{what}, but without this voter too few online voters would be left for a quorum: bring the \
+                 others back first"
+            );
+            (Outcome::Problem, detail)
+        } else {
+            if node.role == Some(Role::Voter) {
+                voters_removed += 1;
+            }
+            let detail = format!("{what} and no member trusts its address: an orphan, e.g. of a failed join");
+            (Outcome::Repair(Repair::RemoveNode { id: node.id }), detail)
+        };
+        out.push(finding(check::NODE_ROW, address, outcome, detail));
+    }
+}
+
+/// Whether removing one offline voter out of `voters` leaves `online` voters a quorum of the
+/// rest.
+fn quorum_survives(voters: usize, online: usize) -> bool {
+    let left = voters.saturating_sub(1);
+    left > 0 && online > left / 2
+}
+
+fn roles_match(ctx: &Context, out: &mut Vec<Finding>) {
+    for row in &ctx.view.rows {
+        let Some(node) = ctx.node_at.get(row.member.address.as_str()) else { continue };
+        let name = row.member.name.as_str();
+        let (outcome, detail) = match node.role {
+            _ if Context::joining(row) => {
+                (Outcome::Skipped, format!("joining: dqlite has it as {}", role_name(node.role)))
+            }
+            None => (Outcome::Problem, "dqlite reports a role this software does not know".to_owned()),
+            Some(_) if role_name(node.role) == row.role => (Outcome::Ok, row.role.clone()),
+            Some(_) => {
+                let to = role_name(node.role).to_owned();
+                let detail = format!("the database says {}, dqlite says {to}", row.role);
+                (Outcome::Repair(Repair::SetRole { name: name.to_owned(), from: row.role.clone(), to }), detail)
+            }
+        };
+        out.push(finding(check::ROLE, name, outcome, detail));
+    }
+}
+
+/// A trust store against the rows: every member with its address and certificate, nothing else.
+fn compare_trust(
+    ctx: &Context,
+    check: &'static str,
+    owner: &str,
+    store: Store,
+    entries: &[Trusted],
+    out: &mut Vec<Finding>,
+) {
+    let before = out.len();
+    let by_name: HashMap<&str, &Trusted> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
+    let members: Vec<&Row> = ctx.members().collect();
+    for row in &members {
+        let name = &row.member.name;
+        let found = match by_name.get(name.as_str()) {
+            None => format!("does not trust {name}"),
+            Some(t) if t.address != row.member.address => {
+                format!("trusts {name} at {}, the database says {}", t.address, row.member.address)
+            }
+            Some(t) if t.fingerprint != row.fingerprint => {
+                format!(
+                    "trusts {name} with certificate {:.12}, the database has {:.12}",
+                    t.fingerprint, row.fingerprint
+                )
+            }
+            Some(_) => continue,
+        };
+        let outcome = if row.fingerprint.is_empty() {
+            Outcome::Problem
+        } else {
+            Outcome::Repair(Repair::Trust { store: store.clone(), member: row.member.clone() })
+        };
+        out.push(finding(check, owner, outcome, found));
+    }
+    let mut extra: Vec<&Trusted> =
+        entries.iter().filter(|e| !members.iter().any(|r| r.member.name == e.name)).collect();
+    extra.sort_by(|a, b| a.name.cmp(&b.name));
+    for entry in extra {
+        let (name, address) = (entry.name.as_str(), entry.address.as_str());
+        let (outcome, detail) = if name == owner || name == ctx.view.leader {
+            let who = if name == owner { "itself" } else { "the leader" };
+            let detail = format!("trusts {who}, {name} at {address}, which has no row; the doctor never removes {who}");
+            (Outcome::Problem, detail)
+        } else {
+            // The table is the truth for who is a member: the heartbeat drops such an entry too.
+            let why = if ctx.failed_joins.contains(name) { "whose join failed" } else { "which is not a member" };
+            let repair = Repair::Distrust { store: store.clone(), name: name.to_owned() };
+            (Outcome::Repair(repair), format!("trusts {name} at {address}, {why}"))
+        };
+        out.push(finding(check, owner, outcome, detail));
+    }
+    if out.len() == before {
+        out.push(finding(check, owner, Outcome::Ok, format!("trusts exactly the {} members", members.len())));
+    }
+}
+
+fn unique(view: &View, out: &mut Vec<Finding>) {
+    let before = out.len();
+    let mut report = |what: &str, values: Vec<String>| {
+        let mut seen = BTreeSet::new();
+        let duplicated: BTreeSet<String> = values.into_iter().filter(|v| !seen.insert(v.clone())).collect();
+        for value in duplicated {
+            out.push(finding(
+                check::UNIQUE,
+                &value,
+                Outcome::Problem,
+                format!("{what} {value} is used more than once; this needs recovery by hand"),
+            ));
+        }
+    };
+    report("dqlite node id", view.nodes.iter().map(|n| n.id.to_string()).collect());
+    report("dqlite node address", view.nodes.iter().map(|n| n.address.clone()).collect());
+    report("member address", view.rows.iter().map(|r| r.member.address.clone()).collect());
+    report("member name", view.rows.iter().map(|r| r.member.name.clone()).collect());
+    if out.len() == before {
+        let detail =
+            format!("{} node ids and addresses, {} member names and addresses", view.nodes.len(), view.rows.len());
+        out.push(finding(check::UNIQUE, "-", Outcome::Ok, detail));
+    }
+}
+
+/// Runs the repairs (with `repair`) and turns the findings into the report's results.
+async fn apply(state: &State, runtime: &Runtime, findings: Vec<Finding>, repair: bool) -> Vec<DoctorCheck> {
+    let mut results: Vec<Option<Result<(), String>>> = vec![None; findings.len()];
+    if repair {
+        let mut rows_kept: HashSet<&str> = HashSet::new();
+        for phase in 0..3 {
+            for (i, f) in findings.iter().enumerate() {
+                let Outcome::Repair(r) = &f.outcome else { continue };
+                if r.phase() != phase {
+                    continue;
+                }
+                if let Repair::Distrust { name, .. } = r
+                    && rows_kept.contains(name.as_str())
+                {
+                    results[i] = Some(Err(format!("not done: {name}'s row could not be deleted")));
+                    continue;
+                }
+                let result = execute(state, runtime, r).await;
+                match &result {
+                    Ok(()) => {
+                        tracing::info!(check = f.check, member = f.member, repair = r.action(true), "doctor: repaired")
+                    }
+                    Err(err) => {
+                        tracing::warn!(check = f.check, member = f.member, error = err, "doctor: repair failed");
+                        if let Repair::DeleteRow { name } = r {
+                            rows_kept.insert(name);
+                        }
+                    }
+                }
+                results[i] = Some(result);
+            }
+        }
+    }
+    findings.into_iter().zip(results).map(|(f, result)| result_of(f, result)).collect()
+}
+
+fn result_of(f: Finding, result: Option<Result<(), String>>) -> DoctorCheck {
+    let (status, detail) = match (&f.outcome, result) {
+        (Outcome::Ok, _) => (doctor_status::OK, f.detail),
+        (Outcome::Skipped, _) => (doctor_status::SKIPPED, f.detail),
+        (Outcome::Problem, _) => (doctor_status::PROBLEM, f.detail),
+        (Outcome::Repair(r), None) => (
+            doctor_status::PROBLEM,
+            format!("{} (repairable: without --check the doctor would {})", f.detail, r.action(false)),
+        ),
+        (Outcome::Repair(r), Some(Ok(()))) => {
+            (doctor_status::REPAIRED, format!("{} (repaired: {})", f.detail, r.action(true)))
+        }
+        (Outcome::Repair(r), Some(Err(err))) => {
+            (doctor_status::PROBLEM, format!("{} (could not {}: {err})", f.detail, r.action(false)))
+        }
+    };
+    DoctorCheck { check: f.check.to_owned(), member: f.member, status: status.to_owned(), detail }
+}
+
+async fn execute(state: &State, runtime: &Runtime, repair: &Repair) -> Result<(), String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    match repair {
+        Repair::SetRole { name, from, to } => {
+            let sql = "UPDATE core_cluster_members SET role = ? WHERE name = ? AND role = ?";
+            let done = runtime.db.exec(sql, &[to.as_str().into(), name.as_str().into(), from.as_str().into()]).await;
+            changed_one(done.map_err(|e| text(&e))?.rows_affected)
+        }
+        Repair::DeleteRow { name } => {
+            let sql = "DELETE FROM core_cluster_members WHERE name = ? AND role = ?";
+            let done = runtime.db.exec(sql, &[name.as_str().into(), role::PENDING.into()]).await;
+            changed_one(done.map_err(|e| text(&e))?.rows_affected)
+        }
+        Repair::RemoveNode { id } => {
+            let client = runtime.db.client().clone();
+            let id = *id;
+            retry_config_change("removing the orphan dqlite node", || client.remove(id)).await.map_err(|e| text(&e))
+        }
+        Repair::Trust { store: Store::Leader, member } => {
+            state.0.truststore.add(member.clone()).map_err(|e| text(&e))?;
+            runtime.set_servers(state.0.truststore.snapshot().addresses());
+            Ok(())
+        }
+        Repair::Distrust { store: Store::Leader, name } => {
+            if *name == state.name() {
+                return Err("a member never stops trusting itself".into());
+            }
+            state.0.truststore.remove(name).map_err(|e| text(&e))?;
+            runtime.set_servers(state.0.truststore.snapshot().addresses());
+            Ok(())
+        }
+        // As notifications: the member changes its own store and passes nothing on.
+        Repair::Trust { store: Store::Member { address }, member } => {
+            let client = state.member_client(address).map_err(|e| text(&e))?;
+            client.with_timeout(REPAIR_TIMEOUT).as_notification().add_trust(member).await.map_err(|e| text(&e))
+        }
+        Repair::Distrust { store: Store::Member { address }, name } => {
+            let client = state.member_client(address).map_err(|e| text(&e))?;
+            client.with_timeout(REPAIR_TIMEOUT).as_notification().remove_trust(name).await.map_err(|e| text(&e))
+        }
+    }
+}
+
+fn changed_one(rows: u64) -> Result<(), String> {
+    match rows {
+        0 => Err("the row changed meanwhile; run the doctor again".into()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(i: u64) -> ClusterMemberLocal {
+        ClusterMemberLocal {
+            name: format!("m{i}"),
+            address: format!("10.0.0.{i}:9000"),
+            certificate: format!("pem{i}"),
+        }
+    }
+
+    fn row(i: u64, role: &str) -> Row {
+        Row { member: member(i), fingerprint: format!("fp{i}"), role: role.into(), pending_for: None }
+    }
+
+    fn trusted(i: u64) -> Trusted {
+        Trusted { name: format!("m{i}"), address: format!("10.0.0.{i}:9000"), fingerprint: format!("fp{i}") }
+    }
+
+    fn node(i: u64, role: Role) -> NodeInfo {
+        NodeInfo { id: i, address: format!("10.0.0.{i}:9000"), role: Some(role) }
+    }
+
+    /// `n` voters, m1 leading, every trust store right.
+    fn healthy(n: u64) -> View {
+        let all: Vec<Trusted> = (1..=n).map(trusted).collect();
+        View {
+            leader: "m1".into(),
+            leader_address: member(1).address,
+            nodes: (1..=n).map(|i| node(i, Role::Voter)).collect(),
+            rows: (1..=n).map(|i| row(i, role::VOTER)).collect(),
+            leader_trust: all.clone(),
+            answers: (2..=n).map(|i| (format!("m{i}"), Answer::Trusts(all.clone()))).collect(),
+        }
+    }
+
+    fn trusts<'v>(view: &'v mut View, name: &str) -> &'v mut Vec<Trusted> {
+        match view.answers.get_mut(name) {
+            Some(Answer::Trusts(entries)) => entries,
+            _ => panic!("{name} did not answer"),
+        }
+    }
+
+    fn repairs(findings: &[Finding]) -> Vec<Repair> {
+        findings
+            .iter()
+            .filter_map(|f| if let Outcome::Repair(r) = &f.outcome { Some(r.clone()) } else { None })
+            .collect()
+    }
+
+    fn with(findings: &[Finding], outcome: Outcome) -> Vec<(&'static str, String)> {
+        findings.iter().filter(|f| f.outcome == outcome).map(|f| (f.check, f.member.clone())).collect()
+    }
+
+    fn at(i: u64) -> Store {
+        Store::Member { address: member(i).address }
+    }
+
+    #[test]
+    fn a_healthy_cluster_is_all_ok() {
+        let findings = plan(&healthy(3));
+        assert!(findings.iter().all(|f| f.outcome == Outcome::Ok), "{findings:#?}");
+        let checks: Vec<&str> = findings.iter().map(|f| f.check).collect();
+        let expected = [[check::ROW_NODE; 3], [check::NODE_ROW; 3], [check::ROLE; 3]].concat();
+        assert_eq!(checks[..9], expected[..]);
+        assert_eq!(checks[9..], [check::TRUST, check::TRUST, check::LEADER_TRUST, check::UNIQUE]);
+    }
+
+    #[test]
+    fn trust_stores_are_repaired_from_the_table() {
+        let mut view = healthy(3);
+        trusts(&mut view, "m2").retain(|t| t.name != "m3");
+        trusts(&mut view, "m3")[0].address = "10.0.0.99:9000".into();
+        view.leader_trust[1].fingerprint = "other".into();
+        view.leader_trust.push(Trusted {
+            name: "gone".into(),
+            address: "10.0.0.50:9000".into(),
+            fingerprint: "x".into(),
+        });
+        assert_eq!(
+            repairs(&plan(&view)),
+            [
+                Repair::Trust { store: at(2), member: member(3) },
+                Repair::Trust { store: at(3), member: member(1) },
+                Repair::Trust { store: Store::Leader, member: member(2) },
+                Repair::Distrust { store: Store::Leader, name: "gone".into() },
+            ]
+        );
+        // A member that refuses the leader cannot be fixed by a request.
+        view.answers.insert("m3".into(), Answer::Refused("403".into()));
+        view.answers.insert("m2".into(), Answer::Unreachable("timed out".into()));
+        let findings = plan(&view);
+        assert_eq!(with(&findings, Outcome::Problem), [(check::TRUST, "m3".to_owned())]);
+        assert_eq!(with(&findings, Outcome::Skipped), [(check::TRUST, "m2".to_owned())]);
+    }
+
+    #[test]
+    fn roles_come_from_dqlite() {
+        let mut view = healthy(3);
+        view.rows[2].role = role::SPARE.into();
+        let to = role::VOTER.to_owned();
+        assert_eq!(repairs(&plan(&view)), [Repair::SetRole { name: "m3".into(), from: role::SPARE.into(), to }]);
+    }
+
+    #[test]
+    fn an_orphan_node_is_removed_only_when_provably_unused() {
+        let mut view = healthy(3);
+        view.nodes.push(node(9, Role::StandBy));
+        assert_eq!(repairs(&plan(&view)), [Repair::RemoveNode { id: 9 }]);
+
+        // Still trusted somewhere: that entry goes first, the node on a later run.
+        trusts(&mut view, "m2").push(trusted(9));
+        let findings = plan(&view);
+        assert_eq!(repairs(&findings), [Repair::Distrust { store: at(2), name: "m9".into() }]);
+        assert_eq!(with(&findings, Outcome::Problem), [(check::NODE_ROW, "10.0.0.9:9000".to_owned())]);
+
+        // A member that cannot be asked might trust it.
+        trusts(&mut view, "m2").pop();
+        view.answers.insert("m3".into(), Answer::Unreachable("timed out".into()));
+        assert_eq!(repairs(&plan(&view)), []);
+    }
+
+    #[test]
+    fn an_orphan_voter_is_removed_only_if_a_quorum_is_left() {
+        let mut view = healthy(3);
+        view.nodes.push(node(9, Role::Voter));
+        assert_eq!(repairs(&plan(&view)), [Repair::RemoveNode { id: 9 }]);
+
+        // m1 alone out of three voters: removing either orphan leaves 1 online of 2.
+        let mut view = healthy(1);
+        view.nodes.extend([node(8, Role::Voter), node(9, Role::Voter)]);
+        let findings = plan(&view);
+        assert_eq!(repairs(&findings), []);
+        assert_eq!(with(&findings, Outcome::Problem).len(), 2);
+        assert!(quorum_survives(2, 1) && quorum_survives(4, 2) && !quorum_survives(3, 1) && !quorum_survives(1, 1));
+    }
+
+    #[test]
+    fn a_failed_join_is_undone_and_a_joining_member_left_alone() {
+        let mut view = healthy(3);
+        view.rows.push(Row { pending_for: Some(Duration::from_secs(600)), ..row(4, role::PENDING) });
+        view.answers.insert("m4".into(), Answer::Unreachable("connection refused".into()));
+        view.leader_trust.push(trusted(4));
+        trusts(&mut view, "m2").push(trusted(4));
+        assert_eq!(
+            repairs(&plan(&view)),
+            [
+                Repair::DeleteRow { name: "m4".into() },
+                Repair::Distrust { store: at(2), name: "m4".into() },
+                Repair::Distrust { store: Store::Leader, name: "m4".into() },
+            ]
+        );
+
+        // Joining for 30 s: skipped, and trusted where it is missing.
+        view.rows[3].pending_for = Some(Duration::from_secs(30));
+        let findings = plan(&view);
+        assert_eq!(repairs(&findings), [Repair::Trust { store: at(3), member: member(4) }]);
+        assert_eq!(with(&findings, Outcome::Skipped), [(check::ROW_NODE, "m4".into()), (check::TRUST, "m4".into())]);
+
+        // Of unknown age, or answering: not provably failed.
+        view.rows[3].pending_for = None;
+        assert!(with(&plan(&view), Outcome::Problem).contains(&(check::ROW_NODE, "m4".into())));
+        view.rows[3].pending_for = Some(Duration::from_secs(600));
+        view.answers.insert("m4".into(), Answer::Trusts(view.leader_trust.clone()));
+        assert!(!repairs(&plan(&view)).contains(&Repair::DeleteRow { name: "m4".into() }));
+    }
+
+    #[test]
+    fn the_leader_is_never_removed_and_duplicates_are_reported() {
+        let mut view = healthy(2);
+        view.rows.remove(0);
+        view.leader_trust.retain(|t| t.name != "m2");
+        let findings = plan(&view);
+        assert_eq!(repairs(&findings), [Repair::Trust { store: Store::Leader, member: member(2) }]);
+        let problems = with(&findings, Outcome::Problem);
+        assert!(problems.contains(&(check::NODE_ROW, member(1).address)), "{findings:#?}");
+        assert!(problems.contains(&(check::LEADER_TRUST, "m1".into())), "{findings:#?}");
+        assert!(problems.contains(&(check::TRUST, "m2".into())), "{findings:#?}");
+
+        let mut view = healthy(2);
+        view.nodes.push(NodeInfo { id: 7, ..node(2, Role::Spare) });
+        let problems = with(&plan(&view), Outcome::Problem);
+        assert!(problems.contains(&(check::UNIQUE, member(2).address)), "{problems:?}");
+    }
+
+    #[test]
+    fn results_say_what_was_or_would_be_done() {
+        let f = finding(check::ROLE, "m3", Outcome::Repair(Repair::DeleteRow { name: "m3".into() }), "x".into());
+        let check = result_of(f.clone(), None);
+        assert_eq!(
+            (check.status.as_str(), check.detail.as_str()),
+            ("PROBLEM", "x (repairable: without --check the doctor would delete its row)")
+        );
+        let done = result_of(f.clone(), Some(Ok(())));
+        assert_eq!((done.status.as_str(), done.detail.as_str()), ("REPAIRED", "x (repaired: deleted its row)"));
+        let failed = result_of(f, Some(Err("no leader".into())));
+        assert_eq!(
+            (failed.status.as_str(), failed.detail.as_str()),
+            ("PROBLEM", "x (could not delete its row: no leader)")
+        );
+    }
+}

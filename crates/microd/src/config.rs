@@ -1,0 +1,330 @@
+//! The configuration file (`--config`, `MICROD_CONFIG`, else `/etc/microd/microd.toml` when it
+//! exists): its keys, the value parsers the flags share, and how a flag, the file and the
+//! default combine into [`Settings`]. Every problem is found before the daemon touches its
+//! state directory, and reported in one line naming the file and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The file read when neither `--config` nor `MICROD_CONFIG` names one (and only if it exists).
+pub(crate) const DEFAULT_PATH: &str = "/etc/microd/microd.toml";
+
+const DEFAULT_STATE_DIR: &str = "/var/lib/microd";
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_NETWORK_LATENCY: Duration = Duration::from_millis(40);
+
+/// Every key the file may hold, in the order `config/microd.toml` documents them.
+const KEYS: &[&str] = &[
+    "state_dir",
+    "heartbeat",
+    "statement_timeout",
+    "network_latency",
+    "socket_group",
+    "failure_domain",
+    "log_level",
+    "log_format",
+];
+
+/// How much is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The level as a `tracing` filter directive.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// For people (colours and timestamps on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One source of settings (the flags, or the file): every key optional, absent meaning "the
+/// next source decides".
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) state_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "heartbeat")]
+    pub(crate) heartbeat: Option<Duration>,
+    /// `Duration::ZERO`: no limit.
+    #[serde(default, deserialize_with = "statement_timeout")]
+    pub(crate) statement_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "network_latency")]
+    pub(crate) network_latency: Option<Duration>,
+    pub(crate) socket_group: Option<String>,
+    pub(crate) failure_domain: Option<u64>,
+    pub(crate) log_level: Option<LogLevel>,
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Each key from `self`, else from `other`.
+    pub(crate) fn or(self, other: Config) -> Config {
+        Config {
+            state_dir: self.state_dir.or(other.state_dir),
+            heartbeat: self.heartbeat.or(other.heartbeat),
+            statement_timeout: self.statement_timeout.or(other.statement_timeout),
+            network_latency: self.network_latency.or(other.network_latency),
+            socket_group: self.socket_group.or(other.socket_group),
+            failure_domain: self.failure_domain.or(other.failure_domain),
+            log_level: self.log_level.or(other.log_level),
+            log_format: self.log_format.or(other.log_format),
+        }
+    }
+}
+
+/// What the daemon runs with: flag, else config file, else default.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settings {
+    pub(crate) state_dir: PathBuf,
+    pub(crate) heartbeat: Duration,
+    /// `None`: no limit.
+    pub(crate) statement_timeout: Option<Duration>,
+    pub(crate) network_latency: Duration,
+    pub(crate) socket_group: Option<String>,
+    /// `None`: keep the state directory's `daemon.toml` value.
+    pub(crate) failure_domain: Option<u64>,
+    pub(crate) log_level: LogLevel,
+    pub(crate) log_format: LogFormat,
+}
+
+impl Settings {
+    /// Combines the flags with the file's keys and the defaults.
+    pub(crate) fn new(flags: Config, file: Config) -> Settings {
+        let c = flags.or(file);
+        Settings {
+            state_dir: c.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            heartbeat: c.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
+            statement_timeout: Some(c.statement_timeout.unwrap_or(DEFAULT_STATEMENT_TIMEOUT)).filter(|d| !d.is_zero()),
+            network_latency: c.network_latency.unwrap_or(DEFAULT_NETWORK_LATENCY),
+            socket_group: c.socket_group,
+            failure_domain: c.failure_domain,
+            log_level: c.log_level.unwrap_or(LogLevel::Warn),
+            log_format: c.log_format.unwrap_or(LogFormat::Text),
+        }
+    }
+}
+
+/// Reads the file `named` (which must exist), or else [`DEFAULT_PATH`] if it exists, or else
+/// nothing (an empty config). Errors are one line starting with the file's path.
+pub(crate) fn load(named: Option<&Path>) -> anyhow::Result<Config> {
+    let path = match named {
+        Some(path) => path,
+        None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),
+        None => return Ok(Config::default()),
+    };
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot read the config file {}: {err} (name another with --config or MICROD_CONFIG)",
+            path.display()
+        )
+    })?;
+    parse(&text).map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))
+}
+
+/// Parses a config file's text. Each key is checked on its own first, so that an error can
+/// name its key (serde's messages for a bad value do not).
+fn parse(text: &str) -> Result<Config, String> {
+    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+        let line = err.span().map_or(1, |span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        format!("line {line}: invalid TOML: {}", err.message().trim().replace('\n', "; "))
+    })?;
+    for (key, value) in &table {
+        if !KEYS.contains(&key.as_str()) {
+            return Err(format!("unknown key {key:?} (expected one of: {})", KEYS.join(", ")));
+        }
+        let one = toml::Table::from_iter([(key.clone(), value.clone())]);
+        toml::Value::Table(one).try_into::<Config>().map_err(|err| format!("key {key}: {}", err.message()))?;
+    }
+    toml::Value::Table(table).try_into().map_err(|err| err.message().to_owned())
+}
+
+/// `--heartbeat` / `heartbeat`: a duration of at least 100 ms.
+pub(crate) fn parse_heartbeat(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text, "10s, 1s, 500ms")?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{text:?} is too short: the heartbeat must be at least 100ms"));
+    }
+    Ok(d)
+}
+
+/// `--statement-timeout` / `statement_timeout`: a duration, `0` for no limit.
+pub(crate) fn parse_statement_timeout(text: &str) -> Result<Duration, String> {
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text, "5s, 1m, 0 for no limit")
+}
+
+/// `--network-latency` / `network_latency`: 1 ms to 1 h (libdqlite takes whole milliseconds).
+pub(crate) fn parse_network_latency(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text, "40ms, 200ms, 1s")?;
+    if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&d) {
+        return Err(format!("{text:?} is out of range: the network latency must be between 1ms and 1h"));
+    }
+    Ok(d)
+}
+
+fn parse_duration(text: &str, examples: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| format!("invalid duration {text:?}: {err} (examples: {examples})"))
+}
+
+/// A duration key: a string given to `parse` (a number alone would leave the unit unsaid).
+fn duration_with<'de, D: Deserializer<'de>>(
+    d: D,
+    parse: fn(&str) -> Result<Duration, String>,
+) -> Result<Option<Duration>, D::Error> {
+    struct DurationText(fn(&str) -> Result<Duration, String>);
+    impl serde::de::Visitor<'_> for DurationText {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration string such as \"10s\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+            (self.0)(text).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(DurationText(parse)).map(Some)
+}
+
+fn heartbeat<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_with(d, parse_heartbeat)
+}
+
+fn statement_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_with(d, parse_statement_timeout)
+}
+
+fn network_latency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_with(d, parse_network_latency)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../../config/microd.toml");
+
+    /// The shipped file with every `# key = value` line made active.
+    fn shipped_uncommented() -> String {
+        SHIPPED
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.split_once(" = ").is_some_and(|(key, _)| KEYS.contains(&key)) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_shipped_file_parses_and_sets_nothing() {
+        assert_eq!(parse(SHIPPED).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_shipped_file_documents_every_key_with_its_default() {
+        let full = parse(&shipped_uncommented()).unwrap();
+        // Destructured without `..`: a new field fails to compile here until it is documented.
+        let Config {
+            state_dir,
+            heartbeat,
+            statement_timeout,
+            network_latency,
+            socket_group,
+            failure_domain,
+            log_level,
+            log_format,
+        } = full.clone();
+        let set = [
+            state_dir.is_some(),
+            heartbeat.is_some(),
+            statement_timeout.is_some(),
+            network_latency.is_some(),
+            socket_group.is_some(),
+            failure_domain.is_some(),
+            log_level.is_some(),
+            log_format.is_some(),
+        ];
+        assert_eq!(set.len(), KEYS.len());
+        assert!(set.iter().all(|s| *s), "a key is missing from config/microd.toml: {full:?}");
+        // socket_group and failure_domain have no default (the owner's group; daemon.toml's
+        // value), so the file shows an example for them.
+        let documented =
+            Settings { socket_group: None, failure_domain: None, ..Settings::new(Config::default(), full) };
+        assert_eq!(documented, Settings::new(Config::default(), Config::default()));
+    }
+
+    #[test]
+    fn flags_override_the_file_key_by_key() {
+        let file = parse("heartbeat = \"2s\"\nlog_format = \"json\"\nfailure_domain = 3\n").unwrap();
+        let flags = Config { heartbeat: Some(Duration::from_secs(1)), ..Config::default() };
+        let settings = Settings::new(flags, file);
+        assert_eq!(settings.heartbeat, Duration::from_secs(1));
+        assert_eq!(settings.log_format, LogFormat::Json);
+        assert_eq!(settings.failure_domain, Some(3));
+        assert_eq!(settings.statement_timeout, Some(DEFAULT_STATEMENT_TIMEOUT));
+    }
+
+    #[test]
+    fn a_zero_statement_timeout_means_no_limit() {
+        let settings = Settings::new(Config::default(), parse("statement_timeout = \"0\"").unwrap());
+        assert_eq!(settings.statement_timeout, None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, expected) in [
+            ("hearbeat = \"1s\"", "unknown key \"hearbeat\" (expected one of: state_dir, heartbeat,"),
+            ("heartbeat = \"ten\"", "key heartbeat: invalid duration \"ten\""),
+            ("heartbeat = \"10ms\"", "key heartbeat: \"10ms\" is too short"),
+            ("heartbeat = 10", "key heartbeat: invalid type: integer `10`, expected a duration string such as \"10s\""),
+            ("network_latency = \"2h\"", "key network_latency: \"2h\" is out of range"),
+            ("log_level = \"loud\"", "key log_level: unknown variant `loud`, expected one of"),
+            ("log_format = \"xml\"", "key log_format: unknown variant `xml`"),
+            ("failure_domain = -1", "key failure_domain: invalid value: integer `-1`"),
+            ("socket_group = 5", "key socket_group: invalid type: integer `5`"),
+            ("[server]\nx = 1", "unknown key \"server\""),
+            ("\n\nheartbeat = ", "line 3: invalid TOML"),
+            ("heartbeat = \"1s", "line 1: invalid TOML: invalid basic string"),
+            ("heartbeat = \"1s\"\nheartbeat = \"2s\"", "line 2: invalid TOML"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.starts_with(expected), "{text:?}: {err:?} does not start with {expected:?}");
+            assert!(!err.contains('\n'), "{text:?}: {err:?} is not one line");
+        }
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let missing = Path::new("/nonexistent/microd.toml");
+        let err = load(Some(missing)).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read the config file /nonexistent/microd.toml: "), "{err}");
+    }
+}
