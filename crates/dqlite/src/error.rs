@@ -91,7 +91,7 @@ pub enum Error {
         leader: String,
     },
     /// No node in the list knows a leader (no quorum, or all unreachable).
-    #[error("no dqlite leader found after {attempts} rounds over [{servers}]: {last_error}")]
+    #[error("no dqlite leader found{}: {last_error}", searched(*.attempts, .servers))]
     NoLeader {
         /// Rounds tried.
         attempts: u32,
@@ -287,4 +287,9 @@ pub(crate) fn excerpt(sql: &str) -> String {
         Some((i, _)) => format!("{}…", &sql[..i]),
         None => sql.to_owned(),
     }
+}
+
+/// How a leader search went, for [`Error::NoLeader`]'s message (no rounds: not searched).
+fn searched(attempts: u32, servers: &str) -> String {
+    if attempts == 0 { String::new() } else { format!(" after {attempts} rounds over [{servers}]") }
 }

@@ -131,7 +131,8 @@ impl Runtime {
             cluster_fingerprint,
             cluster_identity,
             peer_tls,
-            db: Db::new(client, state.address(), daemon.metrics.clone()),
+            // raft's election timeout is 15 latencies, randomised up to twice that.
+            db: Db::new(client, state.address(), daemon.settings.network_latency * 30, daemon.metrics.clone()),
             bind_name,
             node: Mutex::new(Some(node)),
             listener: tokio::sync::Mutex::new(Some(listener)),

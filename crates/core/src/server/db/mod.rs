@@ -98,6 +98,10 @@ pub(crate) struct Db {
     reader_slots: tokio::sync::Semaphore,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     leader: watch::Receiver<Option<String>>,
+    /// Whether this member's node has ever named a leader (spares never do).
+    seen_leader: Arc<std::sync::atomic::AtomicBool>,
+    /// How long a request waits for a leader when the node knows none (see [`Db::await_leader`]).
+    election_wait: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -111,7 +115,8 @@ impl Drop for Db {
 
 impl Db {
     /// Starts the queue and the leader watcher; `own_address` is this member's node.
-    pub(crate) fn new(client: Client, own_address: String, metrics: Arc<Metrics>) -> Db {
+    /// `election_wait` is the longest a normal election takes (twice raft's election timeout).
+    pub(crate) fn new(client: Client, own_address: String, election_wait: Duration, metrics: Arc<Metrics>) -> Db {
         let (leader_tx, leader) = watch::channel(None);
         let (jobs, queue) = mpsc::channel(1024);
         let database = || {
@@ -121,9 +126,13 @@ impl Db {
         };
         let writer = tokio::spawn(writer::run(database(), queue, metrics.clone()));
         let readers = (0..READERS).map(|_| database()).collect();
-        let watcher = tokio::spawn(watch_leader(client.clone(), own_address, leader_tx, metrics.clone()));
+        let seen_leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher =
+            tokio::spawn(watch_leader(client.clone(), own_address, leader_tx, seen_leader.clone(), metrics.clone()));
         Db {
             leader,
+            seen_leader,
+            election_wait,
             metrics,
             readers: tokio::sync::Mutex::new(readers),
             reader_slots: tokio::sync::Semaphore::new(READERS),
@@ -148,7 +157,31 @@ impl Db {
         self.leader.borrow().clone()
     }
 
+    /// Waits (at most the length of an election) while this member's node knows no leader, and
+    /// refuses after that: a member cut off from the majority then answers at once instead of
+    /// searching for a leader for the client's whole timeout. A node that never named a leader
+    /// (a spare, or one just started) is not judged by it.
+    async fn await_leader(&self) -> Result<(), dqlite::Error> {
+        if self.leader.borrow().is_some() || !self.seen_leader.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut leader = self.leader.clone();
+        match tokio::time::timeout(self.election_wait, leader.wait_for(Option::is_some)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(dqlite::Error::NoLeader {
+                attempts: 0,
+                servers: self.client.servers().join(", "),
+                last_error: format!(
+                    "this member's node has known no leader for {:?} (longer than an election takes): it is \
+                     probably cut off from the majority of voters",
+                    self.election_wait
+                ),
+            }),
+        }
+    }
+
     async fn submit(&self, job: Job) -> Result<(), dqlite::Error> {
+        self.await_leader().await?;
         self.jobs.send(job).await.map_err(|_| abandoned())
     }
 
@@ -210,6 +243,7 @@ impl Db {
     where
         F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
     {
+        self.await_leader().await?;
         let _slot = self.reader_slots.acquire().await.map_err(|_| abandoned())?;
         let Some(mut db) = self.readers.lock().await.pop() else { return Err(abandoned()) };
         let mut attempt = 0;
@@ -268,6 +302,7 @@ async fn watch_leader(
     client: Client,
     own_address: String,
     leader: watch::Sender<Option<String>>,
+    seen_leader: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<Metrics>,
 ) {
     let (mut conn, mut last_known) = (None, None);
@@ -283,6 +318,9 @@ async fn watch_leader(
                     // included), not the first leader seen.
                     if now.is_some() && last_known.is_some() && now != last_known {
                         metrics.leader_changes.inc();
+                    }
+                    if now.is_some() {
+                        seen_leader.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     last_known = now.clone().or(last_known);
                     leader.send_if_modified(|current| {
