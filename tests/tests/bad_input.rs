@@ -260,3 +260,70 @@ fn requests_during_shutdown_are_refused_cleanly() {
     let rows = checker::sql(&m1.socket(), "SELECT x FROM kept").unwrap();
     assert_eq!(rows["metadata"]["Results"][0]["rows"], serde_json::json!([[1]]));
 }
+
+/// The daemon's peak resident memory so far (VmHWM), in KiB.
+fn peak_rss_kib(member: &Member) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", member.pid().unwrap())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Runs `microctl sql -f csv QUERY` and reads its output as it comes: (lines, bytes, stderr, exit code).
+fn stream_csv(member: &Member, query: &str) -> (u64, u64, String, Option<i32>) {
+    let mut child = std::process::Command::new(&microcluster_tests::binaries().microctl)
+        .arg("--state-dir")
+        .arg(&member.dir)
+        .args(["sql", "-f", "csv", query])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut lines, mut bytes, mut buf) = (0u64, 0u64, vec![0u8; 1 << 16]);
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+    }
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (lines, bytes, stderr, child.wait().unwrap().code())
+}
+
+#[test]
+fn very_large_results_stream_in_bounded_memory() {
+    let mut m1 = Member::new("m1");
+    m1.args.extend(["--statement-timeout".into(), "0".into()]);
+    m1.start().bootstrap();
+    let before = peak_rss_kib(&m1);
+    // About 230 MB of rows: far more than the in-memory limits of a table result.
+    let query = "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c LIMIT 1000000) \
+                 SELECT n, hex(zeroblob(100)) AS pad FROM c";
+    let (lines, bytes, stderr, code) = stream_csv(&m1, query);
+    assert_eq!((code, lines), (Some(0), 1_000_001), "{stderr}");
+    assert!(bytes > 200_000_000, "{bytes} bytes");
+    let grown_mib = (peak_rss_kib(&m1).saturating_sub(before)) / 1024;
+    eprintln!("streamed {bytes} bytes; the daemon's peak memory grew by {grown_mib} MiB");
+    assert!(grown_mib < 64, "the daemon's peak memory grew by {grown_mib} MiB while streaming {bytes} bytes");
+    // The same as a table is refused past its limit, saying how to get it.
+    let out = m1.ctl(&["sql", query]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("more than 100000 rows"), "{}", out.stderr);
+    // Several statements, or a write, with -f csv get their whole results as before.
+    let out = m1.ctl_ok(&["sql", "-f", "csv", "CREATE TABLE s (x); INSERT INTO s VALUES (1); SELECT x FROM s"]);
+    assert!(out.starts_with("rows_affected\n") && out.ends_with("\n\nrows_affected\n1\n\nx\n1\n"), "{out}");
+
+    // A streamed query cut off part-way (here by the statement time limit) ends with an error,
+    // not with a result that looks whole.
+    let mut m2 = Member::new("m2");
+    m2.args.extend(["--statement-timeout".into(), "1s".into()]);
+    m2.start().bootstrap();
+    let endless = "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) SELECT n, hex(zeroblob(100)) FROM c";
+    let (lines, _, stderr, code) = stream_csv(&m2, endless);
+    assert_eq!(code, Some(1), "{lines} lines; {stderr}");
+    assert!(stderr.contains("interrupted") || stderr.contains("time limit"), "{stderr}");
+    m2.ctl_ok(&["sql", "SELECT 1"]);
+}

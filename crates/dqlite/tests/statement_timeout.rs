@@ -29,6 +29,21 @@ async fn runaway_statements_are_interrupted_and_the_node_keeps_serving() {
     let err = db.query_limited(&format!("{UNBOUNDED} SELECT n FROM c"), &[], 1000).await.unwrap_err();
     assert!(matches!(err, dqlite::Error::TooManyRows { limit: 1000 }), "{err}");
 
+    // Read to its end, a stream of rows the node interrupts part-way ends with that error.
+    let mut streamed = 0u64;
+    let mut rows =
+        db.query_rows(&format!("{UNBOUNDED} SELECT n, hex(zeroblob(100)) AS pad FROM c"), &[]).await.unwrap();
+    let err = loop {
+        match rows.next().await {
+            Ok(Some(_)) => streamed += 1,
+            Ok(None) => panic!("an endless query ended after {streamed} rows"),
+            Err(err) => break err,
+        }
+    };
+    drop(rows);
+    assert!(err.is_interrupted(), "after {streamed} rows: {err}");
+    assert!(streamed > 0);
+
     // A write that runs too long changes nothing.
     let err = db.exec(&format!("INSERT INTO t {UNBOUNDED} SELECT n FROM c"), &[]).await.unwrap_err();
     assert!(err.is_interrupted(), "{err}");

@@ -104,9 +104,18 @@ pub(crate) fn yaml(keys: &[&str], records: &[Vec<Value>]) -> String {
 
 /// CSV (RFC 4180 quoting) with a header line; lists become space-separated words.
 pub(crate) fn csv(keys: &[&str], records: &[Vec<Value>]) -> String {
-    let header = keys.iter().map(|k| csv_field(k)).collect::<Vec<_>>().join(",");
-    let rows = records.iter().map(|r| r.iter().map(|v| csv_field(&csv_text(v))).collect::<Vec<_>>().join(","));
-    std::iter::once(header).chain(rows).map(|line| line + "\n").collect()
+    let header = csv_header(keys);
+    std::iter::once(header).chain(records.iter().map(|r| csv_line(r))).collect()
+}
+
+/// A CSV header line (with its newline).
+pub(crate) fn csv_header(keys: &[&str]) -> String {
+    keys.iter().map(|k| csv_field(k)).collect::<Vec<_>>().join(",") + "\n"
+}
+
+/// One CSV record (with its newline).
+pub(crate) fn csv_line(record: &[Value]) -> String {
+    record.iter().map(|v| csv_field(&csv_text(v))).collect::<Vec<_>>().join(",") + "\n"
 }
 
 fn csv_text(value: &Value) -> String {

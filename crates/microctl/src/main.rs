@@ -372,13 +372,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             emit(&database::verify(&client, &file, format).await?)?;
         }
         Command::Sql { query: None, format } => shell::run(&client, dir, format).await?,
-        Command::Sql { query: Some(query), format } => {
-            let text = match sql::request(&query)? {
-                sql::Request::Dump { schema_only } => sql::render_dump(client.sql_dump(schema_only).await?),
-                sql::Request::Statements(query) => sql::render_as(&client.sql(&query).await?, format),
-            };
-            emit(&text)?;
-        }
+        Command::Sql { query: Some(query), format } => match sql::request(&query)? {
+            sql::Request::Dump { schema_only } => emit(&sql::render_dump(client.sql_dump(schema_only).await?))?,
+            // CSV streams the rows of a single read, so an export of any size fits in memory.
+            sql::Request::Statements(query) if format == Format::Csv => sql::stream_csv(&client, &query).await?,
+            sql::Request::Statements(query) => emit(&sql::render_as(&client.sql(&query).await?, format))?,
+        },
         Command::Doctor { check, format } => doctor::run(&client.with_timeout(SLOW_TIMEOUT), !check, format).await?,
         Command::Waitready { timeout } => waitready::run(&client, dir, timeout).await?,
         Command::Shutdown => client.shutdown().await?,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 pub use hyper::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -352,6 +353,86 @@ impl Client {
         self.query(Method::POST, paths::INTERNAL_SQL, Some(&SqlQuery { query: query.to_owned() })).await
     }
 
+    /// `POST /core/internal/sql?stream=1`: the rows of one read-only statement arrive as the
+    /// daemon reads them, so neither side holds the whole result. `on_event` gets the column
+    /// names, then each row; returning `false` stops reading. Any other text gets its results
+    /// whole ([`SqlStreamed::Batch`]). The client's deadline applies to each wait for more
+    /// data, not to the whole result.
+    pub async fn sql_stream(
+        &self,
+        query: &str,
+        mut on_event: impl FnMut(SqlStreamEvent) -> bool,
+    ) -> Result<SqlStreamed, ClientError> {
+        let body = serde_json::to_vec(&SqlQuery { query: query.to_owned() })
+            .map_err(|e| self.decode(format!("encoding the request: {e}")))?;
+        let options = transport::Options { notification: false, content_type: "application/json", limit: MAX_RESPONSE };
+        let path = format!("{}?stream=1", paths::INTERNAL_SQL);
+        let open = tokio::time::timeout(
+            self.timeout,
+            transport::open(&self.target, Method::POST, &path, Some(body.into()), options),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout { target: self.target(), after: self.timeout })??;
+        let transport::Open { response, driver: _driver } = open;
+        let (parts, mut body) = response.into_parts();
+        let streamed = parts.headers.get(hyper::header::CONTENT_TYPE).is_some_and(|t| t == "application/x-ndjson");
+        if !streamed {
+            // An error, or a batch that is not one read: the ordinary answer.
+            let bytes = http_body_util::Limited::new(body, MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| self.decode(format!("reading the body: {e}")))?
+                .to_bytes();
+            return self.metadata(parts.status, &bytes).map(SqlStreamed::Batch);
+        }
+        let mut lines = LineBuffer::default();
+        let mut rows = 0u64;
+        loop {
+            let frame = tokio::time::timeout(self.timeout, body.frame())
+                .await
+                .map_err(|_| ClientError::Timeout { target: self.target(), after: self.timeout })?;
+            let data = match frame {
+                None => return Err(self.decode(format!("the result stream broke off after {rows} rows"))),
+                Some(Err(err)) => {
+                    return Err(self.decode(format!("the result stream broke off after {rows} rows: {err}")));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+            };
+            lines.push(&data).map_err(|reason| self.decode(reason))?;
+            while let Some(line) = lines.next_line() {
+                let value: serde_json::Value = serde_json::from_slice(&line)
+                    .map_err(|e| self.decode(format!("a streamed line is not JSON ({e})")))?;
+                let event = match value {
+                    serde_json::Value::Array(values) => {
+                        rows += 1;
+                        SqlStreamEvent::Row(values)
+                    }
+                    serde_json::Value::Object(mut object) => {
+                        if let Some(columns) = object.remove("columns") {
+                            let columns = serde_json::from_value(columns)
+                                .map_err(|e| self.decode(format!("streamed column names: {e}")))?;
+                            SqlStreamEvent::Columns(columns)
+                        } else if let Some(error) = object.remove("error") {
+                            let message = error.as_str().unwrap_or_default().to_owned();
+                            return Err(ClientError::Api { status: StatusCode::INTERNAL_SERVER_ERROR, message });
+                        } else if object.contains_key("rows") {
+                            return Ok(SqlStreamed::Rows(rows));
+                        } else {
+                            return Err(self.decode("an unknown line in the result stream".into()));
+                        }
+                    }
+                    _ => return Err(self.decode("an unknown line in the result stream".into())),
+                };
+                if !on_event(event) {
+                    return Ok(SqlStreamed::Rows(rows));
+                }
+            }
+        }
+    }
+
     /// `GET /core/internal/sql[?schema=1]`: an SQL dump of the database (or its schema).
     pub async fn sql_dump(&self, schema_only: bool) -> Result<String, ClientError> {
         let path =
@@ -445,6 +526,55 @@ impl Client {
     /// `POST /core/internal/hooks/{hook}`: run a hook on this member.
     pub async fn run_hook(&self, hook: &str, body: &(impl Serialize + ?Sized)) -> Result<(), ClientError> {
         self.empty(Method::POST, &format!("{}/{}", paths::INTERNAL_HOOKS, encode_segment(hook)), Some(body)).await
+    }
+}
+
+/// What a streamed query delivers, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlStreamEvent {
+    /// The column names (first).
+    Columns(Vec<String>),
+    /// One row, values as in [`crate::api::SqlResult::rows`].
+    Row(Vec<serde_json::Value>),
+}
+
+/// How [`Client::sql_stream`] was answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlStreamed {
+    /// The rows streamed (this many); they went to the callback.
+    Rows(u64),
+    /// The text was not one read-only statement: its results, whole.
+    Batch(SqlBatch),
+}
+
+/// The longest line of a streamed result (one row; dqlite's own messages are smaller).
+const MAX_STREAM_LINE: usize = 256 * 1024 * 1024;
+
+/// Splits streamed bytes into lines, holding at most one incomplete line.
+#[derive(Debug, Default)]
+struct LineBuffer {
+    pending: Vec<u8>,
+    start: usize,
+}
+
+impl LineBuffer {
+    fn push(&mut self, data: &[u8]) -> Result<(), String> {
+        if self.start > 0 {
+            self.pending.drain(..self.start);
+            self.start = 0;
+        }
+        if self.pending.len() + data.len() > MAX_STREAM_LINE && !data.contains(&b'\n') {
+            return Err(format!("a streamed line is longer than {MAX_STREAM_LINE} bytes"));
+        }
+        self.pending.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        let end = self.pending[self.start..].iter().position(|b| *b == b'\n')? + self.start;
+        let line = self.pending[self.start..end].to_vec();
+        self.start = end + 1;
+        Some(line)
     }
 }
 

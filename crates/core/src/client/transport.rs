@@ -29,6 +29,40 @@ pub(super) async fn send(
     options: Options,
 ) -> Result<Answer, ClientError> {
     let name = target.to_string();
+    let Open { response, driver: _driver } = open(target, method, path, body, options).await?;
+    let (parts, body) = response.into_parts();
+    let bytes = Limited::new(body, options.limit)
+        .collect()
+        .await
+        .map_err(|e| ClientError::Decode { target: name.clone(), reason: format!("reading the body: {e}") })?
+        .to_bytes();
+    Ok((parts.status, parts.headers, bytes))
+}
+
+/// A response whose body is still to be read; the connection lives as long as this does.
+pub(super) struct Open {
+    pub(super) response: hyper::Response<hyper::body::Incoming>,
+    pub(super) driver: Driver,
+}
+
+/// The task driving a client connection, stopped when dropped.
+pub(super) struct Driver(tokio::task::JoinHandle<()>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends a request and returns once the response's head arrived.
+pub(super) async fn open(
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+    options: Options,
+) -> Result<Open, ClientError> {
+    let name = target.to_string();
     let connect_err = |source| ClientError::Connect { target: name.clone(), source };
     match target {
         Target::Unix(path_buf) => {
@@ -56,7 +90,7 @@ async fn exchange<S>(
     body: Option<Bytes>,
     options: Options,
     name: &str,
-) -> Result<Answer, ClientError>
+) -> Result<Open, ClientError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -79,14 +113,12 @@ where
     let request = request
         .body(Full::new(body.unwrap_or_default()))
         .map_err(|e| ClientError::Decode { target: name.to_owned(), reason: format!("building the request: {e}") })?;
-    let response = sender.send_request(request).await.map_err(http_err)?;
-    let status = response.status();
-    let (parts, body) = response.into_parts();
-    let bytes = Limited::new(body, options.limit)
-        .collect()
-        .await
-        .map_err(|e| ClientError::Decode { target: name.to_owned(), reason: format!("reading the body: {e}") })?
-        .to_bytes();
-    driver.abort();
-    Ok((status, parts.headers, bytes))
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(err) => {
+            driver.abort();
+            return Err(http_err(err));
+        }
+    };
+    Ok(Open { response, driver: Driver(driver) })
 }

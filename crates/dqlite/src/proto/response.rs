@@ -253,9 +253,10 @@ impl Response {
 }
 
 /// libdqlite 1.11 builds a query's response in place: when the statement fails after the
-/// column names were written (e.g. it was interrupted), it appends the code and message to them
-/// and sends the lot as a FAILURE. Recognises exactly that layout (a column count, that many
-/// names, a code, a message, nothing after) and returns the real failure.
+/// column names were written (e.g. it was interrupted), it appends the code and message to
+/// them and to the rows of the batch it had started, and sends the lot as a FAILURE.
+/// Recognises exactly that layout (a column count, that many names, whole rows, a code, a
+/// message, nothing after) and returns the real failure.
 fn decode_failure_after_columns(body: &[u8]) -> Option<Response> {
     let mut r = Reader::new(body);
     let columns = r.u64().ok()?;
@@ -266,6 +267,18 @@ fn decode_failure_after_columns(body: &[u8]) -> Option<Response> {
     for _ in 0..columns {
         r.text().ok()?;
     }
+    // Each row takes at least 8 bytes, so this ends.
+    loop {
+        if let Some(failure) = failure_tail(&body[r.offset()..]) {
+            return Some(failure);
+        }
+        decode_row(columns as usize, &mut r).ok()?;
+    }
+}
+
+/// A code and a message that end the body exactly.
+fn failure_tail(rest: &[u8]) -> Option<Response> {
+    let mut r = Reader::new(rest);
     let code = r.u64().ok()?;
     let message = r.text().ok()?.to_owned();
     r.is_empty().then_some(Response::Failure { code, message })
@@ -428,6 +441,18 @@ mod tests {
         body.extend_from_slice(&9u64.to_le_bytes());
         body.extend_from_slice(b"interrupted\0\0\0\0\0");
         let failure = Response::decode(t::FAILURE, &body, 0).unwrap();
+        assert_eq!(failure, Response::Failure { code: 9, message: "interrupted".into() });
+        // The same behind the rows of the batch the statement was filling (two columns).
+        let mut w = Writer::default();
+        w.u64(2);
+        w.text("n").unwrap();
+        w.text("pad").unwrap();
+        for n in 0..3 {
+            encode_row(&[Value::Integer(n), Value::Text("0000".into())], &mut w).unwrap();
+        }
+        w.u64(9);
+        w.text("interrupted").unwrap();
+        let failure = Response::decode(t::FAILURE, &w.buf, 0).unwrap();
         assert_eq!(failure, Response::Failure { code: 9, message: "interrupted".into() });
         // Other bytes after a plain FAILURE are skipped.
         let mut body = 19u64.to_le_bytes().to_vec();

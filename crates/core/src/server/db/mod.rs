@@ -243,6 +243,21 @@ impl Db {
     where
         F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
     {
+        self.reading_attempts(READ_ATTEMPTS, f).await
+    }
+
+    /// [`Db::reading`] without running `f` again: for a read that already handed rows on.
+    pub(crate) async fn reading_once<T, F>(&self, f: F) -> Result<T, dqlite::Error>
+    where
+        F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
+    {
+        self.reading_attempts(1, f).await
+    }
+
+    async fn reading_attempts<T, F>(&self, attempts: u32, f: F) -> Result<T, dqlite::Error>
+    where
+        F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
+    {
         self.await_leader().await?;
         let _slot = self.reader_slots.acquire().await.map_err(|_| abandoned())?;
         let Some(mut db) = self.readers.lock().await.pop() else { return Err(abandoned()) };
@@ -250,7 +265,7 @@ impl Db {
         let result = loop {
             attempt += 1;
             match f(&mut db).await {
-                Err(err) if attempt < READ_ATTEMPTS && lost_leader(&err) => {
+                Err(err) if attempt < attempts && lost_leader(&err) => {
                     tracing::debug!(error = %err, "read interrupted; trying again on the leader");
                     tokio::time::sleep(LEADER_POLL).await;
                 }

@@ -86,6 +86,9 @@ impl Runner for dqlite::Transaction<'_> {
 
 async fn run(state: State, req: Request) -> HandlerResult {
     let query: SqlQuery = req.json()?;
+    if req.flag("stream") && streamable(&query.query) {
+        return stream(state, &query.query).await;
+    }
     let statements: Vec<String> = sqltext::split_statements(&query.query).into_iter().map(str::to_owned).collect();
     if statements.is_empty() {
         return Err(ApiError::bad_request("no SQL statement given"));
@@ -162,6 +165,93 @@ async fn run(state: State, req: Request) -> HandlerResult {
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// Bytes gathered into one chunk of a streamed result before it is sent.
+const STREAM_CHUNK: usize = 32 * 1024;
+
+/// `POST /core/internal/sql?stream=1` with one read-only statement: its rows stream as they come
+/// (newline-delimited JSON: `{"columns":[..]}`, one array per row, then `{"rows":N}`, or
+/// `{"error":".."}` if the query fails part-way), so the result is never held whole, by the
+/// daemon or by the client. Errors before the first row are ordinary error responses.
+/// Whether `text` is one read-only statement, whose rows can stream. Anything else asked for
+/// with `?stream=1` gets the ordinary answer (the client tells them apart by content type).
+fn streamable(text: &str) -> bool {
+    let statements = sqltext::split_statements(text);
+    statements.len() == 1 && sqltext::classify(statements[0]) == StatementKind::Read
+}
+
+async fn stream(state: State, text: &str) -> HandlerResult {
+    let Some(sql) = sqltext::split_statements(text).first().copied() else {
+        return Err(ApiError::bad_request("no SQL statement given"));
+    };
+    let runtime = state.db()?;
+    let sql = (*sql).to_owned();
+    let (chunks, body) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let (started_tx, started) = tokio::sync::oneshot::channel::<dqlite::Result<()>>();
+    let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
+    tokio::spawn(async move {
+        let announce = started_tx.clone();
+        let sender = chunks.clone();
+        let outcome = runtime
+            .db
+            .reading_once(move |db| {
+                let (sql, announce, sender) = (sql.clone(), announce.clone(), sender.clone());
+                Box::pin(async move { stream_rows(db, &sql, &announce, &sender).await })
+            })
+            .await;
+        let pending = started_tx.lock().ok().and_then(|mut s| s.take());
+        match (outcome, pending) {
+            (Err(err), Some(pending)) => drop(pending.send(Err(err))),
+            (Err(err), None) => {
+                let why = if err.is_interrupted() {
+                    "it ran past the member's statement time limit and was interrupted".to_owned()
+                } else {
+                    format!("database: {err}")
+                };
+                let message = format!("the query failed after sending part of its rows: {why}");
+                let line = format!("{}\n", serde_json::json!({ "error": message }));
+                let _ = chunks.send(line.into()).await;
+            }
+            (Ok(()), _) => {}
+        }
+    });
+    match started.await {
+        Ok(Ok(())) => Ok(Response::stream("application/x-ndjson", body)),
+        Ok(Err(err)) if err.is_statement_error() => Err(ApiError::bad_request(format!("statement 1 ({text}): {err}"))),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => Err(ApiError::internal("the streaming query ended before it started")),
+    }
+}
+
+type Announce = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<dqlite::Result<()>>>>>;
+
+/// Runs the query and sends its rows on as lines, a chunk at a time; stops (interrupting the
+/// query) if the client goes away.
+async fn stream_rows(
+    db: &mut dqlite::Database,
+    sql: &str,
+    announce: &Announce,
+    chunks: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> dqlite::Result<()> {
+    let mut rows = db.query_rows(sql, &[]).await?;
+    if let Some(started) = announce.lock().ok().and_then(|mut s| s.take()) {
+        let _ = started.send(Ok(()));
+    }
+    let mut chunk = format!("{}\n", serde_json::json!({ "columns": rows.columns() }));
+    let mut count = 0u64;
+    while let Some(row) = rows.next().await? {
+        let values: Vec<serde_json::Value> = row.values().iter().map(json_value).collect();
+        chunk.push_str(&serde_json::Value::from(values).to_string());
+        chunk.push('\n');
+        count += 1;
+        if chunk.len() >= STREAM_CHUNK && chunks.send(std::mem::take(&mut chunk).into()).await.is_err() {
+            return rows.interrupt().await;
+        }
+    }
+    chunk.push_str(&format!("{}\n", serde_json::json!({ "rows": count })));
+    let _ = chunks.send(chunk.into()).await;
+    Ok(())
 }
 
 /// The write queue, for a statement that needs no transaction of its own.

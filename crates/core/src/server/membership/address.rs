@@ -89,10 +89,17 @@ async fn change(state: &State, new: &str) -> Result<(), ApiError> {
         return Err(ApiError::conflict(format!("address {new} is already used by member {:?}", other.member.name)));
     }
     let alone = trusted.iter().all(|e| e.member.name == me);
-    match state.runtime() {
-        Ok(runtime) => move_running(state, init, &runtime, &old, new).await,
-        Err(_) => move_stopped(state, init, info.id, alone, new).await,
+    let Ok(runtime) = state.runtime() else {
+        return move_stopped(state, init, info.id, alone, new).await;
+    };
+    let moved = move_running(state, init, &runtime, &old, new).await;
+    let restarted = !state.runtime().is_ok_and(|now| Arc::ptr_eq(&now, &runtime));
+    if moved.is_err() && restarted && state.database_status() != DbStatus::Online && !state.is_shutting_down() {
+        // A restart that failed left the member without its database: the start-up loop
+        // retries (at the address its files name) until it runs.
+        keep_trying(state);
     }
+    moved
 }
 
 /// How the member's next dqlite node comes about.
@@ -135,9 +142,11 @@ async fn move_running(
     handover::step_down(state).await.map_err(|e| e.context("handing this member's role over before moving it"))?;
     let node_id = dqlite::generate_id(new);
     if let Err(err) = ask_cluster(state, new, node_id).await {
-        // The leader undoes a move that failed; this covers an answer that was lost (putting
-        // this node back at its address is a no-op when nothing changed).
-        if let Err(undo) = ask_cluster(state, &runtime.address, runtime.node_id).await {
+        // The leader refuses before changing anything, and undoes a move that failed; this
+        // covers an answer that was lost (putting this node back is a no-op if nothing changed).
+        if err.status().is_server_error()
+            && let Err(undo) = ask_cluster(state, &runtime.address, runtime.node_id).await
+        {
             tracing::error!(error = %undo, "making sure the cluster still has this member at its old address");
             return Err(ApiError::new(
                 err.status(),
@@ -174,16 +183,13 @@ async fn move_back(state: &State, old: &str, err: ApiError, alone: bool) -> ApiE
     };
     match back.await {
         Ok(()) => err.context(format!("stayed at {old}")),
-        Err(undo) => {
-            keep_trying(state);
-            ApiError::new(
-                err.status(),
-                format!(
-                    "{err}; moving back to {old} failed too: {undo}. This member keeps trying to start at the \
+        Err(undo) => ApiError::new(
+            err.status(),
+            format!(
+                "{err}; moving back to {old} failed too: {undo}. This member keeps trying to start at the \
                      address in its daemon.toml; run the command again once the cause is fixed"
-                ),
-            )
-        }
+            ),
+        ),
     }
 }
 
@@ -252,7 +258,6 @@ async fn restart(state: &State, address: &str, node: NextNode) -> Result<Arc<Run
 /// Opens the database of a restarted runtime, then [`settle`]s.
 async fn come_online(state: &State, runtime: &Arc<Runtime>) -> Result<(), ApiError> {
     if let Err(err) = open_database(state, runtime, OPEN_TIMEOUT).await {
-        keep_trying(state);
         return Err(err.context(format!(
             "this member runs at {} but its database is not online yet; it keeps trying",
             runtime.address
@@ -272,7 +277,7 @@ async fn settle(state: &State, runtime: &Runtime) -> Result<(), ApiError> {
     if rows.iter().any(|r| r.name == state.name() && r.address != runtime.address) {
         set_row_address(runtime, &state.name(), &runtime.address).await?;
     }
-    tracing::info!(address = runtime.address, "this member now runs at its new address");
+    tracing::info!(address = runtime.address, "this member is settled at its address");
     Ok(())
 }
 
@@ -445,8 +450,8 @@ async fn set_row_address(runtime: &Runtime, name: &str, address: &str) -> Result
 pub(crate) async fn relocate(state: &State, name: &str, request: &MoveMemberRequest) -> Result<(), ApiError> {
     validate::member_name(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     validate::member_address(&request.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if request.node_id <= 1 || request.node_id == dqlite::BOOTSTRAP_ID {
-        return Err(ApiError::bad_request(format!("{} cannot be a new node's id", request.node_id)));
+    if request.node_id == 0 {
+        return Err(ApiError::bad_request("0 is not a dqlite node id"));
     }
     let runtime = state.db()?;
     let leader = runtime.db.client().leader().await?;
@@ -502,13 +507,11 @@ async fn relocate_here(state: &State, name: &str, request: &MoveMemberRequest) -
     if nodes.iter().any(|n| n.id == request.node_id && n.address != new) {
         return Err(ApiError::conflict(format!("dqlite node id {} is already in use", request.node_id)));
     }
-    // The member's nodes: at its recorded address, or left at the new one by an earlier attempt.
-    let stale: Vec<NodeInfo> = nodes
-        .iter()
-        .filter(|n| (n.address == row.address || n.address == new) && n.id != request.node_id)
-        .cloned()
-        .collect();
+    let stale = stale_nodes(&nodes, &row.address, new, request.node_id);
     let present = nodes.iter().any(|n| n.id == request.node_id);
+    if row.address == new && stale.is_empty() && present {
+        return Ok(());
+    }
     check_quorum(state, &runtime, &nodes, &stale).await?;
 
     let mut undo = Vec::new();
@@ -532,7 +535,8 @@ async fn relocate_here(state: &State, name: &str, request: &MoveMemberRequest) -
     let others: Vec<_> = state.peer_clients()?.into_iter().filter(|(m, _)| m.name != name).collect();
     for (peer, err) in fan_out(others, |c| {
         let member = member.clone();
-        async move { c.add_trust(&member).await }
+        // One that is down learns it from the next heartbeat; do not wait for it long.
+        async move { c.with_timeout(Duration::from_secs(5)).add_trust(&member).await }
     })
     .await
     {
@@ -553,21 +557,33 @@ async fn check_quorum(
     if !stale.iter().any(|n| n.role == Some(Role::Voter)) {
         return Ok(());
     }
-    let voters: Vec<&NodeInfo> = nodes.iter().filter(|n| n.role == Some(Role::Voter)).collect();
-    let others = voters.iter().filter(|n| n.address != runtime.address).map(|n| (*n).clone());
+    let others = nodes.iter().filter(|n| n.role == Some(Role::Voter) && n.address != runtime.address).cloned();
     let mut online: Vec<u64> = handover::answering(state, others).await?.iter().map(|n| n.id).collect();
     online.push(runtime.node_id);
+    match quorum_shortfall(nodes, stale, &online) {
+        None => Ok(()),
+        Some((answering, remaining)) => Err(ApiError::conflict(format!(
+            "moving this member would leave the cluster without a quorum: {answering} of the {remaining} other \
+             voters answer; bring the missing members back first"
+        ))),
+    }
+}
+
+/// The member's dqlite nodes other than `node_id`: at its `recorded` address, or left at the
+/// `new` one by an earlier attempt.
+fn stale_nodes(nodes: &[NodeInfo], recorded: &str, new: &str, node_id: u64) -> Vec<NodeInfo> {
+    nodes.iter().filter(|n| (n.address == recorded || n.address == new) && n.id != node_id).cloned().collect()
+}
+
+/// With the nodes in `online` answering: `None` if the voters keep a quorum both now and
+/// without the `stale` nodes, else how many of the remaining voters answer and how many remain.
+fn quorum_shortfall(nodes: &[NodeInfo], stale: &[NodeInfo], online: &[u64]) -> Option<(usize, usize)> {
+    let voters: Vec<&NodeInfo> = nodes.iter().filter(|n| n.role == Some(Role::Voter)).collect();
     let remaining: Vec<&&NodeInfo> = voters.iter().filter(|n| !stale.iter().any(|s| s.id == n.id)).collect();
     let online_now = voters.iter().filter(|n| online.contains(&n.id)).count();
     let online_after = remaining.iter().filter(|n| online.contains(&n.id)).count();
-    if online_now < voters.len() / 2 + 1 || online_after < remaining.len() / 2 + 1 {
-        return Err(ApiError::conflict(format!(
-            "moving this member would leave the cluster without a quorum: {online_after} of the {} other voters \
-             answer; bring the missing members back first",
-            remaining.len()
-        )));
-    }
-    Ok(())
+    let short = online_now < voters.len() / 2 + 1 || online_after < remaining.len() / 2 + 1;
+    short.then_some((online_after, remaining.len()))
 }
 
 async fn relocate_steps(
@@ -609,5 +625,48 @@ async fn undo_step(runtime: &Runtime, step: &Undo) -> Result<(), ApiError> {
         Undo::Role(id, role) => retry_config_change("restoring a role", || client.assign(*id, *role)).await,
         Undo::Removed(node) => retry_config_change("adding back a node", || client.add(node.id, &node.address)).await,
         Undo::Added(id) => retry_config_change("removing an added node", || client.remove(*id)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, role: Role) -> NodeInfo {
+        NodeInfo { id, address: format!("127.0.0.1:{id}"), role: Some(role) }
+    }
+
+    #[test]
+    fn stale_nodes_are_the_members_other_nodes() {
+        let nodes = [node(1, Role::Voter), node(2, Role::Voter), node(9, Role::Spare)];
+        let moving = stale_nodes(&nodes, "127.0.0.1:2", "127.0.0.1:7", 7);
+        assert_eq!(moving.iter().map(|n| n.id).collect::<Vec<_>>(), [2]);
+        // Retried after the new node was added: nothing left to remove.
+        let added = [node(1, Role::Voter), NodeInfo { id: 7, address: "127.0.0.1:7".into(), role: Some(Role::Spare) }];
+        assert!(stale_nodes(&added, "127.0.0.1:7", "127.0.0.1:7", 7).is_empty());
+        // A node an earlier attempt left at the new address goes too.
+        let left = NodeInfo { id: 5, address: "127.0.0.1:7".into(), role: Some(Role::Spare) };
+        let nodes = [node(1, Role::Voter), node(2, Role::Voter), left];
+        let ids: Vec<u64> = stale_nodes(&nodes, "127.0.0.1:2", "127.0.0.1:7", 8).iter().map(|n| n.id).collect();
+        assert_eq!(ids, [2, 5]);
+    }
+
+    #[test]
+    fn a_move_keeps_a_quorum_of_voters_that_answer() {
+        let three = [node(1, Role::Voter), node(2, Role::Voter), node(3, Role::Voter)];
+        let moving = [three[1].clone()];
+        assert_eq!(quorum_shortfall(&three, &moving, &[1, 2, 3]), None);
+        // The moving member is down (its address is gone): the two others suffice.
+        assert_eq!(quorum_shortfall(&three, &moving, &[1, 3]), None);
+        // Another voter is down: the one left would be no quorum of two.
+        assert_eq!(quorum_shortfall(&three, &moving, &[1, 2]), Some((1, 2)));
+        // Two voters of four, then three of the five others answering out of five.
+        let four: Vec<NodeInfo> = (1..=4).map(|id| node(id, Role::Voter)).collect();
+        assert_eq!(quorum_shortfall(&four, &[four[3].clone()], &[1, 2]), Some((2, 3)));
+        let five: Vec<NodeInfo> = (1..=5).map(|id| node(id, Role::Voter)).collect();
+        assert_eq!(quorum_shortfall(&five, &[five[4].clone()], &[1, 2, 3]), None);
+        // Stand-bys and spares do not count.
+        let mixed = [node(1, Role::Voter), node(2, Role::StandBy), node(3, Role::Spare)];
+        assert_eq!(quorum_shortfall(&mixed, &[mixed[1].clone()], &[1]), None);
     }
 }

@@ -237,13 +237,18 @@ pub(crate) fn role_for_new_node(nodes: &[dqlite::NodeInfo], new_id: u64) -> dqli
 /// Gives node `id`, added as a spare, the role the cluster needs ([`role_for_new_node`]);
 /// returns its role (a node a heartbeat promoted meanwhile keeps its role).
 pub(crate) async fn take_role(client: &dqlite::Client, id: u64) -> Result<dqlite::Role, ApiError> {
+    let promoted = |nodes: &[dqlite::NodeInfo]| {
+        nodes.iter().find(|n| n.id == id).and_then(|n| n.role).filter(|r| *r != dqlite::Role::Spare)
+    };
     let nodes = client.cluster().await?;
-    if let Some(role) = nodes.iter().find(|n| n.id == id).and_then(|n| n.role).filter(|r| *r != dqlite::Role::Spare) {
+    if let Some(role) = promoted(&nodes) {
         return Ok(role);
     }
     let role = role_for_new_node(&nodes, id);
-    if role != dqlite::Role::Spare {
-        retry_config_change("assigning this member's role", || client.assign(id, role)).await?;
+    if role != dqlite::Role::Spare
+        && let Err(err) = retry_config_change("assigning this member's role", || client.assign(id, role)).await
+    {
+        return promoted(&client.cluster().await?).ok_or(err);
     }
     Ok(role)
 }

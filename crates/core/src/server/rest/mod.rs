@@ -182,6 +182,11 @@ pub(crate) enum ResponseKind {
     },
     /// `101 Switching Protocols` to this protocol.
     Upgrade(&'static str),
+    /// `200` with a body streamed chunk by chunk (it ends when the sender is dropped).
+    Stream {
+        content_type: &'static str,
+        chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    },
     /// `200` with a body that is not the JSON envelope (e.g. Prometheus text).
     Raw {
         content_type: &'static str,
@@ -215,6 +220,11 @@ impl Response {
     /// `200` with `body` as it is, outside the envelope.
     pub(crate) fn raw(content_type: &'static str, body: impl Into<Bytes>) -> Response {
         Response { inner: ResponseKind::Raw { content_type, body: body.into(), headers: Vec::new() } }
+    }
+
+    /// `200` with a body that the sender side of `chunks` streams.
+    pub(crate) fn stream(content_type: &'static str, chunks: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
+        Response { inner: ResponseKind::Stream { content_type, chunks } }
     }
 
     /// Adds a header to a raw response (other kinds carry none of their own).

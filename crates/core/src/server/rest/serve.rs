@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::StatusCode;
 use hyper::body::Incoming;
@@ -27,6 +28,24 @@ use crate::server::State;
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every response body: a whole one, or chunks streamed from a channel.
+type Body = BoxBody<Bytes, Infallible>;
+
+/// A body fed chunk by chunk through a channel; it ends when the sender is dropped.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
 
 /// A one-way "stop now" signal shared by a listener and the tasks it spawned.
 #[derive(Debug, Clone)]
@@ -210,12 +229,7 @@ where
     }
 }
 
-async fn dispatch(
-    state: State,
-    routes: &Routes,
-    peer: Peer,
-    req: hyper::Request<Incoming>,
-) -> hyper::Response<Full<Bytes>> {
+async fn dispatch(state: State, routes: &Routes, peer: Peer, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
     let (method, started) = (req.method().clone(), std::time::Instant::now());
     let path = req.uri().path().to_owned();
     let mut route = crate::server::metrics::UNMATCHED;
@@ -297,14 +311,14 @@ async fn handle<'r>(
     (action.handler)(state, request).await
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> hyper::Response<Full<Bytes>> {
-    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+fn json_response(status: StatusCode, body: Vec<u8>) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     response
 }
 
-fn render(result: HandlerResult) -> hyper::Response<Full<Bytes>> {
+fn render(result: HandlerResult) -> hyper::Response<Body> {
     match result {
         Ok(Response { inner: ResponseKind::Sync(value) }) => {
             let body = serde_json::to_vec(&Envelope::sync(value)).unwrap_or_default();
@@ -312,7 +326,7 @@ fn render(result: HandlerResult) -> hyper::Response<Full<Bytes>> {
         }
         Ok(Response { inner: ResponseKind::Forwarded { status, body } }) => json_response(status, body.to_vec()),
         Ok(Response { inner: ResponseKind::Raw { content_type, body, headers } }) => {
-            let mut response = hyper::Response::new(Full::new(body));
+            let mut response = hyper::Response::new(Full::new(body).boxed());
             response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
             for (name, value) in headers {
                 if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
@@ -321,8 +335,13 @@ fn render(result: HandlerResult) -> hyper::Response<Full<Bytes>> {
             }
             response
         }
+        Ok(Response { inner: ResponseKind::Stream { content_type, chunks } }) => {
+            let mut response = hyper::Response::new(ChannelBody(chunks).boxed());
+            response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+            response
+        }
         Ok(Response { inner: ResponseKind::Upgrade(protocol) }) => {
-            let mut response = hyper::Response::new(Full::new(Bytes::new()));
+            let mut response = hyper::Response::new(Full::new(Bytes::new()).boxed());
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             response.headers_mut().insert(CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
             response.headers_mut().insert(UPGRADE, hyper::header::HeaderValue::from_static(protocol));
