@@ -136,8 +136,12 @@ enum Command {
         #[arg(short, long, value_name = "SECONDS", default_value_t = 0)]
         timeout: u64,
     },
-    /// Stop the daemon.
-    Shutdown,
+    /// Stop the daemon (it hands its role and leadership over first); returns once it exited.
+    Shutdown {
+        /// Give up waiting for the exit after this many seconds.
+        #[arg(short, long, value_name = "SECONDS", default_value_t = 60)]
+        timeout: u64,
+    },
     /// The example's extended API: ask the member at ADDRESS to greet every other member.
     ///
     /// Connects over HTTPS with this member's certificate, so this member must be initialised.
@@ -380,7 +384,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Doctor { check, format } => doctor::run(&client.with_timeout(SLOW_TIMEOUT), !check, format).await?,
         Command::Waitready { timeout } => waitready::run(&client, dir, timeout).await?,
-        Command::Shutdown => client.shutdown().await?,
+        Command::Shutdown { timeout } => {
+            client.shutdown().await?;
+            waitready::stopped(dir, Duration::from_secs(timeout)).await?;
+        }
         Command::Extended { address } => {
             let answer: String = remote_client(dir, &address)?
                 .query(Method::POST, "/1.0/extended", None::<&()>)

@@ -1,5 +1,6 @@
 //! `microctl waitready`: poll the control socket until the daemon says it is ready, with a
 //! progress line on a terminal, and a [`TimedOut`] failure (exit code 4) past `--timeout`.
+//! Also the wait of `microctl shutdown` for the daemon to be gone.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -50,5 +51,31 @@ pub(crate) async fn run(client: &Client, dir: &Path, timeout: u64) -> anyhow::Re
             eprint!("\r\x1b[2Kwaiting for the daemon at {} ({elapsed} s): {why:.60}", dir.display());
         }
         tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Waits until no daemon holds the state directory's lock (it exited), so that a `microd`
+/// started right after `microctl shutdown` does not find the old one still there.
+pub(crate) async fn stopped(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let path = dir.join("microd.lock");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let free = match std::fs::File::open(&path) {
+            Ok(file) => file.try_lock().is_ok(),
+            // No lock file: nothing holds the directory.
+            Err(_) => true,
+        };
+        if free {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the daemon at {} accepted the shutdown but still runs after {} s (it holds {})",
+                dir.display(),
+                timeout.as_secs(),
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

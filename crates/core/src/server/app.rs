@@ -13,7 +13,7 @@ use super::db::DbStatus;
 use super::db::schema::{SchemaUpdate, internal_updates};
 use super::endpoints;
 use super::hooks::{Hooks, NoHooks};
-use super::membership::{OPEN_TIMEOUT_FOREVER, open_database, start_background, start_runtime_with};
+use super::membership::{OPEN_TIMEOUT_FOREVER, open_schema, start_background, start_runtime_with};
 use super::rest::{Listener, Routes};
 use super::servers::Server;
 use super::state::{Daemon, Settings, State};
@@ -370,17 +370,25 @@ pub(crate) async fn resume(state: State, node_id: u64) {
             Err(_) => return,
         }
     };
-    if let Some(plan) = plan {
-        super::recovery::applied(&state, &plan);
-        super::recovery::follow_up(&state, &runtime, plan);
+    if let Some(plan) = &plan {
+        super::recovery::applied(&state, plan);
+        super::recovery::hand_out_later(&state, &runtime, plan.clone());
     }
-    if let Err(err) = open_database(&state, &runtime, OPEN_TIMEOUT_FOREVER).await {
+    let opened = match open_schema(&state, &runtime, OPEN_TIMEOUT_FOREVER).await {
+        Ok(()) => match &plan {
+            Some(plan) => super::recovery::forget_removed(&state, &runtime, plan).await,
+            None => Ok(()),
+        },
+        Err(err) => Err(err),
+    };
+    if let Err(err) = opened {
         // A stopped runtime is being restarted (a recovery plan arrived), not a failure.
         if !state.is_shutting_down() && !runtime.stop.is_fired() {
             state.fail(format!("the database could not be opened: {err}"));
         }
         return;
     }
+    state.set_db_status(DbStatus::Online);
     let hooks = state.0.settings.hooks.clone();
     if let Err(err) = hooks.on_start(&state).await {
         state.fail(format!("the OnStart hook failed: {err}"));

@@ -4,7 +4,8 @@
 //! directory is copied aside, the dropped members leave the trust store, and the node's raft
 //! configuration is forced to the survivors before it starts. The member that planned the
 //! recovery then hands the plan to the other survivors (`POST /core/internal/recovery`), which
-//! restart their node the same way, and once the database is up the dropped members' rows go.
+//! restart their node the same way, and once the database answers the dropped members' rows go,
+//! before it is marked online.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,16 +130,13 @@ pub(crate) fn applied(state: &State, plan: &RecoveryPlan) {
     }
 }
 
-/// After the node started with `plan`: the planning member hands it to the other survivors;
-/// every survivor, once the database is up, deletes the removed members' rows.
-pub(crate) fn follow_up(state: &State, runtime: &Runtime, plan: RecoveryPlan) {
+/// After the node started with `plan`: the planning member hands it to the other survivors.
+pub(crate) fn hand_out_later(state: &State, runtime: &Runtime, plan: RecoveryPlan) {
+    if plan.initiator != state.name() {
+        return;
+    }
     let state = state.clone();
-    runtime.adopt(tokio::spawn(async move {
-        if plan.initiator == state.name() {
-            hand_out(&state, &plan).await;
-        }
-        forget_removed(&state, &plan).await;
-    }));
+    runtime.adopt(tokio::spawn(async move { hand_out(&state, &plan).await }));
 }
 
 async fn hand_out(state: &State, plan: &RecoveryPlan) {
@@ -175,26 +173,28 @@ async fn hand_out(state: &State, plan: &RecoveryPlan) {
     }
 }
 
-async fn forget_removed(state: &State, plan: &RecoveryPlan) {
+/// Deletes the removed members' rows, once the database answers and before it is marked
+/// online (so nobody sees the dropped members listed). Idempotent: every survivor does it.
+pub(crate) async fn forget_removed(state: &State, runtime: &Runtime, plan: &RecoveryPlan) -> Result<(), ApiError> {
     if plan.removed.is_empty() {
-        return;
+        return Ok(());
     }
+    let marks = vec!["?"; plan.removed.len()].join(", ");
+    let names: Vec<Value> = plan.removed.iter().map(|n| Value::Text(n.clone())).collect();
+    let sql = format!("DELETE FROM core_cluster_members WHERE name IN ({marks})");
+    let until = Instant::now() + Duration::from_secs(30);
     loop {
-        if state.is_shutting_down() {
-            return;
-        }
-        if state.database_status() == DbStatus::Online {
-            let marks = vec!["?"; plan.removed.len()].join(", ");
-            let names: Vec<Value> = plan.removed.iter().map(|n| Value::Text(n.clone())).collect();
-            match state.exec(&format!("DELETE FROM core_cluster_members WHERE name IN ({marks})"), &names).await {
-                Ok(_) => {
-                    tracing::info!(removed = ?plan.removed, "dropped members removed from the database");
-                    return;
-                }
-                Err(err) => tracing::debug!(error = %err, "removing dropped members; trying again"),
+        match runtime.db.exec(&sql, &names).await {
+            Ok(_) => {
+                tracing::info!(removed = ?plan.removed, "dropped members removed from the database");
+                return Ok(());
             }
+            Err(err) if Instant::now() < until && !state.is_shutting_down() => {
+                tracing::debug!(error = %err, "removing dropped members; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => return Err(ApiError::from(err).context("removing the dropped members' rows")),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -112,6 +112,14 @@ enum Opened {
 /// re-checked every second) until every member runs it, and then applies the updates once.
 /// A member whose software is older than the database's schema refuses to open.
 pub(crate) async fn open_database(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), ApiError> {
+    open_schema(state, runtime, timeout).await?;
+    state.set_db_status(DbStatus::Online);
+    Ok(())
+}
+
+/// [`open_database`] up to, not including, marking the database online: for a caller with
+/// work that must be done before anyone may use it.
+pub(crate) async fn open_schema(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), ApiError> {
     state.set_db_status(DbStatus::Starting);
     let deadline = Instant::now() + timeout;
     loop {
@@ -138,7 +146,6 @@ pub(crate) async fn open_database(state: &State, runtime: &Runtime, timeout: Dur
             Err(schema::SchemaError::Db(err)) => return Err(err.into()),
         }
     }
-    state.set_db_status(DbStatus::Online);
     Ok(())
 }
 
