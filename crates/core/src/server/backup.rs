@@ -282,30 +282,24 @@ impl Sink<'_> {
             return Ok(());
         }
         let result = match self {
-            Sink::Cluster(db) => {
-                db.transaction(move |tx| {
-                    Box::pin(async move {
-                        for (sql, params) in &statements {
-                            tx.exec(sql, params).await?;
-                        }
-                        Ok(())
-                    })
-                })
-                .await
-            }
-            Sink::Scratch(db) => {
-                db.transaction(move |tx| {
-                    Box::pin(async move {
-                        for (sql, params) in &statements {
-                            tx.exec(sql, params).await?;
-                        }
-                        Ok(())
-                    })
-                })
-                .await
-            }
+            Sink::Cluster(db) => db.transaction(run_statements(statements)).await,
+            Sink::Scratch(db) => db.transaction(run_statements(statements)).await,
         };
         result.map_err(ApiError::from)
+    }
+}
+
+/// A transaction's body that runs `statements` in order.
+fn run_statements(
+    statements: Vec<(String, Vec<Value>)>,
+) -> impl for<'t, 'd> FnOnce(&'t mut dqlite::Transaction<'d>) -> dqlite::TxFuture<'t, ()> + Send + 'static {
+    move |tx| {
+        Box::pin(async move {
+            for (sql, params) in &statements {
+                tx.exec(sql, params).await?;
+            }
+            Ok(())
+        })
     }
 }
 
