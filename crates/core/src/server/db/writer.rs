@@ -144,22 +144,39 @@ async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metr
         }
     };
     let mut committed: Vec<Reply> = Vec::new();
+    let count = batch.len();
     let mut jobs = batch.into_iter().enumerate();
+    // The savepoint the previous job's request already opened for this one.
+    let mut opened: Option<usize> = None;
     let failure = loop {
         let Some((i, job)) = jobs.next() else { break None };
         let savepoint = format!("job{i}");
-        if let Err(err) = tx.exec(&format!("SAVEPOINT {savepoint}"), &[]).await {
+        if opened.take() != Some(i)
+            && let Err(err) = tx.exec(&format!("SAVEPOINT {savepoint}"), &[]).await
+        {
             refuse(job, &err);
             break Some(err);
         }
         let (result, reply) = match job {
-            Job::Exec { sql, params, reply } => match tx.exec(&sql, &params).await {
-                Ok(r) => (Ok(()), Some(Reply::Exec(reply, r))),
-                Err(err) => {
-                    let _ = reply.send(Err(err.clone()));
-                    (Err(err), None)
+            Job::Exec { sql, params, reply } => {
+                // One round trip per request: its statement, its RELEASE and the next request's
+                // SAVEPOINT in one EXEC_SQL (parameters bind to the first statement; the
+                // result's counts stay the statement's, as neither RELEASE nor SAVEPOINT
+                // changes them). If the statement fails, the rest does not run.
+                let merged = merged_text(&sql, &savepoint, (i + 1 < count).then(|| format!("job{}", i + 1)));
+                match tx.exec(merged.as_deref().unwrap_or(&sql), &params).await {
+                    Ok(r) if merged.is_some() => {
+                        opened = Some(i + 1);
+                        committed.push(Reply::Exec(reply, r));
+                        continue;
+                    }
+                    Ok(r) => (Ok(()), Some(Reply::Exec(reply, r))),
+                    Err(err) => {
+                        let _ = reply.send(Err(err.clone()));
+                        (Err(err), None)
+                    }
                 }
-            },
+            }
             Job::Tx { run, done } => match run(&mut tx).await {
                 Ok(()) => (Ok(()), Some(Reply::Tx(done))),
                 Err(err) => {
@@ -198,6 +215,23 @@ async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metr
     None
 }
 
+/// A request's single statement followed by `RELEASE savepoint` and, when another request
+/// follows, `SAVEPOINT next`; `None` when the text is not one statement that can safely be
+/// followed by more (several statements, or a block comment that could swallow the rest).
+fn merged_text(sql: &str, savepoint: &str, next: Option<String>) -> Option<String> {
+    let statements = dqlite::sql::split_statements(sql);
+    let [statement] = statements.as_slice() else { return None };
+    if statement.contains("/*") {
+        return None;
+    }
+    // The newline ends a trailing `--` comment.
+    let mut text = format!("{statement}\n;RELEASE {savepoint}");
+    if let Some(next) = next {
+        text.push_str(&format!(";SAVEPOINT {next}"));
+    }
+    Some(text)
+}
+
 fn refuse(job: Job, err: &dqlite::Error) {
     match job {
         Job::Exec { reply, .. } => {
@@ -227,5 +261,24 @@ async fn exec_retrying_busy(
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merged_text;
+
+    #[test]
+    fn single_statements_carry_their_savepoints() {
+        assert_eq!(
+            merged_text("INSERT INTO t VALUES (?)", "job0", Some("job1".into())).as_deref(),
+            Some("INSERT INTO t VALUES (?)\n;RELEASE job0;SAVEPOINT job1")
+        );
+        assert_eq!(
+            merged_text("UPDATE t SET x = 1 -- why;", "job3", None).as_deref(),
+            Some("UPDATE t SET x = 1 -- why;\n;RELEASE job3")
+        );
+        assert_eq!(merged_text("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", "job0", None), None);
+        assert_eq!(merged_text("INSERT INTO t VALUES (1) /* open", "job0", None), None);
     }
 }
