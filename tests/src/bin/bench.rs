@@ -1,477 +1,429 @@
-//! `make bench`: our cluster beside Debian's `dqlite-demo` (go-dqlite, same libdqlite), same
-//! workloads, same machine, same run, the same HTTP client for both. Prints one table: the
-//! median of each figure over the repetitions, its spread, and the ratio ours / anchor.
+//! `make bench-cluster`: our cluster beside Debian's `dqlite-demo` (go-dqlite, same libdqlite)
+//! and etcd, same workloads, same machine, same run, the same HTTP client for every side. Prints
+//! one table: the median of each figure over the repetitions, its spread, the ratio ours /
+//! dqlite-demo, and the target of issue 7 with whether it is met. Numbers are never asserted.
 //!
-//! Workloads: forming a cluster (bootstrap + 2 joins until 3 voters are ONLINE), sequential
-//! replicated writes and sequential point reads through each side's HTTP API.
+//! Workloads on three-member clusters: formation, idle memory and CPU, sequential writes and
+//! point reads, 4 and 16 concurrent writers and 16 concurrent readers for a fixed time (errors
+//! counted apart), each through the side's HTTP API. Then sixteen members on one machine
+//! (formation, idle CPU) and failover (SIGKILL / SIGTERM of the leader under a writer).
 //!
-//! `cargo run --release -p microcluster-tests --bin bench -- [--repeat N] [--ops N]
-//! [--failover-repeat N] [--quick]`
+//! `bench [--repeat N] [--ops N] [--duration SECS] [--idle SECS] [--scale-idle SECS]
+//! [--scale-repeat N] [--failover-repeat N] [--only cluster,scale,failover] [--quick]`
+//!
+//! `bench drive --socket PATH|--tcp IP:PORT [--api ours|kv|demo|etcd] --op write|read [--ops N]
+//! [--workers N] [--pid PID]` drives an already running member (for profiling, see
+//! docs/performance.md) and prints what each request cost that process; `bench layers CALLGRIND_OUT REQUESTS` splits a callgrind profile
+//! of such a run by layer (`bench/profile.sh` does both).
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "bench/api.rs"]
+mod api;
+#[path = "bench/failover.rs"]
+mod failover;
+#[path = "bench/http.rs"]
+mod http;
+#[path = "bench/load.rs"]
+mod load;
+#[path = "bench/procfs.rs"]
+mod procfs;
+#[path = "bench/profile.rs"]
+mod profile;
+#[path = "bench/scale.rs"]
+mod scale;
+#[path = "bench/sides.rs"]
+mod sides;
+#[path = "bench/table.rs"]
+mod table;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use microcluster_tests::{Cluster, Member, free_address, wait_until};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use api::Api;
+use http::Endpoint;
+use load::{Stats, Until, Workload};
+use procfs::CpuMeter;
+use sides::Side;
+use table::{Row, Target};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// A keep-alive HTTP/1.1 connection (unix socket or TCP).
-struct Http {
-    sender: SendRequest<Full<Bytes>>,
-    host: String,
-}
+/// The heartbeat of the concurrent-join run (the fastest the test harness uses).
+const CONCURRENT_HEARTBEAT: &str = "1s";
 
-impl Http {
-    async fn unix(path: &std::path::Path) -> Result<Http, Error> {
-        let stream = tokio::net::UnixStream::connect(path).await?;
-        Http::handshake(stream, "localhost").await
-    }
-
-    async fn tcp(address: &str) -> Result<Http, Error> {
-        let stream = tokio::net::TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
-        Http::handshake(stream, address).await
-    }
-
-    async fn handshake<S>(stream: S, host: &str) -> Result<Http, Error>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        Ok(Http { sender, host: host.to_owned() })
-    }
-
-    async fn send(&mut self, method: &str, path: &str, body: &str) -> Result<(u16, Bytes), Error> {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host)
-            .body(Full::new(Bytes::from(body.to_owned())))?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.into_body().collect().await?.to_bytes()))
-    }
-}
-
-/// Latencies of one sequential run.
-struct Run {
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-}
-
-impl Run {
-    fn p(&self, q: f64) -> f64 {
-        let mut v = self.latencies.clone();
-        v.sort();
-        v[((v.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0
-    }
-    fn ops(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// Sends `ops` requests one after the other; `request(i)` gives method, path and body, and
-/// `ok` checks each answer (a failed request fails the benchmark).
-async fn sequential(
-    http: &mut Http,
+/// What to run, from the command line.
+#[derive(Debug)]
+struct Config {
+    repeat: usize,
     ops: usize,
-    request: impl Fn(usize) -> (&'static str, String, String),
-    ok: impl Fn(u16, &Bytes) -> bool,
-) -> Result<Run, Error> {
-    let start = Instant::now();
-    let mut latencies = Vec::with_capacity(ops);
-    for i in 0..ops {
-        let (method, path, body) = request(i);
-        let t = Instant::now();
-        let (status, answer) = http.send(method, &path, &body).await?;
-        latencies.push(t.elapsed());
-        if !ok(status, &answer) {
-            return Err(format!("{method} {path} failed with {status}: {}", String::from_utf8_lossy(&answer)).into());
+    duration: Duration,
+    idle: Duration,
+    scale_idle: Duration,
+    scale_repeat: usize,
+    failovers: usize,
+    sections: Vec<String>,
+}
+
+/// The value of `--name`, parsed, or `default`.
+fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+impl Config {
+    fn parse(args: &[String]) -> Config {
+        let quick = args.iter().any(|a| a == "--quick");
+        let secs = |name, full: f64, quick_value: f64| {
+            Duration::from_secs_f64(flag(args, name, if quick { quick_value } else { full }))
+        };
+        let repeat = flag(args, "--repeat", if quick { 1 } else { 3 });
+        Config {
+            repeat,
+            ops: flag(args, "--ops", if quick { 100 } else { 500 }),
+            duration: secs("--duration", 5.0, 2.0),
+            idle: secs("--idle", 20.0, 3.0),
+            scale_idle: secs("--scale-idle", 30.0, 5.0),
+            scale_repeat: flag(args, "--scale-repeat", repeat),
+            failovers: flag(args, "--failover-repeat", if quick { 1 } else { 10 }),
+            sections: flag(args, "--only", "cluster,scale,failover".to_owned()).split(',').map(str::to_owned).collect(),
         }
     }
-    Ok(Run { latencies, elapsed: start.elapsed() })
-}
 
-fn value() -> String {
-    "v".repeat(100)
-}
-
-/// One repetition on our side: formation time, then the write and read runs.
-async fn ours(ops: usize) -> Result<(Duration, Run, Run), Error> {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(3)).await?;
-    let formed = tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        cluster.members[0].bootstrap();
-        cluster.join(1, 0);
-        cluster.join(2, 0);
-        wait_until("3 voters ONLINE", Duration::from_secs(60), || {
-            let members = cluster.members[0].members();
-            let ready = members.len() == 3 && members.iter().all(|m| m["role"] == "voter" && m["status"] == "ONLINE");
-            ready.then_some(())
-        });
-        (start.elapsed(), cluster)
-    })
-    .await?;
-    let (formation, cluster) = formed;
-    let mut http = Http::unix(&cluster.members[0].dir.join("control.socket")).await?;
-    let value = value();
-    let sql = |query: String| serde_json::json!({ "query": query }).to_string();
-    let writes = sequential(
-        &mut http,
-        ops,
-        |i| {
-            (
-                "POST",
-                "/core/internal/sql".into(),
-                sql(format!("INSERT OR REPLACE INTO extended_table (key, value) VALUES ('key{i}', '{value}')")),
-            )
-        },
-        |status, _| status == 200,
-    )
-    .await?;
-    let reads = sequential(
-        &mut http,
-        ops,
-        |i| {
-            ("POST", "/core/internal/sql".into(), sql(format!("SELECT value FROM extended_table WHERE key = 'key{i}'")))
-        },
-        |status, body| status == 200 && body.len() > 100,
-    )
-    .await?;
-    tokio::task::spawn_blocking(move || drop(cluster)).await?;
-    Ok((formation, writes, reads))
-}
-
-/// The `kv` example (a key/value service on the library) as a 3-member cluster: writes and
-/// reads through its plain HTTP API, like dqlite-demo's.
-async fn kv(ops: usize) -> Result<(Run, Run), Error> {
-    let binary = microcluster_tests::binaries().dir.join("examples/kv");
-    if !binary.is_file() {
-        return Err(format!("{} missing: cargo build --release -p microcluster --example kv", binary.display()).into());
+    fn runs(&self, section: &str) -> bool {
+        self.sections.iter().any(|s| s == section)
     }
-    let apis: Vec<String> = (0..3).map(|_| free_address()).collect();
-    let cluster = {
-        let (binary, apis) = (binary.clone(), apis.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut members: Vec<Member> = (1..=3).map(|i| Member::new(&format!("k{i}"))).collect();
-            for (member, api) in members.iter_mut().zip(&apis) {
-                member.binary = Some(binary.clone());
-                member.args = vec!["--api".into(), api.clone()];
-                member.start();
-            }
-            let cluster = Cluster { members };
-            cluster.members[0].bootstrap();
-            cluster.join(1, 0);
-            cluster.join(2, 0);
-            cluster
-        })
-        .await?
+}
+
+/// One side's figures in one repetition, by name.
+type Figures = HashMap<String, f64>;
+
+fn write_workload(api: Api, tag: &'static str) -> Workload {
+    Workload {
+        request: Box::new(move |w, i| api.write(&format!("{tag}{w}-{i}"))),
+        ok: Box::new(move |status, body| api.write_ok(status, body)),
+    }
+}
+
+/// Reads of the keys the sequential writes stored.
+fn read_workload(api: Api, keys: usize) -> Workload {
+    Workload {
+        request: Box::new(move |w, i| api.read(&format!("s0-{}", (w * 7919 + i) % keys))),
+        ok: Box::new(move |status, body| api.read_ok(status, body)),
+    }
+}
+
+/// Records a timed run's throughput, errors, latencies and the server CPU per success.
+fn record(figures: &mut Figures, prefix: &str, stats: &Stats, cpu: Duration) {
+    let key = |name: &str| format!("{prefix}_{name}");
+    figures.insert(key("rate"), stats.rate());
+    figures.insert(key("errors"), stats.errors as f64);
+    figures.insert(key("error_pct"), stats.error_percent());
+    figures.insert(key("p50"), stats.p(0.5));
+    figures.insert(key("p99"), stats.p(0.99));
+    figures.insert(key("cpu_us"), cpu.as_secs_f64() * 1e6 / stats.latencies.len().max(1) as f64);
+    if let Some(err) = &stats.first_error {
+        eprintln!("  {prefix}: {} errors; first: {err}", stats.errors);
+    }
+}
+
+fn median_rss(pids: &[u32]) -> f64 {
+    procfs::median(&mut pids.iter().filter_map(|p| procfs::rss_mib(*p)).collect::<Vec<_>>())
+}
+
+/// Every workload on one formed side. `full`: also idle figures and every concurrent run.
+async fn measure(side: &Side, cfg: &Config, full: bool) -> Result<Figures, Error> {
+    let mut f = Figures::new();
+    let api = side.api;
+    f.insert("formation".into(), side.formation.as_secs_f64());
+    if full {
+        // Let formation's after-effects (role changes, first heartbeats) pass first.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        f.insert("rss_idle".into(), median_rss(&side.pids));
+        let meter = CpuMeter::start(&side.pids);
+        tokio::time::sleep(cfg.idle).await;
+        f.insert("cpu_idle".into(), meter.percent_of_core());
+    }
+    let leader = &side.endpoints[..1];
+    let seq = |workload| load::run(leader, 1, Until::Count(cfg.ops), workload);
+    let writes = seq(write_workload(api, "s")).await?;
+    if let Some(err) = writes.first_error {
+        return Err(format!("{api:?}: sequential writes failed: {err}").into());
+    }
+    f.insert("seq_write_p50".into(), writes.p(0.5));
+    f.insert("seq_write_p99".into(), writes.p(0.99));
+    f.insert("seq_write_rate".into(), writes.rate());
+    let reads = seq(read_workload(api, cfg.ops)).await?;
+    if let Some(err) = reads.first_error {
+        return Err(format!("{api:?}: sequential reads failed: {err}").into());
+    }
+    f.insert("seq_read_p50".into(), reads.p(0.5));
+    f.insert("seq_read_rate".into(), reads.rate());
+    let mut runs: Vec<(&str, usize, &[Endpoint], &'static str)> = vec![("w16", 16, leader, "c")];
+    if full {
+        runs.insert(0, ("w4", 4, leader, "b"));
+        if api == Api::Ours {
+            runs.push(("w16x3", 16, &side.endpoints, "d"));
+        }
+    }
+    for (prefix, workers, endpoints, tag) in runs {
+        let meter = CpuMeter::start(&side.pids);
+        let stats = load::run(endpoints, workers, Until::Elapsed(cfg.duration), write_workload(api, tag)).await?;
+        record(&mut f, prefix, &stats, meter.used());
+    }
+    if full {
+        let meter = CpuMeter::start(&side.pids);
+        let stats = load::run(leader, 16, Until::Elapsed(cfg.duration), read_workload(api, cfg.ops)).await?;
+        record(&mut f, "r16", &stats, meter.used());
+        f.insert("rss_loaded".into(), median_rss(&side.pids));
+    }
+    Ok(f)
+}
+
+/// Starts a side, measures it, stops it.
+async fn repetition<F>(name: &str, start: impl FnOnce() -> F, cfg: &Config, full: bool) -> Result<Figures, Error>
+where
+    F: std::future::Future<Output = Result<Side, Error>>,
+{
+    eprintln!("{name}: forming");
+    let side = start().await?;
+    eprintln!("{name}: measuring");
+    let result = measure(&side, cfg, full).await;
+    side.stop().await;
+    result
+}
+
+/// The figures of every repetition of one side.
+#[derive(Debug, Default)]
+struct Series(Vec<Figures>);
+
+impl Series {
+    fn get(&self, key: &str) -> Vec<f64> {
+        self.0.iter().filter_map(|f| f.get(key).copied()).collect()
+    }
+}
+
+/// A row from the three-member figures.
+fn row(name: &str, unit: &'static str, key: &str, sides: &[&Series; 3], target: Option<Target>) -> Row {
+    Row {
+        name: name.to_owned(),
+        unit,
+        ours: sides[0].get(key),
+        anchor: sides[1].get(key),
+        etcd: sides[2].get(key),
+        target,
+    }
+}
+
+/// `bench drive`: requests against a running member (or another side's API), with what they
+/// cost its process.
+async fn drive(args: &[String]) -> Result<(), Error> {
+    let socket: String = flag(args, "--socket", String::new());
+    let tcp: String = flag(args, "--tcp", String::new());
+    let endpoint = match (socket.is_empty(), tcp.is_empty()) {
+        (false, true) => Endpoint::Unix(socket.into()),
+        (true, false) => Endpoint::Tcp(tcp),
+        _ => return Err("bench drive needs --socket PATH (a member's control.socket) or --tcp IP:PORT".into()),
     };
-    let mut http = Http::tcp(&apis[0]).await?;
-    let value = value();
-    let writes =
-        sequential(&mut http, ops, |i| ("PUT", format!("/key{i}"), value.clone()), |status, _| status == 200).await?;
-    let reads = sequential(
-        &mut http,
-        ops,
-        |i| ("GET", format!("/key{i}"), String::new()),
-        |status, body| status == 200 && body.len() >= 100,
-    )
-    .await?;
-    tokio::task::spawn_blocking(move || drop(cluster)).await?;
-    Ok((writes, reads))
-}
-
-/// Kills the anchor's processes even when a run fails.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn demo_voters(db: &str) -> usize {
-    Command::new("dqlite")
-        .args(["-s", db, "demo", ".cluster"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.ends_with("|voter")).count())
-        .unwrap_or(0)
-}
-
-/// One repetition of dqlite-demo: formation from the first node's start, then the same runs.
-async fn anchor(ops: usize) -> Result<(Duration, Run, Run), Error> {
-    let dir = tempfile::tempdir()?;
-    let nodes: Vec<(String, String)> = (0..3).map(|_| (free_address(), free_address())).collect();
-    let mut procs = Processes(Vec::new());
-    let spawn = |api: &str, db: &str, join: Option<&str>| -> std::io::Result<Child> {
-        let mut cmd = Command::new("dqlite-demo");
-        cmd.args(["--api", api, "--db", db, "--dir"]).arg(dir.path()).stdout(Stdio::null()).stderr(Stdio::null());
-        if let Some(join) = join {
-            cmd.args(["--join", join]);
-        }
-        cmd.spawn()
+    let api = match flag(args, "--api", "ours".to_owned()).as_str() {
+        "ours" => Api::Ours,
+        "kv" => Api::Kv,
+        "demo" => Api::Demo,
+        "etcd" => Api::Etcd,
+        other => return Err(format!("--api {other}: use ours, kv, demo or etcd").into()),
     };
-    let start = Instant::now();
-    procs.0.push(spawn(&nodes[0].0, &nodes[0].1, None)?);
-    let first_api = nodes[0].0.clone();
-    wait_until("dqlite-demo's API", Duration::from_secs(30), || std::net::TcpStream::connect(&first_api).ok());
-    for (api, db) in &nodes[1..] {
-        procs.0.push(spawn(api, db, Some(&nodes[0].1))?);
-    }
-    let first_db = nodes[0].1.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_until("dqlite-demo's 3 voters", Duration::from_secs(60), || (demo_voters(&first_db) == 3).then_some(()))
-    })
-    .await?;
-    let formation = start.elapsed();
-    let mut http = Http::tcp(&nodes[0].0).await?;
-    let value = value();
-    let writes =
-        sequential(&mut http, ops, |i| ("PUT", format!("/key{i}"), value.clone()), |status, _| status == 200).await?;
-    let reads = sequential(
-        &mut http,
-        ops,
-        |i| ("GET", format!("/key{i}"), String::new()),
-        |status, body| status == 200 && body.len() >= 100,
-    )
-    .await?;
-    drop(procs);
-    Ok((formation, writes, reads))
-}
-
-/// A write loop for failover measurements: one request at a time, each bounded by a deadline,
-/// reconnecting after any failure. Records when each write succeeded.
-/// Opens the writer's connection.
-type Connect = Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Http, Error>> + Send>> + Send>;
-
-struct Writer {
-    connect: Connect,
-    request: Box<dyn Fn(usize) -> (&'static str, String, String) + Send>,
-}
-
-impl Writer {
-    /// Writes until `stop` flips, returning the instants of successful writes.
-    async fn run(self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<Instant> {
-        let mut done = Vec::new();
-        let mut http: Option<Http> = None;
-        let mut i = 0;
-        while !*stop.borrow() {
-            i += 1;
-            if http.is_none() {
-                http = match tokio::time::timeout(Duration::from_secs(1), (self.connect)()).await {
-                    Ok(Ok(h)) => Some(h),
-                    _ => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-            }
-            let (method, path, body) = (self.request)(i);
-            let Some(h) = http.as_mut() else { continue };
-            match tokio::time::timeout(Duration::from_secs(1), h.send(method, &path, &body)).await {
-                Ok(Ok((200, _))) => done.push(Instant::now()),
-                _ => {
-                    http = None;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-        done
-    }
-}
-
-/// The longest pause between a writer's successful writes around `signal_at` (for SIGKILL:
-/// from the last write before the crash to the first on the new leader).
-fn interruption(successes: &[Instant], signal_at: Instant) -> f64 {
-    let window: Vec<&Instant> = successes
-        .iter()
-        .filter(|t| **t + Duration::from_secs(2) > signal_at && **t < signal_at + Duration::from_secs(8))
-        .collect();
-    if !window.iter().any(|t| **t > signal_at) {
-        return f64::NAN;
-    }
-    window.windows(2).map(|w| (*w[1] - *w[0]).as_secs_f64() * 1000.0).fold(0.0, f64::max)
-}
-
-/// Failover on our side: member 1 leads, a writer writes through member 2, member 1 gets
-/// `signal`. Returns milliseconds (see [`interruption`]).
-async fn failover_ours(signal: &'static str) -> Result<f64, Error> {
-    let cluster = tokio::task::spawn_blocking(|| {
-        let c = Cluster::form(3);
-        c.members[0].ctl_ok(&["cluster", "transfer-leader", "m1"]);
-        c
-    })
-    .await?;
-    let socket = cluster.members[1].dir.join("control.socket");
-    let writer = Writer {
-        connect: Box::new(move || {
-            let socket = socket.clone();
-            Box::pin(async move { Http::unix(&socket).await })
-        }),
-        request: Box::new(|i| {
-            let query = format!("INSERT INTO extended_table (key, value) VALUES ('f{i}', 'v')");
-            ("POST", "/core/internal/sql".into(), serde_json::json!({ "query": query }).to_string())
-        }),
+    let op: String = flag(args, "--op", "write".to_owned());
+    let (ops, workers) = (flag(args, "--ops", 1000usize), flag(args, "--workers", 1usize).max(1));
+    let pid: Option<u32> = args.iter().position(|a| a == "--pid").and_then(|i| args.get(i + 1)?.parse().ok());
+    let workload = match op.as_str() {
+        "write" => write_workload(api, "s"),
+        "read" => read_workload(api, ops / workers),
+        other => return Err(format!("--op {other}: use write or read").into()),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(writer.run(stop_rx));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let signal_at = Instant::now();
-    cluster.members[0].signal(signal);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let _ = stop_tx.send(true);
-    let successes = task.await?;
-    tokio::task::spawn_blocking(move || drop(cluster)).await?;
-    Ok(interruption(&successes, signal_at))
-}
-
-/// The same with dqlite-demo: node 1 bootstraps and leads, writes go through node 2's API.
-async fn failover_demo(signal: &'static str) -> Result<f64, Error> {
-    let dir = tempfile::tempdir()?;
-    let nodes: Vec<(String, String)> = (0..3).map(|_| (free_address(), free_address())).collect();
-    let mut procs = Processes(Vec::new());
-    for (i, (api, db)) in nodes.iter().enumerate() {
-        let mut cmd = Command::new("dqlite-demo");
-        cmd.args(["--api", api, "--db", db, "--dir"]).arg(dir.path()).stdout(Stdio::null()).stderr(Stdio::null());
-        if i > 0 {
-            cmd.args(["--join", &nodes[0].1]);
-        }
-        procs.0.push(cmd.spawn()?);
-        if i == 0 {
-            let api = api.clone();
-            wait_until("dqlite-demo's API", Duration::from_secs(30), || std::net::TcpStream::connect(&api).ok());
-        }
+    let before = pid.map(|p| (procfs::context_switches(p), procfs::cpu_time(p).unwrap_or_default()));
+    let stats = load::run(&[endpoint], workers, Until::Count(ops / workers), workload).await?;
+    let done = stats.latencies.len();
+    println!(
+        "{op}: {done} ok, {} errors, {:.0}/s, p50 {:.3} ms, p99 {:.3} ms",
+        stats.errors,
+        stats.rate(),
+        stats.p(0.5),
+        stats.p(0.99)
+    );
+    if let (Some(p), Some((switches, cpu))) = (pid, before) {
+        let per = |v: f64| v / done.max(1) as f64;
+        println!(
+            "pid {p}: {:.1} context switches and {:.0} µs CPU per request",
+            per((procfs::context_switches(p) - switches) as f64),
+            per((procfs::cpu_time(p).unwrap_or_default().saturating_sub(cpu)).as_secs_f64() * 1e6)
+        );
     }
-    let first_db = nodes[0].1.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_until("dqlite-demo's 3 voters", Duration::from_secs(60), || (demo_voters(&first_db) == 3).then_some(()))
-    })
-    .await?;
-    let api = nodes[1].0.clone();
-    let writer = Writer {
-        connect: Box::new(move || {
-            let api = api.clone();
-            Box::pin(async move { Http::tcp(&api).await })
-        }),
-        request: Box::new(|i| ("PUT", format!("/f{i}"), "v".into())),
-    };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(writer.run(stop_rx));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let signal_at = Instant::now();
-    let pid = procs.0[0].id().to_string();
-    Command::new("kill").args(["-s", signal, &pid]).status()?;
-    tokio::time::sleep(Duration::from_secs(if signal == "KILL" { 8 } else { 4 })).await;
-    let _ = stop_tx.send(true);
-    let successes = task.await?;
-    drop(procs);
-    Ok(interruption(&successes, signal_at))
-}
-
-/// Median and spread of a figure over the repetitions.
-fn summary(values: &[f64]) -> (f64, f64, f64) {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
-fn row(name: &str, unit: &str, ours: &[f64], anchor: &[f64]) {
-    let (o, omin, omax) = summary(ours);
-    let cell = |m: f64, lo: f64, hi: f64| format!("{m:.3} ({lo:.3}–{hi:.3})");
-    if anchor.is_empty() {
-        println!("| {name:<34} | {unit:<5} | {:<26} | {:<26} | {:>6} |", cell(o, omin, omax), "skipped", "");
-        return;
+    if let Some(err) = stats.first_error {
+        eprintln!("first error: {err}");
     }
-    let (a, amin, amax) = summary(anchor);
-    println!("| {name:<34} | {unit:<5} | {:<26} | {:<26} | {:>6.2} |", cell(o, omin, omax), cell(a, amin, amax), o / a);
+    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let quick = args.iter().any(|a| a == "--quick");
-    let repeat = if quick { 1 } else { flag("--repeat", 3) };
-    let ops = if quick { 50 } else { flag("--ops", 500) };
-    let have_demo = Command::new("dqlite-demo").arg("--help").output().is_ok();
-    if !have_demo {
-        eprintln!("dqlite-demo not found: the anchor column is skipped (apt-get install go-dqlite)");
-    }
-
-    let (mut o, mut a): (Vec<[f64; 6]>, Vec<[f64; 6]>) = (Vec::new(), Vec::new());
-    let mut k: Vec<[f64; 6]> = Vec::new();
-    for rep in 1..=repeat {
-        eprintln!("repetition {rep}/{repeat}: ours");
-        let (formation, w, r) = ours(ops).await?;
-        o.push([formation.as_secs_f64(), w.p(0.5), w.p(0.99), w.ops(), r.p(0.5), r.ops()]);
-        eprintln!("repetition {rep}/{repeat}: kv example");
-        let (w, r) = kv(ops).await?;
-        k.push([f64::NAN, w.p(0.5), w.p(0.99), w.ops(), r.p(0.5), r.ops()]);
-        if have_demo {
-            eprintln!("repetition {rep}/{repeat}: dqlite-demo");
-            let (formation, w, r) = anchor(ops).await?;
-            a.push([formation.as_secs_f64(), w.p(0.5), w.p(0.99), w.ops(), r.p(0.5), r.ops()]);
+    match args.get(1).map(String::as_str) {
+        Some("drive") => return drive(&args).await,
+        Some("layers") => {
+            let file = args.get(2).ok_or("usage: bench layers CALLGRIND_OUT REQUESTS")?;
+            return profile::layers(file, args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1));
         }
+        _ => {}
     }
-    let col = |runs: &[[f64; 6]], i: usize| runs.iter().map(|r| r[i]).collect::<Vec<_>>();
-    println!("\n{repeat} repetitions, {ops} sequential operations each; median (min–max)\n");
-    println!(
-        "| {:<34} | {:<5} | {:<26} | {:<26} | {:>6} |",
-        "workload", "unit", "ours (microd)", "anchor (dqlite-demo)", "ratio"
-    );
-    println!("|{:-<36}|{:-<7}|{:-<28}|{:-<28}|{:-<8}|", "", "", "", "", "");
-    let names = [
-        ("bootstrap + 2 joins -> 3 voters ONLINE", "s"),
-        ("sequential write p50", "ms"),
-        ("sequential write p99", "ms"),
-        ("sequential write throughput", "op/s"),
-        ("sequential point read p50", "ms"),
-        ("sequential point read throughput", "op/s"),
-    ];
-    for (i, (name, unit)) in names.iter().enumerate() {
-        row(name, unit, &col(&o, i), &col(&a, i));
+    let cfg = Config::parse(&args);
+    let have_demo = sides::installed("dqlite-demo") && sides::installed("dqlite");
+    if !have_demo {
+        eprintln!("dqlite-demo or dqlite not found: the anchor column is skipped (apt-get install go-dqlite)");
     }
-    for (i, (name, unit)) in names.iter().enumerate().skip(1) {
-        row(&format!("kv example: {}", name.trim_start_matches("sequential ")), unit, &col(&k, i), &col(&a, i));
+    let have_etcd = sides::installed("etcd");
+    if !have_etcd {
+        eprintln!("etcd not found: the etcd column is skipped (apt-get install etcd-server etcd-client)");
     }
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let failovers = if quick { 1 } else { flag("--failover-repeat", 10) };
-    if failovers > 0 {
-        let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
+    let (mut ours, mut kv, mut demo, mut etcd) =
+        (Series::default(), Series::default(), Series::default(), Series::default());
+    let mut rows: Vec<Row> = Vec::new();
+    if cfg.runs("cluster") {
+        for rep in 1..=cfg.repeat {
+            eprintln!("repetition {rep}/{}", cfg.repeat);
+            ours.0.push(repetition("ours", sides::ours, &cfg, true).await?);
+            kv.0.push(repetition("kv example", sides::kv, &cfg, false).await?);
+            if have_demo {
+                demo.0.push(repetition("dqlite-demo", sides::demo, &cfg, true).await?);
+            }
+            if have_etcd {
+                etcd.0.push(repetition("etcd", sides::etcd, &cfg, true).await?);
+            }
+        }
+        let s = [&ours, &demo, &etcd];
+        let w = |n| format!("{n} writers, {} s: successful writes", cfg.duration.as_secs_f64());
+        rows.extend([
+            row("bootstrap + 2 joins -> 3 voters ONLINE", "s", "formation", &s, Some(Target::AtMost(1.0))),
+            row("idle member RSS (median of 3)", "MiB", "rss_idle", &s, Some(Target::RatioAtMost(0.6))),
+            row("idle CPU, whole 3-member cluster", "% core", "cpu_idle", &s, None),
+            row("sequential write p50", "ms", "seq_write_p50", &s, Some(Target::RatioAtMost(0.9))),
+            row("sequential write p99", "ms", "seq_write_p99", &s, None),
+            row("sequential writes", "op/s", "seq_write_rate", &s, None),
+            row("sequential point read p50", "ms", "seq_read_p50", &s, None),
+            row("sequential point reads", "op/s", "seq_read_rate", &s, Some(Target::RatioAtLeast(1.5))),
+            row(&w(4), "op/s", "w4_rate", &s, None),
+            row("4 writers: failed requests", "%", "w4_error_pct", &s, None),
+            row("4 writers: p50", "ms", "w4_p50", &s, None),
+            row(&w(16), "op/s", "w16_rate", &s, Some(Target::RatioAtLeast(10.0))),
+            row("16 writers: failed requests", "count", "w16_errors", &s, Some(Target::Zero)),
+            row("16 writers: failed requests", "%", "w16_error_pct", &s, None),
+            row("16 writers: p50", "ms", "w16_p50", &s, None),
+            row("16 writers: p99", "ms", "w16_p99", &s, None),
+            row("16 writers: server CPU per successful write", "µs", "w16_cpu_us", &s, None),
+            row("16 writers spread over 3 members (ours)", "op/s", "w16x3_rate", &s, None),
+            row("16 writers over 3 members: failed", "count", "w16x3_errors", &s, None),
+            row("16 writers over 3 members: p50", "ms", "w16x3_p50", &s, None),
+            row("16 readers: point reads", "op/s", "r16_rate", &s, Some(Target::RatioAtLeast(1.5))),
+            row("16 readers: p50", "ms", "r16_p50", &s, None),
+            row("16 readers: server CPU per read", "µs", "r16_cpu_us", &s, None),
+            row("member RSS after the workloads", "MiB", "rss_loaded", &s, None),
+        ]);
+        let k = [&kv, &demo, &etcd];
+        rows.extend([
+            row("kv example: sequential write p50", "ms", "seq_write_p50", &k, None),
+            row("kv example: sequential point read p50", "ms", "seq_read_p50", &k, None),
+            row("kv example: sequential point reads", "op/s", "seq_read_rate", &k, None),
+            row(&format!("kv example: {}", w(16)), "op/s", "w16_rate", &k, None),
+            row("kv example: 16 writers: failed", "count", "w16_errors", &k, None),
+            row("kv example: 16 writers: p50", "ms", "w16_p50", &k, None),
+        ]);
+    }
+    if cfg.runs("scale") {
+        // Sequential joins need no heartbeat (each joiner takes the role the cluster lacks), so
+        // they run with the product's default; concurrent joins rely on the heartbeat to correct
+        // roles, so they run with the fastest heartbeat the harness uses.
+        let (mut seq, mut conc) = (Vec::new(), Vec::new());
+        for rep in 1..=cfg.scale_repeat {
+            eprintln!("16 members {rep}/{}: sequential joins, default heartbeat", cfg.scale_repeat);
+            seq.push(scale::run(false, None, Duration::from_secs(3), cfg.scale_idle).await?);
+            eprintln!("16 members {rep}/{}: concurrent joins, --heartbeat {CONCURRENT_HEARTBEAT}", cfg.scale_repeat);
+            match scale::run(true, Some(CONCURRENT_HEARTBEAT), Duration::from_secs(3), cfg.scale_idle).await {
+                Ok(figures) => conc.push(figures),
+                Err(err) => eprintln!("  concurrent joins: {err}"),
+            }
+        }
+        let only_ours = |name: String, unit, values: Vec<f64>, target| Row {
+            name,
+            unit,
+            ours: values,
+            anchor: Vec::new(),
+            etcd: Vec::new(),
+            target,
+        };
+        let n = scale::MEMBERS;
+        let of = |figures: &[scale::Figures], pick: fn(&scale::Figures) -> f64| figures.iter().map(pick).collect();
+        rows.extend([
+            only_ours(
+                format!("{n} members, sequential joins -> 3/3/10 ONLINE"),
+                "s",
+                of(&seq, |f| f.formation),
+                Some(Target::AtMost(10.0)),
+            ),
+            only_ours(
+                format!("{n} members idle: CPU of the whole cluster"),
+                "% core",
+                of(&seq, |f| f.idle_cpu),
+                Some(Target::Below(5.0)),
+            ),
+            only_ours(format!("{n} members idle: member RSS (median)"), "MiB", of(&seq, |f| f.rss), None),
+            only_ours(
+                format!("{n} members, concurrent joins (heartbeat {CONCURRENT_HEARTBEAT}) -> 3/3/10 ONLINE"),
+                "s",
+                of(&conc, |f| f.formation),
+                Some(Target::AtMost(10.0)),
+            ),
+            only_ours(
+                format!("{n} members idle, heartbeat {CONCURRENT_HEARTBEAT}: CPU of the whole cluster"),
+                "% core",
+                of(&conc, |f| f.idle_cpu),
+                None,
+            ),
+        ]);
+    }
+    if cfg.runs("failover") && cfg.failovers > 0 {
         for (label, signal) in [("SIGKILL leader: write outage", "KILL"), ("SIGTERM leader: write pause", "TERM")] {
-            let (mut ours, mut anchor) = (Vec::new(), Vec::new());
-            for rep in 1..=failovers {
-                eprintln!("failover {signal} {rep}/{failovers}");
-                ours.push(failover_ours(signal).await?);
+            let (mut o, mut a) = (Vec::new(), Vec::new());
+            for rep in 1..=cfg.failovers {
+                eprintln!("failover {signal} {rep}/{}", cfg.failovers);
+                o.push(failover::ours(signal).await?);
                 if have_demo {
-                    anchor.push(failover_demo(signal).await?);
+                    a.push(failover::demo(signal).await?);
                 }
             }
-            results.push((label, ours, anchor));
-        }
-        println!("\nfailover, {failovers} repetitions each; median (min–max); a writer retries every 10 ms\n");
-        for (label, ours, anchor) in &results {
-            row(label, "ms", ours, anchor);
+            let target = (signal == "KILL").then_some(Target::AtMost(2000.0));
+            rows.push(Row { name: label.to_owned(), unit: "ms", ours: o, anchor: a, etcd: Vec::new(), target });
         }
     }
+
+    let anchor =
+        if have_demo { format!("dqlite-demo (go-dqlite {})", sides::demo_version()) } else { "dqlite-demo".into() };
+    let etcd_name = if have_etcd { format!("etcd {}", sides::etcd_version()) } else { "etcd (not installed)".into() };
+    println!(
+        "\n{} repetitions ({} for 16 members, {} for failover); {} sequential operations, concurrent runs of {} s, \
+         idle windows of {} s (16 members: {} s); median (min–max). ratio = ours / dqlite-demo.",
+        cfg.repeat,
+        cfg.scale_repeat,
+        cfg.failovers,
+        cfg.ops,
+        cfg.duration.as_secs_f64(),
+        cfg.idle.as_secs_f64(),
+        cfg.scale_idle.as_secs_f64()
+    );
+    println!(
+        "load average before: {}; after: {}\n",
+        load_before.trim(),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+    println!("{}", table::render(&rows, &anchor, &etcd_name));
     Ok(())
 }

@@ -1,0 +1,105 @@
+//! Failover: a writer writes one request at a time through a follower while the leader gets a
+//! signal; the figure is the longest pause between two successful writes around the signal.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use microcluster_tests::Cluster;
+
+use crate::Error;
+use crate::api::Api;
+use crate::http::{Endpoint, Http};
+use crate::sides;
+
+/// Writes through `endpoint` until `stop` flips, each request bounded by a deadline and a
+/// broken connection reopened after 10 ms; returns when each successful write was answered.
+async fn write_until(api: Api, endpoint: Endpoint, stop: tokio::sync::watch::Receiver<bool>) -> Vec<Instant> {
+    let mut done = Vec::new();
+    let mut http: Option<Http> = None;
+    let mut i = 0;
+    while !*stop.borrow() {
+        i += 1;
+        let conn = match http.as_mut() {
+            Some(conn) => conn,
+            None => match tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await {
+                Ok(Ok(conn)) => http.insert(conn),
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let req = api.write(&format!("f{i}"));
+        match tokio::time::timeout(Duration::from_secs(1), conn.send(&req)).await {
+            Ok(Ok((status, body))) if api.write_ok(status, &body) => done.push(Instant::now()),
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => {
+                http = None;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    done
+}
+
+/// The longest pause between successful writes around `signal_at` (for SIGKILL: from the last
+/// write before the crash to the first on the new leader), in milliseconds; NaN if writes did
+/// not flow before the signal or never resumed within 8 s.
+fn interruption(successes: &[Instant], signal_at: Instant) -> f64 {
+    let window: Vec<&Instant> = successes
+        .iter()
+        .filter(|t| **t + Duration::from_secs(2) > signal_at && **t < signal_at + Duration::from_secs(8))
+        .collect();
+    // Writes must have flowed before the signal and resumed after it.
+    if !window.iter().any(|t| **t > signal_at) || !window.iter().any(|t| **t < signal_at) {
+        return f64::NAN;
+    }
+    window.windows(2).map(|w| (*w[1] - *w[0]).as_secs_f64() * 1000.0).fold(0.0, f64::max)
+}
+
+/// Runs the writer through `endpoint`, calls `signal` after 500 ms, stops `after` later.
+async fn measure(api: Api, endpoint: Endpoint, after: Duration, signal: impl FnOnce()) -> f64 {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(write_until(api, endpoint, stop_rx));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signal_at = Instant::now();
+    signal();
+    tokio::time::sleep(after).await;
+    let _ = stop_tx.send(true);
+    task.await.map_or(f64::NAN, |successes| interruption(&successes, signal_at))
+}
+
+/// Ours: member 1 leads, the writer writes through member 2's control socket, member 1 gets
+/// `signal` (`KILL` or `TERM`).
+pub(crate) async fn ours(signal: &'static str) -> Result<f64, Error> {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let c = Cluster::form(3);
+        c.members[0].ctl_ok(&["cluster", "transfer-leader", "m1"]);
+        c
+    })
+    .await?;
+    let endpoint = Endpoint::Unix(cluster.members[1].socket());
+    let result = measure(Api::Ours, endpoint, Duration::from_secs(5), || cluster.members[0].signal(signal)).await;
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(result)
+}
+
+/// dqlite-demo: the writer writes through a node that does not lead, and the leader (asked
+/// with `dqlite .leader`: go-dqlite may hand leadership on while nodes join) gets `signal`.
+pub(crate) async fn demo(signal: &'static str) -> Result<f64, Error> {
+    let side = sides::demo().await?;
+    let dqlite = side.dqlite.clone();
+    let Some(leader) = tokio::task::spawn_blocking(move || sides::demo_leader(&dqlite)).await? else {
+        side.stop().await;
+        return Err("dqlite .leader names none of dqlite-demo's nodes".into());
+    };
+    let pid = side.pids[leader].to_string();
+    let writer = side.endpoints[(leader + 1) % side.endpoints.len()].clone();
+    let after = Duration::from_secs(if signal == "KILL" { 8 } else { 4 });
+    let result = measure(Api::Demo, writer, after, || {
+        let _ = Command::new("kill").args(["-s", signal, &pid]).status();
+    })
+    .await;
+    side.stop().await;
+    Ok(result)
+}
