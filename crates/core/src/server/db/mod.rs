@@ -87,6 +87,63 @@ const READERS: usize = 4;
 const READ_ATTEMPTS: u32 = 3;
 /// How often the local node is asked who leads.
 const LEADER_POLL: Duration = Duration::from_millis(100);
+/// How often it is asked while the member serves no request (an idle member saves the wake-ups;
+/// a request wakes the watcher at once).
+const IDLE_LEADER_POLL: Duration = Duration::from_secs(1);
+/// How long after a request the member counts as busy.
+const BUSY_WINDOW: Duration = Duration::from_secs(3);
+
+/// When the member last served a request, and a way to wake the leader watcher.
+#[derive(Debug)]
+struct Activity {
+    epoch: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+    wake: tokio::sync::Notify,
+    /// Polls the watcher made, and a signal after each.
+    polls: std::sync::atomic::AtomicU64,
+    polled: tokio::sync::Notify,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: std::time::Instant::now(),
+            last_ms: 0.into(),
+            wake: tokio::sync::Notify::new(),
+            polls: 0.into(),
+            polled: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A request starts: the watcher goes back to its quick pace. If it was idle, it looks now,
+    /// and this waits (briefly) for that fresh answer, so the request is not judged by an old one.
+    async fn touch(&self) {
+        let previous = self.last_ms.swap(self.elapsed_ms(), std::sync::atomic::Ordering::Relaxed);
+        if self.elapsed_ms().saturating_sub(previous) <= BUSY_WINDOW.as_millis() as u64 {
+            return;
+        }
+        let polled = self.polled.notified();
+        let before = self.polls.load(std::sync::atomic::Ordering::Acquire);
+        self.wake.notify_one();
+        if self.polls.load(std::sync::atomic::Ordering::Acquire) == before {
+            let _ = tokio::time::timeout(Duration::from_millis(250), polled).await;
+        }
+    }
+
+    fn polled(&self) {
+        self.polls.fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.polled.notify_waiters();
+    }
+
+    fn busy(&self) -> bool {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.elapsed_ms().saturating_sub(last) <= BUSY_WINDOW.as_millis() as u64
+    }
+}
 
 /// The shared database: a write queue (one connection, group commit), a pool of read
 /// connections, and a watcher that tells them when leadership moves.
@@ -100,6 +157,7 @@ pub(crate) struct Db {
     leader: watch::Receiver<Option<String>>,
     /// Whether this member's node has ever named a leader (spares never do).
     seen_leader: Arc<std::sync::atomic::AtomicBool>,
+    activity: Arc<Activity>,
     /// How long a request waits for a leader when the node knows none (see [`Db::await_leader`]).
     election_wait: Duration,
     metrics: Arc<Metrics>,
@@ -127,11 +185,17 @@ impl Db {
         let writer = tokio::spawn(writer::run(database(), queue, metrics.clone()));
         let readers = (0..READERS).map(|_| database()).collect();
         let seen_leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher =
-            tokio::spawn(watch_leader(client.clone(), own_address, leader_tx, seen_leader.clone(), metrics.clone()));
+        let activity = Arc::new(Activity::new());
+        let watcher = tokio::spawn(watch_leader(
+            client.clone(),
+            own_address,
+            Watch { leader: leader_tx, seen: seen_leader.clone(), activity: activity.clone() },
+            metrics.clone(),
+        ));
         Db {
             leader,
             seen_leader,
+            activity,
             election_wait,
             metrics,
             readers: tokio::sync::Mutex::new(readers),
@@ -162,6 +226,7 @@ impl Db {
     /// searching for a leader for the client's whole timeout. A node that never named a leader
     /// (a spare, or one just started) is not judged by it.
     async fn await_leader(&self) -> Result<(), dqlite::Error> {
+        self.activity.touch().await;
         if self.leader.borrow().is_some() || !self.seen_leader.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
@@ -312,14 +377,17 @@ fn lost_leader(err: &dqlite::Error) -> bool {
     err.is_not_leader() || err.is_leadership_lost() || err.is_connection_lost()
 }
 
-/// Asks this member's own node who leads, every [`LEADER_POLL`] (only voters know).
-async fn watch_leader(
-    client: Client,
-    own_address: String,
+/// What the leader watcher reports to, and what tells it how often to look.
+struct Watch {
     leader: watch::Sender<Option<String>>,
-    seen_leader: Arc<std::sync::atomic::AtomicBool>,
-    metrics: Arc<Metrics>,
-) {
+    seen: Arc<std::sync::atomic::AtomicBool>,
+    activity: Arc<Activity>,
+}
+
+/// Asks this member's own node who leads (only voters and stand-bys know): every
+/// [`LEADER_POLL`] while the member serves requests, every [`IDLE_LEADER_POLL`] otherwise.
+async fn watch_leader(client: Client, own_address: String, watch: Watch, metrics: Arc<Metrics>) {
+    let Watch { leader, seen: seen_leader, activity } = watch;
     let (mut conn, mut last_known) = (None, None);
     loop {
         if conn.is_none() {
@@ -347,7 +415,15 @@ async fn watch_leader(
                 Err(_) => conn = None,
             }
         }
-        tokio::time::sleep(LEADER_POLL).await;
+        activity.polled();
+        if activity.busy() {
+            tokio::time::sleep(LEADER_POLL).await;
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_LEADER_POLL) => {}
+                _ = activity.wake.notified() => {}
+            }
+        }
     }
 }
 
