@@ -53,4 +53,41 @@ mod tests {
         tls::client_config(Some(&id), vec![id.fingerprint().unwrap()]).unwrap();
         assert_ne!(generate("mc1", &[]).unwrap().fingerprint().unwrap(), id.fingerprint().unwrap());
     }
+
+    /// Members talk to each other over short connections (heartbeats, trust updates): after
+    /// the first, a connection resumes the TLS session instead of paying for two P-384
+    /// signatures again.
+    #[test]
+    fn a_second_connection_resumes_the_session() {
+        use std::io::{Read, Write};
+        let server_id = generate("m1", &[]).unwrap();
+        let client_id = generate("m2", &[]).unwrap();
+        let server = tls::server_config(&server_id).unwrap();
+        let client = tls::client_config(Some(&client_id), vec![server_id.fingerprint().unwrap()]).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let serving = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut tcp, _) = listener.accept().unwrap();
+                let mut conn = rustls::ServerConnection::new(server.clone()).unwrap();
+                let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
+                let mut byte = [0u8; 1];
+                stream.read_exact(&mut byte).unwrap();
+                stream.write_all(b"y").unwrap();
+                stream.flush().unwrap();
+            }
+        });
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let mut tcp = std::net::TcpStream::connect(&address).unwrap();
+            let mut conn = rustls::ClientConnection::new(client.clone(), tls::server_name(&address)).unwrap();
+            let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
+            stream.write_all(b"x").unwrap();
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).unwrap();
+            kinds.push(conn.handshake_kind());
+        }
+        serving.join().unwrap();
+        assert_eq!(kinds, [Some(rustls::HandshakeKind::Full), Some(rustls::HandshakeKind::Resumed)]);
+    }
 }

@@ -34,6 +34,11 @@ pub(crate) enum StartError {
     Node(#[from] dqlite::NodeError),
 }
 
+/// Log entries between two snapshots (libdqlite's default).
+const SNAPSHOT_THRESHOLD: u32 = 1024;
+/// Log entries kept after a snapshot.
+const SNAPSHOT_TRAILING: u32 = 2048;
+
 /// A running member.
 pub(crate) struct Runtime {
     pub(crate) address: String,
@@ -92,6 +97,11 @@ impl Runtime {
             .failure_domain(failure_domain)
             .bind_address(bind_name.clone())
             .network_latency(daemon.settings.network_latency)
+            // libraft keeps the entries since the last snapshot plus `trailing` in memory, each
+            // with the pages it wrote: libdqlite's default (8192) let a busy member hold
+            // ~150 MiB; 2048 bounds it to a third of that, and a follower further behind than
+            // that catches up from a snapshot instead.
+            .snapshot_params(SNAPSHOT_THRESHOLD, SNAPSHOT_TRAILING)
             .connect_func(tunnel::connect_func(
                 tokio::runtime::Handle::current(),
                 peer_tls.clone(),
