@@ -174,6 +174,11 @@ impl TrustStore {
         self.swap(Members::default());
     }
 
+    /// How long ago `name`'s entry was written (`None`: no entry, or no time for it).
+    pub(crate) fn age(&self, name: &str) -> Option<std::time::Duration> {
+        std::fs::metadata(self.path(name)).ok()?.modified().ok()?.elapsed().ok()
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.toml"))
     }

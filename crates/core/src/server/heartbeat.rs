@@ -53,8 +53,12 @@ pub(crate) fn report(state: &State) -> HeartbeatResponse {
     }
 }
 
-/// Makes the trust store match `members` (never dropping this member itself). An empty list
-/// is ignored: a leader always knows at least itself.
+/// How long a newly trusted member is kept although a heartbeat does not list it.
+const TRUST_GRACE: Duration = Duration::from_secs(120);
+
+/// Makes the trust store match `members` (never dropping this member itself, nor one trusted
+/// in the last [`TRUST_GRACE`]). An empty list is ignored: a leader always knows at least
+/// itself.
 pub(crate) fn sync_truststore(state: &State, members: &[ClusterMemberLocal]) {
     if members.is_empty() {
         return;
@@ -74,7 +78,14 @@ pub(crate) fn sync_truststore(state: &State, members: &[ClusterMemberLocal]) {
     }
     let keep: HashSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
     let me = state.name();
-    for entry in current.iter().filter(|e| !keep.contains(e.member.name.as_str()) && e.member.name != me) {
+    // A member admitted while this round was under way is missing from its list but already
+    // trusted (the admission told everyone): dropping it would fail its join. Removals are
+    // fanned out when they happen; this is only the safety net for one that was missed.
+    let recent = |name: &str| store.age(name).is_some_and(|age| age < TRUST_GRACE);
+    for entry in current
+        .iter()
+        .filter(|e| !keep.contains(e.member.name.as_str()) && e.member.name != me && !recent(&e.member.name))
+    {
         match store.remove(&entry.member.name) {
             Ok(_) => tracing::info!(member = entry.member.name, "trust store: no longer trusting a removed member"),
             Err(err) => {

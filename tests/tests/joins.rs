@@ -1,0 +1,50 @@
+//! Members joining at the same time: every join succeeds (a heartbeat round that read the
+//! membership before an admission must not make the others drop the newcomer's trust), and the
+//! roles settle to 3 voters and 3 stand-bys.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use microcluster_tests::{Cluster, Member, wait_until};
+
+#[test]
+fn five_members_joining_at_once_all_succeed_and_roles_settle() {
+    // Heartbeats every second (the harness's default) so that rounds overlap the joins.
+    let cluster = Cluster::form(1);
+    let mut joiners: Vec<Member> = (2..=6).map(|i| Member::new(&format!("m{i}"))).collect();
+    for joiner in &mut joiners {
+        joiner.start();
+    }
+    let tokens: Vec<String> =
+        joiners.iter().map(|j| cluster.members[0].ctl_ok(&["tokens", "add", &j.name]).trim().to_owned()).collect();
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = joiners
+            .iter()
+            .zip(&tokens)
+            .map(|(joiner, token)| {
+                scope.spawn(move || joiner.ctl(&["init", &joiner.name, &joiner.address, "--token", token]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (joiner, out) in joiners.iter().zip(&outcomes) {
+        assert!(out.success, "{} failed to join: {}\n--- its log ---\n{}", joiner.name, out.stderr, joiner.log());
+    }
+    let roles = wait_until("3 voters and 3 stand-bys, all ONLINE", Duration::from_secs(60), || {
+        let members = cluster.members[0].members();
+        let count = |role: &str| members.iter().filter(|m| m["role"] == role).count();
+        let online = members.iter().all(|m| m["status"] == "ONLINE");
+        (members.len() == 6 && online && count("voter") == 3 && count("stand-by") == 3).then_some(members)
+    });
+    // Every member trusts every other one.
+    for member in cluster.members.iter().chain(&joiners) {
+        for other in &roles {
+            let name = other["name"].as_str().unwrap();
+            assert!(
+                member.dir.join(format!("truststore/{name}.toml")).exists(),
+                "{} does not trust {name}",
+                member.name
+            );
+        }
+    }
+}
