@@ -13,7 +13,7 @@
 //! - [`Connection`]: one raw connection to one node, one method per protocol request.
 //! - [`proto`]: the wire format itself, without I/O.
 //! - [`sql`]: statement splitting and read-only classification.
-//! - [`file`]: a DUMP as one ordinary SQLite file (backups), and reading such files.
+//! - [`file`](mod@file): a DUMP as one ordinary SQLite file (backups), and reading such files.
 
 #![warn(missing_docs)]
 

@@ -3,7 +3,7 @@
 //!
 //! On a terminal it edits lines with rustyline and keeps a history file; otherwise it reads
 //! standard input line by line without prompts, so scripts can pipe commands into it. A
-//! statement may span lines and runs once it ends with `;` ([`complete`](crate::complete)),
+//! statement may span lines and runs once it ends with `;` ([`complete`]),
 //! through the same request and printing as `microctl sql "..."`. A line starting with `.` is a
 //! command (`.help`). A failure prints `Error: ...` and the shell goes on; when reading from a
 //! pipe, the exit code then reports the first failure.
