@@ -5,7 +5,7 @@ CARGO ?= cargo
 BUILD_PACKAGES := libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config gcc curl
 BENCH_PACKAGES := go-dqlite etcd-server etcd-client
 
-.PHONY: all deps deps-bench build run test test-faults fuzz lint fmt bench bench-engine bench-cluster clean install uninstall
+.PHONY: all deps deps-bench build run test test-faults fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
 
 all: build
 
@@ -61,7 +61,7 @@ clean:
 # the systemd unit and the config (an existing one is kept) under /etc. systemd is reloaded
 # only when it runs and nothing is staged in DESTDIR. `make uninstall` keeps config and state.
 PREFIX ?= /usr/local
-RELEASE = $(or $(CARGO_TARGET_DIR),target)/release
+RELEASE ?= $(or $(CARGO_TARGET_DIR),target)/release
 BIN_DIR = $(DESTDIR)$(PREFIX)/bin
 SHARE_DIR = $(DESTDIR)$(PREFIX)/share
 UNIT_DIR = $(DESTDIR)/etc/systemd/system
@@ -70,6 +70,11 @@ SYSTEMD_RUNNING = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]
 
 install: deps
 	$(CARGO) build --release -p microd -p microctl
+	@$(MAKE) --no-print-directory install-files
+
+# What `install` puts in place, from the binaries in RELEASE (tests/tests/install.rs stages it
+# with the debug build).
+install-files:
 	install -d $(BIN_DIR) $(SHARE_DIR)/man/man1 $(UNIT_DIR) $(CONFIG_DIR) $(SHARE_DIR)/bash-completion/completions $(SHARE_DIR)/zsh/site-functions $(SHARE_DIR)/fish/vendor_completions.d
 	install -m 0755 $(RELEASE)/microd $(RELEASE)/microctl $(BIN_DIR)/
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|' systemd/microd.service > $(UNIT_DIR)/microd.service && chmod 0644 $(UNIT_DIR)/microd.service
