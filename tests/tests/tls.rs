@@ -23,6 +23,16 @@ const NON_PUBLIC: &[(Method, &str)] = &[
     (Method::POST, "/core/1.0/cluster/leader"),
     (Method::GET, "/core/1.0/daemon/servers"),
     (Method::PUT, "/core/1.0/daemon/servers"),
+    (Method::GET, "/core/1.0/metrics"),
+    (Method::GET, "/core/1.0/database/backup"),
+    (Method::POST, "/core/1.0/database/restore"),
+    (Method::POST, "/core/1.0/database/verify"),
+    (Method::POST, "/core/1.0/doctor"),
+    (Method::PUT, "/core/1.0/cluster/m2/address"),
+    (Method::GET, "/core/internal/recovery"),
+    (Method::POST, "/core/internal/recovery"),
+    (Method::GET, "/core/internal/truststore"),
+    (Method::PUT, "/core/internal/cluster/m2/address"),
 ];
 
 fn stranger_client(cluster_dir: &std::path::Path, address: &str) -> Client {
