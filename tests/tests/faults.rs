@@ -100,6 +100,7 @@ fn killing_the_leader_again_and_again_loses_nothing() {
         eprintln!("round {round}: killed {name}, writes flowed again after {:?}", outages.last().unwrap());
     }
     let history = checker.stop();
+    cluster.members[0].wait_ready(Duration::from_secs(60));
     let summary = checker::verify(&cluster.members[0].socket(), &history, true).unwrap();
     eprintln!("{rounds} leader kills: {summary}; failures {:?}", history.failures);
 }
@@ -138,6 +139,8 @@ fn a_killed_voter_a_frozen_voter_and_a_full_stop_lose_nothing() {
     }
     writes_flow(&checker, 50, Duration::from_secs(60));
     let history = checker.stop();
+    // Writes flow as soon as two members are back; the one that checks may still be opening.
+    cluster.members[0].wait_ready(Duration::from_secs(60));
     let summary = checker::verify(&cluster.members[0].socket(), &history, true).unwrap();
     eprintln!("voter kill, freeze, full stop: {summary}; failures {:?}", history.failures);
 }
@@ -271,6 +274,7 @@ fn a_member_whose_disk_fills_up_or_turns_read_only_harms_no_one_else() {
     online(&cluster, 0, "m3", Duration::from_secs(60));
     writes_flow(&checker, 100, Duration::from_secs(30));
     let history = checker.stop();
+    cluster.members[2].wait_ready(Duration::from_secs(60));
     let summary = checker::verify(&cluster.members[2].socket(), &history, true).unwrap();
     eprintln!("disk full and read-only on one member: {summary}");
 }
