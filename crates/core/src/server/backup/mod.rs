@@ -10,25 +10,26 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dqlite::Value;
 use dqlite::file::{FileError, SqliteFile, write_dump};
-use dqlite::{Database, Value};
 use hyper::StatusCode;
-use tokio::sync::mpsc;
 
 use super::State;
 use super::db::DB_NAME;
 use super::db::schema::Versions;
 use super::rest::ApiError;
-use crate::api::{BackupSummary, TableRows};
+
+mod copy;
+mod summary;
+use crate::api::BackupSummary;
+use copy::{Sink, copy_rows};
+use summary::{compare, summarize_db, summarize_file};
 
 /// The largest backup: one DUMP answer (libdqlite 1.11 sends the whole database in one message).
 pub(crate) const MAX_BACKUP: usize = dqlite::DEFAULT_MAX_MESSAGE as usize;
 
 /// Tables that belong to the cluster, not to the application: kept in a backup, never restored.
 const CORE_TABLES: [&str; 3] = ["schemas", "core_cluster_members", "core_token_records"];
-/// Rows of one transaction while restoring, and their approximate bytes.
-const CHUNK_ROWS: usize = 2000;
-const CHUNK_BYTES: usize = 1024 * 1024;
 /// dqlite's limit on parameters per statement.
 const MAX_PARAMS: usize = 255;
 
@@ -269,294 +270,6 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Where restored rows go: this cluster's write queue, or a scratch node's database.
-enum Sink<'a> {
-    Cluster(&'a super::db::Db),
-    Scratch(&'a mut Database),
-}
-
-impl Sink<'_> {
-    /// Runs `statements` in one transaction.
-    async fn apply(&mut self, statements: Vec<(String, Vec<Value>)>) -> Result<(), ApiError> {
-        if statements.is_empty() {
-            return Ok(());
-        }
-        let result = match self {
-            Sink::Cluster(db) => db.transaction(run_statements(statements)).await,
-            Sink::Scratch(db) => db.transaction(run_statements(statements)).await,
-        };
-        result.map_err(ApiError::from)
-    }
-}
-
-/// A transaction's body that runs `statements` in order.
-fn run_statements(
-    statements: Vec<(String, Vec<Value>)>,
-) -> impl for<'t, 'd> FnOnce(&'t mut dqlite::Transaction<'d>) -> dqlite::TxFuture<'t, ()> + Send + 'static {
-    move |tx| {
-        Box::pin(async move {
-            for (sql, params) in &statements {
-                tx.exec(sql, params).await?;
-            }
-            Ok(())
-        })
-    }
-}
-
-/// Copies every row of `tables` from the file at `path` into `sink`, a chunk per transaction;
-/// a reader thread streams the file, so memory holds a couple of chunks at most.
-async fn copy_rows(path: &Path, tables: &[TableDef], sink: &mut Sink<'_>) -> Result<(), ApiError> {
-    let (tx, mut rx) = mpsc::channel::<Vec<(String, Vec<Value>)>>(2);
-    let reader = {
-        let (path, tables) = (path.to_owned(), tables.to_vec());
-        tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-            let mut file = SqliteFile::open_read_only(&path).map_err(file_error("reading the backup"))?;
-            for table in &tables {
-                let mut chunk = Chunk::new(table);
-                let columns: Vec<String> = table.columns.iter().map(|c| ident(c)).collect();
-                let sql = format!("SELECT {} FROM {}", columns.join(", "), ident(&table.name));
-                file.for_each_row(&sql, |row| {
-                    if let Some(full) = chunk.push(row) {
-                        // The receiver only goes away when the restore failed; stop reading then.
-                        tx.blocking_send(full).map_err(|_| ApiError::internal("restore abandoned"))?;
-                    }
-                    Ok::<(), ApiError>(())
-                })?;
-                let rest = chunk.finish();
-                if !rest.is_empty() {
-                    tx.blocking_send(rest).map_err(|_| ApiError::internal("restore abandoned"))?;
-                }
-            }
-            Ok(())
-        })
-    };
-    let mut result = Ok(());
-    while let Some(statements) = rx.recv().await {
-        if let Err(err) = sink.apply(statements).await {
-            result = Err(err.context("copying rows"));
-            break;
-        }
-    }
-    drop(rx);
-    let read = reader.await.map_err(|e| ApiError::internal(format!("backup reader failed: {e}")))?;
-    result.and(read)
-}
-
-/// Rows of one table gathered into multi-row INSERTs, up to one transaction's worth.
-struct Chunk {
-    insert: String,
-    per_statement: usize,
-    columns: usize,
-    statements: Vec<(String, Vec<Value>)>,
-    pending: Vec<Value>,
-    rows: usize,
-    bytes: usize,
-}
-
-impl Chunk {
-    fn new(table: &TableDef) -> Chunk {
-        let columns = table.columns.len().max(1);
-        let names: Vec<String> = table.columns.iter().map(|c| ident(c)).collect();
-        Chunk {
-            insert: format!("INSERT INTO {} ({}) VALUES ", ident(&table.name), names.join(", ")),
-            per_statement: (MAX_PARAMS / columns).clamp(1, 100),
-            columns,
-            statements: Vec::new(),
-            pending: Vec::new(),
-            rows: 0,
-            bytes: 0,
-        }
-    }
-
-    /// Adds a row; returns a full chunk when one is ready.
-    fn push(&mut self, row: Vec<Value>) -> Option<Vec<(String, Vec<Value>)>> {
-        self.bytes += row.iter().map(value_bytes).sum::<usize>();
-        self.pending.extend(row);
-        self.rows += 1;
-        if self.pending.len() >= self.per_statement * self.columns {
-            self.flush_statement();
-        }
-        (self.rows >= CHUNK_ROWS || self.bytes >= CHUNK_BYTES).then(|| self.finish())
-    }
-
-    fn flush_statement(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let rows = self.pending.len() / self.columns;
-        let tuple = format!("({})", vec!["?"; self.columns].join(", "));
-        let sql = format!("{}{}", self.insert, vec![tuple; rows].join(", "));
-        self.statements.push((sql, std::mem::take(&mut self.pending)));
-    }
-
-    /// Everything gathered so far.
-    fn finish(&mut self) -> Vec<(String, Vec<Value>)> {
-        self.flush_statement();
-        self.rows = 0;
-        self.bytes = 0;
-        std::mem::take(&mut self.statements)
-    }
-}
-
-fn value_bytes(value: &Value) -> usize {
-    match value {
-        Value::Text(s) | Value::Iso8601(s) => s.len() + 8,
-        Value::Blob(b) => b.len() + 8,
-        _ => 8,
-    }
-}
-
-/// Summarises rows table by table: counts and one running SHA-256.
-struct Summarizer {
-    digest: ring::digest::Context,
-    tables: Vec<TableRows>,
-    rows: u64,
-}
-
-impl Summarizer {
-    fn new() -> Summarizer {
-        Summarizer { digest: ring::digest::Context::new(&ring::digest::SHA256), tables: Vec::new(), rows: 0 }
-    }
-
-    fn table(&mut self, table: &TableDef) {
-        self.bytes(table.name.as_bytes());
-        for column in &table.columns {
-            self.bytes(column.as_bytes());
-        }
-        self.tables.push(TableRows { name: table.name.clone(), rows: 0 });
-    }
-
-    fn bytes(&mut self, data: &[u8]) {
-        self.digest.update(&(data.len() as u64).to_be_bytes());
-        self.digest.update(data);
-    }
-
-    /// One row; types are compared as SQLite stores them (dqlite's declared-type variants
-    /// such as BOOLEAN or DATETIME are the same integers and texts).
-    fn row(&mut self, values: &[Value]) {
-        for value in values {
-            match value {
-                Value::Null => self.digest.update(&[0]),
-                Value::Integer(v) | Value::UnixTime(v) => {
-                    self.digest.update(&[1]);
-                    self.digest.update(&v.to_be_bytes());
-                }
-                Value::Boolean(b) => {
-                    self.digest.update(&[1]);
-                    self.digest.update(&i64::from(*b).to_be_bytes());
-                }
-                Value::Float(f) => {
-                    self.digest.update(&[2]);
-                    self.digest.update(&f.to_bits().to_be_bytes());
-                }
-                Value::Text(s) | Value::Iso8601(s) => {
-                    self.digest.update(&[3]);
-                    self.bytes(s.as_bytes());
-                }
-                Value::Blob(b) => {
-                    self.digest.update(&[4]);
-                    self.bytes(b);
-                }
-            }
-        }
-        self.rows += 1;
-        if let Some(last) = self.tables.last_mut() {
-            last.rows += 1;
-        }
-    }
-
-    fn finish(self, versions: Versions) -> BackupSummary {
-        BackupSummary {
-            tables: self.tables,
-            rows: self.rows,
-            checksum: crate::tls::hex(self.digest.finish().as_ref()),
-            schema_internal: versions.internal,
-            schema_external: versions.external,
-            size: 0,
-            verified: false,
-        }
-    }
-}
-
-/// The query that reads a table for its summary: values as stored (the unary `+` hides the
-/// declared type, so dqlite sends SQLite's own types), in a fixed order.
-fn summary_query(table: &TableDef) -> String {
-    let columns: Vec<String> = table.columns.iter().map(|c| format!("+{}", ident(c))).collect();
-    let order: Vec<String> = (1..=table.columns.len()).map(|i| i.to_string()).collect();
-    let order = if order.is_empty() { String::new() } else { format!(" ORDER BY {}", order.join(", ")) };
-    format!("SELECT {} FROM {}{order}", columns.join(", "), ident(&table.name))
-}
-
-fn summarize_file(file: &mut SqliteFile) -> Result<BackupSummary, ApiError> {
-    let err = file_error("summarising the backup");
-    let has_schemas =
-        file.query("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schemas'").map_err(&err)?;
-    if has_schemas != vec![vec![Value::Integer(1)]] {
-        return Err(ApiError::bad_request("not a microcluster backup: the file has no schemas table"));
-    }
-    let mut versions = Versions::default();
-    for row in file.query("SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type").map_err(&err)? {
-        let version = row.get(1).and_then(Value::as_i64).unwrap_or(0).max(0) as u64;
-        match row.first().and_then(Value::as_i64) {
-            Some(0) => versions.internal = version,
-            Some(1) => versions.external = version,
-            _ => {}
-        }
-    }
-    let schema = read_schema(file)?;
-    let mut summary = Summarizer::new();
-    for table in &schema.tables {
-        summary.table(table);
-        file.for_each_row(&summary_query(table), |row| {
-            summary.row(&row);
-            Ok::<(), FileError>(())
-        })
-        .map_err(&err)?;
-    }
-    Ok(summary.finish(versions))
-}
-
-async fn summarize_db(db: &mut Database, tables: &[TableDef]) -> Result<BackupSummary, dqlite::Error> {
-    let mut summary = Summarizer::new();
-    for table in tables {
-        summary.table(table);
-        let mut rows = db.query_rows(&summary_query(table), &[]).await?;
-        while let Some(row) = rows.next().await? {
-            summary.row(row.values());
-        }
-    }
-    let rows = db.query("SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type", &[]).await;
-    let mut versions = Versions::default();
-    for row in rows.map(|r| r.rows).unwrap_or_default() {
-        let version = row.get(1).and_then(Value::as_i64).unwrap_or(0).max(0) as u64;
-        match row.get(0).and_then(Value::as_i64) {
-            Some(0) => versions.internal = version,
-            Some(1) => versions.external = version,
-            _ => {}
-        }
-    }
-    Ok(summary.finish(versions))
-}
-
-/// Fails unless `actual` holds the same rows as `expected`, naming the first difference.
-fn compare(expected: &BackupSummary, actual: &BackupSummary, what: &str) -> Result<(), ApiError> {
-    for (want, got) in expected.tables.iter().zip(&actual.tables) {
-        if want.rows != got.rows {
-            return Err(ApiError::internal(format!(
-                "{what} differ from the backup: table {} has {} rows, the backup {}",
-                want.name, got.rows, want.rows
-            )));
-        }
-    }
-    if expected.checksum != actual.checksum || expected.tables.len() != actual.tables.len() {
-        return Err(ApiError::internal(format!(
-            "{what} differ from the backup: checksum {} instead of {}",
-            actual.checksum, expected.checksum
-        )));
-    }
-    Ok(())
-}
-
 /// Restores the file into a scratch node of its own and compares the result with `expected`.
 async fn verify_file(state: &State, path: &Path, expected: BackupSummary) -> Result<BackupSummary, ApiError> {
     let scratch = Scratch::new(state, "scratch-node")?;
@@ -603,60 +316,11 @@ async fn verify_file(state: &State, path: &Path, expected: BackupSummary) -> Res
 
 #[cfg(test)]
 mod tests {
+    use super::summary::summary_query;
     use super::*;
 
     fn table(columns: usize) -> TableDef {
         TableDef { name: "t".into(), sql: String::new(), columns: (0..columns).map(|i| format!("c{i}")).collect() }
-    }
-
-    #[test]
-    fn chunks_pack_rows_into_statements_within_the_parameter_limit() {
-        let mut chunk = Chunk::new(&table(3));
-        assert_eq!(chunk.per_statement, 85);
-        let mut full = Vec::new();
-        for i in 0..CHUNK_ROWS + 10 {
-            if let Some(c) = chunk.push(vec![Value::Integer(i as i64), Value::Null, Value::Text("x".into())]) {
-                full.push(c);
-            }
-        }
-        let rest = chunk.finish();
-        assert_eq!(full.len(), 1);
-        let params: usize = full[0].iter().map(|(_, p)| p.len()).sum();
-        assert_eq!(params, CHUNK_ROWS * 3);
-        assert!(full[0].iter().all(|(_, p)| p.len() <= MAX_PARAMS));
-        assert_eq!(rest.iter().map(|(_, p)| p.len()).sum::<usize>(), 30);
-        let (sql, _) = &rest[0];
-        assert_eq!(sql.matches('(').count(), 1 + 10, "{sql}");
-        assert!(sql.starts_with("INSERT INTO \"t\" (\"c0\", \"c1\", \"c2\") VALUES (?, ?, ?), "), "{sql}");
-    }
-
-    #[test]
-    fn wide_tables_get_one_row_per_statement() {
-        let mut chunk = Chunk::new(&table(200));
-        assert_eq!(chunk.per_statement, 1);
-        assert!(chunk.push(vec![Value::Null; 200]).is_none());
-        assert_eq!(chunk.finish().len(), 1);
-    }
-
-    #[test]
-    fn summaries_see_types_as_sqlite_stores_them() {
-        let t = table(2);
-        let digest = |rows: &[Vec<Value>]| {
-            let mut s = Summarizer::new();
-            s.table(&t);
-            rows.iter().for_each(|r| s.row(r));
-            s.finish(Versions::default())
-        };
-        let a = digest(&[vec![Value::Boolean(true), Value::Iso8601("2020".into())]]);
-        let b = digest(&[vec![Value::Integer(1), Value::Text("2020".into())]]);
-        assert_eq!(a.checksum, b.checksum);
-        let c = digest(&[vec![Value::Integer(1), Value::Blob(b"2020".to_vec())]]);
-        assert_ne!(a.checksum, c.checksum);
-        // Where one value ends and the next starts is part of the digest.
-        let d = digest(&[vec![Value::Text("ab".into()), Value::Text("c".into())]]);
-        let e = digest(&[vec![Value::Text("a".into()), Value::Text("bc".into())]]);
-        assert_ne!(d.checksum, e.checksum);
-        assert_eq!((a.rows, a.tables[0].rows), (1, 1));
     }
 
     #[test]
