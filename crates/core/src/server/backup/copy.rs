@@ -153,11 +153,8 @@ pub(super) fn value_bytes(value: &Value) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::table;
     use super::*;
-
-    fn table(columns: usize) -> TableDef {
-        TableDef { name: "t".into(), sql: String::new(), columns: (0..columns).map(|i| format!("c{i}")).collect() }
-    }
 
     #[test]
     fn chunks_pack_rows_into_statements_within_the_parameter_limit() {

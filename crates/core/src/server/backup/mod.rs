@@ -315,11 +315,12 @@ async fn verify_file(state: &State, path: &Path, expected: BackupSummary) -> Res
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::summary::summary_query;
     use super::*;
 
-    fn table(columns: usize) -> TableDef {
+    /// A table `t` with `columns` columns `c0`, `c1`, ... (for the submodules' tests too).
+    pub(in crate::server::backup) fn table(columns: usize) -> TableDef {
         TableDef { name: "t".into(), sql: String::new(), columns: (0..columns).map(|i| format!("c{i}")).collect() }
     }
 

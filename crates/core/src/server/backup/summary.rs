@@ -162,11 +162,8 @@ pub(super) fn compare(expected: &BackupSummary, actual: &BackupSummary, what: &s
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::table;
     use super::*;
-
-    fn table(columns: usize) -> TableDef {
-        TableDef { name: "t".into(), sql: String::new(), columns: (0..columns).map(|i| format!("c{i}")).collect() }
-    }
 
     #[test]
     fn summaries_see_types_as_sqlite_stores_them() {
