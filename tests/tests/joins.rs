@@ -48,3 +48,26 @@ fn five_members_joining_at_once_all_succeed_and_roles_settle() {
         }
     }
 }
+
+#[test]
+fn members_joining_at_once_get_exact_roles_without_waiting_for_a_heartbeat() {
+    // No heartbeat round during the test: the roles are what the joins chose.
+    let quiet = |m: &mut Member| m.args = vec!["--debug".into(), "--heartbeat".into(), "1h".into()];
+    let cluster = Cluster::start_with(1, quiet);
+    cluster.members[0].bootstrap();
+    let mut joiners: Vec<Member> = (2..=7).map(|i| Member::new(&format!("m{i}"))).collect();
+    for joiner in &mut joiners {
+        quiet(joiner);
+        joiner.start();
+    }
+    let tokens: Vec<String> =
+        joiners.iter().map(|j| cluster.members[0].ctl_ok(&["tokens", "add", &j.name]).trim().to_owned()).collect();
+    std::thread::scope(|scope| {
+        for (joiner, token) in joiners.iter().zip(&tokens) {
+            scope.spawn(move || joiner.ctl_ok(&["init", &joiner.name, &joiner.address, "--token", token]));
+        }
+    });
+    let members = cluster.members[0].members();
+    let count = |role: &str| members.iter().filter(|m| m["role"] == role).count();
+    assert_eq!((count("voter"), count("stand-by"), count("spare")), (3, 3, 1), "{members:#?}");
+}

@@ -33,6 +33,7 @@ const NON_PUBLIC: &[(Method, &str)] = &[
     (Method::POST, "/core/internal/recovery"),
     (Method::GET, "/core/internal/truststore"),
     (Method::PUT, "/core/internal/cluster/m2/address"),
+    (Method::POST, "/core/internal/cluster/m2/role"),
 ];
 
 fn stranger_client(cluster_dir: &std::path::Path, address: &str) -> Client {

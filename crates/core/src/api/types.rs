@@ -326,6 +326,14 @@ pub struct RecoveryStatus {
     pub database: String,
 }
 
+/// `POST /core/internal/cluster/{name}/role`: a joiner, added to dqlite as a spare, asks the
+/// leader for the role the cluster needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRequest {
+    /// The joiner's dqlite node id.
+    pub id: u64,
+}
+
 /// Body of the pre-remove and post-remove hook calls.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RemoveHookRequest {

@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     self, BackupSummary, ClusterMember, ClusterMemberLocal, Control, DoctorReport, Envelope, HeartbeatRequest,
-    HeartbeatResponse, JoinRequest, JoinResponse, RecoveryPlan, RecoveryStatus, ResponseType, ServerAddress,
-    ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest, TransferLeaderRequest, paths,
+    HeartbeatResponse, JoinRequest, JoinResponse, RecoveryPlan, RecoveryStatus, ResponseType, RoleRequest,
+    ServerAddress, ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest, TransferLeaderRequest, paths,
 };
 use std::collections::BTreeMap;
 
@@ -511,6 +511,13 @@ impl Client {
             return Err(ClientError::Api { status, message });
         }
         String::from_utf8(body.to_vec()).map_err(|e| self.decode(format!("metrics that are not UTF-8: {e}")))
+    }
+
+    /// `POST /core/internal/cluster/{name}/role`: asks the leader for the role the cluster needs
+    /// (`voter`, `stand-by` or `spare`) for member `name`'s node `id`, and to give it.
+    pub async fn take_role(&self, name: &str, id: u64) -> Result<String, ClientError> {
+        let path = format!("{}/{}/role", paths::INTERNAL_CLUSTER, encode_segment(name));
+        self.query(Method::POST, &path, Some(&RoleRequest { id })).await
     }
 
     /// `GET /core/internal/recovery`: a member's raft log position and leader, for recovery.

@@ -275,6 +275,7 @@ impl App {
             fatal: RwLock::new(None),
             shutdown,
             init_lock: tokio::sync::Mutex::new(()),
+            role_lock: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
             core_routes: Arc::new(Routes::new(&shared)),
             metrics: Arc::default(),

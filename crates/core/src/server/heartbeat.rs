@@ -176,6 +176,9 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
         .collect();
     let own = report(state);
     placement.insert(own_address.clone(), Placement { failure_domain: own.failure_domain, weight: own.weight });
+    // Under the role lock, on the configuration as it is now (a join may have changed it).
+    let _roles = state.0.role_lock.lock().await;
+    let nodes = client.cluster().await.unwrap_or(nodes);
     if let Some(change) = roles::next_change(&nodes, &online, &placement, &own_address, Targets::default()) {
         tracing::info!(member = change.address, role = %change.role, reason = change.reason, "changing a member's role");
         if let Err(err) = client.assign(change.id, change.role).await {

@@ -46,6 +46,9 @@ pub(crate) struct Daemon {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Serialises init, reset and the start-up of the cluster runtime.
     pub(crate) init_lock: tokio::sync::Mutex<()>,
+    /// Serialises role decisions on the leader (joins arriving at once, heartbeat changes), so
+    /// that each sees the roles the previous one gave.
+    pub(crate) role_lock: tokio::sync::Mutex<()>,
     /// Bumped on every reset, so a reset requested for an earlier membership is not applied
     /// to a later one.
     pub(crate) epoch: AtomicU64,

@@ -16,6 +16,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("cluster").post(Action::new(join).allow_untrusted()),
         Endpoint::new("cluster/{name}").put(Action::new(reset).allowed_before_init()),
         Endpoint::new("cluster/{name}/address").put(Action::new(move_member)),
+        Endpoint::new("cluster/{name}/role").post(Action::new(assign_role)),
         Endpoint::new("truststore")
             .get(Action::new(list_trust).allowed_before_init().allowed_during_upgrade())
             .post(Action::new(add_trust).allowed_before_init()),
@@ -23,6 +24,20 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("hooks/{hook}").post(Action::new(run_hook).proxy_target()),
         Endpoint::new("heartbeat").post(Action::new(heartbeat).allowed_before_init()),
     ]
+}
+
+/// The leader chooses and gives a joiner's role, one joiner at a time (see
+/// [`membership::take_role_on_leader`]). Only the member itself may ask.
+async fn assign_role(state: State, req: Request) -> HandlerResult {
+    let name = req.param("name")?.to_owned();
+    if !matches!(&req.trust, Trust::Member(member) if *member == name) && req.trust != Trust::Unix {
+        return Err(ApiError::forbidden(format!("only {name} may ask for its own role")));
+    }
+    let request: crate::api::RoleRequest = req.json()?;
+    let runtime = state.runtime()?;
+    let _serial = state.0.role_lock.lock().await;
+    let role = membership::take_role(runtime.db.client(), request.id).await?;
+    Response::sync(membership::role_name(Some(role)))
 }
 
 /// The leader's side of a member's address change (forwarded to the leader).

@@ -270,7 +270,7 @@ async fn come_online(state: &State, runtime: &Arc<Runtime>) -> Result<(), ApiErr
 /// Once the member runs at its new address: the role the cluster needs (the leader's heartbeat
 /// gives it one later if this fails) and its own row (already right unless it is alone).
 async fn settle(state: &State, runtime: &Runtime) -> Result<(), ApiError> {
-    if let Err(err) = super::take_role(runtime.db.client(), runtime.node_id).await {
+    if let Err(err) = super::take_role_on_leader(state, runtime, &state.name(), runtime.node_id).await {
         tracing::warn!(error = %err, "taking a role at the new address; the leader's heartbeat will give one");
     }
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;

@@ -14,7 +14,7 @@
 
 use super::{
     OPEN_TIMEOUT, ensure_server_identity, ensure_uninitialised, fan_out, hook_failed, open_database, reset_local,
-    retry_config_change, role_name, start_background, start_runtime, take_role,
+    retry_config_change, role_name, start_background, start_runtime, take_role_on_leader,
 };
 use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role};
 use crate::client::{Client, ClientError};
@@ -104,7 +104,7 @@ async fn join_steps(
     let runtime = start_runtime(state, node_id).await?;
     let client = runtime.db.client().clone();
     retry_config_change("adding this member to dqlite", || client.add(node_id, &control.address)).await?;
-    let role = take_role(&client, node_id).await?;
+    let role = take_role_on_leader(state, &runtime, &control.name, node_id).await?;
     open_database(state, &runtime, OPEN_TIMEOUT).await?;
     let (name, role_text) = (control.name.clone(), role_name(Some(role)).to_owned());
     runtime

@@ -260,6 +260,36 @@ pub(crate) async fn take_role(client: &dqlite::Client, id: u64) -> Result<dqlite
     Ok(role)
 }
 
+/// [`take_role`] decided on the leader (`POST /core/internal/cluster/{name}/role`, under its
+/// role lock), so that members joining at once do not each fill the same gap. Decides here
+/// when the leader cannot be asked (or runs software without the endpoint).
+pub(crate) async fn take_role_on_leader(
+    state: &State,
+    runtime: &Runtime,
+    name: &str,
+    id: u64,
+) -> Result<dqlite::Role, ApiError> {
+    let client = runtime.db.client();
+    if let Ok(leader) = client.leader().await
+        && leader.address != runtime.address
+        && let Ok(http) = state.member_client(&leader.address)
+    {
+        match http.with_timeout(Duration::from_secs(45)).take_role(name, id).await {
+            Ok(role) => match role_from_name(&role) {
+                Some(role) => return Ok(role),
+                None => tracing::warn!(role, "the leader answered an unknown role; choosing here"),
+            },
+            Err(err) => tracing::debug!(error = %err, "the leader did not choose this member's role; choosing here"),
+        }
+    }
+    let _serial = state.0.role_lock.lock().await;
+    take_role(client, id).await
+}
+
+fn role_from_name(name: &str) -> Option<dqlite::Role> {
+    [dqlite::Role::Voter, dqlite::Role::StandBy, dqlite::Role::Spare].into_iter().find(|r| role_name(Some(*r)) == name)
+}
+
 /// Runs a dqlite membership request, retrying while raft is busy with another change.
 pub(crate) async fn retry_config_change<F, Fut>(what: &str, mut request: F) -> Result<(), ApiError>
 where
