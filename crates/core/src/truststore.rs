@@ -134,10 +134,16 @@ impl TrustStore {
         self.current.read().map(|m| m.clone()).unwrap_or_default()
     }
 
-    fn swap(&self, members: Members) {
-        if let Ok(mut guard) = self.current.write() {
-            *guard = Arc::new(members);
-        }
+    /// Replaces the members with `change(current)`. The write lock is held from the read to the
+    /// swap: concurrent admissions on the leader would otherwise each build on the same old
+    /// snapshot and all but one newcomer would be dropped (refused on the dqlite tunnel).
+    fn update(&self, change: impl FnOnce(&Members) -> Members) {
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let next = change(&guard);
+        *guard = Arc::new(next);
     }
 
     /// Trusts a member (replacing an entry of the same name).
@@ -150,9 +156,10 @@ impl TrustStore {
             certificate: entry.member.certificate.clone(),
         };
         write_toml(&self.path(&entry.member.name), &file, 0o644)?;
-        let snapshot = self.snapshot();
-        let others = snapshot.iter().filter(|e| e.member.name != entry.member.name).cloned();
-        self.swap(Members::build(others.chain(std::iter::once(entry.clone()))));
+        self.update(|current| {
+            let others = current.iter().filter(|e| e.member.name != entry.member.name).cloned();
+            Members::build(others.chain(std::iter::once(entry.clone())))
+        });
         Ok(entry)
     }
 
@@ -160,18 +167,17 @@ impl TrustStore {
     pub(crate) fn remove(&self, name: &str) -> Result<bool, TrustError> {
         validate::member_name(name)
             .map_err(|e| TrustError::Invalid { name: name.to_owned(), reason: e.to_string() })?;
-        let snapshot = self.snapshot();
-        if snapshot.by_name(name).is_none() {
+        if self.snapshot().by_name(name).is_none() {
             return Ok(false);
         }
         remove_optional(&self.path(name))?;
-        self.swap(Members::build(snapshot.iter().filter(|e| e.member.name != name).cloned()));
+        self.update(|current| Members::build(current.iter().filter(|e| e.member.name != name).cloned()));
         Ok(true)
     }
 
     /// Forgets every member (the files are removed by the state directory's reset).
     pub(crate) fn clear(&self) {
-        self.swap(Members::default());
+        self.update(|_| Members::default());
     }
 
     /// How long ago `name`'s entry was written (`None`: no entry, or no time for it).
@@ -225,6 +231,29 @@ mod tests {
         assert!(!store.remove("mc1").unwrap());
         assert!(store.snapshot().by_fingerprint(&a.fingerprint).is_none());
         assert_eq!(TrustStore::load(dir.path().join("truststore")).unwrap().snapshot().iter().count(), 1);
+    }
+
+    #[test]
+    fn concurrent_adds_keep_every_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TrustStore::load(dir.path().join("truststore")).unwrap();
+        let members: Vec<_> = (0..16u16).map(|i| member(&format!("mc{i}"), 9000 + i)).collect();
+        std::thread::scope(|scope| {
+            for m in &members {
+                let store = &store;
+                scope.spawn(move || store.add(m.clone()).unwrap());
+            }
+        });
+        assert_eq!(store.snapshot().iter().count(), 16);
+        std::thread::scope(|scope| {
+            for m in &members[..8] {
+                let store = &store;
+                scope.spawn(move || store.remove(&m.name).unwrap());
+            }
+        });
+        let names: Vec<_> = store.snapshot().iter().map(|e| e.member.name.clone()).collect();
+        assert_eq!(names.len(), 8, "{names:?}");
+        assert!(names.iter().all(|n| n.trim_start_matches("mc").parse::<u16>().unwrap() >= 8), "{names:?}");
     }
 
     #[test]
