@@ -10,18 +10,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use microcluster_tests::Cluster;
 use microcluster_tests::checker::{self, unix_request};
 
+/// The value of the first series of a member's metrics that starts with `prefix` (0 if none).
+fn metric(socket: &std::path::Path, prefix: &str) -> u64 {
+    let (_, text) = unix_request(socket, "GET", "/core/1.0/metrics", "", std::time::Duration::from_secs(5)).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
 /// `microcluster_write_batch_size` as (batches, batches of one request) from a member's metrics.
 fn batches(socket: &std::path::Path) -> (u64, u64) {
-    let (_, text) = unix_request(socket, "GET", "/core/1.0/metrics", "", std::time::Duration::from_secs(5)).unwrap();
-    let value = |prefix: &str| {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
-    };
-    (value("microcluster_write_batch_size_count"), value("microcluster_write_batch_size_bucket{le=\"1\"}"))
+    (
+        metric(socket, "microcluster_write_batch_size_count"),
+        metric(socket, "microcluster_write_batch_size_bucket{le=\"1\"}"),
+    )
 }
+
+const FORWARDED: &str = "microcluster_sql_writes_forwarded_total ";
 
 #[test]
 fn concurrent_writers_are_committed_together_and_fail_alone() {
@@ -74,5 +81,35 @@ fn concurrent_writers_are_committed_together_and_fail_alone() {
     let grouped = (after - single) - (before - before_single);
     eprintln!("member 1: {} batches for its requests, {grouped} of them with several requests", after - before);
     assert!(grouped > 0, "no batch held more than one request");
+    drop(cluster);
+}
+
+#[test]
+fn writes_through_followers_run_in_the_leader_queue_and_keep_their_errors() {
+    let cluster = Cluster::form(3);
+    let sockets: Vec<PathBuf> = cluster.members.iter().map(|m| m.socket()).collect();
+    let list = cluster.members[0].members();
+    let leader_name = list.iter().find(|m| m["leader"] == true).map(|m| m["name"].clone()).unwrap();
+    let leader = cluster.members.iter().position(|m| leader_name == m.name.as_str()).unwrap();
+    checker::sql(&sockets[leader], "CREATE TABLE f (k INTEGER PRIMARY KEY)").unwrap();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for (n, i) in followers.iter().enumerate() {
+        let k = n * 10;
+        let out = checker::sql(&sockets[*i], &format!("INSERT INTO f VALUES ({k}); INSERT INTO f VALUES ({})", k + 1));
+        assert_eq!(out.unwrap()["metadata"]["Results"][1]["rows_affected"], 1);
+        checker::sql(&sockets[*i], &format!("BEGIN; INSERT INTO f VALUES ({}); COMMIT", k + 2)).unwrap();
+        // The leader's error comes back as it was: status, message, nothing applied.
+        let err = checker::sql(&sockets[*i], &format!("INSERT INTO f VALUES ({}); INSERT INTO f VALUES ({k})", k + 3));
+        let err = err.unwrap_err();
+        assert!(err.contains("409") && err.contains("UNIQUE constraint failed"), "{err}");
+        // Reads are answered where they arrive.
+        let before = metric(&sockets[*i], FORWARDED);
+        checker::sql(&sockets[*i], "SELECT count(*) FROM f").unwrap();
+        assert_eq!(metric(&sockets[*i], FORWARDED), before, "a read was forwarded");
+        assert_eq!(before, 3, "member {i} forwarded {before} writes, not 3");
+    }
+    assert_eq!(metric(&sockets[leader], FORWARDED), 0, "the leader forwarded writes");
+    let rows = checker::sql(&sockets[leader], "SELECT k FROM f ORDER BY k").unwrap();
+    assert_eq!(rows["metadata"]["Results"][0]["rows"], serde_json::json!([[0], [1], [2], [10], [11], [12]]));
     drop(cluster);
 }

@@ -164,6 +164,8 @@ pub(crate) struct Metrics {
     pub(crate) write_batch_duration: Histogram,
     /// "database is locked" answers the write queue retried.
     pub(crate) write_busy_retries: Counter,
+    /// SQL write requests this member passed to the leader.
+    pub(crate) writes_forwarded: Counter,
     /// Times the leader this member's node reports moved to another member.
     pub(crate) leader_changes: Counter,
     heartbeat_rounds: Counter,
@@ -182,6 +184,7 @@ impl Default for Metrics {
             write_batch_size: Histogram::new(BATCH_BUCKETS),
             write_batch_duration: Histogram::new(LATENCY_BUCKETS),
             write_busy_retries: Counter::default(),
+            writes_forwarded: Counter::default(),
             leader_changes: Counter::default(),
             heartbeat_rounds: Counter::default(),
             heartbeat_failures: Counter::default(),
@@ -273,6 +276,12 @@ impl Metrics {
             "microcluster_write_busy_retries_total",
             "\"database is locked\" answers (another member writing) the write queue retried.",
             &self.write_busy_retries,
+        );
+        counter(
+            out,
+            "microcluster_sql_writes_forwarded_total",
+            "SQL write requests this member (a follower) passed to the leader's write queue.",
+            &self.writes_forwarded,
         );
         counter(
             out,

@@ -97,6 +97,12 @@ async fn run(state: State, req: Request) -> HandlerResult {
     let all_reads = kinds.iter().all(|k| *k == StatementKind::Read);
     let own_transaction = kinds.contains(&StatementKind::Transaction);
     let runtime = state.db()?;
+    if !all_reads
+        && !req.is_notification()
+        && let Some(answer) = forward_to_leader(&state, &runtime, &req.body).await
+    {
+        return answer;
+    }
     let failed_at = Arc::new(AtomicUsize::new(0));
     // The write queue retries "database is locked" (another member writing) itself. Text with
     // its own transaction can be retried only when one BEGIN … COMMIT holds all of it: then a
@@ -262,6 +268,35 @@ async fn stream_rows(
     chunk.push_str(&format!("{}\n", serde_json::json!({ "rows": count })));
     let _ = chunks.send(chunk.into()).await;
     Ok(())
+}
+
+/// Sends writes that reach a follower to the leader's own SQL endpoint, so that they join the
+/// leader's batches: each member's queue would otherwise take SQLite's write lock in turn
+/// ("database is locked", retried with pauses). `None`: run here (this member leads, no leader
+/// is known, or the leader could not be reached before anything was sent). A request that
+/// reached the leader but got no answer is reported, never run again here.
+async fn forward_to_leader(
+    state: &State,
+    runtime: &crate::server::runtime::Runtime,
+    body: &bytes::Bytes,
+) -> Option<HandlerResult> {
+    let leader = runtime.db.leader().filter(|leader| *leader != runtime.address)?;
+    let client = state.member_client(&leader).ok()?.as_notification();
+    match client.raw(hyper::Method::POST, crate::api::paths::INTERNAL_SQL, Some(body.clone())).await {
+        Ok((status, answer)) => {
+            state.0.metrics.writes_forwarded.inc();
+            Some(Ok(Response::forwarded(status, answer)))
+        }
+        Err(err)
+            if matches!(err, crate::client::ClientError::Connect { .. } | crate::client::ClientError::Tls { .. }) =>
+        {
+            tracing::debug!(%leader, error = %err, "the leader cannot be reached; writing from here");
+            None
+        }
+        Err(err) => Some(Err(ApiError::unavailable(format!(
+            "the write was sent to the leader {leader}, which did not answer ({err}): it may or may not have been applied"
+        )))),
+    }
 }
 
 /// The write queue, for a statement that needs no transaction of its own.
