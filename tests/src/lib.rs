@@ -318,6 +318,18 @@ impl Member {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("cluster list JSON: {e}: {text}"))
     }
 
+    /// The value of the first series in this member's metrics that starts with `prefix` (a
+    /// name followed by a space or `{labels}`), 0 if there is none.
+    pub fn metric(&self, prefix: &str) -> u64 {
+        let scrape = checker::unix_request(&self.socket(), "GET", "/core/1.0/metrics", "", Duration::from_secs(5));
+        let (_, text) = scrape.unwrap_or_else(|e| panic!("metrics of {}: {e}", self.name));
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    }
+
     /// The control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("control.socket")

@@ -182,3 +182,33 @@ fn a_rolling_upgrade_waits_for_every_member_and_applies_once() {
     assert!(!status.success());
     assert!(stderr.contains("older than the cluster's"), "{stderr}");
 }
+
+#[test]
+fn heartbeats_keep_trusting_a_leader_whose_row_is_missing() {
+    let cluster = Cluster::form(3);
+    let leader_name = cluster.members[0].members().iter().find(|m| m["leader"] == true).map(|m| field(m, "name"));
+    let leader_name = leader_name.unwrap();
+    let leader = cluster.members.iter().find(|m| m.name == leader_name).unwrap();
+    let others: Vec<&Member> = cluster.members.iter().filter(|m| m.name != leader_name).collect();
+    // Entries trusted in the last two minutes are kept regardless: age the leader's.
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(600);
+    for member in &others {
+        let entry = member.dir.join(format!("truststore/{leader_name}.toml"));
+        std::fs::File::options().write(true).open(&entry).unwrap().set_modified(long_ago).unwrap();
+    }
+    leader.ctl_ok(&["sql", &format!("DELETE FROM core_cluster_members WHERE name = '{leader_name}'")]);
+    let rounds = leader.metric("microcluster_heartbeat_rounds_total ");
+    wait_until("three more heartbeat rounds", Duration::from_secs(30), || {
+        (leader.metric("microcluster_heartbeat_rounds_total ") >= rounds + 3).then_some(())
+    });
+    for member in &others {
+        assert!(
+            member.dir.join(format!("truststore/{leader_name}.toml")).exists(),
+            "{} no longer trusts the leader {leader_name}\n--- its log ---\n{}",
+            member.name,
+            member.log()
+        );
+    }
+    // And the leader's requests are still accepted: a write through a follower goes to it.
+    others[0].ctl_ok(&["sql", "CREATE TABLE still_trusted (x)"]);
+}

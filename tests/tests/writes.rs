@@ -7,24 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use microcluster_tests::Cluster;
-use microcluster_tests::checker::{self, unix_request};
-
-/// The value of the first series of a member's metrics that starts with `prefix` (0 if none).
-fn metric(socket: &std::path::Path, prefix: &str) -> u64 {
-    let (_, text) = unix_request(socket, "GET", "/core/1.0/metrics", "", std::time::Duration::from_secs(5)).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
-}
+use microcluster_tests::checker;
+use microcluster_tests::{Cluster, Member};
 
 /// `microcluster_write_batch_size` as (batches, batches of one request) from a member's metrics.
-fn batches(socket: &std::path::Path) -> (u64, u64) {
+fn batches(member: &Member) -> (u64, u64) {
     (
-        metric(socket, "microcluster_write_batch_size_count"),
-        metric(socket, "microcluster_write_batch_size_bucket{le=\"1\"}"),
+        member.metric("microcluster_write_batch_size_count"),
+        member.metric("microcluster_write_batch_size_bucket{le=\"1\"}"),
     )
 }
 
@@ -35,7 +25,7 @@ fn concurrent_writers_are_committed_together_and_fail_alone() {
     let cluster = Cluster::form(3);
     let sockets: Vec<PathBuf> = cluster.members.iter().map(|m| m.socket()).collect();
     checker::sql(&sockets[0], "CREATE TABLE w (k TEXT PRIMARY KEY, writer INTEGER)").unwrap();
-    let (before, before_single) = batches(&sockets[0]);
+    let (before, before_single) = batches(&cluster.members[0]);
 
     // 16 writers, most through member 1 (one queue), some through the others; every tenth
     // request reuses a key and must fail with a constraint error, alone.
@@ -77,7 +67,7 @@ fn concurrent_writers_are_committed_together_and_fail_alone() {
     assert_eq!(count["metadata"]["Results"][0]["rows"][0], serde_json::json!([16 * 54, 16 * 54]));
 
     // Member 1's queue committed requests together.
-    let (after, single) = batches(&sockets[0]);
+    let (after, single) = batches(&cluster.members[0]);
     let grouped = (after - single) - (before - before_single);
     eprintln!("member 1: {} batches for its requests, {grouped} of them with several requests", after - before);
     assert!(grouped > 0, "no batch held more than one request");
@@ -103,12 +93,12 @@ fn writes_through_followers_run_in_the_leader_queue_and_keep_their_errors() {
         let err = err.unwrap_err();
         assert!(err.contains("409") && err.contains("UNIQUE constraint failed"), "{err}");
         // Reads are answered where they arrive.
-        let before = metric(&sockets[*i], FORWARDED);
+        let before = cluster.members[*i].metric(FORWARDED);
         checker::sql(&sockets[*i], "SELECT count(*) FROM f").unwrap();
-        assert_eq!(metric(&sockets[*i], FORWARDED), before, "a read was forwarded");
+        assert_eq!(cluster.members[*i].metric(FORWARDED), before, "a read was forwarded");
         assert_eq!(before, 3, "member {i} forwarded {before} writes, not 3");
     }
-    assert_eq!(metric(&sockets[leader], FORWARDED), 0, "the leader forwarded writes");
+    assert_eq!(cluster.members[leader].metric(FORWARDED), 0, "the leader forwarded writes");
     let rows = checker::sql(&sockets[leader], "SELECT k FROM f ORDER BY k").unwrap();
     assert_eq!(rows["metadata"]["Results"][0]["rows"], serde_json::json!([[0], [1], [2], [10], [11], [12]]));
     drop(cluster);

@@ -137,6 +137,7 @@ impl std::fmt::Display for Target {
 pub struct Client {
     target: Target,
     timeout: Duration,
+    connect_timeout: Option<Duration>,
     notification: bool,
 }
 
@@ -149,19 +150,41 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client of the daemon listening on the unix socket at `path`.
     pub fn unix(path: impl Into<PathBuf>) -> Client {
-        Client { target: Target::Unix(path.into()), timeout: DEFAULT_TIMEOUT, notification: false }
+        Client {
+            target: Target::Unix(path.into()),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: None,
+            notification: false,
+        }
     }
 
     /// A client of the member at `address` (`ip:port`) over HTTPS with `tls` (see
     /// [`crate::tls::client_config`]).
     pub fn https(address: impl Into<String>, tls: Arc<rustls::ClientConfig>) -> Client {
-        Client { target: Target::Https { address: address.into(), tls }, timeout: DEFAULT_TIMEOUT, notification: false }
+        Client {
+            target: Target::Https { address: address.into(), tls },
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: None,
+            notification: false,
+        }
     }
 
     /// Sets the per-request deadline.
     pub fn with_timeout(mut self, timeout: Duration) -> Client {
         self.timeout = timeout;
         self
+    }
+
+    /// Gives up on connecting (TCP and TLS) after `timeout`, with a [`ClientError::Connect`]:
+    /// a caller that has somewhere else to go learns early that nothing was sent.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Client {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// What to send besides method, path and body.
+    fn options(&self, notification: bool, content_type: &'static str, limit: usize) -> transport::Options {
+        transport::Options { notification, content_type, limit, connect_timeout: self.connect_timeout }
     }
 
     /// Marks requests as notifications from a member, which receivers do not fan out again.
@@ -210,11 +233,7 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let options = transport::Options {
-            notification: self.notification,
-            content_type: "application/json",
-            limit: MAX_RESPONSE,
-        };
+        let options = self.options(self.notification, "application/json", MAX_RESPONSE);
         let (status, _, body) = self.send(method, path, body, options).await?;
         Ok((status, body))
     }
@@ -237,7 +256,7 @@ impl Client {
     /// SQLite file, and what it holds.
     pub async fn backup(&self, verify: bool) -> Result<(BackupSummary, Bytes), ClientError> {
         let path = format!("{}{}", paths::DATABASE_BACKUP, if verify { "?verify=1" } else { "" });
-        let options = transport::Options { notification: false, content_type: "application/json", limit: MAX_BACKUP };
+        let options = self.options(false, "application/json", MAX_BACKUP);
         let (status, headers, body) = self.send(Method::GET, &path, None, options).await?;
         if !status.is_success() {
             return Err(self
@@ -265,8 +284,7 @@ impl Client {
     }
 
     async fn upload<T: DeserializeOwned>(&self, path: &str, file: Bytes) -> Result<T, ClientError> {
-        let options =
-            transport::Options { notification: false, content_type: "application/vnd.sqlite3", limit: MAX_RESPONSE };
+        let options = self.options(false, "application/vnd.sqlite3", MAX_RESPONSE);
         let (status, _, body) = self.send(Method::POST, path, Some(file), options).await?;
         self.metadata(status, &body)
     }
@@ -365,7 +383,7 @@ impl Client {
     ) -> Result<SqlStreamed, ClientError> {
         let body = serde_json::to_vec(&SqlQuery { query: query.to_owned() })
             .map_err(|e| self.decode(format!("encoding the request: {e}")))?;
-        let options = transport::Options { notification: false, content_type: "application/json", limit: MAX_RESPONSE };
+        let options = self.options(false, "application/json", MAX_RESPONSE);
         let path = format!("{}?stream=1", paths::INTERNAL_SQL);
         let open = tokio::time::timeout(
             self.timeout,

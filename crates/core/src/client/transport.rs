@@ -16,6 +16,9 @@ pub(super) struct Options {
     pub(super) content_type: &'static str,
     /// Largest response body accepted.
     pub(super) limit: usize,
+    /// Deadline for the TCP connection and TLS handshake alone (a `Connect` error after it:
+    /// nothing was sent).
+    pub(super) connect_timeout: Option<std::time::Duration>,
 }
 
 /// A response: status, headers and the whole body.
@@ -70,13 +73,22 @@ pub(super) async fn open(
             exchange(stream, "localhost", method, path, body, options, &name).await
         }
         Target::Https { address, tls } => {
-            let tcp = TcpStream::connect(address.as_str()).await.map_err(connect_err)?;
-            tcp.set_nodelay(true).map_err(connect_err)?;
-            let connector = tokio_rustls::TlsConnector::from(tls.clone());
-            let stream = connector
-                .connect(crate::tls::server_name(address), tcp)
-                .await
-                .map_err(|source| ClientError::Tls { target: name.clone(), source })?;
+            let connecting = async {
+                let tcp = TcpStream::connect(address.as_str()).await.map_err(connect_err)?;
+                tcp.set_nodelay(true).map_err(connect_err)?;
+                let connector = tokio_rustls::TlsConnector::from(tls.clone());
+                connector
+                    .connect(crate::tls::server_name(address), tcp)
+                    .await
+                    .map_err(|source| ClientError::Tls { target: name.clone(), source })
+            };
+            let stream = match options.connect_timeout {
+                None => connecting.await?,
+                Some(limit) => tokio::time::timeout(limit, connecting).await.map_err(|_| {
+                    let reason = format!("no connection within {} ms", limit.as_millis());
+                    connect_err(std::io::Error::new(std::io::ErrorKind::TimedOut, reason))
+                })??,
+            };
             exchange(stream, address, method, path, body, options, &name).await
         }
     }

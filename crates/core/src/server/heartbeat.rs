@@ -56,10 +56,14 @@ pub(crate) fn report(state: &State) -> HeartbeatResponse {
 /// How long a newly trusted member is kept although a heartbeat does not list it.
 const TRUST_GRACE: Duration = Duration::from_secs(120);
 
-/// Makes the trust store match `members` (never dropping this member itself, nor one trusted
-/// in the last [`TRUST_GRACE`]). An empty list is ignored: a leader always knows at least
-/// itself.
-pub(crate) fn sync_truststore(state: &State, members: &[ClusterMemberLocal]) {
+/// Makes the trust store match `members` (never dropping this member itself, the `leader`
+/// that sent the list, nor one trusted in the last [`TRUST_GRACE`]). An empty list is ignored:
+/// a leader always knows at least itself.
+///
+/// The leader is kept even when its own row is missing from the list (drift that `doctor`
+/// repairs): dropping it would make every member refuse its heartbeats, and the repair with
+/// them.
+pub(crate) fn sync_truststore(state: &State, leader: &str, members: &[ClusterMemberLocal]) {
     if members.is_empty() {
         return;
     }
@@ -82,10 +86,10 @@ pub(crate) fn sync_truststore(state: &State, members: &[ClusterMemberLocal]) {
     // trusted (the admission told everyone): dropping it would fail its join. Removals are
     // fanned out when they happen; this is only the safety net for one that was missed.
     let recent = |name: &str| store.age(name).is_some_and(|age| age < TRUST_GRACE);
-    for entry in current
-        .iter()
-        .filter(|e| !keep.contains(e.member.name.as_str()) && e.member.name != me && !recent(&e.member.name))
-    {
+    for entry in current.iter().filter(|e| {
+        let name = e.member.name.as_str();
+        !keep.contains(name) && name != me && name != leader && !recent(name)
+    }) {
         match store.remove(&entry.member.name) {
             Ok(_) => tracing::info!(member = entry.member.name, "trust store: no longer trusting a removed member"),
             Err(err) => {
@@ -166,7 +170,7 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
             })
         })
         .await?;
-    sync_truststore(state, &request.members);
+    sync_truststore(state, &request.leader, &request.members);
 
     let mut online: HashSet<String> = answered;
     online.insert(own_address.clone());

@@ -221,6 +221,24 @@ impl Db {
         self.leader.borrow().clone()
     }
 
+    /// Resolves once this member's node names a leader other than `leader` (never on a
+    /// stand-by or spare, whose node names none): for a request handed to `leader` that would
+    /// otherwise wait for its whole timeout on a leader that froze or was cut off.
+    pub(crate) async fn leader_moved_from(&self, leader: &str) {
+        self.activity.touch().await;
+        let mut watch = self.leader.clone();
+        if watch.wait_for(|now| now.as_deref().is_some_and(|now| now != leader)).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The leader's address as best known without asking anyone: what this member's node
+    /// reports, or (on a stand-by or spare, whose node names no leader) the leader this
+    /// member's client last reached. It may be out of date.
+    pub(crate) fn leader_hint(&self) -> Option<String> {
+        self.leader().or_else(|| self.client.last_leader())
+    }
+
     /// Waits (at most the length of an election) while this member's node knows no leader, and
     /// refuses after that: a member cut off from the majority then answers at once instead of
     /// searching for a leader for the client's whole timeout. A node that never named a leader

@@ -270,19 +270,34 @@ async fn stream_rows(
     Ok(())
 }
 
+/// How long a follower tries to connect to the leader before writing through its own queue
+/// (nothing was sent, so running it here is safe); a leader cut off by a partition would
+/// otherwise hold the request for the client's whole timeout.
+const FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Sends writes that reach a follower to the leader's own SQL endpoint, so that they join the
 /// leader's batches: each member's queue would otherwise take SQLite's write lock in turn
 /// ("database is locked", retried with pauses). `None`: run here (this member leads, no leader
 /// is known, or the leader could not be reached before anything was sent). A request that
-/// reached the leader but got no answer is reported, never run again here.
+/// reached the leader but got no answer is reported, never run again here. A leader hint that
+/// is out of date costs one hop: the old leader, now a follower, runs the request itself.
 async fn forward_to_leader(
     state: &State,
     runtime: &crate::server::runtime::Runtime,
     body: &bytes::Bytes,
 ) -> Option<HandlerResult> {
-    let leader = runtime.db.leader().filter(|leader| *leader != runtime.address)?;
-    let client = state.member_client(&leader).ok()?.as_notification();
-    match client.raw(hyper::Method::POST, crate::api::paths::INTERNAL_SQL, Some(body.clone())).await {
+    let leader = runtime.db.leader_hint().filter(|leader| *leader != runtime.address)?;
+    let client = state.member_client(&leader).ok()?.as_notification().with_connect_timeout(FORWARD_CONNECT_TIMEOUT);
+    let sent = tokio::select! {
+        sent = client.raw(hyper::Method::POST, crate::api::paths::INTERNAL_SQL, Some(body.clone())) => sent,
+        () = runtime.db.leader_moved_from(&leader) => {
+            return Some(Err(ApiError::unavailable(format!(
+                "the write was sent to the leader {leader}, which lost its leadership before answering: it may or \
+                 may not have been applied"
+            ))));
+        }
+    };
+    match sent {
         Ok((status, answer)) => {
             state.0.metrics.writes_forwarded.inc();
             Some(Ok(Response::forwarded(status, answer)))
