@@ -92,14 +92,20 @@ fn writes_through_followers_run_in_the_leader_queue_and_keep_their_errors() {
         let err = checker::sql(&sockets[*i], &format!("INSERT INTO f VALUES ({}); INSERT INTO f VALUES ({k})", k + 3));
         let err = err.unwrap_err();
         assert!(err.contains("409") && err.contains("UNIQUE constraint failed"), "{err}");
-        // Reads are answered where they arrive.
+        // Reads are answered where they arrive, and so is text that mixes them with writes.
         let before = cluster.members[*i].metric(FORWARDED);
         checker::sql(&sockets[*i], "SELECT count(*) FROM f").unwrap();
         assert_eq!(cluster.members[*i].metric(FORWARDED), before, "a read was forwarded");
+        let mixed = checker::sql(
+            &sockets[*i],
+            &format!("INSERT INTO f VALUES ({}); SELECT k FROM f WHERE k = {}", k + 5, k + 5),
+        );
+        assert_eq!(mixed.unwrap()["metadata"]["Results"][1]["rows"], serde_json::json!([[k + 5]]));
+        assert_eq!(cluster.members[*i].metric(FORWARDED), before, "text with a read was forwarded");
         assert_eq!(before, 3, "member {i} forwarded {before} writes, not 3");
     }
     assert_eq!(cluster.members[leader].metric(FORWARDED), 0, "the leader forwarded writes");
     let rows = checker::sql(&sockets[leader], "SELECT k FROM f ORDER BY k").unwrap();
-    assert_eq!(rows["metadata"]["Results"][0]["rows"], serde_json::json!([[0], [1], [2], [10], [11], [12]]));
+    assert_eq!(rows["metadata"]["Results"][0]["rows"], serde_json::json!([[0], [1], [2], [5], [10], [11], [12], [15]]));
     drop(cluster);
 }

@@ -97,7 +97,10 @@ async fn run(state: State, req: Request) -> HandlerResult {
     let all_reads = kinds.iter().all(|k| *k == StatementKind::Read);
     let own_transaction = kinds.contains(&StatementKind::Transaction);
     let runtime = state.db()?;
-    if !all_reads
+    // Only text without reads is forwarded: its answer is small, while a read's rows could
+    // outgrow what the member-to-member client accepts after the writes were applied.
+    let no_reads = !kinds.contains(&StatementKind::Read);
+    if no_reads
         && !req.is_notification()
         && let Some(answer) = forward_to_leader(&state, &runtime, &req.body).await
     {
