@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +105,9 @@ impl Members {
 pub(crate) struct TrustStore {
     dir: PathBuf,
     current: RwLock<Arc<Members>>,
+    /// Held by `add` and `remove` from the file to the swap, so that the files and the
+    /// snapshot change together (readers only take `current`).
+    writing: Mutex<()>,
 }
 
 impl TrustStore {
@@ -126,7 +129,7 @@ impl TrustStore {
                 return Err(StateDirError::Io { action: "reading", path: dir, source }.into());
             }
         }
-        Ok(TrustStore { dir, current: RwLock::new(Arc::new(Members::build(entries))) })
+        Ok(TrustStore { dir, current: RwLock::new(Arc::new(Members::build(entries))), writing: Mutex::new(()) })
     }
 
     /// The current members.
@@ -134,16 +137,12 @@ impl TrustStore {
         self.current.read().map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// Replaces the members with `change(current)`. The write lock is held from the read to the
-    /// swap: concurrent admissions on the leader would otherwise each build on the same old
-    /// snapshot and all but one newcomer would be dropped (refused on the dqlite tunnel).
+    /// Replaces the members with `change(current)`, the caller holding `writing`: concurrent
+    /// admissions on the leader would otherwise each build on the same old snapshot, and all
+    /// but one newcomer would be dropped (then refused on the dqlite tunnel).
     fn update(&self, change: impl FnOnce(&Members) -> Members) {
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let next = change(&guard);
-        *guard = Arc::new(next);
+        let next = Arc::new(change(&self.snapshot()));
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
     }
 
     /// Trusts a member (replacing an entry of the same name).
@@ -155,6 +154,7 @@ impl TrustStore {
             address: entry.member.address.clone(),
             certificate: entry.member.certificate.clone(),
         };
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         write_toml(&self.path(&entry.member.name), &file, 0o644)?;
         self.update(|current| {
             let others = current.iter().filter(|e| e.member.name != entry.member.name).cloned();
@@ -167,6 +167,7 @@ impl TrustStore {
     pub(crate) fn remove(&self, name: &str) -> Result<bool, TrustError> {
         validate::member_name(name)
             .map_err(|e| TrustError::Invalid { name: name.to_owned(), reason: e.to_string() })?;
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         if self.snapshot().by_name(name).is_none() {
             return Ok(false);
         }
@@ -177,6 +178,7 @@ impl TrustStore {
 
     /// Forgets every member (the files are removed by the state directory's reset).
     pub(crate) fn clear(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         self.update(|_| Members::default());
     }
 
