@@ -3,7 +3,10 @@
 //! One method per endpoint, so callers (microctl, the daemon talking to its peers, applications)
 //! never build JSON by hand. Each request uses a fresh HTTP/1.1 connection with a deadline.
 
+mod pool;
 mod transport;
+
+pub use pool::Pool;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -138,6 +141,7 @@ pub struct Client {
     target: Target,
     timeout: Duration,
     connect_timeout: Option<Duration>,
+    pool: Option<Arc<Pool>>,
     notification: bool,
 }
 
@@ -154,6 +158,7 @@ impl Client {
             target: Target::Unix(path.into()),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: None,
+            pool: None,
             notification: false,
         }
     }
@@ -165,6 +170,7 @@ impl Client {
             target: Target::Https { address: address.into(), tls },
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: None,
+            pool: None,
             notification: false,
         }
     }
@@ -179,6 +185,13 @@ impl Client {
     /// a caller that has somewhere else to go learns early that nothing was sent.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Client {
         self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Sends requests over kept-alive connections from `pool` (HTTPS only), for a client
+    /// that talks to the same member often.
+    pub fn with_pool(mut self, pool: Arc<Pool>) -> Client {
+        self.pool = Some(pool);
         self
     }
 
@@ -245,7 +258,14 @@ impl Client {
         body: Option<Bytes>,
         options: transport::Options,
     ) -> Result<transport::Answer, ClientError> {
-        let exchange = transport::send(&self.target, method, path, body, options);
+        let exchange = async {
+            match (&self.target, &self.pool) {
+                (Target::Https { address, tls }, Some(pool)) => {
+                    transport::send_pooled(pool, address, tls, method, path, body, options).await
+                }
+                _ => transport::send(&self.target, method, path, body, options).await,
+            }
+        };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout { target: self.target(), after: self.timeout }),

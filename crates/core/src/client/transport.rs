@@ -2,11 +2,14 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::sync::Arc;
 use tokio::net::{TcpStream, UnixStream};
 
+use super::pool::Pool;
 use super::{ClientError, NOTIFICATION_USER_AGENT, Target};
 
 /// What to send besides method, path and body.
@@ -31,15 +34,8 @@ pub(super) async fn send(
     body: Option<Bytes>,
     options: Options,
 ) -> Result<Answer, ClientError> {
-    let name = target.to_string();
     let Open { response, driver: _driver } = open(target, method, path, body, options).await?;
-    let (parts, body) = response.into_parts();
-    let bytes = Limited::new(body, options.limit)
-        .collect()
-        .await
-        .map_err(|e| ClientError::Decode { target: name.clone(), reason: format!("reading the body: {e}") })?
-        .to_bytes();
-    Ok((parts.status, parts.headers, bytes))
+    read_body(response, options.limit, &target.to_string()).await
 }
 
 /// A response whose body is still to be read; the connection lives as long as this does.
@@ -49,7 +45,7 @@ pub(super) struct Open {
 }
 
 /// The task driving a client connection, stopped when dropped.
-pub(super) struct Driver(tokio::task::JoinHandle<()>);
+pub(crate) struct Driver(tokio::task::JoinHandle<()>);
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -73,25 +69,130 @@ pub(super) async fn open(
             exchange(stream, "localhost", method, path, body, options, &name).await
         }
         Target::Https { address, tls } => {
-            let connecting = async {
-                let tcp = TcpStream::connect(address.as_str()).await.map_err(connect_err)?;
-                tcp.set_nodelay(true).map_err(connect_err)?;
-                let connector = tokio_rustls::TlsConnector::from(tls.clone());
-                connector
-                    .connect(crate::tls::server_name(address), tcp)
-                    .await
-                    .map_err(|source| ClientError::Tls { target: name.clone(), source })
-            };
-            let stream = match options.connect_timeout {
-                None => connecting.await?,
-                Some(limit) => tokio::time::timeout(limit, connecting).await.map_err(|_| {
-                    let reason = format!("no connection within {} ms", limit.as_millis());
-                    connect_err(std::io::Error::new(std::io::ErrorKind::TimedOut, reason))
-                })??,
-            };
+            let stream = connect_tls(address, tls, options, &name).await?;
             exchange(stream, address, method, path, body, options, &name).await
         }
     }
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TCP connection with TLS on it, within `options.connect_timeout` if there is one.
+async fn connect_tls(
+    address: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    options: Options,
+    name: &str,
+) -> Result<TlsStream, ClientError> {
+    let connect_err = |source| ClientError::Connect { target: name.to_owned(), source };
+    let connecting = async {
+        let tcp = TcpStream::connect(address).await.map_err(connect_err)?;
+        tcp.set_nodelay(true).map_err(connect_err)?;
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        connector
+            .connect(crate::tls::server_name(address), tcp)
+            .await
+            .map_err(|source| ClientError::Tls { target: name.to_owned(), source })
+    };
+    match options.connect_timeout {
+        None => connecting.await,
+        Some(limit) => tokio::time::timeout(limit, connecting).await.unwrap_or_else(|_| {
+            let reason = format!("no connection within {} ms", limit.as_millis());
+            Err(connect_err(std::io::Error::new(std::io::ErrorKind::TimedOut, reason)))
+        }),
+    }
+}
+
+/// The HTTP/1.1 handshake on `stream`, and the task that drives the connection.
+async fn handshake<S>(stream: S, name: &str) -> Result<(SendRequest<Full<Bytes>>, Driver), ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ClientError::Http { target: name.to_owned(), source })?;
+    let driver = tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "client connection closed");
+        }
+    });
+    Ok((sender, Driver(driver)))
+}
+
+/// The request, with the headers every request carries.
+fn request(
+    host: &str,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+    options: Options,
+    name: &str,
+) -> Result<Request<Full<Bytes>>, ClientError> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, host)
+        .header(USER_AGENT, if options.notification { NOTIFICATION_USER_AGENT } else { "microcluster" });
+    if body.is_some() {
+        request = request.header(CONTENT_TYPE, options.content_type);
+    }
+    request
+        .body(Full::new(body.unwrap_or_default()))
+        .map_err(|e| ClientError::Decode { target: name.to_owned(), reason: format!("building the request: {e}") })
+}
+
+/// Reads a whole response body of at most `limit` bytes.
+async fn read_body(
+    response: hyper::Response<hyper::body::Incoming>,
+    limit: usize,
+    name: &str,
+) -> Result<Answer, ClientError> {
+    let (parts, body) = response.into_parts();
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| ClientError::Decode { target: name.to_owned(), reason: format!("reading the body: {e}") })?
+        .to_bytes();
+    Ok((parts.status, parts.headers, bytes))
+}
+
+/// Sends a request over a kept-alive connection to `address` from `pool`, or a new one that is
+/// kept for the next request. A pooled connection that turns out closed before the request was
+/// written is dropped and the request goes on the next one (it was not sent).
+pub(super) async fn send_pooled(
+    pool: &Pool,
+    address: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+    options: Options,
+) -> Result<Answer, ClientError> {
+    let name = address.to_owned();
+    let http_err = |source| ClientError::Http { target: name.clone(), source };
+    let mut unsent = request(address, method, path, body, options, &name)?;
+    while let Some((mut sender, driver)) = pool.take(address) {
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        match sender.try_send_request(unsent).await {
+            Ok(response) => {
+                let answer = read_body(response, options.limit, &name).await?;
+                pool.put(address, sender, driver);
+                return Ok(answer);
+            }
+            Err(mut err) => match err.take_message() {
+                Some(request) => unsent = request,
+                None => return Err(http_err(err.into_error())),
+            },
+        }
+    }
+    let stream = connect_tls(address, tls, options, &name).await?;
+    let (mut sender, driver) = handshake(stream, &name).await?;
+    let response = sender.send_request(unsent).await.map_err(http_err)?;
+    let answer = read_body(response, options.limit, &name).await?;
+    pool.put(address, sender, driver);
+    Ok(answer)
 }
 
 async fn exchange<S>(
@@ -106,31 +207,9 @@ async fn exchange<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let http_err = |source| ClientError::Http { target: name.to_owned(), source };
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http_err)?;
-    let driver = tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(error = %err, "client connection closed");
-        }
-    });
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(HOST, host)
-        .header(USER_AGENT, if options.notification { NOTIFICATION_USER_AGENT } else { "microcluster" });
-    if body.is_some() {
-        request = request.header(CONTENT_TYPE, options.content_type);
-    }
-    let request = request
-        .body(Full::new(body.unwrap_or_default()))
-        .map_err(|e| ClientError::Decode { target: name.to_owned(), reason: format!("building the request: {e}") })?;
-    let response = match sender.send_request(request).await {
-        Ok(response) => response,
-        Err(err) => {
-            driver.abort();
-            return Err(http_err(err));
-        }
-    };
-    Ok(Open { response, driver: Driver(driver) })
+    let (mut sender, driver) = handshake(stream, name).await?;
+    let request = request(host, method, path, body, options, name)?;
+    let response =
+        sender.send_request(request).await.map_err(|source| ClientError::Http { target: name.to_owned(), source })?;
+    Ok(Open { response, driver })
 }

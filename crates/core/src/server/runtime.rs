@@ -47,6 +47,8 @@ pub(crate) struct Runtime {
     pub(crate) cluster_identity: Identity,
     /// Client TLS to peers: our server certificate, their cluster certificate pinned.
     pub(crate) peer_tls: Arc<rustls::ClientConfig>,
+    /// Kept-alive connections for the writes this member passes to the leader.
+    pub(crate) forward_pool: Arc<crate::client::Pool>,
     pub(crate) db: Db,
     /// The node's abstract socket.
     pub(crate) bind_name: String,
@@ -141,6 +143,7 @@ impl Runtime {
             cluster_fingerprint,
             cluster_identity,
             peer_tls,
+            forward_pool: Arc::default(),
             // raft's election timeout is 15 latencies, randomised up to twice that.
             db: Db::new(client, state.address(), daemon.settings.network_latency * 30, daemon.metrics.clone()),
             bind_name,

@@ -290,7 +290,12 @@ async fn forward_to_leader(
     body: &bytes::Bytes,
 ) -> Option<HandlerResult> {
     let leader = runtime.db.leader_hint().filter(|leader| *leader != runtime.address)?;
-    let client = state.member_client(&leader).ok()?.as_notification().with_connect_timeout(FORWARD_CONNECT_TIMEOUT);
+    let client = state
+        .member_client(&leader)
+        .ok()?
+        .as_notification()
+        .with_connect_timeout(FORWARD_CONNECT_TIMEOUT)
+        .with_pool(runtime.forward_pool.clone());
     let sent = tokio::select! {
         sent = client.raw(hyper::Method::POST, crate::api::paths::INTERNAL_SQL, Some(body.clone())) => sent,
         () = runtime.db.leader_moved_from(&leader) => {
@@ -301,6 +306,11 @@ async fn forward_to_leader(
         }
     };
     match sent {
+        // Refused before any handler ran: the leader no longer trusts this member.
+        Ok((hyper::StatusCode::FORBIDDEN, _)) => Some(Err(ApiError::unavailable(format!(
+            "the leader {leader} refused this member's certificate (was this member removed from the cluster?); \
+             nothing was written"
+        )))),
         Ok((status, answer)) => {
             state.0.metrics.writes_forwarded.inc();
             Some(Ok(Response::forwarded(status, answer)))
