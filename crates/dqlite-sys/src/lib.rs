@@ -118,6 +118,18 @@ pub type sqlite3_progress_callback = Option<unsafe extern "C" fn(ctx: *mut c_voi
 pub type sqlite3_trace_callback =
     Option<unsafe extern "C" fn(event: c_uint, ctx: *mut c_void, p: *mut c_void, x: *mut c_void) -> c_int>;
 
+/// `sqlite3_config`: multi-thread mode (no locking of a connection's own structures).
+pub const SQLITE_CONFIG_MULTITHREAD: c_int = 2;
+/// `sqlite3_config`: whether SQLite counts its memory use (under a global mutex).
+pub const SQLITE_CONFIG_MEMSTATUS: c_int = 9;
+/// A call made out of turn (`sqlite3_config` after SQLite initialised).
+pub const SQLITE_MISUSE: c_int = 21;
+
+// Process-wide SQLite settings, made before SQLite initialises.
+unsafe extern "C" {
+    pub fn sqlite3_config(op: c_int, ...) -> c_int;
+}
+
 // The few SQLite calls used to put a time limit on the statements libdqlite runs for clients.
 unsafe extern "C" {
     pub fn sqlite3_auto_extension(entry: Option<sqlite3_auto_extension_entry>) -> c_int;
@@ -158,6 +170,8 @@ unsafe extern "C" {
     pub fn sqlite3_open_v2(filename: *const c_char, db: *mut *mut sqlite3, flags: c_int, vfs: *const c_char) -> c_int;
     pub fn sqlite3_close_v2(db: *mut sqlite3) -> c_int;
     pub fn sqlite3_errmsg(db: *mut sqlite3) -> *const c_char;
+    /// The connection's mutex; NULL unless SQLite runs serialized.
+    pub fn sqlite3_db_mutex(db: *mut sqlite3) -> *mut c_void;
     pub fn sqlite3_prepare_v2(
         db: *mut sqlite3,
         sql: *const c_char,

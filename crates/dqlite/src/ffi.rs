@@ -53,8 +53,36 @@ fn check(code: c_int) -> Result<(), i32> {
     if code == 0 { Ok(()) } else { Err(code) }
 }
 
+/// Puts SQLite in multi-thread mode, without memory statistics, before anything in the process
+/// initialises it; later calls do nothing.
+///
+/// Why: Debian's SQLite is built serialized, so every API call and every page of every
+/// statement takes a connection mutex, and every allocation a global one for the statistics.
+/// No connection here is ever used by two threads at once: libdqlite runs each node's
+/// connections on the node's own thread, and [`crate::file`] holds its connection through
+/// `&mut`. go-dqlite makes the same choice (it even goes single-thread). If SQLite was already
+/// initialised (an application opened a database through it first), SQLite refuses the change
+/// and keeps its mode, which is safe, only slower.
+pub(crate) fn configure_sqlite() {
+    static CONFIGURED: std::sync::Once = std::sync::Once::new();
+    CONFIGURED.call_once(|| {
+        // SAFETY: plain integer arguments, as SQLite documents for these options; SQLite
+        // answers SQLITE_MISUSE instead of changing anything once it is initialised.
+        let modes = unsafe {
+            [
+                sys::sqlite3_config(sys::SQLITE_CONFIG_MULTITHREAD),
+                sys::sqlite3_config(sys::SQLITE_CONFIG_MEMSTATUS, 0 as c_int),
+            ]
+        };
+        if modes.iter().any(|&rc| rc != sys::SQLITE_OK) {
+            tracing::debug!(?modes, "SQLite was initialised before dqlite: it keeps its threading mode");
+        }
+    });
+}
+
 impl RawNode {
     pub(crate) fn create(id: u64, address: &CStr, data_dir: &CStr) -> Result<RawNode, Failure> {
+        configure_sqlite();
         let mut ptr = std::ptr::null_mut();
         // SAFETY: both strings are valid NUL-terminated C strings for the duration of the call
         // (libdqlite copies them); `ptr` is a valid out-pointer.
@@ -207,6 +235,7 @@ const PROGRESS_STEPS: c_int = 1000;
 /// from now on (libdqlite opens one per client database on the leader). The first call
 /// registers the hooks with SQLite; returns SQLite's code if that fails.
 pub(crate) fn set_statement_limit(limit_ms: u64) -> Result<(), c_int> {
+    configure_sqlite();
     STATEMENT_LIMIT_MS.store(limit_ms, std::sync::atomic::Ordering::Relaxed);
     let mut result = Ok(());
     STATEMENT_LIMIT_INSTALLED.call_once(|| {

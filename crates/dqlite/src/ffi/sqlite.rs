@@ -22,15 +22,16 @@ pub(crate) struct RawSqlite {
     ptr: NonNull<sys::sqlite3>,
 }
 
-// SAFETY: SQLite is built thread-safe (THREADSAFE=1, Debian's default, and libdqlite does not
-// change the mode), so a connection may move between threads; `&mut self` on every call keeps
-// it used by one thread at a time.
+// SAFETY: SQLite runs in multi-thread mode at least (`configure_sqlite`; Debian builds it
+// serialized), where a connection may move between threads as long as one thread at a time
+// uses it, which `&mut self` on every call ensures.
 unsafe impl Send for RawSqlite {}
 
 impl RawSqlite {
     pub(crate) fn open(path: &CStr, read_only: bool) -> Result<RawSqlite, SqliteFailure> {
         let flags =
             if read_only { sys::SQLITE_OPEN_READONLY } else { sys::SQLITE_OPEN_READWRITE | sys::SQLITE_OPEN_CREATE };
+        crate::ffi::configure_sqlite();
         let mut ptr = std::ptr::null_mut();
         // SAFETY: valid C string and out-pointer; a NULL vfs selects the default (unix) VFS,
         // never libdqlite's.
@@ -159,5 +160,18 @@ impl Drop for RawStatement<'_> {
     fn drop(&mut self) {
         // SAFETY: valid statement, unused afterwards.
         unsafe { sys::sqlite3_finalize(self.ptr.as_ptr()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RawSqlite;
+
+    #[test]
+    fn connections_run_without_a_mutex_of_their_own() {
+        let conn = RawSqlite::open(c":memory:", false).expect("open an in-memory database");
+        // SAFETY: valid connection.
+        let mutex = unsafe { dqlite_sys::sqlite3_db_mutex(conn.ptr.as_ptr()) };
+        assert!(mutex.is_null(), "SQLite still runs serialized: configure_sqlite did not take effect");
     }
 }
