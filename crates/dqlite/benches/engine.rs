@@ -1,6 +1,7 @@
 //! `make bench-engine`: our client against go-dqlite's `dqlite-benchmark` (same libdqlite), same
-//! workload, same machine, same run. Both drive nodes over TCP loopback from the process that
-//! hosts the leader: `kvwrite` (INSERT OR REPLACE of a 32-byte key and a 1 KiB value) and
+//! workload, same machine, same run. Both drive nodes over TCP loopback from the process of
+//! the bootstrap node (ours leads; Go's may have handed leadership to another node when its
+//! bootstrap node restarted as the driver), with every node a voter before the clock starts: `kvwrite` (INSERT OR REPLACE of a 32-byte key and a 1 KiB value) and
 //! `kvreadwrite` (half point reads of written keys, half writes), one worker, on 1 and 3 nodes.
 //! Prints medians over the repetitions with their spread, and the ratio ours / Go.
 //!
@@ -178,28 +179,51 @@ fn read_results(dir: &Path, kind: &str) -> Result<Ops, Error> {
     Ok(ops)
 }
 
-fn go(nodes: usize, readwrite: bool, duration: Duration) -> Result<Figures, Error> {
+fn go(runtime: &tokio::runtime::Runtime, nodes: usize, readwrite: bool, duration: Duration) -> Result<Figures, Error> {
     let dir = tempfile::tempdir()?;
     let addresses: Vec<String> = (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let workload = if readwrite { "kvreadwrite" } else { "kvwrite" };
     let secs = duration.as_secs().max(1).to_string();
-    let mut procs = Processes(Vec::new());
-    let driver = Command::new("dqlite-benchmark")
-        .args(["--db", &addresses[0], "--driver", "--cluster", &addresses.join(",")])
-        .args(["--workload", workload, "--workers", "1", "--duration", &secs, "--cluster-timeout", "60", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    procs.0.push(driver);
-    for address in &addresses[1..] {
-        let child = Command::new("dqlite-benchmark")
-            .args(["--db", address, "--join", &addresses[0], "--dir"])
+    let spawn = |address: &str, extra: &[&str]| {
+        Command::new("dqlite-benchmark")
+            .args(["--db", address])
+            .args(extra)
+            .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?;
-        procs.0.push(child);
+            .spawn()
+    };
+    let mut procs = Processes(Vec::new());
+    let cluster = addresses.join(",");
+    let driver_args = [
+        "--driver",
+        "--cluster",
+        &cluster,
+        "--workload",
+        workload,
+        "--workers",
+        "1",
+        "--duration",
+        &secs,
+        "--cluster-timeout",
+        "60",
+    ];
+    if nodes > 1 {
+        // dqlite-benchmark's driver starts timing once every node answers, while the joiners are
+        // still spares (measured: one voter for the first second, three after two). So the
+        // cluster forms first, without a driver; once all are voters the bootstrap node is
+        // killed and restarted, from its data, as the driver.
+        procs.0.push(spawn(&addresses[0], &[])?);
+        for address in &addresses[1..] {
+            procs.0.push(spawn(address, &["--join", &addresses[0]])?);
+        }
+        runtime.block_on(wait_for_voters(&addresses))?;
+        let _ = procs.0[0].kill();
+        let _ = procs.0[0].wait();
+        procs.0[0] = spawn(&addresses[0], &driver_args)?;
+    } else {
+        procs.0.push(spawn(&addresses[0], &driver_args)?);
     }
     let deadline = Instant::now() + duration + Duration::from_secs(90);
     loop {
@@ -218,6 +242,24 @@ fn go(nodes: usize, readwrite: bool, duration: Duration) -> Result<Figures, Erro
     let figures = figures(&read_results(&results, "exec")?, &read_results(&results, "query")?, duration.as_secs_f64());
     drop(procs);
     Ok(figures)
+}
+
+/// Waits (up to a minute) until every one of `addresses` is a voter.
+async fn wait_for_voters(addresses: &[String]) -> Result<(), Error> {
+    let client = Client::new(addresses.to_vec());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(nodes) = client.cluster().await {
+            let voters = nodes.iter().filter(|n| n.role == Some(Role::Voter)).count();
+            if voters == addresses.len() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("go-dqlite's nodes did not all become voters within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Chooses the write or the read figures of a run.
@@ -274,7 +316,7 @@ fn main() -> Result<(), Error> {
                 eprintln!("{nodes} node(s), {}, run {run}/{repeat}", if readwrite { "kvreadwrite" } else { "kvwrite" });
                 o.push(runtime.block_on(ours(nodes, readwrite, duration))?);
                 if have_go {
-                    g.push(go(nodes, readwrite, duration)?);
+                    g.push(go(&runtime, nodes, readwrite, duration)?);
                 }
             }
             let ops: &[(&str, Pick)] = if readwrite {
