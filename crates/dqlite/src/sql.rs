@@ -86,6 +86,17 @@ pub fn classify(stmt: &str) -> StatementKind {
     }
 }
 
+/// True when `stmt` is one statement that starts with `INSERT`, `REPLACE`, `UPDATE` or `DELETE`
+/// (not `WITH … INSERT`) and holds no `RETURNING`: a statement whose effect SQLite's `changes()`
+/// and `last_insert_rowid()` describe right after it runs.
+pub fn is_plain_dml(stmt: &str) -> bool {
+    if classify(stmt) != StatementKind::Write || has_returning(stmt) {
+        return false;
+    }
+    let head = Lexer::new(stmt).find(|t| t.kind != Kind::Punct(b';'));
+    head.and_then(|t| word(stmt, &t)).is_some_and(|w| is_any(w, &["INSERT", "REPLACE", "UPDATE", "DELETE"]))
+}
+
 /// True when the `RETURNING` keyword appears in `sql` (outside strings, comments and quoted
 /// identifiers, and not as a function name). libdqlite 1.11 cannot run such a write on any path:
 /// through EXEC it stops at the first returned row, commits locally without replicating, and
@@ -331,6 +342,24 @@ impl Iterator for Lexer<'_> {
 mod tests {
     use super::StatementKind::{Empty, Read, Transaction, Write};
     use super::*;
+
+    #[test]
+    fn plain_dml_is_one_insert_update_or_delete() {
+        for yes in ["INSERT INTO t VALUES (1)", "replace into t values (1)", "UPDATE t SET a = 1 -- x", "DELETE FROM t"]
+        {
+            assert!(is_plain_dml(yes), "{yes}");
+        }
+        for no in [
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+            "INSERT INTO t VALUES (1); DELETE FROM t",
+            "INSERT INTO t VALUES (1) RETURNING a",
+            "CREATE TABLE t (a)",
+            "SELECT 1",
+            "",
+        ] {
+            assert!(!is_plain_dml(no), "{no}");
+        }
+    }
 
     #[test]
     fn split_cases() {

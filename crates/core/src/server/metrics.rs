@@ -47,6 +47,11 @@ pub(crate) const DIAL_CLIENT: &str = "client";
 /// See [`DIAL_CLIENT`].
 pub(crate) const DIAL_RAFT: &str = "raft";
 
+/// How a merged write batch ended (`outcome` label): every statement ran in one round trip...
+pub(crate) const MERGED: &str = "merged";
+/// ... or one failed, the group was undone and its requests ran one by one.
+pub(crate) const MERGE_UNDONE: &str = "undone";
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
@@ -164,6 +169,8 @@ pub(crate) struct Metrics {
     pub(crate) write_batch_duration: Histogram,
     /// "database is locked" answers the write queue retried.
     pub(crate) write_busy_retries: Counter,
+    /// Batches whose statements ran in one round trip, and those that fell back to one by one.
+    pub(crate) write_batches_merged: Family<Counter>,
     /// SQL write requests this member passed to the leader.
     pub(crate) writes_forwarded: Counter,
     /// Times the leader this member's node reports moved to another member.
@@ -184,6 +191,7 @@ impl Default for Metrics {
             write_batch_size: Histogram::new(BATCH_BUCKETS),
             write_batch_duration: Histogram::new(LATENCY_BUCKETS),
             write_busy_retries: Counter::default(),
+            write_batches_merged: Family::new(&["outcome"], Counter::default),
             writes_forwarded: Counter::default(),
             leader_changes: Counter::default(),
             heartbeat_rounds: Counter::default(),
@@ -198,6 +206,9 @@ impl Default for Metrics {
         }
         for path in [DIAL_CLIENT, DIAL_RAFT] {
             metrics.dial_errors.with(&[path]);
+        }
+        for outcome in [MERGED, MERGE_UNDONE] {
+            metrics.write_batches_merged.with(&[outcome]);
         }
         metrics
     }
@@ -276,6 +287,12 @@ impl Metrics {
             "microcluster_write_busy_retries_total",
             "\"database is locked\" answers (another member writing) the write queue retried.",
             &self.write_busy_retries,
+        );
+        labelled_counters(
+            out,
+            "microcluster_write_batches_merged_total",
+            "Batches of plain INSERT/UPDATE/DELETE requests whose statements ran in one round trip (outcome=\"merged\"), and those undone because one failed, then run one by one (outcome=\"undone\").",
+            &self.write_batches_merged,
         );
         counter(
             out,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dqlite::{Database, ExecResult, Transaction, TxFuture, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::server::metrics::Metrics;
+use crate::server::metrics::{MERGE_UNDONE, MERGED, Metrics};
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 64;
@@ -143,6 +143,16 @@ async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metr
             }
         }
     };
+    let batch = match run_merged(&mut tx, batch, metrics).await {
+        Merged::Committable(replies) => return commit(tx, replies).await,
+        Merged::Broken(err, batch) => {
+            for job in batch {
+                refuse(job, &err);
+            }
+            return None;
+        }
+        Merged::OneByOne(batch) => batch,
+    };
     let mut committed: Vec<Reply> = Vec::new();
     let count = batch.len();
     let mut jobs = batch.into_iter().enumerate();
@@ -204,6 +214,11 @@ async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metr
         fail_all(committed, &err);
         return None;
     }
+    commit(tx, committed).await
+}
+
+/// Commits the batch and hands every job its answer.
+async fn commit(tx: Transaction<'_>, committed: Vec<Reply>) -> Option<dqlite::Error> {
     match tx.commit().await {
         Ok(()) => {
             for reply in committed {
@@ -213,6 +228,95 @@ async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metr
         Err(err) => fail_all(committed, &err),
     }
     None
+}
+
+/// Where a merged batch records each statement's counts, right after the statement: a
+/// temporary table of the queue's own connection (the name is reserved: on that connection it
+/// would hide a main table of the same name). WITHOUT ROWID, so that recording leaves
+/// `last_insert_rowid()` as the statement left it.
+const RESULTS: &str = "microcluster_write_queue_results";
+
+enum Merged {
+    /// Every job ran; their answers, to send once the batch commits.
+    Committable(Vec<Reply>),
+    /// Not merged, or a statement failed and the group was undone: run the jobs one by one.
+    OneByOne(Vec<Job>),
+    /// The transaction is gone.
+    Broken(dqlite::Error, Vec<Job>),
+}
+
+/// Runs a batch of plain INSERT/UPDATE/DELETE requests without parameters in two round trips
+/// (one EXEC_SQL for all the statements, one query for their counts) instead of one per request.
+/// If any statement fails, the whole group is rolled back to its savepoint and the jobs go
+/// one by one, so that the failing one alone gets its error.
+async fn run_merged(tx: &mut Transaction<'_>, batch: Vec<Job>, metrics: &Metrics) -> Merged {
+    let Some(text) = merged_batch(&batch) else { return Merged::OneByOne(batch) };
+    let lost = |err: &dqlite::Error| err.is_connection_lost() || err.is_leadership_lost() || err.is_not_leader();
+    if let Err(err) = tx.exec(&text, &[]).await {
+        if lost(&err) {
+            return Merged::Broken(err, batch);
+        }
+        metrics.write_batches_merged.with(&[MERGE_UNDONE]).inc();
+        return match tx.exec("ROLLBACK TO batch; RELEASE batch", &[]).await {
+            Ok(_) => Merged::OneByOne(batch),
+            Err(err) => Merged::Broken(err, batch),
+        };
+    }
+    let counts = match tx.query(&format!("SELECT job, affected, insert_id FROM temp.{RESULTS} ORDER BY job"), &[]).await
+    {
+        Ok(rows) => rows,
+        Err(err) => return Merged::Broken(err, batch),
+    };
+    let int = |row: &dqlite::Row, i: usize| row.get(i).and_then(Value::as_i64);
+    let counts: Vec<(i64, i64, i64)> =
+        counts.rows.iter().filter_map(|r| Some((int(r, 0)?, int(r, 1)?, int(r, 2)?))).collect();
+    if counts.len() != batch.len() || counts.iter().enumerate().any(|(i, c)| c.0 != i as i64) {
+        // Cannot happen unless the table was tampered with; nothing is lost by going slowly.
+        return match tx.exec("ROLLBACK TO batch; RELEASE batch", &[]).await {
+            Ok(_) => Merged::OneByOne(batch),
+            Err(err) => Merged::Broken(err, batch),
+        };
+    }
+    let replies = batch
+        .into_iter()
+        .zip(counts)
+        .filter_map(|(job, (_, changes, rowid))| match job {
+            // Bit for bit what libdqlite reports: SQLite's i64 values as u64.
+            Job::Exec { reply, .. } => {
+                Some(Reply::Exec(reply, ExecResult { last_insert_id: rowid as u64, rows_affected: changes as u64 }))
+            }
+            _ => None,
+        })
+        .collect();
+    metrics.write_batches_merged.with(&[MERGED]).inc();
+    Merged::Committable(replies)
+}
+
+/// The batch as one text, or `None` unless it holds several jobs and each is a single plain
+/// INSERT, UPDATE or DELETE without parameters (parameters would bind to the first statement
+/// only) and without block comments (one left open would swallow the rest).
+fn merged_batch(batch: &[Job]) -> Option<String> {
+    if batch.len() < 2 {
+        return None;
+    }
+    let mut text = format!(
+        "SAVEPOINT batch;CREATE TEMP TABLE IF NOT EXISTS {RESULTS} \
+         (job INTEGER PRIMARY KEY, affected INTEGER, insert_id INTEGER) WITHOUT ROWID;DELETE FROM temp.{RESULTS}"
+    );
+    for (i, job) in batch.iter().enumerate() {
+        let Job::Exec { sql, params, .. } = job else { return None };
+        let statements = dqlite::sql::split_statements(sql);
+        let [statement] = statements.as_slice() else { return None };
+        if !params.is_empty() || statement.contains("/*") || !dqlite::sql::is_plain_dml(statement) {
+            return None;
+        }
+        // The newline ends a trailing `--` comment.
+        text.push_str(&format!(
+            ";{statement}\n;INSERT INTO temp.{RESULTS} VALUES ({i}, changes(), last_insert_rowid())"
+        ));
+    }
+    text.push_str(";RELEASE batch");
+    Some(text)
 }
 
 /// A request's single statement followed by `RELEASE savepoint` and, when another request
@@ -266,7 +370,35 @@ async fn exec_retrying_busy(
 
 #[cfg(test)]
 mod tests {
-    use super::merged_text;
+    use super::{Job, merged_batch, merged_text};
+    use dqlite::Value;
+
+    fn exec(sql: &str, params: Vec<Value>) -> Job {
+        Job::Exec { sql: sql.into(), params, reply: tokio::sync::oneshot::channel().0 }
+    }
+
+    #[test]
+    fn plain_writes_without_parameters_run_as_one_text() {
+        let text = merged_batch(&[exec("INSERT INTO t VALUES (1) -- one", vec![]), exec("DELETE FROM t;", vec![])])
+            .expect("two plain writes merge");
+        assert!(text.starts_with("SAVEPOINT batch;CREATE TEMP TABLE IF NOT EXISTS microcluster_write_queue_results"));
+        assert!(text.ends_with(
+            ";INSERT INTO t VALUES (1) -- one\n;INSERT INTO temp.microcluster_write_queue_results VALUES (0, changes(), last_insert_rowid());\
+             DELETE FROM t\n;INSERT INTO temp.microcluster_write_queue_results VALUES (1, changes(), last_insert_rowid());\
+             RELEASE batch"
+        ));
+        let plain = || exec("UPDATE t SET a = 1", vec![]);
+        for odd in [
+            exec("INSERT INTO t VALUES (?)", vec![Value::Integer(1)]),
+            exec("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", vec![]),
+            exec("CREATE TABLE u (a)", vec![]),
+            exec("INSERT INTO t VALUES (1) /* open", vec![]),
+            Job::Tx { run: Box::new(|_| Box::pin(async { Ok(()) })), done: tokio::sync::oneshot::channel().0 },
+        ] {
+            assert!(merged_batch(&[plain(), odd]).is_none());
+        }
+        assert!(merged_batch(&[plain()]).is_none(), "one request alone gains nothing");
+    }
 
     #[test]
     fn single_statements_carry_their_savepoints() {
