@@ -83,6 +83,12 @@ pub(crate) fn configure_sqlite() {
 impl RawNode {
     pub(crate) fn create(id: u64, address: &CStr, data_dir: &CStr) -> Result<RawNode, Failure> {
         configure_sqlite();
+        // libdqlite 1.11 names each node's VFS after a global counter it increments without a
+        // lock (`config__init`, "TODO: make this thread safe"): two nodes created at the same
+        // time can get the same name and then share their databases. Seen in parallel tests
+        // as a fresh cluster finding another test's table.
+        static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = CREATING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut ptr = std::ptr::null_mut();
         // SAFETY: both strings are valid NUL-terminated C strings for the duration of the call
         // (libdqlite copies them); `ptr` is a valid out-pointer.
