@@ -73,6 +73,22 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
+/// Runs `f` until it succeeds, asking again for up to 30 s while the answer is an HTTP 503: a
+/// member between leaders (after a fault, or as a healed member sets off an election) says so
+/// at once instead of waiting. Any other error panics with `what`.
+pub fn until_not_503<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(value) => return value,
+            Err(e) if e.contains("HTTP 503") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
 /// What a `microctl` run produced.
 #[derive(Debug)]
 pub struct CtlOutput {

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use microcluster_tests::checker::{self, Checker};
-use microcluster_tests::{Cluster, Member, wait_until};
+use microcluster_tests::{Cluster, Member, until_not_503, wait_until};
 
 fn full() -> bool {
     std::env::var("MICROCLUSTER_FAULTS").is_ok_and(|v| v == "full")
@@ -37,16 +37,9 @@ fn writes_flow(checker: &Checker, more: usize, timeout: Duration) -> Duration {
 /// check is asked again; what is judged is the data, not availability at that instant.
 fn verify_now(member: &Member, checker: &Checker) {
     let history = checker.history();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match checker::verify(&member.socket(), &history, false) {
-            Ok(_) => return,
-            Err(e) if e.contains("HTTP 503") && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(200))
-            }
-            Err(e) => panic!("after a fault, through {}: {e}", member.name),
-        }
-    }
+    until_not_503(&format!("after a fault, through {}", member.name), || {
+        checker::verify(&member.socket(), &history, false)
+    });
 }
 
 /// The member that leads, as a voter that answers sees it (waiting through an election).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use microcluster_tests::checker::{self, Checker};
 use microcluster_tests::netns::{self, Network};
-use microcluster_tests::{Cluster, Member, wait_until};
+use microcluster_tests::{Cluster, Member, until_not_503, wait_until};
 
 #[test]
 fn three_hosts_survive_a_partition_of_the_leader() {
@@ -67,8 +67,9 @@ fn three_hosts_survive_a_partition_of_the_leader() {
     });
     let history = checker.stop();
     // The two probe writes above are not the writers': drop them before checking.
-    checker::sql(&cluster.members[1].socket(), "DELETE FROM checker WHERE writer = 99").unwrap();
-    let summary = checker::verify(&cluster.members[0].socket(), &history, true).unwrap();
+    let socket = |i: usize| cluster.members[i].socket();
+    until_not_503("dropping the probes", || checker::sql(&socket(1), "DELETE FROM checker WHERE writer = 99"));
+    let summary = until_not_503("checking the history", || checker::verify(&socket(0), &history, true));
     eprintln!("partition and heal: {summary}");
     drop(cluster);
     drop(net);
