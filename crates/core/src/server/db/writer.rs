@@ -257,10 +257,7 @@ async fn run_merged(tx: &mut Transaction<'_>, batch: Vec<Job>, metrics: &Metrics
             return Merged::Broken(err, batch);
         }
         metrics.write_batches_merged.with(&[MERGE_UNDONE]).inc();
-        return match tx.exec("ROLLBACK TO batch; RELEASE batch", &[]).await {
-            Ok(_) => Merged::OneByOne(batch),
-            Err(err) => Merged::Broken(err, batch),
-        };
+        return undo(tx, batch).await;
     }
     let counts = match tx.query(&format!("SELECT job, affected, insert_id FROM temp.{RESULTS} ORDER BY job"), &[]).await
     {
@@ -272,10 +269,7 @@ async fn run_merged(tx: &mut Transaction<'_>, batch: Vec<Job>, metrics: &Metrics
         counts.rows.iter().filter_map(|r| Some((int(r, 0)?, int(r, 1)?, int(r, 2)?))).collect();
     if counts.len() != batch.len() || counts.iter().enumerate().any(|(i, c)| c.0 != i as i64) {
         // Cannot happen unless the table was tampered with; nothing is lost by going slowly.
-        return match tx.exec("ROLLBACK TO batch; RELEASE batch", &[]).await {
-            Ok(_) => Merged::OneByOne(batch),
-            Err(err) => Merged::Broken(err, batch),
-        };
+        return undo(tx, batch).await;
     }
     let replies = batch
         .into_iter()
@@ -290,6 +284,14 @@ async fn run_merged(tx: &mut Transaction<'_>, batch: Vec<Job>, metrics: &Metrics
         .collect();
     metrics.write_batches_merged.with(&[MERGED]).inc();
     Merged::Committable(replies)
+}
+
+/// Rolls the merged group back, so that its jobs can run one by one.
+async fn undo(tx: &mut Transaction<'_>, batch: Vec<Job>) -> Merged {
+    match tx.exec("ROLLBACK TO batch; RELEASE batch", &[]).await {
+        Ok(_) => Merged::OneByOne(batch),
+        Err(err) => Merged::Broken(err, batch),
+    }
 }
 
 /// The batch as one text, or `None` unless it holds several jobs and each is a single plain
