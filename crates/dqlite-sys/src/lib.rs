@@ -122,8 +122,6 @@ pub type sqlite3_trace_callback =
 pub const SQLITE_CONFIG_MULTITHREAD: c_int = 2;
 /// `sqlite3_config`: whether SQLite counts its memory use (under a global mutex).
 pub const SQLITE_CONFIG_MEMSTATUS: c_int = 9;
-/// A call made out of turn (`sqlite3_config` after SQLite initialised).
-pub const SQLITE_MISUSE: c_int = 21;
 
 // Process-wide SQLite settings, made before SQLite initialises.
 unsafe extern "C" {

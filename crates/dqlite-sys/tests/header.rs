@@ -41,7 +41,7 @@ SAME(sqlite3_auto_extension, int (*)(void (*)(void)));
 SAME(sqlite3_progress_handler, void (*)(sqlite3 *, int, int (*)(void *), void *));
 SAME(sqlite3_trace_v2, int (*)(sqlite3 *, unsigned, int (*)(unsigned, void *, void *, void *), void *));
 _Static_assert(SQLITE_TRACE_STMT == 0x01 && SQLITE_TRACE_PROFILE == 0x02 && SQLITE_TRACE_CLOSE == 0x08, "trace");
-_Static_assert(SQLITE_OK == 0 && SQLITE_INTERRUPT == 9 && SQLITE_MISUSE == 21, "sqlite codes");
+_Static_assert(SQLITE_OK == 0 && SQLITE_INTERRUPT == 9, "sqlite codes");
 SAME(sqlite3_config, int (*)(int, ...));
 _Static_assert(SQLITE_CONFIG_MULTITHREAD == 2 && SQLITE_CONFIG_MEMSTATUS == 9, "config options");
 SAME(sqlite3_db_mutex, sqlite3_mutex *(*)(sqlite3 *));

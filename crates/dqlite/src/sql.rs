@@ -90,7 +90,7 @@ pub fn classify(stmt: &str) -> StatementKind {
 /// (not `WITH … INSERT`) and holds no `RETURNING`: a statement whose effect SQLite's `changes()`
 /// and `last_insert_rowid()` describe right after it runs.
 pub fn is_plain_dml(stmt: &str) -> bool {
-    if split_statements(stmt).len() != 1 || classify(stmt) != StatementKind::Write || has_returning(stmt) {
+    if split_statements(stmt).len() != 1 || has_returning(stmt) {
         return false;
     }
     let head = Lexer::new(stmt).find(|t| t.kind != Kind::Punct(b';'));

@@ -197,8 +197,7 @@ async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metr
             Job::Exclusive(_) => (Ok(()), None),
         };
         let undo = match result {
-            // The transaction itself is gone: nothing of the batch can be committed.
-            Err(err) if err.is_connection_lost() || err.is_leadership_lost() || err.is_not_leader() => break Some(err),
+            Err(err) if transaction_gone(&err) => break Some(err),
             Err(_) => format!("ROLLBACK TO {savepoint}; RELEASE {savepoint}"),
             Ok(()) => format!("RELEASE {savepoint}"),
         };
@@ -251,9 +250,8 @@ enum Merged {
 /// one by one, so that the failing one alone gets its error.
 async fn run_merged(tx: &mut Transaction<'_>, batch: Vec<Job>, metrics: &Metrics) -> Merged {
     let Some(text) = merged_batch(&batch) else { return Merged::OneByOne(batch) };
-    let lost = |err: &dqlite::Error| err.is_connection_lost() || err.is_leadership_lost() || err.is_not_leader();
     if let Err(err) = tx.exec(&text, &[]).await {
-        if lost(&err) {
+        if transaction_gone(&err) {
             return Merged::Broken(err, batch);
         }
         metrics.write_batches_merged.with(&[MERGE_UNDONE]).inc();
@@ -284,6 +282,11 @@ async fn run_merged(tx: &mut Transaction<'_>, batch: Vec<Job>, metrics: &Metrics
         .collect();
     metrics.write_batches_merged.with(&[MERGED]).inc();
     Merged::Committable(replies)
+}
+
+/// The error took the batch's transaction with it: nothing of the batch can be committed.
+fn transaction_gone(err: &dqlite::Error) -> bool {
+    err.is_connection_lost() || err.is_leadership_lost() || err.is_not_leader()
 }
 
 /// Rolls the merged group back, so that its jobs can run one by one.
