@@ -235,6 +235,23 @@ impl Database {
         Ok(Transaction { db: self, finished: false })
     }
 
+    /// [`Database::begin_immediate`] and the first statements of the transaction in one
+    /// request (one round trip instead of two); returns the result of the text's last
+    /// statement. If any of it fails, nothing of it stays: whatever ran is rolled back before
+    /// the next request on this handle, and the error says what failed ([`Error::is_busy`]
+    /// when the write lock is taken, as for `begin_immediate`).
+    pub async fn begin_immediate_with(&mut self, sql_text: &str) -> Result<(Transaction<'_>, ExecResult)> {
+        match self.exec(&format!("BEGIN IMMEDIATE;{sql_text}"), &[]).await {
+            Ok(result) => Ok((Transaction { db: self, finished: false }, result)),
+            Err(err) => {
+                // The BEGIN may have run before the failing statement; when it did not, the
+                // ROLLBACK fails harmlessly.
+                self.needs_rollback = true;
+                Err(err)
+            }
+        }
+    }
+
     /// Runs `f` inside a read transaction (deferred `BEGIN`: one consistent snapshot, no write
     /// lock); ends it with COMMIT when `f` returns `Ok`, ROLLBACK otherwise.
     pub async fn read_transaction<T, F>(&mut self, f: F) -> Result<T>

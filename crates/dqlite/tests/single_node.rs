@@ -287,6 +287,36 @@ async fn concurrent_writers_on_two_connections_get_busy() {
 }
 
 #[tokio::test]
+async fn a_transaction_begun_with_statements_keeps_all_or_nothing() {
+    let node = TestNode::start(BOOTSTRAP_ID, &address("beginwith"));
+    let client = client(vec![node.address().to_owned()]);
+    let mut db = client.database("test");
+    db.exec("CREATE TABLE t (x INTEGER UNIQUE)", &[]).await.unwrap();
+
+    let (tx, last) = db.begin_immediate_with("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)").await.unwrap();
+    assert_eq!((last.last_insert_id, last.rows_affected), (2, 1));
+    tx.commit().await.unwrap();
+
+    // The second statement fails: the first is rolled back with it, and the handle goes on.
+    let err = db.begin_immediate_with("INSERT INTO t VALUES (3); INSERT INTO t VALUES (1)").await.unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    db.exec("INSERT INTO t VALUES (4)", &[]).await.unwrap();
+
+    // Another connection holds the write lock: busy, before anything ran.
+    let mut other = client.database("test");
+    let held = other.begin_immediate().await.unwrap();
+    let err = db.begin_immediate_with("INSERT INTO t VALUES (5)").await.unwrap_err();
+    assert!(err.is_busy(), "{err}");
+    held.rollback().await.unwrap();
+    let (tx, _) = db.begin_immediate_with("INSERT INTO t VALUES (6)").await.unwrap();
+    tx.commit().await.unwrap();
+
+    let rows = db.query("SELECT x FROM t ORDER BY x", &[]).await.unwrap();
+    let xs: Vec<_> = rows.rows.iter().map(|r| r.get(0).and_then(Value::as_i64).unwrap()).collect();
+    assert_eq!(xs, [1, 2, 4, 6]);
+}
+
+#[tokio::test]
 async fn execute_routes_each_statement() {
     let (_node, mut db) = node_and_db("execute").await;
     let outcomes =

@@ -120,6 +120,13 @@ async fn run_batch(db: &mut Database, batch: Vec<Job>, metrics: &Metrics) -> Opt
         let _ = reply.send(result);
         return outage;
     }
+    let batch = match merged_batch(&batch) {
+        Some(text) => match run_merged(db, &text, batch, metrics).await {
+            Merged::Done(outage) => return outage,
+            Merged::OneByOne(batch) => batch,
+        },
+        None => batch,
+    };
     batch_in_transaction(db, batch, metrics).await
 }
 
@@ -142,16 +149,6 @@ async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metr
                 return matches!(err, dqlite::Error::NoLeader { .. }).then_some(err);
             }
         }
-    };
-    let batch = match run_merged(&mut tx, batch, metrics).await {
-        Merged::Committable(replies) => return commit(tx, replies).await,
-        Merged::Broken(err, batch) => {
-            for job in batch {
-                refuse(job, &err);
-            }
-            return None;
-        }
-        Merged::OneByOne(batch) => batch,
     };
     let mut committed: Vec<Reply> = Vec::new();
     let count = batch.len();
@@ -236,38 +233,63 @@ async fn commit(tx: Transaction<'_>, committed: Vec<Reply>) -> Option<dqlite::Er
 const RESULTS: &str = "microcluster_write_queue_results";
 
 enum Merged {
-    /// Every job ran; their answers, to send once the batch commits.
-    Committable(Vec<Reply>),
+    /// Every job has its answer; the error if no leader could be found at all.
+    Done(Option<dqlite::Error>),
     /// Not merged, or a statement failed and the group was undone: run the jobs one by one.
     OneByOne(Vec<Job>),
-    /// The transaction is gone.
-    Broken(dqlite::Error, Vec<Job>),
 }
 
-/// Runs a batch of plain INSERT/UPDATE/DELETE requests without parameters in two round trips
-/// (one EXEC_SQL for all the statements, one query for their counts) instead of one per request.
-/// If any statement fails, the whole group is rolled back to its savepoint and the jobs go
-/// one by one, so that the failing one alone gets its error.
-async fn run_merged(tx: &mut Transaction<'_>, batch: Vec<Job>, metrics: &Metrics) -> Merged {
-    let Some(text) = merged_batch(&batch) else { return Merged::OneByOne(batch) };
-    if let Err(err) = tx.exec(&text, &[]).await {
-        if transaction_gone(&err) {
-            return Merged::Broken(err, batch);
+/// Runs a batch of plain INSERT/UPDATE/DELETE requests without parameters in three round
+/// trips: `BEGIN IMMEDIATE` with all the statements and the record of their counts in one
+/// EXEC_SQL, one query for the counts, and the COMMIT. If any statement fails, the whole group
+/// is rolled back and the jobs go one by one, so that the failing one alone gets its error.
+async fn run_merged(db: &mut Database, text: &str, batch: Vec<Job>, metrics: &Metrics) -> Merged {
+    let deadline = Instant::now() + BUSY_DEADLINE;
+    let mut pause = Duration::from_millis(1);
+    let mut tx = loop {
+        match db.begin_immediate_with(text).await {
+            Ok((tx, _)) => break tx,
+            Err(err) if err.is_busy() && Instant::now() < deadline => {
+                metrics.write_busy_retries.inc();
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(err) if err.is_busy() || transaction_gone(&err) || matches!(err, dqlite::Error::NoLeader { .. }) => {
+                for job in batch {
+                    refuse(job, &err);
+                }
+                return Merged::Done(matches!(err, dqlite::Error::NoLeader { .. }).then_some(err));
+            }
+            Err(_) => {
+                metrics.write_batches_merged.with(&[MERGE_UNDONE]).inc();
+                return Merged::OneByOne(batch);
+            }
         }
-        metrics.write_batches_merged.with(&[MERGE_UNDONE]).inc();
-        return undo(tx, batch).await;
-    }
+    };
     let counts = match tx.query(&format!("SELECT job, affected, insert_id FROM temp.{RESULTS} ORDER BY job"), &[]).await
     {
         Ok(rows) => rows,
-        Err(err) => return Merged::Broken(err, batch),
+        Err(err) => {
+            for job in batch {
+                refuse(job, &err);
+            }
+            return Merged::Done(None);
+        }
     };
     let int = |row: &dqlite::Row, i: usize| row.get(i).and_then(Value::as_i64);
     let counts: Vec<(i64, i64, i64)> =
         counts.rows.iter().filter_map(|r| Some((int(r, 0)?, int(r, 1)?, int(r, 2)?))).collect();
     if counts.len() != batch.len() || counts.iter().enumerate().any(|(i, c)| c.0 != i as i64) {
         // Cannot happen unless the table was tampered with; nothing is lost by going slowly.
-        return undo(tx, batch).await;
+        return match tx.rollback().await {
+            Ok(()) => Merged::OneByOne(batch),
+            Err(err) => {
+                for job in batch {
+                    refuse(job, &err);
+                }
+                Merged::Done(None)
+            }
+        };
     }
     let replies = batch
         .into_iter()
@@ -281,20 +303,12 @@ async fn run_merged(tx: &mut Transaction<'_>, batch: Vec<Job>, metrics: &Metrics
         })
         .collect();
     metrics.write_batches_merged.with(&[MERGED]).inc();
-    Merged::Committable(replies)
+    Merged::Done(commit(tx, replies).await)
 }
 
 /// The error took the batch's transaction with it: nothing of the batch can be committed.
 fn transaction_gone(err: &dqlite::Error) -> bool {
     err.is_connection_lost() || err.is_leadership_lost() || err.is_not_leader()
-}
-
-/// Rolls the merged group back, so that its jobs can run one by one.
-async fn undo(tx: &mut Transaction<'_>, batch: Vec<Job>) -> Merged {
-    match tx.exec("ROLLBACK TO batch; RELEASE batch", &[]).await {
-        Ok(_) => Merged::OneByOne(batch),
-        Err(err) => Merged::Broken(err, batch),
-    }
 }
 
 /// The batch as one text, or `None` unless it holds several jobs and each is a single plain
@@ -305,7 +319,7 @@ fn merged_batch(batch: &[Job]) -> Option<String> {
         return None;
     }
     let mut text = format!(
-        "SAVEPOINT batch;CREATE TEMP TABLE IF NOT EXISTS {RESULTS} \
+        "CREATE TEMP TABLE IF NOT EXISTS {RESULTS} \
          (job INTEGER PRIMARY KEY, affected INTEGER, insert_id INTEGER) WITHOUT ROWID;DELETE FROM temp.{RESULTS}"
     );
     for (i, job) in batch.iter().enumerate() {
@@ -320,7 +334,6 @@ fn merged_batch(batch: &[Job]) -> Option<String> {
             ";{statement}\n;INSERT INTO temp.{RESULTS} VALUES ({i}, changes(), last_insert_rowid())"
         ));
     }
-    text.push_str(";RELEASE batch");
     Some(text)
 }
 
@@ -386,11 +399,10 @@ mod tests {
     fn plain_writes_without_parameters_run_as_one_text() {
         let text = merged_batch(&[exec("INSERT INTO t VALUES (1) -- one", vec![]), exec("DELETE FROM t;", vec![])])
             .expect("two plain writes merge");
-        assert!(text.starts_with("SAVEPOINT batch;CREATE TEMP TABLE IF NOT EXISTS microcluster_write_queue_results"));
+        assert!(text.starts_with("CREATE TEMP TABLE IF NOT EXISTS microcluster_write_queue_results"));
         assert!(text.ends_with(
             ";INSERT INTO t VALUES (1) -- one\n;INSERT INTO temp.microcluster_write_queue_results VALUES (0, changes(), last_insert_rowid());\
-             DELETE FROM t\n;INSERT INTO temp.microcluster_write_queue_results VALUES (1, changes(), last_insert_rowid());\
-             RELEASE batch"
+             DELETE FROM t\n;INSERT INTO temp.microcluster_write_queue_results VALUES (1, changes(), last_insert_rowid())"
         ));
         let plain = || exec("UPDATE t SET a = 1", vec![]);
         for odd in [
