@@ -49,8 +49,36 @@ unsafe impl Send for RawNode {}
 // SAFETY: see above; `&self` methods only read immutable-after-start data.
 unsafe impl Sync for RawNode {}
 
+/// The first fields of libdqlite 1.11's `struct dqlite_node` (src/server.h): its loop thread,
+/// then its `struct config` (src/config.h), whose checkpoint threshold no API sets. Read only
+/// through [`RawNode::head`], which checks them against what the node was created with.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NodeHead {
+    thread: std::ffi::c_ulong,
+    id: u64,
+    address: *const c_char,
+    heartbeat_timeout: std::ffi::c_uint,
+    page_size: std::ffi::c_uint,
+    checkpoint_threshold: std::ffi::c_uint,
+}
+
+impl NodeHead {
+    /// What 1.11's `config__init` sets (`DEFAULT_HEARTBEAT_TIMEOUT`, `DEFAULT_PAGE_SIZE`);
+    /// nothing in its API changes them.
+    const HEARTBEAT_TIMEOUT: u32 = 15_000;
+    const PAGE_SIZE: u32 = 4096;
+}
+
 fn check(code: c_int) -> Result<(), i32> {
     if code == 0 { Ok(()) } else { Err(code) }
+}
+
+/// libdqlite's version as `major.minor.release`.
+pub(crate) fn library_version() -> String {
+    // SAFETY: a plain query of the library's version.
+    let n = unsafe { sys::dqlite_version_number() };
+    format!("{}.{}.{}", n / 10_000, n / 100 % 100, n % 100)
 }
 
 /// Puts SQLite in multi-thread mode, without memory statistics, before anything in the process
@@ -156,6 +184,46 @@ impl RawNode {
         // SAFETY: valid node.
         check(unsafe { sys::dqlite_node_set_snapshot_params(self.ptr.as_ptr(), threshold, trailing) })
             .map_err(|c| self.fail(c))
+    }
+
+    /// The node's own settings at the start of libdqlite 1.11's private `struct dqlite_node`,
+    /// or `None` unless every field that can be checked holds what this node was created with
+    /// (so a different layout is never read as this one).
+    fn head(&self, id: u64, address: &CStr) -> Option<*mut NodeHead> {
+        // SAFETY: a plain query of the library's version.
+        let version = unsafe { sys::dqlite_version_number() };
+        // 1.11.x still reports 1.10.0 (its header was not bumped); both share this layout.
+        if !(11_000..11_200).contains(&version) {
+            return None;
+        }
+        let head = self.ptr.as_ptr().cast::<NodeHead>();
+        // SAFETY: on 1.11 the node (allocated by sqlite3_malloc, 8-aligned) begins with these
+        // fields, and it is far larger than them. libdqlite writes them only while creating
+        // the node; its loop thread only reads them, and the one write of ours takes `&mut`.
+        let fields = unsafe { std::ptr::read(head) };
+        let known = fields.id == id
+            && fields.heartbeat_timeout == NodeHead::HEARTBEAT_TIMEOUT
+            && fields.page_size == NodeHead::PAGE_SIZE
+            && !fields.address.is_null()
+            // SAFETY: non-null, and on 1.11 a NUL-terminated copy of the address it owns.
+            && unsafe { CStr::from_ptr(fields.address) } == address;
+        known.then_some(head)
+    }
+
+    /// libdqlite 1.11's checkpoint threshold (WAL frames), if this library's layout is 1.11's.
+    pub(crate) fn checkpoint_threshold(&self, id: u64, address: &CStr) -> Option<u32> {
+        // SAFETY: `head` checked the layout; a read of a plain integer.
+        self.head(id, address).map(|head| unsafe { (*head).checkpoint_threshold })
+    }
+
+    /// Sets the checkpoint threshold, which 1.11 has no setter for; `false` (and nothing
+    /// written) unless the layout is 1.11's. Only before the node starts.
+    pub(crate) fn set_checkpoint_threshold(&mut self, id: u64, address: &CStr, frames: u32) -> bool {
+        let Some(head) = self.head(id, address) else { return false };
+        // SAFETY: `head` checked the layout; the node is not running (`&mut self` before
+        // start), so nothing else reads the field now, and its loop thread reads it only later.
+        unsafe { (*head).checkpoint_threshold = frames };
+        true
     }
 
     pub(crate) fn start(&mut self) -> Result<(), Failure> {

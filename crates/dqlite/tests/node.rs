@@ -26,6 +26,8 @@ fn settings_libdqlite_would_refuse_are_refused_with_reasons() {
     assert!(err.to_string().contains("snapshot"), "{err}");
     let err = Node::builder(1, "@a", dir.path()).snapshot_params(2, 3).build().unwrap_err();
     assert!(err.to_string().contains("at least 4"), "{err}");
+    let err = Node::builder(1, "@a", dir.path()).checkpoint_threshold(0).build().unwrap_err();
+    assert!(err.to_string().contains("checkpoint threshold"), "{err}");
     assert!(Node::new(1, "nul\0here", dir.path()).is_err());
 }
 
@@ -60,6 +62,43 @@ fn start_stop_are_idempotent_and_a_stopped_node_stays_stopped() {
     node.stop().unwrap();
     assert!(!node.is_running());
     assert!(matches!(node.start(), Err(NodeError::Stopped)));
+}
+
+/// WAL frames in a dump's `-wal` file (32-byte header, then 24-byte frame headers and pages).
+fn wal_frames(files: &[dqlite::File]) -> usize {
+    let wal = files.iter().find(|f| f.name.ends_with("-wal")).map_or(0, |f| f.data.len());
+    wal.saturating_sub(32) / (24 + 4096)
+}
+
+#[tokio::test]
+async fn a_lower_checkpoint_threshold_keeps_the_wal_short() {
+    let mut frames = Vec::new();
+    for threshold in [None, Some(8)] {
+        let dir = tempfile::tempdir().unwrap();
+        let address = address("ckpt");
+        let builder = Node::builder(BOOTSTRAP_ID, address.clone(), dir.path()).network_latency(harness::LATENCY);
+        let mut node = match threshold {
+            Some(frames) => builder.checkpoint_threshold(frames),
+            None => builder,
+        }
+        .build()
+        .unwrap();
+        // libdqlite 1.11's own default, or ours.
+        assert_eq!(node.checkpoint_threshold(), Some(threshold.unwrap_or(1000)));
+        node.start().unwrap();
+        let client = client(vec![address.clone()]);
+        let mut db = client.database("ckpt");
+        db.exec("CREATE TABLE t (x)", &[]).await.unwrap();
+        // Each commit writes at least the table's leaf page: one WAL frame or more.
+        for i in 0..60 {
+            db.exec("INSERT INTO t VALUES (?)", &[Value::Integer(i)]).await.unwrap();
+        }
+        let count = db.query("SELECT count(*) FROM t", &[]).await.unwrap();
+        assert_eq!(count.rows[0].get(0), Some(&Value::Integer(60)));
+        frames.push(wal_frames(&client.dump(&address, "ckpt").await.unwrap()));
+    }
+    assert!(frames[0] >= 60, "libdqlite's default keeps every commit in the WAL: {frames:?}");
+    assert!(frames[1] < 8 + 4, "a threshold of 8 checkpoints every few commits: {frames:?}");
 }
 
 #[test]

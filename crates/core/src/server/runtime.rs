@@ -38,6 +38,10 @@ pub(crate) enum StartError {
 const SNAPSHOT_THRESHOLD: u32 = 1024;
 /// Log entries kept after a snapshot.
 const SNAPSHOT_TRAILING: u32 = 2048;
+/// WAL frames at which a node checkpoints (libdqlite 1.11: 1000). A follower rebuilds its WAL
+/// index from the whole WAL after every entry it applies, and acknowledges the next entry only
+/// after that: with 1000, ~1.2 ms per replicated commit under load, with 200 ~0.3 ms.
+const CHECKPOINT_THRESHOLD: u32 = 200;
 
 /// A running member.
 pub(crate) struct Runtime {
@@ -104,6 +108,7 @@ impl Runtime {
             // ~150 MiB; 2048 bounds it to a third of that, and a follower further behind than
             // that catches up from a snapshot instead.
             .snapshot_params(SNAPSHOT_THRESHOLD, SNAPSHOT_TRAILING)
+            .checkpoint_threshold(CHECKPOINT_THRESHOLD)
             .connect_func(tunnel::connect_func(
                 tokio::runtime::Handle::current(),
                 peer_tls.clone(),
