@@ -79,6 +79,17 @@ fn https_client(cluster_dir: &Path, identity: &tls::Identity, address: &str) -> 
     Client::https(address, config)
 }
 
+/// Waits until the leader's node checkpoints at libdqlite's 1000 WAL frames and every other
+/// member's at 200.
+fn checkpoints_follow_the_leader(cluster: &Cluster, leader: usize) {
+    for (i, member) in cluster.members.iter().enumerate() {
+        let want = if i == leader { 1000.0 } else { 200.0 };
+        wait_until(&format!("{}'s checkpoint threshold at {want}", member.name), Duration::from_secs(20), || {
+            (value(&scrape(member), "microcluster_checkpoint_threshold_frames", &[]) == want).then_some(())
+        });
+    }
+}
+
 fn leader(cluster: &Cluster) -> usize {
     wait_until("a member reporting itself as the leader", Duration::from_secs(20), || {
         cluster.members.iter().position(|m| value(&scrape(m), "microcluster_is_leader", &[]) == 1.0)
@@ -131,6 +142,7 @@ fn metrics_follow_requests_writes_members_heartbeats_and_leader_changes() {
     let round_count =
         value(&scrape(&cluster.members[first]), "microcluster_heartbeat_round_duration_seconds_count", &[]);
     assert!(round_count > 0.0);
+    checkpoints_follow_the_leader(&cluster, first);
 
     // Hand leadership over: every member's node sees the leader move.
     let changes: Vec<f64> =
@@ -144,6 +156,7 @@ fn metrics_follow_requests_writes_members_heartbeats_and_leader_changes() {
     }
     let now = leader(&cluster);
     assert_eq!(cluster.members[now].name, new_leader);
+    checkpoints_follow_the_leader(&cluster, now);
 
     // Over HTTPS: a member's certificate may scrape, a stranger's may not.
     let m2 = &cluster.members[1];

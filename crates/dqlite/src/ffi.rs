@@ -53,7 +53,6 @@ unsafe impl Sync for RawNode {}
 /// then its `struct config` (src/config.h), whose checkpoint threshold no API sets. Read only
 /// through [`RawNode::head`], which checks them against what the node was created with.
 #[repr(C)]
-#[derive(Clone, Copy)]
 struct NodeHead {
     thread: std::ffi::c_ulong,
     id: u64,
@@ -198,31 +197,40 @@ impl RawNode {
         }
         let head = self.ptr.as_ptr().cast::<NodeHead>();
         // SAFETY: on 1.11 the node (allocated by sqlite3_malloc, 8-aligned) begins with these
-        // fields, and it is far larger than them. libdqlite writes them only while creating
-        // the node; its loop thread only reads them, and the one write of ours takes `&mut`.
-        let fields = unsafe { std::ptr::read(head) };
-        let known = fields.id == id
-            && fields.heartbeat_timeout == NodeHead::HEARTBEAT_TIMEOUT
-            && fields.page_size == NodeHead::PAGE_SIZE
-            && !fields.address.is_null()
+        // fields, and it is far larger than them. libdqlite writes the ones read here only
+        // while creating the node (the threshold, which we may write, is not read here).
+        let (node_id, node_address, heartbeat, page_size) =
+            unsafe { ((*head).id, (*head).address, (*head).heartbeat_timeout, (*head).page_size) };
+        let known = node_id == id
+            && heartbeat == NodeHead::HEARTBEAT_TIMEOUT
+            && page_size == NodeHead::PAGE_SIZE
+            && !node_address.is_null()
             // SAFETY: non-null, and on 1.11 a NUL-terminated copy of the address it owns.
-            && unsafe { CStr::from_ptr(fields.address) } == address;
+            && unsafe { CStr::from_ptr(node_address) } == address;
         known.then_some(head)
     }
 
     /// libdqlite 1.11's checkpoint threshold (WAL frames), if this library's layout is 1.11's.
     pub(crate) fn checkpoint_threshold(&self, id: u64, address: &CStr) -> Option<u32> {
-        // SAFETY: `head` checked the layout; a read of a plain integer.
-        self.head(id, address).map(|head| unsafe { (*head).checkpoint_threshold })
+        // SAFETY: `head` checked the layout; an aligned 32-bit read, atomic like the writes.
+        self.head(id, address).map(|head| unsafe {
+            std::sync::atomic::AtomicU32::from_ptr(&raw mut (*head).checkpoint_threshold)
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// Sets the checkpoint threshold, which 1.11 has no setter for; `false` (and nothing
-    /// written) unless the layout is 1.11's. Only before the node starts.
-    pub(crate) fn set_checkpoint_threshold(&mut self, id: u64, address: &CStr, frames: u32) -> bool {
+    /// written) unless the layout is 1.11's. Also while the node runs.
+    pub(crate) fn set_checkpoint_threshold(&self, id: u64, address: &CStr, frames: u32) -> bool {
         let Some(head) = self.head(id, address) else { return false };
-        // SAFETY: `head` checked the layout; the node is not running (`&mut self` before
-        // start), so nothing else reads the field now, and its loop thread reads it only later.
-        unsafe { (*head).checkpoint_threshold = frames };
+        // SAFETY: `head` checked the layout, so this is the aligned `unsigned` field. The loop
+        // thread of a running node reads it (with a plain load, once per applied entry in
+        // `maybeCheckpoint`) and never writes it; an aligned 32-bit store cannot tear, and a
+        // read that still sees the old value only moves one checkpoint. Ours is atomic so that
+        // two callers on our side never race each other.
+        let field = unsafe { &raw mut (*head).checkpoint_threshold };
+        // SAFETY: as above; the field lives as long as the node, which outlives `&self`.
+        unsafe { std::sync::atomic::AtomicU32::from_ptr(field) }.store(frames, std::sync::atomic::Ordering::Relaxed);
         true
     }
 

@@ -360,6 +360,14 @@ impl Node {
         &self.data_dir
     }
 
+    /// Changes the checkpoint threshold (see [`NodeBuilder::checkpoint_threshold`]), also
+    /// while the node runs: it takes effect at the next applied entry. `false` when libdqlite
+    /// is not 1.11 (nothing changed) or `frames` is 0.
+    pub fn set_checkpoint_threshold(&self, frames: u32) -> bool {
+        let Ok(address) = CString::new(self.address.as_str()) else { return false };
+        frames > 0 && self.raw.set_checkpoint_threshold(self.id, &address, frames)
+    }
+
     /// The WAL frames at which this node checkpoints, when libdqlite is 1.11 (see
     /// [`NodeBuilder::checkpoint_threshold`]); `None` with another version.
     pub fn checkpoint_threshold(&self) -> Option<u32> {

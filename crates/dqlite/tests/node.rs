@@ -96,9 +96,20 @@ async fn a_lower_checkpoint_threshold_keeps_the_wal_short() {
         let count = db.query("SELECT count(*) FROM t", &[]).await.unwrap();
         assert_eq!(count.rows[0].get(0), Some(&Value::Integer(60)));
         frames.push(wal_frames(&client.dump(&address, "ckpt").await.unwrap()));
+        if threshold.is_some() {
+            // Changed while running: from the next entry on, the WAL grows again.
+            assert!(!node.set_checkpoint_threshold(0));
+            assert!(node.set_checkpoint_threshold(1000));
+            assert_eq!(node.checkpoint_threshold(), Some(1000));
+            for i in 0..40 {
+                db.exec("INSERT INTO t VALUES (?)", &[Value::Integer(i)]).await.unwrap();
+            }
+            frames.push(wal_frames(&client.dump(&address, "ckpt").await.unwrap()));
+        }
     }
     assert!(frames[0] >= 60, "libdqlite's default keeps every commit in the WAL: {frames:?}");
     assert!(frames[1] < 8 + 4, "a threshold of 8 checkpoints every few commits: {frames:?}");
+    assert!(frames[2] >= 40, "raised to 1000 while running, no checkpoint: {frames:?}");
 }
 
 #[test]

@@ -216,6 +216,11 @@ impl Db {
         self.jobs.max_capacity() - self.jobs.capacity()
     }
 
+    /// Every change of the leader as this member's node reports it.
+    pub(crate) fn leader_changes(&self) -> watch::Receiver<Option<String>> {
+        self.leader.clone()
+    }
+
     /// The leader's address as this member's node last reported it.
     pub(crate) fn leader(&self) -> Option<String> {
         self.leader.borrow().clone()

@@ -54,6 +54,15 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
     out.sample("microcluster_is_leader", &[], leader);
     out.family("microcluster_write_queue_depth", Kind::Gauge, "Write requests waiting in this member's write queue.");
     out.sample("microcluster_write_queue_depth", &[], runtime.as_ref().map_or(0, |r| r.db.queue_depth()));
+    out.family(
+        "microcluster_checkpoint_threshold_frames",
+        Kind::Gauge,
+        "WAL frames at which this member's node checkpoints (1000 while it leads, 200 otherwise). Absent when \
+         libdqlite is not 1.11, whose default then applies.",
+    );
+    if let Some(frames) = runtime.as_ref().and_then(|r| r.checkpoint_threshold()) {
+        out.sample("microcluster_checkpoint_threshold_frames", &[], u64::from(frames));
+    }
 
     out.family(
         "microcluster_members",

@@ -205,9 +205,11 @@ async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::Sc
     Ok(Opened::Online)
 }
 
-/// Everything after the database is online on every start: heartbeats.
-pub(crate) fn start_background(state: &State, runtime: &Runtime) {
+/// Everything after the database is online on every start: heartbeats, and the checkpoint
+/// threshold following the node's role.
+pub(crate) fn start_background(state: &State, runtime: &Arc<Runtime>) {
     runtime.adopt(tokio::spawn(heartbeat::run(state.clone(), runtime.stop.clone())));
+    runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
 }
 
 /// Turns this member back into an uninitialised daemon: stops its node and listener, and
