@@ -108,6 +108,9 @@ pub(crate) struct TrustStore {
     /// Held by `add` and `remove` from the file to the swap, so that the files and the
     /// snapshot change together (readers only take `current`).
     writing: Mutex<()>,
+    /// When each member was last removed, so that a heartbeat whose list was read before the
+    /// removal cannot bring it back (see [`TrustStore::add_unless_removed`]).
+    removed: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl TrustStore {
@@ -129,7 +132,12 @@ impl TrustStore {
                 return Err(StateDirError::Io { action: "reading", path: dir, source }.into());
             }
         }
-        Ok(TrustStore { dir, current: RwLock::new(Arc::new(Members::build(entries))), writing: Mutex::new(()) })
+        Ok(TrustStore {
+            dir,
+            current: RwLock::new(Arc::new(Members::build(entries))),
+            writing: Mutex::new(()),
+            removed: Mutex::default(),
+        })
     }
 
     /// The current members.
@@ -155,6 +163,7 @@ impl TrustStore {
             certificate: entry.member.certificate.clone(),
         };
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        self.removed.lock().unwrap_or_else(PoisonError::into_inner).remove(&entry.member.name);
         write_toml(&self.path(&entry.member.name), &file, 0o644)?;
         self.update(|current| {
             let others = current.iter().filter(|e| e.member.name != entry.member.name).cloned();
@@ -173,7 +182,23 @@ impl TrustStore {
         }
         remove_optional(&self.path(name))?;
         self.update(|current| Members::build(current.iter().filter(|e| e.member.name != name).cloned()));
+        self.removed.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned(), std::time::Instant::now());
         Ok(true)
+    }
+
+    /// Like [`TrustStore::add`], unless `member` was removed less than `grace` ago (then
+    /// `None`): for lists that may have been read before the removal. An explicit `add`
+    /// (an admission) always goes through.
+    pub(crate) fn add_unless_removed(
+        &self,
+        member: ClusterMemberLocal,
+        grace: std::time::Duration,
+    ) -> Result<Option<TrustEntry>, TrustError> {
+        let removed = self.removed.lock().unwrap_or_else(PoisonError::into_inner).get(&member.name).copied();
+        if removed.is_some_and(|at| at.elapsed() < grace) {
+            return Ok(None);
+        }
+        self.add(member).map(Some)
     }
 
     /// Forgets every member (the files are removed by the state directory's reset).
@@ -233,6 +258,23 @@ mod tests {
         assert!(!store.remove("mc1").unwrap());
         assert!(store.snapshot().by_fingerprint(&a.fingerprint).is_none());
         assert_eq!(TrustStore::load(dir.path().join("truststore")).unwrap().snapshot().iter().count(), 1);
+    }
+
+    #[test]
+    fn a_stale_list_cannot_bring_back_a_member_just_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TrustStore::load(dir.path().join("truststore")).unwrap();
+        let gone = member("mc3", 9003);
+        store.add(gone.clone()).unwrap();
+        assert!(store.remove("mc3").unwrap());
+        let grace = std::time::Duration::from_secs(60);
+        assert!(store.add_unless_removed(gone.clone(), grace).unwrap().is_none());
+        assert!(store.snapshot().by_name("mc3").is_none());
+        // Past the grace, or after an explicit admission, lists add it again.
+        assert!(store.add_unless_removed(gone.clone(), std::time::Duration::ZERO).unwrap().is_some());
+        assert!(store.remove("mc3").unwrap());
+        store.add(gone.clone()).unwrap();
+        assert!(store.add_unless_removed(gone, grace).unwrap().is_some());
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub(crate) fn report(state: &State) -> HeartbeatResponse {
 
 /// How long a newly trusted member is kept although a heartbeat does not list it.
 const TRUST_GRACE: Duration = Duration::from_secs(120);
+/// How long a removed member is not re-added from a heartbeat's list: a round that read the
+/// members before the removal may arrive after it (seen in the fault suite as a rejoin refused
+/// with "a member named … already exists"). Its admission, when it rejoins, adds it at once.
+const REMOVAL_GRACE: Duration = Duration::from_secs(30);
 
 /// Makes the trust store match `members` (never dropping this member itself, the `leader`
 /// that sent the list, nor one trusted in the last [`TRUST_GRACE`]). An empty list is ignored:
@@ -72,8 +76,9 @@ pub(crate) fn sync_truststore(state: &State, leader: &str, members: &[ClusterMem
     for member in members {
         let same = current.by_name(&member.name).is_some_and(|e| e.member == *member);
         if !same {
-            match store.add(member.clone()) {
-                Ok(_) => tracing::info!(member = member.name, "trust store: now trusting a member"),
+            match store.add_unless_removed(member.clone(), REMOVAL_GRACE) {
+                Ok(Some(_)) => tracing::info!(member = member.name, "trust store: now trusting a member"),
+                Ok(None) => tracing::debug!(member = member.name, "trust store: not re-adding a member just removed"),
                 Err(err) => {
                     tracing::warn!(member = member.name, error = %err, "trust store: cannot add a member")
                 }
