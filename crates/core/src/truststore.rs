@@ -156,13 +156,36 @@ impl TrustStore {
     /// Trusts a member (replacing an entry of the same name).
     pub(crate) fn add(&self, member: ClusterMemberLocal) -> Result<TrustEntry, TrustError> {
         let entry = TrustEntry::new(member)?;
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        self.write_entry(entry)
+    }
+
+    /// Like [`TrustStore::add`], unless `member` was removed less than `grace` ago (then
+    /// `None`): for lists that may have been read before the removal. An explicit `add`
+    /// (an admission) always goes through. The check and the change happen under `writing`,
+    /// so that a removal cannot slip between them.
+    pub(crate) fn add_unless_removed(
+        &self,
+        member: ClusterMemberLocal,
+        grace: std::time::Duration,
+    ) -> Result<Option<TrustEntry>, TrustError> {
+        let entry = TrustEntry::new(member)?;
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let removed = self.removed.lock().unwrap_or_else(PoisonError::into_inner).get(&entry.member.name).copied();
+        if removed.is_some_and(|at| at.elapsed() < grace) {
+            return Ok(None);
+        }
+        self.write_entry(entry).map(Some)
+    }
+
+    /// Writes `entry`'s file and puts it in the snapshot; the caller holds `writing`.
+    fn write_entry(&self, entry: TrustEntry) -> Result<TrustEntry, TrustError> {
         create_dir(&self.dir, 0o700)?;
         let file = EntryFile {
             name: entry.member.name.clone(),
             address: entry.member.address.clone(),
             certificate: entry.member.certificate.clone(),
         };
-        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         self.removed.lock().unwrap_or_else(PoisonError::into_inner).remove(&entry.member.name);
         write_toml(&self.path(&entry.member.name), &file, 0o644)?;
         self.update(|current| {
@@ -184,21 +207,6 @@ impl TrustStore {
         self.update(|current| Members::build(current.iter().filter(|e| e.member.name != name).cloned()));
         self.removed.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned(), std::time::Instant::now());
         Ok(true)
-    }
-
-    /// Like [`TrustStore::add`], unless `member` was removed less than `grace` ago (then
-    /// `None`): for lists that may have been read before the removal. An explicit `add`
-    /// (an admission) always goes through.
-    pub(crate) fn add_unless_removed(
-        &self,
-        member: ClusterMemberLocal,
-        grace: std::time::Duration,
-    ) -> Result<Option<TrustEntry>, TrustError> {
-        let removed = self.removed.lock().unwrap_or_else(PoisonError::into_inner).get(&member.name).copied();
-        if removed.is_some_and(|at| at.elapsed() < grace) {
-            return Ok(None);
-        }
-        self.add(member).map(Some)
     }
 
     /// Forgets every member (the files are removed by the state directory's reset).

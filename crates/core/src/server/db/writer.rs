@@ -132,16 +132,11 @@ async fn run_batch(db: &mut Database, batch: Vec<Job>, metrics: &Metrics) -> Opt
 
 /// Runs the jobs in one transaction.
 async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metrics) -> Option<dqlite::Error> {
-    let deadline = Instant::now() + BUSY_DEADLINE;
-    let mut pause = Duration::from_millis(1);
+    let mut busy = Busy::new();
     let mut tx = loop {
         match db.begin_immediate().await {
             Ok(tx) => break tx,
-            Err(err) if err.is_busy() && Instant::now() < deadline => {
-                metrics.write_busy_retries.inc();
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
+            Err(err) if busy.retries(&err) => busy.wait(metrics).await,
             Err(err) => {
                 for job in batch {
                     refuse(job, &err);
@@ -244,16 +239,11 @@ enum Merged {
 /// EXEC_SQL, one query for the counts, and the COMMIT. If any statement fails, the whole group
 /// is rolled back and the jobs go one by one, so that the failing one alone gets its error.
 async fn run_merged(db: &mut Database, text: &str, batch: Vec<Job>, metrics: &Metrics) -> Merged {
-    let deadline = Instant::now() + BUSY_DEADLINE;
-    let mut pause = Duration::from_millis(1);
+    let mut busy = Busy::new();
     let mut tx = loop {
         match db.begin_immediate_with(text).await {
             Ok((tx, _)) => break tx,
-            Err(err) if err.is_busy() && Instant::now() < deadline => {
-                metrics.write_busy_retries.inc();
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
+            Err(err) if busy.retries(&err) => busy.wait(metrics).await,
             Err(err) if err.is_busy() || transaction_gone(&err) || matches!(err, dqlite::Error::NoLeader { .. }) => {
                 for job in batch {
                     refuse(job, &err);
@@ -372,17 +362,36 @@ async fn exec_retrying_busy(
     params: &[Value],
     metrics: &Metrics,
 ) -> dqlite::Result<ExecResult> {
-    let deadline = Instant::now() + BUSY_DEADLINE;
-    let mut pause = Duration::from_millis(1);
+    let mut busy = Busy::new();
     loop {
         match db.exec(sql, params).await {
-            Err(err) if err.is_busy() && Instant::now() < deadline => {
-                metrics.write_busy_retries.inc();
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
+            Err(err) if busy.retries(&err) => busy.wait(metrics).await,
             other => return other,
         }
+    }
+}
+
+/// Retrying "database is locked" (another member holds SQLite's write lock) with a growing
+/// pause, 1 ms up to 20 ms, until [`BUSY_DEADLINE`].
+struct Busy {
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl Busy {
+    fn new() -> Busy {
+        Busy { deadline: Instant::now() + BUSY_DEADLINE, pause: Duration::from_millis(1) }
+    }
+
+    /// Whether `err` is worth another try.
+    fn retries(&self, err: &dqlite::Error) -> bool {
+        err.is_busy() && Instant::now() < self.deadline
+    }
+
+    async fn wait(&mut self, metrics: &Metrics) {
+        metrics.write_busy_retries.inc();
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(20));
     }
 }
 
