@@ -14,7 +14,7 @@ pids=""
 cleanup() { for p in $pids; do kill $p 2>/dev/null; done; sleep 1; rm -rf $work; }
 trap cleanup EXIT
 for i in 1 2 3; do
-  $PIN $bin/microd --state-dir $work/m$i > $work/m$i.log 2>&1 & pids="$pids $!"
+  ${PIN:-} $bin/microd --state-dir $work/m$i > $work/m$i.log 2>&1 & pids="$pids $!"
   until [ -S $work/m$i/control.socket ]; do sleep 0.05; done
 done
 ctl() { i=$1; shift; $bin/microctl --state-dir $work/m$i "$@"; }
@@ -26,7 +26,6 @@ for i in 1 2 3; do
   sleep 1
 done
 sleep 3
-ctl 1 sql "CREATE TABLE IF NOT EXISTS extended_table (key TEXT PRIMARY KEY, value TEXT)" >/dev/null 2>&1
 $bin/bench drive --socket $work/m1/control.socket --op write --ops $ops | sed 's/^/ours  /'
 $bin/bench drive --tcp 127.0.0.51:8551 --api demo --op write --ops $ops | sed 's/^/demo  /'
 spin=""
