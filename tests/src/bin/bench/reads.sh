@@ -11,7 +11,8 @@ bin=${BIN:-target/release}
 rounds=${ROUNDS:-3}; ops=${OPS:-3000}
 work=$(mktemp -d)
 pids=""
-cleanup() { for p in $pids; do kill $p 2>/dev/null; done; sleep 1; rm -rf $work; }
+# dqlite-demo may not stop on SIGTERM once its peers are gone: what is left after 2 s is killed.
+cleanup() { for p in $pids; do kill $p 2>/dev/null; done; sleep 2; for p in $pids; do kill -9 $p 2>/dev/null; done; rm -rf $work; }
 trap cleanup EXIT
 for i in 1 2 3; do
   ${PIN:-} $bin/microd --state-dir $work/m$i > $work/m$i.log 2>&1 & pids="$pids $!"
