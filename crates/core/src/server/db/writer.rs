@@ -2,7 +2,8 @@
 //! leader, so writes of this member never race each other for SQLite's write lock. Requests that
 //! arrive together are committed together (group commit): one `BEGIN IMMEDIATE … COMMIT` around
 //! them, each request in a savepoint of its own so that one that fails is rolled back alone and
-//! gets its own error, the others their own results. "database is locked" (another member is
+//! gets its own error, the others their own results. Plain writes that arrive while a batch
+//! runs join it before its COMMIT. "database is locked" (another member is
 //! writing) is retried inside the queue and never reaches a caller until a deadline passes.
 
 use std::collections::VecDeque;
@@ -18,6 +19,8 @@ use crate::server::metrics::{MERGE_UNDONE, MERGED, Metrics};
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 64;
+/// How many times a merged batch takes in the writes that arrived while it ran.
+const LATE_ROUNDS: usize = 2;
 /// How long "database is locked" is retried before the requests fail.
 pub(crate) const BUSY_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -38,13 +41,12 @@ pub(crate) enum Job {
 }
 
 /// Runs the queue until every sender is gone.
-pub(crate) async fn run(mut db: Database, mut jobs: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
-    // Jobs taken off the channel but not yet run (an exclusive job waits its turn here).
-    let mut pending: VecDeque<Job> = VecDeque::new();
+pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
+    let mut queue = Queue { pending: VecDeque::new(), jobs, joined: 0 };
     loop {
-        let first = match pending.pop_front() {
+        let first = match queue.pending.pop_front() {
             Some(job) => job,
-            None => match jobs.recv().await {
+            None => match queue.jobs.recv().await {
                 Some(job) => job,
                 None => return,
             },
@@ -54,10 +56,10 @@ pub(crate) async fn run(mut db: Database, mut jobs: mpsc::Receiver<Job>, metrics
             continue;
         }
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && !matches!(pending.front(), Some(Job::Exclusive(_))) {
-            match pending.pop_front().map_or_else(|| jobs.try_recv().ok(), Some) {
+        while batch.len() < MAX_BATCH {
+            match queue.try_next() {
                 Some(Job::Exclusive(run)) => {
-                    pending.push_front(Job::Exclusive(run));
+                    queue.put_back(Job::Exclusive(run));
                     break;
                 }
                 Some(job) => batch.push(job),
@@ -65,20 +67,61 @@ pub(crate) async fn run(mut db: Database, mut jobs: mpsc::Receiver<Job>, metrics
             }
         }
         let started = Instant::now();
-        metrics.write_batch_size.observe(batch.len() as f64);
-        let outage = run_batch(&mut db, batch, &metrics).await;
+        let size = batch.len();
+        queue.joined = 0;
+        let outage = run_batch(&mut db, batch, &mut queue, &metrics).await;
+        metrics.write_batch_size.observe((size + queue.joined) as f64);
         metrics.write_batch_duration.observe_duration(started.elapsed());
         if let Some(outage) = outage {
             // No leader could be found for as long as the client looks: everything that queued
             // meanwhile would wait as long again, one after the other. Answer them now.
-            while let Ok(job) = jobs.try_recv() {
-                pending.push_back(job);
+            while let Ok(job) = queue.jobs.try_recv() {
+                queue.pending.push_back(job);
             }
-            pending.retain_mut(|job| !matches!(job, Job::Exclusive(_)));
-            for job in pending.drain(..) {
+            queue.pending.retain_mut(|job| !matches!(job, Job::Exclusive(_)));
+            for job in queue.pending.drain(..) {
                 refuse(job, &outage);
             }
         }
+    }
+}
+
+/// The jobs not yet run: those taken off the channel and put back first, then the channel.
+struct Queue {
+    pending: VecDeque<Job>,
+    jobs: mpsc::Receiver<Job>,
+    /// Jobs that joined the running batch late (see [`Queue::late_writes`]).
+    joined: usize,
+}
+
+impl Queue {
+    fn try_next(&mut self) -> Option<Job> {
+        self.pending.pop_front().or_else(|| self.jobs.try_recv().ok())
+    }
+
+    fn put_back(&mut self, job: Job) {
+        self.pending.push_front(job);
+    }
+
+    /// Up to `room` plain writes that arrived meanwhile, with their text for a merged batch
+    /// whose counts start at `first`; the first job that cannot be merged stays queued.
+    fn late_writes(&mut self, room: usize, first: usize) -> (Vec<Job>, String) {
+        let mut late = Vec::new();
+        let mut text = String::new();
+        while late.len() < room {
+            let Some(job) = self.try_next() else { break };
+            match mergeable(&job) {
+                Some(statement) => {
+                    push_merged(&mut text, statement, first + late.len());
+                    late.push(job);
+                }
+                None => {
+                    self.put_back(job);
+                    break;
+                }
+            }
+        }
+        (late, text)
     }
 }
 
@@ -109,7 +152,7 @@ impl Reply {
 }
 
 /// Runs a batch; returns the error if no leader could be found at all.
-async fn run_batch(db: &mut Database, batch: Vec<Job>, metrics: &Metrics) -> Option<dqlite::Error> {
+async fn run_batch(db: &mut Database, batch: Vec<Job>, queue: &mut Queue, metrics: &Metrics) -> Option<dqlite::Error> {
     // One plain statement alone: autocommit, one round trip.
     if let [Job::Exec { sql, .. }] = batch.as_slice()
         && dqlite::sql::split_statements(sql).len() <= 1
@@ -121,7 +164,7 @@ async fn run_batch(db: &mut Database, batch: Vec<Job>, metrics: &Metrics) -> Opt
         return outage;
     }
     let batch = match merged_batch(&batch) {
-        Some(text) => match run_merged(db, &text, batch, metrics).await {
+        Some(text) => match run_merged(db, &text, batch, queue, metrics).await {
             Merged::Done(outage) => return outage,
             Merged::OneByOne(batch) => batch,
         },
@@ -238,7 +281,14 @@ enum Merged {
 /// trips: `BEGIN IMMEDIATE` with all the statements and the record of their counts in one
 /// EXEC_SQL, one query for the counts, and the COMMIT. If any statement fails, the whole group
 /// is rolled back and the jobs go one by one, so that the failing one alone gets its error.
-async fn run_merged(db: &mut Database, text: &str, batch: Vec<Job>, metrics: &Metrics) -> Merged {
+/// Plain writes queued meanwhile join before the query, one more round trip per group.
+async fn run_merged(
+    db: &mut Database,
+    text: &str,
+    mut batch: Vec<Job>,
+    queue: &mut Queue,
+    metrics: &Metrics,
+) -> Merged {
     let mut busy = Busy::new();
     let mut tx = loop {
         match db.begin_immediate_with(text).await {
@@ -256,6 +306,41 @@ async fn run_merged(db: &mut Database, text: &str, batch: Vec<Job>, metrics: &Me
             }
         }
     };
+    // Writes that arrived while the statements ran join the transaction before it commits (in a
+    // savepoint, so that a failing one undoes only its own group, which goes back to the queue).
+    // Under load this is where the writers answered by the previous commit come back: without
+    // it, they would wait for the next commit, and batches would hold half of the writers.
+    for _ in 0..LATE_ROUNDS {
+        let (late, text) = queue.late_writes(MAX_BATCH - batch.len(), batch.len());
+        if late.is_empty() {
+            break;
+        }
+        match tx.exec(&format!("SAVEPOINT late{text};RELEASE late"), &[]).await {
+            Ok(_) => {
+                queue.joined += late.len();
+                batch.extend(late);
+            }
+            Err(err) if transaction_gone(&err) => {
+                for job in batch.into_iter().chain(late) {
+                    refuse(job, &err);
+                }
+                return Merged::Done(None);
+            }
+            Err(_) => {
+                let undone = tx.exec("ROLLBACK TO late; RELEASE late", &[]).await;
+                for job in late.into_iter().rev() {
+                    queue.put_back(job);
+                }
+                if let Err(err) = undone {
+                    for job in batch {
+                        refuse(job, &err);
+                    }
+                    return Merged::Done(None);
+                }
+                break;
+            }
+        }
+    }
     let counts = match tx.query(&format!("SELECT job, affected, insert_id FROM temp.{RESULTS} ORDER BY job"), &[]).await
     {
         Ok(rows) => rows,
@@ -313,18 +398,25 @@ fn merged_batch(batch: &[Job]) -> Option<String> {
          (job INTEGER PRIMARY KEY, affected INTEGER, insert_id INTEGER) WITHOUT ROWID;DELETE FROM temp.{RESULTS}"
     );
     for (i, job) in batch.iter().enumerate() {
-        let Job::Exec { sql, params, .. } = job else { return None };
-        let statements = dqlite::sql::split_statements(sql);
-        let [statement] = statements.as_slice() else { return None };
-        if !params.is_empty() || statement.contains("/*") || !dqlite::sql::is_plain_dml(statement) {
-            return None;
-        }
-        // The newline ends a trailing `--` comment.
-        text.push_str(&format!(
-            ";{statement}\n;INSERT INTO temp.{RESULTS} VALUES ({i}, changes(), last_insert_rowid())"
-        ));
+        push_merged(&mut text, mergeable(job)?, i);
     }
     Some(text)
+}
+
+/// The job's statement if it can go into a merged batch: a single plain INSERT, UPDATE or
+/// DELETE without parameters (parameters would bind to the first statement only) and without
+/// block comments (one left open would swallow the rest).
+fn mergeable(job: &Job) -> Option<&str> {
+    let Job::Exec { sql, params, .. } = job else { return None };
+    let statements = dqlite::sql::split_statements(sql);
+    let [statement] = statements.as_slice() else { return None };
+    (params.is_empty() && !statement.contains("/*") && dqlite::sql::is_plain_dml(statement)).then_some(*statement)
+}
+
+/// Appends `statement` and the record of its counts as job `i`.
+fn push_merged(text: &mut String, statement: &str, i: usize) {
+    // The newline ends a trailing `--` comment.
+    text.push_str(&format!(";{statement}\n;INSERT INTO temp.{RESULTS} VALUES ({i}, changes(), last_insert_rowid())"));
 }
 
 /// A request's single statement followed by `RELEASE savepoint` and, when another request
@@ -397,8 +489,87 @@ impl Busy {
 
 #[cfg(test)]
 mod tests {
-    use super::{Job, merged_batch, merged_text};
-    use dqlite::Value;
+    use super::{Job, MERGED, Metrics, Queue, merged_batch, merged_text, run_batch};
+    use dqlite::{ExecResult, Value};
+    use std::collections::VecDeque;
+    use tokio::sync::{mpsc, oneshot};
+
+    type Answer = oneshot::Receiver<dqlite::Result<ExecResult>>;
+
+    fn write(sql: &str, params: Vec<Value>) -> (Job, Answer) {
+        let (reply, answer) = oneshot::channel();
+        (Job::Exec { sql: sql.into(), params, reply }, answer)
+    }
+
+    fn insert(key: &str) -> (Job, Answer) {
+        write(&format!("INSERT INTO t (k) VALUES ('{key}')"), vec![])
+    }
+
+    /// Runs `batch` with `waiting` already queued, as if it had arrived while the batch ran.
+    async fn batch_with_waiting(
+        db: &mut dqlite::Database,
+        queue: &mut Queue,
+        metrics: &Metrics,
+        batch: Vec<Job>,
+        waiting: Vec<Job>,
+    ) {
+        queue.pending.extend(waiting);
+        queue.joined = 0;
+        assert!(run_batch(db, batch, queue, metrics).await.is_none());
+    }
+
+    fn answered(answer: &mut Answer) -> Option<dqlite::Result<ExecResult>> {
+        answer.try_recv().ok()
+    }
+
+    #[tokio::test]
+    async fn writes_queued_meanwhile_join_the_batch_and_a_failing_group_goes_back_to_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("@microcluster-writer-test-{}", std::process::id());
+        let mut node = dqlite::Node::builder(dqlite::BOOTSTRAP_ID, address.clone(), dir.path()).build().unwrap();
+        node.start().unwrap();
+        let mut db = dqlite::Client::new([address]).database("test");
+        db.exec("CREATE TABLE t (k TEXT PRIMARY KEY)", &[]).await.unwrap();
+        let metrics = Metrics::default();
+        let mut queue = Queue { pending: VecDeque::new(), jobs: mpsc::channel(1).1, joined: 0 };
+
+        // A plain write that waits joins; the one after it, with parameters, cannot and stays.
+        let ((a, mut a_answer), (b, mut b_answer), (c, mut c_answer)) = (insert("a"), insert("b"), insert("c"));
+        let (p, mut p_answer) = write("INSERT INTO t (k) VALUES (?)", vec![Value::Text("p".into())]);
+        batch_with_waiting(&mut db, &mut queue, &metrics, vec![a, b], vec![c, p]).await;
+        for answer in [&mut a_answer, &mut b_answer, &mut c_answer] {
+            assert_eq!(answered(answer).unwrap().unwrap().rows_affected, 1);
+        }
+        assert_eq!(queue.joined, 1);
+        assert!(answered(&mut p_answer).is_none(), "the write with parameters ran in the batch");
+        assert!(matches!(queue.pending.front(), Some(Job::Exec { params, .. }) if !params.is_empty()));
+        queue.pending.clear();
+
+        // A waiting group with a failing write is undone alone and goes back, in order; the
+        // batch it tried to join commits with the right counts.
+        let ((d, mut d_answer), (e, mut e_answer)) = (insert("d"), insert("e"));
+        let ((f, mut f_answer), (dup, mut dup_answer)) = (insert("f"), insert("a"));
+        batch_with_waiting(&mut db, &mut queue, &metrics, vec![d, e], vec![f, dup]).await;
+        for answer in [&mut d_answer, &mut e_answer] {
+            assert_eq!(answered(answer).unwrap().unwrap().rows_affected, 1);
+        }
+        assert_eq!(queue.joined, 0);
+        assert!(answered(&mut dup_answer).is_none() && answered(&mut f_answer).is_none());
+        assert_eq!(metrics.write_batches_merged.with(&[MERGED]).get(), 2, "a batch fell back to one by one");
+
+        // Run next, the failing write gets its own error and the other one commits.
+        let batch: Vec<Job> = queue.pending.drain(..).collect();
+        assert!(matches!(batch.as_slice(), [_, Job::Exec { sql, .. }] if sql.contains("'a'")));
+        batch_with_waiting(&mut db, &mut queue, &metrics, batch, vec![]).await;
+        let err = answered(&mut dup_answer).unwrap().unwrap_err();
+        assert!(err.to_string().contains("UNIQUE constraint failed"), "{err}");
+        assert_eq!(answered(&mut f_answer).unwrap().unwrap().rows_affected, 1);
+
+        let rows = db.query("SELECT group_concat(k, '') FROM (SELECT k FROM t ORDER BY k)", &[]).await.unwrap();
+        assert_eq!(rows.rows[0].get(0), Some(&Value::Text("abcdef".into())));
+        drop(db);
+        node.stop().unwrap();
+    }
 
     fn exec(sql: &str, params: Vec<Value>) -> Job {
         Job::Exec { sql: sql.into(), params, reply: tokio::sync::oneshot::channel().0 }
