@@ -90,7 +90,7 @@ pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Ar
 struct Queue {
     pending: VecDeque<Job>,
     jobs: mpsc::Receiver<Job>,
-    /// Jobs that joined the running batch late (see [`Queue::late_writes`]).
+    /// Jobs that joined the running batch late (see [`Queue::late`]).
     joined: usize,
 }
 
@@ -103,25 +103,20 @@ impl Queue {
         self.pending.push_front(job);
     }
 
-    /// Up to `room` plain writes that arrived meanwhile, with their text for a merged batch
-    /// whose counts start at `first`; the first job that cannot be merged stays queued.
-    fn late_writes(&mut self, room: usize, first: usize) -> (Vec<Job>, String) {
+    /// Up to `room` jobs that arrived meanwhile and that `fit`, counted as joined; the first
+    /// one that does not fit stays queued.
+    fn late(&mut self, room: usize, fit: impl Fn(&Job) -> bool) -> Vec<Job> {
         let mut late = Vec::new();
-        let mut text = String::new();
         while late.len() < room {
             let Some(job) = self.try_next() else { break };
-            match mergeable(&job) {
-                Some(statement) => {
-                    push_merged(&mut text, statement, first + late.len());
-                    late.push(job);
-                }
-                None => {
-                    self.put_back(job);
-                    break;
-                }
+            if !fit(&job) {
+                self.put_back(job);
+                break;
             }
+            late.push(job);
         }
-        (late, text)
+        self.joined += late.len();
+        late
     }
 }
 
@@ -170,11 +165,16 @@ async fn run_batch(db: &mut Database, batch: Vec<Job>, queue: &mut Queue, metric
         },
         None => batch,
     };
-    batch_in_transaction(db, batch, metrics).await
+    batch_in_transaction(db, batch, queue, metrics).await
 }
 
 /// Runs the jobs in one transaction.
-async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metrics) -> Option<dqlite::Error> {
+async fn batch_in_transaction(
+    db: &mut Database,
+    batch: Vec<Job>,
+    queue: &mut Queue,
+    metrics: &Metrics,
+) -> Option<dqlite::Error> {
     let mut busy = Busy::new();
     let mut tx = loop {
         match db.begin_immediate().await {
@@ -189,12 +189,19 @@ async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metr
         }
     };
     let mut committed: Vec<Reply> = Vec::new();
-    let count = batch.len();
-    let mut jobs = batch.into_iter().enumerate();
+    let mut jobs: VecDeque<Job> = batch.into();
+    let (mut ran, mut late_rounds) = (0, 0);
     // The savepoint the previous job's request already opened for this one.
     let mut opened: Option<usize> = None;
     let failure = loop {
-        let Some((i, job)) = jobs.next() else { break None };
+        if jobs.is_empty() && late_rounds < LATE_ROUNDS {
+            // As in `run_merged`: what arrived meanwhile joins before the COMMIT.
+            late_rounds += 1;
+            jobs.extend(queue.late(MAX_BATCH.saturating_sub(ran), |job| !matches!(job, Job::Exclusive(_))));
+        }
+        let Some(job) = jobs.pop_front() else { break None };
+        let i = ran;
+        ran += 1;
         let savepoint = format!("job{i}");
         if opened.take() != Some(i)
             && let Err(err) = tx.exec(&format!("SAVEPOINT {savepoint}"), &[]).await
@@ -208,10 +215,11 @@ async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metr
                 // SAVEPOINT in one EXEC_SQL (parameters bind to the first statement; the
                 // result's counts stay the statement's, as neither RELEASE nor SAVEPOINT
                 // changes them). If the statement fails, the rest does not run.
-                let merged = merged_text(&sql, &savepoint, (i + 1 < count).then(|| format!("job{}", i + 1)));
+                let next = (!jobs.is_empty()).then_some(i + 1);
+                let merged = merged_text(&sql, &savepoint, next.map(|n| format!("job{n}")));
                 match tx.exec(merged.as_deref().unwrap_or(&sql), &params).await {
                     Ok(r) if merged.is_some() => {
-                        opened = Some(i + 1);
+                        opened = next;
                         committed.push(Reply::Exec(reply, r));
                         continue;
                     }
@@ -242,7 +250,7 @@ async fn batch_in_transaction(db: &mut Database, batch: Vec<Job>, metrics: &Metr
         committed.extend(reply);
     };
     if let Some(err) = failure {
-        for (_, job) in jobs {
+        for job in jobs {
             refuse(job, &err);
         }
         fail_all(committed, &err);
@@ -311,15 +319,16 @@ async fn run_merged(
     // Under load this is where the writers answered by the previous commit come back: without
     // it, they would wait for the next commit, and batches would hold half of the writers.
     for _ in 0..LATE_ROUNDS {
-        let (late, text) = queue.late_writes(MAX_BATCH - batch.len(), batch.len());
+        let late = queue.late(MAX_BATCH - batch.len(), |job| mergeable(job).is_some());
         if late.is_empty() {
             break;
         }
-        match tx.exec(&format!("SAVEPOINT late{text};RELEASE late"), &[]).await {
-            Ok(_) => {
-                queue.joined += late.len();
-                batch.extend(late);
-            }
+        let mut text = String::from("SAVEPOINT late");
+        for (i, statement) in late.iter().filter_map(mergeable).enumerate() {
+            push_merged(&mut text, statement, batch.len() + i);
+        }
+        match tx.exec(&format!("{text};RELEASE late"), &[]).await {
+            Ok(_) => batch.extend(late),
             Err(err) if transaction_gone(&err) => {
                 for job in batch.into_iter().chain(late) {
                     refuse(job, &err);
@@ -328,6 +337,7 @@ async fn run_merged(
             }
             Err(_) => {
                 let undone = tx.exec("ROLLBACK TO late; RELEASE late", &[]).await;
+                queue.joined -= late.len();
                 for job in late.into_iter().rev() {
                     queue.put_back(job);
                 }
@@ -522,16 +532,40 @@ mod tests {
         answer.try_recv().ok()
     }
 
-    #[tokio::test]
-    async fn writes_queued_meanwhile_join_the_batch_and_a_failing_group_goes_back_to_the_queue() {
+    /// A real single node with table `t`, a connection to it, and an empty queue.
+    async fn scratch(tag: &str) -> (tempfile::TempDir, dqlite::Node, dqlite::Database, Queue) {
         let dir = tempfile::tempdir().unwrap();
-        let address = format!("@microcluster-writer-test-{}", std::process::id());
+        let address = format!("@microcluster-writer-test-{}-{tag}", std::process::id());
         let mut node = dqlite::Node::builder(dqlite::BOOTSTRAP_ID, address.clone(), dir.path()).build().unwrap();
         node.start().unwrap();
         let mut db = dqlite::Client::new([address]).database("test");
         db.exec("CREATE TABLE t (k TEXT PRIMARY KEY)", &[]).await.unwrap();
+        (dir, node, db, Queue { pending: VecDeque::new(), jobs: mpsc::channel(1).1, joined: 0 })
+    }
+
+    #[tokio::test]
+    async fn writes_with_parameters_queued_meanwhile_join_the_transaction() {
+        let (_dir, mut node, mut db, mut queue) = scratch("params").await;
         let metrics = Metrics::default();
-        let mut queue = Queue { pending: VecDeque::new(), jobs: mpsc::channel(1).1, joined: 0 };
+        let with = |k: &str| write("INSERT INTO t (k) VALUES (?)", vec![Value::Text(k.into())]);
+        let ((x, mut x_answer), (y, mut y_answer), (z, mut z_answer)) = (with("x"), with("y"), with("z"));
+        let exclusive = Job::Exclusive(Box::new(|_| Box::pin(async {})));
+        batch_with_waiting(&mut db, &mut queue, &metrics, vec![x, y], vec![z, exclusive]).await;
+        for answer in [&mut x_answer, &mut y_answer, &mut z_answer] {
+            assert_eq!(answered(answer).unwrap().unwrap().rows_affected, 1);
+        }
+        assert_eq!(queue.joined, 1);
+        assert!(matches!(queue.pending.as_slices().0, [Job::Exclusive(_)]), "the exclusive job stays queued");
+        let rows = db.query("SELECT count(*) FROM t", &[]).await.unwrap();
+        assert_eq!(rows.rows[0].get(0), Some(&Value::Integer(3)));
+        drop(db);
+        node.stop().unwrap();
+    }
+
+    #[tokio::test]
+    async fn writes_queued_meanwhile_join_the_batch_and_a_failing_group_goes_back_to_the_queue() {
+        let (_dir, mut node, mut db, mut queue) = scratch("plain").await;
+        let metrics = Metrics::default();
 
         // A plain write that waits joins; the one after it, with parameters, cannot and stays.
         let ((a, mut a_answer), (b, mut b_answer), (c, mut c_answer)) = (insert("a"), insert("b"), insert("c"));
