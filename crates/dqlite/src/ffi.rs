@@ -30,6 +30,8 @@ pub(crate) struct Failure {
 #[derive(Debug)]
 pub(crate) struct RawNode {
     ptr: NonNull<sys::dqlite_node>,
+    /// The node's `struct raft`, once [`RawNode::set_heartbeat_timeout`] found it.
+    raft: Option<NonNull<RaftHead>>,
     // Declared after `ptr` and only freed in `drop` after the node is destroyed: libdqlite may
     // call the closure until then.
     connect: Option<Box<ConnectCallback>>,
@@ -68,6 +70,34 @@ impl NodeHead {
     const HEARTBEAT_TIMEOUT: u32 = 15_000;
     const PAGE_SIZE: u32 = 4096;
 }
+
+/// The first fields of libraft 0.15's `struct raft` (raft.h), up to its heartbeat timeout,
+/// which libdqlite 1.11 embeds in its node and only ever sets to 1.5× the network latency.
+/// Found and checked by [`RawNode::raft`].
+#[repr(C)]
+struct RaftHead {
+    data: *mut c_void,
+    tracer: *mut c_void,
+    io: *const c_void,
+    fsm: *const c_void,
+    id: u64,
+    address: *const c_char,
+    current_term: u64,
+    voted_for: u64,
+    /// `struct raft_log`: entries, size, front, back, offset, refs, refs_size, and the last
+    /// snapshot's index and term.
+    log: [u64; 9],
+    configuration_servers: *mut c_void,
+    configuration_n: std::ffi::c_uint,
+    configuration_index: u64,
+    configuration_uncommitted_index: u64,
+    election_timeout: std::ffi::c_uint,
+    heartbeat_timeout: std::ffi::c_uint,
+}
+
+/// How far into a 1.11 node its `struct raft` is looked for: it follows the config, the VFS,
+/// the registry, the libuv loop, raft's transport, I/O and FSM (about 2.3 KiB on x86-64).
+const RAFT_SEARCH_LIMIT: usize = 8192;
 
 fn check(code: c_int) -> Result<(), i32> {
     if code == 0 { Ok(()) } else { Err(code) }
@@ -121,7 +151,7 @@ impl RawNode {
         // (libdqlite copies them); `ptr` is a valid out-pointer.
         let rc = unsafe { sys::dqlite_node_create(id, address.as_ptr(), data_dir.as_ptr(), &mut ptr) };
         match NonNull::new(ptr) {
-            Some(ptr) if rc == 0 => Ok(RawNode { ptr, connect: None }),
+            Some(ptr) if rc == 0 => Ok(RawNode { ptr, raft: None, connect: None }),
             _ => {
                 Err(Failure { code: rc, message: "dqlite_node_create failed (is the data directory writable?)".into() })
             }
@@ -232,6 +262,63 @@ impl RawNode {
         // SAFETY: as above; the field lives as long as the node, which outlives `&self`.
         unsafe { std::sync::atomic::AtomicU32::from_ptr(field) }.store(frames, std::sync::atomic::Ordering::Relaxed);
         true
+    }
+
+    /// The node's `struct raft` (not running yet), or `None` unless the layout is 1.11's with
+    /// libraft 0.15's `struct raft` in it: the first 8-aligned place whose id, address, I/O and
+    /// FSM pointers (into the node, before it) and both timeouts are what libdqlite's init and
+    /// `set_network_latency_ms` put there.
+    fn raft(&self, id: u64, address: &CStr, election_ms: u32, heartbeat_ms: u32) -> Option<NonNull<RaftHead>> {
+        self.head(id, address)?;
+        let base = self.ptr.as_ptr().cast::<u8>();
+        (std::mem::size_of::<NodeHead>()..RAFT_SEARCH_LIMIT).step_by(8).find_map(|offset| {
+            // SAFETY: on 1.11 (checked by `head`) the node holds a `struct raft` inside this
+            // range, and the search stops at the first place that matches, so it reads no
+            // further than that struct's own fields. The node is not running: nothing else
+            // touches it. Pointers are compared before any is followed.
+            unsafe {
+                let raft = base.add(offset).cast::<RaftHead>();
+                let inside = |p: *const c_void| (base as usize..raft as usize).contains(&(p as usize));
+                let found = (*raft).id == id
+                    && inside((*raft).io)
+                    && inside((*raft).fsm)
+                    && (*raft).election_timeout == election_ms
+                    && (*raft).heartbeat_timeout == heartbeat_ms
+                    && !(*raft).address.is_null()
+                    && CStr::from_ptr((*raft).address) == address;
+                found.then(|| NonNull::new_unchecked(raft))
+            }
+        })
+    }
+
+    /// Sets raft's heartbeat interval to `new_ms` before the node starts (libraft also ticks at
+    /// that interval); libdqlite 1.11 only sets it to 1.5× the latency, whose election timeout
+    /// (`election_ms`, with `heartbeat_ms` the current heartbeat) stays. `false`, and nothing
+    /// written, unless the node's `struct raft` was found where 1.11 and libraft 0.15 put it.
+    pub(crate) fn set_heartbeat_timeout(
+        &mut self,
+        id: u64,
+        address: &CStr,
+        (election_ms, heartbeat_ms): (u32, u32),
+        new_ms: u32,
+    ) -> bool {
+        let Some(raft) = self.raft(id, address, election_ms, heartbeat_ms) else { return false };
+        // SAFETY: found and checked above; the node is not running, so this plain store is
+        // what `raft_set_heartbeat_timeout` does.
+        unsafe { (*raft.as_ptr()).heartbeat_timeout = new_ms };
+        self.raft = Some(raft);
+        true
+    }
+
+    /// Raft's heartbeat interval in ms, if [`RawNode::set_heartbeat_timeout`] set it. Also
+    /// while the node runs: its loop thread reads the field and never writes it.
+    pub(crate) fn heartbeat_timeout(&self) -> Option<u32> {
+        self.raft.map(|raft| {
+            // SAFETY: the field lives as long as the node; an aligned 32-bit atomic read of a
+            // value no thread writes after start.
+            unsafe { std::sync::atomic::AtomicU32::from_ptr(&raw mut (*raft.as_ptr()).heartbeat_timeout) }
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     pub(crate) fn start(&mut self) -> Result<(), Failure> {

@@ -2,6 +2,11 @@
 //! restart on the same data, and forced recovery of a cluster that lost its quorum.
 #![allow(clippy::unwrap_used)]
 
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dqlite::{BOOTSTRAP_ID, Node, NodeError, NodeInfo, Role, Value};
@@ -28,6 +33,15 @@ fn settings_libdqlite_would_refuse_are_refused_with_reasons() {
     assert!(err.to_string().contains("at least 4"), "{err}");
     let err = Node::builder(1, "@a", dir.path()).checkpoint_threshold(0).build().unwrap_err();
     assert!(err.to_string().contains("checkpoint threshold"), "{err}");
+    // The election timeout is 15× the latency (libdqlite's 3 s when none is set).
+    for (latency, heartbeat) in [(Some(Duration::from_millis(20)), 300), (None, 3000), (None, 0)] {
+        let mut builder = Node::builder(1, "@a", dir.path()).heartbeat_interval(Duration::from_millis(heartbeat));
+        if let Some(latency) = latency {
+            builder = builder.network_latency(latency);
+        }
+        let err = builder.build().unwrap_err();
+        assert!(err.to_string().contains("heartbeat interval"), "{err}");
+    }
     assert!(Node::new(1, "nul\0here", dir.path()).is_err());
 }
 
@@ -196,4 +210,77 @@ async fn nodes_created_at_once_keep_their_databases_apart() {
         assert_eq!(names, [Some(Value::Text(format!("t{i}")))], "node {i} sees other nodes' tables");
     }
     tokio::task::spawn_blocking(move || drop(nodes)).await.unwrap();
+}
+
+/// A connect function that counts the bytes raft sends through it: each connection is piped
+/// through a socketpair by two threads.
+fn counting_connect(sent: Arc<AtomicUsize>) -> impl Fn(&str) -> std::io::Result<OwnedFd> + Send + Sync + 'static {
+    move |address: &str| {
+        let peer = UnixStream::from(dqlite::connect_blocking(address, Duration::from_secs(1))?);
+        let (ours, theirs) = UnixStream::pair()?;
+        let (mut from_raft, mut to_peer) = (theirs.try_clone()?, peer.try_clone()?);
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = from_raft.read(&mut buf) {
+                sent.fetch_add(n, Ordering::Relaxed);
+                if to_peer.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to_peer.shutdown(std::net::Shutdown::Both);
+        });
+        let (mut from_peer, mut to_raft) = (peer, theirs);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_peer, &mut to_raft);
+            let _ = to_raft.shutdown(std::net::Shutdown::Both);
+        });
+        Ok(ours.into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_longer_heartbeat_interval_sends_fewer_heartbeats_and_keeps_the_leader() {
+    let mut sent_idle = Vec::new();
+    for heartbeat in [None, Some(Duration::from_millis(150))] {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (dir, leader_address) = (tempfile::tempdir().unwrap(), address("heartbeat"));
+        let mut builder = Node::builder(BOOTSTRAP_ID, leader_address.clone(), dir.path())
+            .network_latency(harness::LATENCY)
+            .connect_func(counting_connect(sent.clone()));
+        if let Some(interval) = heartbeat {
+            builder = builder.heartbeat_interval(interval);
+        }
+        let mut leader = builder.build().unwrap();
+        assert_eq!(leader.heartbeat_interval(), heartbeat, "the setting did not reach libraft");
+        leader.start().unwrap();
+        let follower = harness::TestNode::start(2, &address("heartbeat"));
+        let client = client(vec![leader_address.clone()]);
+        client.add(follower.id(), follower.address()).await.unwrap();
+        client.assign(follower.id(), Role::Voter).await.unwrap();
+        let mut db = client.database("test");
+        db.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1)", &[]).await.unwrap();
+
+        // Idle for 1.5 s: only heartbeats flow from the leader to its follower.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = sent.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sent_idle.push(sent.load(Ordering::Relaxed) - before);
+
+        // Still one leader (5 heartbeats per shortest election timeout), still replicating.
+        assert_eq!(client.leader().await.unwrap().address, leader_address);
+        assert_eq!(leader.heartbeat_interval(), heartbeat, "libdqlite reset the heartbeat");
+        db.exec("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+        drop(db);
+        tokio::task::spawn_blocking(move || {
+            drop(follower);
+            drop(leader);
+        })
+        .await
+        .unwrap();
+    }
+    // 1.5× the 20 ms latency (30 ms) against 150 ms: about five times the bytes.
+    let [default, longer] = sent_idle[..] else { unreachable!() };
+    eprintln!("idle bytes leader -> follower in 1.5 s: heartbeat 30 ms {default}, 150 ms {longer}");
+    assert!(longer > 0 && longer * 3 < default, "30 ms: {default} bytes, 150 ms: {longer} bytes");
 }
