@@ -210,24 +210,42 @@ async fn serve_connection<S>(io: S, peer: Peer, state: State, routes: Arc<Routes
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
-        let (state, routes, peer) = (state.clone(), routes.clone(), peer.clone());
-        async move { Ok::<_, Infallible>(dispatch(state, &routes, peer, req).await) }
+    // A permit once the connection's first request has started.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let service = service_fn({
+        let started = started.clone();
+        move |req| {
+            started.notify_one();
+            let (state, routes, peer) = (state.clone(), routes.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(dispatch(state, &routes, peer, req).await) }
+        }
     });
     let conn = http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "connection ended with an error");
-            }
+    let ended = |result: Result<(), hyper::Error>| {
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "connection ended with an error");
         }
+    };
+    tokio::select! {
+        result = conn.as_mut() => ended(result),
         _ = signal.fired() => {
+            // hyper closes a connection that has not started a request at once, although a
+            // client that connected just before the stop has most likely sent one already:
+            // it would get no answer at all. Give it a moment to be read (and answered 503).
+            tokio::select! {
+                result = conn.as_mut() => return ended(result),
+                _ = started.notified() => {}
+                _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+            }
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
     }
 }
+
+/// How long a connection that has not started a request yet is read after the stop.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(250);
 
 async fn dispatch(state: State, routes: &Routes, peer: Peer, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
     let (method, started) = (req.method().clone(), std::time::Instant::now());
