@@ -47,7 +47,7 @@ pub struct DaemonArgs {
     pub servers: Vec<Server>,
     /// Group owning the control socket (name or numeric id).
     pub socket_group: Option<String>,
-    /// Expected network round trip between members (raft heartbeat 1.5×, election 15×).
+    /// Expected network round trip between members (raft heartbeat 3×, election 15×).
     pub network_latency: Duration,
     /// Longest an SQL statement may run on this member's node before it is interrupted
     /// (`None`: no limit). libdqlite runs statements on the loop that also keeps raft going, so
