@@ -103,8 +103,8 @@ impl Queue {
         self.pending.push_front(job);
     }
 
-    /// Up to `room` jobs that arrived meanwhile and that `fit`, counted as joined; the first
-    /// one that does not fit stays queued.
+    /// Up to `room` jobs that arrived meanwhile and that `fit`; the first one that does not fit
+    /// stays queued.
     fn late(&mut self, room: usize, fit: impl Fn(&Job) -> bool) -> Vec<Job> {
         let mut late = Vec::new();
         while late.len() < room {
@@ -115,7 +115,6 @@ impl Queue {
             }
             late.push(job);
         }
-        self.joined += late.len();
         late
     }
 }
@@ -197,7 +196,9 @@ async fn batch_in_transaction(
         if jobs.is_empty() && late_rounds < LATE_ROUNDS {
             // As in `run_merged`: what arrived meanwhile joins before the COMMIT.
             late_rounds += 1;
-            jobs.extend(queue.late(MAX_BATCH.saturating_sub(ran), |job| !matches!(job, Job::Exclusive(_))));
+            let late = queue.late(MAX_BATCH.saturating_sub(ran), |job| !matches!(job, Job::Exclusive(_)));
+            queue.joined += late.len();
+            jobs.extend(late);
         }
         let Some(job) = jobs.pop_front() else { break None };
         let i = ran;
@@ -328,7 +329,10 @@ async fn run_merged(
             push_merged(&mut text, statement, batch.len() + i);
         }
         match tx.exec(&format!("{text};RELEASE late"), &[]).await {
-            Ok(_) => batch.extend(late),
+            Ok(_) => {
+                queue.joined += late.len();
+                batch.extend(late);
+            }
             Err(err) if transaction_gone(&err) => {
                 for job in batch.into_iter().chain(late) {
                     refuse(job, &err);
@@ -337,7 +341,6 @@ async fn run_merged(
             }
             Err(_) => {
                 let undone = tx.exec("ROLLBACK TO late; RELEASE late", &[]).await;
-                queue.joined -= late.len();
                 for job in late.into_iter().rev() {
                     queue.put_back(job);
                 }
