@@ -188,3 +188,16 @@ unsafe extern "C" {
     pub fn sqlite3_column_blob(stmt: *mut sqlite3_stmt, i: c_int) -> *const c_void;
     pub fn sqlite3_column_bytes(stmt: *mut sqlite3_stmt, i: c_int) -> c_int;
 }
+
+/// `raft_uv_set_segment_size(struct raft_io *io, size_t size)` of the libraft loaded with
+/// libdqlite (libraft 0.15 on Debian 12, `libraft.so.2`), or `None` when no loaded library
+/// exports it. Looked up at run time rather than linked: Debian installs libraft without its
+/// development symlink and header, and newer libdqlite releases carry raft inside themselves.
+pub fn raft_uv_set_segment_size() -> Option<unsafe extern "C" fn(io: *mut c_void, size: usize)> {
+    // SAFETY: dlsym with a NUL-terminated name only searches the loaded objects.
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"raft_uv_set_segment_size".as_ptr()) };
+    // SAFETY: a non-null symbol of that name is libraft's function of this signature (raft.h
+    // since 0.9).
+    (!sym.is_null())
+        .then(|| unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_void, usize)>(sym) })
+}

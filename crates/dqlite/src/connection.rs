@@ -1,10 +1,13 @@
 //! One client connection to one dqlite node: the handshake, strictly alternating request and
 //! response frames, and the bookkeeping that keeps libdqlite 1.11 from misbehaving.
 //!
-//! libdqlite 1.11 aborts or drops the connection when a second request arrives while one is in
-//! flight (only INTERRUPT may follow a streaming query), so a [`Connection`] tracks its state:
-//! a request whose exchange was cut short (a timeout, a dropped future) leaves the connection
-//! unusable, and rows left unread are drained before the next request goes out.
+//! libdqlite 1.11 reads a connection's next request only once it has written the whole answer
+//! to the one before (all rows of a streaming query included), so answers come strictly in
+//! order and one lost frame loses the framing for good. A [`Connection`] tracks its state: a
+//! request whose exchange was cut short (a timeout, a dropped future) leaves the connection
+//! unusable, and rows left unread are drained before the next request goes out. Only
+//! [`Connection::exec_sql_behind_barrier`] writes two requests at once; the server queues the
+//! second behind the first's answer, and both answers are read before anything else.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +33,10 @@ pub type BoxStream = Box<dyn Stream>;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default largest message accepted from a node (a DUMP carries the whole database).
 pub const DEFAULT_MAX_MESSAGE: u64 = 256 * 1024 * 1024;
+
+/// A statement that reads and writes nothing, and whose step ends at once (no row): what
+/// [`Connection::exec_sql_behind_barrier`] sends in front of its text.
+pub(crate) const BARRIER_SQL: &str = "SELECT 1 WHERE 0";
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -237,6 +244,48 @@ impl Connection {
         let req = Request::ExecSql { db, sql: sql_text.into(), params: Cow::Borrowed(params) };
         let resp = self.roundtrip(&req, 0).await?;
         self.exec_result("EXEC_SQL", resp)
+    }
+
+    /// [`Connection::exec_sql`] for text of several statements outside a transaction's writes,
+    /// sent in one write right behind a request that does nothing ([`BARRIER_SQL`]), whose
+    /// answer is read and dropped.
+    ///
+    /// Why: libdqlite 1.11 makes every statement wait for a raft barrier while the log holds an
+    /// entry not yet applied (as it does for a round after each leader checkpoint), and
+    /// libraft 0.15 runs a barrier's callback before it counts the barrier as applied. So in
+    /// one EXEC_SQL every statement after the first finds the log behind again and takes a
+    /// barrier of its own: one replication round per statement, tens of milliseconds for a
+    /// batch of writes. The request in front takes the one barrier; the server reads the text
+    /// only after raft's apply loop is done, so its statements need none.
+    pub async fn exec_sql_behind_barrier(&mut self, sql_text: &str, params: &[Value]) -> Result<ExecResult> {
+        refuse_returning(sql_text)?;
+        let db = self.db()?;
+        check_params(params)?;
+        let mut frame = Request::ExecSql { db, sql: BARRIER_SQL.into(), params: Cow::Borrowed(&[]) }
+            .encode()
+            .map_err(Error::Encode)?;
+        let req = Request::ExecSql { db, sql: sql_text.into(), params: Cow::Borrowed(params) };
+        frame.extend(req.encode().map_err(Error::Encode)?);
+        self.settle().await?;
+        self.state = State::Busy;
+        let timeout = self.timeout;
+        let exchange = async {
+            self.write(&frame).await?;
+            let first = self.read_response(0).await?;
+            Ok((first, self.read_response(0).await?))
+        };
+        let outcome = tokio::time::timeout(timeout, exchange).await;
+        let (first, second) = self.finish("request to", outcome)?;
+        self.state = State::Idle;
+        if !matches!(first, Response::Result { .. } | Response::Failure { .. }) {
+            return Err(self.unexpected("EXEC_SQL", &first));
+        }
+        // Whatever made the request in front fail (no leader, the barrier) fails the text too,
+        // which says so itself.
+        match second {
+            Response::Failure { code, message } => Err(Error::Server { code, message }),
+            other => self.exec_result("EXEC_SQL", other),
+        }
     }
 
     /// Runs one read-only statement and streams its rows. A statement that may write is refused

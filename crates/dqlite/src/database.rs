@@ -127,13 +127,24 @@ impl Database {
 
     /// Executes SQL text (one or more statements; parameters bind to the first) on the leader.
     pub async fn exec(&mut self, sql_text: &str, params: &[Value]) -> Result<ExecResult> {
+        self.exec_on_leader(sql_text, params, false).await
+    }
+
+    /// [`Database::exec`]; `behind_barrier` sends the text with
+    /// [`Connection::exec_sql_behind_barrier`] (for text of several statements).
+    async fn exec_on_leader(&mut self, sql_text: &str, params: &[Value], behind_barrier: bool) -> Result<ExecResult> {
         let deadline = self.deadline();
         let mut round = 0;
         loop {
             round += 1;
             let hint = self.leader_hint.clone();
             let conn = self.leader().await?;
-            let result = guarded(hint, conn.address().to_owned(), conn.exec_sql(sql_text, params)).await;
+            let address = conn.address().to_owned();
+            let result = if behind_barrier {
+                guarded(hint, address, conn.exec_sql_behind_barrier(sql_text, params)).await
+            } else {
+                guarded(hint, address, conn.exec_sql(sql_text, params)).await
+            };
             match result {
                 Err(err) if err.is_not_leader() && Instant::now() < deadline => {
                     self.after_error(&err);
@@ -241,7 +252,7 @@ impl Database {
     /// the next request on this handle, and the error says what failed ([`Error::is_busy`]
     /// when the write lock is taken, as for `begin_immediate`).
     pub async fn begin_immediate_with(&mut self, sql_text: &str) -> Result<(Transaction<'_>, ExecResult)> {
-        match self.exec(&format!("BEGIN IMMEDIATE;{sql_text}"), &[]).await {
+        match self.exec_on_leader(&format!("BEGIN IMMEDIATE;{sql_text}"), &[], true).await {
             Ok(result) => Ok((Transaction { db: self, finished: false }, result)),
             Err(err) => {
                 // The BEGIN may have run before the failing statement; when it did not, the

@@ -30,7 +30,7 @@ pub(crate) struct Failure {
 #[derive(Debug)]
 pub(crate) struct RawNode {
     ptr: NonNull<sys::dqlite_node>,
-    /// The node's `struct raft`, once [`RawNode::set_heartbeat_timeout`] found it.
+    /// The node's `struct raft`, once [`RawNode::find_raft`] found it.
     raft: Option<NonNull<RaftHead>>,
     // Declared after `ptr` and only freed in `drop` after the node is destroyed: libdqlite may
     // call the closure until then.
@@ -291,26 +291,40 @@ impl RawNode {
         })
     }
 
+    /// Finds the node's `struct raft` before it starts, for [`RawNode::set_heartbeat_timeout`]
+    /// and [`RawNode::set_segment_size`]: `election_ms` and `heartbeat_ms` are the timeouts
+    /// libdqlite gave it. `false` unless it is where 1.11 and libraft 0.15 put it.
+    pub(crate) fn find_raft(&mut self, id: u64, address: &CStr, (election_ms, heartbeat_ms): (u32, u32)) -> bool {
+        if self.raft.is_none() {
+            self.raft = self.raft(id, address, election_ms, heartbeat_ms);
+        }
+        self.raft.is_some()
+    }
+
     /// Sets raft's heartbeat interval to `new_ms` before the node starts (libraft also ticks at
-    /// that interval); libdqlite 1.11 only sets it to 1.5× the latency, whose election timeout
-    /// (`election_ms`, with `heartbeat_ms` the current heartbeat) stays. `false`, and nothing
-    /// written, unless the node's `struct raft` was found where 1.11 and libraft 0.15 put it.
-    pub(crate) fn set_heartbeat_timeout(
-        &mut self,
-        id: u64,
-        address: &CStr,
-        (election_ms, heartbeat_ms): (u32, u32),
-        new_ms: u32,
-    ) -> bool {
-        let Some(raft) = self.raft(id, address, election_ms, heartbeat_ms) else { return false };
-        // SAFETY: found and checked above; the node is not running, so this plain store is
-        // what `raft_set_heartbeat_timeout` does.
+    /// that interval); libdqlite 1.11 only sets it to 1.5× the latency. `false`, and nothing
+    /// written, unless [`RawNode::find_raft`] found the node's `struct raft`.
+    pub(crate) fn set_heartbeat_timeout(&mut self, new_ms: u32) -> bool {
+        let Some(raft) = self.raft else { return false };
+        // SAFETY: found and checked by `find_raft`; the node is not running, so this plain
+        // store is what `raft_set_heartbeat_timeout` does.
         unsafe { (*raft.as_ptr()).heartbeat_timeout = new_ms };
-        self.raft = Some(raft);
         true
     }
 
-    /// Raft's heartbeat interval in ms, if [`RawNode::set_heartbeat_timeout`] set it. Also
+    /// Sets the size of the raft log segments the node prepares, before it starts, through
+    /// libraft's own setter on the node's `raft_io`. `false`, and nothing changed, unless
+    /// [`RawNode::find_raft`] found the node's `struct raft` and libraft exports the setter.
+    pub(crate) fn set_segment_size(&mut self, bytes: usize) -> bool {
+        let (Some(raft), Some(set)) = (self.raft, sys::raft_uv_set_segment_size()) else { return false };
+        // SAFETY: `io` points into the node (checked by `find_raft`) at the `raft_io` that
+        // `dqlite_node_create` initialised with `raft_uv_init`, which is what the setter
+        // takes; the node is not running, so nothing reads the size meanwhile.
+        unsafe { set((*raft.as_ptr()).io.cast_mut(), bytes) };
+        true
+    }
+
+    /// Raft's heartbeat interval in ms, if [`RawNode::find_raft`] found it. Also
     /// while the node runs: its loop thread reads the field and never writes it.
     pub(crate) fn heartbeat_timeout(&self) -> Option<u32> {
         self.raft.map(|raft| {

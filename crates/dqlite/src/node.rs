@@ -20,6 +20,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest abstract socket name (`sun_path` is 108 bytes: a leading NUL, the name, a NUL).
 const MAX_ABSTRACT_NAME: usize = 106;
+/// One MiB, the unit of raft segment sizes.
+const MIB: usize = 1024 * 1024;
 
 /// Errors from creating, configuring or running a node.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,7 @@ pub struct NodeBuilder {
     snapshot: Option<(u32, u32)>,
     checkpoint: Option<u32>,
     heartbeat: Option<Duration>,
+    segment: Option<usize>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -164,6 +167,7 @@ impl std::fmt::Debug for NodeBuilder {
             .field("snapshot", &self.snapshot)
             .field("checkpoint", &self.checkpoint)
             .field("heartbeat", &self.heartbeat)
+            .field("segment", &self.segment)
             .finish()
     }
 }
@@ -202,6 +206,19 @@ impl NodeBuilder {
     /// [`Node::heartbeat_interval`].
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat = Some(interval);
+        self
+    }
+
+    /// Size of the raft log's segment files (libraft: 8 MiB). Each time a segment fills up,
+    /// libraft closes its kernel AIO context with `io_destroy`, which waits for an RCU grace
+    /// period (tens of milliseconds on a small VM) on the node's event loop: every node stalls
+    /// at once, since they roll at the same entry. Bigger segments roll less often, at the cost
+    /// of disk space (libraft keeps two prepared segments besides the open one). Whole MiB,
+    /// 1 MiB to 1 GiB. Applied only to libdqlite 1.11 with libraft 0.15 (the node's
+    /// `struct raft` is found and checked as for [`NodeBuilder::heartbeat_interval`]),
+    /// elsewhere ignored with a warning.
+    pub fn raft_segment_size(mut self, bytes: usize) -> Self {
+        self.segment = Some(bytes);
         self
     }
 
@@ -281,6 +298,15 @@ impl NodeBuilder {
                 })?)
             }
         };
+        if let Some(bytes) = self.segment
+            && (bytes % MIB != 0 || !(MIB..=1024 * MIB).contains(&bytes))
+        {
+            return Err(NodeError::Invalid {
+                setting: "raft segment size",
+                value: bytes.to_string(),
+                reason: "must be whole MiB, from 1 MiB to 1 GiB",
+            });
+        }
         if self.checkpoint == Some(0) {
             return Err(NodeError::Invalid {
                 setting: "checkpoint threshold",
@@ -319,12 +345,21 @@ impl NodeBuilder {
                 "libdqlite is not 1.11: its checkpoint threshold stays its own (replicated writes are slower)"
             );
         }
+        let raft = (heartbeat_ms.is_some() || self.segment.is_some()) && raw.find_raft(self.id, &address, timeouts);
         if let Some(ms) = heartbeat_ms
-            && !raw.set_heartbeat_timeout(self.id, &address, timeouts, ms)
+            && !(raft && raw.set_heartbeat_timeout(ms))
         {
             tracing::warn!(
                 version = crate::ffi::library_version(),
                 "libdqlite is not 1.11 with libraft 0.15: raft's heartbeat stays 1.5× the network latency (idle members use more CPU)"
+            );
+        }
+        if let Some(bytes) = self.segment
+            && !(raft && raw.set_segment_size(bytes))
+        {
+            tracing::warn!(
+                version = crate::ffi::library_version(),
+                "libdqlite is not 1.11 with libraft 0.15: raft's log segments stay 8 MiB (writes stall more often)"
             );
         }
         Ok(Node { raw, id: self.id, address: self.address, data_dir: self.data_dir, state: NodeState::Created })
@@ -372,6 +407,7 @@ impl Node {
             snapshot: None,
             checkpoint: None,
             heartbeat: None,
+            segment: None,
         }
     }
 
@@ -412,7 +448,8 @@ impl Node {
         self.raw.checkpoint_threshold(self.id, &address)
     }
 
-    /// Raft's heartbeat interval, when [`NodeBuilder::heartbeat_interval`] could set it.
+    /// Raft's heartbeat interval, when [`NodeBuilder::heartbeat_interval`] (or
+    /// [`NodeBuilder::raft_segment_size`]) found the node's `struct raft`.
     pub fn heartbeat_interval(&self) -> Option<Duration> {
         self.raw.heartbeat_timeout().map(|ms| Duration::from_millis(ms.into()))
     }

@@ -317,6 +317,27 @@ async fn a_transaction_begun_with_statements_keeps_all_or_nothing() {
 }
 
 #[tokio::test]
+async fn text_sent_behind_a_barrier_answers_as_exec_sql_does() {
+    let node = TestNode::start(BOOTSTRAP_ID, &address("behind"));
+    let mut conn = client(vec![node.address().to_owned()]).connect_leader().await.unwrap();
+    conn.open("test").await.unwrap();
+    conn.exec_sql("CREATE TABLE t (x INTEGER UNIQUE)", &[]).await.unwrap();
+    // The result is the text's last statement's; parameters bind to its first.
+    let sql = "INSERT INTO t VALUES (?); INSERT INTO t VALUES (2); INSERT INTO t VALUES (3)";
+    let last = conn.exec_sql_behind_barrier(sql, &[Value::Integer(1)]).await.unwrap();
+    assert_eq!((last.last_insert_id, last.rows_affected), (3, 1));
+    // A failing statement fails the call with its own error; the connection goes on.
+    let err =
+        conn.exec_sql_behind_barrier("INSERT INTO t VALUES (4); INSERT INTO t VALUES (1)", &[]).await.unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    let err = conn.exec_sql_behind_barrier("SELEC 1", &[]).await.unwrap_err();
+    assert!(err.to_string().contains("syntax error"), "{err}");
+    let rows = conn.query_sql("SELECT x FROM t ORDER BY x", &[]).await.unwrap().collect().await.unwrap();
+    let xs: Vec<_> = rows.rows.iter().map(|r| r.get(0).and_then(Value::as_i64).unwrap()).collect();
+    assert_eq!(xs, [1, 2, 3, 4]);
+}
+
+#[tokio::test]
 async fn execute_routes_each_statement() {
     let (_node, mut db) = node_and_db("execute").await;
     let outcomes =
