@@ -88,6 +88,12 @@ fn concurrent_writers_are_committed_together_and_fail_alone() {
     let undone = cluster.members[0].metric("microcluster_write_batches_merged_total{outcome=\"undone\"}");
     eprintln!("member 1: {merged} merged batches, {undone} undone");
     assert!(merged > 0 && undone > 0, "merged {merged}, undone {undone}");
+    // Batches waited for the writers their last commit answered (whether all of them came back
+    // in time depends on this machine's load: only that the queue waited is certain).
+    let full = cluster.members[0].metric("microcluster_write_gathers_total{outcome=\"full\"}");
+    let timeout = cluster.members[0].metric("microcluster_write_gathers_total{outcome=\"timeout\"}");
+    eprintln!("member 1: waited for its writers {full} times in full, {timeout} times in vain");
+    assert!(full + timeout > 0, "the queue never waited for the writers of its last commit");
     drop(cluster);
 }
 

@@ -12,7 +12,7 @@
 //! [--scale-repeat N] [--failover-repeat N] [--only cluster,scale,failover] [--quick]`
 //!
 //! `bench drive --socket PATH|--tcp IP:PORT [--api ours|kv|demo|etcd] --op write|read [--ops N]
-//! [--workers N] [--pid PID]` drives an already running member (for profiling, see
+//! [--workers N] [--think-ms MS] [--pid PID]` drives an already running member (for profiling, see
 //! docs/performance.md) and prints what each request cost that process; `bench layers CALLGRIND_OUT REQUESTS` splits a callgrind profile
 //! of such a run by layer (`bench/profile.sh` does both).
 #![forbid(unsafe_code)]
@@ -101,6 +101,7 @@ fn write_workload(api: Api, tag: &'static str) -> Workload {
     Workload {
         request: Box::new(move |w, i| api.write(&format!("{tag}{w}-{i}"))),
         ok: Box::new(move |status, body| api.write_ok(status, body)),
+        think: Duration::ZERO,
     }
 }
 
@@ -109,6 +110,7 @@ fn read_workload(api: Api, keys: usize) -> Workload {
     Workload {
         request: Box::new(move |w, i| api.read(&format!("s0-{}", (w * 7919 + i) % keys))),
         ok: Box::new(move |status, body| api.read_ok(status, body)),
+        think: Duration::ZERO,
     }
 }
 
@@ -234,11 +236,12 @@ async fn drive(args: &[String]) -> Result<(), Error> {
     let op: String = flag(args, "--op", "write".to_owned());
     let (ops, workers) = (flag(args, "--ops", 1000usize), flag(args, "--workers", 1usize).max(1));
     let pid: Option<u32> = args.iter().position(|a| a == "--pid").and_then(|i| args.get(i + 1)?.parse().ok());
-    let workload = match op.as_str() {
+    let mut workload = match op.as_str() {
         "write" => write_workload(api, "s"),
         "read" => read_workload(api, ops / workers),
         other => return Err(format!("--op {other}: use write or read").into()),
     };
+    workload.think = Duration::from_millis(flag(args, "--think-ms", 0u64));
     let before = pid.map(|p| (procfs::context_switches(p), procfs::cpu_time(p).unwrap_or_default()));
     let stats = load::run(&[endpoint], workers, Until::Count(ops / workers), workload).await?;
     let done = stats.latencies.len();

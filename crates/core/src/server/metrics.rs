@@ -52,6 +52,12 @@ pub(crate) const MERGED: &str = "merged";
 /// ... or one failed, the group was undone and its requests ran one by one.
 pub(crate) const MERGE_UNDONE: &str = "undone";
 
+/// How the write queue's wait for the writers of its last commit ended (`outcome` label): they
+/// all came back...
+pub(crate) const GATHER_FULL: &str = "full";
+/// ... or the wait ran out first.
+pub(crate) const GATHER_TIMEOUT: &str = "timeout";
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
@@ -171,6 +177,8 @@ pub(crate) struct Metrics {
     pub(crate) write_busy_retries: Counter,
     /// Batches whose statements ran in one round trip, and those that fell back to one by one.
     pub(crate) write_batches_merged: Family<Counter>,
+    /// Waits of the write queue for the writers of its last commit, by outcome.
+    pub(crate) write_gathers: Family<Counter>,
     /// SQL write requests this member passed to the leader.
     pub(crate) writes_forwarded: Counter,
     /// Times the leader this member's node reports moved to another member.
@@ -192,6 +200,7 @@ impl Default for Metrics {
             write_batch_duration: Histogram::new(LATENCY_BUCKETS),
             write_busy_retries: Counter::default(),
             write_batches_merged: Family::new(&["outcome"], Counter::default),
+            write_gathers: Family::new(&["outcome"], Counter::default),
             writes_forwarded: Counter::default(),
             leader_changes: Counter::default(),
             heartbeat_rounds: Counter::default(),
@@ -209,6 +218,9 @@ impl Default for Metrics {
         }
         for outcome in [MERGED, MERGE_UNDONE] {
             metrics.write_batches_merged.with(&[outcome]);
+        }
+        for outcome in [GATHER_FULL, GATHER_TIMEOUT] {
+            metrics.write_gathers.with(&[outcome]);
         }
         metrics
     }
@@ -293,6 +305,12 @@ impl Metrics {
             "microcluster_write_batches_merged_total",
             "Batches of plain INSERT/UPDATE/DELETE requests whose statements ran in one round trip (outcome=\"merged\"), and those undone because one failed, then run one by one (outcome=\"undone\").",
             &self.write_batches_merged,
+        );
+        labelled_counters(
+            out,
+            "microcluster_write_gathers_total",
+            "Times the write queue waited for the writers its last commit answered before starting a batch: all came back (outcome=\"full\"), or the wait ran out (outcome=\"timeout\").",
+            &self.write_gathers,
         );
         counter(
             out,

@@ -15,6 +15,8 @@ pub(crate) type Check = Box<dyn Fn(u16, &[u8]) -> bool + Send + Sync>;
 pub(crate) struct Workload {
     pub(crate) request: Box<dyn Fn(usize, usize) -> Req + Send + Sync>,
     pub(crate) ok: Check,
+    /// Pause of each worker between its requests (`bench drive --think-ms`).
+    pub(crate) think: Duration,
 }
 
 /// When the workers stop.
@@ -151,6 +153,9 @@ async fn worker(
                 stats.first_error.get_or_insert_with(|| format!("{} {}: {err}", req.method, req.path));
                 http = None;
             }
+        }
+        if !workload.think.is_zero() {
+            tokio::time::sleep(workload.think).await;
         }
     }
     stats

@@ -4,7 +4,8 @@
 # with the CPU ticks of every member before and after (and their context switches, voluntary/
 # involuntary), and the write queue's metrics at the end.
 #   env: BIN (dir of microd, microctl, bench; default target/release, built by `make bench-cluster`),
-#        ROUNDS (3), OPS (20000), WORKERS (16), MFLAGS (extra microd flags),
+#        ROUNDS (3), OPS (20000), WORKERS (16), MFLAGS (extra microd flags), DRIVE_ARGS (extra
+#        `bench drive` flags, e.g. --think-ms 3),
 #        PERF=1 (perf record members 1 and 2 for 6 s of the first round into $OUT/leader.data and
 #        $OUT/follower.data; OUT defaults to the current directory)
 set -u
@@ -37,7 +38,7 @@ for r in $(seq $rounds); do
     (sleep 2; perf record -e cpu-clock -F 2000 -g -o $out/leader.data -p $1 -- sleep 6 >/dev/null 2>&1) &
     (sleep 2; perf record -e cpu-clock -F 2000 -g -o $out/follower.data -p $2 -- sleep 6 >/dev/null 2>&1) &
   fi
-  $bin/bench drive --socket $work/m1/control.socket --op write --ops $ops --workers $workers
+  $bin/bench drive --socket $work/m1/control.socket --op write --ops $ops --workers $workers ${DRIVE_ARGS:-}
   cpu
 done
 curl -s --unix-socket $work/m1/control.socket http://member/core/1.0/metrics | grep -E '^microcluster_write_(batch_size_(sum|count)|batch_duration_seconds_(sum|count)|batches_merged)'

@@ -3,7 +3,8 @@
 //! arrive together are committed together (group commit): one `BEGIN IMMEDIATE … COMMIT` around
 //! them, each request in a savepoint of its own so that one that fails is rolled back alone and
 //! gets its own error, the others their own results. Plain writes that arrive while a batch
-//! runs join it before its COMMIT. "database is locked" (another member is
+//! runs join it before its COMMIT, and a batch waits briefly for the writers the last COMMIT
+//! answered. "database is locked" (another member is
 //! writing) is retried inside the queue and never reaches a caller until a deadline passes.
 
 use std::collections::VecDeque;
@@ -15,12 +16,14 @@ use std::time::{Duration, Instant};
 use dqlite::{Database, ExecResult, Transaction, TxFuture, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::server::metrics::{MERGE_UNDONE, MERGED, Metrics};
+use crate::server::metrics::{GATHER_FULL, GATHER_TIMEOUT, MERGE_UNDONE, MERGED, Metrics};
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 64;
 /// How many times a merged batch takes in the writes that arrived while it ran.
 const LATE_ROUNDS: usize = 2;
+/// Longest a batch waits for the writers the last commit answered (see [`Queue::gather`]).
+const GATHER_MAX: Duration = Duration::from_millis(2);
 /// How long "database is locked" is retried before the requests fail.
 pub(crate) const BUSY_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -43,6 +46,7 @@ pub(crate) enum Job {
 /// Runs the queue until every sender is gone.
 pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
     let mut queue = Queue { pending: VecDeque::new(), jobs, joined: 0 };
+    let mut writers = Writers::default();
     loop {
         let first = match queue.pending.pop_front() {
             Some(job) => job,
@@ -55,6 +59,13 @@ pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Ar
             run(&mut db).await;
             continue;
         }
+        queue.put_back(first);
+        if let Some(wait) = writers.worth_waiting_for(queue.waiting()) {
+            let outcome = if queue.gather(writers.expected, wait).await { GATHER_FULL } else { GATHER_TIMEOUT };
+            writers.gathered_in_vain = outcome == GATHER_TIMEOUT;
+            metrics.write_gathers.with(&[outcome]).inc();
+        }
+        let Some(first) = queue.pending.pop_front() else { continue };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_next() {
@@ -72,6 +83,8 @@ pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Ar
         let outage = run_batch(&mut db, batch, &mut queue, &metrics).await;
         metrics.write_batch_size.observe((size + queue.joined) as f64);
         metrics.write_batch_duration.observe_duration(started.elapsed());
+        writers.expected = size + queue.joined + queue.waiting();
+        writers.last_batch = started.elapsed();
         if let Some(outage) = outage {
             // No leader could be found for as long as the client looks: everything that queued
             // meanwhile would wait as long again, one after the other. Answer them now.
@@ -86,6 +99,40 @@ pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Ar
     }
 }
 
+/// What the queue knows of its writers, to gather bigger batches.
+///
+/// Why: under N closed-loop writers (each sends its next write once the last is answered), a
+/// commit answers the writers in its batch while the others wait in the queue; started at once,
+/// the next batch holds only those, and the two groups take turns with N/2 writes a commit.
+/// The answered writers come back well within a commit's time, so waiting for them doubles
+/// the batch for about the same commit: more writes per second and less CPU per write (16
+/// writers through one member of three: ~3 300 → ~4 500 writes/s, p50 4.4 → 3.0 ms).
+#[derive(Debug, Default)]
+struct Writers {
+    /// Requests the last commit answered plus those already waiting then: the writers to
+    /// expect back.
+    expected: usize,
+    /// How long the last batch took.
+    last_batch: Duration,
+    /// The last wait ran out before the writers came: the next batch starts at once (and
+    /// counts them anew), so writers that stopped or think between writes cost at most every
+    /// other batch a wait.
+    gathered_in_vain: bool,
+}
+
+impl Writers {
+    /// How long to wait for more requests when `waiting` are queued: half the last batch's
+    /// time (waiting longer than a commit cannot pay: the next commit would be done by then),
+    /// at most [`GATHER_MAX`]; `None` when no writer is missing, there is just one, or the
+    /// last wait was in vain.
+    fn worth_waiting_for(&mut self, waiting: usize) -> Option<Duration> {
+        if std::mem::take(&mut self.gathered_in_vain) || self.expected < 2 || waiting >= self.expected {
+            return None;
+        }
+        Some((self.last_batch / 2).min(GATHER_MAX))
+    }
+}
+
 /// The jobs not yet run: those taken off the channel and put back first, then the channel.
 struct Queue {
     pending: VecDeque<Job>,
@@ -97,6 +144,33 @@ struct Queue {
 impl Queue {
     fn try_next(&mut self) -> Option<Job> {
         self.pending.pop_front().or_else(|| self.jobs.try_recv().ok())
+    }
+
+    /// Requests queued: taken off the channel and put back, and still in it.
+    fn waiting(&self) -> usize {
+        self.pending.len() + self.jobs.len()
+    }
+
+    /// Waits until `want` requests (at most a batch) are queued or an exclusive job arrives
+    /// (it would end the batch anyway), for at most `wait`; whether they came in time.
+    async fn gather(&mut self, want: usize, wait: Duration) -> bool {
+        let want = want.min(MAX_BATCH);
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(job) = self.jobs.try_recv() {
+            self.pending.push_back(job);
+        }
+        while self.pending.len() < want {
+            if self.pending.back().is_some_and(|job| matches!(job, Job::Exclusive(_))) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, self.jobs.recv()).await {
+                Ok(Some(job)) => self.pending.push_back(job),
+                // Every sender is gone: nothing more can come.
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     fn put_back(&mut self, job: Job) {
@@ -502,10 +576,12 @@ impl Busy {
 
 #[cfg(test)]
 mod tests {
-    use super::{Job, MERGED, Metrics, Queue, merged_batch, merged_text, run_batch};
+    use super::{GATHER_MAX, Job, MERGED, Metrics, Queue, Writers, merged_batch, merged_text, run_batch};
     use dqlite::{ExecResult, Value};
     use std::collections::VecDeque;
+    use std::time::Duration;
     use tokio::sync::{mpsc, oneshot};
+    use tokio::time::Instant;
 
     type Answer = oneshot::Receiver<dqlite::Result<ExecResult>>;
 
@@ -646,5 +722,49 @@ mod tests {
         );
         assert_eq!(merged_text("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", "job0", None), None);
         assert_eq!(merged_text("INSERT INTO t VALUES (1) /* open", "job0", None), None);
+    }
+
+    #[test]
+    fn a_batch_waits_for_missing_writers_only_when_it_can_pay() {
+        let mut writers = Writers { expected: 16, last_batch: Duration::from_millis(3), gathered_in_vain: false };
+        assert_eq!(writers.worth_waiting_for(8), Some(Duration::from_micros(1500)), "half the last batch");
+        assert_eq!(writers.worth_waiting_for(16), None, "all writers are there");
+        writers.last_batch = Duration::from_secs(1);
+        assert_eq!(writers.worth_waiting_for(1), Some(GATHER_MAX));
+        writers.gathered_in_vain = true;
+        assert_eq!(writers.worth_waiting_for(1), None, "right after a wait in vain");
+        assert_eq!(writers.worth_waiting_for(1), Some(GATHER_MAX), "and only once");
+        writers.expected = 1;
+        assert_eq!(writers.worth_waiting_for(0), None, "a lone writer never waits for itself");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gathering_ends_when_the_writers_are_back_or_the_wait_runs_out() {
+        let (tx, jobs) = mpsc::channel(16);
+        let mut queue = Queue { pending: VecDeque::from([insert("a").0]), jobs, joined: 0 };
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            for key in ["b", "c"] {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                sender.send(insert(key).0).await.unwrap();
+            }
+        });
+        let started = Instant::now();
+        assert!(queue.gather(3, Duration::from_millis(5)).await, "both writers came back in time");
+        assert_eq!((queue.pending.len(), started.elapsed() < Duration::from_millis(5)), (3, true));
+
+        let started = Instant::now();
+        assert!(!queue.gather(4, Duration::from_millis(2)).await, "nobody came");
+        assert_eq!((queue.pending.len(), started.elapsed() >= Duration::from_millis(2)), (3, true));
+
+        // An exclusive job ends the batch anyway: no point in waiting for more.
+        tx.send(Job::Exclusive(Box::new(|_| Box::pin(async {})))).await.unwrap();
+        assert!(queue.gather(8, Duration::from_secs(60)).await);
+        assert!(matches!(queue.pending.back(), Some(Job::Exclusive(_))));
+        // Nor when nothing more can come.
+        drop(tx);
+        let started = Instant::now();
+        assert!(queue.gather(8, Duration::from_secs(60)).await);
+        assert_eq!((queue.pending.len(), started.elapsed()), (4, Duration::ZERO));
     }
 }
