@@ -247,7 +247,7 @@ impl Connection {
     }
 
     /// [`Connection::exec_sql`] for text of several statements outside a transaction's writes,
-    /// sent in one write right behind a request that does nothing ([`BARRIER_SQL`]), whose
+    /// sent in one write right behind a request that does nothing (`SELECT 1 WHERE 0`), whose
     /// answer is read and dropped.
     ///
     /// Why: libdqlite 1.11 makes every statement wait for a raft barrier while the log holds an
