@@ -34,10 +34,10 @@ pub(crate) enum StartError {
     Node(#[from] dqlite::NodeError),
 }
 
-/// Log entries between two snapshots (libdqlite's default).
-const SNAPSHOT_THRESHOLD: u32 = 1024;
-/// Log entries kept after a snapshot.
-const SNAPSHOT_TRAILING: u32 = 2048;
+/// Log entries between two snapshots (libdqlite: 1024).
+const SNAPSHOT_THRESHOLD: u32 = 512;
+/// Log entries kept after a snapshot (libdqlite: 8192; libdqlite wants at least the threshold).
+const SNAPSHOT_TRAILING: u32 = 512;
 /// WAL frames at which a node that does not lead checkpoints (libdqlite 1.11: 1000). A follower
 /// rebuilds its WAL index from the whole WAL after every entry it applies, and acknowledges the
 /// next entry only after that: with 1000, ~1.2 ms per replicated commit under load, with 200
@@ -125,9 +125,10 @@ impl Runtime {
             // shortest election timeout, and failures detected as fast.
             .heartbeat_interval(daemon.settings.network_latency * HEARTBEAT_PER_LATENCY)
             // libraft keeps the entries since the last snapshot plus `trailing` in memory, each
-            // with the pages it wrote: libdqlite's default (8192) let a busy member hold
-            // ~150 MiB; 2048 bounds it to a third of that, and a follower further behind than
-            // that catches up from a snapshot instead.
+            // with the pages it wrote, and a write batch of 16 writers is ~80 KiB: after 60 000
+            // such writes a member held ~300 MiB with 1024 + 2048, ~120 MiB with 512 + 512
+            // (libdqlite's 1024 + 8192 would allow ~700 MiB). A follower further behind than
+            // that catches up from a snapshot.
             .snapshot_params(SNAPSHOT_THRESHOLD, SNAPSHOT_TRAILING)
             .checkpoint_threshold(CHECKPOINT_THRESHOLD)
             .raft_segment_size(RAFT_SEGMENT_SIZE)

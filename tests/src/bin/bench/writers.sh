@@ -2,7 +2,7 @@
 # 16 writers through member 1 of three (docs/performance.md, item 12 of "What was done"): three
 # members of ours on 127.0.0.61-63, then ROUNDS rounds of OPS writes by WORKERS workers, each
 # with the CPU ticks of every member before and after (and their context switches, voluntary/
-# involuntary), and the write queue's metrics at the end.
+# involuntary), and the members' RSS and the write queue's metrics at the end.
 #   env: BIN (dir of microd, microctl, bench; default target/release, built by `make bench-cluster`),
 #        ROUNDS (3), OPS (20000), WORKERS (16), MFLAGS (extra microd flags), DRIVE_ARGS (extra
 #        `bench drive` flags, e.g. --think-ms 3),
@@ -41,4 +41,5 @@ for r in $(seq $rounds); do
   $bin/bench drive --socket $work/m1/control.socket --op write --ops $ops --workers $workers ${DRIVE_ARGS:-}
   cpu
 done
+echo "VmRSS (kB):$(for p in $pids; do awk '/^VmRSS/{printf " %s", $2}' /proc/$p/status; done)"
 curl -s --unix-socket $work/m1/control.socket http://member/core/1.0/metrics | grep -E '^microcluster_write_(batch_size_(sum|count)|batch_duration_seconds_(sum|count)|batches_merged)'
