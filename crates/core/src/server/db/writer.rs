@@ -160,7 +160,7 @@ impl Queue {
             self.pending.push_back(job);
         }
         while self.pending.len() < want {
-            if self.pending.back().is_some_and(|job| matches!(job, Job::Exclusive(_))) {
+            if self.pending.iter().any(|job| matches!(job, Job::Exclusive(_))) {
                 return true;
             }
             match tokio::time::timeout_at(deadline, self.jobs.recv()).await {
