@@ -757,14 +757,17 @@ mod tests {
         assert!(!queue.gather(4, Duration::from_millis(2)).await, "nobody came");
         assert_eq!((queue.pending.len(), started.elapsed() >= Duration::from_millis(2)), (3, true));
 
-        // An exclusive job ends the batch anyway: no point in waiting for more.
+        // An exclusive job ends the batch anyway, wherever it is queued: no point in waiting.
         tx.send(Job::Exclusive(Box::new(|_| Box::pin(async {})))).await.unwrap();
-        assert!(queue.gather(8, Duration::from_secs(60)).await);
-        assert!(matches!(queue.pending.back(), Some(Job::Exclusive(_))));
-        // Nor when nothing more can come.
-        drop(tx);
+        tx.send(insert("d").0).await.unwrap();
         let started = Instant::now();
         assert!(queue.gather(8, Duration::from_secs(60)).await);
-        assert_eq!((queue.pending.len(), started.elapsed()), (4, Duration::ZERO));
+        assert_eq!((queue.pending.len(), started.elapsed()), (5, Duration::ZERO));
+        assert!(matches!(queue.pending.get(3), Some(Job::Exclusive(_))));
+        // Nor when nothing more can come.
+        queue.pending.truncate(3);
+        drop(tx);
+        assert!(queue.gather(8, Duration::from_secs(60)).await);
+        assert_eq!((queue.pending.len(), started.elapsed()), (3, Duration::ZERO));
     }
 }
