@@ -82,9 +82,9 @@ pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Ar
         queue.joined = 0;
         let outage = run_batch(&mut db, batch, &mut queue, &metrics).await;
         metrics.write_batch_size.observe((size + queue.joined) as f64);
-        metrics.write_batch_duration.observe_duration(started.elapsed());
-        writers.expected = size + queue.joined + queue.waiting();
         writers.last_batch = started.elapsed();
+        metrics.write_batch_duration.observe_duration(writers.last_batch);
+        writers.expected = size + queue.joined + queue.waiting();
         if let Some(outage) = outage {
             // No leader could be found for as long as the client looks: everything that queued
             // meanwhile would wait as long again, one after the other. Answer them now.
