@@ -401,6 +401,13 @@ unsafe extern "C" fn connect_trampoline(arg: *mut c_void, address: *const c_char
     }
 }
 
+/// glibc's `malloc_trim(0)`: gives every whole free page in the allocator's arenas back to the
+/// kernel; whether any was given back.
+pub(crate) fn trim_heap() -> bool {
+    // SAFETY: no arguments to check; glibc walks its own arenas under their locks.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
 /// `dqlite_generate_node_id`: a digest of the address and the current time.
 pub(crate) fn generate_node_id(address: &CStr) -> u64 {
     // SAFETY: valid C string; the function only reads it.

@@ -8,7 +8,7 @@
 //! counted apart), each through the side's HTTP API. Then sixteen members on one machine
 //! (formation, idle CPU) and failover (SIGKILL / SIGTERM of the leader under a writer).
 //!
-//! `bench [--repeat N] [--ops N] [--duration SECS] [--idle SECS] [--scale-idle SECS]
+//! `bench [--repeat N] [--ops N] [--duration SECS] [--idle SECS] [--settle SECS] [--scale-idle SECS]
 //! [--scale-repeat N] [--failover-repeat N] [--only cluster,scale,failover] [--quick]`
 //!
 //! `bench drive --socket PATH|--tcp IP:PORT [--api ours|kv|demo|etcd] --op write|read [--ops N]
@@ -59,6 +59,8 @@ struct Config {
     ops: usize,
     duration: Duration,
     idle: Duration,
+    /// Quiet time after the workloads before the second memory reading.
+    settle: Duration,
     scale_idle: Duration,
     scale_repeat: usize,
     failovers: usize,
@@ -82,6 +84,7 @@ impl Config {
             ops: flag(args, "--ops", if quick { 100 } else { 500 }),
             duration: secs("--duration", 5.0, 2.0),
             idle: secs("--idle", 20.0, 3.0),
+            settle: secs("--settle", 15.0, 12.0),
             scale_idle: secs("--scale-idle", 30.0, 5.0),
             scale_repeat: flag(args, "--scale-repeat", repeat),
             failovers: flag(args, "--failover-repeat", if quick { 1 } else { 10 }),
@@ -177,6 +180,10 @@ async fn measure(side: &Side, cfg: &Config, full: bool) -> Result<Figures, Error
         let stats = load::run(leader, 16, Until::Elapsed(cfg.duration), read_workload(api, cfg.ops)).await?;
         record(&mut f, "r16", &stats, meter.used());
         f.insert("rss_loaded".into(), median_rss(&side.pids));
+        // What each side still holds once quiet: our members give back what their node freed
+        // after a quiet period of 5-10 s, Go's scavenger returns the demo's heap over time.
+        tokio::time::sleep(cfg.settle).await;
+        f.insert("rss_settled".into(), median_rss(&side.pids));
     }
     Ok(f)
 }
@@ -330,6 +337,7 @@ async fn main() -> Result<(), Error> {
             row("16 readers: p50", "ms", "r16_p50", &s, None),
             row("16 readers: server CPU per read", "µs", "r16_cpu_us", &s, None),
             row("member RSS after the workloads", "MiB", "rss_loaded", &s, None),
+            row(&format!("member RSS {} s later", cfg.settle.as_secs_f64()), "MiB", "rss_settled", &s, None),
         ]);
         let k = [&kv, &demo, &etcd];
         rows.extend([

@@ -186,6 +186,8 @@ pub(crate) struct Metrics {
     heartbeat_rounds: Counter,
     heartbeat_failures: Counter,
     heartbeat_duration: Histogram,
+    /// Times freed memory was given back to the kernel after a burst of activity.
+    pub(crate) memory_releases: Counter,
     /// dqlite errors returned to the daemon's callers, by kind.
     dqlite_errors: Family<Counter>,
     /// Failed dials of the dqlite tunnel, by path.
@@ -206,6 +208,7 @@ impl Default for Metrics {
             heartbeat_rounds: Counter::default(),
             heartbeat_failures: Counter::default(),
             heartbeat_duration: Histogram::new(ROUND_BUCKETS),
+            memory_releases: Counter::default(),
             dqlite_errors: Family::new(&["kind"], Counter::default),
             dial_errors: Family::new(&["path"], Counter::default),
         };
@@ -342,6 +345,12 @@ impl Metrics {
             "Time one heartbeat round took on the leader.",
         );
         out.histogram("microcluster_heartbeat_round_duration_seconds", &[], &self.heartbeat_duration);
+        counter(
+            out,
+            "microcluster_memory_releases_total",
+            "Times the member, quiet again after a busy period, gave the memory its dqlite node had freed back to the kernel.",
+            &self.memory_releases,
+        );
         labelled_counters(
             out,
             "microcluster_dqlite_errors_total",

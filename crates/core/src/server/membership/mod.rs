@@ -205,11 +205,12 @@ async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::Sc
     Ok(Opened::Online)
 }
 
-/// Everything after the database is online on every start: heartbeats, and the checkpoint
-/// threshold following the node's role.
+/// Everything after the database is online on every start: heartbeats, the checkpoint
+/// threshold following the node's role, and freed memory given back after bursts.
 pub(crate) fn start_background(state: &State, runtime: &Arc<Runtime>) {
     runtime.adopt(tokio::spawn(heartbeat::run(state.clone(), runtime.stop.clone())));
     runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
+    runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.0.metrics.clone())));
 }
 
 /// Turns this member back into an uninitialised daemon: stops its node and listener, and

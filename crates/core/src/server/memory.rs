@@ -1,0 +1,128 @@
+//! Giving back, once a member is quiet again, the memory its node freed during a burst of
+//! writes (see [`dqlite::release_free_memory`] for why glibc keeps it).
+//!
+//! The release takes the allocator's locks, so it runs only after a period in which the
+//! process used little CPU, and once per such lull: an idle member does not repeat it, a busy
+//! one is never stalled by it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::metrics::Metrics;
+
+/// How often the process's CPU use is looked at.
+const PERIOD: Duration = Duration::from_secs(5);
+/// CPU time per [`PERIOD`] below which the member counts as quiet: 5 % of one core (an idle
+/// leader of three uses ~1 %, one taking writes tens of per cent).
+const QUIET: Duration = Duration::from_millis(250);
+/// The kernel's unit for a process's CPU times in `/proc` (`USER_HZ`, 100 on Linux).
+const TICK: Duration = Duration::from_millis(10);
+
+/// Decides, one period at a time, when to release: in the first quiet period after a busy one
+/// (and in the first period of all, after start-up's allocations).
+#[derive(Debug)]
+struct Lulls {
+    last: Option<Duration>,
+    busy_since_release: bool,
+}
+
+impl Lulls {
+    fn new() -> Lulls {
+        Lulls { last: None, busy_since_release: true }
+    }
+
+    /// Takes the process's CPU time at the end of a period; whether to release now.
+    fn release_now(&mut self, cpu: Option<Duration>) -> bool {
+        let used = match (self.last, cpu) {
+            (Some(last), Some(now)) => Some(now.saturating_sub(last)),
+            _ => None,
+        };
+        self.last = cpu;
+        match used {
+            // Unknown use (the first period, or /proc unreadable): wait for a known quiet one.
+            None => false,
+            Some(used) if used >= QUIET => {
+                self.busy_since_release = true;
+                false
+            }
+            Some(_) => std::mem::replace(&mut self.busy_since_release, false),
+        }
+    }
+}
+
+/// The CPU time this process has used, user and system, from `/proc/self/stat`.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // utime and stime are fields 14 and 15: the 12th and 13th after the name.
+    let utime: u32 = fields.nth(11)?.parse().ok()?;
+    let stime: u32 = fields.next()?.parse().ok()?;
+    Some(TICK * utime + TICK * stime)
+}
+
+/// The process's resident memory in KiB, for the log.
+fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// Runs until aborted (with the member's other background tasks).
+pub(crate) async fn release_when_quiet(metrics: Arc<Metrics>) {
+    let mut ticks = tokio::time::interval(PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lulls = Lulls::new();
+    loop {
+        ticks.tick().await;
+        if !lulls.release_now(cpu_time()) {
+            continue;
+        }
+        let (before, started) = (resident_kib(), Instant::now());
+        let Ok(released) = tokio::task::spawn_blocking(dqlite::release_free_memory).await else { continue };
+        metrics.memory_releases.inc();
+        tracing::debug!(
+            released,
+            took = ?started.elapsed(),
+            resident_kib_before = before,
+            resident_kib_after = resident_kib(),
+            "gave freed memory back to the kernel"
+        );
+        // The release's own CPU time must not count as the next period's activity.
+        lulls.last = cpu_time();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Option<Duration> {
+        Some(Duration::from_millis(n))
+    }
+
+    #[test]
+    fn releases_once_per_lull_after_activity() {
+        let mut lulls = Lulls::new();
+        assert!(!lulls.release_now(ms(1000)), "the first look has nothing to compare with");
+        assert!(lulls.release_now(ms(1010)), "start-up's allocations, then quiet");
+        assert!(!lulls.release_now(ms(1020)), "still quiet: nothing new to give back");
+        assert!(!lulls.release_now(ms(3000)), "busy: not now");
+        assert!(!lulls.release_now(ms(5000)), "still busy");
+        assert!(lulls.release_now(ms(5100)), "the first quiet period after the burst");
+        assert!(!lulls.release_now(ms(5110)), "once per lull");
+        assert!(!lulls.release_now(None), "unknown use");
+        assert!(!lulls.release_now(ms(9000)), "no baseline after an unknown period");
+    }
+
+    #[test]
+    fn reads_this_process_cpu_time() {
+        let first = cpu_time().expect("the CPU time of this process");
+        let started = Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let second = cpu_time().expect("the CPU time of this process");
+        assert!(second >= first + Duration::from_millis(30), "{first:?} then {second:?} after 60 ms of work");
+    }
+}
