@@ -39,16 +39,22 @@ fn a_member_gives_back_what_a_burst_of_writes_left_behind() {
         })
         .collect();
     let written: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
-    let busy = resident_kib(pid);
     let before = member.metric(RELEASES);
-    eprintln!("{written} writes; resident {busy} KiB; {before} releases so far");
+    // The most the member held before its release: right after the burst, or later (the node
+    // may still be taking a snapshot, which allocates a copy of the database).
+    let mut peak = resident_kib(pid);
+    eprintln!("{written} writes; resident {peak} KiB; {before} releases so far");
     // Within two periods of quiet the member releases, and holds less than it did.
     let releases = wait_until("a release after the burst", Duration::from_secs(20), || {
         let now = member.metric(RELEASES);
-        (now > before).then_some(now)
+        if now > before {
+            return Some(now);
+        }
+        peak = peak.max(resident_kib(pid));
+        None
     });
     let quiet = resident_kib(pid);
-    eprintln!("{releases} releases; resident {quiet} KiB");
-    assert!(quiet + 8 * 1024 <= busy, "resident {busy} KiB after the burst, {quiet} KiB after the release");
+    eprintln!("{releases} releases; resident {quiet} KiB, {peak} KiB at most before");
+    assert!(quiet + 8 * 1024 <= peak, "resident {peak} KiB at most before the release, {quiet} KiB after it");
     drop(cluster);
 }

@@ -15,8 +15,9 @@ const PERIOD: Duration = Duration::from_secs(5);
 /// CPU time per [`PERIOD`] below which the member counts as quiet: 5 % of one core (an idle
 /// leader of three uses ~1 %, one taking writes tens of per cent).
 const QUIET: Duration = Duration::from_millis(250);
-/// The kernel's unit for a process's CPU times in `/proc` (`USER_HZ`, 100 on Linux).
-const TICK: Duration = Duration::from_millis(10);
+/// Milliseconds in the kernel's unit for a process's CPU times in `/proc` (`USER_HZ`, 100 on
+/// Linux).
+const TICK_MS: u64 = 10;
 
 /// Decides, one period at a time, when to release: in the first quiet period after a busy one
 /// (and in the first period of all, after start-up's allocations).
@@ -48,6 +49,12 @@ impl Lulls {
             Some(_) => std::mem::replace(&mut self.busy_since_release, false),
         }
     }
+
+    /// Starts the next period from `cpu`, so that the release's own CPU time does not count
+    /// as activity.
+    fn restart(&mut self, cpu: Option<Duration>) {
+        self.last = cpu;
+    }
 }
 
 /// The CPU time this process has used, user and system, from `/proc/self/stat`.
@@ -56,15 +63,16 @@ fn cpu_time() -> Option<Duration> {
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
     // utime and stime are fields 14 and 15: the 12th and 13th after the name.
-    let utime: u32 = fields.nth(11)?.parse().ok()?;
-    let stime: u32 = fields.next()?.parse().ok()?;
-    Some(TICK * utime + TICK * stime)
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(utime.saturating_add(stime).saturating_mul(TICK_MS)))
 }
 
-/// The process's resident memory in KiB, for the log.
-fn resident_kib() -> Option<u64> {
+/// The process's resident set size, from `/proc/self/status` (`VmRSS: N kB`).
+pub(crate) fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Runs until aborted (with the member's other background tasks).
@@ -77,18 +85,17 @@ pub(crate) async fn release_when_quiet(metrics: Arc<Metrics>) {
         if !lulls.release_now(cpu_time()) {
             continue;
         }
-        let (before, started) = (resident_kib(), Instant::now());
+        let (before, started) = (resident_bytes(), Instant::now());
         let Ok(released) = tokio::task::spawn_blocking(dqlite::release_free_memory).await else { continue };
         metrics.memory_releases.inc();
         tracing::debug!(
             released,
             took = ?started.elapsed(),
-            resident_kib_before = before,
-            resident_kib_after = resident_kib(),
+            resident_bytes_before = before,
+            resident_bytes_after = resident_bytes(),
             "gave freed memory back to the kernel"
         );
-        // The release's own CPU time must not count as the next period's activity.
-        lulls.last = cpu_time();
+        lulls.restart(cpu_time());
     }
 }
 
@@ -112,6 +119,11 @@ mod tests {
         assert!(!lulls.release_now(ms(5110)), "once per lull");
         assert!(!lulls.release_now(None), "unknown use");
         assert!(!lulls.release_now(ms(9000)), "no baseline after an unknown period");
+    }
+
+    #[test]
+    fn resident_memory_is_read() {
+        assert!(resident_bytes().is_some_and(|b| b > 0));
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod endpoints;
 pub(crate) mod heartbeat;
 mod hooks;
 pub(crate) mod membership;
-mod memory;
+pub(crate) mod memory;
 pub(crate) mod metrics;
 mod recovery;
 pub mod rest;

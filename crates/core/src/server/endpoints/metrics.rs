@@ -94,7 +94,7 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
 
     state.0.metrics.render(&mut out);
 
-    if let Some(bytes) = resident_memory() {
+    if let Some(bytes) = crate::server::memory::resident_bytes() {
         out.family("microcluster_process_resident_memory_bytes", Kind::Gauge, "Resident memory of the daemon process.");
         out.sample("microcluster_process_resident_memory_bytes", &[], bytes);
     }
@@ -115,14 +115,6 @@ fn member_status(member_role: &str, heartbeat: &str, fresh: Duration) -> &'stati
     }
 }
 
-/// The process's resident set size, from `/proc/self/status` (`VmRSS: N kB`).
-fn resident_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,10 +129,5 @@ mod tests {
         assert_eq!(member_status(role::STAND_BY, "not a time", fresh), status::UNREACHABLE);
         let ahead = humantime::format_rfc3339(SystemTime::now() + Duration::from_secs(60)).to_string();
         assert_eq!(member_status(role::VOTER, &ahead, fresh), status::ONLINE);
-    }
-
-    #[test]
-    fn resident_memory_is_read() {
-        assert!(resident_memory().is_some_and(|b| b > 0));
     }
 }
