@@ -181,7 +181,7 @@ async fn measure(side: &Side, cfg: &Config, full: bool) -> Result<Figures, Error
         record(&mut f, "r16", &stats, meter.used());
         f.insert("rss_loaded".into(), median_rss(&side.pids));
         // What each side still holds once quiet: our members give back what their node freed
-        // after a quiet period of 5-10 s, Go's scavenger returns the demo's heap over time.
+        // after 5-10 s of quiet; whatever the other sides give back meanwhile counts too.
         tokio::time::sleep(cfg.settle).await;
         f.insert("rss_settled".into(), median_rss(&side.pids));
     }

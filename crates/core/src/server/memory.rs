@@ -19,8 +19,8 @@ const QUIET: Duration = Duration::from_millis(250);
 /// Linux).
 const TICK_MS: u64 = 10;
 
-/// Decides, one period at a time, when to release: in the first quiet period after a busy one
-/// (and in the first period of all, after start-up's allocations).
+/// Decides, one period at a time, when to release: in the first quiet period after a busy one,
+/// start-up counting as busy.
 #[derive(Debug)]
 struct Lulls {
     last: Option<Duration>,
