@@ -174,19 +174,15 @@ pub struct Response {
 
 #[derive(Debug)]
 pub(crate) enum ResponseKind {
-    Sync(serde_json::Value),
+    /// `200` with the JSON envelope around a result, already encoded (straight from the
+    /// handler's value, without a `serde_json::Value` tree in between).
+    Sync(Bytes),
     /// An answer from another member, passed through unchanged.
-    Forwarded {
-        status: StatusCode,
-        body: Bytes,
-    },
+    Forwarded { status: StatusCode, body: Bytes },
     /// `101 Switching Protocols` to this protocol.
     Upgrade(&'static str),
     /// `200` with a body streamed chunk by chunk (it ends when the sender is dropped).
-    Stream {
-        content_type: &'static str,
-        chunks: tokio::sync::mpsc::Receiver<Bytes>,
-    },
+    Stream { content_type: &'static str, chunks: tokio::sync::mpsc::Receiver<Bytes> },
     /// `200` with a body that is not the JSON envelope (e.g. Prometheus text).
     Raw {
         content_type: &'static str,
@@ -199,14 +195,15 @@ pub(crate) enum ResponseKind {
 impl Response {
     /// A result, serialised into the envelope's `metadata`.
     pub fn sync(value: impl Serialize) -> Result<Response, ApiError> {
-        let value =
-            serde_json::to_value(value).map_err(|e| ApiError::internal(format!("encoding the response: {e}")))?;
-        Ok(Response { inner: ResponseKind::Sync(value) })
+        let body = serde_json::to_vec(&crate::api::Envelope::sync(value))
+            .map_err(|e| ApiError::internal(format!("encoding the response: {e}")))?;
+        Ok(Response { inner: ResponseKind::Sync(body.into()) })
     }
 
     /// An empty result (`metadata: {}`).
     pub fn empty() -> Response {
-        Response { inner: ResponseKind::Sync(serde_json::json!({})) }
+        let body = serde_json::to_vec(&crate::api::Envelope::sync(serde_json::Map::new())).unwrap_or_default();
+        Response { inner: ResponseKind::Sync(body.into()) }
     }
 
     pub(crate) fn forwarded(status: StatusCode, body: Bytes) -> Response {

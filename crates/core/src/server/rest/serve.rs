@@ -329,8 +329,8 @@ async fn handle<'r>(
     (action.handler)(state, request).await
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> hyper::Response<Body> {
-    let mut response = hyper::Response::new(Full::new(Bytes::from(body)).boxed());
+fn json_response(status: StatusCode, body: impl Into<Bytes>) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(Full::new(body.into()).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     response
@@ -338,11 +338,8 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> hyper::Response<Body> {
 
 fn render(result: HandlerResult) -> hyper::Response<Body> {
     match result {
-        Ok(Response { inner: ResponseKind::Sync(value) }) => {
-            let body = serde_json::to_vec(&Envelope::sync(value)).unwrap_or_default();
-            json_response(StatusCode::OK, body)
-        }
-        Ok(Response { inner: ResponseKind::Forwarded { status, body } }) => json_response(status, body.to_vec()),
+        Ok(Response { inner: ResponseKind::Sync(body) }) => json_response(StatusCode::OK, body),
+        Ok(Response { inner: ResponseKind::Forwarded { status, body } }) => json_response(status, body),
         Ok(Response { inner: ResponseKind::Raw { content_type, body, headers } }) => {
             let mut response = hyper::Response::new(Full::new(body).boxed());
             response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
