@@ -2,7 +2,7 @@
 //! (libraft's log entries after each snapshot, which glibc would keep mapped): once per quiet
 //! spell, never during the burst. That the call gives memory back is tested on its own in
 //! `crates/dqlite/tests/memory.rs`; how much a member holds that is free at the end of a burst
-//! depends on when its last snapshot fell (2-90 MiB in these runs), so it is printed here,
+//! depends on when its last snapshot fell (1-90 MiB in these runs), so it is printed here,
 //! not asserted.
 #![allow(clippy::unwrap_used)]
 
