@@ -238,12 +238,18 @@ impl Connection {
     /// Executes SQL text, which may hold several statements; each runs (and is replicated) on
     /// its own unless the text has its own BEGIN/COMMIT. Parameters bind to the first statement.
     pub async fn exec_sql(&mut self, sql_text: &str, params: &[Value]) -> Result<ExecResult> {
+        let req = self.exec_sql_request(sql_text, params)?;
+        let resp = self.roundtrip(&req, 0).await?;
+        self.exec_result("EXEC_SQL", resp)
+    }
+
+    /// The EXEC_SQL request for `sql_text`, once the text and its parameters passed the checks
+    /// libdqlite 1.11 needs (no `RETURNING`, an open database, parameters it can bind).
+    fn exec_sql_request<'a>(&self, sql_text: &'a str, params: &'a [Value]) -> Result<Request<'a>> {
         refuse_returning(sql_text)?;
         let db = self.db()?;
         check_params(params)?;
-        let req = Request::ExecSql { db, sql: sql_text.into(), params: Cow::Borrowed(params) };
-        let resp = self.roundtrip(&req, 0).await?;
-        self.exec_result("EXEC_SQL", resp)
+        Ok(Request::ExecSql { db, sql: sql_text.into(), params: Cow::Borrowed(params) })
     }
 
     /// [`Connection::exec_sql`] for text of several statements outside a transaction's writes,
@@ -258,13 +264,8 @@ impl Connection {
     /// batch of writes. The request in front takes the one barrier; the server reads the text
     /// only after raft's apply loop is done, so its statements need none.
     pub async fn exec_sql_behind_barrier(&mut self, sql_text: &str, params: &[Value]) -> Result<ExecResult> {
-        refuse_returning(sql_text)?;
-        let db = self.db()?;
-        check_params(params)?;
-        let mut frame = Request::ExecSql { db, sql: BARRIER_SQL.into(), params: Cow::Borrowed(&[]) }
-            .encode()
-            .map_err(Error::Encode)?;
-        let req = Request::ExecSql { db, sql: sql_text.into(), params: Cow::Borrowed(params) };
+        let req = self.exec_sql_request(sql_text, params)?;
+        let mut frame = self.exec_sql_request(BARRIER_SQL, &[])?.encode().map_err(Error::Encode)?;
         frame.extend(req.encode().map_err(Error::Encode)?);
         self.settle().await?;
         self.state = State::Busy;
