@@ -1,6 +1,7 @@
 //! The REST layer: endpoints with per-action access flags, requests as handlers see them,
 //! responses in the JSON envelope, and the one place where errors become HTTP statuses.
 
+mod repoll;
 mod router;
 mod serve;
 

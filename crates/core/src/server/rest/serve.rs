@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::repoll::Repoll;
 use super::router::{Match, parse_query};
 use super::{ApiError, HandlerResult, Request, Response, ResponseKind, Routes, Trust};
 use crate::api::Envelope;
@@ -220,25 +221,24 @@ where
             async move { Ok::<_, Infallible>(dispatch(state, &routes, peer, req).await) }
         }
     });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades();
-    tokio::pin!(conn);
+    let mut conn = Repoll::new(http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades());
     let ended = |result: Result<(), hyper::Error>| {
         if let Err(err) = result {
             tracing::debug!(error = %err, "connection ended with an error");
         }
     };
     tokio::select! {
-        result = conn.as_mut() => ended(result),
+        result = &mut conn => ended(result),
         _ = signal.fired() => {
             // hyper closes a connection that has not started a request at once, although a
             // client that connected just before the stop has most likely sent one already:
             // it would get no answer at all. Give it a moment to be read (and answered 503).
             tokio::select! {
-                result = conn.as_mut() => return ended(result),
+                result = &mut conn => return ended(result),
                 _ = started.notified() => {}
                 _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
             }
-            conn.as_mut().graceful_shutdown();
+            conn.inner().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
     }
