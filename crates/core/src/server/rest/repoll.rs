@@ -5,7 +5,7 @@
 //! task woken during its own poll as one that yielded: it goes to the back of the run queue
 //! and an idle worker is woken to steal it. On a VM that wake-up of a halted vCPU costs tens of
 //! µs, and every request with a body paid it: point reads through a `POST` endpoint over TCP
-//! took 0.116-0.125 ms at p50 with two workers, 0.075 ms with one (nobody to wake) and 0.080
+//! took 0.116-0.125 ms at p50 with two workers, 0.075 ms with one (nobody to wake) and 0.074
 //! ms with [`Repoll`] (docs/performance.md, item 20). [`Repoll`] keeps such a wake inside the
 //! task and polls the connection again in the same turn, a bounded number of times.
 
