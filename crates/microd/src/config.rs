@@ -40,14 +40,14 @@ pub(crate) enum LogLevel {
 }
 
 impl LogLevel {
-    /// The level as a `tracing` filter directive.
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The most verbose level logged.
+    pub(crate) fn max(self) -> tracing::Level {
         match self {
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
         }
     }
 }
