@@ -408,6 +408,14 @@ pub(crate) fn trim_heap() -> bool {
     unsafe { libc::malloc_trim(0) == 1 }
 }
 
+/// glibc's `mallopt`: blocks of at least `bytes` get their own mapping, and an arena's free top
+/// is given back once it exceeds `bytes`; both fixed, which also turns off glibc's raising of
+/// them as large blocks are freed. Whether glibc took both.
+pub(crate) fn pin_malloc_thresholds(bytes: i32) -> bool {
+    // SAFETY: plain integer settings; glibc applies them under the main arena's lock.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, bytes) == 1 }
+}
+
 /// `dqlite_generate_node_id`: a digest of the address and the current time.
 pub(crate) fn generate_node_id(address: &CStr) -> u64 {
     // SAFETY: valid C string; the function only reads it.

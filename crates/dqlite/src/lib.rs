@@ -36,6 +36,9 @@ pub use database::{Database, Outcome, Transaction, TxFuture};
 pub use dialer::{DefaultDialer, DialFuture, Dialer, connect_abstract, connect_blocking};
 pub use error::{Error, Result, SQLITE_BUSY, SQLITE_INTERRUPT, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER};
 pub use id::{BOOTSTRAP_ID, generate_id};
-pub use node::{Node, NodeBuilder, NodeError, release_free_memory, set_statement_timeout, validate_bind_address};
+pub use node::{
+    Node, NodeBuilder, NodeError, pin_allocator_thresholds, release_free_memory, set_statement_timeout,
+    validate_bind_address,
+};
 pub use proto::{File, NodeInfo, Role, Value};
 pub use rows::{Limits, QueryResult, Row, Rows};

@@ -139,6 +139,9 @@ impl Runtime {
                 daemon.metrics.clone(),
             ));
         let node = tokio::task::spawn_blocking(move || -> Result<dqlite::Node, dqlite::NodeError> {
+            if !dqlite::pin_allocator_thresholds() {
+                tracing::warn!("glibc refused fixed malloc thresholds: memory freed after snapshots may stay resident");
+            }
             let mut node = builder.build()?;
             if let Some(configuration) = recovery {
                 node.recover(&configuration)?;
