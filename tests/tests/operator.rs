@@ -123,6 +123,18 @@ fn json_logs_are_one_object_per_line() {
 }
 
 #[test]
+fn a_bad_microd_log_is_reported_even_at_the_error_level() {
+    let mut member = Member::new("e1");
+    member.args = vec!["--log-level".into(), "error".into()];
+    member.env.push(("MICROD_LOG".into(), "info,heartbeat=loud".into()));
+    member.start();
+    let log = log_with(&member, "MICROD_LOG=\"info,heartbeat=loud\" ignored");
+    assert!(log.contains("ERROR"), "{log}");
+    // The level it fell back to: error, so the info line of a started socket is not there.
+    assert!(!log.contains("control socket ready"), "{log}");
+}
+
+#[test]
 fn under_systemd_text_logs_carry_no_timestamp_and_the_journal_gets_priorities() {
     // INVOCATION_ID alone (standard error is not the journal): no timestamps, no prefix.
     let mut member = Member::new("s1");

@@ -41,7 +41,13 @@ pub(crate) fn init(level: LogLevel, format: LogFormat) {
     };
     tracing_subscriber::registry().with(output.with_filter(filter)).init();
     if let Some(rejected) = rejected {
-        tracing::warn!("{rejected}");
+        // Under `--log-level error` a warning would be filtered out, and the operator would
+        // never learn that the variable they set is ignored.
+        if level.max() >= Level::WARN {
+            tracing::warn!("{rejected}");
+        } else {
+            tracing::error!("{rejected}");
+        }
     }
 }
 
