@@ -1,6 +1,7 @@
 //! `GET /core/1.0/metrics` on real members, without microctl: scraped with curl over the
 //! control socket and with the typed client over HTTPS. The counters follow the SQL requests,
-//! write batches, heartbeats and a leadership transfer the test causes; strangers get 403.
+//! write batches, heartbeats, streams of writes and a leadership transfer the test causes;
+//! strangers get 403.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -79,15 +80,43 @@ fn https_client(cluster_dir: &Path, identity: &tls::Identity, address: &str) -> 
     Client::https(address, config)
 }
 
-/// Waits until the leader's node checkpoints at libdqlite's 1000 WAL frames and every other
-/// member's at 200.
-fn checkpoints_follow_the_leader(cluster: &Cluster, leader: usize) {
-    for (i, member) in cluster.members.iter().enumerate() {
-        let want = if i == leader { 1000.0 } else { 200.0 };
-        wait_until(&format!("{}'s checkpoint threshold at {want}", member.name), Duration::from_secs(20), || {
-            (value(&scrape(member), "microcluster_checkpoint_threshold_frames", &[]) == want).then_some(())
-        });
+/// Waits until `member`'s node checkpoints at `frames` WAL frames.
+fn checkpoint_threshold_reaches(member: &Member, frames: f64) {
+    wait_until(&format!("{}'s checkpoint threshold at {frames}", member.name), Duration::from_secs(20), || {
+        (value(&scrape(member), "microcluster_checkpoint_threshold_frames", &[]) == frames).then_some(())
+    });
+}
+
+/// Every member's node checkpoints at 200 WAL frames while no writes stream in, the leader's
+/// too; while writes stream (sequential writes through `via`, forwarded to the leader), the
+/// leader's checkpoints at libdqlite's 1000, and goes back to 200 after the stream.
+fn checkpoints_follow_the_leader_and_the_writes(cluster: &Cluster, leader: usize, via: &Member) {
+    for member in &cluster.members {
+        checkpoint_threshold_reaches(member, 200.0);
     }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let (stop, client) = (stop.clone(), Client::unix(via.socket()));
+        move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let mut writes = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sql = format!("INSERT OR REPLACE INTO extended_table (key, value) VALUES ('stream', '{writes}')");
+                rt.block_on(client.sql(&sql)).unwrap();
+                writes += 1;
+            }
+            writes
+        }
+    });
+    checkpoint_threshold_reaches(&cluster.members[leader], 1000.0);
+    for (i, member) in cluster.members.iter().enumerate().filter(|(i, _)| *i != leader) {
+        let frames = value(&scrape(member), "microcluster_checkpoint_threshold_frames", &[]);
+        assert_eq!(frames, 200.0, "member {i} does not lead, yet checkpoints at {frames}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 1, "{writes} writes streamed");
+    checkpoint_threshold_reaches(&cluster.members[leader], 200.0);
 }
 
 fn leader(cluster: &Cluster) -> usize {
@@ -142,7 +171,7 @@ fn metrics_follow_requests_writes_members_heartbeats_and_leader_changes() {
     let round_count =
         value(&scrape(&cluster.members[first]), "microcluster_heartbeat_round_duration_seconds_count", &[]);
     assert!(round_count > 0.0);
-    checkpoints_follow_the_leader(&cluster, first);
+    checkpoints_follow_the_leader_and_the_writes(&cluster, first, m1);
 
     // Hand leadership over: every member's node sees the leader move.
     let changes: Vec<f64> =
@@ -156,7 +185,7 @@ fn metrics_follow_requests_writes_members_heartbeats_and_leader_changes() {
     }
     let now = leader(&cluster);
     assert_eq!(cluster.members[now].name, new_leader);
-    checkpoints_follow_the_leader(&cluster, now);
+    checkpoints_follow_the_leader_and_the_writes(&cluster, now, m1);
 
     // Over HTTPS: a member's certificate may scrape, a stranger's may not.
     let m2 = &cluster.members[1];

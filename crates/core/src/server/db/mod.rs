@@ -5,6 +5,7 @@
 //! timeout, so this member's writes all go through one queue (`writer`), which commits
 //! concurrent requests together and retries the lock; reads use a small pool of their own.
 
+pub(crate) mod bursts;
 pub(crate) mod dump;
 pub(crate) mod members;
 pub(crate) mod schema;
@@ -158,6 +159,7 @@ pub(crate) struct Db {
     /// Whether this member's node has ever named a leader (spares never do).
     seen_leader: Arc<std::sync::atomic::AtomicBool>,
     activity: Arc<Activity>,
+    bursts: Arc<bursts::Bursts>,
     /// How long a request waits for a leader when the node knows none (see [`Db::await_leader`]).
     election_wait: Duration,
     metrics: Arc<Metrics>,
@@ -182,7 +184,8 @@ impl Db {
             db.follow_leader(leader.clone());
             db
         };
-        let writer = tokio::spawn(writer::run(database(), queue, metrics.clone()));
+        let bursts = Arc::new(bursts::Bursts::new());
+        let writer = tokio::spawn(writer::run(database(), queue, metrics.clone(), bursts.clone()));
         let readers = (0..READERS).map(|_| database()).collect();
         let seen_leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let activity = Arc::new(Activity::new());
@@ -196,6 +199,7 @@ impl Db {
             leader,
             seen_leader,
             activity,
+            bursts,
             election_wait,
             metrics,
             readers: tokio::sync::Mutex::new(readers),
@@ -214,6 +218,11 @@ impl Db {
     /// Write requests waiting in the queue.
     pub(crate) fn queue_depth(&self) -> usize {
         self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
+    /// Whether this member's writes stream in (see [`bursts`]).
+    pub(crate) fn bursts(&self) -> Arc<bursts::Bursts> {
+        self.bursts.clone()
     }
 
     /// Every change of the leader as this member's node reports it.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use dqlite::{Database, ExecResult, Transaction, TxFuture, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::bursts::Bursts;
 use crate::server::metrics::{GATHER_FULL, GATHER_TIMEOUT, MERGE_UNDONE, MERGED, Metrics};
 
 /// Most requests committed together.
@@ -44,7 +45,7 @@ pub(crate) enum Job {
 }
 
 /// Runs the queue until every sender is gone.
-pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
+pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Arc<Metrics>, bursts: Arc<Bursts>) {
     let mut queue = Queue { pending: VecDeque::new(), jobs, joined: 0 };
     let mut writers = Writers::default();
     loop {
@@ -56,6 +57,7 @@ pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Ar
             },
         };
         if let Job::Exclusive(run) = first {
+            bursts.batch();
             run(&mut db).await;
             continue;
         }
@@ -78,6 +80,7 @@ pub(crate) async fn run(mut db: Database, jobs: mpsc::Receiver<Job>, metrics: Ar
             }
         }
         let started = Instant::now();
+        bursts.batch();
         let size = batch.len();
         queue.joined = 0;
         let outage = run_batch(&mut db, batch, &mut queue, &metrics).await;
