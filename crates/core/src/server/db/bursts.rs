@@ -45,7 +45,7 @@ impl Bursts {
     pub(crate) fn batch(&self) {
         let now = self.now();
         let previous = self.last_batch.swap(now, Ordering::Relaxed);
-        if previous == 0 || now - previous.min(now) > STREAM_GAP.as_millis() as u64 {
+        if previous == 0 || now.saturating_sub(previous) > STREAM_GAP.as_millis() as u64 {
             return;
         }
         self.last_stream.store(now, Ordering::Relaxed);
