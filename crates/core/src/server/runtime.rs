@@ -208,10 +208,8 @@ impl Runtime {
                 let leads = leader.borrow_and_update().as_deref() == Some(runtime.address.as_str());
                 // How long the stream of writes may still count as going on.
                 let streaming = bursts.since_stream().and_then(|since| STREAM_QUIET.checked_sub(since));
-                let frames = match (leads, streaming) {
-                    (true, Some(_)) => LEADER_CHECKPOINT_THRESHOLD,
-                    _ => CHECKPOINT_THRESHOLD,
-                };
+                let frames =
+                    if leads && streaming.is_some() { LEADER_CHECKPOINT_THRESHOLD } else { CHECKPOINT_THRESHOLD };
                 if let Ok(node) = runtime.node.lock()
                     && let Some(node) = node.as_ref()
                 {

@@ -40,8 +40,8 @@ impl Bursts {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
     }
 
-    /// The write queue starts a batch. Two relaxed atomics per batch, and a wake-up only for
-    /// the first batch of a stream that someone listens for.
+    /// The write queue starts a batch. A clock read and one atomic per batch, two more for a
+    /// stream's, and a wake-up only for the first batch of a stream that someone listens for.
     pub(crate) fn batch(&self) {
         let now = self.now();
         let previous = self.last_batch.swap(now, Ordering::Relaxed);
