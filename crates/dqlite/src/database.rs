@@ -314,8 +314,10 @@ impl Database {
     }
 }
 
-/// How long a request to a former leader may still take once another node leads.
-const LEADER_MOVED_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a request to a former leader may still take once another node leads: the new
+/// leader's first heartbeats tell a live old leader within a round trip, and every moment of
+/// it is an outage for a frozen one.
+const LEADER_MOVED_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Runs a request on the connection to `address`, abandoning it once `hint` names another
 /// leader. The request future is dropped mid-exchange, which marks the connection unusable.
