@@ -30,7 +30,7 @@ test: deps lint
 # The full fault suite (20 leader kills, a 10 s freeze, partitions, full disks); `make test`
 # runs a quick version of each fault.
 test-faults: deps
-	$(CARGO) build --workspace && MICROCLUSTER_FAULTS=full $(CARGO) test -p microcluster-tests --test faults --test partition -- --nocapture
+	$(CARGO) build --workspace && MICROCLUSTER_FAULTS=full $(CARGO) test -p microcluster-tests --test faults --test frozen_leader --test partition -- --nocapture
 
 # Every fuzz target for FUZZ_SECONDS (default 60) each; crashes land in fuzz/regressions/.
 fuzz: deps
