@@ -125,7 +125,8 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 pub(crate) fn applied(state: &State, plan: &RecoveryPlan) {
     let from = plan_path(state);
     let to = state.state_dir().join(APPLIED_FILE);
-    if let Err(err) = std::fs::rename(&from, &to) {
+    // Durably: a plan whose move is lost in a power cut would be forced on the node again.
+    if let Err(err) = crate::state_dir::rename_durable(&from, &to) {
         tracing::warn!(plan = %plan.id, error = %err, "moving {} to {}", from.display(), to.display());
     }
 }
