@@ -41,9 +41,10 @@ impl Saved {
 
 /// Forms a 3-member cluster, stops m3, writes a row without it, lets `damage` spoil `files`
 /// of m3 and checks that m3 then exits non-zero within seconds with a log line naming
-/// `names` (a path inside its state directory) and containing `fix`. Then puts the files back
-/// and checks that m3 starts, is ONLINE again and reads both rows.
-fn damage_stops_the_start(files: &[&str], names: &str, fix: &str, damage: impl FnOnce(&Cluster, &Path)) {
+/// `names` (a path inside its state directory) and containing what `damage` returns (the fix,
+/// in any case). Then puts the files back and checks that m3 starts, is ONLINE again and reads
+/// both rows.
+fn damage_stops_the_start(files: &[&str], names: &str, damage: impl FnOnce(&Cluster, &Path) -> String) {
     let mut cluster = Cluster::form(3);
     let m1 = cluster.members[0].socket();
     checker::sql(&m1, "CREATE TABLE kept (x); INSERT INTO kept VALUES (1)").unwrap();
@@ -54,7 +55,7 @@ fn damage_stops_the_start(files: &[&str], names: &str, fix: &str, damage: impl F
 
     let dir = cluster.members[2].dir.clone();
     let saved: Vec<Saved> = files.iter().map(|f| Saved::take(dir.join(f))).collect();
-    damage(&cluster, &dir);
+    let fix = damage(&cluster, &dir);
 
     let m3 = &mut cluster.members[2];
     let before = m3.log().len();
@@ -67,7 +68,8 @@ fn damage_stops_the_start(files: &[&str], names: &str, fix: &str, damage: impl F
     assert!(matches!(code, Some(c) if c != 0), "m3 did not stop with an error (exit {code:?}); its log:\n{log}");
     let path = dir.join(names).display().to_string();
     assert!(log.contains(&path), "the log does not name {path}:\n{log}");
-    assert!(log.contains(fix), "the log does not say {fix:?}:\n{log}");
+    assert!(log.to_lowercase().contains(&fix.to_lowercase()), "the log does not say {fix:?}:\n{log}");
+    assert!(!log.contains("retrying"), "m3 retried before it stopped:\n{log}");
 
     for file in &saved {
         file.restore();
@@ -82,21 +84,29 @@ fn damage_stops_the_start(files: &[&str], names: &str, fix: &str, damage: impl F
     assert_eq!(rows["metadata"]["Results"][0]["rows"][0][0], 2, "{rows}");
 }
 
+/// `id = "N"` as `node.toml` holds it.
+fn node_toml_line(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("database/node.toml")).unwrap();
+    text.lines().find(|l| l.starts_with("id = ")).unwrap().to_owned()
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
 #[test]
 fn a_deleted_server_certificate_stops_the_start() {
-    damage_stops_the_start(&["server.crt"], "server.crt", "restore", |_, dir| {
+    damage_stops_the_start(&["server.crt"], "server.crt", |_, dir| {
         std::fs::remove_file(dir.join("server.crt")).unwrap();
+        "restore".into()
     });
 }
 
 #[test]
 fn a_garbage_server_key_stops_the_start() {
-    damage_stops_the_start(&["server.key"], "server.key", "restore", |_, dir| {
+    damage_stops_the_start(&["server.key"], "server.key", |_, dir| {
         write(&dir.join("server.key"), "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n");
+        "restore".into()
     });
 }
 
@@ -104,32 +114,40 @@ fn a_garbage_server_key_stops_the_start() {
 /// the tunnel) and stays "Database is still starting" for good.
 #[test]
 fn a_server_certificate_the_cluster_does_not_trust_stops_the_start() {
-    damage_stops_the_start(&["server.crt", "server.key"], "server.crt", "restore", |cluster, dir| {
+    damage_stops_the_start(&["server.crt", "server.key"], "server.crt", |cluster, dir| {
         let other = &cluster.members[1].dir;
         for file in ["server.crt", "server.key"] {
             std::fs::copy(other.join(file), dir.join(file)).unwrap();
         }
+        "restore".into()
     });
 }
 
 #[test]
 fn a_deleted_cluster_certificate_stops_the_start() {
-    damage_stops_the_start(&["cluster.crt"], "cluster.crt", "copy", |_, dir| {
+    damage_stops_the_start(&["cluster.crt"], "cluster.crt", |_, dir| {
         std::fs::remove_file(dir.join("cluster.crt")).unwrap();
+        "copy".into()
     });
 }
 
 #[test]
 fn an_empty_daemon_toml_stops_the_start() {
-    damage_stops_the_start(&["daemon.toml"], "daemon.toml", "name = \"m3\"", |_, dir| {
+    damage_stops_the_start(&["daemon.toml"], "daemon.toml", |cluster, dir| {
+        let address = cluster.members[2].address.clone();
         write(&dir.join("daemon.toml"), "");
+        // The member's name and address, found in its own trust store entry.
+        format!("name = \"m3\" and address = \"{address}\"")
     });
 }
 
 #[test]
 fn a_garbage_node_toml_stops_the_start() {
-    damage_stops_the_start(&["database/node.toml"], "database/node.toml", "id = \"", |_, dir| {
+    damage_stops_the_start(&["database/node.toml"], "database/node.toml", |_, dir| {
+        // The node id, found in the raft log next to the member's address.
+        let id = node_toml_line(dir);
         write(&dir.join("database/node.toml"), "\u{0}\u{0}garbage");
+        id
     });
 }
 
@@ -137,29 +155,35 @@ fn a_garbage_node_toml_stops_the_start() {
 /// its raft data.
 #[test]
 fn a_deleted_node_toml_stops_the_start() {
-    damage_stops_the_start(&["database/node.toml"], "database/node.toml", "id = \"", |_, dir| {
+    damage_stops_the_start(&["database/node.toml"], "database/node.toml", |_, dir| {
+        // The node id, found in the raft log next to the member's address.
+        let id = node_toml_line(dir);
         std::fs::remove_file(dir.join("database/node.toml")).unwrap();
+        id
     });
 }
 
 #[test]
 fn a_corrupt_trust_store_entry_stops_the_start() {
-    damage_stops_the_start(&["truststore/m1.toml"], "truststore/m1.toml", "copy", |_, dir| {
+    damage_stops_the_start(&["truststore/m1.toml"], "truststore/m1.toml", |_, dir| {
         write(&dir.join("truststore/m1.toml"), "name = \"m1\"\naddress = ");
+        "copy".into()
     });
 }
 
 #[test]
 fn a_missing_own_trust_store_entry_stops_the_start() {
-    damage_stops_the_start(&["truststore/m3.toml"], "truststore/m3.toml", "copy", |_, dir| {
+    damage_stops_the_start(&["truststore/m3.toml"], "truststore/m3.toml", |_, dir| {
         std::fs::remove_file(dir.join("truststore/m3.toml")).unwrap();
+        "copy".into()
     });
 }
 
 #[test]
 fn a_world_readable_key_stops_the_start() {
-    damage_stops_the_start(&["server.key"], "server.key", "chmod 600", |_, dir| {
+    damage_stops_the_start(&["server.key"], "server.key", |_, dir| {
         std::fs::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        "chmod 600".into()
     });
 }
 
