@@ -126,8 +126,10 @@ impl TrustStore {
                     let path = item
                         .map_err(|source| StateDirError::Io { action: "reading", path: dir.clone(), source })?
                         .path();
-                    if path.extension().is_some_and(|e| e == "toml") {
-                        entries.push(load_entry(&path)?);
+                    if path.extension().is_some_and(|e| e == "toml")
+                        && let Some(entry) = load_entry(&path)?
+                    {
+                        entries.push(entry);
                     }
                 }
             }
@@ -234,11 +236,12 @@ impl TrustStore {
 pub(crate) const ENTRY_FIX: &str = "Copy the file from the truststore directory of another member (every member \
      holds the same entries), or delete it if that member has left the cluster";
 
-fn load_entry(path: &Path) -> Result<TrustEntry, StateDirError> {
+/// The entry in `path`; `None` if it was removed since the directory was listed.
+fn load_entry(path: &Path) -> Result<Option<TrustEntry>, StateDirError> {
     let damaged = |problem: String| StateDirError::damaged(path, problem, ENTRY_FIX);
     let file: EntryFile = match read_toml(path) {
         Ok(Some(file)) => file,
-        Ok(None) => return Err(damaged("vanished while the trust store was loaded".into())),
+        Ok(None) => return Ok(None),
         Err(StateDirError::Invalid { reason, .. }) => return Err(damaged(format!("is not a valid entry: {reason}"))),
         Err(other) => return Err(other),
     };
@@ -246,6 +249,7 @@ fn load_entry(path: &Path) -> Result<TrustEntry, StateDirError> {
         return Err(damaged(format!("holds the entry of {:?}, not of the member its name says", file.name)));
     }
     TrustEntry::new(ClusterMemberLocal { name: file.name, address: file.address, certificate: file.certificate })
+        .map(Some)
         .map_err(|err| StateDirError::Damaged {
             path: path.to_owned(),
             problem: format!("is not a valid entry: {err}"),
