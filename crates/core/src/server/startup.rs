@@ -32,6 +32,10 @@ pub(crate) struct Files {
 /// Reads and checks every state file; makes the certificate of a member that is not
 /// initialised when it has none.
 pub(crate) fn load(dir: &StateDir) -> Result<Files, StateDirError> {
+    load_files(dir).map_err(unreadable)
+}
+
+fn load_files(dir: &StateDir) -> Result<Files, StateDirError> {
     dir.finish_reset()?;
     let node = node_info(dir)?;
     let truststore = TrustStore::load(dir.truststore_dir())?;
@@ -47,6 +51,10 @@ pub(crate) fn load(dir: &StateDir) -> Result<Files, StateDirError> {
 /// The checks of [`load`] again, for an initialised member whose runtime failed to start:
 /// a file damaged since is a reason to stop, not to retry.
 pub(crate) fn check_initialised(dir: &StateDir) -> Result<(), StateDirError> {
+    check_files(dir).map_err(unreadable)
+}
+
+fn check_files(dir: &StateDir) -> Result<(), StateDirError> {
     if node_info(dir)?.is_none() {
         return Ok(());
     }
@@ -54,6 +62,22 @@ pub(crate) fn check_initialised(dir: &StateDir) -> Result<(), StateDirError> {
     let server = dir.pair("server")?;
     let config = daemon_config(dir, true, &server, &truststore)?;
     initialised(dir, &config, server, &truststore).map(drop)
+}
+
+/// A file that exists but cannot be read (permissions, a failing disk) is damaged too, with
+/// its own fix.
+fn unreadable(err: StateDirError) -> StateDirError {
+    match err {
+        StateDirError::Io { action: "reading", path, source } => StateDirError::Damaged {
+            problem: format!("cannot be read: {source}"),
+            fix: "Check that microd's user may read it (and the directories above it), and the disk's health \
+                  (dmesg)"
+                .into(),
+            path,
+            source: Some(Box::new(source)),
+        },
+        other => other,
+    }
 }
 
 /// `node.toml`, which must be readable, and must exist next to raft data.
@@ -320,6 +344,19 @@ mod tests {
                 assert!(told.contains(fix), "{file}: {told}");
             }
         }
+    }
+
+    /// What cannot be read is named with its cause (a directory where the file should be
+    /// gives EISDIR even to root, unlike permissions).
+    #[test]
+    fn an_unreadable_file_is_named_with_its_cause() {
+        let (_tmp, dir) = initialised_dir();
+        remove(&dir, "cluster.crt");
+        std::fs::create_dir(dir.root().join("cluster.crt")).unwrap();
+        let err = load(&dir).err().unwrap();
+        let StateDirError::Damaged { path, problem, fix, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(path, &dir.root().join("cluster.crt"));
+        assert!(problem.starts_with("cannot be read: ") && fix.contains("may read it"), "{err}");
     }
 
     #[test]
