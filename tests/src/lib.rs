@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod checker;
+pub mod disk;
 pub mod fuzzing;
 pub mod netns;
 
@@ -130,6 +131,9 @@ pub struct Member {
     pub binary: Option<PathBuf>,
     /// A network namespace to run the daemon in (see [`netns`]).
     pub netns: Option<String>,
+    /// Where the daemon's output goes (by default beside the state directory; elsewhere for a
+    /// state directory on a disk that fills up).
+    pub log_file: Option<PathBuf>,
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
 }
@@ -146,6 +150,7 @@ impl Member {
             env: Vec::new(),
             binary: None,
             netns: None,
+            log_file: None,
             _tmp: Some(tmp),
             child: None,
         }
@@ -161,6 +166,7 @@ impl Member {
             env: Vec::new(),
             binary: None,
             netns: None,
+            log_file: None,
             _tmp: None,
             child: None,
         }
@@ -168,7 +174,7 @@ impl Member {
 
     /// The file the daemon's standard output and error are appended to.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.with_file_name(format!("{}.log", self.name))
+        self.log_file.clone().unwrap_or_else(|| self.dir.with_file_name(format!("{}.log", self.name)))
     }
 
     /// Starts `microd` and waits until its control socket accepts connections (an initialised

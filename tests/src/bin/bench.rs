@@ -11,7 +11,7 @@
 //! `bench [--repeat N] [--ops N] [--duration SECS] [--idle SECS] [--settle SECS] [--scale-idle SECS]
 //! [--scale-repeat N] [--failover-repeat N] [--only cluster,scale,failover] [--quick]`
 //!
-//! `bench drive --socket PATH|--tcp IP:PORT [--api ours|kv|demo|etcd] --op write|read [--ops N]
+//! `bench drive --socket PATH|--tcp IP:PORT [--api ours|ours-weak|kv|demo|etcd] --op write|read [--ops N]
 //! [--workers N] [--think-ms MS] [--pid PID]` drives an already running member (for profiling, see
 //! docs/performance.md) and prints what each request cost that process; `bench layers CALLGRIND_OUT REQUESTS` splits a callgrind profile
 //! of such a run by layer (`bench/profile.sh` does both).
@@ -235,10 +235,11 @@ async fn drive(args: &[String]) -> Result<(), Error> {
     };
     let api = match flag(args, "--api", "ours".to_owned()).as_str() {
         "ours" => Api::Ours,
+        "ours-weak" => Api::OursWeak,
         "kv" => Api::Kv,
         "demo" => Api::Demo,
         "etcd" => Api::Etcd,
-        other => return Err(format!("--api {other}: use ours, kv, demo or etcd").into()),
+        other => return Err(format!("--api {other}: use ours, ours-weak, kv, demo or etcd").into()),
     };
     let op: String = flag(args, "--op", "write".to_owned());
     let (ops, workers) = (flag(args, "--ops", 1000usize), flag(args, "--workers", 1usize).max(1));

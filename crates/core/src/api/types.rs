@@ -414,6 +414,18 @@ pub struct HeartbeatResponse {
     pub failure_domain: u64,
     /// Weight (lower is preferred for roles).
     pub weight: u64,
+    /// Why it cannot write its raft log (absent: it can). Such a member is not counted on as
+    /// a voter: role changes give its vote to another member while this lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_log_problem: Option<String>,
+}
+
+/// `GET /core/1.0/ready` once ready: what may still be wrong with a member that serves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// Why it cannot write its raft log (absent: it can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_log_problem: Option<String>,
 }
 
 /// `POST /core/1.0/cluster/leader`: hand leadership over.
@@ -473,6 +485,9 @@ pub mod status {
     pub const UPGRADING: &str = "UPGRADING";
     /// Admitted, still joining (not yet in the dqlite configuration).
     pub const PENDING: &str = "PENDING";
+    /// Answers, but cannot write its raft log (a full, read-only or failing disk): it takes
+    /// no part in committing, and role changes give its vote to another member.
+    pub const DEGRADED: &str = "DEGRADED";
 }
 
 /// `POST /core/1.0/doctor[?repair=0]`: the leader's comparison of dqlite's configuration,

@@ -327,6 +327,13 @@ impl Client {
         self.query(Method::GET, paths::STATUS, None::<&()>).await
     }
 
+    /// `GET /core/1.0/ready`, with what may still be wrong with a member that is ready.
+    pub async fn readiness(&self) -> Result<api::Readiness, ClientError> {
+        // A member older than this field answers with no metadata: nothing to report.
+        let value: serde_json::Value = self.query(Method::GET, paths::READY, None::<&()>).await?;
+        Ok(serde_json::from_value(value).unwrap_or_default())
+    }
+
     /// `GET /core/1.0/ready`: succeeds once the daemon is ready.
     pub async fn ready(&self) -> Result<(), ClientError> {
         self.empty(Method::GET, paths::READY, None::<&()>).await

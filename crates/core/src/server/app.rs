@@ -15,6 +15,7 @@ use super::endpoints;
 use super::hooks::{Hooks, NoHooks};
 use super::membership::{OPEN_TIMEOUT_FOREVER, open_schema, start_background, start_runtime_with};
 use super::rest::{Listener, Routes};
+use super::runtime::Runtime;
 use super::servers::Server;
 use super::startup::{self, Files};
 use super::state::{Daemon, Settings, State};
@@ -330,6 +331,21 @@ async fn shutdown_sequence(state: &State) {
 
 /// Brings an initialised member back up after a start (or after a recovery plan arrived),
 /// applying a pending recovery plan first.
+/// Stops this member's runtime (listener, node, background tasks) and starts it again, on a
+/// task of its own: the caller may be one of the tasks the stop ends.
+pub(crate) fn restart_runtime(state: State, why: &'static str) {
+    tokio::spawn(async move {
+        let runtime: Option<Arc<Runtime>> = state.0.runtime.write().ok().and_then(|mut r| r.take());
+        let Some(runtime) = runtime else { return };
+        tracing::warn!(why, "restarting this member's node");
+        let node_id = runtime.node_id;
+        state.set_db_status(DbStatus::Starting);
+        runtime.stop().await;
+        drop(runtime);
+        resume(state, node_id).await;
+    });
+}
+
 pub(crate) async fn resume(state: State, node_id: u64) {
     let mut _init = state.0.init_lock.lock().await;
     let plan = match super::recovery::pending(&state, node_id) {

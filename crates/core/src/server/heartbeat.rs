@@ -50,6 +50,7 @@ pub(crate) fn report(state: &State) -> HeartbeatResponse {
         status: state.database_status_text(),
         failure_domain,
         weight,
+        raft_log_problem: state.runtime().ok().and_then(|r| r.disk.health().problem().map(str::to_owned)),
     }
 }
 
@@ -177,13 +178,23 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
         .await?;
     sync_truststore(state, &request.leader, &request.members);
 
+    // A member that cannot write its raft log counts as gone for its role: another takes its
+    // vote while it cannot persist.
+    let own = report(state);
     let mut online: HashSet<String> = answered;
     online.insert(own_address.clone());
+    for (address, problem) in
+        answers.values().map(|a| (&a.address, &a.raft_log_problem)).chain([(&own_address, &own.raft_log_problem)])
+    {
+        if let Some(problem) = problem {
+            tracing::warn!(member = %address, %problem, "a member cannot write its raft log; its role is handed on");
+            online.remove(address);
+        }
+    }
     let mut placement: HashMap<String, Placement> = answers
         .values()
         .map(|a| (a.address.clone(), Placement { failure_domain: a.failure_domain, weight: a.weight }))
         .collect();
-    let own = report(state);
     placement.insert(own_address.clone(), Placement { failure_domain: own.failure_domain, weight: own.weight });
     // Under the role lock, on the configuration as it is now (a join may have changed it).
     let _roles = state.0.role_lock.lock().await;

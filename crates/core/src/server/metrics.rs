@@ -186,6 +186,8 @@ pub(crate) struct Metrics {
     /// Linearizable reads that were about to go, or went, to a node other than the confirmed
     /// leader, and ran on the confirmed leader instead.
     pub(crate) reads_redirected: Counter,
+    /// Times the node was restarted because raft had stopped writing its log.
+    pub(crate) raft_log_restarts: Counter,
     heartbeat_rounds: Counter,
     heartbeat_failures: Counter,
     heartbeat_duration: Histogram,
@@ -209,6 +211,7 @@ impl Default for Metrics {
             writes_forwarded: Counter::default(),
             leader_changes: Counter::default(),
             reads_redirected: Counter::default(),
+            raft_log_restarts: Counter::default(),
             heartbeat_rounds: Counter::default(),
             heartbeat_failures: Counter::default(),
             heartbeat_duration: Histogram::new(ROUND_BUCKETS),
@@ -336,6 +339,12 @@ impl Metrics {
             "microcluster_reads_redirected_total",
             "Linearizable reads whose connection led to a node other than the leader a majority of the voters had just confirmed (a leader that froze or was cut off and does not know it was replaced, or a leader change), sent to the confirmed leader instead.",
             &self.reads_redirected,
+        );
+        counter(
+            out,
+            "microcluster_raft_log_restarts_total",
+            "Times this member restarted its dqlite node because raft had stopped writing its log (after the disk was full or failing) and the disk takes writes again: raft does not retry by itself.",
+            &self.raft_log_restarts,
         );
         counter(
             out,

@@ -4,6 +4,7 @@
 mod app;
 mod backup;
 pub(crate) mod db;
+mod disk;
 mod doctor;
 mod endpoints;
 pub(crate) mod heartbeat;

@@ -416,11 +416,24 @@ impl Db {
     where
         F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
     {
-        let leader = self.quorum.confirm(deadline).await?;
-        if db.connected_to().is_some_and(|node| node != leader) {
-            self.metrics.reads_redirected.inc();
-        }
-        db.connect_to(&leader).await?;
+        let mut pause = LEADER_POLL;
+        let leader = loop {
+            let leader = self.quorum.confirm(deadline).await?;
+            if db.connected_to().is_some_and(|node| node != leader) {
+                self.metrics.reads_redirected.inc();
+            }
+            match db.connect_to(&leader).await {
+                Ok(()) => break leader,
+                // A leader that just died is still named by the voters until their election
+                // timeout: wait for the election, as a write would.
+                Err(err) if err.is_connection_lost() && std::time::Instant::now() + pause < deadline => {
+                    tracing::debug!(%leader, error = %err, "the confirmed leader cannot be reached; asking again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(IDLE_LEADER_POLL);
+                }
+                Err(err) => return Err(err),
+            }
+        };
         let value = f(db).await?;
         match db.connected_to() {
             Some(node) if node == leader => Ok(value),

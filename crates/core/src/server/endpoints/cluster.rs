@@ -8,7 +8,9 @@ use std::time::SystemTime;
 
 use hyper::StatusCode;
 
-use crate::api::{ClusterMember, ClusterMemberLocal, SetAddressRequest, TransferLeaderRequest, role, status};
+use crate::api::{
+    ClusterMember, ClusterMemberLocal, Readiness, SetAddressRequest, TransferLeaderRequest, role, status,
+};
 use crate::client::ClientError;
 use crate::server::State;
 use crate::server::db::DbStatus;
@@ -36,20 +38,23 @@ fn status_of(
     state: &State,
     row: &members::MemberRow,
     in_config: bool,
-    probe: Option<&Result<(), ClientError>>,
+    probe: Option<&Result<Readiness, ClientError>>,
 ) -> (&'static str, String) {
     if !in_config && row.role == role::PENDING {
         return (status::PENDING, "joining: not yet part of the dqlite configuration".into());
     }
     let Some(probe) = probe else {
         // This member itself.
-        return match state.database_status() {
-            DbStatus::WaitingUpgrade => (status::UPGRADING, state.database_status_text()),
+        let problem = state.runtime().ok().and_then(|r| r.disk.health().problem().map(str::to_owned));
+        return match (state.database_status(), problem) {
+            (DbStatus::WaitingUpgrade, _) => (status::UPGRADING, state.database_status_text()),
+            (_, Some(problem)) => (status::DEGRADED, problem),
             _ => (status::ONLINE, String::new()),
         };
     };
     match probe {
-        Ok(()) => (status::ONLINE, String::new()),
+        Ok(Readiness { raft_log_problem: Some(problem) }) => (status::DEGRADED, problem.clone()),
+        Ok(_) => (status::ONLINE, String::new()),
         Err(ClientError::Api { status: code, message }) if *code == StatusCode::FORBIDDEN => {
             (status::NOT_TRUSTED, format!("it refuses this member's certificate: {message}"))
         }
@@ -100,7 +105,7 @@ async fn list(state: State, _req: Request) -> HandlerResult {
     for row in rows.iter().filter(|r| r.address != runtime.address) {
         let client = state.member_client(&row.address)?.with_timeout(PROBE_TIMEOUT);
         let name = row.name.clone();
-        probes.spawn(async move { (name, client.ready().await) });
+        probes.spawn(async move { (name, client.readiness().await) });
     }
     let mut answers = HashMap::new();
     while let Some(Ok((name, result))) = probes.join_next().await {
@@ -149,7 +154,8 @@ async fn list(state: State, _req: Request) -> HandlerResult {
 }
 
 /// What a probe task that vanished counts as.
-static NO_ANSWER: Result<(), ClientError> = Err(ClientError::Timeout { target: String::new(), after: PROBE_TIMEOUT });
+static NO_ANSWER: Result<Readiness, ClientError> =
+    Err(ClientError::Timeout { target: String::new(), after: PROBE_TIMEOUT });
 
 async fn transfer_leader(state: State, req: Request) -> HandlerResult {
     let request: TransferLeaderRequest =

@@ -54,6 +54,23 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
     out.sample("microcluster_is_leader", &[], leader);
     out.family("microcluster_write_queue_depth", Kind::Gauge, "Write requests waiting in this member's write queue.");
     out.sample("microcluster_write_queue_depth", &[], runtime.as_ref().map_or(0, |r| r.db.queue_depth()));
+    if let Some(runtime) = runtime.as_ref() {
+        let health = runtime.disk.health();
+        out.family(
+            "microcluster_raft_log_writable",
+            Kind::Gauge,
+            "1 while this member can write its raft log, 0 when it cannot (a full, read-only or failing disk; \
+             `cluster list` says why): it then takes no part in committing.",
+        );
+        out.sample("microcluster_raft_log_writable", &[], health.problem().is_none());
+        out.family(
+            "microcluster_state_free_bytes",
+            Kind::Gauge,
+            "Bytes free for the daemon on the file system of this member's raft log (raft needs a whole log \
+             segment's worth to go on).",
+        );
+        out.sample("microcluster_state_free_bytes", &[], runtime.disk.free());
+    }
     out.family(
         "microcluster_read_confirmations_total",
         Kind::Counter,
