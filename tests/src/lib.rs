@@ -10,6 +10,7 @@
 pub mod checker;
 pub mod fuzzing;
 pub mod netns;
+pub mod powerfail;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
