@@ -15,6 +15,11 @@ pub const SQLITE_INTERRUPT: u64 = 9;
 pub const SQLITE_IOERR_NOT_LEADER: u64 = 10250;
 /// dqlite's "leadership lost" (SQLITE_IOERR | 41 << 8): the outcome of a write is unknown.
 pub const SQLITE_IOERR_LEADERSHIP_LOST: u64 = 10506;
+/// raft's RAFT_NOTLEADER, which libdqlite 1.11 passes on as the FAILURE code when `raft_apply`
+/// or `raft_barrier` refuses a write during a leadership transfer (after discarding the
+/// statement's frames: nothing was applied). Its message is SQLite's text for the step that had
+/// succeeded, "no more rows available"; SQLite's own code 7 (NOMEM) says "out of memory".
+pub const RAFT_NOTLEADER: u64 = 7;
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -222,7 +227,11 @@ impl Error {
 
     /// The server is not the leader; the request had no effect. Retry on the leader.
     pub fn is_not_leader(&self) -> bool {
-        self.code() == Some(SQLITE_IOERR_NOT_LEADER)
+        match self {
+            Error::Server { code: SQLITE_IOERR_NOT_LEADER, .. } => true,
+            Error::Server { code: RAFT_NOTLEADER, message } => !message.contains("out of memory"),
+            _ => false,
+        }
     }
 
     /// The statement ran past the statement time limit and was interrupted (see
@@ -292,4 +301,18 @@ pub(crate) fn excerpt(sql: &str) -> String {
 /// How a leader search went, for [`Error::NoLeader`]'s message (no rounds: not searched).
 fn searched(attempts: u32, servers: &str) -> String {
     if attempts == 0 { String::new() } else { format!(" after {attempts} rounds over [{servers}]") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_refusing_a_write_during_a_transfer_reads_as_not_leader() {
+        let server = |code, message: &str| Error::Server { code, message: message.into() };
+        let refused = server(RAFT_NOTLEADER, "no more rows available");
+        assert!(refused.is_not_leader() && !refused.is_statement_error() && !refused.is_ambiguous());
+        assert!(!server(RAFT_NOTLEADER, "out of memory").is_not_leader(), "SQLite's own NOMEM");
+        assert!(server(SQLITE_IOERR_NOT_LEADER, "not leader").is_not_leader());
+    }
 }
