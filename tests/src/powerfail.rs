@@ -48,7 +48,12 @@ pub fn unavailable() -> Option<String> {
     if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err() {
         return Some("/dev/fuse cannot be opened (no FUSE in this kernel or container)".into());
     }
-    None
+    // A container may hand out /dev/fuse and still refuse the mount.
+    let tmp = match tempfile::tempdir() {
+        Ok(tmp) => tmp,
+        Err(e) => return Some(format!("no temporary directory to try a mount in: {e}")),
+    };
+    PowerFs::mount(&tmp.path().join("probe")).err().map(|e| format!("a FUSE file system cannot be mounted here: {e}"))
 }
 
 /// What cuts have dropped so far.
@@ -173,11 +178,10 @@ impl Drop for PowerFs {
     fn drop(&mut self) {
         if self.detach().is_err() {
             // Something still uses it (a test failed with a process running): detach lazily so
-            // the test process can exit, and let the kernel clean up once it is let go.
+            // the test process can exit, and let the kernel clean up once it is let go. The
+            // session's thread serves the last user until then, so it is not waited for.
             let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
-            if let Some(session) = self.session.take() {
-                let _ = session.join();
-            }
+            drop(self.session.take());
         }
     }
 }
