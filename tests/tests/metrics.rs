@@ -154,6 +154,10 @@ fn metrics_follow_requests_writes_members_heartbeats_and_leader_changes() {
     assert!(batches >= before + WRITES as f64, "{batches} write batches (before: {before}):\n{body}");
     assert_eq!(value(&body, "microcluster_database_status", &[("status", "online")]), 1.0);
     assert_eq!(value(&body, "microcluster_build_info", &[]), 1.0);
+    // Reads are confirmed with the voters first (scrapes read the members' table too).
+    let confirmed = value(&body, "microcluster_read_confirmations_total", &[("outcome", "confirmed")]);
+    assert!(confirmed >= 1.0, "no read confirmation round:\n{body}");
+    assert!(body.contains("microcluster_reads_redirected_total "), "{body}");
 
     // Members by role and status, from the database (the leader records heartbeats).
     wait_until("3 online voters in m1's metrics", Duration::from_secs(30), || {

@@ -132,3 +132,30 @@ fn writes_through_followers_run_in_the_leader_queue_and_keep_their_errors() {
     assert_eq!(rows["metadata"]["Results"][0]["rows"], serde_json::json!([[0], [1], [2], [5], [10], [11], [12], [15]]));
     drop(cluster);
 }
+
+/// SQLite's `changes()` keeps the count of the last INSERT, UPDATE or DELETE: a statement that
+/// changes no row (DDL, a transaction statement) must not report the one before it, whether
+/// the text runs on the leader or is forwarded there.
+#[test]
+fn every_statement_reports_its_own_rows_affected() {
+    let cluster = Cluster::form(2);
+    let text = "CREATE TABLE r5 (x); INSERT INTO r5 VALUES (1), (2), (3), (4), (5); CREATE TABLE b (y); \
+                DROP TABLE b; UPDATE r5 SET x = x + 1 WHERE x > 3; \
+                WITH t(v) AS (VALUES (9)) INSERT INTO r5 SELECT v FROM t; DELETE FROM r5 WHERE x = 99; \
+                SELECT count(*) FROM r5";
+    for (i, member) in cluster.members.iter().enumerate() {
+        let text = text
+            .replace("r5", &format!("r5_{i}"))
+            .replace(" b ", &format!(" b{i} "))
+            .replace("TABLE b;", &format!("TABLE b{i};"));
+        let out = checker::sql(&member.socket(), &text).unwrap();
+        let counts: Vec<&serde_json::Value> =
+            out["metadata"]["Results"].as_array().unwrap().iter().map(|r| &r["rows_affected"]).collect();
+        assert_eq!(counts, [0, 5, 0, 0, 2, 1, 0, 0], "through {}: {out}", member.name);
+        let text = format!("BEGIN; INSERT INTO r5_{i} VALUES (7); COMMIT; CREATE INDEX i{i} ON r5_{i} (x)");
+        let out = checker::sql(&member.socket(), &text).unwrap();
+        let counts: Vec<&serde_json::Value> =
+            out["metadata"]["Results"].as_array().unwrap().iter().map(|r| &r["rows_affected"]).collect();
+        assert_eq!(counts, [0, 1, 0, 0], "through {}: {out}", member.name);
+    }
+}

@@ -54,6 +54,22 @@ mod tests {
         assert_ne!(generate("mc1", &[]).unwrap().fingerprint().unwrap(), id.fingerprint().unwrap());
     }
 
+    #[test]
+    fn a_pair_that_does_not_belong_together_fails_its_check() {
+        let (a, b) = (generate("mc1", &[]).unwrap(), generate("mc2", &[]).unwrap());
+        a.check().unwrap();
+        let swapped = Identity { cert_pem: a.cert_pem.clone(), key_pem: b.key_pem.clone() };
+        assert!(matches!(swapped.check(), Err(tls::TlsError::KeyMismatch)), "{:?}", swapped.check());
+        let not_a_key = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n";
+        let garbage_key = Identity { cert_pem: a.cert_pem.clone(), key_pem: not_a_key.into() };
+        assert!(matches!(garbage_key.check(), Err(tls::TlsError::Config(_))), "{:?}", garbage_key.check());
+        let garbage_cert = Identity { cert_pem: "garbage".into(), key_pem: a.key_pem.clone() };
+        assert!(matches!(garbage_cert.check(), Err(tls::TlsError::NoCertificate { .. })));
+        let not_x509 = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n";
+        let bad_cert = Identity { cert_pem: not_x509.into(), key_pem: a.key_pem };
+        assert!(matches!(bad_cert.check(), Err(tls::TlsError::Invalid(_))), "{:?}", bad_cert.check());
+    }
+
     /// Members talk to each other over short connections (heartbeats, trust updates): after
     /// the first, a connection resumes the TLS session instead of paying for two P-384
     /// signatures again.

@@ -10,8 +10,13 @@
 //! truststore/<name>.toml    0644  trusted members (dir 0700)
 //! database/                 0700  dqlite data and node.toml (id, address)
 //! ```
+//!
+//! Every file is written durably (a temporary file, fsynced, renamed over the old one, then
+//! the directory fsynced), so that after a crash or a power cut a file holds its old or its
+//! new content, never nothing; removals that must stick fsync their directory too.
 
 use std::collections::BTreeMap;
+use std::error::Error;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -19,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::tls::Identity;
+use crate::tls::{Identity, TlsError};
 
 /// A state directory operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,27 @@ pub enum StateDirError {
     /// A private key that others may read.
     #[error("refusing to use {0}: the private key is readable by other users; run `chmod 600 {0}`")]
     KeyExposed(PathBuf),
+    /// A file the member needs is missing or damaged. The start stops here: a regenerated
+    /// identity would be refused by the cluster, and a retry would fail the same way forever.
+    #[error("{}: {problem}. {fix}", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it (with the cause's text).
+        problem: String,
+        /// What the operator can do.
+        fix: String,
+        /// The cause, if an error found it.
+        #[source]
+        source: Option<Box<dyn Error + Send + Sync>>,
+    },
+}
+
+impl StateDirError {
+    /// A [`StateDirError::Damaged`] for `path`: `problem`, then `fix`.
+    pub(crate) fn damaged(path: impl Into<PathBuf>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        StateDirError::Damaged { path: path.into(), problem: problem.into(), fix: fix.into(), source: None }
+    }
 }
 
 fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StateDirError + 'p {
@@ -114,6 +140,24 @@ mod u64_string {
 #[derive(Debug, Clone)]
 pub(crate) struct StateDir {
     root: PathBuf,
+}
+
+/// A certificate and its key as found on disk.
+#[derive(Debug)]
+pub(crate) enum Pair {
+    /// Neither file exists.
+    Absent,
+    /// Both exist, parse, and belong together.
+    Usable(Identity),
+    /// One is missing or does not parse, or the two do not belong together.
+    Damaged {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+        /// The cause, if an error found it.
+        source: Option<Box<dyn Error + Send + Sync>>,
+    },
 }
 
 /// Holds the state directory's lock until dropped.
@@ -203,7 +247,7 @@ impl StateDir {
         write_toml(&self.node_info_path(), info, 0o600)
     }
 
-    /// This member's certificate and key, generated for `name` when missing.
+    /// This member's certificate and key (`None`: neither file exists yet).
     pub(crate) fn server_identity(&self) -> Result<Option<Identity>, StateDirError> {
         self.identity("server")
     }
@@ -223,49 +267,150 @@ impl StateDir {
         self.set_identity("cluster", id)
     }
 
+    /// `server.crt` or `cluster.crt`.
+    pub(crate) fn cert_path(&self, which: &str) -> PathBuf {
+        self.root.join(format!("{which}.crt"))
+    }
+
+    /// `server.key` or `cluster.key`.
+    pub(crate) fn key_path(&self, which: &str) -> PathBuf {
+        self.root.join(format!("{which}.key"))
+    }
+
     fn identity(&self, which: &str) -> Result<Option<Identity>, StateDirError> {
-        let cert = self.root.join(format!("{which}.crt"));
-        let key = self.root.join(format!("{which}.key"));
-        let (Some(cert_pem), Some(key_pem)) = (read_optional(&cert)?, read_optional(&key)?) else {
-            return Ok(None);
-        };
-        let mode = fs::metadata(&key).map_err(io_err("reading", &key))?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(StateDirError::KeyExposed(key));
+        match self.pair(which)? {
+            Pair::Absent => Ok(None),
+            Pair::Usable(id) => Ok(Some(id)),
+            Pair::Damaged { path, problem, source } => {
+                Err(StateDirError::Damaged { path, problem, fix: self.pair_fix(which, ""), source })
+            }
         }
-        Ok(Some(Identity { cert_pem, key_pem }))
+    }
+
+    /// What `which.crt` and `which.key` hold. A private key readable by others is an error
+    /// whatever the rest.
+    pub(crate) fn pair(&self, which: &str) -> Result<Pair, StateDirError> {
+        let (cert, key) = (self.cert_path(which), self.key_path(which));
+        let (cert_pem, key_pem) = (read_optional(&cert)?, read_optional(&key)?);
+        if key_pem.is_some() {
+            let mode = fs::metadata(&key).map_err(io_err("reading", &key))?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(StateDirError::KeyExposed(key));
+            }
+        }
+        let missing = |path: PathBuf, other: &Path| Pair::Damaged {
+            path,
+            problem: format!("is missing, while {} exists", other.display()),
+            source: None,
+        };
+        let identity = match (cert_pem, key_pem) {
+            (None, None) => return Ok(Pair::Absent),
+            (Some(_), None) => return Ok(missing(key, &cert)),
+            (None, Some(_)) => return Ok(missing(cert, &key)),
+            (Some(cert_pem), Some(key_pem)) => Identity { cert_pem, key_pem },
+        };
+        let Err(err) = identity.check() else { return Ok(Pair::Usable(identity)) };
+        let (path, problem) = match &err {
+            TlsError::NoCertificate { .. } | TlsError::Invalid(_) => {
+                (cert, format!("is not a usable certificate: {err}"))
+            }
+            TlsError::KeyMismatch => (cert, format!("does not belong to {}: {err}", key.display())),
+            _ => (key, format!("is not a usable private key: {err}")),
+        };
+        Ok(Pair::Damaged { path, problem, source: Some(Box::new(err)) })
+    }
+
+    /// What to do about a damaged `which` pair of an initialised member called `name` (empty:
+    /// not known).
+    pub(crate) fn pair_fix(&self, which: &str, name: &str) -> String {
+        let root = self.root.display();
+        let name = if name.is_empty() { "NAME" } else { name };
+        if which == "cluster" {
+            format!(
+                "Copy cluster.crt and cluster.key from another member's state directory into {root} (every member \
+                 holds the same pair) and `chmod 600 {root}/cluster.key`"
+            )
+        } else {
+            format!(
+                "Restore server.crt and server.key together from a backup of {root}: the other members trust this \
+                 member by that certificate only and would refuse a new one. Without a backup, remove the member \
+                 (`microctl cluster remove {name} --force` on another member), delete {root} and join it again"
+            )
+        }
     }
 
     fn set_identity(&self, which: &str, id: &Identity) -> Result<(), StateDirError> {
-        write_atomic(&self.root.join(format!("{which}.key")), id.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&self.root.join(format!("{which}.crt")), id.cert_pem.as_bytes(), 0o644)
+        // The key first: a crash between the two leaves a key without its certificate (or with
+        // the old one), which the start-up of a member that is not initialised yet recognises as
+        // half a pair and replaces.
+        write_atomic(&self.key_path(which), id.key_pem.as_bytes(), 0o600)?;
+        write_atomic(&self.cert_path(which), id.cert_pem.as_bytes(), 0o644)
+    }
+
+    /// Where the database directory goes while a reset removes it.
+    fn removing_dir(&self) -> PathBuf {
+        self.root.join(".database.removing")
+    }
+
+    /// Whether `database/` holds anything but `node.toml` and our temporary files: raft data,
+    /// which exists only once the member was initialised.
+    pub(crate) fn has_raft_data(&self) -> Result<bool, StateDirError> {
+        let dir = self.database_dir();
+        let listing = match fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("reading", &dir)(e)),
+        };
+        for entry in listing {
+            let name = entry.map_err(io_err("reading", &dir))?.file_name();
+            if name != "node.toml" && !name.as_encoded_bytes().starts_with(b".") {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Removes everything that makes this member part of a cluster: the database, the cluster
     /// certificate, the trust store and the name/address. Keeps `server.crt` and the socket.
     pub(crate) fn reset(&self) -> Result<(), StateDirError> {
-        for dir in [self.database_dir(), self.truststore_dir()] {
-            match fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(io_err("removing", &dir)(e));
-                }
-                _ => {}
-            }
+        // The database directory, node.toml with it, leaves in one durable rename first: a reset
+        // cut short must never leave raft data without node.toml, which reads as an initialised
+        // member whose node.toml was lost (and stops the start).
+        let (database, aside) = (self.database_dir(), self.removing_dir());
+        remove_dir_optional(&aside)?;
+        match fs::rename(&database, &aside) {
+            Ok(()) => sync_dir(&self.root)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("moving aside", &database)(e)),
         }
+        remove_dir_optional(&aside)?;
+        remove_dir_optional(&self.truststore_dir())?;
         for file in ["cluster.crt", "cluster.key"] {
             remove_optional(&self.root.join(file))?;
         }
+        sync_dir(&self.root)?;
         let mut config = self.daemon_config()?;
         config.name.clear();
         config.address.clear();
         self.set_daemon_config(&config)
     }
+
+    /// Finishes a reset that a crash cut short after the database directory was moved aside.
+    pub(crate) fn finish_reset(&self) -> Result<(), StateDirError> {
+        remove_dir_optional(&self.removing_dir())
+    }
 }
 
 /// Creates a directory (and parents) with `mode`, and tightens the mode if it already existed.
+/// Each directory it creates is made durable in its parent.
 pub(crate) fn create_dir(path: &Path, mode: u32) -> Result<(), StateDirError> {
+    let created: Vec<&Path> = path.ancestors().take_while(|dir| !dir.exists()).collect();
     fs::DirBuilder::new().recursive(true).mode(mode).create(path).map_err(io_err("creating", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("setting permissions on", path))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("setting permissions on", path))?;
+    for dir in created {
+        sync_dir(parent(dir))?;
+    }
+    Ok(())
 }
 
 /// Reads a file that may not exist.
@@ -277,7 +422,8 @@ pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, StateDirError
     }
 }
 
-/// Removes a file that may not exist.
+/// Removes a file that may not exist; the caller syncs the directory if the removal must
+/// survive a power cut (see [`remove_durable`]).
 pub(crate) fn remove_optional(path: &Path) -> Result<(), StateDirError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", path)(e)),
@@ -285,11 +431,57 @@ pub(crate) fn remove_optional(path: &Path) -> Result<(), StateDirError> {
     }
 }
 
+/// Removes a file that may not exist, for good: a file that comes back after a power cut (a
+/// trust entry of a removed member) would undo the removal.
+pub(crate) fn remove_durable(path: &Path) -> Result<(), StateDirError> {
+    remove_optional(path)?;
+    sync_dir(parent(path))
+}
+
+/// Renames `from` to `to` durably (both directories synced).
+pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<(), StateDirError> {
+    fs::rename(from, to).map_err(io_err("renaming", from))?;
+    sync_dir(parent(to))?;
+    if parent(from) != parent(to) {
+        sync_dir(parent(from))?;
+    }
+    Ok(())
+}
+
+/// Removes a directory tree that may not exist.
+fn remove_dir_optional(path: &Path) -> Result<(), StateDirError> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// fsyncs a directory: names created, renamed or removed in it are durable only after this.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StateDirError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing", dir))
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateDirError> {
     let Some(text) = read_optional(path)? else {
         return Ok(None);
     };
-    toml::from_str(&text).map(Some).map_err(|e| StateDirError::Invalid { path: path.to_owned(), reason: e.to_string() })
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| StateDirError::Invalid { path: path.to_owned(), reason: toml_reason(&text, &e) })
+}
+
+/// A TOML error on one line (its own text quotes the source over several): `line L, column C:
+/// message`.
+fn toml_reason(text: &str, err: &toml::de::Error) -> String {
+    let Some(at) = err.span().map(|span| span.start.min(text.len())) else { return err.message().to_owned() };
+    let before = text.as_bytes().get(..at).unwrap_or_default();
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+    format!("line {line}, column {column}: {}", err.message())
 }
 
 pub(crate) fn write_toml<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StateDirError> {
@@ -298,20 +490,28 @@ pub(crate) fn write_toml<T: Serialize>(path: &Path, value: &T, mode: u32) -> Res
     write_atomic(path, text.as_bytes(), mode)
 }
 
-/// Writes through a temporary file and a rename, so readers never see half a file.
+/// Replaces `path` with `contents` durably: readers never see half a file, and after a crash
+/// or a power cut the file holds the old or the new content. The temporary file is hidden
+/// (`.NAME.tmpPID`) so that no loader takes it for a state file.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), StateDirError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let dir = parent(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut file = OpenOptions::new().create(true).truncate(true).write(true).mode(mode).open(&tmp)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(contents)?;
+        // The data reaches the disk before the rename publishes it: otherwise a power cut can
+        // leave the new name on an empty file.
         file.sync_all()?;
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(io_err("writing", path))
+    result.map_err(io_err("writing", path))?;
+    // The rename itself lives in the directory, and is lost in a power cut until it is synced.
+    sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -328,6 +528,7 @@ mod tests {
         state.lock().unwrap();
     }
 
+    #[cfg(feature = "server")]
     #[test]
     fn config_node_info_identity_and_reset() {
         let dir = tempfile::tempdir().unwrap();
@@ -339,22 +540,137 @@ mod tests {
         assert_eq!(state.daemon_config().unwrap(), config);
         state.set_node_info(&NodeInfo { id: u64::MAX - 1 }).unwrap();
         assert_eq!(state.node_info().unwrap(), Some(NodeInfo { id: u64::MAX - 1 }));
-        let id = Identity { cert_pem: "c".into(), key_pem: "k".into() };
+        fs::write(state.database_dir().join("open-1"), b"raft").unwrap();
+        assert!(state.has_raft_data().unwrap());
+        let id = generated("mc1");
         state.set_cluster_identity(&id).unwrap();
         let key_mode = fs::metadata(state.root().join("cluster.key")).unwrap().permissions().mode();
         assert_eq!(key_mode & 0o777, 0o600);
-        assert_eq!(state.cluster_identity().unwrap().unwrap().key_pem, "k");
+        assert_eq!(state.cluster_identity().unwrap().unwrap().key_pem, id.key_pem);
         state.reset().unwrap();
         assert_eq!(state.node_info().unwrap(), None);
+        assert!(!state.has_raft_data().unwrap());
         assert!(state.cluster_identity().unwrap().is_none());
         assert_eq!(state.daemon_config().unwrap().name, "");
+        assert_eq!(listing(state.root()), ["daemon.toml"]);
+    }
+
+    /// A real pair where the server feature can make one; otherwise text, for the tests that
+    /// never parse it.
+    fn generated(name: &str) -> Identity {
+        #[cfg(feature = "server")]
+        return crate::certs::generate(name, &[]).unwrap();
+        #[cfg(not(feature = "server"))]
+        Identity { cert_pem: format!("c {name}"), key_pem: format!("k {name}") }
+    }
+
+    /// The names in a directory, sorted.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn durable_writes_leave_only_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o644).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(listing(dir.path()), ["node.toml"]);
+        // A write that cannot happen names the file and leaves nothing behind.
+        let err = write_atomic(&dir.path().join("missing/x.toml"), b"x", 0o600).unwrap_err();
+        assert!(err.to_string().contains("missing/x.toml"), "{err}");
+        rename_durable(&path, &dir.path().join("moved.toml")).unwrap();
+        remove_durable(&dir.path().join("moved.toml")).unwrap();
+        remove_durable(&dir.path().join("moved.toml")).unwrap();
+        assert!(listing(dir.path()).is_empty());
+    }
+
+    /// A crash between the temporary file and the rename leaves a hidden file that nothing
+    /// takes for a state file: neither the trust store nor the raft data check.
+    #[test]
+    fn a_write_cut_short_leaves_a_hidden_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        fs::create_dir_all(state.database_dir()).unwrap();
+        fs::write(state.database_dir().join(".node.toml.tmp42"), b"id = ").unwrap();
+        assert!(!state.has_raft_data().unwrap());
+        assert_eq!(state.node_info().unwrap(), None);
+        fs::create_dir_all(state.truststore_dir()).unwrap();
+        fs::write(state.truststore_dir().join(".mc1.toml.tmp42"), b"name = ").unwrap();
+        let store = crate::truststore::TrustStore::load(state.truststore_dir()).unwrap();
+        assert_eq!(store.snapshot().iter().count(), 0);
+    }
+
+    #[test]
+    fn new_directories_get_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        create_dir(&nested, 0o700).unwrap();
+        assert_eq!(fs::metadata(&nested).unwrap().permissions().mode() & 0o777, 0o700);
+        fs::set_permissions(&nested, fs::Permissions::from_mode(0o755)).unwrap();
+        create_dir(&nested, 0o700).unwrap();
+        assert_eq!(fs::metadata(&nested).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    /// A reset moves the database directory (node.toml with it) away in one step; one cut
+    /// short after that is finished at the next start.
+    #[test]
+    fn a_reset_cut_short_never_leaves_raft_data_without_node_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        state.set_node_info(&NodeInfo { id: 7 }).unwrap();
+        fs::write(state.database_dir().join("open-1"), b"raft").unwrap();
+        // As a reset leaves it when it stops right after the move.
+        fs::rename(state.database_dir(), state.removing_dir()).unwrap();
+        assert_eq!(state.node_info().unwrap(), None);
+        assert!(!state.has_raft_data().unwrap());
+        state.finish_reset().unwrap();
+        assert!(!state.removing_dir().exists());
+        // A reset over the remains of an earlier one.
+        state.set_node_info(&NodeInfo { id: 8 }).unwrap();
+        fs::create_dir_all(state.removing_dir().join("x")).unwrap();
+        state.reset().unwrap();
+        assert!(!state.removing_dir().exists() && !state.database_dir().exists());
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn pairs_absent_usable_half_and_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert!(matches!(state.pair("server").unwrap(), Pair::Absent));
+        let (mine, other) = (generated("mc1"), generated("mc2"));
+        state.set_server_identity(&mine).unwrap();
+        assert!(matches!(state.pair("server").unwrap(), Pair::Usable(id) if id.cert_pem == mine.cert_pem));
+        let damaged_file = |state: &StateDir| match state.pair("server").unwrap() {
+            Pair::Damaged { path, .. } => path.file_name().unwrap().to_string_lossy().into_owned(),
+            other => panic!("{other:?}"),
+        };
+        // Half a pair, as a crash between the two writes leaves it.
+        fs::remove_file(state.cert_path("server")).unwrap();
+        assert_eq!(damaged_file(&state), "server.crt");
+        let err = state.server_identity().unwrap_err().to_string();
+        assert!(err.contains("server.crt: is missing") && err.contains("Restore server.crt and server.key"), "{err}");
+        fs::write(state.cert_path("server"), &mine.cert_pem).unwrap();
+        fs::write(state.key_path("server"), "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+            .unwrap();
+        assert_eq!(damaged_file(&state), "server.key");
+        fs::write(state.key_path("server"), &other.key_pem).unwrap();
+        assert_eq!(damaged_file(&state), "server.crt");
+        fs::write(state.cert_path("server"), "garbage").unwrap();
+        assert_eq!(damaged_file(&state), "server.crt");
     }
 
     #[test]
     fn exposed_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
-        state.set_server_identity(&Identity { cert_pem: "c".into(), key_pem: "k".into() }).unwrap();
+        state.set_server_identity(&generated("mc1")).unwrap();
         fs::set_permissions(dir.path().join("server.key"), fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(state.server_identity(), Err(StateDirError::KeyExposed(_))));
     }
@@ -363,8 +679,10 @@ mod tests {
     fn bad_toml_is_reported_with_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
-        fs::write(state.daemon_config_path(), "name = 3").unwrap();
-        let err = state.daemon_config().unwrap_err();
-        assert!(err.to_string().contains("daemon.toml"), "{err}");
+        fs::write(state.daemon_config_path(), "weight = 1\nname = 3").unwrap();
+        let err = state.daemon_config().unwrap_err().to_string();
+        assert!(err.contains("daemon.toml"), "{err}");
+        assert!(err.contains("line 2, column 8: invalid type"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 }

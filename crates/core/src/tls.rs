@@ -39,6 +39,9 @@ pub enum TlsError {
     /// The certificate could not be parsed as X.509.
     #[error("invalid certificate: {0}")]
     Invalid(String),
+    /// The private key is not the certificate's.
+    #[error("the private key does not belong to the certificate")]
+    KeyMismatch,
 }
 
 /// The crypto provider used everywhere (ring).
@@ -103,6 +106,21 @@ impl Identity {
     /// The certificate's fingerprint.
     pub fn fingerprint(&self) -> Result<String, TlsError> {
         fingerprint_pem(&self.cert_pem)
+    }
+
+    /// Fails unless the certificate parses as X.509, the key loads, and the key is the
+    /// certificate's: a pair that would only fail later, at a handshake, fails here, where the
+    /// caller can still say which file is at fault.
+    pub fn check(&self) -> Result<(), TlsError> {
+        let cert = parse_cert(&self.cert_pem, "certificate")?;
+        webpki::EndEntityCert::try_from(&cert).map_err(|e| TlsError::Invalid(e.to_string()))?;
+        let key = provider().key_provider.load_private_key(parse_key(&self.key_pem, "key")?)?;
+        match rustls::sign::CertifiedKey::new(vec![cert], key).keys_match() {
+            // ring knows every key it loads; "unknown" would only mean it cannot tell.
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(()),
+            Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::KeyMismatch),
+            Err(other) => Err(TlsError::Invalid(other.to_string())),
+        }
     }
 
     fn parts(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {

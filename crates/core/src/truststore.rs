@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ClusterMemberLocal;
-use crate::state_dir::{StateDirError, create_dir, read_toml, remove_optional, write_toml};
+use crate::state_dir::{StateDirError, create_dir, read_toml, remove_durable, write_toml};
 use crate::tls;
 use crate::validate;
 
@@ -114,22 +114,28 @@ pub(crate) struct TrustStore {
 }
 
 impl TrustStore {
-    /// Loads the store from `dir` (empty if it does not exist).
-    pub(crate) fn load(dir: impl Into<PathBuf>) -> Result<TrustStore, TrustError> {
+    /// Loads the store from `dir` (empty if it does not exist). An entry that cannot be read
+    /// stops the load, naming its file: skipping it would refuse that member's raft traffic
+    /// and heartbeats without a word.
+    pub(crate) fn load(dir: impl Into<PathBuf>) -> Result<TrustStore, StateDirError> {
         let dir = dir.into();
         let mut entries = Vec::new();
         match std::fs::read_dir(&dir) {
             Ok(listing) => {
-                for item in listing.flatten() {
-                    let path = item.path();
-                    if path.extension().is_some_and(|e| e == "toml") {
-                        entries.push(load_entry(&path)?);
+                for item in listing {
+                    let path = item
+                        .map_err(|source| StateDirError::Io { action: "reading", path: dir.clone(), source })?
+                        .path();
+                    if path.extension().is_some_and(|e| e == "toml")
+                        && let Some(entry) = load_entry(&path)?
+                    {
+                        entries.push(entry);
                     }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(StateDirError::Io { action: "reading", path: dir, source }.into());
+                return Err(StateDirError::Io { action: "reading", path: dir, source });
             }
         }
         Ok(TrustStore {
@@ -203,7 +209,7 @@ impl TrustStore {
         if self.snapshot().by_name(name).is_none() {
             return Ok(false);
         }
-        remove_optional(&self.path(name))?;
+        remove_durable(&self.path(name))?;
         self.update(|current| Members::build(current.iter().filter(|e| e.member.name != name).cloned()));
         self.removed.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned(), std::time::Instant::now());
         Ok(true)
@@ -220,20 +226,36 @@ impl TrustStore {
         std::fs::metadata(self.path(name)).ok()?.modified().ok()?.elapsed().ok()
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    /// The file of `name`'s entry.
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.toml"))
     }
 }
 
-fn load_entry(path: &Path) -> Result<TrustEntry, TrustError> {
-    let file: EntryFile = read_toml(path)?.ok_or_else(|| TrustError::Invalid {
-        name: path.display().to_string(),
-        reason: "vanished while loading".into(),
-    })?;
+/// What to do about a damaged entry.
+pub(crate) const ENTRY_FIX: &str = "Copy the file from the truststore directory of another member (every member \
+     holds the same entries), or delete it if that member has left the cluster";
+
+/// The entry in `path`; `None` if it was removed since the directory was listed.
+fn load_entry(path: &Path) -> Result<Option<TrustEntry>, StateDirError> {
+    let damaged = |problem: String| StateDirError::damaged(path, problem, ENTRY_FIX);
+    let file: EntryFile = match read_toml(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(None),
+        Err(StateDirError::Invalid { reason, .. }) => return Err(damaged(format!("is not a valid entry: {reason}"))),
+        Err(other) => return Err(other),
+    };
     if path.file_stem().and_then(|s| s.to_str()) != Some(file.name.as_str()) {
-        return Err(TrustError::Invalid { name: file.name, reason: format!("stored in {}", path.display()) });
+        return Err(damaged(format!("holds the entry of {:?}, not of the member its name says", file.name)));
     }
     TrustEntry::new(ClusterMemberLocal { name: file.name, address: file.address, certificate: file.certificate })
+        .map(Some)
+        .map_err(|err| StateDirError::Damaged {
+            path: path.to_owned(),
+            problem: format!("is not a valid entry: {err}"),
+            fix: ENTRY_FIX.into(),
+            source: Some(Box::new(err)),
+        })
 }
 
 #[cfg(test)]

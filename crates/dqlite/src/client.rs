@@ -16,6 +16,11 @@ use crate::dialer::{DefaultDialer, Dialer};
 use crate::error::{Error, Result};
 use crate::proto::{File, NodeInfo, Role};
 
+/// How long the last known leader is asked alone before every other node is asked too.
+const HINT_HEAD_START: Duration = Duration::from_millis(50);
+/// How long a round of the leader search waits for answers.
+const ROUND_WAIT: Duration = Duration::from_millis(250);
+
 /// Timeouts and backoff of a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -136,90 +141,57 @@ impl Client {
 
     /// Opens a connection to the current leader, waiting for one to be elected up to
     /// [`ClientConfig::leader_timeout`].
+    ///
+    /// The last known leader is asked first and, unless it answers as leader within
+    /// [`HINT_HEAD_START`], every known address as well, all at once; the first node that names
+    /// itself wins, and leaders named by others outside the list are asked too. A round waits
+    /// at most [`ROUND_WAIT`] for answers: a node that froze or was cut off accepts
+    /// connections and never answers, so its probe goes on (until the dial timeout) while
+    /// later rounds ask the others again, instead of holding every round for a dial timeout.
     pub async fn connect_leader(&self) -> Result<Connection> {
         let config = &self.inner.config;
         let deadline = Instant::now() + config.leader_timeout;
+        let mut search = Search { client: self, probes: JoinSet::new(), pending: Vec::new(), named: Vec::new() };
+        let mut failures = Vec::new();
         let mut round = 0;
         loop {
             round += 1;
-            let mut failures = Vec::new();
+            failures.clear();
             if let Some(hint) = self.last_leader() {
-                match self.try_leader(&hint).await {
-                    Ok(conn) => return Ok(conn),
-                    Err(err) => failures.push(format!("{hint}: {err}")),
+                search.spawn(&hint);
+                if let Some(conn) = search.wait(HINT_HEAD_START, true, &mut failures).await {
+                    return Ok(conn);
                 }
             }
             let servers = self.servers();
-            match self.probe_all(&servers, &mut failures).await {
-                Some(conn) => return Ok(conn),
-                None => self.remember_leader(None),
+            for address in &servers {
+                search.spawn(address);
             }
+            if let Some(conn) = search.wait(ROUND_WAIT, true, &mut failures).await {
+                return Ok(conn);
+            }
+            let named: Vec<String> = std::mem::take(&mut search.named);
+            let outside: Vec<&String> = named.iter().filter(|l| !servers.contains(l)).collect();
+            if !outside.is_empty() {
+                outside.iter().for_each(|leader| search.spawn(leader));
+                if let Some(conn) = search.wait(ROUND_WAIT, true, &mut failures).await {
+                    return Ok(conn);
+                }
+            }
+            self.remember_leader(None);
             let now = Instant::now();
             if now >= deadline {
+                failures.extend(search.pending.iter().map(|a| format!("{a}: no answer yet")));
                 return Err(Error::NoLeader {
                     attempts: round,
                     servers: servers.join(", "),
                     last_error: if failures.is_empty() { "no servers known".into() } else { failures.join("; ") },
                 });
             }
-            tokio::time::sleep(config.backoff(round).min(deadline - now)).await;
-        }
-    }
-
-    /// Asks every address at once; returns the first that is the leader, then tries leaders
-    /// named by others.
-    async fn probe_all(&self, servers: &[String], failures: &mut Vec<String>) -> Option<Connection> {
-        let mut probes = JoinSet::new();
-        for address in servers {
-            let dialer = self.inner.dialer.clone();
-            let config = self.inner.config.clone();
-            let address = address.clone();
-            probes.spawn(async move {
-                let result = probe(&*dialer, &address, &config).await;
-                (address, result)
-            });
-        }
-        let mut named = Vec::new();
-        while let Some(joined) = probes.join_next().await {
-            let Ok((address, result)) = joined else {
-                continue;
-            };
-            match result {
-                Ok(Probe::Leader(conn)) => {
-                    probes.abort_all();
-                    self.remember_leader(Some(address));
-                    return Some(conn);
-                }
-                Ok(Probe::Elsewhere(leader)) => named.push(leader),
-                Ok(Probe::Unknown) => failures.push(format!("{address}: knows no leader")),
-                Err(err) => failures.push(format!("{address}: {err}")),
+            // A probe still under way may find the leader during the pause.
+            if let Some(conn) = search.wait(config.backoff(round).min(deadline - now), false, &mut failures).await {
+                return Ok(conn);
             }
-        }
-        named.sort();
-        named.dedup();
-        for leader in named.into_iter().filter(|l| !servers.contains(l)) {
-            match self.try_leader(&leader).await {
-                Ok(conn) => return Some(conn),
-                Err(err) => failures.push(format!("{leader}: {err}")),
-            }
-        }
-        None
-    }
-
-    async fn try_leader(&self, address: &str) -> Result<Connection> {
-        match probe(&*self.inner.dialer, address, &self.inner.config).await? {
-            Probe::Leader(conn) => {
-                self.remember_leader(Some(address.to_owned()));
-                Ok(conn)
-            }
-            Probe::Elsewhere(other) => Err(Error::Server {
-                code: crate::error::SQLITE_IOERR_NOT_LEADER,
-                message: format!("not leader (leader is {other})"),
-            }),
-            Probe::Unknown => Err(Error::Server {
-                code: crate::error::SQLITE_IOERR_NOT_LEADER,
-                message: "not leader (no leader known)".into(),
-            }),
         }
     }
 
@@ -308,6 +280,60 @@ impl Client {
 
     pub(crate) fn forget_leader(&self) {
         self.remember_leader(None);
+    }
+}
+
+/// One leader search: the probes under way (carried from round to round), and the leaders
+/// other nodes named.
+struct Search<'c> {
+    client: &'c Client,
+    probes: JoinSet<(String, Result<Probe>)>,
+    /// Addresses with a probe under way.
+    pending: Vec<String>,
+    named: Vec<String>,
+}
+
+impl Search<'_> {
+    /// Probes `address`, unless a probe of it is still under way.
+    fn spawn(&mut self, address: &str) {
+        if self.pending.iter().any(|a| a == address) {
+            return;
+        }
+        self.pending.push(address.to_owned());
+        let dialer = self.client.inner.dialer.clone();
+        let config = self.client.inner.config.clone();
+        let address = address.to_owned();
+        self.probes.spawn(async move {
+            let result = probe(&*dialer, &address, &config).await;
+            (address, result)
+        });
+    }
+
+    /// Collects answers for up to `limit` (less if every probe answered and `until_done`);
+    /// returns the leader's connection as soon as a node names itself.
+    async fn wait(&mut self, limit: Duration, until_done: bool, failures: &mut Vec<String>) -> Option<Connection> {
+        let timer = tokio::time::sleep(limit);
+        tokio::pin!(timer);
+        loop {
+            if self.probes.is_empty() && until_done {
+                return None;
+            }
+            let joined = tokio::select! {
+                joined = self.probes.join_next(), if !self.probes.is_empty() => joined,
+                () = &mut timer => return None,
+            };
+            let Some(Ok((address, result))) = joined else { continue };
+            self.pending.retain(|a| *a != address);
+            match result {
+                Ok(Probe::Leader(conn)) => {
+                    self.client.remember_leader(Some(address));
+                    return Some(conn);
+                }
+                Ok(Probe::Elsewhere(leader)) => self.named.push(leader),
+                Ok(Probe::Unknown) => failures.push(format!("{address}: knows no leader")),
+                Err(err) => failures.push(format!("{address}: {err}")),
+            }
+        }
     }
 }
 

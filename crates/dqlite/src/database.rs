@@ -80,6 +80,12 @@ impl Database {
 
     /// A usable connection to the leader with the database open.
     async fn leader(&mut self) -> Result<&mut Connection> {
+        self.connection(None).await
+    }
+
+    /// A usable connection with the database open: to `node` if given (which is not asked
+    /// whether it leads: every request checks that itself), else to the leader.
+    async fn connection(&mut self, node: Option<&str>) -> Result<&mut Connection> {
         if self.needs_rollback {
             self.needs_rollback = false;
             if let Some(conn) = self.conn.as_mut() {
@@ -92,16 +98,26 @@ impl Database {
             }
         }
         let reusable = match self.conn.as_mut() {
-            Some(conn) => conn.is_usable() && !conn.peer_closed(),
+            Some(conn) => conn.is_usable() && node.is_none_or(|node| conn.address() == node) && !conn.peer_closed(),
             None => false,
         };
         if !reusable {
             self.conn = None;
-            let mut conn = self.client.connect_leader().await?;
+            let mut conn = match node {
+                Some(node) => self.client.connect(node).await?,
+                None => self.client.connect_leader().await?,
+            };
             conn.open(&self.name).await?;
             self.conn = Some(conn);
         }
         self.conn.as_mut().ok_or(Error::NoDatabase)
+    }
+
+    /// Connects to `node` (keeping the connection this handle holds if it already goes there),
+    /// so that the next request goes to that node, e.g. the leader a [`crate::LeaderQuorum`]
+    /// confirmed. Requests still check on arrival that the node leads.
+    pub async fn connect_to(&mut self, node: &str) -> Result<()> {
+        self.connection(Some(node)).await.map(drop)
     }
 
     /// Forgets the connection after an error that makes it useless or points elsewhere.
@@ -314,8 +330,10 @@ impl Database {
     }
 }
 
-/// How long a request to a former leader may still take once another node leads.
-const LEADER_MOVED_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a request to a former leader may still take once another node leads: the new
+/// leader's first heartbeats tell a live old leader within a round trip, and every moment of
+/// it is an outage for a frozen one.
+const LEADER_MOVED_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Runs a request on the connection to `address`, abandoning it once `hint` names another
 /// leader. The request future is dropped mid-exchange, which marks the connection unusable.

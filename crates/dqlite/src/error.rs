@@ -20,6 +20,11 @@ pub const SQLITE_IOERR_LEADERSHIP_LOST: u64 = 10506;
 /// statement's frames: nothing was applied). Its message is SQLite's text for the step that had
 /// succeeded, "no more rows available"; SQLite's own code 7 (NOMEM) says "out of memory".
 pub const RAFT_NOTLEADER: u64 = 7;
+/// SQLite's NOTFOUND code, which libdqlite also sends as "no database opened".
+const SQLITE_NOTFOUND: u64 = 12;
+/// What libdqlite answers on a connection whose database it closed when its node lost
+/// leadership (it checks leadership first, so the node leads again by then).
+const NO_DATABASE_OPENED: &str = "no database opened";
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -225,11 +230,18 @@ impl Error {
         }
     }
 
-    /// The server is not the leader; the request had no effect. Retry on the leader.
+    /// The server is not the leader, or has not led without a break since this connection
+    /// opened its database; the request had no effect. Retry on a new connection to the leader.
+    ///
+    /// The second case: libdqlite closes the database of every connection when its node loses
+    /// leadership, and leaves the connections open. Should the node lead again, a request on
+    /// one of them passes the leader check and is refused with "no database opened" (this
+    /// crate never sends a request that needs a database before OPEN succeeded).
     pub fn is_not_leader(&self) -> bool {
         match self {
-            Error::Server { code: SQLITE_IOERR_NOT_LEADER, .. } => true,
-            Error::Server { code: RAFT_NOTLEADER, message } => !message.contains("out of memory"),
+            Error::Server { code, .. } if *code == SQLITE_IOERR_NOT_LEADER => true,
+            Error::Server { code, message } if *code == RAFT_NOTLEADER => !message.contains("out of memory"),
+            Error::Server { code, message } => *code == SQLITE_NOTFOUND && message == NO_DATABASE_OPENED,
             _ => false,
         }
     }

@@ -10,6 +10,7 @@
 //! - [`Node`]: a node embedded in this process (`Node::builder(id, address, dir)`).
 //! - [`Client`]: finds the leader among known addresses; runs ADD/ASSIGN/REMOVE/TRANSFER.
 //! - [`Database`]: statements, queries and transactions on the leader, across leader changes.
+//! - [`LeaderQuorum`]: confirms with a majority of the voters who leads, so reads are never stale.
 //! - [`Connection`]: one raw connection to one node, one method per protocol request.
 //! - [`proto`]: the wire format itself, without I/O.
 //! - [`sql`]: statement splitting and read-only classification.
@@ -27,6 +28,7 @@ pub mod file;
 mod id;
 mod node;
 pub mod proto;
+mod quorum;
 mod rows;
 pub mod sql;
 
@@ -43,4 +45,5 @@ pub use node::{
     validate_bind_address,
 };
 pub use proto::{File, NodeInfo, Role, Value};
+pub use quorum::LeaderQuorum;
 pub use rows::{Limits, QueryResult, Row, Rows};

@@ -97,6 +97,26 @@ pub fn is_plain_dml(stmt: &str) -> bool {
     head.and_then(|t| word(stmt, &t)).is_some_and(|w| is_any(w, &["INSERT", "REPLACE", "UPDATE", "DELETE"]))
 }
 
+/// True when `stmt` (one statement) is an `INSERT`, `REPLACE`, `UPDATE` or `DELETE`, also
+/// behind a `WITH` clause: a statement whose row count SQLite's `changes()` reports. Any other
+/// statement (DDL, transaction control, a read) leaves `changes()` at the count of the last
+/// such statement on the connection, which says nothing about it.
+pub fn counts_changes(stmt: &str) -> bool {
+    let toks: Vec<Token> = Lexer::new(stmt).filter(|t| t.kind != Kind::Punct(b';')).collect();
+    let Some(head) = toks.first().and_then(|t| word(stmt, t)) else {
+        return false;
+    };
+    let dml = ["INSERT", "REPLACE", "UPDATE", "DELETE"];
+    if is_any(head, &dml) {
+        return true;
+    }
+    is_any(head, &["WITH"])
+        && toks.iter().enumerate().any(|(i, tok)| {
+            let is_call = toks.get(i + 1).is_some_and(|next| next.kind == Kind::Punct(b'('));
+            !is_call && word(stmt, tok).is_some_and(|w| is_any(w, &dml))
+        })
+}
+
 /// True when the `RETURNING` keyword appears in `sql` (outside strings, comments and quoted
 /// identifiers, and not as a function name). libdqlite 1.11 cannot run such a write on any path:
 /// through EXEC it stops at the first returned row, commits locally without replicating, and
@@ -342,6 +362,31 @@ impl Iterator for Lexer<'_> {
 mod tests {
     use super::StatementKind::{Empty, Read, Transaction, Write};
     use super::*;
+
+    #[test]
+    fn only_inserts_updates_and_deletes_count_changes() {
+        for yes in [
+            "INSERT INTO t VALUES (1)",
+            "replace into t values (1);",
+            "UPDATE t SET a = 1",
+            "/* c */ DELETE FROM t",
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+        ] {
+            assert!(counts_changes(yes), "{yes}");
+        }
+        for no in [
+            "CREATE TABLE t (a)",
+            "DROP TABLE t",
+            "BEGIN",
+            "COMMIT",
+            "SELECT replace(a, 'x', 'y') FROM t",
+            "WITH x AS (SELECT 1) SELECT replace('a', 'b', 'c') FROM x",
+            "PRAGMA user_version = 3",
+            "",
+        ] {
+            assert!(!counts_changes(no), "{no}");
+        }
+    }
 
     #[test]
     fn plain_dml_is_one_insert_update_or_delete() {

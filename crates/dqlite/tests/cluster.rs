@@ -129,6 +129,36 @@ async fn a_writer_that_loses_its_leader_continues_on_the_next() {
     }
 }
 
+/// libdqlite closes every connection's open database when its node loses leadership, and the
+/// connection stays up. If the node leads again, a request on such a connection passes the
+/// leader check and is then refused with "no database opened": it never ran, so it is a
+/// refusal to retry on a fresh connection, not an error of the statement (a frozen leader that
+/// resumed and was elected again otherwise failed every write of its member for good).
+#[tokio::test]
+async fn a_handle_opened_before_leadership_went_away_and_came_back_still_works() {
+    let cluster = TestCluster::start("comeback", &[Role::Voter, Role::Voter]).await;
+    let client = cluster.client.clone();
+    let mut db = client.database("test");
+    db.exec("CREATE TABLE t (x INTEGER)", &[]).await.unwrap();
+    let first = client.leader().await.unwrap();
+    let mut conn = client.connect(&first.address).await.unwrap();
+    conn.open("test").await.unwrap();
+    let other = cluster.nodes.iter().map(|n| n.id()).find(|id| *id != first.id).unwrap();
+    for target in [other, first.id] {
+        client.transfer(target).await.unwrap();
+        eventually("the transfer", Duration::from_secs(10), || async {
+            client.leader().await.ok().filter(|l| l.id == target)
+        })
+        .await;
+    }
+    let err = conn.exec_sql("INSERT INTO t VALUES (1)", &[]).await.unwrap_err();
+    assert!(err.is_not_leader() && !err.is_ambiguous(), "{err}");
+    // The handle that held such a connection goes on without a word.
+    db.exec("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+    let rows = db.query("SELECT x FROM t", &[]).await.unwrap();
+    assert_eq!(rows.rows.len(), 1);
+}
+
 /// A leadership transfer makes libdqlite 1.11 refuse writes that reach the leader meanwhile
 /// with raft's RAFT_NOTLEADER (7) as the FAILURE code, after discarding the statement's
 /// frames: a write that was never applied, to be retried on the new leader like 10250.

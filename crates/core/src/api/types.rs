@@ -208,6 +208,31 @@ pub struct JoinResponse {
 pub struct SqlQuery {
     /// One or more SQL statements.
     pub query: String,
+    /// How sure reads must be to see every write acknowledged before the request (absent:
+    /// linearizable). Writes always go through the leader's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ReadConsistency>,
+}
+
+impl SqlQuery {
+    /// A query with the default consistency.
+    pub fn new(query: impl Into<String>) -> SqlQuery {
+        SqlQuery { query: query.into(), consistency: None }
+    }
+}
+
+/// How sure a read must be to see every write acknowledged before it was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadConsistency {
+    /// The node that answers was named leader by a majority of the voters after the request
+    /// arrived: no acknowledged write is ever missing (the default).
+    #[default]
+    Linearizable,
+    /// Whichever node believes it leads answers, without asking the voters (one round trip
+    /// less): a leader that froze or was cut off and was replaced without knowing it yet
+    /// answers from its old state, missing writes acknowledged by its successor.
+    Weak,
 }
 
 /// Results of the statements of one SQL query, in order.

@@ -388,7 +388,13 @@ impl Client {
 
     /// `POST /core/internal/sql`.
     pub async fn sql(&self, query: &str) -> Result<SqlBatch, ClientError> {
-        self.query(Method::POST, paths::INTERNAL_SQL, Some(&SqlQuery { query: query.to_owned() })).await
+        self.query(Method::POST, paths::INTERNAL_SQL, Some(&SqlQuery::new(query))).await
+    }
+
+    /// `POST /core/internal/sql` with reads of the given consistency.
+    pub async fn sql_with(&self, query: &str, consistency: api::ReadConsistency) -> Result<SqlBatch, ClientError> {
+        let request = SqlQuery { query: query.to_owned(), consistency: Some(consistency) };
+        self.query(Method::POST, paths::INTERNAL_SQL, Some(&request)).await
     }
 
     /// `POST /core/internal/sql?stream=1`: the rows of one read-only statement arrive as the
@@ -401,8 +407,8 @@ impl Client {
         query: &str,
         mut on_event: impl FnMut(SqlStreamEvent) -> bool,
     ) -> Result<SqlStreamed, ClientError> {
-        let body = serde_json::to_vec(&SqlQuery { query: query.to_owned() })
-            .map_err(|e| self.decode(format!("encoding the request: {e}")))?;
+        let body =
+            serde_json::to_vec(&SqlQuery::new(query)).map_err(|e| self.decode(format!("encoding the request: {e}")))?;
         let options = self.options(false, "application/json", MAX_RESPONSE);
         let path = format!("{}?stream=1", paths::INTERNAL_SQL);
         let open = tokio::time::timeout(

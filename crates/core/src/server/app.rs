@@ -16,12 +16,11 @@ use super::hooks::{Hooks, NoHooks};
 use super::membership::{OPEN_TIMEOUT_FOREVER, open_schema, start_background, start_runtime_with};
 use super::rest::{Listener, Routes};
 use super::servers::Server;
+use super::startup::{self, Files};
 use super::state::{Daemon, Settings, State};
 use super::state_dir::{StateDir, StateDirError};
-use super::truststore::TrustStore;
 use crate::api::{Control, ServerStatus, SqlBatch, TokenRecord};
 use crate::client::{Client, ClientError};
-use crate::{certs, validate};
 
 /// Where the member keeps its state.
 #[derive(Debug, Clone)]
@@ -225,22 +224,11 @@ impl App {
         dqlite::set_statement_timeout(args.statement_timeout).map_err(|e| AppError::Invalid(e.to_string()))?;
         let dir = StateDir::open(&self.state_dir)?;
         let _lock = dir.lock()?;
-        let mut config = dir.daemon_config()?;
+        let Files { mut config, server: server_identity, truststore, node: initialised } = startup::load(&dir)?;
         if let Some(domain) = args.failure_domain.filter(|d| *d != config.failure_domain) {
             config.failure_domain = domain;
             dir.set_daemon_config(&config)?;
         }
-        let server_identity = match dir.server_identity()? {
-            Some(id) => id,
-            None => {
-                let name = if config.name.is_empty() { hostname() } else { config.name.clone() };
-                let id = certs::generate(&name, &[]).map_err(|e| AppError::Invalid(e.to_string()))?;
-                dir.set_server_identity(&id)?;
-                id
-            }
-        };
-        let truststore = TrustStore::load(dir.truststore_dir()).map_err(|e| AppError::Invalid(e.to_string()))?;
-        let initialised = dir.node_info()?;
 
         // The core listener serves the core API and the core servers; the socket also the
         // control endpoints and the core servers that asked for it.
@@ -357,6 +345,10 @@ pub(crate) async fn resume(state: State, node_id: u64) {
         match start_runtime_with(&state, node_id, configuration.clone()).await {
             Ok(runtime) => break runtime,
             Err(err) if !state.is_shutting_down() => {
+                // A file damaged since the start-up checks fails every retry the same way.
+                if let Err(damaged) = super::startup::check_initialised(&state.0.dir) {
+                    return state.fail(crate::report::one_line(&damaged));
+                }
                 tracing::warn!(error = %err, "starting the member failed; retrying in 1 s");
                 // Unlocked meanwhile, so `cluster set-address` can move a member whose address is
                 // gone (with a new node id) or a removal can reset it.
@@ -422,11 +414,6 @@ fn resolve_group(group: &str) -> Result<u32, AppError> {
         .find(|(name, _)| *name == group)
         .and_then(|(_, gid)| gid.parse().ok())
         .ok_or_else(|| AppError::Invalid(format!("unknown socket group {group:?}")))
-}
-
-fn hostname() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
-    if validate::member_name(&name).is_ok() { name } else { "microcluster".to_owned() }
 }
 
 #[cfg(test)]

@@ -183,6 +183,9 @@ pub(crate) struct Metrics {
     pub(crate) writes_forwarded: Counter,
     /// Times the leader this member's node reports moved to another member.
     pub(crate) leader_changes: Counter,
+    /// Linearizable reads that were about to go, or went, to a node other than the confirmed
+    /// leader, and ran on the confirmed leader instead.
+    pub(crate) reads_redirected: Counter,
     heartbeat_rounds: Counter,
     heartbeat_failures: Counter,
     heartbeat_duration: Histogram,
@@ -205,6 +208,7 @@ impl Default for Metrics {
             write_gathers: Family::new(&["outcome"], Counter::default),
             writes_forwarded: Counter::default(),
             leader_changes: Counter::default(),
+            reads_redirected: Counter::default(),
             heartbeat_rounds: Counter::default(),
             heartbeat_failures: Counter::default(),
             heartbeat_duration: Histogram::new(ROUND_BUCKETS),
@@ -326,6 +330,12 @@ impl Metrics {
             "microcluster_leader_changes_total",
             "Times the dqlite leader this member's node reports moved to another member (the first leader seen after start is not a change).",
             &self.leader_changes,
+        );
+        counter(
+            out,
+            "microcluster_reads_redirected_total",
+            "Linearizable reads whose connection led to a node other than the leader a majority of the voters had just confirmed (a leader that froze or was cut off and does not know it was replaced, or a leader change), sent to the confirmed leader instead.",
+            &self.reads_redirected,
         );
         counter(
             out,

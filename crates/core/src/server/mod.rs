@@ -16,6 +16,7 @@ pub mod rest;
 pub(crate) mod roles;
 mod runtime;
 mod servers;
+mod startup;
 mod state;
 pub(crate) mod tunnel;
 

@@ -109,23 +109,36 @@ pub(crate) fn prepare(state: &State, plan: &RecoveryPlan) -> Result<Vec<NodeInfo
         .collect())
 }
 
+/// Copies the files of `from` into a new directory `to`, durably. The copy is made in a
+/// hidden directory and renamed when whole: it is made once per plan, so a copy cut short by a
+/// crash would otherwise pass for the whole one.
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().mode(0o700).create(to)?;
+    let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = to.with_file_name(format!(".{name}.partial"));
+    match std::fs::remove_dir_all(&partial) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&partial)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+            let copy = partial.join(entry.file_name());
+            std::fs::copy(entry.path(), &copy)?;
+            std::fs::File::open(&copy)?.sync_all()?;
         }
     }
-    Ok(())
+    crate::state_dir::sync_dir(&partial).map_err(std::io::Error::other)?;
+    crate::state_dir::rename_durable(&partial, to).map_err(std::io::Error::other)
 }
 
 /// Records that the node started with the plan's configuration.
 pub(crate) fn applied(state: &State, plan: &RecoveryPlan) {
     let from = plan_path(state);
     let to = state.state_dir().join(APPLIED_FILE);
-    if let Err(err) = std::fs::rename(&from, &to) {
+    // Durably: a plan whose move is lost in a power cut would be forced on the node again.
+    if let Err(err) = crate::state_dir::rename_durable(&from, &to) {
         tracing::warn!(plan = %plan.id, error = %err, "moving {} to {}", from.display(), to.display());
     }
 }

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use super::db::Db;
 use super::rest::{Listener, ShutdownSignal};
 use super::state::State;
+use super::state_dir::StateDirError;
 use super::tunnel;
 use crate::tls::{self, Identity};
 
@@ -24,12 +25,12 @@ pub(crate) enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("this member has no {0} certificate; it is not initialised")]
+    #[error("this member's {0} certificate cannot be read (a lock was poisoned)")]
     MissingIdentity(&'static str),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
-    Files(#[from] super::state_dir::StateDirError),
+    Files(#[from] StateDirError),
     #[error(transparent)]
     Node(#[from] dqlite::NodeError),
 }
@@ -106,7 +107,16 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, StartError> {
         let daemon = &state.0;
         let address = state.address();
-        let cluster_identity = daemon.dir.cluster_identity()?.ok_or(StartError::MissingIdentity("cluster"))?;
+        let cluster_identity = match daemon.dir.cluster_identity()? {
+            Some(identity) => identity,
+            None => {
+                let (dir, name) = (&daemon.dir, state.name());
+                let problem = format!("is missing, and so is {}", dir.key_path("cluster").display());
+                return Err(
+                    StateDirError::damaged(dir.cert_path("cluster"), problem, dir.pair_fix("cluster", &name)).into()
+                );
+            }
+        };
         let server_identity =
             daemon.server_identity.read().map(|i| i.clone()).map_err(|_| StartError::MissingIdentity("server"))?;
         let cluster_fingerprint = cluster_identity.fingerprint()?;

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dqlite::{Client, Database, QueryResult, Transaction, TxFuture, Value};
+use dqlite::{Client, Database, LeaderQuorum, QueryResult, Transaction, TxFuture, Value};
 use hyper::StatusCode;
 use tokio::sync::{mpsc, oneshot, watch};
 pub(crate) use writer::BUSY_DEADLINE;
@@ -146,6 +146,19 @@ impl Activity {
     }
 }
 
+/// How sure a read must be to see every write acknowledged before it was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Consistency {
+    /// Answered by a node that a majority of the voters named as leader after the read was
+    /// asked for (see [`dqlite::LeaderQuorum`]): never misses an acknowledged write.
+    #[default]
+    Linearizable,
+    /// Answered by whichever node believes it leads: one round trip less, but a leader that
+    /// froze or was cut off, and does not know yet that it was replaced, answers from its old
+    /// state.
+    Weak,
+}
+
 /// The shared database: a write queue (one connection, group commit), a pool of read
 /// connections, and a watcher that tells them when leadership moves.
 #[derive(Debug)]
@@ -156,6 +169,8 @@ pub(crate) struct Db {
     reader_slots: tokio::sync::Semaphore,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     leader: watch::Receiver<Option<String>>,
+    /// Confirms the leader with a majority of the voters before linearizable reads.
+    quorum: LeaderQuorum,
     /// Whether this member's node has ever named a leader (spares never do).
     seen_leader: Arc<std::sync::atomic::AtomicBool>,
     activity: Arc<Activity>,
@@ -197,6 +212,7 @@ impl Db {
         ));
         Db {
             leader,
+            quorum: LeaderQuorum::new(client.clone()),
             seen_leader,
             activity,
             bursts,
@@ -334,34 +350,48 @@ impl Db {
         answer.await.map_err(|_| abandoned())
     }
 
-    /// Lends `f` a read connection (reads do not queue behind writes). A read that lost its
-    /// connection or its leader changed nothing, so `f` runs again, on the new leader.
+    /// Lends `f` a read connection (reads do not queue behind writes), on a leader confirmed
+    /// by a majority of the voters. A read that lost its connection or its leader changed
+    /// nothing, so `f` runs again, on the new leader.
     pub(crate) async fn reading<T, F>(&self, f: F) -> Result<T, dqlite::Error>
     where
         F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
     {
-        self.reading_attempts(READ_ATTEMPTS, f).await
+        self.reading_attempts(READ_ATTEMPTS, Consistency::Linearizable, f).await
     }
 
-    /// [`Db::reading`] without running `f` again: for a read that already handed rows on.
-    pub(crate) async fn reading_once<T, F>(&self, f: F) -> Result<T, dqlite::Error>
+    /// [`Db::reading`] with the given consistency.
+    pub(crate) async fn reading_with<T, F>(&self, consistency: Consistency, f: F) -> Result<T, dqlite::Error>
     where
         F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
     {
-        self.reading_attempts(1, f).await
+        self.reading_attempts(READ_ATTEMPTS, consistency, f).await
     }
 
-    async fn reading_attempts<T, F>(&self, attempts: u32, f: F) -> Result<T, dqlite::Error>
+    /// [`Db::reading`] without running `f` again: for a read that already handed rows on.
+    pub(crate) async fn reading_once<T, F>(&self, consistency: Consistency, f: F) -> Result<T, dqlite::Error>
+    where
+        F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
+    {
+        self.reading_attempts(1, consistency, f).await
+    }
+
+    async fn reading_attempts<T, F>(&self, attempts: u32, consistency: Consistency, f: F) -> Result<T, dqlite::Error>
     where
         F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
     {
         self.await_leader().await?;
+        let deadline = std::time::Instant::now() + self.client.config().leader_timeout;
         let _slot = self.reader_slots.acquire().await.map_err(|_| abandoned())?;
         let Some(mut db) = self.readers.lock().await.pop() else { return Err(abandoned()) };
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            match f(&mut db).await {
+            let outcome = match consistency {
+                Consistency::Linearizable => self.on_confirmed_leader(&mut db, deadline, &f).await,
+                Consistency::Weak => f(&mut db).await,
+            };
+            match outcome {
                 Err(err) if attempt < attempts && lost_leader(&err) => {
                     tracing::debug!(error = %err, "read interrupted; trying again on the leader");
                     tokio::time::sleep(LEADER_POLL).await;
@@ -372,6 +402,40 @@ impl Db {
         self.readers.lock().await.push(db);
         self.metrics.record(&result);
         result
+    }
+
+    /// Runs `f` on the node that a majority of the voters names as leader, asked after this
+    /// call began; fails (with [`dqlite::Error::LeaderMoved`], which a read retries) if `f`
+    /// ended up on another node.
+    async fn on_confirmed_leader<T, F>(
+        &self,
+        db: &mut Database,
+        deadline: std::time::Instant,
+        f: &F,
+    ) -> Result<T, dqlite::Error>
+    where
+        F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
+    {
+        let leader = self.quorum.confirm(deadline).await?;
+        if db.connected_to().is_some_and(|node| node != leader) {
+            self.metrics.reads_redirected.inc();
+        }
+        db.connect_to(&leader).await?;
+        let value = f(db).await?;
+        match db.connected_to() {
+            Some(node) if node == leader => Ok(value),
+            other => {
+                let address = other.unwrap_or_default().to_owned();
+                db.disconnect();
+                self.metrics.reads_redirected.inc();
+                Err(dqlite::Error::LeaderMoved { address, leader })
+            }
+        }
+    }
+
+    /// Rounds of leader confirmation run for reads, and those that found no majority.
+    pub(crate) fn confirmation_rounds(&self) -> (u64, u64) {
+        self.quorum.rounds()
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot without the write lock).

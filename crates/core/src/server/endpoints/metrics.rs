@@ -55,6 +55,16 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
     out.family("microcluster_write_queue_depth", Kind::Gauge, "Write requests waiting in this member's write queue.");
     out.sample("microcluster_write_queue_depth", &[], runtime.as_ref().map_or(0, |r| r.db.queue_depth()));
     out.family(
+        "microcluster_read_confirmations_total",
+        Kind::Counter,
+        "Rounds in which this member asked every voter who leads before linearizable reads (one round serves every \
+         read waiting when it starts): a majority named the same leader (outcome=\"confirmed\"), or not \
+         (outcome=\"failed\", during an election or while a majority cannot be reached).",
+    );
+    let (rounds, failed) = runtime.as_ref().map_or((0, 0), |r| r.db.confirmation_rounds());
+    out.sample("microcluster_read_confirmations_total", &[("outcome", "confirmed")], rounds.saturating_sub(failed));
+    out.sample("microcluster_read_confirmations_total", &[("outcome", "failed")], failed);
+    out.family(
         "microcluster_checkpoint_threshold_frames",
         Kind::Gauge,
         "WAL frames at which this member's node checkpoints (1000 while it leads, 200 otherwise). Absent when \

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use dqlite::Value;
 use dqlite::sql::{self as sqltext, StatementKind};
 
-use crate::api::{SqlBatch, SqlDump, SqlQuery, SqlResult};
+use crate::api::{ReadConsistency, SqlBatch, SqlDump, SqlQuery, SqlResult};
 use crate::server::State;
-use crate::server::db::dump;
+use crate::server::db::{Consistency, dump};
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
 
 /// The most one statement may return through the API (the response is built in memory).
@@ -45,10 +45,11 @@ async fn statement(db: &mut impl Runner, sql: &str) -> dqlite::Result<SqlResult>
                 rows_affected: 0,
             })
         }
-        kind => {
+        _ => {
             let result = db.exec(sql).await?;
-            // SQLite reports the previous statement's count for BEGIN/COMMIT; they change no row.
-            let rows_affected = if kind == StatementKind::Transaction { 0 } else { result.rows_affected };
+            // SQLite's count is the last INSERT, UPDATE or DELETE's: any other statement would
+            // report the one before it.
+            let rows_affected = if sqltext::counts_changes(sql) { result.rows_affected } else { 0 };
             Ok(SqlResult {
                 kind: "exec".into(),
                 statement: sql.to_owned(),
@@ -86,8 +87,12 @@ impl Runner for dqlite::Transaction<'_> {
 
 async fn run(state: State, req: Request) -> HandlerResult {
     let query: SqlQuery = req.json()?;
+    let consistency = match query.consistency.unwrap_or_default() {
+        ReadConsistency::Linearizable => Consistency::Linearizable,
+        ReadConsistency::Weak => Consistency::Weak,
+    };
     if req.flag("stream") && streamable(&query.query) {
-        return stream(state, &query.query).await;
+        return stream(state, &query.query, consistency).await;
     }
     let statements: Vec<String> = sqltext::split_statements(&query.query).into_iter().map(str::to_owned).collect();
     if statements.is_empty() {
@@ -123,7 +128,7 @@ async fn run(state: State, req: Request) -> HandlerResult {
             // Reads take a pooled connection and never wait behind this member's writes.
             runtime
                 .db
-                .reading(|db| {
+                .reading_with(consistency, |db| {
                     let (statements, failed_at) = (statements.clone(), failed_at.clone());
                     Box::pin(async move { run_all(db, &statements, &failed_at).await })
                 })
@@ -145,7 +150,7 @@ async fn run(state: State, req: Request) -> HandlerResult {
                 .and_then(|outcome| outcome)
         } else if statements.len() == 1 {
             // One statement is atomic on its own and may be committed with other requests'.
-            run_all(&mut Queued(&runtime.db), &statements, &failed_at).await
+            run_all(&mut Queued(&runtime.db, consistency), &statements, &failed_at).await
         } else {
             runtime.db.transaction(move |tx| Box::pin(async move { run_all(tx, &statements, &failed_at).await })).await
         };
@@ -200,7 +205,7 @@ fn streamable(text: &str) -> bool {
     statements.len() == 1 && sqltext::classify(statements[0]) == StatementKind::Read
 }
 
-async fn stream(state: State, text: &str) -> HandlerResult {
+async fn stream(state: State, text: &str, consistency: Consistency) -> HandlerResult {
     let Some(sql) = sqltext::split_statements(text).first().copied() else {
         return Err(ApiError::bad_request("no SQL statement given"));
     };
@@ -214,7 +219,7 @@ async fn stream(state: State, text: &str) -> HandlerResult {
         let sender = chunks.clone();
         let outcome = runtime
             .db
-            .reading_once(move |db| {
+            .reading_once(consistency, move |db| {
                 let (sql, announce, sender) = (sql.clone(), announce.clone(), sender.clone());
                 Box::pin(async move { stream_rows(db, &sql, &announce, &sender).await })
             })
@@ -327,13 +332,14 @@ async fn forward_to_leader(
     }
 }
 
-/// The write queue, for a statement that needs no transaction of its own.
-struct Queued<'a>(&'a crate::server::db::Db);
+/// The write queue, for a statement that needs no transaction of its own (and the read pool,
+/// with this consistency, for a read).
+struct Queued<'a>(&'a crate::server::db::Db, Consistency);
 
 impl Runner for Queued<'_> {
     async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult> {
         self.0
-            .reading(|db| {
+            .reading_with(self.1, |db| {
                 let sql = sql.to_owned();
                 Box::pin(async move { db.query_limited(&sql, &[], RESULT_LIMITS).await })
             })
