@@ -222,6 +222,17 @@ pub(crate) fn copy_io(err: &io::Error) -> io::Error {
 }
 
 impl Error {
+    /// A FAILURE the server sent. RAFT_NOTLEADER comes with the text of the SQLite step before
+    /// it ("no more rows available"), which would only puzzle whoever reads it: it is replaced.
+    pub(crate) fn server(code: u64, message: String) -> Error {
+        let message = if code == RAFT_NOTLEADER && message == "no more rows available" {
+            "not leader: raft refused the write (leadership is being transferred)".to_owned()
+        } else {
+            message
+        };
+        Error::Server { code, message }
+    }
+
     /// The FAILURE code, if the server sent one.
     pub fn code(&self) -> Option<u64> {
         match self {
@@ -322,8 +333,9 @@ mod tests {
     #[test]
     fn raft_refusing_a_write_during_a_transfer_reads_as_not_leader() {
         let server = |code, message: &str| Error::Server { code, message: message.into() };
-        let refused = server(RAFT_NOTLEADER, "no more rows available");
+        let refused = Error::server(RAFT_NOTLEADER, "no more rows available".into());
         assert!(refused.is_not_leader() && !refused.is_statement_error() && !refused.is_ambiguous());
+        assert!(refused.to_string().contains("leadership is being transferred"), "{refused}");
         assert!(!server(RAFT_NOTLEADER, "out of memory").is_not_leader(), "SQLite's own NOMEM");
         assert!(server(SQLITE_IOERR_NOT_LEADER, "not leader").is_not_leader());
     }
