@@ -11,6 +11,7 @@ pub mod checker;
 pub mod disk;
 pub mod fuzzing;
 pub mod netns;
+pub mod powerfail;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
