@@ -412,10 +412,18 @@ impl Client {
     pub async fn sql_stream(
         &self,
         query: &str,
+        on_event: impl FnMut(SqlStreamEvent) -> bool,
+    ) -> Result<SqlStreamed, ClientError> {
+        self.sql_stream_with(SqlQuery::new(query), on_event).await
+    }
+
+    /// [`Client::sql_stream`] for a request with its own read consistency.
+    pub async fn sql_stream_with(
+        &self,
+        request: SqlQuery,
         mut on_event: impl FnMut(SqlStreamEvent) -> bool,
     ) -> Result<SqlStreamed, ClientError> {
-        let body =
-            serde_json::to_vec(&SqlQuery::new(query)).map_err(|e| self.decode(format!("encoding the request: {e}")))?;
+        let body = serde_json::to_vec(&request).map_err(|e| self.decode(format!("encoding the request: {e}")))?;
         let options = self.options(false, "application/json", MAX_RESPONSE);
         let path = format!("{}?stream=1", paths::INTERNAL_SQL);
         let open = tokio::time::timeout(
