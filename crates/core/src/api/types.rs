@@ -46,6 +46,10 @@ pub struct ServerStatus {
     /// Application schema version of this member's software.
     #[serde(default)]
     pub schema_external_version: u64,
+    /// This member's clock when it answered (RFC 3339; absent from older software), which
+    /// `doctor` compares with the other members'.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub time: String,
 }
 
 /// `POST /core/control/tokens`.
@@ -391,6 +395,21 @@ pub struct HeartbeatRequest {
     pub leader: String,
     /// Every member of the cluster.
     pub members: Vec<ClusterMemberLocal>,
+    /// Every member's clock offset from the cluster's time by name, as the leader measured it
+    /// (in an earlier round). Sent only to members whose answers carry their time: older
+    /// software refuses fields it does not know.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clocks: BTreeMap<String, ClockOffset>,
+}
+
+/// A member's clock minus the cluster's time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockOffset {
+    /// Nanoseconds; positive: ahead.
+    pub offset_ns: i64,
+    /// The true offset is within `offset_ns` ± this (half the measuring round trip and the
+    /// reference's own).
+    pub uncertainty_ns: u64,
 }
 
 /// A member's answer to a heartbeat: what it runs and how it is placed.
@@ -414,6 +433,10 @@ pub struct HeartbeatResponse {
     pub failure_domain: u64,
     /// Weight (lower is preferred for roles).
     pub weight: u64,
+    /// Its clock when it answered (RFC 3339; absent from older software): the leader measures
+    /// every member's offset from it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub time: String,
 }
 
 /// `POST /core/1.0/cluster/leader`: hand leadership over.
