@@ -168,6 +168,14 @@ pub struct ClusterMember {
     /// Whether it is the dqlite leader (as the answering member sees it).
     #[serde(default)]
     pub leader: bool,
+    /// Its clock minus the cluster's time (the median of the members' clocks), in seconds, as
+    /// the leader last measured it; absent while unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset: Option<f64>,
+    /// Whether that offset is beyond the bound (5 s) even at the near end of the measurement's
+    /// uncertainty; `status_reason` then says so and what to do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_skewed: bool,
 }
 
 /// `POST /core/internal/cluster`: a new member asks to join.
