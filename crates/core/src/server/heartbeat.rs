@@ -181,6 +181,9 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
                 answers.insert(address, answer);
             }
             Ok((address, Err(err), ..)) => {
+                // It may have been rolled back to software that refuses the offsets: the next
+                // round asks it without them, and its answer tells again.
+                state.0.clock.set_reader(&address, false);
                 tracing::debug!(member = address, error = %err, "no heartbeat answer")
             }
             Err(_) => {}
@@ -196,7 +199,7 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
 
     let roles_now: HashMap<String, Option<dqlite::Role>> = nodes.iter().map(|n| (n.address.clone(), n.role)).collect();
     let time = clock::format(state.0.clock.now());
-    let expired_before = state.0.clock.now() - tokens::KEPT_AFTER_EXPIRY;
+    let expired_before = state.0.clock.now().checked_sub(tokens::KEPT_AFTER_EXPIRY).unwrap_or(SystemTime::UNIX_EPOCH);
     let (answered, own_address) = (answers.keys().cloned().collect::<HashSet<_>>(), runtime.address.clone());
     let (seen, own) = (answered.clone(), own_address.clone());
     runtime

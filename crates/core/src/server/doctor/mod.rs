@@ -202,10 +202,14 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
         let client = state.member_client(&row.address)?.with_timeout(ASK_TIMEOUT);
         let name = row.name.clone();
         asks.spawn(async move {
-            let trust = client.truststore().await;
-            let (sent, start) = (SystemTime::now(), Instant::now());
-            let time = client.status().await.ok().and_then(|s| humantime::parse_rfc3339_weak(&s.time).ok());
-            (name, trust, time.map(|t| Sample::measure(sent, start.elapsed(), t)))
+            let time = async {
+                let (sent, start) = (SystemTime::now(), Instant::now());
+                let status = client.status().await.ok()?;
+                let time = humantime::parse_rfc3339_weak(&status.time).ok()?;
+                Some(Sample::measure(sent, start.elapsed(), time))
+            };
+            let (trust, sample) = tokio::join!(client.truststore(), time);
+            (name, trust, sample)
         });
     }
     let mut answers = BTreeMap::new();
