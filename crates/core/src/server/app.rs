@@ -268,6 +268,7 @@ impl App {
             epoch: AtomicU64::new(0),
             core_routes: Arc::new(Routes::new(&shared)),
             metrics: Arc::default(),
+            clock: Default::default(),
         });
         let state = State(daemon);
         let socket = state.0.dir.socket();

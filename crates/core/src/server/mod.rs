@@ -3,6 +3,7 @@
 
 mod app;
 mod backup;
+pub(crate) mod clock;
 pub(crate) mod db;
 mod disk;
 mod doctor;

@@ -55,6 +55,8 @@ pub(crate) struct Daemon {
     pub(crate) core_routes: Arc<Routes>,
     /// What `GET /core/1.0/metrics` reports (shared with the database's tasks).
     pub(crate) metrics: Arc<super::metrics::Metrics>,
+    /// The cluster's time, which every time stamped into or judged from the database uses.
+    pub(crate) clock: super::clock::Clock,
 }
 
 /// A handle on the daemon, given to endpoint handlers and hooks; cheap to clone.

@@ -536,7 +536,9 @@ async fn watch_leader(client: Client, own_address: String, watch: Watch, metrics
     }
 }
 
-/// The current time as stored in the database (RFC 3339, UTC, nanoseconds).
+/// This member's own clock, as the database stores times (RFC 3339, UTC, nanoseconds). Only
+/// for what no other member compares, or a member that cannot know its offset yet: anything
+/// judged across members uses the cluster's time (`State`'s `clock`, see `server::clock`).
 pub(crate) fn now() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }

@@ -1,10 +1,13 @@
 //! `microctl doctor`: the dqlite leader compares the three descriptions of the membership
 //! (dqlite's configuration, `core_cluster_members`, every member's trust store) and repairs
 //! the drift it can prove; everything else is reported as a PROBLEM with the command to run.
+//! It also reads every member's clock: one off the others' (their median) by more than
+//! [`SKEW_BOUND`] is a PROBLEM naming the member and the fix (its host's time
+//! synchronisation), which nothing here can repair.
 //!
 //! [`gather`] reads the configuration and the rows on the leader and asks every other member
-//! for its trust store at once, with a short deadline: a member that does not answer is
-//! reported, never guessed at. [`plan`](mod@plan) is pure: each check yields results, some carrying a
+//! for its trust store and its time at once, with a short deadline: a member that does not
+//! answer is reported, never guessed at. [`plan`](mod@plan) is pure: each check yields results, some carrying a
 //! repair. [`apply`] runs the repairs when asked, the database first, then dqlite, then the
 //! trust stores. The rules: dqlite is the truth for roles and for who takes part in the
 //! database; the table is the truth for who is a member, with which address and certificate;
@@ -12,11 +15,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use dqlite::{NodeInfo, Role};
 use hyper::StatusCode;
 
+use super::clock::{self, Offset, SKEW_BOUND, Sample};
 use super::db::{self, members};
 use super::membership::{retry_config_change, role_name};
 use super::rest::ApiError;
@@ -50,6 +54,8 @@ mod check {
     pub(super) const LEADER_TRUST: &str = "leader-trust-store";
     /// Node ids and addresses are unique.
     pub(super) const UNIQUE: &str = "unique";
+    /// The member's clock is within the bound of the cluster's time.
+    pub(super) const CLOCK: &str = "clock";
 }
 
 /// A row of `core_cluster_members`, as the checks need it.
@@ -93,6 +99,9 @@ struct View {
     leader_trust: Vec<Trusted>,
     /// Every other member's answer, by name.
     answers: BTreeMap<String, Answer>,
+    /// Every member's clock offset from the cluster's time, of those that told their time
+    /// (`None`: too few did to tell whose clock is off).
+    clocks: Option<BTreeMap<String, Offset>>,
 }
 
 /// Whose trust store a repair changes.
@@ -192,25 +201,41 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
     for row in &others {
         let client = state.member_client(&row.address)?.with_timeout(ASK_TIMEOUT);
         let name = row.name.clone();
-        asks.spawn(async move { (name, client.truststore().await) });
+        asks.spawn(async move {
+            let time = async {
+                let (sent, start) = (SystemTime::now(), Instant::now());
+                let status = client.status().await.ok()?;
+                let time = humantime::parse_rfc3339_weak(&status.time).ok()?;
+                Some(Sample::measure(sent, start.elapsed(), time))
+            };
+            let (trust, sample) = tokio::join!(client.truststore(), time);
+            (name, trust, sample)
+        });
     }
     let mut answers = BTreeMap::new();
+    let mut samples = BTreeMap::from([(state.name(), Sample::LEADER)]);
     while let Some(joined) = asks.join_next().await {
-        if let Ok((name, result)) = joined {
+        if let Ok((name, result, sample)) = joined {
+            if let Some(sample) = sample {
+                samples.insert(name.clone(), sample);
+            }
             answers.insert(name, answer(result));
         }
     }
+    let clocks = clock::offsets(&samples, rows.len());
     for row in others {
         answers.entry(row.name.clone()).or_insert_with(|| Answer::Failed("the request was lost".into()));
     }
 
-    let now = SystemTime::now();
+    let (now, local_now) = (state.0.clock.now(), SystemTime::now());
     let trust_dir = state.0.dir.truststore_dir();
     let rows = rows
         .into_iter()
         .map(|r| Row {
             fingerprint: tls::fingerprint_pem(&r.certificate).unwrap_or_default(),
-            pending_for: (r.role == role::PENDING).then(|| member_for(&r, &snapshot, &trust_dir, now)).flatten(),
+            pending_for: (r.role == role::PENDING)
+                .then(|| member_for(&r, &snapshot, &trust_dir, now, local_now))
+                .flatten(),
             role: r.role,
             member: ClusterMemberLocal { name: r.name, address: r.address, certificate: r.certificate },
         })
@@ -223,7 +248,15 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
             fingerprint: e.fingerprint.clone(),
         })
         .collect();
-    Ok(View { leader: state.name(), leader_address: runtime.address.clone(), nodes, rows, leader_trust, answers })
+    Ok(View {
+        leader: state.name(),
+        leader_address: runtime.address.clone(),
+        nodes,
+        rows,
+        leader_trust,
+        answers,
+        clocks,
+    })
 }
 
 fn answer(result: Result<Vec<ClusterMemberLocal>, ClientError>) -> Answer {
@@ -245,14 +278,21 @@ fn answer(result: Result<Vec<ClusterMemberLocal>, ClientError>) -> Answer {
 }
 
 /// How long a PENDING row's member has at least been admitted. Both clues are written at or
-/// after its admission, so each is a lower bound: its last heartbeat answer, and when this
-/// member started trusting it with the row's certificate (its trust store file).
-fn member_for(row: &members::MemberRow, trusted: &Members, dir: &Path, now: SystemTime) -> Option<Duration> {
-    let since = |t: SystemTime| now.duration_since(t).ok();
+/// after its admission, so each is a lower bound: its last heartbeat answer (in the cluster's
+/// time, `now`), and when this member started trusting it with the row's certificate (its trust
+/// store file, by this member's own clock, `local_now`).
+fn member_for(
+    row: &members::MemberRow,
+    trusted: &Members,
+    dir: &Path,
+    now: SystemTime,
+    local_now: SystemTime,
+) -> Option<Duration> {
     let heartbeat = (row.heartbeat != db::ZERO_TIME)
         .then(|| humantime::parse_rfc3339_weak(&row.heartbeat).ok())
         .flatten()
-        .and_then(since);
+        .and_then(|t| now.duration_since(t).ok());
+    let since = |t: SystemTime| local_now.duration_since(t).ok();
     let trust = trusted
         .by_name(&row.name)
         .filter(|e| e.member.address == row.address && e.member.certificate == row.certificate)

@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use std::time::SystemTime;
-
 use hyper::StatusCode;
 
 use crate::api::{
@@ -68,10 +66,11 @@ fn status_of(
             (status::NOT_TRUSTED, format!("it does not present this cluster's certificate: {err}"))
         }
         Err(err @ ClientError::Timeout { .. }) => {
-            // Black-holed or just slow: the leader's last heartbeat tells which.
+            // Black-holed or just slow: the leader's last heartbeat tells which, both times in the
+            // cluster's time (the leader's clock and this member's may be days apart).
             let age = humantime::parse_rfc3339_weak(&row.heartbeat)
                 .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok());
+                .and_then(|t| state.0.clock.now().duration_since(t).ok());
             let fresh = state.0.settings.heartbeat * 2 + Duration::from_secs(1);
             match age {
                 Some(age) if age <= fresh => {
@@ -111,6 +110,7 @@ async fn list(state: State, _req: Request) -> HandlerResult {
     while let Some(Ok((name, result))) = probes.join_next().await {
         answers.insert(name, result);
     }
+    let clocks = crate::server::heartbeat::clock_offsets(&state);
     // The newest software any member runs: members behind it need an upgrade.
     let newest = rows.iter().map(|r| (r.schema_internal, r.schema_external, r.api_extensions.len())).max();
     let members: Vec<ClusterMember> = rows
@@ -135,6 +135,11 @@ async fn list(state: State, _req: Request) -> HandlerResult {
                     row.api_extensions.len()
                 );
             }
+            let clock = clocks.get(&row.name);
+            let clock_skewed = clock.is_some_and(|c| c.skewed());
+            if let Some(warning) = clock.filter(|c| c.skewed()).map(|c| c.warning(&row.name)) {
+                reason = if reason.is_empty() { warning } else { format!("{reason}; {warning}") };
+            }
             let is_leader = leader.as_deref() == Some(row.address.as_str());
             ClusterMember {
                 fingerprint: crate::tls::fingerprint_pem(&row.certificate).unwrap_or_default(),
@@ -147,6 +152,8 @@ async fn list(state: State, _req: Request) -> HandlerResult {
                 status_reason: reason,
                 extensions: row.api_extensions,
                 leader: is_leader,
+                clock_offset: clock.map(|c| c.seconds()),
+                clock_skewed,
             }
         })
         .collect();

@@ -22,6 +22,7 @@ async fn status(state: State, _req: Request) -> HandlerResult {
         status: state.database_status_text(),
         schema_internal_version: state.0.settings.internal_schema.len() as u64,
         schema_external_version: state.0.settings.external_schema.len() as u64,
+        time: crate::server::clock::format(std::time::SystemTime::now()),
     })
 }
 

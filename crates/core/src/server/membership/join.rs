@@ -242,6 +242,8 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
     row.name = request.name.clone();
     row.address = request.address.clone();
     let secret = request.secret.clone();
+    // The cluster's time, as the token's expiry was stamped (this leader's clock may be off).
+    let now = state.0.clock.now();
     let refused = runtime
         .db
         .transaction(move |tx| {
@@ -257,7 +259,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
                         "invalid join token: no valid token was issued for this name (it may have been used or revoked)",
                     )));
                 };
-                if token.is_expired(std::time::SystemTime::now()) {
+                if token.is_expired(now) {
                     return Ok(Some(ApiError::forbidden("the join token has expired; issue a new one")));
                 }
                 members::insert(tx, &row).await?;
