@@ -10,6 +10,7 @@
 pub mod checker;
 pub mod disk;
 pub mod fuzzing;
+pub mod invariants;
 pub mod netns;
 pub mod powerfail;
 
@@ -417,5 +418,23 @@ impl Cluster {
     /// Member `i`.
     pub fn member(&self, i: usize) -> &Member {
         &self.members[i]
+    }
+
+    /// The member that leads, as the first member that answers sees it (waiting through an
+    /// election); members in `except` are not asked (frozen, killed).
+    pub fn leader_except(&self, except: &[usize]) -> usize {
+        wait_until("a known leader", Duration::from_secs(60), || {
+            self.members.iter().enumerate().filter(|(i, _)| !except.contains(i)).find_map(|(_, m)| {
+                let out = m.ctl(&["cluster", "list", "--format", "json"]);
+                let members: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+                let name = members.iter().find(|m| m["leader"] == true)?["name"].as_str()?.to_owned();
+                self.members.iter().position(|m| m.name == name)
+            })
+        })
+    }
+
+    /// The member that leads (see [`Cluster::leader_except`]).
+    pub fn leader(&self) -> usize {
+        self.leader_except(&[])
     }
 }

@@ -25,17 +25,6 @@ fn row(observer: &Member, name: &str) -> serde_json::Value {
     observer.member(name)
 }
 
-fn leader(cluster: &Cluster, except: &[usize]) -> usize {
-    wait_until("a known leader", Duration::from_secs(60), || {
-        cluster.members.iter().enumerate().filter(|(i, _)| !except.contains(i)).find_map(|(_, m)| {
-            let out = m.ctl(&["cluster", "list", "--format", "json"]);
-            let members: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
-            let name = members.iter().find(|m| m["leader"] == true)?["name"].as_str()?.to_owned();
-            cluster.members.iter().position(|m| m.name == name)
-        })
-    })
-}
-
 #[test]
 fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_returns() {
     let disk = match LoopDisk::ext4(64) {
@@ -102,7 +91,7 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
     });
     eprintln!("m4 votes in m3's place {:.1} s after the fill", filled.elapsed().as_secs_f64());
     // Losing the leader now costs no more than usual: the voters that can persist go on.
-    let victim = leader(&cluster, &[m3]);
+    let victim = cluster.leader_except(&[m3]);
     assert_ne!(victim, m3);
     cluster.members[victim].kill();
     let outage = writes_flow(&checker, 50, Duration::from_secs(60));

@@ -163,6 +163,12 @@ async fn measure(side: &Side, cfg: &Config, full: bool) -> Result<Figures, Error
     }
     f.insert("seq_read_p50".into(), reads.p(0.5));
     f.insert("seq_read_rate".into(), reads.rate());
+    if api == Api::Ours {
+        // The same reads without confirming the leader with the voters (dqlite-demo's guarantee).
+        let weak = seq(read_workload(Api::OursWeak, cfg.ops)).await?;
+        f.insert("seq_read_weak_p50".into(), weak.p(0.5));
+        f.insert("seq_read_weak_rate".into(), weak.rate());
+    }
     let mut runs: Vec<(&str, usize, &[Endpoint], &'static str)> = vec![("w16", 16, leader, "c")];
     if full {
         runs.insert(0, ("w4", 4, leader, "b"));
@@ -322,6 +328,8 @@ async fn main() -> Result<(), Error> {
             row("sequential writes", "op/s", "seq_write_rate", &s, None),
             row("sequential point read p50", "ms", "seq_read_p50", &s, None),
             row("sequential point reads", "op/s", "seq_read_rate", &s, Some(Target::RatioAtLeast(1.5))),
+            row("sequential point read p50, weak reads", "ms", "seq_read_weak_p50", &s, None),
+            row("sequential point reads, weak reads", "op/s", "seq_read_weak_rate", &s, None),
             row(&w(4), "op/s", "w4_rate", &s, None),
             row("4 writers: failed requests", "%", "w4_error_pct", &s, None),
             row("4 writers: p50", "ms", "w4_p50", &s, None),
