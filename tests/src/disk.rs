@@ -41,7 +41,7 @@ impl LoopDisk {
         let device = run("losetup", &["--find", "--show", image_arg])?;
         let path = tmp.path().join("mnt");
         std::fs::create_dir(&path).map_err(|e| e.to_string())?;
-        if let Err(err) = run("mount", &[&device, path.to_str().unwrap_or_default()]) {
+        if let Err(err) = run("mount", &["-o", "errors=remount-ro", &device, path.to_str().unwrap_or_default()]) {
             let _ = run("losetup", &["-d", &device]);
             return Err(err);
         }
@@ -86,6 +86,35 @@ impl LoopDisk {
             let _ = std::fs::remove_file(&file);
             let _ = run("sync", &[&self.path.to_string_lossy()]);
         }
+    }
+
+    /// Makes ext4 record an error, as a failing disk does: mounted with `errors=remount-ro`,
+    /// the file system turns read-only at once under whatever has files open on it, until it
+    /// is unmounted and checked ([`LoopDisk::repair`]).
+    pub fn fail(&self) -> Result<(), String> {
+        let device = self.device.rsplit('/').next().unwrap_or_default();
+        std::fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "1")
+            .map_err(|e| format!("triggering an ext4 error on {device}: {e}"))
+    }
+
+    /// Unmounts, checks (`e2fsck -fy`) and mounts again, as an operator does after an error;
+    /// nothing may have it open.
+    pub fn repair(&self) -> Result<(), String> {
+        let path = self.path.to_str().unwrap_or_default();
+        let mut last = String::new();
+        // A check that leaves an error behind gets the mount read-only again: check once more.
+        for _ in 0..3 {
+            run("umount", &[path])?;
+            // e2fsck exits 1 when it fixed something: that is success here.
+            let _ = Command::new("e2fsck").args(["-fy", &self.device]).output().map_err(|e| e.to_string())?;
+            run("mount", &["-o", "errors=remount-ro", &self.device, path])?;
+            let probe = self.path.join(".repaired");
+            match std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
+                Ok(()) => return Ok(()),
+                Err(err) => last = err.to_string(),
+            }
+        }
+        Err(format!("{path} is still not writable after three checks: {last}"))
     }
 
     /// Where the file system is mounted.

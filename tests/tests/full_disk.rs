@@ -2,7 +2,9 @@
 //! fills up while the cluster writes. libraft stops writing the member's log once it cannot
 //! create its next segment, and never tries again by itself: the member must say so at once,
 //! lose its vote to another member, and resume when space returns; nothing acknowledged may be
-//! lost. Needs root (loop devices, mount); elsewhere it says why and passes.
+//! lost. Then the disk fails (ext4 records an error and turns read-only): the member says so
+//! too, and starts again once the operator checked the file system. Needs root (loop devices,
+//! mount); elsewhere it says why and passes.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -121,6 +123,25 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
     eprintln!("m3's node restarted {restarts} times");
     assert!(!stuck || restarts >= 1, "raft on m3 had stopped, and its node was not restarted");
     assert_eq!(cluster.members[m3].metric("microcluster_raft_log_writable "), 1);
+    writes_flow(&checker, 100, Duration::from_secs(60));
+
+    // The disk fails (ext4 records an error and turns read-only under the running member): the
+    // same, until the operator stops the member, checks the file system and starts it again.
+    disk.fail().unwrap();
+    let read_only = wait_until("m3 DEGRADED on a failed disk", Duration::from_secs(60), || {
+        let r = row(&cluster.members[observer], "m3");
+        (r["status"] == "DEGRADED").then_some(r)
+    });
+    eprintln!("m3 on a failed disk: {}", read_only["status_reason"]);
+    assert!(read_only["status_reason"].as_str().unwrap().contains("Read-only file system"), "{read_only}");
+    writes_flow(&checker, 100, Duration::from_secs(60));
+    cluster.members[m3].signal("TERM");
+    assert!(cluster.members[m3].wait_exit(Duration::from_secs(30)).is_some(), "m3 did not stop");
+    disk.repair().unwrap();
+    cluster.members[m3].start();
+    wait_until("m3 ONLINE after the repair", Duration::from_secs(90), || {
+        (row(&cluster.members[observer], "m3")["status"] == "ONLINE").then_some(())
+    });
     writes_flow(&checker, 100, Duration::from_secs(60));
     let history = checker.stop();
 
