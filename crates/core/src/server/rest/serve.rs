@@ -21,14 +21,12 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::limits::{AcceptErrors, BodyTimeout, Closed, GapLimited, Gate, Permit, RequestGuard, Share, Wire};
 use super::repoll::Repoll;
 use super::router::{Match, parse_query};
 use super::{ApiError, HandlerResult, Request, Response, ResponseKind, Routes, Trust};
 use crate::api::Envelope;
 use crate::server::State;
-
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every response body: a whole one, or chunks streamed from a channel.
 type Body = BoxBody<Bytes, Infallible>;
@@ -45,6 +43,33 @@ impl hyper::body::Body for ChannelBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
+
+/// A response body that holds its request's [`RequestGuard`] until hyper is done with it, so
+/// the connection counts as busy while a response streams out.
+struct Guarded {
+    body: Body,
+    _request: RequestGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -132,38 +157,63 @@ impl Listener {
     }
 }
 
+/// Waits out a failed accept (or the stop signal); `false` if the listener is to stop.
+async fn pause_after(
+    err: &std::io::Error,
+    errors: &mut AcceptErrors,
+    gate: &Gate,
+    signal: &mut ShutdownSignal,
+) -> bool {
+    let pause = errors.failed(err, &gate.metrics);
+    tokio::select! {
+        () = tokio::time::sleep(pause) => true,
+        () = signal.fired() => false,
+    }
+}
+
 async fn accept_unix(listener: UnixListener, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal) {
+    let gate = Gate::unix(state.0.settings.connections, state.0.metrics.clone());
+    let mut errors = AcceptErrors::new("the control socket");
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
-                    tracing::warn!(error = %err, "accepting on the control socket");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if !pause_after(&err, &mut errors, &gate, &mut signal).await {
+                        return;
+                    }
                     continue;
                 }
             },
-            _ = signal.fired() => return,
+            () = signal.fired() => return,
         };
-        tokio::spawn(serve_connection(stream, Peer::Unix, state.clone(), routes.clone(), signal.clone()));
+        errors.succeeded();
+        // Full of busy requests: closed at once (dropped), so the client learns it now.
+        let Ok(permit) = gate.admit(Share::Members) else { continue };
+        tokio::spawn(serve_connection(stream, Peer::Unix, state.clone(), routes.clone(), signal.clone(), permit));
     }
 }
 
 async fn accept_plain(listener: TcpListener, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal) {
+    let gate = Gate::plain(state.0.settings.connections, state.0.metrics.clone());
+    let mut errors = AcceptErrors::new("an HTTP listener");
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
                 Err(err) => {
-                    tracing::warn!(error = %err, "accepting a TCP connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if !pause_after(&err, &mut errors, &gate, &mut signal).await {
+                        return;
+                    }
                     continue;
                 }
             },
-            _ = signal.fired() => return,
+            () = signal.fired() => return,
         };
+        errors.succeeded();
+        let Ok(permit) = gate.admit(Share::Strangers) else { continue };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(tcp, Peer::Tls(None), state.clone(), routes.clone(), signal.clone()));
+        tokio::spawn(serve_connection(tcp, Peer::Tls(None), state.clone(), routes.clone(), signal.clone(), permit));
     }
 }
 
@@ -174,54 +224,85 @@ async fn accept_tls(
     routes: Arc<Routes>,
     mut signal: ShutdownSignal,
 ) {
+    let gate = Gate::tls(state.0.settings.connections, state.0.metrics.clone());
+    let mut errors = AcceptErrors::new("an HTTPS listener");
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
-                    tracing::warn!(error = %err, "accepting a TCP connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if !pause_after(&err, &mut errors, &gate, &mut signal).await {
+                        return;
+                    }
                     continue;
                 }
             },
-            _ = signal.fired() => return,
+            () = signal.fired() => return,
         };
+        errors.succeeded();
+        // Everyone is a stranger until the handshake shows a trusted certificate.
+        let Ok(permit) = gate.admit(Share::Strangers) else { continue };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, state, routes, signal) = (acceptor.clone(), state.clone(), routes.clone(), signal.clone());
+        let (acceptor, state, routes, signal, gate) =
+            (acceptor.clone(), state.clone(), routes.clone(), signal.clone(), gate.clone());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    tracing::debug!(%remote, error = %err, "TLS handshake failed");
+            let handshake = tokio::select! {
+                result = acceptor.accept(tcp) => result,
+                () = tokio::time::sleep(gate.limits.header_timeout) => {
+                    tracing::trace!(%remote, "TLS handshake timed out");
+                    gate.metrics.connection_closed(Closed::Handshake.label());
                     return;
                 }
-                Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out");
+                () = permit.conn().evicted() => return,
+            };
+            let stream = match handshake {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::debug!(%remote, error = %err, "TLS handshake failed");
                     return;
                 }
             };
             let fingerprint =
                 stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::fingerprint(c));
-            serve_connection(stream, Peer::Tls(fingerprint), state, routes, signal).await;
+            let member = fingerprint.as_deref().is_some_and(|fp| state.trusted_member(fp).is_some());
+            if member && gate.promote(&permit).is_err() {
+                return;
+            }
+            serve_connection(stream, Peer::Tls(fingerprint), state, routes, signal, permit).await;
         });
     }
 }
 
-async fn serve_connection<S>(io: S, peer: Peer, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal)
-where
+async fn serve_connection<S>(
+    io: S,
+    peer: Peer,
+    state: State,
+    routes: Arc<Routes>,
+    mut signal: ShutdownSignal,
+    permit: Permit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (tracked, gate) = (permit.conn().clone(), permit.gate().clone());
     // A permit once the connection's first request has started.
     let started = Arc::new(tokio::sync::Notify::new());
     let service = service_fn({
-        let started = started.clone();
+        let (started, tracked) = (started.clone(), tracked.clone());
         move |req| {
             started.notify_one();
+            let request = tracked.request();
             let (state, routes, peer) = (state.clone(), routes.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(dispatch(state, &routes, peer, req).await) }
+            async move {
+                let response = dispatch(state, &routes, peer, req).await;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    request.upgraded();
+                }
+                Ok::<_, Infallible>(response.map(|body| Guarded { body, _request: request }))
+            }
         }
     });
-    let mut conn = Repoll::new(http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades());
+    let io = TokioIo::new(Wire::new(io, permit));
+    let mut conn = Repoll::new(http1::Builder::new().serve_connection(io, service).with_upgrades());
     let ended = |result: Result<(), hyper::Error>| {
         if let Err(err) = result {
             tracing::debug!(error = %err, "connection ended with an error");
@@ -229,7 +310,12 @@ where
     };
     tokio::select! {
         result = &mut conn => ended(result),
-        _ = signal.fired() => {
+        closed = tracked.watchdog(&gate.limits) => {
+            // Dropping the connection closes it; an upgraded one has left hyper already.
+            tracing::trace!(reason = closed.label(), "closing a connection");
+            gate.metrics.connection_closed(closed.label());
+        }
+        () = signal.fired() => {
             // hyper closes a connection that has not started a request at once, although a
             // client that connected just before the stop has most likely sent one already:
             // it would get no answer at all. Give it a moment to be read (and answered 503).
@@ -303,9 +389,20 @@ async fn handle<'r>(
         state.require_database()?;
     }
     let limit = action.max_body;
-    let body = Limited::new(body, limit).collect().await.map_err(|e| {
+    // Refused before a byte of it is read, however slowly it would come.
+    let declared = hyper::body::Body::size_hint(&body).lower();
+    if declared > u64::try_from(limit).unwrap_or(u64::MAX) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {declared} bytes: this endpoint accepts at most {limit}"),
+        ));
+    }
+    let gap = state.0.settings.connections.idle_timeout;
+    let body = Limited::new(GapLimited::new(body, gap), limit).collect().await.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {limit} bytes"))
+        } else if let Some(timeout) = e.downcast_ref::<BodyTimeout>() {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, timeout.to_string())
         } else {
             ApiError::bad_request(format!("reading the request body: {e}"))
         }
