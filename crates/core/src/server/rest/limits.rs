@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -184,6 +184,8 @@ pub(crate) struct Conn {
     head_since: AtomicU64,
     /// Milliseconds after `opened` that the last request ended.
     idle_since: AtomicU64,
+    /// Whether the client ever sent a byte (a TLS client sends its hello at once).
+    heard: AtomicBool,
     evicted: Notify,
 }
 
@@ -194,6 +196,7 @@ impl Conn {
             busy: AtomicU32::new(0),
             head_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
+            heard: AtomicBool::new(false),
             evicted: Notify::new(),
         }
     }
@@ -206,8 +209,16 @@ impl Conn {
         self.busy.load(Ordering::Acquire) == 0
     }
 
+    /// The client sent something (see [`Heard`]).
+    fn heard(&self) {
+        if !self.heard.load(Ordering::Relaxed) {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Bytes came in: the start of a head if no request is in service or being read.
     fn bytes_arrived(&self) {
+        self.heard();
         if self.busy.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == NO_HEAD {
             let now = self.now_ms();
             let _ = self.head_since.compare_exchange(NO_HEAD, now, Ordering::AcqRel, Ordering::Relaxed);
@@ -309,7 +320,10 @@ impl Pool {
         if self.conns.len() < self.max {
             return Ok(None);
         }
-        let idle = self.conns.iter().find(|(_, c)| c.is_idle());
+        // Connections that never sent a byte go first: a flood of bare TCP connections must
+        // not push out a member whose handshake is under way (it sent its hello at once).
+        let silent = || self.conns.iter().find(|(_, c)| c.is_idle() && !c.heard.load(Ordering::Relaxed));
+        let idle = silent().or_else(|| self.conns.iter().find(|(_, c)| c.is_idle()));
         // A tunnel (upgraded) is served by its own task: closing is not ours to do.
         let busy = || self.conns.iter().find(|(_, c)| c.busy.load(Ordering::Acquire) < UPGRADED);
         let victim = idle.or_else(|| if self.evict_busy { busy() } else { None }).map(|(id, _)| *id);
@@ -674,6 +688,58 @@ impl AcceptErrors {
     }
 }
 
+/// A TLS connection's TCP stream, below TLS: notes that the client sent something, so that
+/// a handshake under way is told from a connection that never said a word.
+#[derive(Debug)]
+pub(crate) struct Heard<S> {
+    io: S,
+    conn: Arc<Conn>,
+}
+
+impl<S> Heard<S> {
+    pub(crate) fn new(io: S, conn: Arc<Conn>) -> Heard<S> {
+        Heard { io, conn }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.conn.heard();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Heard<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// A request body that fails when the client pauses longer than `gap` between two parts, so a
 /// client that declared a body and sends it a byte a minute does not hold its request forever.
 /// Most bodies arrive with their head: the timer starts only once the client keeps us waiting.
@@ -797,6 +863,17 @@ mod tests {
         let _late = gate.admit(Share::Strangers).unwrap();
         assert!(evicted(strangers[0].conn()));
         assert_eq!(gate.metrics.connections_closed.with(&["evicted"]).get(), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_that_never_spoke_go_before_a_handshake_under_way() {
+        let gate = Gate::tls(small(3, 6), Arc::default());
+        let member = gate.admit(Share::Strangers).unwrap();
+        member.conn().heard();
+        let silent: Vec<_> = (0..2).map(|_| gate.admit(Share::Strangers).unwrap()).collect();
+        // The member is the oldest, but it spoke: the silent ones go first, oldest first.
+        let _new = gate.admit(Share::Strangers).unwrap();
+        assert!(evicted(silent[0].conn()) && !evicted(member.conn()));
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::limits::{AcceptErrors, BodyTimeout, Closed, GapLimited, Gate, Permit, RequestGuard, Share, Wire};
+use super::limits::{AcceptErrors, BodyTimeout, Closed, GapLimited, Gate, Heard, Permit, RequestGuard, Share, Wire};
 use super::repoll::Repoll;
 use super::router::{Match, parse_query};
 use super::{ApiError, HandlerResult, Request, Response, ResponseKind, Routes, Trust};
@@ -247,7 +247,7 @@ async fn accept_tls(
             (acceptor.clone(), state.clone(), routes.clone(), signal.clone(), gate.clone());
         tokio::spawn(async move {
             let handshake = tokio::select! {
-                result = acceptor.accept(tcp) => result,
+                result = acceptor.accept(Heard::new(tcp, permit.conn().clone())) => result,
                 () = tokio::time::sleep(gate.limits.header_timeout) => {
                     tracing::trace!(%remote, "TLS handshake timed out");
                     gate.metrics.connection_closed(Closed::Handshake.label());
