@@ -263,8 +263,16 @@ fn quick_timeouts(member: &mut Member) {
 async fn strangers_that_finish_the_handshake_and_wait_are_closed_while_members_work() {
     use tokio::io::AsyncReadExt;
     assert!(allow_own_files(4096) >= 2048, "this test needs 2048 open files");
-    let cluster = tokio::task::spawn_blocking(|| {
-        let cluster = Cluster::start_with(3, quick_timeouts);
+    let scripts = tempfile::tempdir().unwrap();
+    // The leader has systemd's default 1024 files: 1000 strangers would take most of them.
+    let limited = limited_microd(scripts.path(), 1024, 1024);
+    let cluster = tokio::task::spawn_blocking(move || {
+        let cluster = Cluster::start_with(3, |m| {
+            quick_timeouts(m);
+            if m.name == "m1" {
+                m.binary = Some(limited.clone());
+            }
+        });
         cluster.members[0].bootstrap();
         cluster.join(1, 0);
         cluster.join(2, 0);
@@ -278,10 +286,14 @@ async fn strangers_that_finish_the_handshake_and_wait_are_closed_while_members_w
     let connector = stranger_tls(&m1.dir);
     let server_name = tls::server_name(&m1.address);
 
-    // 1000 strangers handshake with the leader (64 at a time) and then say nothing; each
-    // notes how long after its handshake the member closed it.
+    // 1000 strangers handshake with the leader (16 at a time) and then say nothing; each
+    // notes how long after its handshake the member closed it (at once when the strangers'
+    // share of 72 is full and it is the oldest waiting, else at the header timeout). More at
+    // a time would measure something else: handshakes saturating this machine's two cores
+    // (debug builds), where a member's handshake waits behind theirs and 72 newer arrivals
+    // push it out (docs/reliability.md, known gap).
     let started = Instant::now();
-    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
     let mut strangers = tokio::task::JoinSet::new();
     for _ in 0..1000 {
         let (connector, server_name, address, limit) =
@@ -329,9 +341,11 @@ async fn strangers_that_finish_the_handshake_and_wait_are_closed_while_members_w
         }
     }
     let (rounds, worst) = work.await.unwrap();
+    let open_files = std::fs::read_dir(format!("/proc/{}/fd", cluster.members[0].pid().unwrap())).unwrap().count();
+    assert_eq!(emfile_lines(&cluster.members[0].log()), 0, "m1 ran out of descriptors");
     eprintln!(
-        "{handshaken} strangers handshook in {:?}; the longest was held {longest:?} after its handshake; \
-         {rounds} rounds of member writes, slowest {worst:?}",
+        "{handshaken} strangers handshook with m1 (1024 files) in {:?}; the longest was held {longest:?} after its \
+         handshake; {rounds} rounds of member writes, slowest {worst:?}; m1 holds {open_files} descriptors after",
         started.elapsed()
     );
     assert!(handshaken >= 900, "only {handshaken} of 1000 strangers completed their handshake");

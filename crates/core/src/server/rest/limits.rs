@@ -9,9 +9,10 @@
 //!
 //! A fresh TCP connection cannot be told from a member's until its TLS handshake is over, so
 //! every connection starts in the listener's *strangers'* share (a quarter of its cap). When
-//! that share is full, the oldest stranger is closed to make room: a member's new connection
-//! is the newest, and needs only its handshake's few milliseconds to move into the *members'*
-//! share, so no number of idle strangers keeps it out. Connections whose certificate is not in
+//! that share is full, the oldest of them is closed to make room, silent ones first (see
+//! [`Rank`]): a member's new connection is the newest, sends its TLS hello at once and needs
+//! only its handshake's few milliseconds to move into the *members'* share, so no number of
+//! idle strangers keeps it out. Connections whose certificate is not in
 //! the trust store stay strangers. The members' share (and the control socket, where every
 //! client passed the socket's permissions) closes an idle connection to make room, and refuses
 //! the new one only when all are in the middle of a request.
@@ -186,6 +187,8 @@ pub(crate) struct Conn {
     idle_since: AtomicU64,
     /// Whether the client ever sent a byte (a TLS client sends its hello at once).
     heard: AtomicBool,
+    /// Whether its TLS handshake is over (from the start without TLS).
+    established: AtomicBool,
     evicted: Notify,
 }
 
@@ -197,6 +200,7 @@ impl Conn {
             head_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             heard: AtomicBool::new(false),
+            established: AtomicBool::new(false),
             evicted: Notify::new(),
         }
     }
@@ -300,6 +304,50 @@ pub(crate) enum Share {
     Members,
 }
 
+/// Which connections a full share closes first, each kind oldest first. A member's new
+/// connection sends its TLS hello at once, is done with its handshake in milliseconds and then
+/// leaves the share: strangers that finished their handshake and wait for nothing go first,
+/// then connections that never sent a byte (a member's, until its hello is read, is among
+/// them: the newest), then handshakes under way. So strangers that handshake and wait never
+/// push a member out, bare TCP connections only if more of them arrive than the share holds
+/// before its hello is read, and handshakes under way only if more arrive than it holds within
+/// one handshake's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    /// Idle before or between requests, its TLS handshake (if any) done.
+    Waiting,
+    /// Idle, and never sent a byte (or none was read yet).
+    Silent,
+    /// Idle in the middle of its TLS handshake.
+    Handshaking,
+    /// In a request (strangers only).
+    Busy,
+}
+
+impl Conn {
+    /// Its rank as a candidate to close; `None` if it cannot be closed to make room.
+    fn rank(&self, evict_busy: bool) -> Option<Rank> {
+        let busy = self.busy.load(Ordering::Acquire);
+        if busy >= UPGRADED {
+            // A tunnel is served by its own task: closing it is not the listener's to do.
+            None
+        } else if busy > 0 {
+            evict_busy.then_some(Rank::Busy)
+        } else if !self.heard.load(Ordering::Relaxed) {
+            Some(Rank::Silent)
+        } else if self.established.load(Ordering::Relaxed) {
+            Some(Rank::Waiting)
+        } else {
+            Some(Rank::Handshaking)
+        }
+    }
+
+    /// Its TLS handshake is over.
+    pub(crate) fn established(&self) {
+        self.established.store(true, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug)]
 struct Pool {
     max: usize,
@@ -320,15 +368,20 @@ impl Pool {
         if self.conns.len() < self.max {
             return Ok(None);
         }
-        // Connections that never sent a byte go first: a flood of bare TCP connections must
-        // not push out a member whose handshake is under way (it sent its hello at once).
-        let silent = || self.conns.iter().find(|(_, c)| c.is_idle() && !c.heard.load(Ordering::Relaxed));
-        let idle = silent().or_else(|| self.conns.iter().find(|(_, c)| c.is_idle()));
-        // A tunnel (upgraded) is served by its own task: closing is not ours to do.
-        let busy = || self.conns.iter().find(|(_, c)| c.busy.load(Ordering::Acquire) < UPGRADED);
-        let victim = idle.or_else(|| if self.evict_busy { busy() } else { None }).map(|(id, _)| *id);
+        // The oldest of the first rank there is (ids grow: the first seen of a rank is the
+        // oldest).
+        let mut victim: Option<(Rank, u64)> = None;
+        for (id, conn) in &self.conns {
+            let Some(rank) = conn.rank(self.evict_busy) else { continue };
+            if victim.is_none_or(|(best, _)| rank < best) {
+                victim = Some((rank, *id));
+                if rank == Rank::Waiting {
+                    break;
+                }
+            }
+        }
         match victim {
-            Some(id) => Ok(self.conns.remove(&id)),
+            Some((_, id)) => Ok(self.conns.remove(&id)),
             None => Err(()),
         }
     }
@@ -358,6 +411,8 @@ impl Pools {
 pub(crate) struct Gate {
     /// The listener, for logs: "HTTPS", "HTTP" or "the control socket".
     what: &'static str,
+    /// Whether its connections start with a TLS handshake.
+    tls: bool,
     pub(crate) limits: Limits,
     pools: Mutex<Pools>,
     pub(crate) metrics: Arc<Metrics>,
@@ -371,22 +426,29 @@ impl Gate {
     /// A TLS listener: strangers first, members once their certificate is trusted.
     pub(crate) fn tls(limits: Limits, metrics: Arc<Metrics>) -> Arc<Gate> {
         let members = limits.tcp - limits.strangers;
-        Gate::new("HTTPS", limits, Pool::new(limits.strangers, true), Pool::new(members, false), metrics)
+        Gate::new("HTTPS", true, limits, Pool::new(limits.strangers, true), Pool::new(members, false), metrics)
     }
 
     /// A plain HTTP listener: everyone is a stranger.
     pub(crate) fn plain(limits: Limits, metrics: Arc<Metrics>) -> Arc<Gate> {
-        Gate::new("HTTP", limits, Pool::new(limits.tcp, true), Pool::new(0, false), metrics)
+        Gate::new("HTTP", false, limits, Pool::new(limits.tcp, true), Pool::new(0, false), metrics)
     }
 
     /// The control socket: everyone passed the socket's permissions.
     pub(crate) fn unix(limits: Limits, metrics: Arc<Metrics>) -> Arc<Gate> {
-        Gate::new("the control socket", limits, Pool::new(0, true), Pool::new(limits.unix, false), metrics)
+        Gate::new("the control socket", false, limits, Pool::new(0, true), Pool::new(limits.unix, false), metrics)
     }
 
-    fn new(what: &'static str, limits: Limits, strangers: Pool, members: Pool, metrics: Arc<Metrics>) -> Arc<Gate> {
+    fn new(
+        what: &'static str,
+        tls: bool,
+        limits: Limits,
+        strangers: Pool,
+        members: Pool,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Gate> {
         let pools = Pools { next_id: 0, strangers, members, unlogged: 0, logged: None };
-        Arc::new(Gate { what, limits, pools: Mutex::new(pools), metrics })
+        Arc::new(Gate { what, tls, limits, pools: Mutex::new(pools), metrics })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pools> {
@@ -396,6 +458,9 @@ impl Gate {
     /// Takes in a just-accepted connection, closing an older one if its share is full.
     pub(crate) fn admit(self: &Arc<Self>, share: Share) -> Result<Permit, Full> {
         let conn = Arc::new(Conn::new());
+        if !self.tls {
+            conn.established();
+        }
         let mut pools = self.lock();
         let id = pools.next_id;
         pools.next_id += 1;
@@ -866,14 +931,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_that_never_spoke_go_before_a_handshake_under_way() {
+    async fn waiting_strangers_go_first_then_silent_ones_then_handshakes() {
         let gate = Gate::tls(small(3, 6), Arc::default());
         let member = gate.admit(Share::Strangers).unwrap();
         member.conn().heard();
-        let silent: Vec<_> = (0..2).map(|_| gate.admit(Share::Strangers).unwrap()).collect();
-        // The member is the oldest, but it spoke: the silent ones go first, oldest first.
-        let _new = gate.admit(Share::Strangers).unwrap();
-        assert!(evicted(silent[0].conn()) && !evicted(member.conn()));
+        let (silent, waiting) = (gate.admit(Share::Strangers).unwrap(), gate.admit(Share::Strangers).unwrap());
+        waiting.conn().heard();
+        waiting.conn().established();
+        // The member is the oldest, in its handshake: the stranger waiting after its handshake
+        // goes first, then the one that said nothing.
+        let new = gate.admit(Share::Strangers).unwrap();
+        assert!(evicted(waiting.conn()) && !evicted(member.conn()) && !evicted(silent.conn()));
+        new.conn().heard();
+        let newer = gate.admit(Share::Strangers).unwrap();
+        assert!(evicted(silent.conn()) && !evicted(member.conn()) && !evicted(new.conn()));
+        // Only handshakes under way left: the oldest goes.
+        newer.conn().heard();
+        let _last = gate.admit(Share::Strangers).unwrap();
+        assert!(evicted(member.conn()) && !evicted(new.conn()));
     }
 
     #[tokio::test]

@@ -256,7 +256,10 @@ async fn accept_tls(
                 () = permit.conn().evicted() => return,
             };
             let stream = match handshake {
-                Ok(stream) => stream,
+                Ok(stream) => {
+                    permit.conn().established();
+                    stream
+                }
                 Err(err) => {
                     tracing::debug!(%remote, error = %err, "TLS handshake failed");
                     return;
