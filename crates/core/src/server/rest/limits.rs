@@ -214,7 +214,7 @@ impl Conn {
     }
 
     /// The client sent something (see [`Heard`]).
-    fn heard(&self) {
+    pub(crate) fn heard(&self) {
         if !self.heard.load(Ordering::Relaxed) {
             self.heard.store(true, Ordering::Relaxed);
         }
@@ -413,6 +413,8 @@ pub(crate) struct Gate {
     what: &'static str,
     /// Whether its connections start with a TLS handshake.
     tls: bool,
+    /// Set when a share was full at the last admission (see [`Gate::pace`]).
+    pressed: AtomicBool,
     pub(crate) limits: Limits,
     pools: Mutex<Pools>,
     pub(crate) metrics: Arc<Metrics>,
@@ -448,7 +450,7 @@ impl Gate {
         metrics: Arc<Metrics>,
     ) -> Arc<Gate> {
         let pools = Pools { next_id: 0, strangers, members, unlogged: 0, logged: None };
-        Arc::new(Gate { what, tls, limits, pools: Mutex::new(pools), metrics })
+        Arc::new(Gate { what, tls, pressed: AtomicBool::new(false), limits, pools: Mutex::new(pools), metrics })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pools> {
@@ -467,6 +469,24 @@ impl Gate {
         self.make_room(&mut pools, share)?;
         pools.pool(share).conns.insert(id, conn.clone());
         Ok(Permit { gate: self.clone(), conn, id })
+    }
+
+    /// Lets the connections already taken in run before the next accept, if a share was full.
+    /// A flood's accepts would otherwise come in a burst, each closing the oldest of its kind,
+    /// before the tasks of the connections accepted just before had read a byte: a member's
+    /// TLS hello or `microctl`'s request, which are what keep their connections from counting
+    /// as silent ones.
+    pub(crate) async fn pace(&self) {
+        if self.pressed.swap(false, Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Whether a share is full (a new connection will close an older one).
+    pub(crate) fn is_full(&self, share: Share) -> bool {
+        let mut pools = self.lock();
+        let pool = pools.pool(share);
+        pool.conns.len() >= pool.max
     }
 
     /// Moves a connection whose client turned out to be a trusted member into the members'
@@ -495,6 +515,7 @@ impl Gate {
             Err(()) => Closed::Refused,
         };
         self.metrics.connection_closed(closed.label());
+        self.pressed.store(true, Ordering::Relaxed);
         pools.unlogged += 1;
         let now = Instant::now();
         if pools.logged.is_none_or(|at| now.duration_since(at) >= LOG_PERIOD) {

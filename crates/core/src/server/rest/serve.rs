@@ -189,8 +189,10 @@ async fn accept_unix(listener: UnixListener, state: State, routes: Arc<Routes>, 
         };
         errors.succeeded();
         // Full of busy requests: closed at once (dropped), so the client learns it now.
-        let Ok(permit) = gate.admit(Share::Members) else { continue };
-        tokio::spawn(serve_connection(stream, Peer::Unix, state.clone(), routes.clone(), signal.clone(), permit));
+        if let Ok(permit) = gate.admit(Share::Members) {
+            tokio::spawn(serve_connection(stream, Peer::Unix, state.clone(), routes.clone(), signal.clone(), permit));
+        }
+        gate.pace().await;
     }
 }
 
@@ -211,9 +213,11 @@ async fn accept_plain(listener: TcpListener, state: State, routes: Arc<Routes>, 
             () = signal.fired() => return,
         };
         errors.succeeded();
-        let Ok(permit) = gate.admit(Share::Strangers) else { continue };
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(tcp, Peer::Tls(None), state.clone(), routes.clone(), signal.clone(), permit));
+        if let Ok(permit) = gate.admit(Share::Strangers) {
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(serve_connection(tcp, Peer::Tls(None), state.clone(), routes.clone(), signal.clone(), permit));
+        }
+        gate.pace().await;
     }
 }
 
@@ -240,40 +244,72 @@ async fn accept_tls(
             () = signal.fired() => return,
         };
         errors.succeeded();
-        // Everyone is a stranger until the handshake shows a trusted certificate.
-        let Ok(permit) = gate.admit(Share::Strangers) else { continue };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, state, routes, signal, gate) =
-            (acceptor.clone(), state.clone(), routes.clone(), signal.clone(), gate.clone());
-        tokio::spawn(async move {
-            let handshake = tokio::select! {
-                result = acceptor.accept(Heard::new(tcp, permit.conn().clone())) => result,
-                () = tokio::time::sleep(gate.limits.header_timeout) => {
-                    tracing::trace!(%remote, "TLS handshake timed out");
-                    gate.metrics.connection_closed(Closed::Handshake.label());
-                    return;
-                }
-                () = permit.conn().evicted() => return,
-            };
-            let stream = match handshake {
-                Ok(stream) => {
-                    permit.conn().established();
-                    stream
-                }
-                Err(err) => {
-                    tracing::debug!(%remote, error = %err, "TLS handshake failed");
-                    return;
-                }
-            };
-            let fingerprint =
-                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::fingerprint(c));
-            let member = fingerprint.as_deref().is_some_and(|fp| state.trusted_member(fp).is_some());
-            if member && gate.promote(&permit).is_err() {
-                return;
+        // When its arrival closes another stranger, whether this one sent its TLS hello
+        // already decides whether it is next: a member's connection has, a flood's has not.
+        // Its task may not run before the next arrivals; the kernel has the bytes now.
+        let (tcp, spoke) = if gate.is_full(Share::Strangers) {
+            match spoke_already(tcp) {
+                Ok(peeked) => peeked,
+                Err(_) => continue,
             }
-            serve_connection(stream, Peer::Tls(fingerprint), state, routes, signal, permit).await;
-        });
+        } else {
+            (tcp, false)
+        };
+        // Everyone is a stranger until the handshake shows a trusted certificate.
+        if let Ok(permit) = gate.admit(Share::Strangers) {
+            if spoke {
+                permit.conn().heard();
+            }
+            let _ = tcp.set_nodelay(true);
+            let task = (acceptor.clone(), state.clone(), routes.clone(), signal.clone(), gate.clone());
+            tokio::spawn(handshake(tcp, remote, permit, task));
+        }
+        gate.pace().await;
     }
+}
+
+/// Whether the client sent something already (its TLS hello), without reading it: the
+/// stream leaves the reactor for a non-blocking `MSG_PEEK` (tokio only reads once the reactor
+/// saw the socket readable, which a just-accepted socket never was) and comes back.
+fn spoke_already(tcp: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, bool)> {
+    let std = tcp.into_std()?;
+    let spoke = matches!(std.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+    Ok((tokio::net::TcpStream::from_std(std)?, spoke))
+}
+
+/// What a TLS connection's task needs from its listener.
+type TlsListener = (tokio_rustls::TlsAcceptor, State, Arc<Routes>, ShutdownSignal, Arc<Gate>);
+
+/// Completes a TLS handshake within the header timeout, moves a trusted member's connection
+/// into the members' share, and serves it.
+async fn handshake(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, permit: Permit, listener: TlsListener) {
+    let (acceptor, state, routes, signal, gate) = listener;
+    let handshake = tokio::select! {
+        result = acceptor.accept(Heard::new(tcp, permit.conn().clone())) => result,
+        () = tokio::time::sleep(gate.limits.header_timeout) => {
+            tracing::trace!(%remote, "TLS handshake timed out");
+            gate.metrics.connection_closed(Closed::Handshake.label());
+            return;
+        }
+        () = permit.conn().evicted() => return,
+    };
+    let stream = match handshake {
+        Ok(stream) => {
+            permit.conn().established();
+            stream
+        }
+        Err(err) => {
+            tracing::debug!(%remote, error = %err, "TLS handshake failed");
+            return;
+        }
+    };
+    let fingerprint =
+        stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::fingerprint(c));
+    let member = fingerprint.as_deref().is_some_and(|fp| state.trusted_member(fp).is_some());
+    if member && gate.promote(&permit).is_err() {
+        return;
+    }
+    serve_connection(stream, Peer::Tls(fingerprint), state, routes, signal, permit).await;
 }
 
 async fn serve_connection<S>(
@@ -466,5 +502,34 @@ fn render(result: HandlerResult) -> hyper::Response<Body> {
             let body = serde_json::to_vec(&Envelope::error(err.status().as_u16(), err.message())).unwrap_or_default();
             json_response(err.status(), body)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peek_tells_a_client_that_spoke_from_a_silent_one_and_loses_nothing() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _silent = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(!spoke_already(accepted).unwrap().1);
+        let mut talker = tokio::net::TcpStream::connect(address).await.unwrap();
+        talker.write_all(b"hello").await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        // Written before the accept returned, as a TLS hello usually is; wait for it anyway.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (mut accepted, spoke) = spoke_already(accepted).unwrap();
+        assert!(spoke);
+        let mut read = [0u8; 5];
+        accepted.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"hello");
     }
 }
