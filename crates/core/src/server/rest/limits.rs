@@ -9,13 +9,13 @@
 //!
 //! A fresh TCP connection cannot be told from a member's until its TLS handshake is over, so
 //! every connection starts in the listener's *strangers'* share (a quarter of its cap). When
-//! that share is full, the oldest of them is closed to make room, silent ones first (see
-//! [`Rank`]): a member's new connection is the newest, sends its TLS hello at once and needs
-//! only its handshake's few milliseconds to move into the *members'* share, so no number of
-//! idle strangers keeps it out. Connections whose certificate is not in
-//! the trust store stay strangers. The members' share (and the control socket, where every
-//! client passed the socket's permissions) closes an idle connection to make room, and refuses
-//! the new one only when all are in the middle of a request.
+//! that share is full, an older one is closed to make room (see [`Rank`] for which): a
+//! member's new connection sends its TLS hello at once (the accept loop peeks for it then) and
+//! needs only its handshake's few milliseconds to move into the *members'* share, so idle
+//! strangers do not keep it out. Connections whose certificate is not in the trust store stay
+//! strangers. The members' share (and the control socket, where every client passed the
+//! socket's permissions) closes an idle connection to make room, and refuses the new one only
+//! when all are in the middle of a request.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -307,11 +307,12 @@ pub(crate) enum Share {
 /// Which connections a full share closes first, each kind oldest first. A member's new
 /// connection sends its TLS hello at once, is done with its handshake in milliseconds and then
 /// leaves the share: strangers that finished their handshake and wait for nothing go first,
-/// then connections that never sent a byte (a member's, until its hello is read, is among
-/// them: the newest), then handshakes under way. So strangers that handshake and wait never
-/// push a member out, bare TCP connections only if more of them arrive than the share holds
-/// before its hello is read, and handshakes under way only if more arrive than it holds within
-/// one handshake's time.
+/// then connections that never sent a byte, then handshakes under way. A member's hello is
+/// usually in the kernel when its connection is accepted, and the accept loop peeks for it
+/// when the share is full (`serve::spoke_already`); otherwise it counts as silent until its
+/// task reads it, as the newest. So strangers that handshake and wait never push a member
+/// out, bare TCP connections hardly ever, and handshakes under way only if more arrive than
+/// the share holds within one handshake's time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Rank {
     /// Idle before or between requests, its TLS handshake (if any) done.
