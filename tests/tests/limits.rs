@@ -222,6 +222,9 @@ fn a_member_at_1024_files_survives_thousands_of_idle_connections() {
     // Heartbeats kept coming: m3 is still online a few rounds later, seen from m2 too.
     assert_eq!(m2.member("m3")["status"], "ONLINE");
     assert!(emfile_lines(&log) <= 3, "m3's log reports running out of descriptors:\n{log:.4000}");
+    let evicted = m3.metric("microcluster_http_connections_closed_total{reason=\"evicted\"}");
+    assert!(evicted > 0, "m3 counted no connection closed to make room");
+    assert_eq!(m3.metric("microcluster_http_accept_errors_total"), 0);
     assert!(added < 2000, "m3 logged {added} lines during the flood");
 }
 
@@ -436,8 +439,12 @@ fn slow_and_idle_clients_are_closed_after_their_timeouts() {
     eprintln!("control socket: an idle kept-alive connection was closed after {took:?}");
     assert!(took < IDLE_TIMEOUT + Duration::from_secs(10), "an idle kept-alive connection was held {took:?}");
 
-    // Still serving.
+    // Still serving, and counted.
     m1.ctl_ok(&["cluster", "list"]);
+    let closed =
+        |reason: &str| m1.metric(&format!("microcluster_http_connections_closed_total{{reason=\"{reason}\"}}"));
+    assert!(closed("header_timeout") >= 3, "{}", closed("header_timeout"));
+    assert!(closed("idle_timeout") >= 1, "{}", closed("idle_timeout"));
 }
 
 /// Sends `head` (no body) over the control socket and reads the answer for up to 10 s.

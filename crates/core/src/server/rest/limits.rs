@@ -152,11 +152,16 @@ pub(crate) enum Closed {
 }
 
 /// Every [`Closed::label`], for the metric's series.
-pub(crate) const CLOSE_REASONS: [&str; 5] =
-    ["evicted", "refused", "handshake_timeout", "header_timeout", "idle_timeout"];
+pub(crate) const CLOSE_REASONS: [&str; 5] = [
+    Closed::Evicted.label(),
+    Closed::Refused.label(),
+    Closed::Handshake.label(),
+    Closed::Header.label(),
+    Closed::Idle.label(),
+];
 
 impl Closed {
-    pub(crate) fn label(self) -> &'static str {
+    pub(crate) const fn label(self) -> &'static str {
         match self {
             Closed::Evicted => "evicted",
             Closed::Refused => "refused",
@@ -236,7 +241,7 @@ impl Conn {
         RequestGuard(self.clone())
     }
 
-    /// Whether it was told to close (resolves once, when the listener evicts it).
+    /// Resolves when the listener closes it to make room.
     pub(crate) async fn evicted(&self) {
         self.evicted.notified().await;
     }

@@ -352,7 +352,10 @@ async fn serve_connection<S>(
         closed = tracked.watchdog(&gate.limits) => {
             // Dropping the connection closes it; an upgraded one has left hyper already.
             tracing::trace!(reason = closed.label(), "closing a connection");
-            gate.metrics.connection_closed(closed.label());
+            // An eviction was counted when it was decided.
+            if closed != Closed::Evicted {
+                gate.metrics.connection_closed(closed.label());
+            }
         }
         () = signal.fired() => {
             // hyper closes a connection that has not started a request at once, although a
