@@ -14,7 +14,7 @@ use super::db::schema::{SchemaUpdate, internal_updates};
 use super::endpoints;
 use super::hooks::{Hooks, NoHooks};
 use super::membership::{OPEN_TIMEOUT_FOREVER, open_schema, start_background, start_runtime_with};
-use super::rest::{Listener, Routes};
+use super::rest::{ConnectionLimits, Listener, Routes, open_file_limit};
 use super::runtime::Runtime;
 use super::servers::Server;
 use super::startup::{self, Files};
@@ -57,6 +57,8 @@ pub struct DaemonArgs {
     /// This member's failure domain, recorded in `daemon.toml` at start (`None`: keep the
     /// recorded one). Voters and stand-bys are spread across domains.
     pub failure_domain: Option<u64>,
+    /// Connections each listener holds and the timeouts that close them.
+    pub connections: ConnectionLimits,
 }
 
 impl std::fmt::Debug for DaemonArgs {
@@ -82,6 +84,7 @@ impl Default for DaemonArgs {
             network_latency: Duration::from_millis(40),
             statement_timeout: Some(Duration::from_secs(5)),
             failure_domain: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -254,6 +257,7 @@ impl App {
                 hooks: args.hooks.clone(),
                 network_latency: args.network_latency,
                 servers: args.servers.clone(),
+                connections: args.connections.resolve(open_file_limit()),
             },
             config: RwLock::new(config),
             server_identity: RwLock::new(server_identity),

@@ -30,6 +30,7 @@ pub use app::{App, AppError, Args, DaemonArgs};
 pub use db::DbStatus;
 pub use db::schema::SchemaUpdate;
 pub use hooks::{HookError, HookFuture, Hooks, InitConfig, NoHooks};
+pub use rest::ConnectionLimits;
 pub use servers::Server;
 pub use state::State;
 pub use state_dir::StateDirError;

@@ -28,6 +28,8 @@ pub(crate) struct Settings {
     pub(crate) hooks: Arc<dyn Hooks>,
     pub(crate) network_latency: Duration,
     pub(crate) servers: Vec<super::servers::Server>,
+    /// What the listeners hold, and for how long (`rest::limits`).
+    pub(crate) connections: super::rest::Limits,
 }
 
 /// Everything a running daemon holds.
