@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 use crate::client::Client;
 use crate::connection::Connection;
@@ -38,6 +37,9 @@ const CONFIG_TTL: Duration = Duration::from_secs(1);
 
 /// The longest one round waits for a majority (a round that cannot get one fails sooner).
 const ROUND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The longest one voter is waited for, connection included (a frozen voter never answers).
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Confirms who leads, for reads that must see every write acknowledged before they were
 /// asked for. Cheap to clone; needs a tokio runtime (it runs a task while any clone lives).
@@ -59,7 +61,8 @@ impl LeaderQuorum {
     pub fn new(client: Client) -> LeaderQuorum {
         let (requests, queue) = mpsc::unbounded_channel();
         let rounds = Arc::new(Counters::default());
-        let voters = Voters { client, conns: Arc::new(Mutex::new(HashMap::new())), config: None };
+        let voters =
+            Voters { client, conns: Arc::new(Mutex::new(HashMap::new())), awaited: Arc::default(), config: None };
         tokio::spawn(confirm_rounds(voters, queue, rounds.clone()));
         LeaderQuorum { requests, rounds }
     }
@@ -132,6 +135,10 @@ async fn confirm_rounds(
 struct Voters {
     client: Client,
     conns: Arc<Mutex<HashMap<String, Connection>>>,
+    /// Voters whose answer to an earlier round is still awaited (a frozen or cut-off node):
+    /// not asked again until it comes, so a stream of reads does not open a connection to such
+    /// a node per round.
+    awaited: Arc<Mutex<std::collections::HashSet<String>>>,
     /// The voters' addresses as the leader's configuration listed them, and when.
     config: Option<(Instant, Vec<String>)>,
 }
@@ -154,34 +161,51 @@ impl Voters {
     async fn round(&mut self) -> Result<String> {
         let voters = self.voters().await?;
         let majority = voters.len() / 2 + 1;
-        let mut asks = JoinSet::new();
+        // Each ask runs on its own, and ends even after the round did: its connection goes
+        // back for the next round, and a voter is not asked twice at once. An answer counts
+        // only for the round that sent the request (it was sent after the round began).
+        let (answers, mut asks) = mpsc::unbounded_channel();
+        let mut asked = 0;
         for address in &voters {
-            let (client, conns, address) = (self.client.clone(), self.conns.clone(), address.clone());
-            asks.spawn(async move {
+            let newly = self.awaited.lock().is_ok_and(|mut a| a.insert(address.clone()));
+            if !newly {
+                continue;
+            }
+            asked += 1;
+            let (client, conns, awaited) = (self.client.clone(), self.conns.clone(), self.awaited.clone());
+            let (answers, address) = (answers.clone(), address.clone());
+            tokio::spawn(async move {
                 let cached = conns.lock().ok().and_then(|mut c| c.remove(&address));
-                match ask(&client, cached, &address).await {
-                    Ok((leader, conn)) => {
+                let answer = match tokio::time::timeout(ASK_TIMEOUT, ask(&client, cached, &address)).await {
+                    Ok(Ok((leader, conn))) => {
                         if let Ok(mut c) = conns.lock() {
                             c.insert(address.clone(), conn);
                         }
-                        (address, Ok(leader))
+                        Ok(leader)
                     }
-                    Err(err) => (address, Err(err)),
+                    Ok(Err(err)) => Err(err),
+                    Err(_) => {
+                        Err(Error::Timeout { op: "asking who leads", address: address.clone(), after: ASK_TIMEOUT })
+                    }
+                };
+                if let Ok(mut a) = awaited.lock() {
+                    a.remove(&address);
                 }
+                let _ = answers.send((address, answer));
             });
         }
+        drop(answers);
         let mut named: HashMap<String, usize> = HashMap::new();
         let mut answered = 0;
         let mut failures = Vec::new();
         let timer = tokio::time::sleep(ROUND_TIMEOUT);
         tokio::pin!(timer);
         loop {
-            let joined = tokio::select! {
-                joined = asks.join_next() => joined,
+            let received = tokio::select! {
+                received = asks.recv() => received,
                 () = &mut timer => break,
             };
-            let Some(joined) = joined else { break };
-            let Ok((address, answer)) = joined else { continue };
+            let Some((address, answer)) = received else { break };
             answered += 1;
             match answer {
                 Ok(Some(leader)) => {
@@ -201,7 +225,7 @@ impl Voters {
             }
             // Whatever the rest say, no node can reach a majority any more.
             let best = named.values().copied().max().unwrap_or(0);
-            if best + (voters.len() - answered) < majority {
+            if best + (asked - answered) < majority {
                 break;
             }
         }
