@@ -52,6 +52,27 @@ fn a_stand_by_replaces_a_dead_voter_and_the_voter_comes_back_as_stand_by() {
     assert_eq!(voters, 3);
 }
 
+/// A voter demoted while it was away (frozen, so never restarted) goes on serving: its node,
+/// no longer a voter, names no leader, which must not read as being cut off from the majority.
+#[test]
+fn a_voter_demoted_while_frozen_serves_reads_and_writes_when_it_resumes() {
+    let cluster = Cluster::form(4);
+    let m3 = &cluster.members[2];
+    m3.signal("STOP");
+    wait_until("m3 demoted while frozen", Duration::from_secs(30), || {
+        (field(&cluster.members[0].member("m3"), "role") != "voter").then_some(())
+    });
+    m3.signal("CONT");
+    wait_until("m3 ONLINE", Duration::from_secs(30), || {
+        (field(&cluster.members[0].member("m3"), "status") == "ONLINE").then_some(())
+    });
+    // Longer than an election, so a member that judged itself cut off would refuse by now.
+    std::thread::sleep(Duration::from_secs(2));
+    first_write(m3, "through-demoted-m3", Duration::from_secs(10));
+    let out = m3.ctl_ok(&["sql", "SELECT value FROM extended_table WHERE key = 'through-demoted-m3'"]);
+    assert!(out.contains('x'), "{out}");
+}
+
 #[test]
 fn cluster_list_answers_quickly_with_a_black_holed_member() {
     let cluster = Cluster::form(3);

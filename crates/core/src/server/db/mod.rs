@@ -486,6 +486,14 @@ fn lost_leader(err: &dqlite::Error) -> bool {
     err.is_not_leader() || err.is_leadership_lost() || err.is_connection_lost()
 }
 
+/// Whether this member's node is a voter in its own configuration (true if it cannot tell).
+async fn is_voter(conn: &mut dqlite::Connection, own_address: &str) -> bool {
+    match conn.cluster().await {
+        Ok(nodes) => nodes.iter().any(|n| n.address == own_address && n.role == Some(dqlite::Role::Voter)),
+        Err(_) => true,
+    }
+}
+
 /// What the leader watcher reports to, and what tells it how often to look.
 struct Watch {
     leader: watch::Sender<Option<String>>,
@@ -513,6 +521,10 @@ async fn watch_leader(client: Client, own_address: String, watch: Watch, metrics
                     }
                     if now.is_some() {
                         seen_leader.store(true, std::sync::atomic::Ordering::Relaxed);
+                    } else if !is_voter(c, &own_address).await {
+                        // Only voters know the leader: a member demoted to stand-by or spare
+                        // is not cut off for knowing none (nor judged by it any more).
+                        seen_leader.store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                     last_known = now.clone().or(last_known);
                     leader.send_if_modified(|current| {
