@@ -2,18 +2,19 @@
 //!
 //! libraft writes entries into segment files it creates ahead of time (`open-N`, preallocated
 //! at the segment size). When creating one fails (no space, a read-only or failing disk), it
-//! fails the appends waiting for it and never tries again: the node keeps running, answers
-//! heartbeats, keeps its vote and its place in the configuration, and persists nothing more,
-//! silently, even after space comes back. A voter in that state is a voter the cluster cannot
-//! count on, and a leadership transfer to it fails.
+//! fails the appends waiting for it: the node keeps running, answers heartbeats, keeps its vote
+//! and its place in the configuration, and persists nothing more, silently, until the file
+//! system has room for a whole segment again (freeing less than that changes nothing). A voter
+//! in that state is a voter the cluster cannot count on, and a leadership transfer to it fails.
 //!
 //! Every second [`watch`] gathers what can be seen from outside (free space on the state
 //! directory's file system, whether libraft holds an open segment, and a small write with
 //! fsync), [`judge`] (pure) decides the member's [`Health`] and what to do, and the watch applies
 //! it: an error in the log when the member cannot persist, the health in heartbeat answers
-//! (so role changes move its vote to another member), in `cluster list` and the metrics; and
-//! once the disk takes writes again but libraft still has no open segment, the node is
-//! restarted, which makes libraft start over (it catches up from the leader).
+//! (so role changes move its vote to another member), in `cluster list` and the metrics. Once
+//! there is room again, libraft's next append creates a segment
+//! (`crates/dqlite/tests/full_disk.rs`); should it still hold none [`RESTART_AFTER`] later,
+//! the node is restarted, which makes libraft start over (it catches up from the leader).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,9 @@ const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// How long libraft may go without an open segment before its absence counts: it creates
 /// them in the background, and a fresh node only creates its first at its first append.
 const NO_SEGMENT_GRACE: Duration = Duration::from_secs(3);
+/// How long after the disk has room again libraft may still go without a segment before the
+/// node is restarted: its next append (a heartbeat round's write at the latest) creates one.
+const RESTART_AFTER: Duration = Duration::from_secs(15);
 
 /// What the watch saw once.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +42,8 @@ pub(crate) struct Observation {
     pub(crate) open_segment: bool,
     /// How long it has held none (zero while it holds one).
     pub(crate) without_segment: Duration,
+    /// How long the file system has had room for a segment without a break.
+    pub(crate) with_room: Duration,
     /// The write probe's failure, if it ran and failed.
     pub(crate) probe_error: Option<String>,
     /// Bytes libraft needs to create its next segment.
@@ -102,11 +108,17 @@ pub(crate) fn judge(now: &Observation, before: &Health) -> (Health, Action) {
         return (Health::Failing { reason }, Action::None);
     }
     if stuck && matches!(before, Health::Failing { .. }) {
-        // The disk has room again, but libraft does not retry a segment it failed to create.
-        // (The restarted node is watched afresh, from a healthy start: it is restarted again
-        // only after failing again.)
-        let reason = "cannot write its raft log: the disk has room again and its node restarts to resume".to_owned();
-        return (Health::Failing { reason }, Action::RestartNode);
+        // The disk has room again: libraft's next append creates a segment. If it still has
+        // none long after, a restart makes it start over. (The restarted node is watched
+        // afresh, from a healthy start: it is restarted again only after failing again.)
+        if now.with_room >= RESTART_AFTER {
+            let reason = "cannot write its raft log: the disk has room again, but raft has not resumed; its node \
+                          restarts"
+                .to_owned();
+            return (Health::Failing { reason }, Action::RestartNode);
+        }
+        let reason = "cannot write its raft log: the disk has room again; waiting for raft to resume".to_owned();
+        return (Health::Failing { reason }, Action::None);
     }
     if !room {
         let reason = format!(
@@ -187,6 +199,7 @@ fn probe(dir: &Path) -> std::io::Result<()> {
 pub(crate) async fn watch(state: State, paths: Paths, watched: Arc<Watched>, segment_size: u64) {
     let mut last_segment = Instant::now();
     let mut last_probe: Option<Instant> = None;
+    let mut room_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(PERIOD).await;
         let before = watched.health();
@@ -210,10 +223,12 @@ pub(crate) async fn watch(state: State, paths: Paths, watched: Arc<Watched>, seg
         }
         let free = free.unwrap_or(u64::MAX);
         watched.free.store(free, std::sync::atomic::Ordering::Relaxed);
+        room_since = if free >= segment_size { Some(room_since.unwrap_or(now)) } else { None };
         let observation = Observation {
             free,
             open_segment,
             without_segment: now.duration_since(last_segment),
+            with_room: room_since.map_or(Duration::ZERO, |since| now.duration_since(since)),
             probe_error: probed.and_then(Result::err).map(|e| e.to_string()),
             segment_size,
         };
@@ -249,6 +264,8 @@ mod tests {
             free,
             open_segment,
             without_segment: Duration::from_secs(without),
+            // Room for as long as there has been no segment.
+            with_room: if free >= SEGMENT { Duration::from_secs(without) } else { Duration::ZERO },
             probe_error: probe_error.map(str::to_owned),
             segment_size: SEGMENT,
         }
@@ -275,7 +292,9 @@ mod tests {
             // No segment for long and no room for one: it cannot persist.
             (seen(0, false, 5, None), Health::Writable, "failing", Nothing),
             (seen(SEGMENT - 1, false, 5, None), Health::Low { reason: String::new() }, "failing", Nothing),
-            // Room again after failing, still no segment: libraft gave up; restart the node.
+            // Room again after failing, still no segment: wait for raft's next append...
+            (seen(SEGMENT * 2, false, 5, None), failing(), "failing", Nothing),
+            // ... and restart the node if it has none long after.
             (seen(SEGMENT * 2, false, 30, None), failing(), "failing", RestartNode),
             // The disk refuses writes: failing at once, segments or not.
             (

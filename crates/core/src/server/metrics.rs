@@ -357,7 +357,7 @@ impl Metrics {
         counter(
             out,
             "microcluster_raft_log_restarts_total",
-            "Times this member restarted its dqlite node because raft had stopped writing its log (after the disk was full or failing) and the disk takes writes again: raft does not retry by itself.",
+            "Times this member restarted its dqlite node because raft still held no log segment 15 s after its disk had room again.",
             &self.raft_log_restarts,
         );
         counter(
