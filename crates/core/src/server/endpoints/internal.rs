@@ -36,7 +36,9 @@ async fn assign_role(state: State, req: Request) -> HandlerResult {
     let request: crate::api::RoleRequest = req.json()?;
     let runtime = state.runtime()?;
     let _serial = state.0.role_lock.lock().await;
+    membership::fault_point("role:before-assign", &name);
     let role = membership::take_role(runtime.db.client(), request.id).await?;
+    membership::fault_point("role:after-assign", &name);
     Response::sync(membership::role_name(Some(role)))
 }
 

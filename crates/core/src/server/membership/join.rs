@@ -52,6 +52,7 @@ pub(crate) async fn join(state: &State, control: &Control) -> Result<(), ApiErro
         }
     };
 
+    super::fault_point("join:after-admit", &control.name);
     match join_steps(state, control, &token, &server, &response).await {
         Ok(()) => {
             tracing::info!(name = control.name, via = response.trusted_member.address, "joined the cluster");
@@ -100,10 +101,12 @@ async fn join_steps(
     }
     let node_id = dqlite::generate_id(&control.address);
     dir.set_node_info(&NodeInfo { id: node_id }).map_err(|e| internal(&e))?;
+    super::fault_point("join:after-files", &control.name);
 
     let runtime = start_runtime(state, node_id).await?;
     let client = runtime.db.client().clone();
     retry_config_change("adding this member to dqlite", || client.add(node_id, &control.address)).await?;
+    super::fault_point("join:after-add", &control.name);
     let role = take_role_on_leader(state, &runtime, &control.name, node_id).await?;
     open_database(state, &runtime, OPEN_TIMEOUT).await?;
     let (name, role_text) = (control.name.clone(), role_name(Some(role)).to_owned());
@@ -126,6 +129,7 @@ async fn join_steps(
     for (name, err) in failures {
         tracing::warn!(member = name, error = %err, "the OnNewMember hook failed");
     }
+    super::fault_point("join:before-post-join", &control.name);
     if let Err(err) = hooks.post_join(state, &control.config).await {
         tracing::warn!(error = %err, "the PostJoin hook failed");
     }
@@ -159,6 +163,7 @@ async fn ask_to_join(
     // Try every join address; a member that cannot serve the request right now (no leader
     // during an election, shutting down) counts like an unreachable one, and the whole list is
     // retried until the deadline.
+    super::fault_point("join:before-admit", &control.name);
     let deadline = std::time::Instant::now() + JOIN_TIMEOUT;
     let mut unreachable = Vec::new();
     loop {
@@ -269,6 +274,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
     if let Some(err) = refused {
         return Err(err);
     }
+    super::fault_point("admit:after-insert", &request.name);
 
     state.0.truststore.add(entry.member.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
     runtime.set_servers(state.0.truststore.snapshot().addresses());
@@ -289,6 +295,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest) -> Result<JoinRes
         .map(|e| e.member.clone())
         .ok_or_else(|| ApiError::internal("this member is missing from its own trust store"))?;
     tracing::info!(name = request.name, address = request.address, "admitted a new member");
+    super::fault_point("admit:before-answer", &request.name);
     Ok(JoinResponse {
         cluster_cert: runtime.cluster_identity.cert_pem.clone(),
         cluster_key: runtime.cluster_identity.key_pem.clone(),

@@ -5,6 +5,7 @@
 
 mod address;
 mod bootstrap;
+mod fault;
 mod handover;
 mod join;
 mod remove;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use address::{relocate, set_address};
 pub(crate) use bootstrap::bootstrap;
+pub(crate) use fault::point as fault_point;
 pub(crate) use handover::handover;
 pub(crate) use join::{admit, join};
 pub(crate) use remove::remove;
