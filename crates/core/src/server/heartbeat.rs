@@ -1,7 +1,8 @@
 //! The heartbeat. Every interval the dqlite leader sends each member the membership (as the
 //! database records it) over mutual TLS; members sync their trust stores from it and answer with
 //! what software they run and how they are placed. The leader then records who answered and the
-//! roles dqlite reports (replacing PENDING), prunes expired tokens, and makes at most one role
+//! roles dqlite reports (replacing PENDING once a joiner's node has a role), prunes expired
+//! tokens, rolls back joins that stalled (`membership::stalled`), and makes at most one role
 //! change to keep 3 voters and 3 stand-bys online.
 //!
 //! Heartbeats are only accepted from a trusted member that names itself as the sender;
@@ -11,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::db::{DbStatus, members, now, tokens};
-use super::membership::role_name;
+use super::membership::{recorded_role, stalled};
 use super::rest::{ApiError, ShutdownSignal};
 use super::roles::{self, Placement, Targets};
 use super::state::State;
@@ -157,13 +158,14 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     let time = now();
     let (answered, own_address) = (answers.keys().cloned().collect::<HashSet<_>>(), runtime.address.clone());
     let (seen, own) = (answered.clone(), own_address.clone());
+    let rows_read = rows.clone();
     runtime
         .db
         .transaction(move |tx| {
             let answered = seen;
             Box::pin(async move {
                 for row in &rows {
-                    let role = roles_now.get(&row.address).map_or(row.role.as_str(), |r| role_name(*r));
+                    let role = recorded_role(&row.role, roles_now.get(&row.address).copied());
                     let alive = row.address == own || answered.contains(&row.address);
                     let heartbeat = if alive { time.as_str() } else { row.heartbeat.as_str() };
                     if role != row.role || heartbeat != row.heartbeat {
@@ -176,6 +178,7 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
         })
         .await?;
     sync_truststore(state, &request.leader, &request.members);
+    stalled::apply(state, &runtime, &rows_read, &nodes, &answered).await;
 
     let mut online: HashSet<String> = answered;
     online.insert(own_address.clone());
