@@ -158,13 +158,14 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     let time = now();
     let (answered, own_address) = (answers.keys().cloned().collect::<HashSet<_>>(), runtime.address.clone());
     let (seen, own) = (answered.clone(), own_address.clone());
-    let rows_read = rows.clone();
     runtime
         .db
         .transaction(move |tx| {
             let answered = seen;
             Box::pin(async move {
-                for row in &rows {
+                // The rows as they are now, not as the round read them: a joiner that recorded
+                // its role since must not get a stale PENDING back.
+                for row in &members::list(tx).await? {
                     let role = recorded_role(&row.role, roles_now.get(&row.address).copied());
                     let alive = row.address == own || answered.contains(&row.address);
                     let heartbeat = if alive { time.as_str() } else { row.heartbeat.as_str() };
@@ -178,7 +179,7 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
         })
         .await?;
     sync_truststore(state, &request.leader, &request.members);
-    stalled::apply(state, &runtime, &rows_read, &nodes, &answered).await;
+    stalled::apply(state, &runtime, &rows, &nodes, &answered).await;
 
     let mut online: HashSet<String> = answered;
     online.insert(own_address.clone());
