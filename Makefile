@@ -4,14 +4,19 @@
 CARGO ?= cargo
 BUILD_PACKAGES := libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config gcc curl
 BENCH_PACKAGES := go-dqlite etcd-server etcd-client
+# tests/tests/clocks.rs runs a member 2 days ahead under libfaketime's preload library.
+TEST_PACKAGES := libfaketime
 
-.PHONY: all deps deps-bench build run test test-faults fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
+.PHONY: all deps deps-test deps-bench build run test test-faults fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
 
 all: build
 
 # Installs missing Debian packages (as root), or says what to install.
 deps:
 	@sh .ci/apt-install $(BUILD_PACKAGES)
+
+deps-test:
+	@sh .ci/apt-install $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
 deps-bench:
 	@sh .ci/apt-install $(BUILD_PACKAGES) $(BENCH_PACKAGES)
@@ -24,13 +29,13 @@ run: deps
 	$(CARGO) build --release -p microd -p microctl -p microcluster-tests && ./target/release/cluster-demo
 
 # The end-to-end tests run the built microd/microctl binaries, so build them first.
-test: deps lint
+test: deps-test lint
 	$(CARGO) build --workspace && $(CARGO) test --workspace --all-targets && $(CARGO) test --workspace --doc
 
-# The full fault suite (20 leader kills, a 10 s freeze, partitions, full disks); `make test`
-# runs a quick version of each fault.
+# The full fault suite (20 leader kills, a 10 s freeze, partitions, full disks, 40 power cuts);
+# `make test` runs a quick version of each fault.
 test-faults: deps
-	$(CARGO) build --workspace && MICROCLUSTER_FAULTS=full $(CARGO) test -p microcluster-tests --test faults --test frozen_leader --test partition -- --nocapture
+	$(CARGO) build --workspace && MICROCLUSTER_FAULTS=full $(CARGO) test -p microcluster-tests --test faults --test frozen_leader --test invariants --test partition --test power_loss -- --nocapture
 
 # Every fuzz target for FUZZ_SECONDS (default 60) each; crashes land in fuzz/regressions/.
 fuzz: deps

@@ -8,8 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod checker;
+pub mod disk;
 pub mod fuzzing;
+pub mod invariants;
 pub mod netns;
+pub mod powerfail;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
@@ -130,6 +133,9 @@ pub struct Member {
     pub binary: Option<PathBuf>,
     /// A network namespace to run the daemon in (see [`netns`]).
     pub netns: Option<String>,
+    /// Where the daemon's output goes (by default beside the state directory; elsewhere for a
+    /// state directory on a disk that fills up).
+    pub log_file: Option<PathBuf>,
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
 }
@@ -146,6 +152,7 @@ impl Member {
             env: Vec::new(),
             binary: None,
             netns: None,
+            log_file: None,
             _tmp: Some(tmp),
             child: None,
         }
@@ -161,6 +168,7 @@ impl Member {
             env: Vec::new(),
             binary: None,
             netns: None,
+            log_file: None,
             _tmp: None,
             child: None,
         }
@@ -168,7 +176,7 @@ impl Member {
 
     /// The file the daemon's standard output and error are appended to.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.with_file_name(format!("{}.log", self.name))
+        self.log_file.clone().unwrap_or_else(|| self.dir.with_file_name(format!("{}.log", self.name)))
     }
 
     /// Starts `microd` and waits until its control socket accepts connections (an initialised
@@ -410,5 +418,23 @@ impl Cluster {
     /// Member `i`.
     pub fn member(&self, i: usize) -> &Member {
         &self.members[i]
+    }
+
+    /// The member that leads, as the first member that answers sees it (waiting through an
+    /// election); members in `except` are not asked (frozen, killed).
+    pub fn leader_except(&self, except: &[usize]) -> usize {
+        wait_until("a known leader", Duration::from_secs(60), || {
+            self.members.iter().enumerate().filter(|(i, _)| !except.contains(i)).find_map(|(_, m)| {
+                let out = m.ctl(&["cluster", "list", "--format", "json"]);
+                let members: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+                let name = members.iter().find(|m| m["leader"] == true)?["name"].as_str()?.to_owned();
+                self.members.iter().position(|m| m.name == name)
+            })
+        })
+    }
+
+    /// The member that leads (see [`Cluster::leader_except`]).
+    pub fn leader(&self) -> usize {
+        self.leader_except(&[])
     }
 }

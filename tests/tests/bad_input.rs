@@ -327,3 +327,43 @@ fn very_large_results_stream_in_bounded_memory() {
     assert!(stderr.contains("interrupted") || stderr.contains("time limit"), "{stderr}");
     m2.ctl_ok(&["sql", "SELECT 1"]);
 }
+
+/// Sends raw bytes over the control socket and reads until the member closes (10 s at most).
+fn raw_exchange(member: &Member, request: &[u8]) -> String {
+    let mut stream = UnixStream::connect(member.socket()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[test]
+fn requests_the_http_parser_refuses_get_the_json_envelope() {
+    let mut m1 = Member::new("m1");
+    m1.start().bootstrap();
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let huge_header = format!("GET /core/1.0 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(500_000));
+    let cases: &[(&str, &[u8], u16)] = &[
+        ("a method with a control character", b"G\x01T /core/1.0 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        ("a method with a space", b"GE T /core/1.0 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        ("HTTP/2.0 on HTTP/1", b"GET /core/1.0 HTTP/2.0\r\nHost: x\r\n\r\n", 400),
+        ("HTTP/9.9", b"GET /core/1.0 HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+        ("a header without a colon", b"GET /core/1.0 HTTP/1.1\r\nHost x\r\n\r\n", 400),
+        ("a URI of 70 000 bytes", long_uri.as_bytes(), 414),
+        ("a header of 500 000 bytes", huge_header.as_bytes(), 431),
+    ];
+    for (what, request, status) in cases {
+        let response = raw_exchange(&m1, request);
+        assert!(response.starts_with(&format!("HTTP/1.1 {status} ")), "{what}: {response:.300}");
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{what}: {response:.300}"));
+        assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{what}: {head}");
+        let envelope: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {body:.300}"));
+        assert_eq!(envelope["type"], "error", "{what}: {envelope}");
+        assert_eq!(envelope["error_code"], *status, "{what}: {envelope}");
+        assert!(!envelope["error"].as_str().unwrap_or_default().is_empty(), "{what}: {envelope}");
+    }
+    // A request the parser accepts after a refused one, on a new connection, works as before.
+    m1.ctl_ok(&["cluster", "list"]);
+}

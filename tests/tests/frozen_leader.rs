@@ -15,18 +15,6 @@ fn full() -> bool {
     std::env::var("MICROCLUSTER_FAULTS").is_ok_and(|v| v == "full")
 }
 
-/// The member that leads, as a voter that answers sees it.
-fn leader(cluster: &Cluster) -> usize {
-    wait_until("a known leader", Duration::from_secs(60), || {
-        cluster.members.iter().find_map(|m| {
-            let out = m.ctl(&["cluster", "list", "--format", "json"]);
-            let members: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
-            let name = members.iter().find(|m| m["leader"] == true)?["name"].as_str()?.to_owned();
-            cluster.members.iter().position(|m| m.name == name)
-        })
-    })
-}
-
 /// One SQL request with its own deadline; the response body or why it failed.
 fn sql(socket: &std::path::Path, query: &str, timeout: Duration) -> Result<serde_json::Value, String> {
     let body = serde_json::json!({ "query": query }).to_string();
@@ -59,7 +47,7 @@ struct Round {
 /// acknowledged, reads that row through every member (the frozen one included: its reads wait
 /// in its queue), resumes the old leader 0.5 s later, and collects what every read said.
 fn freeze_round(cluster: &Cluster, round: usize) -> Round {
-    let old = leader(cluster);
+    let old = cluster.leader();
     let via = (old + 1) % cluster.members.len();
     let sockets: Vec<PathBuf> = cluster.members.iter().map(|m| m.socket()).collect();
     let log_before = cluster.members[via].log().len();
@@ -171,7 +159,7 @@ fn a_frozen_leader_costs_no_more_than_a_killed_one() {
 fn a_deposed_leader_alone_cannot_confirm_a_linearizable_read() {
     let cluster = Cluster::form(3);
     checker::sql(&cluster.members[0].socket(), "CREATE TABLE ff (round INTEGER, seq INTEGER)").unwrap();
-    let old = leader(&cluster);
+    let old = cluster.leader();
     let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
     cluster.members[old].signal("STOP");
     // A new leader among the others acknowledges a write.

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use microcluster_tests::checker::{self, Checker};
+use microcluster_tests::invariants::{Bank, ReadYourWrites};
 use microcluster_tests::netns::{self, Network};
 use microcluster_tests::{Cluster, Member, until_not_503, wait_until};
 
@@ -39,6 +40,11 @@ fn three_hosts_survive_a_partition_of_the_leader() {
     cluster.members[0].ctl_ok(&["cluster", "transfer-leader", "h1"]);
     checker::create_table(&cluster.members[0].socket()).unwrap();
     let checker = Checker::start((0..4).map(|w| cluster.members[w % 3].socket()).collect());
+    // The bank and read-your-writes run through every member, the one cut off included: no
+    // read through it may come from before the majority's writes.
+    let sockets: Vec<_> = cluster.members.iter().map(|m| m.socket()).collect();
+    let bank = Bank::start(sockets.clone(), 5).unwrap();
+    let ryw = ReadYourWrites::start(sockets).unwrap();
     wait_until("writes", Duration::from_secs(30), || (checker.acknowledged() > 50).then_some(()));
 
     net.cut(0).unwrap();
@@ -66,6 +72,18 @@ fn three_hosts_survive_a_partition_of_the_leader() {
         checker::sql(&cluster.members[0].socket(), "INSERT INTO checker (writer, seq) VALUES (99, 2)").ok()
     });
     let history = checker.stop();
+    let (bank, ryw) = (bank.stop(), ryw.stop());
+    eprintln!(
+        "bank: {} transfers, {} sums read, {} violations; read-your-writes: {} writes, {} reads, {} violations",
+        bank.acknowledged,
+        bank.reads,
+        bank.violations.len(),
+        ryw.acknowledged,
+        ryw.reads,
+        ryw.violations.len()
+    );
+    assert!(bank.violations.is_empty(), "bank: {:?}", bank.violations);
+    assert!(ryw.violations.is_empty(), "read-your-writes: {:?}", ryw.violations);
     // The two probe writes above are not the writers': drop them before checking.
     let socket = |i: usize| cluster.members[i].socket();
     until_not_503("dropping the probes", || checker::sql(&socket(1), "DELETE FROM checker WHERE writer = 99"));

@@ -59,7 +59,7 @@ pub mod validate;
 
 #[cfg(feature = "server")]
 pub use server::{
-    App, AppError, Args, DaemonArgs, DbStatus, HookError, HookFuture, Hooks, InitConfig, NoHooks, SchemaUpdate, Server,
-    State,
+    App, AppError, Args, ConnectionLimits, DaemonArgs, DbStatus, HookError, HookFuture, Hooks, InitConfig, NoHooks,
+    SchemaUpdate, Server, State,
 };
 pub use state_dir::StateDirError;

@@ -142,10 +142,10 @@ impl Client {
     /// Opens a connection to the current leader, waiting for one to be elected up to
     /// [`ClientConfig::leader_timeout`].
     ///
-    /// The last known leader is asked first and, unless it answers as leader within
-    /// [`HINT_HEAD_START`], every known address as well, all at once; the first node that names
-    /// itself wins, and leaders named by others outside the list are asked too. A round waits
-    /// at most [`ROUND_WAIT`] for answers: a node that froze or was cut off accepts
+    /// The last known leader is asked first and, unless it answers as leader within 50 ms,
+    /// every known address as well, all at once; the first node that names itself wins, and
+    /// leaders named by others outside the list are asked too. A round waits at most 250 ms for
+    /// answers: a node that froze or was cut off accepts
     /// connections and never answers, so its probe goes on (until the dial timeout) while
     /// later rounds ask the others again, instead of holding every round for a dial timeout.
     pub async fn connect_leader(&self) -> Result<Connection> {

@@ -284,7 +284,7 @@ impl Connection {
         // Whatever made the request in front fail (no leader, the barrier) fails the text too,
         // which says so itself.
         match second {
-            Response::Failure { code, message } => Err(Error::Server { code, message }),
+            Response::Failure { code, message } => Err(Error::server(code, message)),
             other => self.exec_result("EXEC_SQL", other),
         }
     }
@@ -429,7 +429,7 @@ impl Connection {
         let resp = self.finish("request to", outcome)?;
         self.state = State::Idle;
         match resp {
-            Response::Failure { code, message } => Err(Error::Server { code, message }),
+            Response::Failure { code, message } => Err(Error::server(code, message)),
             other => Ok(other),
         }
     }
@@ -467,7 +467,7 @@ impl Connection {
             }
             Response::Failure { code, message } => {
                 self.state = State::Idle;
-                Err(Error::Server { code, message })
+                Err(Error::server(code, message))
             }
             other => Err(self.unexpected("QUERY", &other)),
         }

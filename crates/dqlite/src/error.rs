@@ -15,6 +15,11 @@ pub const SQLITE_INTERRUPT: u64 = 9;
 pub const SQLITE_IOERR_NOT_LEADER: u64 = 10250;
 /// dqlite's "leadership lost" (SQLITE_IOERR | 41 << 8): the outcome of a write is unknown.
 pub const SQLITE_IOERR_LEADERSHIP_LOST: u64 = 10506;
+/// raft's RAFT_NOTLEADER, which libdqlite 1.11 passes on as the FAILURE code when `raft_apply`
+/// or `raft_barrier` refuses a write during a leadership transfer (after discarding the
+/// statement's frames: nothing was applied). Its message is SQLite's text for the step that had
+/// succeeded, "no more rows available"; SQLite's own code 7 (NOMEM) says "out of memory".
+pub const RAFT_NOTLEADER: u64 = 7;
 /// SQLite's NOTFOUND code, which libdqlite also sends as "no database opened".
 const SQLITE_NOTFOUND: u64 = 12;
 /// What libdqlite answers on a connection whose database it closed when its node lost
@@ -217,6 +222,17 @@ pub(crate) fn copy_io(err: &io::Error) -> io::Error {
 }
 
 impl Error {
+    /// A FAILURE the server sent. RAFT_NOTLEADER comes with the text of the SQLite step before
+    /// it ("no more rows available"), which would only puzzle whoever reads it: it is replaced.
+    pub(crate) fn server(code: u64, message: String) -> Error {
+        let message = if code == RAFT_NOTLEADER && message == "no more rows available" {
+            "not leader: raft refused the write (leadership is being transferred)".to_owned()
+        } else {
+            message
+        };
+        Error::Server { code, message }
+    }
+
     /// The FAILURE code, if the server sent one.
     pub fn code(&self) -> Option<u64> {
         match self {
@@ -235,6 +251,7 @@ impl Error {
     pub fn is_not_leader(&self) -> bool {
         match self {
             Error::Server { code, .. } if *code == SQLITE_IOERR_NOT_LEADER => true,
+            Error::Server { code, message } if *code == RAFT_NOTLEADER => !message.contains("out of memory"),
             Error::Server { code, message } => *code == SQLITE_NOTFOUND && message == NO_DATABASE_OPENED,
             _ => false,
         }
@@ -307,4 +324,19 @@ pub(crate) fn excerpt(sql: &str) -> String {
 /// How a leader search went, for [`Error::NoLeader`]'s message (no rounds: not searched).
 fn searched(attempts: u32, servers: &str) -> String {
     if attempts == 0 { String::new() } else { format!(" after {attempts} rounds over [{servers}]") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_refusing_a_write_during_a_transfer_reads_as_not_leader() {
+        let server = |code, message: &str| Error::Server { code, message: message.into() };
+        let refused = Error::server(RAFT_NOTLEADER, "no more rows available".into());
+        assert!(refused.is_not_leader() && !refused.is_statement_error() && !refused.is_ambiguous());
+        assert!(refused.to_string().contains("leadership is being transferred"), "{refused}");
+        assert!(!server(RAFT_NOTLEADER, "out of memory").is_not_leader(), "SQLite's own NOMEM");
+        assert!(server(SQLITE_IOERR_NOT_LEADER, "not leader").is_not_leader());
+    }
 }

@@ -36,7 +36,9 @@ pub use client::{Client, ClientConfig};
 pub use connection::{BoxStream, Connection, DEFAULT_MAX_MESSAGE, DEFAULT_TIMEOUT, ExecResult, Statement, Stream};
 pub use database::{Database, Outcome, Transaction, TxFuture};
 pub use dialer::{DefaultDialer, DialFuture, Dialer, connect_abstract, connect_blocking};
-pub use error::{Error, Result, SQLITE_BUSY, SQLITE_INTERRUPT, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER};
+pub use error::{
+    Error, RAFT_NOTLEADER, Result, SQLITE_BUSY, SQLITE_INTERRUPT, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
+};
 pub use id::{BOOTSTRAP_ID, generate_id};
 pub use node::{
     Node, NodeBuilder, NodeError, pin_allocator_thresholds, release_free_memory, set_statement_timeout,

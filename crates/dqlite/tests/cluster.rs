@@ -158,3 +158,51 @@ async fn a_handle_opened_before_leadership_went_away_and_came_back_still_works()
     let rows = db.query("SELECT x FROM t", &[]).await.unwrap();
     assert_eq!(rows.rows.len(), 1);
 }
+
+/// A leadership transfer makes libdqlite 1.11 refuse writes that reach the leader meanwhile
+/// with raft's RAFT_NOTLEADER (7) as the FAILURE code, after discarding the statement's
+/// frames: a write that was never applied, to be retried on the new leader like 10250.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_leadership_transfer_are_retried_on_the_new_leader() {
+    let cluster = TestCluster::start("transfer-load", &[Role::Voter, Role::Voter]).await;
+    let client = cluster.client.clone();
+    let mut db = client.database("test");
+    db.exec("CREATE TABLE t (x INTEGER)", &[]).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // One writer: two would refuse each other ("database is locked"; 1.11 has no busy timeout).
+    let writers: Vec<_> = (0..1)
+        .map(|w| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut db = client.database("test");
+                let (mut done, mut refused) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match db.exec("INSERT INTO t VALUES (?)", &[(w * 1_000_000 + done as i64).into()]).await {
+                        Ok(_) => done += 1,
+                        Err(err) if err.is_ambiguous() => {}
+                        Err(err) => refused.push(format!("{err} (code {:?})", err.code())),
+                    }
+                }
+                (done, refused)
+            })
+        })
+        .collect();
+    let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id()).collect();
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let leader = client.leader().await.unwrap();
+        let next = ids[(ids.iter().position(|id| *id == leader.id).unwrap() + 1 + round % 2) % ids.len()];
+        // A transfer can itself be refused while the target catches up; the writes are the point.
+        let _ = client.transfer(next).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut refused = Vec::new();
+    let mut done = 0;
+    for writer in writers {
+        let (d, r) = writer.await.unwrap();
+        done += d;
+        refused.extend(r);
+    }
+    assert!(done > 0, "no write went through");
+    assert!(refused.is_empty(), "{} of {} writes refused: {:?}", refused.len(), done, &refused[..refused.len().min(5)]);
+}

@@ -10,8 +10,8 @@ use crate::format::Listing;
 /// Fingerprint characters shown in tables: enough to tell members apart at a glance.
 const SHORT_FINGERPRINT: usize = 12;
 
-/// Members: NAME, ADDRESS, ROLE, FINGERPRINT (short), STATUS in the table; every field but the
-/// certificate in YAML/CSV.
+/// Members: NAME, ADDRESS, ROLE, FINGERPRINT (short), STATUS in the table (with a note on a
+/// member whose clock is off the cluster's); every field but the certificate in YAML/CSV.
 pub(crate) fn members(members: &[ClusterMember]) -> Listing {
     let header = ["NAME", "ADDRESS", "ROLE", "FINGERPRINT", "STATUS"].map(String::from).to_vec();
     let cells = members
@@ -22,7 +22,7 @@ pub(crate) fn members(members: &[ClusterMember]) -> Listing {
                 m.local.address.clone(),
                 m.role.clone(),
                 m.fingerprint.chars().take(SHORT_FINGERPRINT).collect(),
-                m.status.clone(),
+                status_cell(m),
             ]
         })
         .collect();
@@ -38,6 +38,8 @@ pub(crate) fn members(members: &[ClusterMember]) -> Listing {
         "schema_external_version",
         "extensions",
         "leader",
+        "clock_offset",
+        "clock_skewed",
     ];
     let records = members
         .iter()
@@ -54,10 +56,31 @@ pub(crate) fn members(members: &[ClusterMember]) -> Listing {
                 json!(m.schema_external_version),
                 json!(m.extensions),
                 json!(m.leader),
+                json!(m.clock_offset),
+                json!(m.clock_skewed),
             ]
         })
         .collect();
     Listing { header, cells, keys, records, json: json!(members) }
+}
+
+/// The status, and how far the clock is off when the server reports it skewed (the details
+/// and the fix are in `status_reason`).
+fn status_cell(m: &ClusterMember) -> String {
+    match m.clock_offset.filter(|_| m.clock_skewed) {
+        Some(offset) => {
+            let side = if offset > 0.0 { "ahead" } else { "behind" };
+            let size = std::time::Duration::from_secs_f64(offset.abs().min(1e12));
+            let size = if size.as_secs() < 60 {
+                format!("{:.1}s", size.as_secs_f64())
+            } else {
+                humantime::format_duration(std::time::Duration::from_secs(size.as_secs_f64().round() as u64))
+                    .to_string()
+            };
+            format!("{} (clock {size} {side})", m.status)
+        }
+        None => m.status.clone(),
+    }
 }
 
 /// Join tokens: NAME, TOKEN, EXPIRES AT ("never" in the table when there is no expiry).
@@ -104,6 +127,8 @@ mod tests {
             extensions: vec!["custom_extension_a_0".into()],
             fingerprint: "0123456789abcdef0123".into(),
             leader: true,
+            clock_offset: Some(0.002),
+            clock_skewed: false,
         }
     }
 
@@ -125,14 +150,28 @@ mod tests {
         assert_eq!(
             listing.render(Format::Csv),
             "name,address,role,fingerprint,status,status_reason,last_heartbeat,schema_internal_version,\
-             schema_external_version,extensions,leader\n\
-             mc1,127.0.0.1:9001,voter,0123456789abcdef0123,ONLINE,,2025-03-20T17:52:03Z,7,2,custom_extension_a_0,true\n"
+             schema_external_version,extensions,leader,clock_offset,clock_skewed\n\
+             mc1,127.0.0.1:9001,voter,0123456789abcdef0123,ONLINE,,2025-03-20T17:52:03Z,7,2,custom_extension_a_0,true,\
+             0.002,false\n"
         );
         assert!(
             listing.render(Format::Yaml).contains("  fingerprint: \"0123456789abcdef0123\"\n  status: \"ONLINE\"\n")
         );
         let json: Vec<ClusterMember> = serde_json::from_str(&listing.render(Format::Json)).unwrap();
         assert_eq!(json, vec![member()]);
+    }
+
+    #[test]
+    fn a_skewed_clock_is_flagged_in_the_table() {
+        let mut skewed = member();
+        (skewed.clock_offset, skewed.clock_skewed) = (Some(172_799.7), true);
+        let mut behind = member();
+        (behind.local.name, behind.clock_offset, behind.clock_skewed) = ("mc2".into(), Some(-7.25), true);
+        let table = members(&[member(), skewed, behind]).render(Format::Table);
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| mc")).collect();
+        assert!(rows[0].ends_with("| ONLINE                     |"), "{table}");
+        assert!(rows[1].ends_with("| ONLINE (clock 2days ahead) |"), "{table}");
+        assert!(rows[2].ends_with("| ONLINE (clock 7.2s behind) |"), "{table}");
     }
 
     #[test]

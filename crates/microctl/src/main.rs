@@ -45,6 +45,24 @@ const EXAMPLE: &str = "Example (the tutorial's three-member cluster):
   microctl --state-dir /tmp/mc1 sql \"SELECT name FROM sqlite_master WHERE type='table'\"";
 
 /// Control a microd cluster member through the control socket in its state directory.
+/// `--consistency` of `microctl sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Consistency {
+    /// Confirmed with a majority of the voters: never misses an acknowledged write.
+    Linearizable,
+    /// Whichever node believes it leads.
+    Weak,
+}
+
+impl From<Consistency> for microcluster::api::ReadConsistency {
+    fn from(c: Consistency) -> Self {
+        match c {
+            Consistency::Linearizable => microcluster::api::ReadConsistency::Linearizable,
+            Consistency::Weak => microcluster::api::ReadConsistency::Weak,
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "microctl",
@@ -116,6 +134,12 @@ enum Command {
         /// Output format of results.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// How sure reads must be to see every write acknowledged before them: `linearizable`
+        /// (the node that answers was confirmed as leader by a majority of the voters) or
+        /// `weak` (whichever node believes it leads answers; one round trip less, but may miss
+        /// writes acknowledged by a new leader around a leader change).
+        #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+        consistency: Consistency,
     },
     /// Compare dqlite's configuration, the member table and every trust store; repair what
     /// provably drifted.
@@ -375,12 +399,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Database(DatabaseCommand::Verify { file, format }) => {
             emit(&database::verify(&client, &file, format).await?)?;
         }
-        Command::Sql { query: None, format } => shell::run(&client, dir, format).await?,
-        Command::Sql { query: Some(query), format } => match sql::request(&query)? {
+        Command::Sql { query: None, format, .. } => shell::run(&client, dir, format).await?,
+        Command::Sql { query: Some(query), format, consistency } => match sql::request(&query)? {
             sql::Request::Dump { schema_only } => emit(&sql::render_dump(client.sql_dump(schema_only).await?))?,
             // CSV streams the rows of a single read, so an export of any size fits in memory.
-            sql::Request::Statements(query) if format == Format::Csv => sql::stream_csv(&client, &query).await?,
-            sql::Request::Statements(query) => emit(&sql::render_as(&client.sql(&query).await?, format))?,
+            sql::Request::Statements(query) if format == Format::Csv => {
+                sql::stream_csv(&client, &query, consistency.into()).await?
+            }
+            sql::Request::Statements(query) => {
+                emit(&sql::render_as(&client.sql_with(&query, consistency.into()).await?, format))?
+            }
         },
         Command::Doctor { check, format } => doctor::run(&client.with_timeout(SLOW_TIMEOUT), !check, format).await?,
         Command::Waitready { timeout } => waitready::run(&client, dir, timeout).await?,
@@ -539,7 +567,7 @@ mod tests {
     #[test]
     fn sql_without_a_query_is_the_shell() {
         let cli = parse(&["sql"]).unwrap();
-        let Command::Sql { query, format } = cli.command else { panic!("not sql") };
+        let Command::Sql { query, format, .. } = cli.command else { panic!("not sql") };
         assert_eq!((query, format), (None, Format::Table));
         assert!(parse(&["completion", "bash"]).is_ok());
         assert!(parse(&["completion", "tcsh"]).is_err());

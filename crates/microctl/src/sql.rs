@@ -126,28 +126,35 @@ fn cell(value: &Value) -> String {
 
 /// Runs `query` and prints CSV: the rows of one read-only statement as they stream in (so any
 /// number of rows fits in a bounded amount of memory), anything else as [`render_as`] does.
-pub(crate) async fn stream_csv(client: &microcluster::client::Client, query: &str) -> anyhow::Result<()> {
+pub(crate) async fn stream_csv(
+    client: &microcluster::client::Client,
+    query: &str,
+    consistency: microcluster::api::ReadConsistency,
+) -> anyhow::Result<()> {
     use microcluster::client::{SqlStreamEvent, SqlStreamed};
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed: Option<std::io::Error> = None;
     let outcome = client
         .clone()
-        .sql_stream(query, |event| {
-            let line = match event {
-                SqlStreamEvent::Columns(columns) => {
-                    format::csv_header(&columns.iter().map(String::as_str).collect::<Vec<_>>())
+        .sql_stream_with(
+            microcluster::api::SqlQuery { query: query.to_owned(), consistency: Some(consistency) },
+            |event| {
+                let line = match event {
+                    SqlStreamEvent::Columns(columns) => {
+                        format::csv_header(&columns.iter().map(String::as_str).collect::<Vec<_>>())
+                    }
+                    SqlStreamEvent::Row(values) => format::csv_line(&values),
+                };
+                match out.write_all(line.as_bytes()) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        failed = Some(err);
+                        false
+                    }
                 }
-                SqlStreamEvent::Row(values) => format::csv_line(&values),
-            };
-            match out.write_all(line.as_bytes()) {
-                Ok(()) => true,
-                Err(err) => {
-                    failed = Some(err);
-                    false
-                }
-            }
-        })
+            },
+        )
         .await?;
     if let SqlStreamed::Batch(batch) = outcome {
         out.write_all(render_as(&batch, Format::Csv).as_bytes()).ok();

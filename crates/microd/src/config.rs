@@ -15,6 +15,8 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/microd";
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_NETWORK_LATENCY: Duration = Duration::from_millis(40);
+const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = microcluster::server::rest::DEFAULT_HEADER_TIMEOUT;
+const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = microcluster::server::rest::DEFAULT_IDLE_TIMEOUT;
 
 /// Every key the file may hold, in the order `config/microd.toml` documents them.
 const KEYS: &[&str] = &[
@@ -24,6 +26,9 @@ const KEYS: &[&str] = &[
     "network_latency",
     "socket_group",
     "failure_domain",
+    "http_header_timeout",
+    "http_idle_timeout",
+    "max_connections",
     "log_level",
     "log_format",
 ];
@@ -77,6 +82,12 @@ pub(crate) struct Config {
     pub(crate) network_latency: Option<Duration>,
     pub(crate) socket_group: Option<String>,
     pub(crate) failure_domain: Option<u64>,
+    #[serde(default, deserialize_with = "http_timeout")]
+    pub(crate) http_header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "http_timeout")]
+    pub(crate) http_idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "max_connections")]
+    pub(crate) max_connections: Option<usize>,
     pub(crate) log_level: Option<LogLevel>,
     pub(crate) log_format: Option<LogFormat>,
 }
@@ -91,6 +102,9 @@ impl Config {
             network_latency: self.network_latency.or(other.network_latency),
             socket_group: self.socket_group.or(other.socket_group),
             failure_domain: self.failure_domain.or(other.failure_domain),
+            http_header_timeout: self.http_header_timeout.or(other.http_header_timeout),
+            http_idle_timeout: self.http_idle_timeout.or(other.http_idle_timeout),
+            max_connections: self.max_connections.or(other.max_connections),
             log_level: self.log_level.or(other.log_level),
             log_format: self.log_format.or(other.log_format),
         }
@@ -108,6 +122,10 @@ pub(crate) struct Settings {
     pub(crate) socket_group: Option<String>,
     /// `None`: keep the state directory's `daemon.toml` value.
     pub(crate) failure_domain: Option<u64>,
+    pub(crate) http_header_timeout: Duration,
+    pub(crate) http_idle_timeout: Duration,
+    /// `None`: derived from the open-file limit.
+    pub(crate) max_connections: Option<usize>,
     pub(crate) log_level: LogLevel,
     pub(crate) log_format: LogFormat,
 }
@@ -123,6 +141,9 @@ impl Settings {
             network_latency: c.network_latency.unwrap_or(DEFAULT_NETWORK_LATENCY),
             socket_group: c.socket_group,
             failure_domain: c.failure_domain,
+            http_header_timeout: c.http_header_timeout.unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT),
+            http_idle_timeout: c.http_idle_timeout.unwrap_or(DEFAULT_HTTP_IDLE_TIMEOUT),
+            max_connections: c.max_connections,
             log_level: c.log_level.unwrap_or(LogLevel::Warn),
             log_format: c.log_format.unwrap_or(LogFormat::Text),
         }
@@ -189,6 +210,28 @@ pub(crate) fn parse_network_latency(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--http-header-timeout` / `--http-idle-timeout` and their keys: 1 s to 1 h.
+pub(crate) fn parse_http_timeout(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text, "10s, 1m")?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+        return Err(format!("{text:?} is out of range: HTTP timeouts are between 1s and 1h"));
+    }
+    Ok(d)
+}
+
+/// `--max-connections` / `max_connections`: 32 to 1 000 000.
+pub(crate) fn parse_max_connections(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|_| format!("invalid number {text:?}"))?;
+    check_max_connections(n)
+}
+
+fn check_max_connections(n: usize) -> Result<usize, String> {
+    if !(32..=1_000_000).contains(&n) {
+        return Err(format!("{n} is out of range: max_connections is between 32 and 1000000"));
+    }
+    Ok(n)
+}
+
 fn parse_duration(text: &str, examples: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|err| format!("invalid duration {text:?}: {err} (examples: {examples})"))
 }
@@ -221,6 +264,15 @@ fn statement_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 
 fn network_latency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration_with(d, parse_network_latency)
+}
+
+fn http_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_with(d, parse_http_timeout)
+}
+
+fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let n = usize::deserialize(d)?;
+    check_max_connections(n).map(Some).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -259,6 +311,9 @@ mod tests {
             network_latency,
             socket_group,
             failure_domain,
+            http_header_timeout,
+            http_idle_timeout,
+            max_connections,
             log_level,
             log_format,
         } = full.clone();
@@ -269,15 +324,22 @@ mod tests {
             network_latency.is_some(),
             socket_group.is_some(),
             failure_domain.is_some(),
+            http_header_timeout.is_some(),
+            http_idle_timeout.is_some(),
+            max_connections.is_some(),
             log_level.is_some(),
             log_format.is_some(),
         ];
         assert_eq!(set.len(), KEYS.len());
         assert!(set.iter().all(|s| *s), "a key is missing from config/microd.toml: {full:?}");
-        // socket_group and failure_domain have no default (the owner's group; daemon.toml's
-        // value), so the file shows an example for them.
-        let documented =
-            Settings { socket_group: None, failure_domain: None, ..Settings::new(Config::default(), full) };
+        // socket_group, failure_domain and max_connections have no default (the owner's group;
+        // daemon.toml's value; derived from the open-file limit), so the file shows an example.
+        let documented = Settings {
+            socket_group: None,
+            failure_domain: None,
+            max_connections: None,
+            ..Settings::new(Config::default(), full)
+        };
         assert_eq!(documented, Settings::new(Config::default(), Config::default()));
     }
 
@@ -309,6 +371,10 @@ mod tests {
             ("log_level = \"loud\"", "key log_level: unknown variant `loud`, expected one of"),
             ("log_format = \"xml\"", "key log_format: unknown variant `xml`"),
             ("failure_domain = -1", "key failure_domain: invalid value: integer `-1`"),
+            ("http_header_timeout = \"0s\"", "key http_header_timeout: \"0s\" is out of range"),
+            ("http_idle_timeout = \"2h\"", "key http_idle_timeout: \"2h\" is out of range"),
+            ("max_connections = 10", "key max_connections: 10 is out of range"),
+            ("max_connections = \"many\"", "key max_connections: invalid type: string"),
             ("socket_group = 5", "key socket_group: invalid type: integer `5`"),
             ("[server]\nx = 1", "unknown key \"server\""),
             ("\n\nheartbeat = ", "line 3: invalid TOML"),

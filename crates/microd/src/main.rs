@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use microcluster::{App, Args, DaemonArgs};
+use microcluster::{App, Args, ConnectionLimits, DaemonArgs};
 
 use config::{Config, LogFormat, LogLevel, Settings};
 
@@ -48,6 +48,18 @@ struct Cli {
     /// This member's failure domain [key: failure_domain; default: daemon.toml's].
     #[arg(long, value_name = "N")]
     failure_domain: Option<u64>,
+    /// Longest a client may take for its TLS handshake or a request head
+    /// [key: http_header_timeout; default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_http_timeout)]
+    http_header_timeout: Option<Duration>,
+    /// Longest a kept-alive connection may wait for its next request [key: http_idle_timeout;
+    /// default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_http_timeout)]
+    http_idle_timeout: Option<Duration>,
+    /// Most connections one TCP listener holds, a quarter of them for untrusted clients
+    /// [key: max_connections; default: from the open-file limit, at most 8192].
+    #[arg(long, value_name = "N", value_parser = config::parse_max_connections)]
+    max_connections: Option<usize>,
     /// Log level [key: log_level; default: warn].
     #[arg(long, value_enum, value_name = "LEVEL", conflicts_with_all = ["verbose", "debug"])]
     log_level: Option<LogLevel>,
@@ -76,6 +88,9 @@ impl Cli {
             network_latency: self.network_latency,
             socket_group: self.socket_group.clone(),
             failure_domain: self.failure_domain,
+            http_header_timeout: self.http_header_timeout,
+            http_idle_timeout: self.http_idle_timeout,
+            max_connections: self.max_connections,
             log_level: self.log_level.or(verbosity),
             log_format: self.log_format,
         }
@@ -98,6 +113,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         statement_timeout: settings.statement_timeout,
         network_latency: settings.network_latency,
         failure_domain: settings.failure_domain,
+        connections: ConnectionLimits {
+            header_timeout: settings.http_header_timeout,
+            idle_timeout: settings.http_idle_timeout,
+            max_connections: settings.max_connections,
+        },
         ..extension::daemon_args()
     };
     let notifier = notify::Notifier::from_env().map(Arc::new);
@@ -110,6 +130,26 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         notifier.stopping();
     }
     result.with_context(|| format!("microd with state directory {}", settings.state_dir.display()))
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime does for every program
+/// since 1.19. The soft limit (1024 under systemd and most shells) exists for programs that
+/// use `select(2)`, which this one (and libdqlite, on libuv's epoll) does not; every member
+/// connection, tunnel and database file takes a descriptor, and the listeners derive their
+/// connection caps from what is allowed.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // An unlimited hard limit is not one the kernel takes for a soft one (it stops at
+    // fs.nr_open): keep the soft limit then.
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else { return };
+    if soft >= hard {
+        return;
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) }) {
+        Ok(()) => tracing::info!(from = soft, to = hard, "raised the soft limit on open files to the hard limit"),
+        Err(err) => tracing::warn!(soft, hard, error = %err, "could not raise the soft limit on open files"),
+    }
 }
 
 fn main() -> ExitCode {
@@ -133,6 +173,7 @@ fn main() -> ExitCode {
     };
     let settings = Settings::new(cli.flags(), file);
     logging::init(settings.log_level, settings.log_format);
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -11,7 +11,7 @@
 //! `bench [--repeat N] [--ops N] [--duration SECS] [--idle SECS] [--settle SECS] [--scale-idle SECS]
 //! [--scale-repeat N] [--failover-repeat N] [--only cluster,scale,failover] [--quick]`
 //!
-//! `bench drive --socket PATH|--tcp IP:PORT [--api ours|kv|demo|etcd] --op write|read [--ops N]
+//! `bench drive --socket PATH|--tcp IP:PORT [--api ours|ours-weak|kv|demo|etcd] --op write|read [--ops N]
 //! [--workers N] [--think-ms MS] [--pid PID]` drives an already running member (for profiling, see
 //! docs/performance.md) and prints what each request cost that process; `bench layers CALLGRIND_OUT REQUESTS` splits a callgrind profile
 //! of such a run by layer (`bench/profile.sh` does both).
@@ -163,6 +163,12 @@ async fn measure(side: &Side, cfg: &Config, full: bool) -> Result<Figures, Error
     }
     f.insert("seq_read_p50".into(), reads.p(0.5));
     f.insert("seq_read_rate".into(), reads.rate());
+    if api == Api::Ours {
+        // The same reads without confirming the leader with the voters (dqlite-demo's guarantee).
+        let weak = seq(read_workload(Api::OursWeak, cfg.ops)).await?;
+        f.insert("seq_read_weak_p50".into(), weak.p(0.5));
+        f.insert("seq_read_weak_rate".into(), weak.rate());
+    }
     let mut runs: Vec<(&str, usize, &[Endpoint], &'static str)> = vec![("w16", 16, leader, "c")];
     if full {
         runs.insert(0, ("w4", 4, leader, "b"));
@@ -235,10 +241,11 @@ async fn drive(args: &[String]) -> Result<(), Error> {
     };
     let api = match flag(args, "--api", "ours".to_owned()).as_str() {
         "ours" => Api::Ours,
+        "ours-weak" => Api::OursWeak,
         "kv" => Api::Kv,
         "demo" => Api::Demo,
         "etcd" => Api::Etcd,
-        other => return Err(format!("--api {other}: use ours, kv, demo or etcd").into()),
+        other => return Err(format!("--api {other}: use ours, ours-weak, kv, demo or etcd").into()),
     };
     let op: String = flag(args, "--op", "write".to_owned());
     let (ops, workers) = (flag(args, "--ops", 1000usize), flag(args, "--workers", 1usize).max(1));
@@ -321,6 +328,8 @@ async fn main() -> Result<(), Error> {
             row("sequential writes", "op/s", "seq_write_rate", &s, None),
             row("sequential point read p50", "ms", "seq_read_p50", &s, None),
             row("sequential point reads", "op/s", "seq_read_rate", &s, Some(Target::RatioAtLeast(1.5))),
+            row("sequential point read p50, weak reads", "ms", "seq_read_weak_p50", &s, None),
+            row("sequential point reads, weak reads", "op/s", "seq_read_weak_rate", &s, None),
             row(&w(4), "op/s", "w4_rate", &s, None),
             row("4 writers: failed requests", "%", "w4_error_pct", &s, None),
             row("4 writers: p50", "ms", "w4_p50", &s, None),

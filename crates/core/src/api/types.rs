@@ -46,6 +46,10 @@ pub struct ServerStatus {
     /// Application schema version of this member's software.
     #[serde(default)]
     pub schema_external_version: u64,
+    /// This member's clock when it answered (RFC 3339; absent from older software), which
+    /// `doctor` compares with the other members'.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub time: String,
 }
 
 /// `POST /core/control/tokens`.
@@ -164,6 +168,14 @@ pub struct ClusterMember {
     /// Whether it is the dqlite leader (as the answering member sees it).
     #[serde(default)]
     pub leader: bool,
+    /// Its clock minus the cluster's time (the median of the members' clocks), in seconds, as
+    /// the leader last measured it; absent while unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset: Option<f64>,
+    /// Whether that offset is beyond the bound (5 s) even at the near end of the measurement's
+    /// uncertainty; `status_reason` then says so and what to do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_skewed: bool,
 }
 
 /// `POST /core/internal/cluster`: a new member asks to join.
@@ -391,6 +403,21 @@ pub struct HeartbeatRequest {
     pub leader: String,
     /// Every member of the cluster.
     pub members: Vec<ClusterMemberLocal>,
+    /// Every member's clock offset from the cluster's time by name, as the leader measured it
+    /// (in an earlier round). Sent only to members whose answers carry their time: older
+    /// software refuses fields it does not know.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clocks: BTreeMap<String, ClockOffset>,
+}
+
+/// A member's clock minus the cluster's time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockOffset {
+    /// Nanoseconds; positive: ahead.
+    pub offset_ns: i64,
+    /// The true offset is within `offset_ns` ± this (half the measuring round trip and the
+    /// reference's own).
+    pub uncertainty_ns: u64,
 }
 
 /// A member's answer to a heartbeat: what it runs and how it is placed.
@@ -414,6 +441,22 @@ pub struct HeartbeatResponse {
     pub failure_domain: u64,
     /// Weight (lower is preferred for roles).
     pub weight: u64,
+    /// Why it cannot write its raft log (absent: it can). Such a member is not counted on as
+    /// a voter: role changes give its vote to another member while this lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_log_problem: Option<String>,
+    /// Its clock when it answered (RFC 3339; absent from older software): the leader measures
+    /// every member's offset from it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub time: String,
+}
+
+/// `GET /core/1.0/ready` once ready: what may still be wrong with a member that serves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// Why it cannot write its raft log (absent: it can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_log_problem: Option<String>,
 }
 
 /// `POST /core/1.0/cluster/leader`: hand leadership over.
@@ -473,6 +516,9 @@ pub mod status {
     pub const UPGRADING: &str = "UPGRADING";
     /// Admitted, still joining (not yet in the dqlite configuration).
     pub const PENDING: &str = "PENDING";
+    /// Answers, but cannot write its raft log (a full, read-only or failing disk): it takes
+    /// no part in committing, and role changes give its vote to another member.
+    pub const DEGRADED: &str = "DEGRADED";
 }
 
 /// `POST /core/1.0/doctor[?repair=0]`: the leader's comparison of dqlite's configuration,

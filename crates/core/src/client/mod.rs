@@ -327,6 +327,13 @@ impl Client {
         self.query(Method::GET, paths::STATUS, None::<&()>).await
     }
 
+    /// `GET /core/1.0/ready`, with what may still be wrong with a member that is ready.
+    pub async fn readiness(&self) -> Result<api::Readiness, ClientError> {
+        // A member older than this field answers with no metadata: nothing to report.
+        let value: serde_json::Value = self.query(Method::GET, paths::READY, None::<&()>).await?;
+        Ok(serde_json::from_value(value).unwrap_or_default())
+    }
+
     /// `GET /core/1.0/ready`: succeeds once the daemon is ready.
     pub async fn ready(&self) -> Result<(), ClientError> {
         self.empty(Method::GET, paths::READY, None::<&()>).await
@@ -405,10 +412,18 @@ impl Client {
     pub async fn sql_stream(
         &self,
         query: &str,
+        on_event: impl FnMut(SqlStreamEvent) -> bool,
+    ) -> Result<SqlStreamed, ClientError> {
+        self.sql_stream_with(SqlQuery::new(query), on_event).await
+    }
+
+    /// [`Client::sql_stream`] for a request with its own read consistency.
+    pub async fn sql_stream_with(
+        &self,
+        request: SqlQuery,
         mut on_event: impl FnMut(SqlStreamEvent) -> bool,
     ) -> Result<SqlStreamed, ClientError> {
-        let body =
-            serde_json::to_vec(&SqlQuery::new(query)).map_err(|e| self.decode(format!("encoding the request: {e}")))?;
+        let body = serde_json::to_vec(&request).map_err(|e| self.decode(format!("encoding the request: {e}")))?;
         let options = self.options(false, "application/json", MAX_RESPONSE);
         let path = format!("{}?stream=1", paths::INTERNAL_SQL);
         let open = tokio::time::timeout(

@@ -14,7 +14,8 @@ use super::db::schema::{SchemaUpdate, internal_updates};
 use super::endpoints;
 use super::hooks::{Hooks, NoHooks};
 use super::membership::{OPEN_TIMEOUT_FOREVER, open_schema, start_background, start_runtime_with};
-use super::rest::{Listener, Routes};
+use super::rest::{ConnectionLimits, Listener, Routes, open_file_limit};
+use super::runtime::Runtime;
 use super::servers::Server;
 use super::startup::{self, Files};
 use super::state::{Daemon, Settings, State};
@@ -56,6 +57,8 @@ pub struct DaemonArgs {
     /// This member's failure domain, recorded in `daemon.toml` at start (`None`: keep the
     /// recorded one). Voters and stand-bys are spread across domains.
     pub failure_domain: Option<u64>,
+    /// Connections each listener holds and the timeouts that close them.
+    pub connections: ConnectionLimits,
 }
 
 impl std::fmt::Debug for DaemonArgs {
@@ -81,6 +84,7 @@ impl Default for DaemonArgs {
             network_latency: Duration::from_millis(40),
             statement_timeout: Some(Duration::from_secs(5)),
             failure_domain: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -253,6 +257,7 @@ impl App {
                 hooks: args.hooks.clone(),
                 network_latency: args.network_latency,
                 servers: args.servers.clone(),
+                connections: args.connections.resolve(open_file_limit()),
             },
             config: RwLock::new(config),
             server_identity: RwLock::new(server_identity),
@@ -267,6 +272,7 @@ impl App {
             epoch: AtomicU64::new(0),
             core_routes: Arc::new(Routes::new(&shared)),
             metrics: Arc::default(),
+            clock: Default::default(),
         });
         let state = State(daemon);
         let socket = state.0.dir.socket();
@@ -336,6 +342,21 @@ async fn shutdown_sequence(state: &State) {
 
 /// Brings an initialised member back up after a start (or after a recovery plan arrived),
 /// applying a pending recovery plan first.
+/// Stops this member's runtime (listener, node, background tasks) and starts it again, on a
+/// task of its own: the caller may be one of the tasks the stop ends.
+pub(crate) fn restart_runtime(state: State, why: &'static str) {
+    tokio::spawn(async move {
+        let runtime: Option<Arc<Runtime>> = state.0.runtime.write().ok().and_then(|mut r| r.take());
+        let Some(runtime) = runtime else { return };
+        tracing::warn!(why, "restarting this member's node");
+        let node_id = runtime.node_id;
+        state.set_db_status(DbStatus::Starting);
+        runtime.stop().await;
+        drop(runtime);
+        resume(state, node_id).await;
+    });
+}
+
 pub(crate) async fn resume(state: State, node_id: u64) {
     let mut _init = state.0.init_lock.lock().await;
     let plan = match super::recovery::pending(&state, node_id) {

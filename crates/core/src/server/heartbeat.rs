@@ -1,22 +1,25 @@
 //! The heartbeat. Every interval the dqlite leader sends each member the membership (as the
 //! database records it) over mutual TLS; members sync their trust stores from it and answer with
-//! what software they run and how they are placed. The leader then records who answered and the
-//! roles dqlite reports (replacing PENDING once a joiner's node has a role), prunes expired
-//! tokens, rolls back joins that stalled (`membership::stalled`), and makes at most one role
-//! change to keep 3 voters and 3 stand-bys online.
+//! what software they run, how they are placed and what their clocks say. The leader then works
+//! out every member's clock offset from the cluster's time (see [`super::clock`]; sent to them
+//! with the next round), records who answered and the roles dqlite reports (replacing PENDING
+//! once a joiner's node has a role), all stamped in the cluster's time, prunes expired tokens,
+//! rolls back joins that stalled (`membership::stalled`), and makes at most one role change to
+//! keep 3 voters and 3 stand-bys online.
 //!
 //! Heartbeats are only accepted from a trusted member that names itself as the sender;
 //! microcluster accepts them from anyone, which lets any TLS client rewrite a trust store.
 
-use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::db::{DbStatus, members, now, tokens};
+use super::clock::{self, Offset, Sample};
+use super::db::{DbStatus, members, tokens};
 use super::membership::{recorded_role, stalled};
 use super::rest::{ApiError, ShutdownSignal};
 use super::roles::{self, Placement, Targets};
 use super::state::State;
-use crate::api::{ClusterMemberLocal, HeartbeatRequest, HeartbeatResponse};
+use crate::api::{ClockOffset, ClusterMemberLocal, HeartbeatRequest, HeartbeatResponse};
 
 /// Runs heartbeat rounds until `stop` fires.
 pub(crate) async fn run(state: State, mut stop: ShutdownSignal) {
@@ -51,6 +54,22 @@ pub(crate) fn report(state: &State) -> HeartbeatResponse {
         status: state.database_status_text(),
         failure_domain,
         weight,
+        raft_log_problem: state.runtime().ok().and_then(|r| r.disk.health().problem().map(str::to_owned)),
+        time: clock::format(SystemTime::now()),
+    }
+}
+
+/// Every member's clock offset as this member last learned it, while it is recent: a member
+/// that has stopped hearing from a leader for a few rounds no longer knows.
+pub(crate) fn clock_offsets(state: &State) -> BTreeMap<String, Offset> {
+    state.0.clock.offsets(state.0.settings.heartbeat * 3 + Duration::from_secs(5))
+}
+
+/// Takes the offsets a leader's heartbeat carries.
+pub(crate) fn learn_clocks(state: &State, clocks: &BTreeMap<String, ClockOffset>) {
+    if !clocks.is_empty() {
+        let offsets = clocks.iter().map(|(name, o)| (name.clone(), Offset::from(*o))).collect();
+        state.0.clock.learn(&state.name(), offsets, false);
     }
 }
 
@@ -122,6 +141,8 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     let timer = state.0.metrics.heartbeat_round();
     let nodes = client.cluster().await?;
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
+    let clocks: BTreeMap<String, ClockOffset> =
+        clock_offsets(state).into_iter().map(|(name, offset)| (name, offset.into())).collect();
     let request = HeartbeatRequest {
         leader: state.name(),
         members: rows
@@ -132,30 +153,55 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
                 certificate: r.certificate.clone(),
             })
             .collect(),
+        clocks: BTreeMap::new(),
     };
 
     let deadline = probe_timeout(state.0.settings.heartbeat);
     let mut probes = tokio::task::JoinSet::new();
     for row in rows.iter().filter(|r| r.address != runtime.address) {
         let client = state.member_client(&row.address)?.with_timeout(deadline);
-        let (address, request) = (row.address.clone(), request.clone());
-        probes.spawn(async move { (address, client.heartbeat(&request).await) });
+        let (address, mut request) = (row.address.clone(), request.clone());
+        if state.0.clock.is_reader(&address) {
+            request.clocks = clocks.clone();
+        }
+        probes.spawn(async move {
+            let (sent, start) = (SystemTime::now(), Instant::now());
+            let answer = client.heartbeat(&request).await;
+            (address, answer, sent, start.elapsed())
+        });
     }
     let mut answers: HashMap<String, HeartbeatResponse> = HashMap::new();
+    let mut samples: BTreeMap<String, Sample> = BTreeMap::from([(state.name(), Sample::LEADER)]);
     while let Some(joined) = probes.join_next().await {
         match joined {
-            Ok((address, Ok(answer))) => {
+            Ok((address, Ok(answer), sent, round_trip)) => {
+                let time = humantime::parse_rfc3339_weak(&answer.time).ok();
+                state.0.clock.set_reader(&address, time.is_some());
+                if let (Some(time), Some(row)) = (time, rows.iter().find(|r| r.address == address)) {
+                    samples.insert(row.name.clone(), Sample::measure(sent, round_trip, time));
+                }
                 answers.insert(address, answer);
             }
-            Ok((address, Err(err))) => {
+            Ok((address, Err(err), ..)) => {
+                // It may have been rolled back to software that refuses the offsets: the next
+                // round asks it without them, and its answer tells again.
+                state.0.clock.set_reader(&address, false);
                 tracing::debug!(member = address, error = %err, "no heartbeat answer")
             }
             Err(_) => {}
         }
     }
+    // Without a majority of the members' clocks this round, the offsets learned before stand.
+    if let Some(offsets) = clock::offsets(&samples, rows.len()) {
+        state.0.clock.learn(&state.name(), offsets, true);
+    }
+    // A leader that has never learned its offset could be the skewed one: it leaves expired
+    // tokens for a later round rather than prune by its own clock.
+    let prune = state.0.clock.own_offset().is_some();
 
     let roles_now: HashMap<String, Option<dqlite::Role>> = nodes.iter().map(|n| (n.address.clone(), n.role)).collect();
-    let time = now();
+    let time = clock::format(state.0.clock.now());
+    let expired_before = state.0.clock.now().checked_sub(tokens::KEPT_AFTER_EXPIRY).unwrap_or(SystemTime::UNIX_EPOCH);
     let (answered, own_address) = (answers.keys().cloned().collect::<HashSet<_>>(), runtime.address.clone());
     let (seen, own) = (answered.clone(), own_address.clone());
     runtime
@@ -173,7 +219,9 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
                         members::set_heartbeat(tx, &row.name, role, heartbeat).await?;
                     }
                 }
-                tokens::delete_expired(tx).await?;
+                if prune {
+                    tokens::delete_expired(tx, expired_before).await?;
+                }
                 Ok(())
             })
         })
@@ -181,13 +229,23 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     sync_truststore(state, &request.leader, &request.members);
     stalled::apply(state, &runtime, &rows, &nodes, &answered).await;
 
+    // A member that cannot write its raft log counts as gone for its role: another takes its
+    // vote while it cannot persist.
+    let own = report(state);
     let mut online: HashSet<String> = answered;
     online.insert(own_address.clone());
+    for (address, problem) in
+        answers.values().map(|a| (&a.address, &a.raft_log_problem)).chain([(&own_address, &own.raft_log_problem)])
+    {
+        if let Some(problem) = problem {
+            tracing::warn!(member = %address, %problem, "a member cannot write its raft log; its role is handed on");
+            online.remove(address);
+        }
+    }
     let mut placement: HashMap<String, Placement> = answers
         .values()
         .map(|a| (a.address.clone(), Placement { failure_domain: a.failure_domain, weight: a.weight }))
         .collect();
-    let own = report(state);
     placement.insert(own_address.clone(), Placement { failure_domain: own.failure_domain, weight: own.weight });
     // Under the role lock, on the configuration as it is now (a join may have changed it).
     let _roles = state.0.role_lock.lock().await;

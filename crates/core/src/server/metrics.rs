@@ -186,6 +186,8 @@ pub(crate) struct Metrics {
     /// Linearizable reads that were about to go, or went, to a node other than the confirmed
     /// leader, and ran on the confirmed leader instead.
     pub(crate) reads_redirected: Counter,
+    /// Times the node was restarted because raft had stopped writing its log.
+    pub(crate) raft_log_restarts: Counter,
     heartbeat_rounds: Counter,
     heartbeat_failures: Counter,
     heartbeat_duration: Histogram,
@@ -195,6 +197,10 @@ pub(crate) struct Metrics {
     dqlite_errors: Family<Counter>,
     /// Failed dials of the dqlite tunnel, by path.
     dial_errors: Family<Counter>,
+    /// Connections a listener closed before their client did, by reason (`rest::limits`).
+    pub(crate) connections_closed: Family<Counter>,
+    /// Accepts that failed (e.g. out of file descriptors).
+    pub(crate) accept_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -209,12 +215,15 @@ impl Default for Metrics {
             writes_forwarded: Counter::default(),
             leader_changes: Counter::default(),
             reads_redirected: Counter::default(),
+            raft_log_restarts: Counter::default(),
             heartbeat_rounds: Counter::default(),
             heartbeat_failures: Counter::default(),
             heartbeat_duration: Histogram::new(ROUND_BUCKETS),
             memory_releases: Counter::default(),
             dqlite_errors: Family::new(&["kind"], Counter::default),
             dial_errors: Family::new(&["path"], Counter::default),
+            connections_closed: Family::new(&["reason"], Counter::default),
+            accept_errors: Counter::default(),
         };
         // Present from the start at 0, so rates work before the first error.
         for kind in ERROR_KINDS {
@@ -228,6 +237,9 @@ impl Default for Metrics {
         }
         for outcome in [GATHER_FULL, GATHER_TIMEOUT] {
             metrics.write_gathers.with(&[outcome]);
+        }
+        for reason in crate::server::rest::CLOSE_REASONS {
+            metrics.connections_closed.with(&[reason]);
         }
         metrics
     }
@@ -270,6 +282,11 @@ impl Metrics {
     /// Counts a failed dial of the dqlite tunnel ([`DIAL_CLIENT`] or [`DIAL_RAFT`]).
     pub(crate) fn dial_failed(&self, path: &'static str) {
         self.dial_errors.with(&[path]).inc();
+    }
+
+    /// Counts a connection a listener closed before its client did.
+    pub(crate) fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed.with(&[reason]).inc();
     }
 
     /// Starts timing a heartbeat round; it counts as failed unless
@@ -339,6 +356,12 @@ impl Metrics {
         );
         counter(
             out,
+            "microcluster_raft_log_restarts_total",
+            "Times this member restarted its dqlite node because raft had stopped writing its log (after the disk was full or failing) and the disk takes writes again: raft does not retry by itself.",
+            &self.raft_log_restarts,
+        );
+        counter(
+            out,
             "microcluster_heartbeat_rounds_total",
             "Heartbeat rounds this member ran as the dqlite leader.",
             &self.heartbeat_rounds,
@@ -372,6 +395,18 @@ impl Metrics {
             "microcluster_dqlite_dial_errors_total",
             "Failed dials of the dqlite tunnel to another member, by who dialled (our database client or raft).",
             &self.dial_errors,
+        );
+        labelled_counters(
+            out,
+            "microcluster_http_connections_closed_total",
+            "Connections a listener closed before their client did: to make room when its share was full (reason=\"evicted\"), refused while every one was busy (\"refused\"), or for taking too long over a TLS handshake, a request head or between requests (\"handshake_timeout\", \"header_timeout\", \"idle_timeout\").",
+            &self.connections_closed,
+        );
+        counter(
+            out,
+            "microcluster_http_accept_errors_total",
+            "Failed accepts on the member's listeners (e.g. out of file descriptors); each is followed by a pause.",
+            &self.accept_errors,
         );
     }
 }

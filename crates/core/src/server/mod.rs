@@ -3,7 +3,9 @@
 
 mod app;
 mod backup;
+pub(crate) mod clock;
 pub(crate) mod db;
+mod disk;
 mod doctor;
 mod endpoints;
 pub(crate) mod heartbeat;
@@ -28,6 +30,7 @@ pub use app::{App, AppError, Args, DaemonArgs};
 pub use db::DbStatus;
 pub use db::schema::SchemaUpdate;
 pub use hooks::{HookError, HookFuture, Hooks, InitConfig, NoHooks};
+pub use rest::ConnectionLimits;
 pub use servers::Server;
 pub use state::State;
 pub use state_dir::StateDirError;

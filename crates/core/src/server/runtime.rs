@@ -60,7 +60,7 @@ const STREAM_QUIET: Duration = Duration::from_secs(5);
 /// the same entry: under 16 writers (~45 KiB an entry) that was a cluster-wide stall every
 /// ~0.6 s, a 16-writer p99 of 40 ms instead of 11. Costs 96 MiB of preallocated disk (the open
 /// segment and two prepared ones) instead of 24.
-const RAFT_SEGMENT_SIZE: usize = 32 * 1024 * 1024;
+pub(crate) const RAFT_SEGMENT_SIZE: usize = 32 * 1024 * 1024;
 
 /// Raft's heartbeat interval in network latencies (libdqlite ties it to 1.5; the election
 /// timeout is 15).
@@ -85,6 +85,8 @@ pub(crate) struct Runtime {
     pub(crate) listeners: super::servers::Listeners,
     stop_tx: watch::Sender<bool>,
     pub(crate) stop: ShutdownSignal,
+    /// Whether the node can write its raft log (see [`super::disk`]).
+    pub(crate) disk: Arc<super::disk::Watched>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -199,6 +201,7 @@ impl Runtime {
             listeners: super::servers::Listeners::default(),
             stop_tx,
             stop,
+            disk: Arc::default(),
             tasks: Mutex::new(Vec::new()),
         }))
     }

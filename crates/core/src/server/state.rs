@@ -28,6 +28,8 @@ pub(crate) struct Settings {
     pub(crate) hooks: Arc<dyn Hooks>,
     pub(crate) network_latency: Duration,
     pub(crate) servers: Vec<super::servers::Server>,
+    /// What the listeners hold, and for how long (`rest::limits`).
+    pub(crate) connections: super::rest::Limits,
 }
 
 /// Everything a running daemon holds.
@@ -55,6 +57,8 @@ pub(crate) struct Daemon {
     pub(crate) core_routes: Arc<Routes>,
     /// What `GET /core/1.0/metrics` reports (shared with the database's tasks).
     pub(crate) metrics: Arc<super::metrics::Metrics>,
+    /// The cluster's time, which every time stamped into or judged from the database uses.
+    pub(crate) clock: super::clock::Clock,
 }
 
 /// A handle on the daemon, given to endpoint handlers and hooks; cheap to clone.

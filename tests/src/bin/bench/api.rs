@@ -17,6 +17,8 @@ pub(crate) const VALUE: &str =
 pub(crate) enum Api {
     /// `POST /core/internal/sql` on a member's control socket.
     Ours,
+    /// The same, with weak reads (`"consistency": "weak"`: no confirmation with the voters).
+    OursWeak,
     /// The `kv` example: `PUT|GET /KEY` on its plain HTTP listener.
     Kv,
     /// dqlite-demo: `PUT|GET /KEY`.
@@ -29,6 +31,10 @@ fn sql(query: String) -> Bytes {
     serde_json::json!({ "query": query }).to_string().into()
 }
 
+fn weak_sql(query: String) -> Bytes {
+    serde_json::json!({ "query": query, "consistency": "weak" }).to_string().into()
+}
+
 fn etcd_body(fields: &[(&str, &str)]) -> Bytes {
     let object: serde_json::Map<String, serde_json::Value> =
         fields.iter().map(|(k, v)| ((*k).to_owned(), BASE64.encode(v).into())).collect();
@@ -39,7 +45,7 @@ impl Api {
     /// Stores [`VALUE`] under `key`.
     pub(crate) fn write(self, key: &str) -> Req {
         match self {
-            Api::Ours => Req::new(
+            Api::Ours | Api::OursWeak => Req::new(
                 "POST",
                 "/core/internal/sql",
                 sql(format!("INSERT OR REPLACE INTO extended_table (key, value) VALUES ('{key}', '{VALUE}')")),
@@ -56,6 +62,11 @@ impl Api {
                 "POST",
                 "/core/internal/sql",
                 sql(format!("SELECT value FROM extended_table WHERE key = '{key}'")),
+            ),
+            Api::OursWeak => Req::new(
+                "POST",
+                "/core/internal/sql",
+                weak_sql(format!("SELECT value FROM extended_table WHERE key = '{key}'")),
             ),
             Api::Kv | Api::Demo => Req::new("GET", format!("/{key}"), Bytes::new()),
             Api::Etcd => Req::new("POST", "/v3/kv/range", etcd_body(&[("key", key)])),

@@ -416,11 +416,24 @@ impl Db {
     where
         F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
     {
-        let leader = self.quorum.confirm(deadline).await?;
-        if db.connected_to().is_some_and(|node| node != leader) {
-            self.metrics.reads_redirected.inc();
-        }
-        db.connect_to(&leader).await?;
+        let mut pause = LEADER_POLL;
+        let leader = loop {
+            let leader = self.quorum.confirm(deadline).await?;
+            if db.connected_to().is_some_and(|node| node != leader) {
+                self.metrics.reads_redirected.inc();
+            }
+            match db.connect_to(&leader).await {
+                Ok(()) => break leader,
+                // A leader that just died is still named by the voters until their election
+                // timeout: wait for the election, as a write would.
+                Err(err) if err.is_connection_lost() && std::time::Instant::now() + pause < deadline => {
+                    tracing::debug!(%leader, error = %err, "the confirmed leader cannot be reached; asking again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(IDLE_LEADER_POLL);
+                }
+                Err(err) => return Err(err),
+            }
+        };
         let value = f(db).await?;
         match db.connected_to() {
             Some(node) if node == leader => Ok(value),
@@ -523,7 +536,9 @@ async fn watch_leader(client: Client, own_address: String, watch: Watch, metrics
     }
 }
 
-/// The current time as stored in the database (RFC 3339, UTC, nanoseconds).
+/// This member's own clock, as the database stores times (RFC 3339, UTC, nanoseconds). Only
+/// for what no other member compares, or a member that cannot know its offset yet: anything
+/// judged across members uses the cluster's time (`State`'s `clock`, see `server::clock`).
 pub(crate) fn now() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }

@@ -1,10 +1,14 @@
 //! Queries on `core_token_records`.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use dqlite::{Transaction, Value};
 
 use super::{int, text};
+
+/// How long an expired token is kept (unlisted) before the heartbeat deletes it, so that a join
+/// attempted with it meanwhile is told that it expired rather than that none was issued.
+pub(crate) const KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// A token record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,12 +16,13 @@ pub(crate) struct TokenRow {
     pub(crate) id: i64,
     pub(crate) name: String,
     pub(crate) secret: String,
-    /// RFC 3339, or empty for "never".
+    /// RFC 3339 in the cluster's time (see `server::clock`), or empty for "never".
     pub(crate) expiry: String,
 }
 
 impl TokenRow {
-    /// Whether the token has expired (an unreadable date counts as expired).
+    /// Whether the token has expired by `now`, the cluster's time (an unreadable date counts as
+    /// expired).
     pub(crate) fn is_expired(&self, now: SystemTime) -> bool {
         if self.expiry.is_empty() {
             return false;
@@ -56,11 +61,10 @@ pub(crate) async fn delete(tx: &mut Transaction<'_>, name: &str) -> dqlite::Resu
     Ok(tx.exec("DELETE FROM core_token_records WHERE name = ?", &[name.into()]).await?.rows_affected > 0)
 }
 
-/// Deletes expired tokens; returns how many.
-pub(crate) async fn delete_expired(tx: &mut Transaction<'_>) -> dqlite::Result<usize> {
-    let now = SystemTime::now();
+/// Deletes the tokens that had expired by `before` (the cluster's time); returns how many.
+pub(crate) async fn delete_expired(tx: &mut Transaction<'_>, before: SystemTime) -> dqlite::Result<usize> {
     let mut deleted = 0;
-    for token in list(tx).await?.into_iter().filter(|t| t.is_expired(now)) {
+    for token in list(tx).await?.into_iter().filter(|t| t.is_expired(before)) {
         tx.exec("DELETE FROM core_token_records WHERE id = ?", &[Value::Integer(token.id)]).await?;
         deleted += 1;
     }

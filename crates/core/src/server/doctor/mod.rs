@@ -1,10 +1,13 @@
 //! `microctl doctor`: the dqlite leader compares the three descriptions of the membership
 //! (dqlite's configuration, `core_cluster_members`, every member's trust store) and repairs
 //! the drift it can prove; everything else is reported as a PROBLEM with the command to run.
+//! It also reads every member's clock: one off the others' (their median) by more than
+//! [`SKEW_BOUND`] is a PROBLEM naming the member and the fix (its host's time
+//! synchronisation), which nothing here can repair.
 //!
 //! [`gather`] reads the configuration and the rows on the leader and asks every other member
-//! for its trust store at once, with a short deadline: a member that does not answer is
-//! reported, never guessed at. [`plan`](mod@plan) is pure: each check yields results, some carrying a
+//! for its trust store and its time at once, with a short deadline: a member that does not
+//! answer is reported, never guessed at. [`plan`](mod@plan) is pure: each check yields results, some carrying a
 //! repair. [`apply`] runs the repairs when asked, the database first, then dqlite, then the
 //! trust stores. The rules: dqlite is the truth for roles and for who takes part in the
 //! database; the table is the truth for who is a member, with which address and certificate;
@@ -12,11 +15,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use dqlite::{NodeInfo, Role};
 use hyper::StatusCode;
 
+use super::clock::{self, Offset, SKEW_BOUND, Sample};
 use super::db::members;
 use super::membership::{recorded_role, retry_config_change, role_name, stalled};
 use super::rest::ApiError;
@@ -46,6 +50,8 @@ mod check {
     pub(super) const LEADER_TRUST: &str = "leader-trust-store";
     /// Node ids and addresses are unique.
     pub(super) const UNIQUE: &str = "unique";
+    /// The member's clock is within the bound of the cluster's time.
+    pub(super) const CLOCK: &str = "clock";
 }
 
 /// A row of `core_cluster_members`, as the checks need it.
@@ -92,6 +98,9 @@ struct View {
     /// How long a join may go without progress before it counts as failed (the bound the
     /// heartbeat's rollback uses, [`stalled::stall_bound`]).
     bound: Duration,
+    /// Every member's clock offset from the cluster's time, of those that told their time
+    /// (`None`: too few did to tell whose clock is off).
+    clocks: Option<BTreeMap<String, Offset>>,
 }
 
 /// Whose trust store a repair changes.
@@ -197,24 +206,39 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
     for row in &others {
         let client = state.member_client(&row.address)?.with_timeout(ASK_TIMEOUT);
         let name = row.name.clone();
-        asks.spawn(async move { (name, client.truststore().await) });
+        asks.spawn(async move {
+            let time = async {
+                let (sent, start) = (SystemTime::now(), Instant::now());
+                let status = client.status().await.ok()?;
+                let time = humantime::parse_rfc3339_weak(&status.time).ok()?;
+                Some(Sample::measure(sent, start.elapsed(), time))
+            };
+            let (trust, sample) = tokio::join!(client.truststore(), time);
+            (name, trust, sample)
+        });
     }
     let mut answers = BTreeMap::new();
+    let mut samples = BTreeMap::from([(state.name(), Sample::LEADER)]);
     while let Some(joined) = asks.join_next().await {
-        if let Ok((name, result)) = joined {
+        if let Ok((name, result, sample)) = joined {
+            if let Some(sample) = sample {
+                samples.insert(name.clone(), sample);
+            }
             answers.insert(name, answer(result));
         }
     }
+    let clocks = clock::offsets(&samples, rows.len());
     for row in others {
         answers.entry(row.name.clone()).or_insert_with(|| Answer::Failed("the request was lost".into()));
     }
 
-    let now = SystemTime::now();
+    let now = state.0.clock.now();
     let trust_dir = state.0.dir.truststore_dir();
     let rows = rows
         .into_iter()
         .map(|r| Row {
             fingerprint: tls::fingerprint_pem(&r.certificate).unwrap_or_default(),
+            // Progress is stamped in the cluster's time, as the heartbeat stamps it.
             quiet_for: (r.role == role::PENDING)
                 .then(|| stalled::quiet_for(&r.heartbeat, trusted_for(&r, &snapshot, &trust_dir), now))
                 .flatten(),
@@ -239,6 +263,7 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
         leader_trust,
         answers,
         bound,
+        clocks,
     })
 }
 
@@ -260,8 +285,8 @@ fn answer(result: Result<Vec<ClusterMemberLocal>, ClientError>) -> Answer {
     }
 }
 
-/// How long ago this member wrote the trust entry of a row's member, if it trusts it with the
-/// row's address and certificate.
+/// How long ago this member wrote the trust entry of a row's member (by its own clock), if it
+/// trusts it with the row's address and certificate.
 fn trusted_for(row: &members::MemberRow, trusted: &Members, dir: &Path) -> Option<Duration> {
     trusted
         .by_name(&row.name)

@@ -4,7 +4,7 @@
 use super::*;
 
 /// What the checks find in `view`, in order: rows against nodes, nodes against rows, roles,
-/// the members' trust stores, the leader's, uniqueness.
+/// the members' trust stores, the leader's, uniqueness, clocks.
 pub(super) fn plan(view: &View) -> Vec<Finding> {
     let ctx = Context::new(view);
     let mut out = Vec::new();
@@ -38,6 +38,7 @@ pub(super) fn plan(view: &View) -> Vec<Finding> {
     }
     compare_trust(&ctx, check::LEADER_TRUST, &view.leader, Store::Leader, &view.leader_trust, &mut out);
     unique(view, &mut out);
+    clocks(view, &mut out);
     out
 }
 
@@ -313,6 +314,32 @@ fn unique(view: &View, out: &mut Vec<Finding>) {
     }
 }
 
+/// Every member's clock against the cluster's time. Nothing to repair: the fix is on the host.
+/// Joining members are left out: they are measured once they serve.
+fn clocks(view: &View, out: &mut Vec<Finding>) {
+    for row in view.rows.iter().filter(|r| r.role != role::PENDING) {
+        let name = row.member.name.as_str();
+        let (outcome, detail) = match &view.clocks {
+            None => (
+                Outcome::Skipped,
+                "too few members told their time to tell whose clock is off (a majority must)".to_owned(),
+            ),
+            Some(clocks) => match clocks.get(name) {
+                None => (
+                    Outcome::Skipped,
+                    "it did not tell its time (it did not answer, or runs older software)".to_owned(),
+                ),
+                Some(offset) if offset.skewed() => (Outcome::Problem, offset.warning(name)),
+                Some(offset) => (
+                    Outcome::Ok,
+                    format!("{} the cluster's time (bound {} s)", offset.relation(), SKEW_BOUND.as_secs()),
+                ),
+            },
+        };
+        out.push(finding(check::CLOCK, name, outcome, detail));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +375,7 @@ mod tests {
             leader_trust: all.clone(),
             answers: (2..=n).map(|i| (format!("m{i}"), Answer::Trusts(all.clone()))).collect(),
             bound: Duration::from_secs(120),
+            clocks: Some((1..=n).map(|i| (format!("m{i}"), Offset::default())).collect()),
         }
     }
 
@@ -380,7 +408,8 @@ mod tests {
         let checks: Vec<&str> = findings.iter().map(|f| f.check).collect();
         let expected = [[check::ROW_NODE; 3], [check::NODE_ROW; 3], [check::ROLE; 3]].concat();
         assert_eq!(checks[..9], expected[..]);
-        assert_eq!(checks[9..], [check::TRUST, check::TRUST, check::LEADER_TRUST, check::UNIQUE]);
+        assert_eq!(checks[9..13], [check::TRUST, check::TRUST, check::LEADER_TRUST, check::UNIQUE]);
+        assert_eq!(checks[13..], [check::CLOCK; 3]);
     }
 
     #[test]
@@ -554,6 +583,57 @@ mod tests {
         view.nodes.push(NodeInfo { id: 7, ..node(2, Role::Spare) });
         let problems = with(&plan(&view), Outcome::Problem);
         assert!(problems.contains(&(check::UNIQUE, member(2).address)), "{problems:?}");
+    }
+
+    #[test]
+    fn a_clock_off_the_others_is_a_problem_naming_the_member_and_the_fix() {
+        const DAY: i64 = 86_400 * 1_000_000_000;
+        // (what, m1..m3's offsets in ns (`None`: did not tell its time), whether a majority told,
+        // the expected outcomes)
+        type Case = (&'static str, [Option<i64>; 3], bool, [Outcome; 3]);
+        let cases: [Case; 5] = [
+            (
+                "all in time",
+                [Some(0), Some(1_000_000), Some(-2_000_000)],
+                true,
+                [Outcome::Ok, Outcome::Ok, Outcome::Ok],
+            ),
+            (
+                "m3 two days ahead",
+                [Some(0), Some(0), Some(2 * DAY)],
+                true,
+                [Outcome::Ok, Outcome::Ok, Outcome::Problem],
+            ),
+            (
+                "m1 (the leader) behind",
+                [Some(-DAY), Some(0), Some(0)],
+                true,
+                [Outcome::Problem, Outcome::Ok, Outcome::Ok],
+            ),
+            ("m2 did not tell", [Some(0), None, Some(0)], true, [Outcome::Ok, Outcome::Skipped, Outcome::Ok]),
+            ("too few told", [Some(0), None, None], false, [Outcome::Skipped, Outcome::Skipped, Outcome::Skipped]),
+        ];
+        for (what, offsets, majority, expected) in cases {
+            let mut view = healthy(3);
+            view.clocks = majority.then(|| {
+                (1..=3)
+                    .zip(offsets)
+                    .filter_map(|(i, o)| o.map(|nanos| (format!("m{i}"), Offset { nanos, uncertainty: 1_000_000 })))
+                    .collect()
+            });
+            let findings = plan(&view);
+            let clocks: Vec<&Finding> = findings.iter().filter(|f| f.check == check::CLOCK).collect();
+            let outcomes: Vec<Outcome> = clocks.iter().map(|f| f.outcome.clone()).collect();
+            assert_eq!(outcomes, expected, "{what}: {clocks:#?}");
+            for f in clocks.iter().filter(|f| f.outcome == Outcome::Problem) {
+                assert!(
+                    f.detail.starts_with(&format!("{}'s clock is 1day", f.member)) || f.detail.contains("2days ahead"),
+                    "{what}: {f:?}"
+                );
+                assert!(f.detail.contains("chronyc"), "{what}: the fix is named: {f:?}");
+            }
+            assert_eq!(repairs(&findings), [], "{what}: a clock is never repaired from here");
+        }
     }
 
     #[test]

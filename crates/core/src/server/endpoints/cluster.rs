@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use std::time::SystemTime;
-
 use hyper::StatusCode;
 
-use crate::api::{ClusterMember, ClusterMemberLocal, SetAddressRequest, TransferLeaderRequest, role, status};
+use crate::api::{
+    ClusterMember, ClusterMemberLocal, Readiness, SetAddressRequest, TransferLeaderRequest, role, status,
+};
 use crate::client::ClientError;
 use crate::server::State;
 use crate::server::db::DbStatus;
@@ -36,20 +36,23 @@ fn status_of(
     state: &State,
     row: &members::MemberRow,
     in_config: bool,
-    probe: Option<&Result<(), ClientError>>,
+    probe: Option<&Result<Readiness, ClientError>>,
 ) -> (&'static str, String) {
     if !in_config && row.role == role::PENDING {
         return (status::PENDING, "joining: not yet part of the dqlite configuration".into());
     }
     let Some(probe) = probe else {
         // This member itself.
-        return match state.database_status() {
-            DbStatus::WaitingUpgrade => (status::UPGRADING, state.database_status_text()),
+        let problem = state.runtime().ok().and_then(|r| r.disk.health().problem().map(str::to_owned));
+        return match (state.database_status(), problem) {
+            (DbStatus::WaitingUpgrade, _) => (status::UPGRADING, state.database_status_text()),
+            (_, Some(problem)) => (status::DEGRADED, problem),
             _ => (status::ONLINE, String::new()),
         };
     };
     match probe {
-        Ok(()) => (status::ONLINE, String::new()),
+        Ok(Readiness { raft_log_problem: Some(problem) }) => (status::DEGRADED, problem.clone()),
+        Ok(_) => (status::ONLINE, String::new()),
         Err(ClientError::Api { status: code, message }) if *code == StatusCode::FORBIDDEN => {
             (status::NOT_TRUSTED, format!("it refuses this member's certificate: {message}"))
         }
@@ -63,10 +66,11 @@ fn status_of(
             (status::NOT_TRUSTED, format!("it does not present this cluster's certificate: {err}"))
         }
         Err(err @ ClientError::Timeout { .. }) => {
-            // Black-holed or just slow: the leader's last heartbeat tells which.
+            // Black-holed or just slow: the leader's last heartbeat tells which, both times in the
+            // cluster's time (the leader's clock and this member's may be days apart).
             let age = humantime::parse_rfc3339_weak(&row.heartbeat)
                 .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok());
+                .and_then(|t| state.0.clock.now().duration_since(t).ok());
             let fresh = state.0.settings.heartbeat * 2 + Duration::from_secs(1);
             match age {
                 Some(age) if age <= fresh => {
@@ -100,12 +104,13 @@ async fn list(state: State, _req: Request) -> HandlerResult {
     for row in rows.iter().filter(|r| r.address != runtime.address) {
         let client = state.member_client(&row.address)?.with_timeout(PROBE_TIMEOUT);
         let name = row.name.clone();
-        probes.spawn(async move { (name, client.ready().await) });
+        probes.spawn(async move { (name, client.readiness().await) });
     }
     let mut answers = HashMap::new();
     while let Some(Ok((name, result))) = probes.join_next().await {
         answers.insert(name, result);
     }
+    let clocks = crate::server::heartbeat::clock_offsets(&state);
     // The newest software any member runs: members behind it need an upgrade.
     let newest = rows.iter().map(|r| (r.schema_internal, r.schema_external, r.api_extensions.len())).max();
     let members: Vec<ClusterMember> = rows
@@ -130,6 +135,11 @@ async fn list(state: State, _req: Request) -> HandlerResult {
                     row.api_extensions.len()
                 );
             }
+            let clock = clocks.get(&row.name);
+            let clock_skewed = clock.is_some_and(|c| c.skewed());
+            if let Some(warning) = clock.filter(|c| c.skewed()).map(|c| c.warning(&row.name)) {
+                reason = if reason.is_empty() { warning } else { format!("{reason}; {warning}") };
+            }
             let is_leader = leader.as_deref() == Some(row.address.as_str());
             ClusterMember {
                 fingerprint: crate::tls::fingerprint_pem(&row.certificate).unwrap_or_default(),
@@ -142,6 +152,8 @@ async fn list(state: State, _req: Request) -> HandlerResult {
                 status_reason: reason,
                 extensions: row.api_extensions,
                 leader: is_leader,
+                clock_offset: clock.map(|c| c.seconds()),
+                clock_skewed,
             }
         })
         .collect();
@@ -149,7 +161,8 @@ async fn list(state: State, _req: Request) -> HandlerResult {
 }
 
 /// What a probe task that vanished counts as.
-static NO_ANSWER: Result<(), ClientError> = Err(ClientError::Timeout { target: String::new(), after: PROBE_TIMEOUT });
+static NO_ANSWER: Result<Readiness, ClientError> =
+    Err(ClientError::Timeout { target: String::new(), after: PROBE_TIMEOUT });
 
 async fn transfer_leader(state: State, req: Request) -> HandlerResult {
     let request: TransferLeaderRequest =

@@ -1,6 +1,6 @@
 //! Control-socket-only endpoints: init (bootstrap or join), shutdown, and issuing tokens.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::api::{Control, JoinToken, TokenRecord, TokenRequest, role};
 use crate::server::State;
@@ -67,9 +67,11 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
     }
     let secret =
         crate::tls::hex(&crate::server::runtime::random_bytes::<32>().map_err(|e| ApiError::internal(e.to_string()))?);
+    // In the cluster's time: whichever member leads judges it, by the same time.
+    let now = state.0.clock.now();
     let expiry = (request.expire_after > 0).then(|| {
-        let at = SystemTime::now() + Duration::from_nanos(request.expire_after);
-        humantime::format_rfc3339_nanos(at).to_string()
+        let at = now.checked_add(Duration::from_nanos(request.expire_after)).unwrap_or(now);
+        crate::server::clock::format(at)
     });
     let (name, owned_secret) = (request.name.clone(), secret.clone());
     let stored = runtime
@@ -77,9 +79,12 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
         .transaction(move |tx| {
             let secret = owned_secret;
             Box::pin(async move {
-                tokens::delete_expired(tx).await?;
-                if tokens::list(tx).await?.iter().any(|t| t.name == name) {
-                    return Ok(false);
+                match tokens::list(tx).await?.into_iter().find(|t| t.name == name) {
+                    Some(t) if !t.is_expired(now) => return Ok(false),
+                    Some(_) => {
+                        tokens::delete(tx, &name).await?;
+                    }
+                    None => {}
                 }
                 tokens::insert(tx, &name, &secret, expiry.as_deref()).await?;
                 Ok(true)
@@ -98,7 +103,7 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
 async fn list_tokens(state: State, _req: Request) -> HandlerResult {
     let runtime = state.db()?;
     let rows = runtime.db.read(|tx| Box::pin(tokens::list(tx))).await?;
-    let now = SystemTime::now();
+    let now = state.0.clock.now();
     let records: Vec<TokenRecord> = rows
         .into_iter()
         .filter(|t| !t.is_expired(now))

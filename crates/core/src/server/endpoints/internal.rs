@@ -155,5 +155,6 @@ async fn heartbeat(state: State, req: Request) -> HandlerResult {
         return Err(ApiError::forbidden(format!("heartbeat sent by {sender} claims to come from {}", request.leader)));
     }
     beat::sync_truststore(&state, &request.leader, &request.members);
+    beat::learn_clocks(&state, &request.clocks);
     Response::sync(beat::report(&state))
 }

@@ -54,6 +54,23 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
     out.sample("microcluster_is_leader", &[], leader);
     out.family("microcluster_write_queue_depth", Kind::Gauge, "Write requests waiting in this member's write queue.");
     out.sample("microcluster_write_queue_depth", &[], runtime.as_ref().map_or(0, |r| r.db.queue_depth()));
+    if let Some(runtime) = runtime.as_ref() {
+        let health = runtime.disk.health();
+        out.family(
+            "microcluster_raft_log_writable",
+            Kind::Gauge,
+            "1 while this member can write its raft log, 0 when it cannot (a full, read-only or failing disk; \
+             `cluster list` says why): it then takes no part in committing.",
+        );
+        out.sample("microcluster_raft_log_writable", &[], health.problem().is_none());
+        out.family(
+            "microcluster_state_free_bytes",
+            Kind::Gauge,
+            "Bytes free for the daemon on the file system of this member's raft log (raft needs a whole log \
+             segment's worth to go on).",
+        );
+        out.sample("microcluster_state_free_bytes", &[], runtime.disk.free());
+    }
     out.family(
         "microcluster_read_confirmations_total",
         Kind::Counter,
@@ -78,19 +95,20 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
         "microcluster_members",
         Kind::Gauge,
         "Cluster members by role and status, from the database: the role the leader last recorded, and ONLINE \
-         if the leader's last heartbeat reached the member within two intervals and a second (by this member's \
-         clock), UNREACHABLE if not, PENDING while joining. Absent when the database cannot be read.",
+         if the leader's last heartbeat reached the member within two intervals and a second (in the cluster's \
+         time), UNREACHABLE if not, PENDING while joining. Absent when the database cannot be read.",
     );
     if let Some(runtime) = runtime.filter(|_| matches!(current, DbStatus::Online | DbStatus::WaitingUpgrade)) {
         let read = runtime.db.query("SELECT role, heartbeat FROM core_cluster_members", &[]);
         match tokio::time::timeout(MEMBERS_TIMEOUT, read).await {
             Ok(Ok(rows)) => {
                 let fresh = state.0.settings.heartbeat * 2 + Duration::from_secs(1);
+                let now = state.0.clock.now();
                 let mut counts: BTreeMap<(String, &str), u64> = BTreeMap::new();
                 for row in &rows.rows {
                     let member_role = crate::server::db::text(row.get(0));
                     let heartbeat = crate::server::db::text(row.get(1));
-                    let status = member_status(&member_role, &heartbeat, fresh);
+                    let status = member_status(&member_role, &heartbeat, now, fresh);
                     *counts.entry((member_role, status)).or_default() += 1;
                 }
                 for ((member_role, status), count) in counts {
@@ -100,6 +118,20 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
             Ok(Err(err)) => tracing::debug!(error = %err, "metrics: cannot read the members"),
             Err(_) => tracing::debug!("metrics: reading the members timed out"),
         }
+    }
+
+    out.family(
+        "microcluster_member_clock_offset_seconds",
+        Kind::Gauge,
+        &format!(
+            "Each member's clock minus the cluster's time (the median of the members' clocks), as the leader last \
+             measured it; beyond {} s (plus the measurement's uncertainty) it is reported as skewed. Absent while \
+             unknown.",
+            crate::server::clock::SKEW_BOUND.as_secs()
+        ),
+    );
+    for (name, offset) in crate::server::heartbeat::clock_offsets(&state) {
+        out.sample("microcluster_member_clock_offset_seconds", &[("member", &name)], offset.seconds());
     }
 
     state.0.metrics.render(&mut out);
@@ -113,12 +145,12 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
 
 /// A member's status from its row, by the rule `cluster list` uses for a member it cannot
 /// probe in time (the last heartbeat's age).
-fn member_status(member_role: &str, heartbeat: &str, fresh: Duration) -> &'static str {
+fn member_status(member_role: &str, heartbeat: &str, now: SystemTime, fresh: Duration) -> &'static str {
     if member_role == role::PENDING {
         return status::PENDING;
     }
     let Ok(time) = humantime::parse_rfc3339_weak(heartbeat) else { return status::UNREACHABLE };
-    match SystemTime::now().duration_since(time) {
+    match now.duration_since(time) {
         Ok(age) if age > fresh => status::UNREACHABLE,
         // A heartbeat stamped slightly in the future (clock skew) is fresh too.
         _ => status::ONLINE,
@@ -132,12 +164,16 @@ mod tests {
     #[test]
     fn status_follows_the_last_heartbeat() {
         let fresh = Duration::from_secs(3);
-        let now = crate::server::db::now();
-        assert_eq!(member_status(role::VOTER, &now, fresh), status::ONLINE);
-        assert_eq!(member_status(role::PENDING, &now, fresh), status::PENDING);
-        assert_eq!(member_status(role::VOTER, crate::server::db::ZERO_TIME, fresh), status::UNREACHABLE);
-        assert_eq!(member_status(role::STAND_BY, "not a time", fresh), status::UNREACHABLE);
-        let ahead = humantime::format_rfc3339(SystemTime::now() + Duration::from_secs(60)).to_string();
-        assert_eq!(member_status(role::VOTER, &ahead, fresh), status::ONLINE);
+        let now = SystemTime::now();
+        let stamp = crate::server::clock::format(now);
+        assert_eq!(member_status(role::VOTER, &stamp, now, fresh), status::ONLINE);
+        assert_eq!(member_status(role::PENDING, &stamp, now, fresh), status::PENDING);
+        assert_eq!(member_status(role::VOTER, crate::server::db::ZERO_TIME, now, fresh), status::UNREACHABLE);
+        assert_eq!(member_status(role::STAND_BY, "not a time", now, fresh), status::UNREACHABLE);
+        let ahead = humantime::format_rfc3339(now + Duration::from_secs(60)).to_string();
+        assert_eq!(member_status(role::VOTER, &ahead, now, fresh), status::ONLINE);
+        // Judged by the cluster's time, not the reading member's clock 2 days ahead.
+        let skewed_now = now + Duration::from_secs(2 * 24 * 3600);
+        assert_eq!(member_status(role::VOTER, &stamp, skewed_now, fresh), status::UNREACHABLE);
     }
 }

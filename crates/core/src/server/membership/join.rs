@@ -35,7 +35,8 @@ use super::{
 };
 use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role};
 use crate::client::{Client, ClientError};
-use crate::server::db::{DbStatus, members, now, tokens};
+use crate::server::clock;
+use crate::server::db::{DbStatus, members, tokens};
 use crate::server::rest::ApiError;
 use crate::server::runtime::Runtime;
 use crate::server::state::State;
@@ -334,12 +335,13 @@ async fn join_steps(
     // The role and the token's end in one transaction: until it commits the token can admit this
     // member again, should the join have to be rolled back.
     let (name, role_text) = (control.name.clone(), role_name(Some(role)).to_owned());
+    let stamp = clock::format(state.0.clock.now());
     runtime
         .db
         .transaction(move |tx| {
-            let (name, role_text) = (name.clone(), role_text.clone());
+            let (name, role_text, stamp) = (name.clone(), role_text.clone(), stamp.clone());
             Box::pin(async move {
-                members::set_heartbeat(tx, &name, &role_text, &now()).await?;
+                members::set_heartbeat(tx, &name, &role_text, &stamp).await?;
                 tokens::delete(tx, &name).await.map(drop)
             })
         })
@@ -512,9 +514,12 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
     );
     row.name = request.name.clone();
     row.address = request.address.clone();
-    // Progress: a PENDING row whose stamp ages past the stall bound is rolled back.
-    row.heartbeat = now();
+    // Progress, in the cluster's time as the heartbeat stamps it: a PENDING row whose stamp ages
+    // past the stall bound is rolled back.
+    row.heartbeat = clock::format(state.0.clock.now());
     let secret = request.secret.clone();
+    // The cluster's time, as the token's expiry was stamped (this leader's clock may be off).
+    let now = state.0.clock.now();
     let refused = runtime
         .db
         .transaction(move |tx| {
@@ -530,7 +535,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
                         "invalid join token: no valid token was issued for this name (it may have been used or revoked)",
                     )));
                 };
-                if token.is_expired(std::time::SystemTime::now()) {
+                if token.is_expired(now) {
                     return Ok(Some(ApiError::forbidden("the join token has expired; issue a new one")));
                 }
                 // The token stays until the join completes (the joiner deletes it with its
@@ -567,7 +572,8 @@ async fn readmit(
     };
     if row.role == role::PENDING {
         let sql = "UPDATE core_cluster_members SET heartbeat = ? WHERE name = ? AND role = ?";
-        let params = [now().into(), member.name.as_str().into(), role::PENDING.into()];
+        let stamp = clock::format(state.0.clock.now());
+        let params = [stamp.into(), member.name.as_str().into(), role::PENDING.into()];
         runtime.db.exec(sql, &params).await.map_err(|e| unavailable(ApiError::from(e)))?;
     }
     let answer = trust_and_answer(state, runtime, member).await?;

@@ -214,6 +214,12 @@ pub(crate) fn start_background(state: &State, runtime: &Arc<Runtime>) {
     runtime.adopt(tokio::spawn(heartbeat::run(state.clone(), runtime.stop.clone())));
     runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
     runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.0.metrics.clone())));
+    runtime.adopt(tokio::spawn(crate::server::disk::watch(
+        state.clone(),
+        crate::server::disk::Paths { raft: state.0.dir.database_dir(), probe: state.0.dir.root().to_owned() },
+        runtime.disk.clone(),
+        crate::server::runtime::RAFT_SEGMENT_SIZE as u64,
+    )));
 }
 
 /// Turns this member back into an uninitialised daemon: stops its node and listener, and

@@ -1,6 +1,7 @@
 //! The REST layer: endpoints with per-action access flags, requests as handlers see them,
 //! responses in the JSON envelope, and the one place where errors become HTTP statuses.
 
+mod limits;
 mod repoll;
 mod router;
 mod serve;
@@ -15,6 +16,8 @@ use hyper::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub(crate) use limits::{CLOSE_REASONS, Limits, open_file_limit};
+pub use limits::{ConnectionLimits, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 pub(crate) use router::Routes;
 pub(crate) use serve::{Listener, ShutdownSignal};
 

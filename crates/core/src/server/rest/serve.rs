@@ -21,14 +21,12 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::limits::{AcceptErrors, BodyTimeout, Closed, GapLimited, Gate, Heard, Permit, RequestGuard, Share, Wire};
 use super::repoll::Repoll;
 use super::router::{Match, parse_query};
 use super::{ApiError, HandlerResult, Request, Response, ResponseKind, Routes, Trust};
 use crate::api::Envelope;
 use crate::server::State;
-
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every response body: a whole one, or chunks streamed from a channel.
 type Body = BoxBody<Bytes, Infallible>;
@@ -45,6 +43,33 @@ impl hyper::body::Body for ChannelBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
+
+/// A response body that holds its request's [`RequestGuard`] until hyper is done with it, so
+/// the connection counts as busy while a response streams out.
+struct Guarded {
+    body: Body,
+    _request: RequestGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -132,38 +157,67 @@ impl Listener {
     }
 }
 
+/// Waits out a failed accept (or the stop signal); `false` if the listener is to stop.
+async fn pause_after(
+    err: &std::io::Error,
+    errors: &mut AcceptErrors,
+    gate: &Gate,
+    signal: &mut ShutdownSignal,
+) -> bool {
+    let pause = errors.failed(err, &gate.metrics);
+    tokio::select! {
+        () = tokio::time::sleep(pause) => true,
+        () = signal.fired() => false,
+    }
+}
+
 async fn accept_unix(listener: UnixListener, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal) {
+    let gate = Gate::unix(state.0.settings.connections, state.0.metrics.clone());
+    let mut errors = AcceptErrors::new("the control socket");
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
-                    tracing::warn!(error = %err, "accepting on the control socket");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if !pause_after(&err, &mut errors, &gate, &mut signal).await {
+                        return;
+                    }
                     continue;
                 }
             },
-            _ = signal.fired() => return,
+            () = signal.fired() => return,
         };
-        tokio::spawn(serve_connection(stream, Peer::Unix, state.clone(), routes.clone(), signal.clone()));
+        errors.succeeded();
+        // Full of busy requests: closed at once (dropped), so the client learns it now.
+        if let Ok(permit) = gate.admit(Share::Members) {
+            tokio::spawn(serve_connection(stream, Peer::Unix, state.clone(), routes.clone(), signal.clone(), permit));
+        }
+        gate.pace().await;
     }
 }
 
 async fn accept_plain(listener: TcpListener, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal) {
+    let gate = Gate::plain(state.0.settings.connections, state.0.metrics.clone());
+    let mut errors = AcceptErrors::new("an HTTP listener");
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
                 Err(err) => {
-                    tracing::warn!(error = %err, "accepting a TCP connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if !pause_after(&err, &mut errors, &gate, &mut signal).await {
+                        return;
+                    }
                     continue;
                 }
             },
-            _ = signal.fired() => return,
+            () = signal.fired() => return,
         };
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(tcp, Peer::Tls(None), state.clone(), routes.clone(), signal.clone()));
+        errors.succeeded();
+        if let Ok(permit) = gate.admit(Share::Strangers) {
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(serve_connection(tcp, Peer::Tls(None), state.clone(), routes.clone(), signal.clone(), permit));
+        }
+        gate.pace().await;
     }
 }
 
@@ -174,54 +228,120 @@ async fn accept_tls(
     routes: Arc<Routes>,
     mut signal: ShutdownSignal,
 ) {
+    let gate = Gate::tls(state.0.settings.connections, state.0.metrics.clone());
+    let mut errors = AcceptErrors::new("an HTTPS listener");
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
-                    tracing::warn!(error = %err, "accepting a TCP connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if !pause_after(&err, &mut errors, &gate, &mut signal).await {
+                        return;
+                    }
                     continue;
                 }
             },
-            _ = signal.fired() => return,
+            () = signal.fired() => return,
         };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, state, routes, signal) = (acceptor.clone(), state.clone(), routes.clone(), signal.clone());
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    tracing::debug!(%remote, error = %err, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let fingerprint =
-                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::fingerprint(c));
-            serve_connection(stream, Peer::Tls(fingerprint), state, routes, signal).await;
-        });
+        errors.succeeded();
+        // When its arrival closes another stranger, whether this one sent its TLS hello
+        // already decides whether it is next: a member's connection has, a flood's has not.
+        // Its task may not run before the next arrivals; the kernel has the bytes now.
+        let (tcp, spoke) = if gate.is_full(Share::Strangers) {
+            match spoke_already(tcp) {
+                Ok(peeked) => peeked,
+                Err(_) => continue,
+            }
+        } else {
+            (tcp, false)
+        };
+        // Everyone is a stranger until the handshake shows a trusted certificate.
+        if let Ok(permit) = gate.admit(Share::Strangers) {
+            if spoke {
+                permit.conn().heard();
+            }
+            let _ = tcp.set_nodelay(true);
+            let task = (acceptor.clone(), state.clone(), routes.clone(), signal.clone(), gate.clone());
+            tokio::spawn(handshake(tcp, remote, permit, task));
+        }
+        gate.pace().await;
     }
 }
 
-async fn serve_connection<S>(io: S, peer: Peer, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal)
-where
+/// Whether the client sent something already (its TLS hello), without reading it: the
+/// stream leaves the reactor for a non-blocking `MSG_PEEK` (tokio only reads once the reactor
+/// saw the socket readable, which a just-accepted socket never was) and comes back.
+fn spoke_already(tcp: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, bool)> {
+    let std = tcp.into_std()?;
+    let spoke = matches!(std.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+    Ok((tokio::net::TcpStream::from_std(std)?, spoke))
+}
+
+/// What a TLS connection's task needs from its listener.
+type TlsListener = (tokio_rustls::TlsAcceptor, State, Arc<Routes>, ShutdownSignal, Arc<Gate>);
+
+/// Completes a TLS handshake within the header timeout, moves a trusted member's connection
+/// into the members' share, and serves it.
+async fn handshake(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, permit: Permit, listener: TlsListener) {
+    let (acceptor, state, routes, signal, gate) = listener;
+    let handshake = tokio::select! {
+        result = acceptor.accept(Heard::new(tcp, permit.conn().clone())) => result,
+        () = tokio::time::sleep(gate.limits.header_timeout) => {
+            tracing::trace!(%remote, "TLS handshake timed out");
+            gate.metrics.connection_closed(Closed::Handshake.label());
+            return;
+        }
+        () = permit.conn().evicted() => return,
+    };
+    let stream = match handshake {
+        Ok(stream) => {
+            permit.conn().established();
+            stream
+        }
+        Err(err) => {
+            tracing::debug!(%remote, error = %err, "TLS handshake failed");
+            return;
+        }
+    };
+    let fingerprint =
+        stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| crate::tls::fingerprint(c));
+    let member = fingerprint.as_deref().is_some_and(|fp| state.trusted_member(fp).is_some());
+    if member && gate.promote(&permit).is_err() {
+        return;
+    }
+    serve_connection(stream, Peer::Tls(fingerprint), state, routes, signal, permit).await;
+}
+
+async fn serve_connection<S>(
+    io: S,
+    peer: Peer,
+    state: State,
+    routes: Arc<Routes>,
+    mut signal: ShutdownSignal,
+    permit: Permit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (tracked, gate) = (permit.conn().clone(), permit.gate().clone());
     // A permit once the connection's first request has started.
     let started = Arc::new(tokio::sync::Notify::new());
     let service = service_fn({
-        let started = started.clone();
+        let (started, tracked) = (started.clone(), tracked.clone());
         move |req| {
             started.notify_one();
+            let request = tracked.request();
             let (state, routes, peer) = (state.clone(), routes.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(dispatch(state, &routes, peer, req).await) }
+            async move {
+                let response = dispatch(state, &routes, peer, req).await;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    request.upgraded();
+                }
+                Ok::<_, Infallible>(response.map(|body| Guarded { body, _request: request }))
+            }
         }
     });
-    let mut conn = Repoll::new(http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades());
+    let io = TokioIo::new(Wire::new(io, permit));
+    let mut conn = Repoll::new(http1::Builder::new().serve_connection(io, service).with_upgrades());
     let ended = |result: Result<(), hyper::Error>| {
         if let Err(err) = result {
             tracing::debug!(error = %err, "connection ended with an error");
@@ -229,7 +349,15 @@ where
     };
     tokio::select! {
         result = &mut conn => ended(result),
-        _ = signal.fired() => {
+        closed = tracked.watchdog(&gate.limits) => {
+            // Dropping the connection closes it; an upgraded one has left hyper already.
+            tracing::trace!(reason = closed.label(), "closing a connection");
+            // An eviction was counted when it was decided.
+            if closed != Closed::Evicted {
+                gate.metrics.connection_closed(closed.label());
+            }
+        }
+        () = signal.fired() => {
             // hyper closes a connection that has not started a request at once, although a
             // client that connected just before the stop has most likely sent one already:
             // it would get no answer at all. Give it a moment to be read (and answered 503).
@@ -303,9 +431,20 @@ async fn handle<'r>(
         state.require_database()?;
     }
     let limit = action.max_body;
-    let body = Limited::new(body, limit).collect().await.map_err(|e| {
+    // Refused before a byte of it is read, however slowly it would come.
+    let declared = hyper::body::Body::size_hint(&body).lower();
+    if declared > u64::try_from(limit).unwrap_or(u64::MAX) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {declared} bytes: this endpoint accepts at most {limit}"),
+        ));
+    }
+    let gap = state.0.settings.connections.idle_timeout;
+    let body = Limited::new(GapLimited::new(body, gap), limit).collect().await.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {limit} bytes"))
+        } else if let Some(timeout) = e.downcast_ref::<BodyTimeout>() {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, timeout.to_string())
         } else {
             ApiError::bad_request(format!("reading the request body: {e}"))
         }
@@ -366,5 +505,34 @@ fn render(result: HandlerResult) -> hyper::Response<Body> {
             let body = serde_json::to_vec(&Envelope::error(err.status().as_u16(), err.message())).unwrap_or_default();
             json_response(err.status(), body)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peek_tells_a_client_that_spoke_from_a_silent_one_and_loses_nothing() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _silent = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(!spoke_already(accepted).unwrap().1);
+        let mut talker = tokio::net::TcpStream::connect(address).await.unwrap();
+        talker.write_all(b"hello").await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        // Written before the accept returned, as a TLS hello usually is; wait for it anyway.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (mut accepted, spoke) = spoke_already(accepted).unwrap();
+        assert!(spoke);
+        let mut read = [0u8; 5];
+        accepted.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"hello");
     }
 }
