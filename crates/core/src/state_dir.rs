@@ -9,6 +9,7 @@
 //! cluster.crt / cluster.key 0644 / 0600  shared cluster certificate (after init)
 //! truststore/<name>.toml    0644  trusted members (dir 0700)
 //! database/                 0700  dqlite data and node.toml (id, address)
+//! join.toml                 0600  a join under way: its name, address, token and hook config
 //! ```
 //!
 //! Every file is written durably (a temporary file, fsynced, renamed over the old one, then
@@ -209,6 +210,11 @@ impl StateDir {
         self.database_dir().join("node.toml")
     }
 
+    /// `join.toml`: the journal of a join under way (see `server::membership`).
+    pub(crate) fn join_path(&self) -> PathBuf {
+        self.root.join("join.toml")
+    }
+
     /// Takes the lock that keeps a second daemon off this directory.
     pub(crate) fn lock(&self) -> Result<Lock, StateDirError> {
         let path = self.root.join("microd.lock");
@@ -371,7 +377,8 @@ impl StateDir {
     }
 
     /// Removes everything that makes this member part of a cluster: the database, the cluster
-    /// certificate, the trust store and the name/address. Keeps `server.crt` and the socket.
+    /// certificate, the trust store, a join's journal and the name/address. Keeps `server.crt`
+    /// and the socket.
     pub(crate) fn reset(&self) -> Result<(), StateDirError> {
         // The database directory, node.toml with it, leaves in one durable rename first: a reset
         // cut short must never leave raft data without node.toml, which reads as an initialised
@@ -385,7 +392,7 @@ impl StateDir {
         }
         remove_dir_optional(&aside)?;
         remove_dir_optional(&self.truststore_dir())?;
-        for file in ["cluster.crt", "cluster.key"] {
+        for file in ["cluster.crt", "cluster.key", "join.toml"] {
             remove_optional(&self.root.join(file))?;
         }
         sync_dir(&self.root)?;

@@ -281,7 +281,13 @@ impl App {
         })?;
         tracing::info!(socket = %socket.display(), "control socket ready");
 
-        if let Some(info) = initialised {
+        if super::membership::join_interrupted(&state) {
+            // A join cut short: carried through to its end (joined or undone) before anything else.
+            if initialised.is_some() {
+                state.set_db_status(DbStatus::Starting);
+            }
+            tokio::spawn(super::membership::resume_join(state.clone()));
+        } else if let Some(info) = initialised {
             state.set_db_status(DbStatus::Starting);
             tokio::spawn(resume(state.clone(), info.id));
         } else {

@@ -2,9 +2,10 @@
 //! database records it) over mutual TLS; members sync their trust stores from it and answer with
 //! what software they run, how they are placed and what their clocks say. The leader then works
 //! out every member's clock offset from the cluster's time (see [`super::clock`]; sent to them
-//! with the next round), records who answered and the roles dqlite reports (replacing
-//! PENDING), all stamped in the cluster's time, prunes expired tokens, and makes at most one
-//! role change to keep 3 voters and 3 stand-bys online.
+//! with the next round), records who answered and the roles dqlite reports (replacing PENDING
+//! once a joiner's node has a role), all stamped in the cluster's time, prunes expired tokens,
+//! rolls back joins that stalled (`membership::stalled`), and makes at most one role change to
+//! keep 3 voters and 3 stand-bys online.
 //!
 //! Heartbeats are only accepted from a trusted member that names itself as the sender;
 //! microcluster accepts them from anyone, which lets any TLS client rewrite a trust store.
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::clock::{self, Offset, Sample};
 use super::db::{DbStatus, members, tokens};
-use super::membership::role_name;
+use super::membership::{recorded_role, stalled};
 use super::rest::{ApiError, ShutdownSignal};
 use super::roles::{self, Placement, Targets};
 use super::state::State;
@@ -208,8 +209,10 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
         .transaction(move |tx| {
             let answered = seen;
             Box::pin(async move {
-                for row in &rows {
-                    let role = roles_now.get(&row.address).map_or(row.role.as_str(), |r| role_name(*r));
+                // The rows as they are now, not as the round read them: a joiner that recorded
+                // its role since must not get a stale PENDING back.
+                for row in &members::list(tx).await? {
+                    let role = recorded_role(&row.role, roles_now.get(&row.address).copied());
                     let alive = row.address == own || answered.contains(&row.address);
                     let heartbeat = if alive { time.as_str() } else { row.heartbeat.as_str() };
                     if role != row.role || heartbeat != row.heartbeat {
@@ -224,6 +227,7 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
         })
         .await?;
     sync_truststore(state, &request.leader, &request.members);
+    stalled::apply(state, &runtime, &rows, &nodes, &answered).await;
 
     // A member that cannot write its raft log counts as gone for its role: another takes its
     // vote while it cannot persist.

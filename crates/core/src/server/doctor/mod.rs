@@ -21,8 +21,8 @@ use dqlite::{NodeInfo, Role};
 use hyper::StatusCode;
 
 use super::clock::{self, Offset, SKEW_BOUND, Sample};
-use super::db::{self, members};
-use super::membership::{retry_config_change, role_name};
+use super::db::members;
+use super::membership::{recorded_role, retry_config_change, role_name, stalled};
 use super::rest::ApiError;
 use super::runtime::Runtime;
 use super::state::State;
@@ -31,10 +31,6 @@ use crate::api::{ClusterMemberLocal, DoctorCheck, DoctorReport, doctor_status, r
 use crate::client::ClientError;
 use crate::tls;
 
-/// How long a member may stay PENDING outside dqlite's configuration before its join counts as
-/// failed: far past the joiner's own deadlines (it adds itself to dqlite right after being
-/// admitted, retrying for at most 30 s, and undoes the join when that fails).
-const PENDING_GRACE: Duration = Duration::from_secs(120);
 /// How long the leader waits for each member's trust store.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline of one trust store repair on another member.
@@ -65,8 +61,8 @@ struct Row {
     /// Of the row's certificate (empty if it cannot be read).
     fingerprint: String,
     role: String,
-    /// For a PENDING row: how long it has at least been a member (`None`: cannot tell).
-    pending_for: Option<Duration>,
+    /// For a PENDING row: how long since its join last made progress (`None`: cannot tell).
+    quiet_for: Option<Duration>,
 }
 
 /// One trust store entry.
@@ -99,6 +95,9 @@ struct View {
     leader_trust: Vec<Trusted>,
     /// Every other member's answer, by name.
     answers: BTreeMap<String, Answer>,
+    /// How long a join may go without progress before it counts as failed (the bound the
+    /// heartbeat's rollback uses, [`stalled::stall_bound`]).
+    bound: Duration,
     /// Every member's clock offset from the cluster's time, of those that told their time
     /// (`None`: too few did to tell whose clock is off).
     clocks: Option<BTreeMap<String, Offset>>,
@@ -120,6 +119,8 @@ enum Repair {
     DeleteRow { name: String },
     /// Remove an orphan node from dqlite's configuration.
     RemoveNode { id: u64 },
+    /// Remove the spare node a failed join added (if its row could be deleted).
+    RemoveJoinNode { name: String, id: u64 },
     /// Add or replace a trust store entry.
     Trust { store: Store, member: ClusterMemberLocal },
     /// Remove a trust store entry.
@@ -136,6 +137,10 @@ impl Repair {
                 format!("remove node {id} from the dqlite configuration"),
                 format!("removed node {id} from the dqlite configuration"),
             ),
+            Repair::RemoveJoinNode { id, .. } => (
+                format!("remove its node {id} from the dqlite configuration"),
+                format!("removed its node {id} from the dqlite configuration"),
+            ),
             Repair::Trust { member, .. } => (
                 format!("trust {} at {}", member.name, member.address),
                 format!("now trusts {} at {}", member.name, member.address),
@@ -149,7 +154,7 @@ impl Repair {
     fn phase(&self) -> u8 {
         match self {
             Repair::SetRole { .. } | Repair::DeleteRow { .. } => 0,
-            Repair::RemoveNode { .. } => 1,
+            Repair::RemoveNode { .. } | Repair::RemoveJoinNode { .. } => 1,
             Repair::Trust { .. } | Repair::Distrust { .. } => 2,
         }
     }
@@ -227,14 +232,15 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
         answers.entry(row.name.clone()).or_insert_with(|| Answer::Failed("the request was lost".into()));
     }
 
-    let (now, local_now) = (state.0.clock.now(), SystemTime::now());
+    let now = state.0.clock.now();
     let trust_dir = state.0.dir.truststore_dir();
     let rows = rows
         .into_iter()
         .map(|r| Row {
             fingerprint: tls::fingerprint_pem(&r.certificate).unwrap_or_default(),
-            pending_for: (r.role == role::PENDING)
-                .then(|| member_for(&r, &snapshot, &trust_dir, now, local_now))
+            // Progress is stamped in the cluster's time, as the heartbeat stamps it.
+            quiet_for: (r.role == role::PENDING)
+                .then(|| stalled::quiet_for(&r.heartbeat, trusted_for(&r, &snapshot, &trust_dir), now))
                 .flatten(),
             role: r.role,
             member: ClusterMemberLocal { name: r.name, address: r.address, certificate: r.certificate },
@@ -248,6 +254,7 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
             fingerprint: e.fingerprint.clone(),
         })
         .collect();
+    let bound = stalled::stall_bound(state.0.settings.heartbeat);
     Ok(View {
         leader: state.name(),
         leader_address: runtime.address.clone(),
@@ -255,6 +262,7 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
         rows,
         leader_trust,
         answers,
+        bound,
         clocks,
     })
 }
@@ -277,29 +285,15 @@ fn answer(result: Result<Vec<ClusterMemberLocal>, ClientError>) -> Answer {
     }
 }
 
-/// How long a PENDING row's member has at least been admitted. Both clues are written at or
-/// after its admission, so each is a lower bound: its last heartbeat answer (in the cluster's
-/// time, `now`), and when this member started trusting it with the row's certificate (its trust
-/// store file, by this member's own clock, `local_now`).
-fn member_for(
-    row: &members::MemberRow,
-    trusted: &Members,
-    dir: &Path,
-    now: SystemTime,
-    local_now: SystemTime,
-) -> Option<Duration> {
-    let heartbeat = (row.heartbeat != db::ZERO_TIME)
-        .then(|| humantime::parse_rfc3339_weak(&row.heartbeat).ok())
-        .flatten()
-        .and_then(|t| now.duration_since(t).ok());
-    let since = |t: SystemTime| local_now.duration_since(t).ok();
-    let trust = trusted
+/// How long ago this member wrote the trust entry of a row's member (by its own clock), if it
+/// trusts it with the row's address and certificate.
+fn trusted_for(row: &members::MemberRow, trusted: &Members, dir: &Path) -> Option<Duration> {
+    trusted
         .by_name(&row.name)
         .filter(|e| e.member.address == row.address && e.member.certificate == row.certificate)
         .and_then(|_| std::fs::metadata(dir.join(format!("{}.toml", row.name))).ok())
         .and_then(|m| m.modified().ok())
-        .and_then(since);
-    heartbeat.max(trust)
+        .and_then(|t| t.elapsed().ok())
 }
 
 mod plan;
@@ -316,7 +310,7 @@ async fn apply(state: &State, runtime: &Runtime, findings: Vec<Finding>, repair:
                 if r.phase() != phase {
                     continue;
                 }
-                if let Repair::Distrust { name, .. } = r
+                if let Repair::Distrust { name, .. } | Repair::RemoveJoinNode { name, .. } = r
                     && rows_kept.contains(name.as_str())
                 {
                     results[i] = Some(Err(format!("not done: {name}'s row could not be deleted")));
@@ -373,7 +367,7 @@ async fn execute(state: &State, runtime: &Runtime, repair: &Repair) -> Result<()
             let done = runtime.db.exec(sql, &[name.as_str().into(), role::PENDING.into()]).await;
             changed_one(done.map_err(|e| text(&e))?.rows_affected)
         }
-        Repair::RemoveNode { id } => {
+        Repair::RemoveNode { id } | Repair::RemoveJoinNode { id, .. } => {
             let client = runtime.db.client().clone();
             let id = *id;
             retry_config_change("removing the orphan dqlite node", || client.remove(id)).await.map_err(|e| text(&e))

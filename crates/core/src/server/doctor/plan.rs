@@ -47,8 +47,9 @@ struct Context<'v> {
     view: &'v View,
     node_at: HashMap<&'v str, &'v NodeInfo>,
     row_at: HashMap<&'v str, &'v Row>,
-    /// Rows of failed joins, to be deleted: PENDING past the grace period, never in dqlite's
-    /// configuration, and unreachable.
+    /// Rows of failed joins, to be rolled back as the leader's heartbeat would
+    /// ([`stalled::judge`]): PENDING without progress past the bound, unreachable, and never
+    /// in dqlite's configuration or only as a spare.
     failed_joins: HashSet<&'v str>,
 }
 
@@ -56,24 +57,27 @@ impl<'v> Context<'v> {
     fn new(view: &'v View) -> Context<'v> {
         let node_at: HashMap<&str, &NodeInfo> = view.nodes.iter().map(|n| (n.address.as_str(), n)).collect();
         let row_at = view.rows.iter().map(|r| (r.member.address.as_str(), r)).collect();
-        let failed_joins = view
+        let mut ctx = Context { view, node_at, row_at, failed_joins: HashSet::new() };
+        ctx.failed_joins = view
             .rows
             .iter()
-            .filter(|r| {
-                r.role == role::PENDING
-                    && r.member.address != view.leader_address
-                    && !node_at.contains_key(r.member.address.as_str())
-                    && r.pending_for.is_some_and(|age| age >= PENDING_GRACE)
-                    && matches!(view.answers.get(&r.member.name), Some(Answer::Unreachable(_)))
-            })
+            .filter(|r| r.role == role::PENDING && r.member.address != view.leader_address)
+            .filter(|r| matches!(ctx.verdict(r), stalled::Verdict::RollBack { .. }))
             .map(|r| r.member.name.as_str())
             .collect();
-        Context { view, node_at, row_at, failed_joins }
+        ctx
     }
 
-    /// Still joining: PENDING for less than the grace period.
-    fn joining(row: &Row) -> bool {
-        row.role == role::PENDING && row.pending_for.is_some_and(|age| age < PENDING_GRACE)
+    /// What the leader's rollback of stalled joins makes of a PENDING row.
+    fn verdict(&self, row: &Row) -> stalled::Verdict {
+        let answers = !matches!(self.view.answers.get(&row.member.name), Some(Answer::Unreachable(_)));
+        let node = self.node_at.get(row.member.address.as_str()).copied();
+        stalled::judge(&stalled::Pending { quiet_for: row.quiet_for, node, answers }, self.view.bound)
+    }
+
+    /// Still joining: PENDING, with progress within the bound.
+    fn joining(&self, row: &Row) -> bool {
+        row.role == role::PENDING && row.quiet_for.is_some_and(|quiet| quiet < self.view.bound)
     }
 
     /// The rows every trust store must hold.
@@ -85,26 +89,26 @@ impl<'v> Context<'v> {
 fn rows_have_nodes(ctx: &Context, out: &mut Vec<Finding>) {
     for row in &ctx.view.rows {
         let (name, address) = (row.member.name.as_str(), row.member.address.as_str());
-        let (outcome, detail) = if let Some(node) = ctx.node_at.get(address) {
-            (Outcome::Ok, format!("dqlite node {} at {address}", node.id))
-        } else if ctx.failed_joins.contains(name) {
-            let detail = format!(
-                "PENDING for over {}s, never in the dqlite configuration and unreachable: a failed join",
-                row.pending_for.unwrap_or_default().as_secs()
-            );
+        let quiet = row.quiet_for.map_or("an unknown time".to_owned(), |q| format!("{}s", q.as_secs()));
+        let (outcome, detail) = if ctx.failed_joins.contains(name) {
+            let node = match ctx.node_at.get(address) {
+                Some(node) => format!("its node {} a spare that never got a role", node.id),
+                None => "never in the dqlite configuration".to_owned(),
+            };
+            let detail = format!("PENDING without progress for {quiet}, {node}, and unreachable: a failed join");
             (Outcome::Repair(Repair::DeleteRow { name: name.to_owned() }), detail)
-        } else if Context::joining(row) {
-            let age = row.pending_for.unwrap_or_default().as_secs();
-            (Outcome::Skipped, format!("joining for {age}s: not in the dqlite configuration yet"))
+        } else if let Some(node) = ctx.node_at.get(address) {
+            (Outcome::Ok, format!("dqlite node {} at {address}", node.id))
+        } else if ctx.joining(row) {
+            (Outcome::Skipped, format!("joining (last progress {quiet} ago): not in the dqlite configuration yet"))
         } else if row.role == role::PENDING {
-            let age = row.pending_for.map_or("an unknown time".to_owned(), |a| format!("{}s", a.as_secs()));
             let answers = match ctx.view.answers.get(name) {
                 Some(Answer::Unreachable(_)) => "",
                 _ => " (it answers, so it is left alone)",
             };
             let detail = format!(
-                "PENDING for {age} and not in the dqlite configuration{answers}; if its join failed, run \
-                 `microctl cluster remove {name} --force`"
+                "PENDING without progress for {quiet} and not in the dqlite configuration{answers}; if its join \
+                 failed, run `microctl cluster remove {name} --force`"
             );
             (Outcome::Problem, detail)
         } else {
@@ -140,7 +144,14 @@ fn nodes_have_rows(ctx: &Context, out: &mut Vec<Finding>) {
     for node in nodes {
         let address = node.address.as_str();
         if let Some(row) = ctx.row_at.get(address) {
-            out.push(finding(check::NODE_ROW, &row.member.name, Outcome::Ok, format!("dqlite node {}", node.id)));
+            let name = row.member.name.as_str();
+            let (outcome, detail) = if ctx.failed_joins.contains(name) {
+                let repair = Repair::RemoveJoinNode { name: name.to_owned(), id: node.id };
+                (Outcome::Repair(repair), format!("dqlite node {}, the spare a failed join added", node.id))
+            } else {
+                (Outcome::Ok, format!("dqlite node {}", node.id))
+            };
+            out.push(finding(check::NODE_ROW, name, outcome, detail));
             continue;
         }
         let what = format!("dqlite node {} ({}) at {address} has no row", node.id, role_name(node.role));
@@ -200,14 +211,20 @@ fn roles_match(ctx: &Context, out: &mut Vec<Finding>) {
     for row in &ctx.view.rows {
         let Some(node) = ctx.node_at.get(row.member.address.as_str()) else { continue };
         let name = row.member.name.as_str();
+        if ctx.failed_joins.contains(name) {
+            continue;
+        }
+        let recorded = recorded_role(&row.role, Some(node.role));
         let (outcome, detail) = match node.role {
-            _ if Context::joining(row) => {
-                (Outcome::Skipped, format!("joining: dqlite has it as {}", role_name(node.role)))
-            }
+            _ if ctx.joining(row) => (Outcome::Skipped, format!("joining: dqlite has it as {}", role_name(node.role))),
             None => (Outcome::Problem, "dqlite reports a role this software does not know".to_owned()),
-            Some(_) if role_name(node.role) == row.role => (Outcome::Ok, row.role.clone()),
+            // A joiner added as a spare that answers: its own join gives it its role or undoes itself.
+            Some(_) if recorded == role::PENDING => {
+                (Outcome::Skipped, "joining: dqlite has it as a spare, and it answers".to_owned())
+            }
+            Some(_) if recorded == row.role => (Outcome::Ok, row.role.clone()),
             Some(_) => {
-                let to = role_name(node.role).to_owned();
+                let to = recorded.to_owned();
                 let detail = format!("the database says {}, dqlite says {to}", row.role);
                 (Outcome::Repair(Repair::SetRole { name: name.to_owned(), from: row.role.clone(), to }), detail)
             }
@@ -336,7 +353,7 @@ mod tests {
     }
 
     fn row(i: u64, role: &str) -> Row {
-        Row { member: member(i), fingerprint: format!("fp{i}"), role: role.into(), pending_for: None }
+        Row { member: member(i), fingerprint: format!("fp{i}"), role: role.into(), quiet_for: None }
     }
 
     fn trusted(i: u64) -> Trusted {
@@ -357,6 +374,7 @@ mod tests {
             rows: (1..=n).map(|i| row(i, role::VOTER)).collect(),
             leader_trust: all.clone(),
             answers: (2..=n).map(|i| (format!("m{i}"), Answer::Trusts(all.clone()))).collect(),
+            bound: Duration::from_secs(120),
             clocks: Some((1..=n).map(|i| (format!("m{i}"), Offset::default())).collect()),
         }
     }
@@ -466,7 +484,7 @@ mod tests {
     #[test]
     fn a_failed_join_is_undone_and_a_joining_member_left_alone() {
         let mut view = healthy(3);
-        view.rows.push(Row { pending_for: Some(Duration::from_secs(600)), ..row(4, role::PENDING) });
+        view.rows.push(Row { quiet_for: Some(Duration::from_secs(600)), ..row(4, role::PENDING) });
         view.answers.insert("m4".into(), Answer::Unreachable("connection refused".into()));
         view.leader_trust.push(trusted(4));
         trusts(&mut view, "m2").push(trusted(4));
@@ -480,17 +498,73 @@ mod tests {
         );
 
         // Joining for 30 s: skipped, and trusted where it is missing.
-        view.rows[3].pending_for = Some(Duration::from_secs(30));
+        view.rows[3].quiet_for = Some(Duration::from_secs(30));
         let findings = plan(&view);
         assert_eq!(repairs(&findings), [Repair::Trust { store: at(3), member: member(4) }]);
         assert_eq!(with(&findings, Outcome::Skipped), [(check::ROW_NODE, "m4".into()), (check::TRUST, "m4".into())]);
 
         // Of unknown age, or answering: not provably failed.
-        view.rows[3].pending_for = None;
+        view.rows[3].quiet_for = None;
         assert!(with(&plan(&view), Outcome::Problem).contains(&(check::ROW_NODE, "m4".into())));
-        view.rows[3].pending_for = Some(Duration::from_secs(600));
+        view.rows[3].quiet_for = Some(Duration::from_secs(600));
         view.answers.insert("m4".into(), Answer::Trusts(view.leader_trust.clone()));
         assert!(!repairs(&plan(&view)).contains(&Repair::DeleteRow { name: "m4".into() }));
+    }
+
+    #[test]
+    fn a_join_that_stalled_as_a_spare_is_undone_with_its_node() {
+        // m4 was added as a spare, then went silent before taking its role.
+        let mut view = healthy(3);
+        view.nodes.push(node(4, Role::Spare));
+        view.rows.push(Row { quiet_for: Some(Duration::from_secs(600)), ..row(4, role::PENDING) });
+        view.answers.insert("m4".into(), Answer::Unreachable("connection refused".into()));
+        view.leader_trust.push(trusted(4));
+        trusts(&mut view, "m3").push(trusted(4));
+        let findings = plan(&view);
+        assert_eq!(
+            repairs(&findings),
+            [
+                Repair::DeleteRow { name: "m4".into() },
+                Repair::RemoveJoinNode { name: "m4".into(), id: 4 },
+                Repair::Distrust { store: at(3), name: "m4".into() },
+                Repair::Distrust { store: Store::Leader, name: "m4".into() },
+            ]
+        );
+        assert!(with(&findings, Outcome::Problem).is_empty(), "{findings:#?}");
+
+        // Each case: (quiet for, answers, dqlite role) -> the repairs, the skipped checks.
+        let joining = Some(Duration::from_secs(30));
+        let quiet = Some(Duration::from_secs(600));
+        for (quiet_for, answers, dqlite_role, deleted, skipped) in [
+            // Recent progress: still joining, whatever it says.
+            (joining, false, Role::Spare, false, vec![(check::ROLE, "m4".to_owned())]),
+            // It answers: its own join finishes or undoes itself.
+            (quiet, true, Role::Spare, false, vec![(check::ROLE, "m4".to_owned())]),
+            // It has a role: only the row's role is behind.
+            (quiet, false, Role::Voter, false, vec![]),
+            (quiet, false, Role::Spare, true, vec![]),
+        ] {
+            let mut view = view.clone();
+            view.rows[3].quiet_for = quiet_for;
+            view.nodes[3].role = Some(dqlite_role);
+            if answers {
+                view.answers.insert("m4".into(), Answer::Trusts(view.leader_trust.clone()));
+            }
+            let findings = plan(&view);
+            let planned = repairs(&findings);
+            let case = format!("{quiet_for:?} answers={answers} {dqlite_role:?}: {findings:#?}");
+            assert_eq!(planned.contains(&Repair::DeleteRow { name: "m4".into() }), deleted, "{case}");
+            let skipped_now: Vec<_> =
+                with(&findings, Outcome::Skipped).into_iter().filter(|(c, _)| *c == check::ROLE).collect();
+            assert_eq!(skipped_now, skipped, "{case}");
+            if dqlite_role == Role::Voter {
+                let to = role::VOTER.to_owned();
+                assert!(
+                    planned.contains(&Repair::SetRole { name: "m4".into(), from: role::PENDING.into(), to }),
+                    "{case}"
+                );
+            }
+        }
     }
 
     #[test]

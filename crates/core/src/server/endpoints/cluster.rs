@@ -117,7 +117,7 @@ async fn list(state: State, _req: Request) -> HandlerResult {
         .into_iter()
         .map(|row| {
             let in_config = roles.contains_key(&row.address);
-            let role = roles.get(&row.address).map_or(row.role.clone(), |r| role_name(*r).to_owned());
+            let role = membership::recorded_role(&row.role, roles.get(&row.address).copied()).to_owned();
             let probe = (row.address != runtime.address).then(|| answers.get(&row.name)).flatten();
             let probe = match probe {
                 Some(p) => Some(p),

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use crate::api::{Control, JoinToken, TokenRecord, TokenRequest};
+use crate::api::{Control, JoinToken, TokenRecord, TokenRequest, role};
 use crate::server::State;
-use crate::server::db::tokens;
+use crate::server::db::{members, tokens};
 use crate::server::membership;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
 use crate::validate;
@@ -52,6 +52,17 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
     validate::member_name(&request.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let runtime = state.db()?;
     if state.0.truststore.snapshot().by_name(&request.name).is_some() {
+        let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await.unwrap_or_default();
+        if rows.iter().any(|r| r.name == request.name && r.role == role::PENDING) {
+            let bound = membership::stalled::stall_bound(state.0.settings.heartbeat);
+            return Err(ApiError::conflict(format!(
+                "a member named {name:?} already exists and is still joining; its token stays valid until the join \
+                 completes. If that join was interrupted, run `microctl init` on {name} again; if {name} is gone, \
+                 the cluster rolls its join back after {} s without progress",
+                bound.as_secs(),
+                name = request.name
+            )));
+        }
         return Err(ApiError::conflict(format!("a member named {:?} already exists", request.name)));
     }
     let secret =

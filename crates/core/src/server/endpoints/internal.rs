@@ -36,7 +36,9 @@ async fn assign_role(state: State, req: Request) -> HandlerResult {
     let request: crate::api::RoleRequest = req.json()?;
     let runtime = state.runtime()?;
     let _serial = state.0.role_lock.lock().await;
+    membership::fault_point("role:before-assign", &name);
     let role = membership::take_role(runtime.db.client(), request.id).await?;
+    membership::fault_point("role:after-assign", &name);
     Response::sync(membership::role_name(Some(role)))
 }
 
@@ -50,7 +52,13 @@ async fn move_member(state: State, req: Request) -> HandlerResult {
 
 async fn join(state: State, req: Request) -> HandlerResult {
     let request: JoinRequest = req.json()?;
-    Response::sync(membership::admit(&state, request).await?)
+    // The certificate the caller proved it holds (a joiner coming back is known by it).
+    let proven = match &req.trust {
+        Trust::Member(name) => state.0.truststore.snapshot().by_name(name).map(|e| e.fingerprint.clone()),
+        Trust::Untrusted(fingerprint) => fingerprint.clone(),
+        Trust::Unix => None,
+    };
+    Response::sync(membership::admit(&state, request, proven.as_deref()).await?)
 }
 
 /// Resets this member after the leader removed it. Answers first and resets afterwards (the

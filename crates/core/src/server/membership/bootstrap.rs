@@ -1,8 +1,8 @@
 //! Bootstrap: the first member creates the cluster.
 
 use super::{
-    OPEN_TIMEOUT, ensure_server_identity, ensure_uninitialised, hook_failed, open_database, own_row, reset_local,
-    start_background, start_runtime,
+    OPEN_TIMEOUT, clean_slate, ensure_server_identity, ensure_uninitialised, hook_failed, open_database, own_row,
+    reset_local, start_background, start_runtime,
 };
 use crate::api::{ClusterMemberLocal, Control, role};
 use crate::certs;
@@ -18,6 +18,7 @@ pub(crate) async fn bootstrap(state: &State, control: &Control) -> Result<(), Ap
     ensure_uninitialised(state)?;
     validate::member_name(&control.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     validate::member_address(&control.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    clean_slate(state).await?;
     let hooks = state.0.settings.hooks.clone();
     // The hooks see the member's name and address from PreInit on, as microcluster's do.
     super::record_identity(state, &control.name, &control.address)?;

@@ -5,17 +5,20 @@
 
 mod address;
 mod bootstrap;
+mod fault;
 mod handover;
 mod join;
 mod remove;
+pub(crate) mod stalled;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(crate) use address::{relocate, set_address};
 pub(crate) use bootstrap::bootstrap;
+pub(crate) use fault::point as fault_point;
 pub(crate) use handover::handover;
-pub(crate) use join::{admit, join};
+pub(crate) use join::{admit, interrupted as join_interrupted, join, resume as resume_join};
 pub(crate) use remove::remove;
 
 use super::db::{DbStatus, members, schema};
@@ -238,6 +241,50 @@ pub(crate) async fn reset_local(state: &State) -> Result<(), ApiError> {
     result
 }
 
+/// Makes a member that is not initialised forget what an init that did not finish left behind
+/// (another cluster's certificate and trust entries, a name, a join's journal), so that a
+/// bootstrap or a join starts from nothing but this member's own certificate.
+pub(crate) async fn clean_slate(state: &State) -> Result<(), ApiError> {
+    let dir = &state.0.dir;
+    let files = [dir.cert_path("cluster"), dir.key_path("cluster"), dir.join_path()];
+    let leftovers = files.iter().any(|f| f.exists())
+        || state.0.truststore.snapshot().iter().next().is_some()
+        || !state.name().is_empty();
+    if leftovers {
+        tracing::info!("removing what an earlier init that did not finish left in the state directory");
+        reset_local(state).await?;
+    }
+    Ok(())
+}
+
+/// Stops trusting `name` here and tells every other member to do the same.
+pub(crate) async fn distrust_everywhere(state: &State, runtime: &Runtime, name: &str) -> Result<(), ApiError> {
+    state.0.truststore.remove(name).map_err(|e| ApiError::internal(e.to_string()))?;
+    runtime.set_servers(state.0.truststore.snapshot().addresses());
+    let victim = name.to_owned();
+    for (member, err) in fan_out(state.peer_clients()?, |c| {
+        let victim = victim.clone();
+        async move { c.remove_trust(&victim).await }
+    })
+    .await
+    {
+        tracing::warn!(member, error = %err, "could not tell a member to stop trusting {name}; the next heartbeat will");
+    }
+    Ok(())
+}
+
+/// The role a member's row should record, given its row's role and its node in dqlite's
+/// configuration (`None`: no node at its address). A PENDING member whose node is a spare is
+/// still joining (it takes its role next): recording "spare" would make a join that stopped
+/// there look like a member that is a spare, which nobody rolls back.
+pub(crate) fn recorded_role(row_role: &str, node: Option<Option<dqlite::Role>>) -> &str {
+    match node {
+        None => row_role,
+        Some(Some(dqlite::Role::Spare)) if row_role == role::PENDING => role::PENDING,
+        Some(node_role) => role_name(node_role),
+    }
+}
+
 /// The role a newly added node should get: voters first (up to 3), then stand-bys (up to 3).
 pub(crate) fn role_for_new_node(nodes: &[dqlite::NodeInfo], new_id: u64) -> dqlite::Role {
     let count = |role| nodes.iter().filter(|n| n.id != new_id && n.role == Some(role)).count();
@@ -372,6 +419,22 @@ mod tests {
 
     fn node(id: u64, role: Role) -> NodeInfo {
         NodeInfo { id, address: format!("n{id}"), role: Some(role) }
+    }
+
+    #[test]
+    fn a_joiner_added_as_a_spare_stays_pending_until_it_takes_its_role() {
+        use crate::api::role::{PENDING, SPARE, STAND_BY, VOTER};
+        for (row, node, recorded) in [
+            (PENDING, None, PENDING),
+            (PENDING, Some(Some(Role::Spare)), PENDING),
+            (PENDING, Some(Some(Role::Voter)), VOTER),
+            (PENDING, Some(Some(Role::StandBy)), STAND_BY),
+            (VOTER, Some(Some(Role::Spare)), SPARE),
+            (SPARE, Some(Some(Role::Voter)), VOTER),
+            (VOTER, None, VOTER),
+        ] {
+            assert_eq!(recorded_role(row, node), recorded, "{row} with {node:?}");
+        }
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
     }
     let voters = nodes.iter().filter(|n| n.role == Some(dqlite::Role::Voter)).count();
     let role_now = node.as_ref().map_or(role::PENDING, |n| role_name(n.role));
-    if role_now == role::PENDING && voters < 2 {
+    // A forced removal of a joiner is how a failed join undoes itself, whatever the voters.
+    if role_now == role::PENDING && voters < 2 && !force {
         return Err(ApiError::conflict(format!(
             "{name:?} is still joining (PENDING) and the cluster has fewer than 2 voters; wait for the join to finish"
         )));
@@ -104,18 +105,8 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
         tracing::warn!(member = name, error = %err, "removing the dqlite node failed; continuing because of --force");
     }
 
-    state.0.truststore.remove(name).map_err(|e| ApiError::internal(e.to_string()))?;
-    runtime.set_servers(state.0.truststore.snapshot().addresses());
+    super::distrust_everywhere(state, &runtime, name).await?;
     let remaining = state.peer_clients()?;
-    let victim = name.to_owned();
-    for (member, err) in fan_out(remaining.clone(), |c| {
-        let victim = victim.clone();
-        async move { c.remove_trust(&victim).await }
-    })
-    .await
-    {
-        tracing::warn!(member, error = %err, "could not tell a member to stop trusting the removed one");
-    }
 
     // The member itself (still trusting us) resets to an uninitialised daemon.
     if let Err(err) = target.reset_member(name, force).await {
