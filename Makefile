@@ -35,7 +35,7 @@ test: deps-test lint
 # The full fault suite (20 leader kills, a 10 s freeze, partitions, full disks, 40 power cuts);
 # `make test` runs a quick version of each fault.
 test-faults: deps
-	$(CARGO) build --workspace && MICROCLUSTER_FAULTS=full $(CARGO) test -p microcluster-tests --test faults --test frozen_leader --test invariants --test partition --test power_loss -- --nocapture
+	$(CARGO) build --workspace && MICROCLUSTER_FAULTS=full $(CARGO) test -p microcluster-tests --test faults --test frozen_leader --test interrupted_joins --test invariants --test partition --test power_loss -- --nocapture
 
 # Every fuzz target for FUZZ_SECONDS (default 60) each; crashes land in fuzz/regressions/.
 fuzz: deps

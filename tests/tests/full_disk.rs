@@ -72,6 +72,18 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
     assert!(degraded["status_reason"].as_str().unwrap().contains("cannot write its raft log"), "{degraded}");
     assert_eq!(cluster.members[m3].metric("microcluster_raft_log_writable "), 0);
     assert!(cluster.members[m3].log().contains("ERROR"), "no error in m3's log");
+    let doctor = cluster.members[m1].ctl(&["doctor", "--check", "--format", "json"]);
+    assert!(!doctor.success, "doctor found no problem: {}", doctor.stdout);
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
+    let raft_log =
+        report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "raft-log" && c["member"] == "m3");
+    assert!(
+        raft_log.is_some_and(
+            |c| c["status"] == "PROBLEM" && c["detail"].as_str().unwrap().contains("cannot write its raft log")
+        ),
+        "{}",
+        doctor.stdout
+    );
     // Full for a while under writes: raft runs out of room in its open segment, or fails to
     // write a snapshot, or both.
     let until = Instant::now() + Duration::from_secs(20);

@@ -102,8 +102,8 @@ pub(crate) fn judge(now: &Observation, before: &Health) -> (Health, Action) {
     }
     if let Some(err) = &now.probe_error {
         let reason = format!(
-            "cannot write its raft log: writing to its state directory fails ({err}); free space or fix the \
-                     disk or its mount, and it resumes by itself"
+            "cannot write its raft log: writing to its state directory fails ({err}); free space, or repair the \
+             disk or its mount: the member resumes once it can write"
         );
         return (Health::Failing { reason }, Action::None);
     }

@@ -52,6 +52,8 @@ mod check {
     pub(super) const UNIQUE: &str = "unique";
     /// The member's clock is within the bound of the cluster's time.
     pub(super) const CLOCK: &str = "clock";
+    /// The member can write its raft log (disk not full, not read-only, not failing).
+    pub(super) const RAFT_LOG: &str = "raft-log";
 }
 
 /// A row of `core_cluster_members`, as the checks need it.
@@ -101,6 +103,8 @@ struct View {
     /// Every member's clock offset from the cluster's time, of those that told their time
     /// (`None`: too few did to tell whose clock is off).
     clocks: Option<BTreeMap<String, Offset>>,
+    /// Whether each member that answered can write its raft log (`Some`: why it cannot).
+    raft_logs: BTreeMap<String, Option<String>>,
 }
 
 /// Whose trust store a repair changes.
@@ -213,14 +217,20 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
                 let time = humantime::parse_rfc3339_weak(&status.time).ok()?;
                 Some(Sample::measure(sent, start.elapsed(), time))
             };
-            let (trust, sample) = tokio::join!(client.truststore(), time);
-            (name, trust, sample)
+            let raft_log = async { client.readiness().await.ok().map(|r| r.raft_log_problem) };
+            let (trust, sample, raft_log) = tokio::join!(client.truststore(), time, raft_log);
+            (name, trust, sample, raft_log)
         });
     }
     let mut answers = BTreeMap::new();
     let mut samples = BTreeMap::from([(state.name(), Sample::LEADER)]);
+    let own_raft_log = runtime.disk.health().problem().map(str::to_owned);
+    let mut raft_logs = BTreeMap::from([(state.name(), own_raft_log)]);
     while let Some(joined) = asks.join_next().await {
-        if let Ok((name, result, sample)) = joined {
+        if let Ok((name, result, sample, raft_log)) = joined {
+            if let Some(raft_log) = raft_log {
+                raft_logs.insert(name.clone(), raft_log);
+            }
             if let Some(sample) = sample {
                 samples.insert(name.clone(), sample);
             }
@@ -264,6 +274,7 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
         answers,
         bound,
         clocks,
+        raft_logs,
     })
 }
 

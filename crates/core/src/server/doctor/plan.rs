@@ -4,7 +4,7 @@
 use super::*;
 
 /// What the checks find in `view`, in order: rows against nodes, nodes against rows, roles,
-/// the members' trust stores, the leader's, uniqueness, clocks.
+/// the members' trust stores, the leader's, uniqueness, clocks, raft logs.
 pub(super) fn plan(view: &View) -> Vec<Finding> {
     let ctx = Context::new(view);
     let mut out = Vec::new();
@@ -39,6 +39,7 @@ pub(super) fn plan(view: &View) -> Vec<Finding> {
     compare_trust(&ctx, check::LEADER_TRUST, &view.leader, Store::Leader, &view.leader_trust, &mut out);
     unique(view, &mut out);
     clocks(view, &mut out);
+    raft_logs(view, &mut out);
     out
 }
 
@@ -340,6 +341,20 @@ fn clocks(view: &View, out: &mut Vec<Finding>) {
     }
 }
 
+/// Whether every member can write its raft log. Nothing to repair from here: the fix is the
+/// member's disk (the heartbeat already hands its vote to another member meanwhile).
+fn raft_logs(view: &View, out: &mut Vec<Finding>) {
+    for row in view.rows.iter().filter(|r| r.role != role::PENDING) {
+        let name = row.member.name.as_str();
+        let (outcome, detail) = match view.raft_logs.get(name) {
+            None => (Outcome::Skipped, "it did not say (it did not answer, or runs older software)".to_owned()),
+            Some(Some(problem)) => (Outcome::Problem, format!("{name} {problem}")),
+            Some(None) => (Outcome::Ok, "it writes its raft log".to_owned()),
+        };
+        out.push(finding(check::RAFT_LOG, name, outcome, detail));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +391,7 @@ mod tests {
             answers: (2..=n).map(|i| (format!("m{i}"), Answer::Trusts(all.clone()))).collect(),
             bound: Duration::from_secs(120),
             clocks: Some((1..=n).map(|i| (format!("m{i}"), Offset::default())).collect()),
+            raft_logs: (1..=n).map(|i| (format!("m{i}"), None)).collect(),
         }
     }
 
@@ -409,7 +425,22 @@ mod tests {
         let expected = [[check::ROW_NODE; 3], [check::NODE_ROW; 3], [check::ROLE; 3]].concat();
         assert_eq!(checks[..9], expected[..]);
         assert_eq!(checks[9..13], [check::TRUST, check::TRUST, check::LEADER_TRUST, check::UNIQUE]);
-        assert_eq!(checks[13..], [check::CLOCK; 3]);
+        assert_eq!(checks[13..16], [check::CLOCK; 3]);
+        assert_eq!(checks[16..], [check::RAFT_LOG; 3]);
+    }
+
+    #[test]
+    fn a_member_that_cannot_write_its_raft_log_is_a_problem_naming_it() {
+        let mut view = healthy(3);
+        view.raft_logs.insert("m3".into(), Some("cannot write its raft log: 0 KiB free".into()));
+        view.raft_logs.remove("m2");
+        let findings = plan(&view);
+        let logs: Vec<(&Outcome, &str)> =
+            findings.iter().filter(|f| f.check == check::RAFT_LOG).map(|f| (&f.outcome, f.detail.as_str())).collect();
+        assert_eq!(logs[0].0, &Outcome::Ok);
+        assert_eq!(logs[1].0, &Outcome::Skipped, "m2 did not say");
+        assert_eq!(logs[2], (&Outcome::Problem, "m3 cannot write its raft log: 0 KiB free"));
+        assert_eq!(repairs(&findings), [], "a disk is never repaired from here");
     }
 
     #[test]
