@@ -118,6 +118,17 @@ impl Checker {
         self.history().acknowledged_count()
     }
 
+    /// Waits until `more` further writes were acknowledged (writes flow again), panicking after
+    /// `timeout`; returns how long that took.
+    pub fn writes_flow(&self, more: usize, timeout: Duration) -> Duration {
+        let start = std::time::Instant::now();
+        let base = self.acknowledged();
+        crate::wait_until(&format!("{more} more acknowledged writes"), timeout, || {
+            (self.acknowledged() >= base + more).then_some(())
+        });
+        start.elapsed()
+    }
+
     /// Stops the writers and returns what they did.
     pub fn stop(self) -> History {
         self.stop.store(true, Ordering::SeqCst);

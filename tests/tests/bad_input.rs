@@ -332,7 +332,8 @@ fn very_large_results_stream_in_bounded_memory() {
 fn raw_exchange(member: &Member, request: &[u8]) -> String {
     let mut stream = UnixStream::connect(member.socket()).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(request).unwrap();
+    // The member may answer and close before the whole of a huge request is written.
+    let _ = stream.write_all(request);
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     String::from_utf8_lossy(&response).into_owned()
@@ -343,7 +344,9 @@ fn requests_the_http_parser_refuses_get_the_json_envelope() {
     let mut m1 = Member::new("m1");
     m1.start().bootstrap();
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
-    let huge_header = format!("GET /core/1.0 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(500_000));
+    // hyper checks its ~400 KiB head limit between reads, so a head under twice that may slip
+    // through when one read brings the rest of it: beyond twice, it never does.
+    let huge_header = format!("GET /core/1.0 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(1_000_000));
     let cases: &[(&str, &[u8], u16)] = &[
         ("a method with a control character", b"G\x01T /core/1.0 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         ("a method with a space", b"GE T /core/1.0 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
@@ -351,7 +354,7 @@ fn requests_the_http_parser_refuses_get_the_json_envelope() {
         ("HTTP/9.9", b"GET /core/1.0 HTTP/9.9\r\nHost: x\r\n\r\n", 400),
         ("a header without a colon", b"GET /core/1.0 HTTP/1.1\r\nHost x\r\n\r\n", 400),
         ("a URI of 70 000 bytes", long_uri.as_bytes(), 414),
-        ("a header of 500 000 bytes", huge_header.as_bytes(), 431),
+        ("a header of 1 000 000 bytes", huge_header.as_bytes(), 431),
     ];
     for (what, request, status) in cases {
         let response = raw_exchange(&m1, request);

@@ -6,7 +6,7 @@
 //! `MICROCLUSTER_FAULTS=full` for the full counts (20 leader kills, a 10 s freeze, ...).
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use microcluster_tests::checker::{self, Checker};
 use microcluster_tests::{Cluster, Member, until_not_503, wait_until};
@@ -22,16 +22,6 @@ fn writers(cluster: &Cluster) -> Checker {
     Checker::start(sockets)
 }
 
-/// Waits until `more` further writes were acknowledged (writes flow again).
-fn writes_flow(checker: &Checker, more: usize, timeout: Duration) -> Duration {
-    let start = Instant::now();
-    let base = checker.acknowledged();
-    wait_until(&format!("{more} more acknowledged writes"), timeout, || {
-        (checker.acknowledged() >= base + more).then_some(())
-    });
-    start.elapsed()
-}
-
 /// Checks the writes so far through `member`. A member may still be without a leader right
 /// after a fault (an election that a resumed voter set off): it says so with a 503, and the
 /// check is asked again; what is judged is the data, not availability at that instant.
@@ -40,18 +30,6 @@ fn verify_now(member: &Member, checker: &Checker) {
     until_not_503(&format!("after a fault, through {}", member.name), || {
         checker::verify(&member.socket(), &history, false)
     });
-}
-
-/// The member that leads, as a voter that answers sees it (waiting through an election).
-fn leader(cluster: &Cluster) -> usize {
-    wait_until("a known leader", Duration::from_secs(60), || {
-        cluster.members.iter().find_map(|m| {
-            let out = m.ctl(&["cluster", "list", "--format", "json"]);
-            let members: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
-            let name = members.iter().find(|m| m["leader"] == true)?["name"].as_str()?.to_owned();
-            cluster.members.iter().position(|m| m.name == name)
-        })
-    })
 }
 
 fn online(cluster: &Cluster, observer: usize, name: &str, timeout: Duration) {
@@ -64,7 +42,7 @@ fn online(cluster: &Cluster, observer: usize, name: &str, timeout: Duration) {
 fn the_checker_catches_lost_and_duplicated_writes() {
     let cluster = Cluster::form(1);
     let checker = writers(&cluster);
-    writes_flow(&checker, 50, Duration::from_secs(30));
+    checker.writes_flow(50, Duration::from_secs(30));
     let history = checker.stop();
     let socket = cluster.members[0].socket();
     checker::verify(&socket, &history, true).unwrap();
@@ -91,12 +69,12 @@ fn killing_the_leader_again_and_again_loses_nothing() {
     let rounds = if full() { 20 } else { 3 };
     let mut cluster = Cluster::form(3);
     let checker = writers(&cluster);
-    writes_flow(&checker, 50, Duration::from_secs(30));
+    checker.writes_flow(50, Duration::from_secs(30));
     let mut outages = Vec::new();
     for round in 1..=rounds {
-        let victim = leader(&cluster);
+        let victim = cluster.leader();
         cluster.members[victim].kill();
-        outages.push(writes_flow(&checker, 20, Duration::from_secs(60)));
+        outages.push(checker.writes_flow(20, Duration::from_secs(60)));
         cluster.members[victim].start();
         let observer = (victim + 1) % 3;
         let name = cluster.members[victim].name.clone();
@@ -114,24 +92,24 @@ fn killing_the_leader_again_and_again_loses_nothing() {
 fn a_killed_voter_a_frozen_voter_and_a_full_stop_lose_nothing() {
     let mut cluster = Cluster::form(3);
     let checker = writers(&cluster);
-    writes_flow(&checker, 50, Duration::from_secs(30));
+    checker.writes_flow(50, Duration::from_secs(30));
 
     // kill -9 a voter that does not lead.
     eprintln!("killing a voter");
-    let victim = (leader(&cluster) + 1) % 3;
+    let victim = (cluster.leader() + 1) % 3;
     cluster.members[victim].kill();
-    writes_flow(&checker, 50, Duration::from_secs(60));
+    checker.writes_flow(50, Duration::from_secs(60));
     cluster.members[victim].start();
     verify_now(&cluster.members[(victim + 1) % 3], &checker);
 
     // Freeze a voter (SIGSTOP), then let it go.
     eprintln!("freezing a voter");
-    let frozen = (leader(&cluster) + 2) % 3;
+    let frozen = (cluster.leader() + 2) % 3;
     cluster.members[frozen].signal("STOP");
     std::thread::sleep(Duration::from_secs(if full() { 10 } else { 3 }));
-    writes_flow(&checker, 20, Duration::from_secs(60));
+    checker.writes_flow(20, Duration::from_secs(60));
     cluster.members[frozen].signal("CONT");
-    writes_flow(&checker, 20, Duration::from_secs(60));
+    checker.writes_flow(20, Duration::from_secs(60));
     verify_now(&cluster.members[frozen], &checker);
 
     // Every member at once, then all back.
@@ -142,7 +120,7 @@ fn a_killed_voter_a_frozen_voter_and_a_full_stop_lose_nothing() {
     for m in &mut cluster.members {
         m.start();
     }
-    writes_flow(&checker, 50, Duration::from_secs(60));
+    checker.writes_flow(50, Duration::from_secs(60));
     let history = checker.stop();
     // Writes flow as soon as two members are back; the one that checks may still be opening.
     cluster.members[0].wait_ready(Duration::from_secs(60));
@@ -154,16 +132,16 @@ fn a_killed_voter_a_frozen_voter_and_a_full_stop_lose_nothing() {
 fn removing_and_rejoining_a_member_under_load_loses_nothing() {
     let cluster = Cluster::form(4);
     let checker = writers(&cluster);
-    writes_flow(&checker, 50, Duration::from_secs(30));
+    checker.writes_flow(50, Duration::from_secs(30));
     // m4 is a stand-by; m3 a voter. Remove a voter under load, then bring it back.
     cluster.members[0].ctl_ok(&["cluster", "remove", "m3"]);
-    writes_flow(&checker, 50, Duration::from_secs(60));
+    checker.writes_flow(50, Duration::from_secs(60));
     wait_until("m3 to reset", Duration::from_secs(30), || {
         (!cluster.members[2].dir.join("cluster.crt").exists()).then_some(())
     });
     cluster.join(2, 1);
     online(&cluster, 0, "m3", Duration::from_secs(60));
-    writes_flow(&checker, 50, Duration::from_secs(60));
+    checker.writes_flow(50, Duration::from_secs(60));
     let history = checker.stop();
     let summary = checker::verify(&cluster.members[1].socket(), &history, true).unwrap();
     eprintln!("remove and re-join under load: {summary}; failures {:?}", history.failures);
@@ -234,12 +212,12 @@ fn a_member_whose_disk_fills_up_or_turns_read_only_harms_no_one_else() {
     checker::create_table(&cluster.members[0].socket()).unwrap();
     // Writers through the two healthy members.
     let checker = Checker::start((0..4).map(|w| cluster.members[w % 2].socket()).collect());
-    writes_flow(&checker, 100, Duration::from_secs(30));
+    checker.writes_flow(100, Duration::from_secs(30));
 
     // The disk fills up under a running member.
     let filler = disk.fill();
     // The healthy majority keeps writing; nothing acknowledged is lost.
-    writes_flow(&checker, 300, Duration::from_secs(60));
+    checker.writes_flow(300, Duration::from_secs(60));
     verify_now(&cluster.members[0], &checker);
     let m3 = &mut cluster.members[2];
     let log = m3.log();
@@ -252,7 +230,7 @@ fn a_member_whose_disk_fills_up_or_turns_read_only_harms_no_one_else() {
         m3.start();
     }
     online(&cluster, 0, "m3", Duration::from_secs(60));
-    writes_flow(&checker, 100, Duration::from_secs(30));
+    checker.writes_flow(100, Duration::from_secs(30));
 
     // A read-only state directory: the member refuses to start, saying why.
     let m3 = &mut cluster.members[2];
@@ -272,12 +250,12 @@ fn a_member_whose_disk_fills_up_or_turns_read_only_harms_no_one_else() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "microd ran on a read-only state directory");
     assert!(stderr.contains("Read-only file system"), "{stderr}");
-    writes_flow(&checker, 100, Duration::from_secs(30));
+    checker.writes_flow(100, Duration::from_secs(30));
     disk.remount("rw");
     let m3 = &mut cluster.members[2];
     m3.start();
     online(&cluster, 0, "m3", Duration::from_secs(60));
-    writes_flow(&checker, 100, Duration::from_secs(30));
+    checker.writes_flow(100, Duration::from_secs(30));
     let history = checker.stop();
     cluster.members[2].wait_ready(Duration::from_secs(60));
     let summary = checker::verify(&cluster.members[2].socket(), &history, true).unwrap();

@@ -13,15 +13,6 @@ use microcluster_tests::checker::{self, Checker};
 use microcluster_tests::disk::LoopDisk;
 use microcluster_tests::{Cluster, Member, until_not_503, wait_until};
 
-fn writes_flow(checker: &Checker, more: usize, timeout: Duration) -> Duration {
-    let start = Instant::now();
-    let base = checker.acknowledged();
-    wait_until(&format!("{more} more acknowledged writes"), timeout, || {
-        (checker.acknowledged() >= base + more).then_some(())
-    });
-    start.elapsed()
-}
-
 /// `name`'s row in `cluster list` as `observer` sees it.
 fn row(observer: &Member, name: &str) -> serde_json::Value {
     observer.member(name)
@@ -55,7 +46,7 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
     assert_eq!(row(&cluster.members[m1], "m4")["role"], "stand-by");
     checker::create_table(&cluster.members[m1].socket()).unwrap();
     let checker = Checker::start((0..4).map(|w| cluster.members[w % 2].socket()).collect());
-    writes_flow(&checker, 100, Duration::from_secs(30));
+    checker.writes_flow(100, Duration::from_secs(30));
 
     // The disk fills up under the running voter, and stays full (what raft frees as it closes
     // a segment is taken too) until raft cannot create its next segment.
@@ -97,7 +88,7 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
     }
     eprintln!("raft on m3 ran out of log segments: {stuck}");
     // The others keep writing, and m4 takes m3's vote.
-    writes_flow(&checker, 200, Duration::from_secs(60));
+    checker.writes_flow(200, Duration::from_secs(60));
     wait_until("m4 a voter in m3's place", Duration::from_secs(60), || {
         let list = cluster.members[m1].members();
         let role = |n: &str| list.iter().find(|m| m["name"] == n).map(|m| m["role"].clone()).unwrap_or_default();
@@ -108,7 +99,7 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
     let victim = cluster.leader_except(&[m3]);
     assert_ne!(victim, m3);
     cluster.members[victim].kill();
-    let outage = writes_flow(&checker, 50, Duration::from_secs(60));
+    let outage = checker.writes_flow(50, Duration::from_secs(60));
     eprintln!(
         "killed the leader {}: writes flowed again after {:.2} s",
         cluster.members[victim].name,
@@ -135,7 +126,7 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
     let restarts = cluster.members[m3].metric("microcluster_raft_log_restarts_total");
     eprintln!("m3's node restarted {restarts} times");
     assert_eq!(cluster.members[m3].metric("microcluster_raft_log_writable "), 1);
-    writes_flow(&checker, 100, Duration::from_secs(60));
+    checker.writes_flow(100, Duration::from_secs(60));
 
     // The disk fails (ext4 records an error and turns read-only under the running member): the
     // same, until the operator stops the member, checks the file system and starts it again.
@@ -146,7 +137,7 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
     });
     eprintln!("m3 on a failed disk: {}", read_only["status_reason"]);
     assert!(read_only["status_reason"].as_str().unwrap().contains("Read-only file system"), "{read_only}");
-    writes_flow(&checker, 100, Duration::from_secs(60));
+    checker.writes_flow(100, Duration::from_secs(60));
     cluster.members[m3].signal("TERM");
     assert!(cluster.members[m3].wait_exit(Duration::from_secs(30)).is_some(), "m3 did not stop");
     disk.repair().unwrap();
@@ -154,7 +145,7 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
     wait_until("m3 ONLINE after the repair", Duration::from_secs(90), || {
         (row(&cluster.members[observer], "m3")["status"] == "ONLINE").then_some(())
     });
-    writes_flow(&checker, 100, Duration::from_secs(60));
+    checker.writes_flow(100, Duration::from_secs(60));
     let history = checker.stop();
 
     // Proof that m3 holds every write: once m4 is gone, m3 votes again and leads.

@@ -9,7 +9,7 @@
 //! Needs root and `/dev/fuse`; elsewhere the tests say why and do nothing.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use microcluster_tests::checker::{self, Checker};
 use microcluster_tests::powerfail::{self, Dropped, PowerFs};
@@ -67,28 +67,6 @@ impl Drop for LogsOnFailure {
 fn writers(cluster: &Cluster) -> Checker {
     checker::create_table(&cluster.members[0].socket()).unwrap();
     Checker::start((0..4).map(|w| cluster.members[w % 3].socket()).collect())
-}
-
-/// Waits until `more` further writes were acknowledged; returns how long that took.
-fn writes_flow(checker: &Checker, more: usize, timeout: Duration) -> Duration {
-    let start = Instant::now();
-    let base = checker.acknowledged();
-    wait_until(&format!("{more} more acknowledged writes"), timeout, || {
-        (checker.acknowledged() >= base + more).then_some(())
-    });
-    start.elapsed()
-}
-
-/// The member that leads, as a member that answers sees it (waiting through an election).
-fn leader(cluster: &Cluster) -> usize {
-    wait_until("a known leader", Duration::from_secs(60), || {
-        cluster.members.iter().find_map(|m| {
-            let out = m.ctl(&["cluster", "list", "--format", "json"]);
-            let members: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
-            let name = members.iter().find(|m| m["leader"] == true)?["name"].as_str()?.to_owned();
-            cluster.members.iter().position(|m| m.name == name)
-        })
-    })
 }
 
 fn online(cluster: &Cluster, observer: usize, name: &str) {
@@ -162,7 +140,7 @@ fn cutting_the_power_of_every_member_at_once_loses_no_acknowledged_write() {
     let (_tmp, mut disks, mut cluster) = form();
     let _logs = LogsOnFailure::of(&cluster);
     let checker = writers(&cluster);
-    writes_flow(&checker, 50, Duration::from_secs(30));
+    checker.writes_flow(50, Duration::from_secs(30));
     for round in 1..=cuts() {
         jitter();
         for m in &mut cluster.members {
@@ -172,7 +150,7 @@ fn cutting_the_power_of_every_member_at_once_loses_no_acknowledged_write() {
         for m in &mut cluster.members {
             restart(m);
         }
-        let outage = writes_flow(&checker, 20, Duration::from_secs(60));
+        let outage = checker.writes_flow(20, Duration::from_secs(60));
         for i in 0..3 {
             cluster.members[i].wait_ready(Duration::from_secs(60));
         }
@@ -198,12 +176,12 @@ fn cutting_the_power_of_one_member_at_a_time_loses_no_acknowledged_write() {
     let (_tmp, mut disks, mut cluster) = form();
     let _logs = LogsOnFailure::of(&cluster);
     let checker = writers(&cluster);
-    writes_flow(&checker, 50, Duration::from_secs(30));
+    checker.writes_flow(50, Duration::from_secs(30));
     let mut cuts_of = [0usize; 3];
     for round in 1..=cuts() {
         // The leader every other time (it holds writes in flight), otherwise the follower that
         // lost power least often.
-        let leading = leader(&cluster);
+        let leading = cluster.leader();
         let follower = (0..3).filter(|i| *i != leading).min_by_key(|i| cuts_of[*i]).unwrap();
         let victim = if round % 2 == 0 { leading } else { follower };
         cuts_of[victim] += 1;
@@ -211,7 +189,7 @@ fn cutting_the_power_of_one_member_at_a_time_loses_no_acknowledged_write() {
         cluster.members[victim].kill();
         let dropped = cut(&mut disks[victim]);
         // The other two keep the cluster writing while it is down.
-        writes_flow(&checker, 20, Duration::from_secs(60));
+        checker.writes_flow(20, Duration::from_secs(60));
         restart(&mut cluster.members[victim]);
         let observer = (victim + 1) % 3;
         let name = cluster.members[victim].name.clone();
@@ -223,7 +201,7 @@ fn cutting_the_power_of_one_member_at_a_time_loses_no_acknowledged_write() {
         wait_until(&format!("the leadership to move to {name}"), Duration::from_secs(60), || {
             cluster.members[observer].ctl(&["cluster", "transfer-leader", &name]).success.then_some(())
         });
-        writes_flow(&checker, 20, Duration::from_secs(60));
+        checker.writes_flow(20, Duration::from_secs(60));
         verify_now(&cluster, victim, &checker);
         eprintln!(
             "cut {round}: {name}{} lost power ({} unsynced bytes, {} directory entries dropped) and rejoined",
