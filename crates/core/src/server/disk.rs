@@ -12,9 +12,10 @@
 //! fsync), [`judge`] (pure) decides the member's [`Health`] and what to do, and the watch applies
 //! it: an error in the log when the member cannot persist, the health in heartbeat answers
 //! (so role changes move its vote to another member), in `cluster list` and the metrics. Once
-//! there is room again, libraft's next append creates a segment
-//! (`crates/dqlite/tests/full_disk.rs`); should it still hold none [`RESTART_AFTER`] later,
-//! the node is restarted, which makes libraft start over (it catches up from the leader).
+//! the disk has had room again for [`RESTART_AFTER`], the node is restarted: libraft's next
+//! append would create a segment by itself, but a node that failed writes was seen to hang on
+//! reads once it led (`crates/dqlite/tests/full_disk.rs`); a restarted one catches up from the
+//! leader.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,9 +30,9 @@ const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// How long libraft may go without an open segment before its absence counts: it creates
 /// them in the background, and a fresh node only creates its first at its first append.
 const NO_SEGMENT_GRACE: Duration = Duration::from_secs(3);
-/// How long after the disk has room again libraft may still go without a segment before the
-/// node is restarted: its next append (a heartbeat round's write at the latest) creates one.
-const RESTART_AFTER: Duration = Duration::from_secs(15);
+/// How long the disk must have room again before a node that could not write its log is
+/// restarted (so a disk on the edge does not restart it at every flicker).
+const RESTART_AFTER: Duration = Duration::from_secs(3);
 
 /// What the watch saw once.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,17 +108,17 @@ pub(crate) fn judge(now: &Observation, before: &Health) -> (Health, Action) {
         );
         return (Health::Failing { reason }, Action::None);
     }
-    if stuck && matches!(before, Health::Failing { .. }) {
-        // The disk has room again: libraft's next append creates a segment. If it still has
-        // none long after, a restart makes it start over. (The restarted node is watched
-        // afresh, from a healthy start: it is restarted again only after failing again.)
+    if matches!(before, Health::Failing { .. }) {
+        // The disk takes writes and has room again. libraft's next append would create a
+        // segment, but a node that failed writes is not to be trusted further: a follower that
+        // resumed so was seen to hang on reads once it led (`crates/dqlite/tests/full_disk.rs`).
+        // So once the room has lasted, the node restarts and catches up from the leader. (The
+        // restarted node is watched afresh, from a healthy start.)
         if now.with_room >= RESTART_AFTER {
-            let reason = "cannot write its raft log: the disk has room again, but raft has not resumed; its node \
-                          restarts"
-                .to_owned();
+            let reason = "cannot write its raft log: the disk has room again; its node restarts".to_owned();
             return (Health::Failing { reason }, Action::RestartNode);
         }
-        let reason = "cannot write its raft log: the disk has room again; waiting for raft to resume".to_owned();
+        let reason = "cannot write its raft log: the disk has room again; its node restarts shortly".to_owned();
         return (Health::Failing { reason }, Action::None);
     }
     if !room {
@@ -282,7 +283,14 @@ mod tests {
         let cases: Vec<(Observation, Health, &str, Action)> = vec![
             // Room for the next segment, segments open: fine, whatever came before.
             (seen(SEGMENT * 3, true, 0, None), Health::Writable, "writable", Nothing),
-            (seen(SEGMENT * 3, true, 0, None), failing(), "writable", Nothing),
+            // After failing, room again: a restart once the room has lasted, segment or not.
+            (seen(SEGMENT * 3, true, 0, None), failing(), "failing", Nothing),
+            (
+                Observation { with_room: RESTART_AFTER, ..seen(SEGMENT * 3, true, 0, None) },
+                failing(),
+                "failing",
+                RestartNode,
+            ),
             // A fresh node without a segment yet, with room: fine.
             (seen(SEGMENT * 3, false, 60, None), Health::Writable, "writable", Nothing),
             // Segments open but no room for the next one: a warning only.
@@ -292,9 +300,9 @@ mod tests {
             // No segment for long and no room for one: it cannot persist.
             (seen(0, false, 5, None), Health::Writable, "failing", Nothing),
             (seen(SEGMENT - 1, false, 5, None), Health::Low { reason: String::new() }, "failing", Nothing),
-            // Room again after failing, still no segment: wait for raft's next append...
-            (seen(SEGMENT * 2, false, 5, None), failing(), "failing", Nothing),
-            // ... and restart the node if it has none long after.
+            // Room again after failing: wait a moment for it to last...
+            (seen(SEGMENT * 2, false, 1, None), failing(), "failing", Nothing),
+            // ... then restart the node, segment or not.
             (seen(SEGMENT * 2, false, 30, None), failing(), "failing", RestartNode),
             // The disk refuses writes: failing at once, segments or not.
             (

@@ -357,7 +357,7 @@ impl Metrics {
         counter(
             out,
             "microcluster_raft_log_restarts_total",
-            "Times this member restarted its dqlite node because raft still held no log segment 15 s after its disk had room again.",
+            "Times this member restarted its dqlite node after its raft log could not be written (a full, read-only or failing disk) and the disk had room again.",
             &self.raft_log_restarts,
         );
         counter(
