@@ -86,6 +86,11 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
         stuck |= r["status_reason"].as_str().is_some_and(|r| r.contains("next log segment"));
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(
+        cluster.members[m3].is_running(),
+        "m3 exited: {}",
+        cluster.members[m3].log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
     eprintln!("raft on m3 ran out of log segments: {stuck}");
     // The others keep writing, and m4 takes m3's vote.
     checker.writes_flow(200, Duration::from_secs(60));
@@ -111,9 +116,32 @@ fn a_voter_whose_disk_fills_up_says_so_loses_its_vote_and_resumes_when_space_ret
     disk.free(&mut fillers, 48 << 20);
     let freed = Instant::now();
     let observer = (victim + 1) % 2;
-    wait_until("m3 ONLINE again", Duration::from_secs(90), || {
-        (row(&cluster.members[observer], "m3")["status"] == "ONLINE").then_some(())
-    });
+    let back = Instant::now() + Duration::from_secs(90);
+    while cluster.members[m3].is_running() && row(&cluster.members[observer], "m3")["status"] != "ONLINE" {
+        assert!(
+            Instant::now() < back,
+            "m3 not ONLINE 90 s after space returned (running: {}): {}\n--- m3's log, its end ---\n{}",
+            cluster.members[m3].is_running(),
+            row(&cluster.members[observer], "m3")["status_reason"],
+            cluster.members[m3]
+                .log()
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let exit = cluster.members[m3].exit_code(Duration::ZERO);
+    assert!(
+        exit.is_none(),
+        "m3 exited ({exit:?}): {}",
+        cluster.members[m3].log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
     eprintln!("m3 ONLINE {:.1} s after space returned", freed.elapsed().as_secs_f64());
     for line in cluster.members[m3]
         .log()

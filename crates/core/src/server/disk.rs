@@ -30,7 +30,7 @@ const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// How long libraft may go without an open segment before its absence counts: it creates
 /// them in the background, and a fresh node only creates its first at its first append.
 const NO_SEGMENT_GRACE: Duration = Duration::from_secs(3);
-/// How long the disk must have room again before a node that could not write its log is
+/// How long the disk must look writable again before a node that could not write its log is
 /// restarted (so a disk on the edge does not restart it at every flicker).
 const RESTART_AFTER: Duration = Duration::from_secs(3);
 
@@ -43,8 +43,9 @@ pub(crate) struct Observation {
     pub(crate) open_segment: bool,
     /// How long it has held none (zero while it holds one).
     pub(crate) without_segment: Duration,
-    /// How long the file system has had room for a segment without a break.
-    pub(crate) with_room: Duration,
+    /// How long the disk has looked writable without a break: the probe passing, and raft
+    /// holding a segment or the file system having room for one.
+    pub(crate) recovered_for: Duration,
     /// The write probe's failure, if it ran and failed.
     pub(crate) probe_error: Option<String>,
     /// Bytes libraft needs to create its next segment.
@@ -114,7 +115,7 @@ pub(crate) fn judge(now: &Observation, before: &Health) -> (Health, Action) {
         // resumed so was seen to hang on reads once it led (`crates/dqlite/tests/full_disk.rs`).
         // So once the room has lasted, the node restarts and catches up from the leader. (The
         // restarted node is watched afresh, from a healthy start.)
-        if now.with_room >= RESTART_AFTER {
+        if now.recovered_for >= RESTART_AFTER {
             let reason = "cannot write its raft log: the disk has room again; its node restarts".to_owned();
             return (Health::Failing { reason }, Action::RestartNode);
         }
@@ -200,7 +201,7 @@ fn probe(dir: &Path) -> std::io::Result<()> {
 pub(crate) async fn watch(state: State, paths: Paths, watched: Arc<Watched>, segment_size: u64) {
     let mut last_segment = Instant::now();
     let mut last_probe: Option<Instant> = None;
-    let mut room_since: Option<Instant> = None;
+    let mut recovered_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(PERIOD).await;
         let before = watched.health();
@@ -224,13 +225,15 @@ pub(crate) async fn watch(state: State, paths: Paths, watched: Arc<Watched>, seg
         }
         let free = free.unwrap_or(u64::MAX);
         watched.free.store(free, std::sync::atomic::Ordering::Relaxed);
-        room_since = if free >= segment_size { Some(room_since.unwrap_or(now)) } else { None };
+        let probe_error = probed.and_then(Result::err).map(|e| e.to_string());
+        let recovered = probe_error.is_none() && (open_segment || free >= segment_size);
+        recovered_since = if recovered { Some(recovered_since.unwrap_or(now)) } else { None };
         let observation = Observation {
             free,
             open_segment,
             without_segment: now.duration_since(last_segment),
-            with_room: room_since.map_or(Duration::ZERO, |since| now.duration_since(since)),
-            probe_error: probed.and_then(Result::err).map(|e| e.to_string()),
+            recovered_for: recovered_since.map_or(Duration::ZERO, |since| now.duration_since(since)),
+            probe_error,
             segment_size,
         };
         let (health, action) = judge(&observation, &before);
@@ -265,8 +268,12 @@ mod tests {
             free,
             open_segment,
             without_segment: Duration::from_secs(without),
-            // Room for as long as there has been no segment.
-            with_room: if free >= SEGMENT { Duration::from_secs(without) } else { Duration::ZERO },
+            // Writable for as long as there has been no segment, when it is.
+            recovered_for: if probe_error.is_none() && (open_segment || free >= SEGMENT) {
+                Duration::from_secs(without)
+            } else {
+                Duration::ZERO
+            },
             probe_error: probe_error.map(str::to_owned),
             segment_size: SEGMENT,
         }
@@ -286,7 +293,14 @@ mod tests {
             // After failing, room again: a restart once the room has lasted, segment or not.
             (seen(SEGMENT * 3, true, 0, None), failing(), "failing", Nothing),
             (
-                Observation { with_room: RESTART_AFTER, ..seen(SEGMENT * 3, true, 0, None) },
+                Observation { recovered_for: RESTART_AFTER, ..seen(SEGMENT * 3, true, 0, None) },
+                failing(),
+                "failing",
+                RestartNode,
+            ),
+            // Raft took the room back for its segments: recovered all the same.
+            (
+                Observation { recovered_for: RESTART_AFTER, ..seen(SEGMENT / 2, true, 0, None) },
                 failing(),
                 "failing",
                 RestartNode,
