@@ -208,6 +208,11 @@ impl State {
         if let Ok(mut slot) = self.0.status_reason.write() {
             *slot = reason;
         }
+        if status == DbStatus::Online
+            && let Ok(runtime) = self.runtime()
+        {
+            runtime.db.confirm_reads();
+        }
         self.0.db_status.send_replace(status);
     }
 

@@ -171,6 +171,10 @@ pub(crate) struct Db {
     leader: watch::Receiver<Option<String>>,
     /// Confirms the leader with a majority of the voters before linearizable reads.
     quorum: LeaderQuorum,
+    /// Whether reads are confirmed (from the moment the member is online): a member still
+    /// joining is not yet trusted by every voter, which refuses its questions, so its own
+    /// bookkeeping reads until then are weak (clients' reads only come once it is online).
+    confirm_reads: std::sync::atomic::AtomicBool,
     /// Whether this member's node has ever named a leader (spares never do).
     seen_leader: Arc<std::sync::atomic::AtomicBool>,
     activity: Arc<Activity>,
@@ -213,6 +217,7 @@ impl Db {
         Db {
             leader,
             quorum: LeaderQuorum::new(client.clone()),
+            confirm_reads: false.into(),
             seen_leader,
             activity,
             bursts,
@@ -350,9 +355,14 @@ impl Db {
         answer.await.map_err(|_| abandoned())
     }
 
+    /// From now on, reads are confirmed with the voters (the member is online).
+    pub(crate) fn confirm_reads(&self) {
+        self.confirm_reads.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Lends `f` a read connection (reads do not queue behind writes), on a leader confirmed
-    /// by a majority of the voters. A read that lost its connection or its leader changed
-    /// nothing, so `f` runs again, on the new leader.
+    /// by a majority of the voters (see [`Db::confirm_reads`]). A read that lost its connection
+    /// or its leader changed nothing, so `f` runs again, on the new leader.
     pub(crate) async fn reading<T, F>(&self, f: F) -> Result<T, dqlite::Error>
     where
         F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
@@ -387,9 +397,10 @@ impl Db {
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
+            let confirmed = self.confirm_reads.load(std::sync::atomic::Ordering::Relaxed);
             let outcome = match consistency {
-                Consistency::Linearizable => self.on_confirmed_leader(&mut db, deadline, &f).await,
-                Consistency::Weak => f(&mut db).await,
+                Consistency::Linearizable if confirmed => self.on_confirmed_leader(&mut db, deadline, &f).await,
+                _ => f(&mut db).await,
             };
             match outcome {
                 Err(err) if attempt < attempts && lost_leader(&err) => {
