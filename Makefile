@@ -7,7 +7,7 @@ BENCH_PACKAGES := go-dqlite etcd-server etcd-client
 # tests/tests/clocks.rs runs a member 2 days ahead under libfaketime's preload library.
 TEST_PACKAGES := libfaketime
 
-.PHONY: all deps deps-test deps-bench build run test test-faults fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
+.PHONY: all deps deps-test deps-bench build run test test-faults test-debian13 fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
 
 all: build
 
@@ -36,6 +36,12 @@ test: deps-test lint
 # `make test` runs a quick version of each fault.
 test-faults: deps
 	$(CARGO) build --workspace && MICROCLUSTER_FAULTS=full $(CARGO) test -p microcluster-tests --test faults --test frozen_leader --test interrupted_joins --test invariants --test partition --test power_loss -- --nocapture
+
+# Debian 13's libdqlite 1.18, in a Debian 13 root that .ci/debian13 makes with debootstrap the
+# first time (as root) and reuses: the engine tests and the main end-to-end suites.
+DEBIAN13_TESTS := --test tutorial --test membership --test health --test writes --test bad_input --test faults --test guide --test recover --test doctor --test joins --test frozen_leader --test backup
+test-debian13:
+	sh .ci/debian13 run sh -c 'cargo build --workspace && cargo test -p dqlite-sys -p dqlite && cargo test -p microcluster --lib && cargo test -p microcluster-tests $(DEBIAN13_TESTS)'
 
 # Every fuzz target for FUZZ_SECONDS (default 60) each; crashes land in fuzz/regressions/.
 fuzz: deps

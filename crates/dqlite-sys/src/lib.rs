@@ -194,10 +194,14 @@ unsafe extern "C" {
 /// exports it. Looked up at run time rather than linked: Debian installs libraft without its
 /// development symlink and header, and newer libdqlite releases carry raft inside themselves.
 pub fn raft_uv_set_segment_size() -> Option<unsafe extern "C" fn(io: *mut c_void, size: usize)> {
+    // SAFETY: a symbol of that name is libraft's function of this signature (raft.h since 0.9).
+    symbol(c"raft_uv_set_segment_size")
+        .map(|sym| unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_void, usize)>(sym) })
+}
+
+/// Looks `name` (NUL-terminated) up among the loaded objects.
+fn symbol(name: &std::ffi::CStr) -> Option<*mut c_void> {
     // SAFETY: dlsym with a NUL-terminated name only searches the loaded objects.
-    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"raft_uv_set_segment_size".as_ptr()) };
-    // SAFETY: a non-null symbol of that name is libraft's function of this signature (raft.h
-    // since 0.9).
-    (!sym.is_null())
-        .then(|| unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_void, usize)>(sym) })
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    (!sym.is_null()).then_some(sym)
 }

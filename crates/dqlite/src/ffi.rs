@@ -103,11 +103,10 @@ fn check(code: c_int) -> Result<(), i32> {
     if code == 0 { Ok(()) } else { Err(code) }
 }
 
-/// libdqlite's version as `major.minor.release`.
-pub(crate) fn library_version() -> String {
+/// libdqlite's version number (`major * 10000 + minor * 100 + release`).
+pub(crate) fn version_number() -> i32 {
     // SAFETY: a plain query of the library's version.
-    let n = unsafe { sys::dqlite_version_number() };
-    format!("{}.{}.{}", n / 10_000, n / 100 % 100, n % 100)
+    unsafe { sys::dqlite_version_number() }
 }
 
 /// Puts SQLite in multi-thread mode, without memory statistics, before anything in the process
@@ -219,10 +218,7 @@ impl RawNode {
     /// or `None` unless every field that can be checked holds what this node was created with
     /// (so a different layout is never read as this one).
     fn head(&self, id: u64, address: &CStr) -> Option<*mut NodeHead> {
-        // SAFETY: a plain query of the library's version.
-        let version = unsafe { sys::dqlite_version_number() };
-        // 1.11.x still reports 1.10.0 (its header was not bumped); both share this layout.
-        if !(11_000..11_200).contains(&version) {
+        if !crate::library::is_private_layout(version_number()) {
             return None;
         }
         let head = self.ptr.as_ptr().cast::<NodeHead>();

@@ -26,6 +26,7 @@ mod error;
 mod ffi;
 pub mod file;
 mod id;
+mod library;
 mod node;
 pub mod proto;
 mod quorum;
@@ -40,6 +41,7 @@ pub use error::{
     Error, RAFT_NOTLEADER, Result, SQLITE_BUSY, SQLITE_INTERRUPT, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
 };
 pub use id::{BOOTSTRAP_ID, generate_id};
+pub use library::{Library, library};
 pub use node::{
     Node, NodeBuilder, NodeError, pin_allocator_thresholds, release_free_memory, set_statement_timeout,
     validate_bind_address,

@@ -236,8 +236,9 @@ impl NodeBuilder {
     /// traffic and every node's tick follow this interval, so a longer one costs an idle
     /// cluster less CPU while failures are detected as fast. Whole milliseconds, at least 1 ms
     /// and shorter than the election timeout. Applied only to libdqlite 1.11 with libraft 0.15
-    /// (their layout checked field by field), elsewhere ignored with a warning, see
-    /// [`Node::heartbeat_interval`].
+    /// (their layout checked field by field); never tried on another library (see
+    /// [`crate::Library::takes_private_tuning`]), and on 1.11 with another layout ignored with
+    /// a warning, see [`Node::heartbeat_interval`].
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat = Some(interval);
         self
@@ -249,8 +250,8 @@ impl NodeBuilder {
     /// at once, since they roll at the same entry. Bigger segments roll less often, at the cost
     /// of disk space (libraft keeps two prepared segments besides the open one). Whole MiB,
     /// 1 MiB to 1 GiB. Applied only to libdqlite 1.11 with libraft 0.15 (the node's
-    /// `struct raft` is found and checked as for [`NodeBuilder::heartbeat_interval`]),
-    /// elsewhere ignored with a warning.
+    /// `struct raft` is found and checked as for [`NodeBuilder::heartbeat_interval`]); never
+    /// tried on another library.
     pub fn raft_segment_size(mut self, bytes: usize) -> Self {
         self.segment = Some(bytes);
         self
@@ -275,7 +276,7 @@ impl NodeBuilder {
     /// check opens a connection after each entry), and libraft acknowledges an entry only
     /// after applying the previous one, so a smaller WAL shortens every replicated commit.
     /// Applied only to libdqlite 1.11, whose private layout is known (checked field by field
-    /// against what the node was created with); elsewhere ignored with a warning, see
+    /// against what the node was created with); never tried on another library, see
     /// [`Node::checkpoint_threshold`]. At least 1.
     pub fn checkpoint_threshold(mut self, frames: u32) -> Self {
         self.checkpoint = Some(frames);
@@ -371,30 +372,33 @@ impl NodeBuilder {
         if let Some((threshold, trailing)) = self.snapshot {
             raw.set_snapshot_params(threshold, trailing).map_err(call_error("set_snapshot_params"))?;
         }
+        // 1.11's private settings: on another library nothing is tried (see `crate::library`);
+        // on 1.11 a layout that fails its checks is a surprise worth a warning.
+        let library = crate::library();
+        if !library.takes_private_tuning() {
+            return Ok(Node {
+                raw,
+                id: self.id,
+                address: self.address,
+                data_dir: self.data_dir,
+                state: NodeState::Created,
+            });
+        }
         if let Some(frames) = self.checkpoint
             && !raw.set_checkpoint_threshold(self.id, &address, frames)
         {
-            tracing::warn!(
-                version = crate::ffi::library_version(),
-                "libdqlite is not 1.11: its checkpoint threshold stays its own (replicated writes are slower)"
-            );
+            tracing::warn!(%library, "libdqlite's node layout is not the one known: its checkpoint threshold stays its own (replicated writes are slower)");
         }
         let raft = (heartbeat_ms.is_some() || self.segment.is_some()) && raw.find_raft(self.id, &address, timeouts);
         if let Some(ms) = heartbeat_ms
             && !(raft && raw.set_heartbeat_timeout(ms))
         {
-            tracing::warn!(
-                version = crate::ffi::library_version(),
-                "libdqlite is not 1.11 with libraft 0.15: raft's heartbeat stays 1.5× the network latency (idle members use more CPU)"
-            );
+            tracing::warn!(%library, "libraft is not 0.15: raft's heartbeat stays 1.5× the network latency (idle members use more CPU)");
         }
         if let Some(bytes) = self.segment
             && !(raft && raw.set_segment_size(bytes))
         {
-            tracing::warn!(
-                version = crate::ffi::library_version(),
-                "libdqlite is not 1.11 with libraft 0.15: raft's log segments stay 8 MiB (writes stall more often)"
-            );
+            tracing::warn!(%library, "libraft is not 0.15: raft's log segments stay 8 MiB (writes stall more often)");
         }
         Ok(Node { raw, id: self.id, address: self.address, data_dir: self.data_dir, state: NodeState::Created })
     }

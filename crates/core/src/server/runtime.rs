@@ -169,6 +169,7 @@ impl Runtime {
         })
         .await
         .map_err(|e| StartError::Listen { address: address.clone(), source: std::io::Error::other(e.to_string()) })??;
+        tracing::info!(library = %dqlite::library(), tuning = tuning(&node), "dqlite node started");
 
         let servers = daemon.truststore.snapshot().addresses();
         let client_config = dqlite::ClientConfig {
@@ -281,4 +282,20 @@ pub(crate) fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
         .fill(&mut out)
         .map_err(|_| std::io::Error::other("the system random number generator failed"))?;
     Ok(out)
+}
+
+/// What the node was tuned with, for the startup line: 1.11's private settings where they took
+/// (see `dqlite::Library`), otherwise the public API's alone.
+fn tuning(node: &dqlite::Node) -> String {
+    let snapshots = format!("snapshots every {SNAPSHOT_THRESHOLD} entries, {SNAPSHOT_TRAILING} kept");
+    match (node.checkpoint_threshold(), node.heartbeat_interval()) {
+        (Some(frames), Some(heartbeat)) => format!(
+            "public API ({snapshots}) and 1.11's private settings (WAL checkpointed at {frames} frames, raft heartbeat {heartbeat:?}, {} MiB raft segments)",
+            RAFT_SEGMENT_SIZE >> 20
+        ),
+        _ if dqlite::library().takes_private_tuning() => {
+            format!("public API only ({snapshots}): 1.11's private settings did not take (see the warning above)")
+        }
+        _ => format!("public API only ({snapshots}); 1.11's private settings do not apply to this library"),
+    }
 }
