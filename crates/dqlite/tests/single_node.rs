@@ -352,8 +352,10 @@ async fn execute_routes_each_statement() {
     assert!(matches!(&outcomes[1], dqlite::Outcome::Exec(r) if r.rows_affected == 1));
 }
 
+/// libdqlite 1.11 never answers a HEARTBEAT, so none can be sent; later libraries answer it,
+/// but the client has no need of one, so the guard stays on every version.
 #[tokio::test]
-async fn heartbeat_requests_are_never_answered_so_none_can_be_sent() {
+async fn heartbeat_requests_are_never_answered_by_1_11_so_none_can_be_sent() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let node = TestNode::start(BOOTSTRAP_ID, &address("heartbeat"));
     let mut raw = dqlite::connect_abstract(&node.address()[1..]).unwrap();
@@ -364,6 +366,11 @@ async fn heartbeat_requests_are_never_answered_so_none_can_be_sent() {
     raw.write_all(&frame).await.unwrap();
     let mut buf = [0u8; 8];
     let read = tokio::time::timeout(std::time::Duration::from_millis(500), raw.read(&mut buf)).await;
-    assert!(read.is_err(), "libdqlite answered a HEARTBEAT: {read:?}");
+    let library = dqlite::library();
+    if library.number() < 11_200 {
+        assert!(read.is_err(), "{library} answered a HEARTBEAT: {read:?}");
+    } else {
+        assert!(matches!(read, Ok(Ok(8))), "{library} did not answer a HEARTBEAT: {read:?}");
+    }
     // Our encoder has no way to produce one (see proto::request tests), so our clients cannot stall.
 }
