@@ -7,7 +7,7 @@ BENCH_PACKAGES := go-dqlite etcd-server etcd-client
 # tests/tests/clocks.rs runs a member 2 days ahead under libfaketime's preload library.
 TEST_PACKAGES := libfaketime
 
-.PHONY: all deps deps-test deps-bench build run test test-faults test-debian13 fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
+.PHONY: all deps deps-test deps-bench build run test test-faults test-debian13 bench-debian13 fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
 
 all: build
 
@@ -64,6 +64,10 @@ bench-engine: deps-bench
 
 bench-cluster: deps-bench
 	$(CARGO) build --release -p microd -p microctl -p microcluster-tests && $(CARGO) build --release -p microcluster --example kv && ./target/release/bench $(BENCH_ARGS)
+
+# `make bench` in the Debian 13 root: libdqlite 1.18 beside go-dqlite 2.0.0's tools and etcd 3.5.
+bench-debian13:
+	DEBIAN13_PACKAGES="$(BENCH_PACKAGES)" sh .ci/debian13 run sh -c 'cargo bench -p dqlite --bench engine -- $(BENCH_ARGS) && cargo build --release -p microd -p microctl -p microcluster-tests && cargo build --release -p microcluster --example kv && ./target/debian13/release/bench $(BENCH_ARGS)'
 
 clean:
 	$(CARGO) clean

@@ -117,10 +117,12 @@ pub enum Error {
         /// The statement (shortened).
         sql: String,
     },
-    /// `RETURNING` cannot run on libdqlite 1.11: on either path the write commits locally
-    /// without being replicated and the node aborts at its next write. Nothing was sent.
+    /// `RETURNING` cannot run on libdqlite: 1.11 commits the write locally without replicating
+    /// it, 1.18 refuses it, and on both the node aborts at its next write
+    /// (`tests/cluster.rs::returning_sent_past_the_guard_brings_the_node_down_on_every_library`).
+    /// Nothing was sent.
     #[error(
-        "RETURNING is not supported by dqlite 1.11 (the write would not be replicated); run the write, then SELECT what you need: {sql}"
+        "RETURNING is not supported by dqlite (1.11 would not replicate the write, 1.18 refuses it, and both then abort the node); run the write, then SELECT what you need: {sql}"
     )]
     Returning {
         /// The statement (shortened).

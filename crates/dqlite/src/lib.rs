@@ -1,11 +1,12 @@
 //! dqlite for Rust: run a dqlite node inside your process and talk to a dqlite cluster over its
 //! wire protocol, asynchronously (tokio), over any byte stream.
 //!
-//! Targets libdqlite 1.11 (Debian bookworm's `libdqlite-dev`), and guards against that
-//! version's hazards: a write sent down the query path would not be replicated (so queries are
-//! checked to be read-only), HEARTBEAT requests are never answered (so none can be sent),
-//! bindings persist between executions of a prepared statement (so every parameter is always
-//! sent), and an INTERRUPT is only read after all rows were streamed (so it drains them).
+//! Targets libdqlite 1.11 (Debian bookworm's `libdqlite-dev`) and 1.18 (trixie's; see
+//! [`Library`]), and guards against 1.11's hazards: a write sent down the query path would
+//! not be replicated (so queries are checked to be read-only; `RETURNING` breaks 1.18 as
+//! well), HEARTBEAT requests are never answered (so none can be sent), bindings persist
+//! between executions of a prepared statement (so every parameter is always sent), and an
+//! INTERRUPT is only read after all rows were streamed (so it drains them).
 //!
 //! - [`Node`]: a node embedded in this process (`Node::builder(id, address, dir)`).
 //! - [`Client`]: finds the leader among known addresses; runs ADD/ASSIGN/REMOVE/TRANSFER.

@@ -27,8 +27,12 @@ impl Library {
         self.number
     }
 
-    /// `major.minor`, e.g. `1.18`.
+    /// `major.minor`, e.g. `1.18`. 1.11.x reports 1.10.0, and the build requires 1.11 or
+    /// later, so that number is shown as `1.11`.
     pub fn version(&self) -> String {
+        if self.number == 11_000 {
+            return "1.11".to_owned();
+        }
         format!("{}.{}", self.number / 10_000, self.number / 100 % 100)
     }
 
@@ -58,7 +62,7 @@ mod tests {
     #[test]
     fn only_1_10_and_1_11_take_the_private_tuning() {
         for (number, private, version) in [
-            (11_000, true, "1.10"),
+            (11_000, true, "1.11"),
             (11_100, true, "1.11"),
             (11_200, false, "1.12"),
             (11_600, false, "1.16"),

@@ -206,3 +206,88 @@ async fn writes_during_a_leadership_transfer_are_retried_on_the_new_leader() {
     assert!(done > 0, "no write went through");
     assert!(refused.is_empty(), "{} of {} writes refused: {:?}", refused.len(), done, &refused[..refused.len().min(5)]);
 }
+
+/// Sends `request` on `raw` and reads one answer (protocol 1, after the handshake).
+async fn raw_roundtrip(raw: &mut impl dqlite::Stream, request: &dqlite::proto::Request<'_>) -> dqlite::proto::Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(&request.encode().unwrap()).await.unwrap();
+    let mut header = [0u8; 8];
+    raw.read_exact(&mut header).await.unwrap();
+    let header = dqlite::proto::Header::decode(header);
+    let mut body = vec![0u8; usize::try_from(header.body_len()).unwrap()];
+    raw.read_exact(&mut body).await.unwrap();
+    dqlite::proto::Response::decode(header.kind, &body, 1).unwrap()
+}
+
+/// What the RETURNING guard (`Error::Returning`) keeps from happening, shown on the real library:
+/// `INSERT … RETURNING` sent past it, as the QUERY_SQL a caller wanting its rows would send, to
+/// the leader of three nodes, in a child process. Measured: libdqlite 1.11 answers the rows,
+/// without replicating the write; 1.18 (whose QUERY replicates writes since 1.15) answers
+/// `rows yielded when none expected for EXEC request`; and on both the leader's next write
+/// aborts the whole process (`vfsFileShmLock: Assertion 'wal->n_tx == 0' failed`). So the guard
+/// stays on every version. Should a library stop aborting, this test fails and says so.
+#[test]
+fn returning_sent_past_the_guard_brings_the_node_down_on_every_library() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "returning_past_the_guard", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("DQLITE_RETURNING_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // libtest prints the test's name on the line where the child's first line begins.
+    let report: Vec<&str> = stdout.lines().filter_map(|l| l.split_once("RETURNING ").map(|(_, r)| r)).collect();
+    let library = dqlite::library();
+    eprintln!("{library}: child {:?}: {report:#?}", out.status);
+    let answer = report.iter().find_map(|l| l.strip_prefix("answer: ")).expect("the child sent the statement");
+    let expected = if library.number() < 11_500 { "rows: [[Integer(7)]]" } else { "rows yielded when none expected" };
+    assert!(answer.contains(expected), "{library}: {answer}");
+    assert!(
+        !out.status.success() && !report.iter().any(|l| l.starts_with("next write")),
+        "{library} survived a write after RETURNING: {report:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "the child of returning_sent_past_the_guard_brings_the_node_down_on_every_library"]
+async fn returning_past_the_guard() {
+    use dqlite::proto::{Request, Response};
+    use std::borrow::Cow;
+    use tokio::io::AsyncWriteExt;
+    if std::env::var_os("DQLITE_RETURNING_CHILD").is_none() {
+        return;
+    }
+    let cluster = TestCluster::start("returning", &[Role::Voter, Role::Voter]).await;
+    let mut db = cluster.client.database("app");
+    db.exec("CREATE TABLE t (x)", &[]).await.unwrap();
+    let leader = cluster.client.leader().await.unwrap();
+    let mut raw = dqlite::connect_abstract(&leader.address[1..]).unwrap();
+    raw.write_all(&1u64.to_le_bytes()).await.unwrap();
+    let Response::Db { id } = raw_roundtrip(&mut raw, &Request::Open { name: "app".into() }).await else {
+        panic!("OPEN failed")
+    };
+    let query =
+        Request::QuerySql { db: id, sql: "INSERT INTO t VALUES (7) RETURNING x".into(), params: Cow::Borrowed(&[]) };
+    let answer = raw_roundtrip(&mut raw, &query).await;
+    println!("RETURNING answer: {answer:?}");
+    let next = db.exec("INSERT INTO t VALUES (8)", &[]).await;
+    println!("RETURNING next write: {}", if next.is_ok() { "ok".to_owned() } else { format!("{next:?}") });
+    let count = db.query("SELECT count(*) FROM t WHERE x = 7", &[]).await;
+    println!("RETURNING leader count: {:?}", count.map(|r| r.rows[0].get(0).cloned()));
+    let follower = cluster.nodes.iter().map(|n| n.address()).find(|a| *a != leader.address).unwrap().to_owned();
+    let mut has_row = false;
+    for _ in 0..20 {
+        if let Ok(files) = cluster.client.dump(&follower, "app").await {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("f.db");
+            if dqlite::file::write_dump(&files, "app", &out).is_ok()
+                && let Ok(mut file) = dqlite::file::SqliteFile::open_read_only(&out)
+                && file.query("SELECT count(*) FROM t WHERE x = 7").ok() == Some(vec![vec![Value::Integer(1)]])
+            {
+                has_row = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("RETURNING follower has the row: {has_row}");
+}
