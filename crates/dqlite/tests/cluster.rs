@@ -291,3 +291,47 @@ async fn returning_past_the_guard() {
     }
     println!("RETURNING follower has the row: {has_row}");
 }
+
+/// What the several-statements guard (`Error::MultipleStatements` on `prepare` and `query_sql`)
+/// is for, per library: PREPARE and QUERY_SQL of a read followed by a write, sent past it.
+/// libdqlite 1.11 answers as if the text held only its first statement and drops the rest
+/// without a word; 1.18 refuses the text (`nonempty statement tail`). On neither does the write
+/// run, and the client refuses such text before sending it (EXEC_SQL runs every statement).
+#[tokio::test]
+async fn several_statements_in_one_prepare_or_query_are_dropped_by_1_11_and_refused_by_1_18() {
+    use dqlite::proto::{Request, Response};
+    use std::borrow::Cow;
+    use tokio::io::AsyncWriteExt;
+    let cluster = TestCluster::start("several", &[]).await;
+    let mut db = cluster.client.database("app");
+    db.exec("CREATE TABLE t (x)", &[]).await.unwrap();
+    let mut raw = dqlite::connect_abstract(&cluster.nodes[0].address()[1..]).unwrap();
+    raw.write_all(&1u64.to_le_bytes()).await.unwrap();
+    let Response::Db { id } = raw_roundtrip(&mut raw, &Request::Open { name: "app".into() }).await else {
+        panic!("OPEN failed")
+    };
+    let prepared =
+        raw_roundtrip(&mut raw, &Request::Prepare { db: id, sql: "SELECT 1; INSERT INTO t VALUES (1)".into() }).await;
+    let query =
+        Request::QuerySql { db: id, sql: "SELECT 2; INSERT INTO t VALUES (2)".into(), params: Cow::Borrowed(&[]) };
+    let queried = raw_roundtrip(&mut raw, &query).await;
+    let library = dqlite::library();
+    if library.number() < 11_500 {
+        assert!(matches!(prepared, Response::Stmt { .. }), "{library}: {prepared:?}");
+        assert!(
+            matches!(&queried, Response::Rows(batch) if batch.rows == [[Value::Integer(2)]]),
+            "{library}: {queried:?}"
+        );
+    } else {
+        for answer in [&prepared, &queried] {
+            assert!(
+                matches!(answer, Response::Failure { message, .. } if message.contains("nonempty statement tail")),
+                "{library}: {answer:?}"
+            );
+        }
+    }
+    let count = db.query("SELECT count(*) FROM t", &[]).await.unwrap();
+    assert_eq!(count.rows[0].get(0), Some(&Value::Integer(0)), "{library}: a dropped statement ran");
+    // The guard: refused before anything is sent, on every library.
+    assert!(matches!(db.query("SELECT 1; SELECT 2", &[]).await, Err(dqlite::Error::MultipleStatements { .. })));
+}
