@@ -139,10 +139,7 @@ async fn a_lower_checkpoint_threshold_keeps_the_wal_short() {
         let client = client(vec![address.clone()]);
         let mut db = client.database("ckpt");
         db.exec("CREATE TABLE t (x)", &[]).await.unwrap();
-        // Each commit writes at least the table's leaf page: one WAL frame or more.
-        for i in 0..60 {
-            db.exec("INSERT INTO t VALUES (?)", &[Value::Integer(i)]).await.unwrap();
-        }
+        commit_rows(&mut db, 60).await;
         let count = db.query("SELECT count(*) FROM t", &[]).await.unwrap();
         assert_eq!(count.rows[0].get(0), Some(&Value::Integer(60)));
         frames.push(wal_frames(&client.dump(&address, "ckpt").await.unwrap()));
@@ -151,15 +148,20 @@ async fn a_lower_checkpoint_threshold_keeps_the_wal_short() {
             assert!(!node.set_checkpoint_threshold(0));
             assert!(node.set_checkpoint_threshold(1000));
             assert_eq!(node.checkpoint_threshold(), Some(1000));
-            for i in 0..40 {
-                db.exec("INSERT INTO t VALUES (?)", &[Value::Integer(i)]).await.unwrap();
-            }
+            commit_rows(&mut db, 40).await;
             frames.push(wal_frames(&client.dump(&address, "ckpt").await.unwrap()));
         }
     }
     assert!(frames[0] >= 60, "libdqlite's default keeps every commit in the WAL: {frames:?}");
     assert!(frames[1] < 8 + 4, "a threshold of 8 checkpoints every few commits: {frames:?}");
     assert!(frames[2] >= 40, "raised to 1000 while running, no checkpoint: {frames:?}");
+}
+
+/// Commits `rows` one-row inserts into `t`, each a WAL frame or more (the table's leaf page).
+async fn commit_rows(db: &mut dqlite::Database, rows: i64) {
+    for i in 0..rows {
+        db.exec("INSERT INTO t VALUES (?)", &[Value::Integer(i)]).await.unwrap();
+    }
 }
 
 /// Not 1.11: the threshold is neither read nor written, and the library's own (1000) holds.
@@ -177,9 +179,7 @@ async fn another_library_keeps_its_own_checkpoint_threshold() {
     let client = client(vec![address.clone()]);
     let mut db = client.database("ckpt");
     db.exec("CREATE TABLE t (x)", &[]).await.unwrap();
-    for i in 0..60 {
-        db.exec("INSERT INTO t VALUES (?)", &[Value::Integer(i)]).await.unwrap();
-    }
+    commit_rows(&mut db, 60).await;
     let frames = wal_frames(&client.dump(&address, "ckpt").await.unwrap());
     assert!(frames >= 60, "{}: the WAL was checkpointed after {frames} frames", dqlite::library());
     drop(db);
