@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::connection::Connection;
@@ -149,6 +150,20 @@ impl Client {
     /// connections and never answers, so its probe goes on (until the dial timeout) while
     /// later rounds ask the others again, instead of holding every round for a dial timeout.
     pub async fn connect_leader(&self) -> Result<Connection> {
+        self.connect_leader_hinted(None).await
+    }
+
+    /// [`Client::connect_leader`], ending each pause between rounds as soon as `hint` names a
+    /// leader, which is then asked first: whoever watches the cluster (a task asking the local
+    /// node who leads) usually learns of a new leader long before the next round would start.
+    pub(crate) async fn connect_leader_hinted(
+        &self,
+        mut hint: Option<&mut watch::Receiver<Option<String>>>,
+    ) -> Result<Connection> {
+        if let Some(hint) = hint.as_mut() {
+            // Only a change from now on says anything new.
+            hint.borrow_and_update();
+        }
         let config = &self.inner.config;
         let deadline = Instant::now() + config.leader_timeout;
         let mut search = Search { client: self, probes: JoinSet::new(), pending: Vec::new(), named: Vec::new() };
@@ -189,8 +204,25 @@ impl Client {
                 });
             }
             // A probe still under way may find the leader during the pause.
-            if let Some(conn) = search.wait(config.backoff(round).min(deadline - now), false, &mut failures).await {
-                return Ok(conn);
+            let pause = search.wait(config.backoff(round).min(deadline - now), false, &mut failures);
+            let named = async {
+                match hint.as_mut() {
+                    Some(hint) => loop {
+                        if hint.changed().await.is_err() {
+                            return std::future::pending().await;
+                        }
+                        if let Some(leader) = hint.borrow_and_update().clone() {
+                            return leader;
+                        }
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                found = pause => if let Some(conn) = found {
+                    return Ok(conn);
+                },
+                leader = named => self.remember_leader(Some(leader)),
             }
         }
     }

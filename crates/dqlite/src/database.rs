@@ -105,7 +105,7 @@ impl Database {
             self.conn = None;
             let mut conn = match node {
                 Some(node) => self.client.connect(node).await?,
-                None => self.client.connect_leader().await?,
+                None => self.client.connect_leader_hinted(self.leader_hint.as_mut()).await?,
             };
             conn.open(&self.name).await?;
             self.conn = Some(conn);
