@@ -92,6 +92,33 @@ async fn client_follows_the_leader_when_it_dies() {
     assert_eq!(rows.rows[0].values(), &[Value::Integer(21), Value::Integer(20)]);
 }
 
+/// The search for a leader listens to whoever watches the cluster: a client that knows no
+/// node that answers finds the leader only because the hint names it during a pause.
+#[tokio::test]
+async fn a_leader_search_follows_the_hint_it_is_given() {
+    let cluster = TestCluster::start("hinted", &[]).await;
+    let leader = cluster.nodes[0].address().to_owned();
+    let nobody = harness::address("nobody");
+    let config = dqlite::ClientConfig { leader_timeout: Duration::from_secs(2), ..dqlite::ClientConfig::default() };
+    let client = dqlite::Client::with_dialer(vec![nobody], dqlite::DefaultDialer, config);
+
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let mut unhinted = client.database("test");
+    unhinted.follow_leader(rx.clone());
+    let err = unhinted.exec("CREATE TABLE t (x INTEGER)", &[]).await.unwrap_err();
+    assert!(matches!(err, dqlite::Error::NoLeader { .. }), "{err}");
+
+    let mut hinted = client.database("test");
+    hinted.follow_leader(rx);
+    let named = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.send(Some(leader)).unwrap();
+        tx
+    });
+    hinted.exec("CREATE TABLE t (x INTEGER)", &[]).await.unwrap();
+    drop(named.await.unwrap());
+}
+
 #[tokio::test]
 async fn a_writer_that_loses_its_leader_continues_on_the_next() {
     let mut cluster = TestCluster::start("writer", &[Role::Voter, Role::Voter]).await;
@@ -209,8 +236,14 @@ async fn writes_during_a_leadership_transfer_are_retried_on_the_new_leader() {
 
 /// Sends `request` on `raw` and reads one answer (protocol 1, after the handshake).
 async fn raw_roundtrip(raw: &mut impl dqlite::Stream, request: &dqlite::proto::Request<'_>) -> dqlite::proto::Response {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     raw.write_all(&request.encode().unwrap()).await.unwrap();
+    raw_read(raw).await
+}
+
+/// Reads one message from `raw` (protocol 1).
+async fn raw_read(raw: &mut impl dqlite::Stream) -> dqlite::proto::Response {
+    use tokio::io::AsyncReadExt;
     let mut header = [0u8; 8];
     raw.read_exact(&mut header).await.unwrap();
     let header = dqlite::proto::Header::decode(header);
@@ -334,4 +367,54 @@ async fn several_statements_in_one_prepare_or_query_are_dropped_by_1_11_and_refu
     assert_eq!(count.rows[0].get(0), Some(&Value::Integer(0)), "{library}: a dropped statement ran");
     // The guard: refused before anything is sent, on every library.
     assert!(matches!(db.query("SELECT 1; SELECT 2", &[]).await, Err(dqlite::Error::MultipleStatements { .. })));
+}
+
+/// What `Rows::interrupt` draining is for, per library: INTERRUPT sent right behind a query of
+/// many batches, past the client. Both libdqlite 1.11 and 1.18 read a connection's next request
+/// only once the query has streamed its last batch, so every row arrives before the EMPTY that
+/// answers the INTERRUPT: the client must read through them (as `Rows::interrupt` does) to keep
+/// the framing. Should a library start cutting the stream short, this test fails and says so.
+#[tokio::test]
+async fn an_interrupt_is_read_only_after_the_last_row_on_every_library() {
+    use dqlite::proto::{Request, Response, RowsEnd};
+    use std::borrow::Cow;
+    use tokio::io::AsyncWriteExt;
+    let cluster = TestCluster::start("interrupt", &[]).await;
+    let mut db = cluster.client.database("app");
+    db.exec("CREATE TABLE big (i INTEGER, pad TEXT)", &[]).await.unwrap();
+    db.exec(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000) \
+         INSERT INTO big SELECT i, printf('%040d', i) FROM c",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut raw = dqlite::connect_abstract(&cluster.nodes[0].address()[1..]).unwrap();
+    raw.write_all(&1u64.to_le_bytes()).await.unwrap();
+    let Response::Db { id } = raw_roundtrip(&mut raw, &Request::Open { name: "app".into() }).await else {
+        panic!("OPEN failed")
+    };
+    let query = Request::QuerySql { db: id, sql: "SELECT i, pad FROM big".into(), params: Cow::Borrowed(&[]) };
+    let mut both = query.encode().unwrap();
+    both.extend(Request::Interrupt { db: id }.encode().unwrap());
+    raw.write_all(&both).await.unwrap();
+
+    let library = dqlite::library();
+    let (mut rows, mut batches) = (0, 0);
+    loop {
+        match raw_read(&mut raw).await {
+            Response::Rows(batch) => {
+                rows += batch.rows.len();
+                batches += 1;
+                if batch.end == RowsEnd::Done {
+                    break;
+                }
+            }
+            other => panic!("{library}: {other:?} after {rows} rows in {batches} batches"),
+        }
+    }
+    assert_eq!(rows, 3000, "{library}: the stream was cut short");
+    assert!(batches > 1, "{library}: one batch proves nothing");
+    let answer = raw_read(&mut raw).await;
+    assert!(matches!(answer, Response::Empty), "{library}: {answer:?}");
 }

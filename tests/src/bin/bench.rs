@@ -9,7 +9,8 @@
 //! (formation, idle CPU) and failover (SIGKILL / SIGTERM of the leader under a writer).
 //!
 //! `bench [--repeat N] [--ops N] [--duration SECS] [--idle SECS] [--settle SECS] [--scale-idle SECS]
-//! [--scale-repeat N] [--failover-repeat N] [--only cluster,scale,failover] [--quick]`
+//! [--scale-repeat N] [--failover-repeat N] [--only cluster,scale,failover] [--quick] [--alone]`
+//! (`--alone`: ours only, no anchors, for A/B runs; `MFLAGS` adds microd flags to failover's members)
 //!
 //! `bench drive --socket PATH|--tcp IP:PORT [--api ours|ours-weak|kv|demo|etcd] --op write|read [--ops N]
 //! [--workers N] [--think-ms MS] [--pid PID]` drives an already running member (for profiling, see
@@ -65,6 +66,8 @@ struct Config {
     scale_repeat: usize,
     failovers: usize,
     sections: Vec<String>,
+    /// Ours alone, without dqlite-demo and etcd (for A/B runs of one change).
+    alone: bool,
 }
 
 /// The value of `--name`, parsed, or `default`.
@@ -89,6 +92,7 @@ impl Config {
             scale_repeat: flag(args, "--scale-repeat", repeat),
             failovers: flag(args, "--failover-repeat", if quick { 1 } else { 10 }),
             sections: flag(args, "--only", "cluster,scale,failover".to_owned()).split(',').map(str::to_owned).collect(),
+            alone: args.iter().any(|a| a == "--alone"),
         }
     }
 
@@ -292,12 +296,12 @@ async fn main() -> Result<(), Error> {
         _ => {}
     }
     let cfg = Config::parse(&args);
-    let have_demo = sides::installed("dqlite-demo") && sides::installed("dqlite");
-    if !have_demo {
+    let have_demo = !cfg.alone && sides::installed("dqlite-demo") && sides::installed("dqlite");
+    if !have_demo && !cfg.alone {
         eprintln!("dqlite-demo or dqlite not found: the anchor column is skipped (apt-get install go-dqlite)");
     }
-    let have_etcd = sides::installed("etcd");
-    if !have_etcd {
+    let have_etcd = !cfg.alone && sides::installed("etcd");
+    if !have_etcd && !cfg.alone {
         eprintln!("etcd not found: the etcd column is skipped (apt-get install etcd-server etcd-client)");
     }
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -73,7 +73,14 @@ async fn measure(api: Api, endpoint: Endpoint, after: Duration, signal: impl FnO
 /// `signal` (`KILL` or `TERM`).
 pub(crate) async fn ours(signal: &'static str) -> Result<f64, Error> {
     let cluster = tokio::task::spawn_blocking(|| {
-        let c = Cluster::form(3);
+        // MFLAGS: extra microd flags, as for the scripts beside (e.g. "--network-latency 30ms").
+        let flags: Vec<String> =
+            std::env::var("MFLAGS").unwrap_or_default().split_whitespace().map(String::from).collect();
+        let c = Cluster::start_with(3, |m| m.args.extend(flags.iter().cloned()));
+        c.members[0].bootstrap();
+        for i in 1..3 {
+            c.join(i, 0);
+        }
         c.members[0].ctl_ok(&["cluster", "transfer-leader", "m1"]);
         c
     })
