@@ -146,6 +146,9 @@ async fn full_disk_episode(tag: &str) -> Option<Episode> {
     Some(Episode { cluster, client, db, follower, id, address: follower_address, data, _fs: fs })
 }
 
+/// On Ubuntu 24.04 (libdqlite 1.16 with libraft 0.22) the follower stays stuck instead (3 runs
+/// of 3, by hand: that platform is not in CI); microd's own full-disk handling, which restarts
+/// the node once the disk has had room for 3 s, passes there (`tests/tests/full_disk.rs`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_stops_writing_its_log_on_a_full_disk_and_resumes_when_a_segment_fits() {
     let Some(mut episode) = full_disk_episode("full-disk").await else { return };
@@ -156,8 +159,16 @@ async fn a_follower_stops_writing_its_log_on_a_full_disk_and_resumes_when_a_segm
     tokio::time::sleep(Duration::from_secs(2)).await;
     let resumed = open_segment(&episode.data);
     let leads = transfer_to(&episode.client, episode.id).await;
-    eprintln!("with space back: an open segment = {resumed}; leadership transferred to it = {leads}");
-    assert!(resumed && leads, "the follower did not resume by itself once the disk had room for a segment");
+    let library = dqlite::library();
+    eprintln!("{library}, with space back: an open segment = {resumed}; leadership transferred to it = {leads}");
+    if (11_600..11_700).contains(&library.number()) {
+        assert!(!resumed, "{library}: the follower resumed by itself: update this test and the README");
+    } else {
+        assert!(
+            resumed && leads,
+            "{library}: the follower did not resume by itself once the disk had room for a segment"
+        );
+    }
     episode.cluster.nodes.clear();
 }
 
