@@ -4,7 +4,7 @@
 CARGO ?= cargo
 BUILD_PACKAGES := libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config gcc curl
 BENCH_PACKAGES := go-dqlite etcd-server etcd-client
-# tests/tests/clocks.rs runs a member 2 days ahead under libfaketime's preload library.
+# tests/tests/suite/clocks.rs runs a member 2 days ahead under libfaketime's preload library.
 TEST_PACKAGES := libfaketime
 
 .PHONY: all deps deps-test deps-bench build run test test-faults test-debian13 bench-debian13 fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
@@ -35,13 +35,13 @@ test: deps-test lint
 # The full fault suite (20 leader kills, a 10 s freeze, partitions, full disks, 40 power cuts);
 # `make test` runs a quick version of each fault.
 test-faults: deps
-	$(CARGO) build --workspace && MICROCLUSTER_FAULTS=full $(CARGO) test -p microcluster-tests --test faults --test frozen_leader --test interrupted_joins --test invariants --test partition --test power_loss -- --nocapture
+	$(CARGO) build --workspace && MICROCLUSTER_FAULTS=full $(CARGO) test -p microcluster-tests --test suite -- --nocapture faults:: frozen_leader:: interrupted_joins:: invariants:: partition:: power_loss::
 
 # Debian 13's libdqlite 1.18, in a Debian 13 root that .ci/debian13 makes with debootstrap the
 # first time (as root) and reuses: the engine tests and the main end-to-end suites.
-DEBIAN13_TESTS := --test tutorial --test membership --test health --test writes --test bad_input --test faults --test guide --test recover --test doctor --test joins --test frozen_leader --test backup
+DEBIAN13_TESTS := tutorial:: membership:: health:: writes:: bad_input:: faults:: guide:: recover:: doctor:: joins:: frozen_leader:: backup:: --skip interrupted_joins::
 test-debian13:
-	sh .ci/debian13 run sh -c 'cargo build --workspace && cargo test -p dqlite-sys -p dqlite && cargo test -p microcluster --lib && cargo test -p microcluster-tests $(DEBIAN13_TESTS)'
+	sh .ci/debian13 run sh -c 'cargo build --workspace && cargo test -p dqlite-sys -p dqlite && cargo test -p microcluster --lib && cargo test -p microcluster-tests --test suite -- $(DEBIAN13_TESTS)'
 
 # Every fuzz target for FUZZ_SECONDS (default 60) each; crashes land in fuzz/regressions/.
 fuzz: deps
@@ -87,7 +87,7 @@ install: deps
 	$(CARGO) build --release -p microd -p microctl
 	@$(MAKE) --no-print-directory install-files
 
-# What `install` puts in place, from the binaries in RELEASE (tests/tests/install.rs stages it
+# What `install` puts in place, from the binaries in RELEASE (tests/tests/suite/install.rs stages it
 # with the debug build).
 install-files:
 	install -d $(BIN_DIR) $(SHARE_DIR)/man/man1 $(UNIT_DIR) $(CONFIG_DIR) $(SHARE_DIR)/bash-completion/completions $(SHARE_DIR)/zsh/site-functions $(SHARE_DIR)/fish/vendor_completions.d

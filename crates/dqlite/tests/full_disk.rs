@@ -148,7 +148,7 @@ async fn full_disk_episode(tag: &str) -> Option<Episode> {
 
 /// On Ubuntu 24.04 (libdqlite 1.16 with libraft 0.22) the follower stays stuck instead (3 runs
 /// of 3, by hand: that platform is not in CI); microd's own full-disk handling, which restarts
-/// the node once the disk has had room for 3 s, passes there (`tests/tests/full_disk.rs`).
+/// the node once the disk has had room for 3 s, passes there (`tests/tests/suite/full_disk.rs`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_stops_writing_its_log_on_a_full_disk_and_resumes_when_a_segment_fits() {
     let Some(mut episode) = full_disk_episode("full-disk").await else { return };

@@ -1,0 +1,33 @@
+//! The end-to-end suite, one test binary: each module starts real `microd` processes on
+//! loopback addresses of their own, in temporary state directories, and stops them. Run one
+//! module with a filter: `cargo test -p microcluster-tests --test suite -- faults::`.
+
+mod backup;
+mod bad_input;
+mod cli;
+mod clocks;
+mod doctor;
+mod faults;
+mod frozen_leader;
+mod full_disk;
+mod fuzz_regressions;
+mod guide;
+mod health;
+mod install;
+mod interrupted_joins;
+mod invariants;
+mod joins;
+mod library;
+mod limits;
+mod membership;
+mod memory;
+mod metrics;
+mod operator;
+mod partition;
+mod power_loss;
+mod recover;
+mod set_address;
+mod state_files;
+mod tls;
+mod tutorial;
+mod writes;
