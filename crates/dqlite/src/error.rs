@@ -11,6 +11,8 @@ use crate::proto::ProtocolError;
 pub const SQLITE_BUSY: u64 = 5;
 /// SQLite's "interrupted" code (a statement stopped at its time limit).
 pub const SQLITE_INTERRUPT: u64 = 9;
+/// SQLite's CONSTRAINT primary code (UNIQUE, NOT NULL, CHECK, FOREIGN KEY, ...).
+pub const SQLITE_CONSTRAINT: u64 = 19;
 /// dqlite's "not leader" (SQLITE_IOERR | 40 << 8): the request was refused before running.
 pub const SQLITE_IOERR_NOT_LEADER: u64 = 10250;
 /// dqlite's "leadership lost" (SQLITE_IOERR | 41 << 8): the outcome of a write is unknown.
@@ -270,9 +272,24 @@ impl Error {
         self.code() == Some(SQLITE_IOERR_LEADERSHIP_LOST)
     }
 
-    /// "database is locked": another connection holds the write lock (1.11 has no busy timeout).
+    /// "database is locked": another connection holds the write lock (neither 1.11 nor 1.18
+    /// has a busy timeout).
     pub fn is_busy(&self) -> bool {
         self.code().is_some_and(|c| c & 0xff == SQLITE_BUSY)
+    }
+
+    /// A constraint of the schema refused the statement (any extended CONSTRAINT code): what
+    /// the request asked conflicts with what the database holds.
+    pub fn is_constraint(&self) -> bool {
+        self.code().is_some_and(|c| c & 0xff == SQLITE_CONSTRAINT)
+    }
+
+    /// The leader went away under the request, which was not at fault: refused as not leader,
+    /// leadership lost while it ran, or its connection lost. Whatever it was part of (an open
+    /// transaction, a batch) is gone with it; a read can run again on the new leader, a write
+    /// only if [`Error::is_ambiguous`] says nothing may have been applied.
+    pub fn is_leader_gone(&self) -> bool {
+        self.is_not_leader() || self.is_leadership_lost() || self.is_connection_lost()
     }
 
     /// The connection this came from can no longer be used.
@@ -340,5 +357,28 @@ mod tests {
         assert!(refused.to_string().contains("leadership is being transferred"), "{refused}");
         assert!(!server(RAFT_NOTLEADER, "out of memory").is_not_leader(), "SQLite's own NOMEM");
         assert!(server(SQLITE_IOERR_NOT_LEADER, "not leader").is_not_leader());
+    }
+
+    #[test]
+    fn each_error_is_classified_once() {
+        let server = |code| Error::Server { code, message: String::new() };
+        let broken = Error::Broken { address: "x".into() };
+        // (error, constraint, leader gone, statement error)
+        let cases = [
+            (server(19), true, false, true),
+            (server(2067), true, false, true), // SQLITE_CONSTRAINT_UNIQUE
+            (server(1299), true, false, true), // SQLITE_CONSTRAINT_NOTNULL
+            (server(1), false, false, true),
+            (server(SQLITE_BUSY), false, false, true),
+            (server(SQLITE_IOERR_NOT_LEADER), false, true, false),
+            (server(SQLITE_IOERR_LEADERSHIP_LOST), false, true, false),
+            (broken, false, true, false),
+            (Error::EmptyStatement, false, false, true),
+        ];
+        for (err, constraint, gone, statement) in cases {
+            assert_eq!(err.is_constraint(), constraint, "{err:?}");
+            assert_eq!(err.is_leader_gone(), gone, "{err:?}");
+            assert_eq!(err.is_statement_error(), statement, "{err:?}");
+        }
     }
 }

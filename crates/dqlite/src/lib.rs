@@ -39,7 +39,8 @@ pub use connection::{BoxStream, Connection, DEFAULT_MAX_MESSAGE, DEFAULT_TIMEOUT
 pub use database::{Database, Outcome, Transaction, TxFuture};
 pub use dialer::{DefaultDialer, DialFuture, Dialer, connect_abstract, connect_blocking};
 pub use error::{
-    Error, RAFT_NOTLEADER, Result, SQLITE_BUSY, SQLITE_INTERRUPT, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
+    Error, RAFT_NOTLEADER, Result, SQLITE_BUSY, SQLITE_CONSTRAINT, SQLITE_INTERRUPT, SQLITE_IOERR_LEADERSHIP_LOST,
+    SQLITE_IOERR_NOT_LEADER,
 };
 pub use id::{BOOTSTRAP_ID, generate_id};
 pub use library::{Library, library};

@@ -57,16 +57,13 @@ impl DbStatus {
     }
 }
 
-/// SQLite's constraint violation code.
-const SQLITE_CONSTRAINT: u64 = 19;
-
 /// The one place where a database error becomes an HTTP status.
 impl From<dqlite::Error> for ApiError {
     fn from(err: dqlite::Error) -> ApiError {
         let status = match &err {
             e if e.is_not_leader() || e.is_ambiguous() => StatusCode::SERVICE_UNAVAILABLE,
             dqlite::Error::NoLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            e if e.code().is_some_and(|c| c & 0xff == SQLITE_CONSTRAINT) => StatusCode::CONFLICT,
+            e if e.is_constraint() => StatusCode::CONFLICT,
             dqlite::Error::Returning { .. }
             | dqlite::Error::NotReadOnly { .. }
             | dqlite::Error::MultipleStatements { .. }
@@ -403,7 +400,7 @@ impl Db {
                 _ => f(&mut db).await,
             };
             match outcome {
-                Err(err) if attempt < attempts && lost_leader(&err) => {
+                Err(err) if attempt < attempts && err.is_leader_gone() => {
                     tracing::debug!(error = %err, "read interrupted; trying again on the leader");
                     tokio::time::sleep(LEADER_POLL).await;
                 }
@@ -490,11 +487,6 @@ impl Db {
 /// of a write in it is unknown.
 fn abandoned() -> dqlite::Error {
     dqlite::Error::Broken { address: "the database queue (request abandoned; leadership moved)".into() }
-}
-
-/// The leader went away under a request (not the request's own fault).
-fn lost_leader(err: &dqlite::Error) -> bool {
-    err.is_not_leader() || err.is_leadership_lost() || err.is_connection_lost()
 }
 
 /// Whether this member's node is a voter in its own configuration (true if it cannot tell).

@@ -318,7 +318,7 @@ async fn batch_in_transaction(
             Job::Exclusive(_) => (Ok(()), None),
         };
         let undo = match result {
-            Err(err) if transaction_gone(&err) => break Some(err),
+            Err(err) if err.is_leader_gone() => break Some(err),
             Err(_) => format!("ROLLBACK TO {savepoint}; RELEASE {savepoint}"),
             Ok(()) => format!("RELEASE {savepoint}"),
         };
@@ -380,7 +380,7 @@ async fn run_merged(
         match db.begin_immediate_with(text).await {
             Ok((tx, _)) => break tx,
             Err(err) if busy.retries(&err) => busy.wait(metrics).await,
-            Err(err) if err.is_busy() || transaction_gone(&err) || matches!(err, dqlite::Error::NoLeader { .. }) => {
+            Err(err) if err.is_busy() || err.is_leader_gone() || matches!(err, dqlite::Error::NoLeader { .. }) => {
                 for job in batch {
                     refuse(job, &err);
                 }
@@ -410,7 +410,7 @@ async fn run_merged(
                 queue.joined += late.len();
                 batch.extend(late);
             }
-            Err(err) if transaction_gone(&err) => {
+            Err(err) if err.is_leader_gone() => {
                 for job in batch.into_iter().chain(late) {
                     refuse(job, &err);
                 }
@@ -469,11 +469,6 @@ async fn run_merged(
         .collect();
     metrics.write_batches_merged.with(&[MERGED]).inc();
     Merged::Done(commit(tx, replies).await)
-}
-
-/// The error took the batch's transaction with it: nothing of the batch can be committed.
-fn transaction_gone(err: &dqlite::Error) -> bool {
-    err.is_connection_lost() || err.is_leadership_lost() || err.is_not_leader()
 }
 
 /// The batch as one text, or `None` unless it holds several jobs and each is a single plain

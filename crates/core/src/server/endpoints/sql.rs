@@ -178,18 +178,11 @@ async fn run(state: State, req: Request) -> HandlerResult {
             let message = format!("statement {} ({sql}): {why}{scope}", index + 1);
             // A constraint violation conflicts with what the database holds; anything else is
             // the statement's own fault.
-            if err.code().is_some_and(|c| c & 0xff == SQLITE_CONSTRAINT) {
-                Err(ApiError::conflict(message))
-            } else {
-                Err(ApiError::bad_request(message))
-            }
+            if err.is_constraint() { Err(ApiError::conflict(message)) } else { Err(ApiError::bad_request(message)) }
         }
         Err(err) => Err(err.into()),
     }
 }
-
-/// SQLite's primary result code of a constraint violation.
-const SQLITE_CONSTRAINT: u64 = 19;
 
 /// Bytes gathered into one chunk of a streamed result before it is sent.
 const STREAM_CHUNK: usize = 32 * 1024;
