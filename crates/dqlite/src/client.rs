@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::backoff::Backoff;
 use crate::connection::Connection;
 use crate::database::Database;
 use crate::dialer::{DefaultDialer, Dialer};
@@ -52,8 +53,7 @@ impl Default for ClientConfig {
 impl ClientConfig {
     /// The pause after discovery round `round` (1-based).
     pub(crate) fn backoff(&self, round: u32) -> Duration {
-        let factor = 1u32.checked_shl(round.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
-        self.backoff_base.saturating_mul(factor).min(self.backoff_max)
+        Backoff::nth(self.backoff_base, self.backoff_max, round)
     }
 }
 

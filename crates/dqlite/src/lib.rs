@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+mod backoff;
 mod client;
 mod connection;
 mod database;
@@ -34,6 +35,7 @@ mod quorum;
 mod rows;
 pub mod sql;
 
+pub use backoff::Backoff;
 pub use client::{Client, ClientConfig};
 pub use connection::{BoxStream, Connection, DEFAULT_MAX_MESSAGE, DEFAULT_TIMEOUT, ExecResult, Statement, Stream};
 pub use database::{Database, Outcome, Transaction, TxFuture};

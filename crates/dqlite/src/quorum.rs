@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
@@ -70,7 +71,7 @@ impl LeaderQuorum {
     /// The address of the node that a majority of the voters named as leader, in answers sent
     /// after this call began; retried until `deadline` while no majority agrees (an election).
     pub async fn confirm(&self, deadline: Instant) -> Result<String> {
-        let mut pause = Duration::from_millis(10);
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
         loop {
             let (reply, answer) = oneshot::channel();
             if self.requests.send(reply).is_err() {
@@ -78,10 +79,7 @@ impl LeaderQuorum {
             }
             match answer.await.unwrap_or_else(|_| Err(stopped())) {
                 Ok(leader) => return Ok(leader),
-                Err(_) if Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
-                }
+                Err(_) if Instant::now() + backoff.peek() < deadline => backoff.wait().await,
                 Err(err) => return Err(err),
             }
         }

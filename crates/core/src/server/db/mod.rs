@@ -424,7 +424,7 @@ impl Db {
     where
         F: for<'c> Fn(&'c mut Database) -> Pin<Box<dyn Future<Output = Result<T, dqlite::Error>> + Send + 'c>>,
     {
-        let mut pause = LEADER_POLL;
+        let mut backoff = dqlite::Backoff::new(LEADER_POLL, IDLE_LEADER_POLL);
         let leader = loop {
             let leader = self.quorum.confirm(deadline).await?;
             if db.connected_to().is_some_and(|node| node != leader) {
@@ -434,10 +434,9 @@ impl Db {
                 Ok(()) => break leader,
                 // A leader that just died is still named by the voters until their election
                 // timeout: wait for the election, as a write would.
-                Err(err) if err.is_connection_lost() && std::time::Instant::now() + pause < deadline => {
+                Err(err) if err.is_connection_lost() && std::time::Instant::now() + backoff.peek() < deadline => {
                     tracing::debug!(%leader, error = %err, "the confirmed leader cannot be reached; asking again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(IDLE_LEADER_POLL);
+                    backoff.wait().await;
                 }
                 Err(err) => return Err(err),
             }

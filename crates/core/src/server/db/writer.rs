@@ -552,12 +552,15 @@ async fn exec_retrying_busy(
 /// pause, 1 ms up to 20 ms, until [`BUSY_DEADLINE`].
 struct Busy {
     deadline: Instant,
-    pause: Duration,
+    backoff: dqlite::Backoff,
 }
 
 impl Busy {
     fn new() -> Busy {
-        Busy { deadline: Instant::now() + BUSY_DEADLINE, pause: Duration::from_millis(1) }
+        Busy {
+            deadline: Instant::now() + BUSY_DEADLINE,
+            backoff: dqlite::Backoff::new(Duration::from_millis(1), Duration::from_millis(20)),
+        }
     }
 
     /// Whether `err` is worth another try.
@@ -567,8 +570,7 @@ impl Busy {
 
     async fn wait(&mut self, metrics: &Metrics) {
         metrics.write_busy_retries.inc();
-        tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(Duration::from_millis(20));
+        self.backoff.wait().await;
     }
 }
 

@@ -121,7 +121,7 @@ async fn run(state: State, req: Request) -> HandlerResult {
         && kinds.last() == Some(&StatementKind::Transaction)
         && statements.first().is_some_and(|s| s.get(..5).is_some_and(|b| b.eq_ignore_ascii_case("BEGIN")));
     let deadline = std::time::Instant::now() + crate::server::db::BUSY_DEADLINE;
-    let mut pause = std::time::Duration::from_millis(2);
+    let mut busy = dqlite::Backoff::new(std::time::Duration::from_millis(2), std::time::Duration::from_millis(50));
     let outcome = loop {
         let (statements, failed_at) = (statements.clone(), failed_at.clone());
         let outcome = if all_reads {
@@ -155,10 +155,7 @@ async fn run(state: State, req: Request) -> HandlerResult {
             runtime.db.transaction(move |tx| Box::pin(async move { run_all(tx, &statements, &failed_at).await })).await
         };
         match outcome {
-            Err(err) if err.is_busy() && retry_safe && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_millis(50));
-            }
+            Err(err) if err.is_busy() && retry_safe && std::time::Instant::now() < deadline => busy.wait().await,
             other => break other,
         }
     };

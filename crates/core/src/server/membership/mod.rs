@@ -353,14 +353,13 @@ where
     Fut: std::future::Future<Output = dqlite::Result<()>>,
 {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut pause = Duration::from_millis(20);
+    let mut backoff = dqlite::Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
     loop {
         match request().await {
             Ok(()) => return Ok(()),
             Err(err) if (err.is_busy() || err.is_not_leader()) && Instant::now() < deadline => {
                 tracing::debug!(error = %err, "{what}: retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
+                backoff.wait().await;
             }
             Err(err) => return Err(ApiError::from(err).context(what)),
         }

@@ -739,19 +739,24 @@ fn envelope_answer(status: StatusCode) -> Bytes {
 #[derive(Debug)]
 pub(crate) struct AcceptErrors {
     what: &'static str,
-    delay: Duration,
+    backoff: dqlite::Backoff,
     unlogged: u64,
     logged: Option<Instant>,
 }
 
 impl AcceptErrors {
     pub(crate) fn new(what: &'static str) -> AcceptErrors {
-        AcceptErrors { what, delay: Duration::ZERO, unlogged: 0, logged: None }
+        AcceptErrors {
+            what,
+            backoff: dqlite::Backoff::new(Duration::from_millis(5), Duration::from_secs(1)),
+            unlogged: 0,
+            logged: None,
+        }
     }
 
     /// An accept succeeded: the next failure waits from the start again.
     pub(crate) fn succeeded(&mut self) {
-        self.delay = Duration::ZERO;
+        self.backoff.reset();
     }
 
     /// An accept failed: how long to wait before the next one (zero for a connection that
@@ -761,7 +766,7 @@ impl AcceptErrors {
             return Duration::ZERO;
         }
         metrics.accept_errors.inc();
-        self.delay = (self.delay * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let delay = self.backoff.next_pause();
         self.unlogged += 1;
         let now = Instant::now();
         if self.logged.is_none_or(|at| now.duration_since(at) >= LOG_PERIOD) {
@@ -776,7 +781,7 @@ impl AcceptErrors {
             self.logged = Some(now);
             self.unlogged = 0;
         }
-        self.delay
+        delay
     }
 }
 
