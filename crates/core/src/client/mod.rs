@@ -6,6 +6,8 @@
 mod pool;
 mod transport;
 
+/// Percent-encodes a path segment (kept here for callers of earlier versions).
+pub use crate::api::paths::encode_segment;
 pub use pool::Pool;
 
 use std::path::PathBuf;
@@ -363,7 +365,7 @@ impl Client {
 
     /// `DELETE /core/1.0/tokens/{name}`.
     pub async fn revoke_token(&self, name: &str) -> Result<(), ClientError> {
-        self.empty(Method::DELETE, &format!("{}/{}", paths::TOKENS, encode_segment(name)), None::<&()>).await
+        self.empty(Method::DELETE, &paths::fill(paths::TOKEN, &[name]), None::<&()>).await
     }
 
     /// `GET /core/1.0/cluster`.
@@ -373,7 +375,7 @@ impl Client {
 
     /// `DELETE /core/1.0/cluster/{name}[?force=1]`.
     pub async fn remove_member(&self, name: &str, force: bool) -> Result<(), ClientError> {
-        let mut path = format!("{}/{}", paths::CLUSTER, encode_segment(name));
+        let mut path = paths::fill(paths::CLUSTER_MEMBER, &[name]);
         if force {
             path.push_str("?force=1");
         }
@@ -383,13 +385,13 @@ impl Client {
     /// `PUT /core/1.0/cluster/{name}/address`: moves member `name` to `address` while the rest of
     /// the cluster keeps its quorum. Send it to that member's control socket.
     pub async fn set_member_address(&self, name: &str, address: &str) -> Result<(), ClientError> {
-        let path = format!("{}/{}/{}", paths::CLUSTER, encode_segment(name), paths::MEMBER_ADDRESS);
+        let path = paths::fill(paths::CLUSTER_MEMBER_ADDRESS, &[name]);
         self.empty(Method::PUT, &path, Some(&api::SetAddressRequest { address: address.to_owned() })).await
     }
 
     /// `PUT /core/internal/cluster/{name}/address`: the leader's side of a member's move.
     pub async fn move_member(&self, name: &str, request: &api::MoveMemberRequest) -> Result<(), ClientError> {
-        let path = format!("{}/{}/{}", paths::INTERNAL_CLUSTER, encode_segment(name), paths::MEMBER_ADDRESS);
+        let path = paths::fill(paths::INTERNAL_MEMBER_ADDRESS, &[name]);
         self.empty(Method::PUT, &path, Some(request)).await
     }
 
@@ -506,7 +508,7 @@ impl Client {
 
     /// `PUT /core/internal/cluster/{name}`: tell a removed member to reset itself.
     pub async fn reset_member(&self, name: &str, force: bool) -> Result<(), ClientError> {
-        let mut path = format!("{}/{}", paths::INTERNAL_CLUSTER, encode_segment(name));
+        let mut path = paths::fill(paths::INTERNAL_CLUSTER_MEMBER, &[name]);
         if force {
             path.push_str("?force=1");
         }
@@ -520,8 +522,7 @@ impl Client {
 
     /// `DELETE /core/internal/truststore/{name}`: stop trusting a member.
     pub async fn remove_trust(&self, name: &str) -> Result<(), ClientError> {
-        self.empty(Method::DELETE, &format!("{}/{}", paths::INTERNAL_TRUSTSTORE, encode_segment(name)), None::<&()>)
-            .await
+        self.empty(Method::DELETE, &paths::fill(paths::INTERNAL_TRUST, &[name]), None::<&()>).await
     }
 
     /// `GET /core/internal/truststore`: the members this member trusts (itself included).
@@ -575,7 +576,7 @@ impl Client {
     /// `POST /core/internal/cluster/{name}/role`: asks the leader for the role the cluster needs
     /// (`voter`, `stand-by` or `spare`) for member `name`'s node `id`, and to give it.
     pub async fn take_role(&self, name: &str, id: u64) -> Result<String, ClientError> {
-        let path = format!("{}/{}/role", paths::INTERNAL_CLUSTER, encode_segment(name));
+        let path = paths::fill(paths::INTERNAL_MEMBER_ROLE, &[name]);
         self.query(Method::POST, &path, Some(&RoleRequest { id })).await
     }
 
@@ -591,7 +592,7 @@ impl Client {
 
     /// `POST /core/internal/hooks/{hook}`: run a hook on this member.
     pub async fn run_hook(&self, hook: &str, body: &(impl Serialize + ?Sized)) -> Result<(), ClientError> {
-        self.empty(Method::POST, &format!("{}/{}", paths::INTERNAL_HOOKS, encode_segment(hook)), Some(body)).await
+        self.empty(Method::POST, &paths::fill(paths::INTERNAL_HOOK, &[hook]), Some(body)).await
     }
 }
 
@@ -642,19 +643,6 @@ impl LineBuffer {
         self.start = end + 1;
         Some(line)
     }
-}
-
-/// Percent-encodes a path segment (everything but unreserved characters).
-pub fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// HTTP methods, for [`Client::query`].

@@ -2,6 +2,7 @@
 //! this cluster, or prove that one restores. Trusted callers only; see [`crate::server::backup`]
 //! for what each does.
 
+use crate::api::paths;
 use crate::api::paths::BACKUP_SUMMARY_HEADER;
 use crate::server::State;
 use crate::server::backup::{self, MAX_BACKUP};
@@ -9,9 +10,9 @@ use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Re
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new("database/backup").get(Action::new(take)),
-        Endpoint::new("database/restore").post(Action::new(restore).max_body(MAX_BACKUP)),
-        Endpoint::new("database/verify").post(Action::new(verify).max_body(MAX_BACKUP)),
+        Endpoint::new(paths::DATABASE_BACKUP).get(Action::new(take)),
+        Endpoint::new(paths::DATABASE_RESTORE).post(Action::new(restore).max_body(MAX_BACKUP)),
+        Endpoint::new(paths::DATABASE_VERIFY).post(Action::new(verify).max_body(MAX_BACKUP)),
     ]
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
+use crate::api::paths;
 use crate::api::{
     ClusterMember, ClusterMemberLocal, Readiness, SetAddressRequest, TransferLeaderRequest, role, status,
 };
@@ -22,12 +23,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(350);
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new("cluster").get(Action::new(list).allowed_during_upgrade()),
-        Endpoint::new("cluster/leader").post(Action::new(transfer_leader)),
-        Endpoint::new("cluster/{name}").delete(Action::new(remove).allowed_during_upgrade()),
+        Endpoint::new(paths::CLUSTER).get(Action::new(list).allowed_during_upgrade()),
+        Endpoint::new(paths::LEADER).post(Action::new(transfer_leader)),
+        Endpoint::new(paths::CLUSTER_MEMBER).delete(Action::new(remove).allowed_during_upgrade()),
         // Before init too: a member whose old address is gone has no database until it moves.
-        Endpoint::new("cluster/{name}/address").put(Action::new(set_address).allowed_before_init()),
-        Endpoint::new("tokens/{name}").delete(Action::new(revoke_token)),
+        Endpoint::new(paths::CLUSTER_MEMBER_ADDRESS).put(Action::new(set_address).allowed_before_init()),
+        Endpoint::new(paths::TOKEN).delete(Action::new(revoke_token)),
     ]
 }
 

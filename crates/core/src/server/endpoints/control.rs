@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::api::paths;
 use crate::api::{Control, JoinToken, TokenRecord, TokenRequest, role};
 use crate::server::State;
 use crate::server::db::{members, tokens};
@@ -11,9 +12,9 @@ use crate::validate;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new("").post(Action::new(init).allowed_before_init()),
-        Endpoint::new("shutdown").post(Action::new(shutdown).allowed_before_init().allowed_during_shutdown()),
-        Endpoint::new("tokens").post(Action::new(add_token)).get(Action::new(list_tokens)),
+        Endpoint::new(paths::CONTROL).post(Action::new(init).allowed_before_init()),
+        Endpoint::new(paths::SHUTDOWN).post(Action::new(shutdown).allowed_before_init().allowed_during_shutdown()),
+        Endpoint::new(paths::CONTROL_TOKENS).post(Action::new(add_token)).get(Action::new(list_tokens)),
     ]
 }
 

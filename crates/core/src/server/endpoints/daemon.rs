@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::api::paths;
 use crate::api::{MemberConfig, ServerAddress};
 use crate::server::State;
 use crate::server::membership::fan_out;
@@ -14,7 +15,7 @@ use crate::validate;
 pub(super) fn endpoints() -> Vec<Endpoint> {
     // Listeners run whenever the member is initialised, so these work during upgrades too.
     vec![
-        Endpoint::new("daemon/servers")
+        Endpoint::new(paths::DAEMON_SERVERS)
             .get(Action::new(get).allowed_before_init())
             .put(Action::new(put).allowed_before_init()),
     ]

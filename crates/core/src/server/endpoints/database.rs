@@ -4,13 +4,17 @@ use hyper::header::UPGRADE;
 use hyper_util::rt::TokioIo;
 
 use crate::api::DQLITE_UPGRADE;
+use crate::api::paths;
 use crate::server::State;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
 use crate::server::tunnel;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     // Raft needs the tunnel before the database is online and while a member hands over.
-    vec![Endpoint::new("database").post(Action::new(upgrade).allowed_before_init().allowed_during_shutdown())]
+    vec![
+        Endpoint::new(paths::INTERNAL_DATABASE)
+            .post(Action::new(upgrade).allowed_before_init().allowed_during_shutdown()),
+    ]
 }
 
 async fn upgrade(state: State, mut req: Request) -> HandlerResult {

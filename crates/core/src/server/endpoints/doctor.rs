@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::api::paths;
 use crate::client::ClientError;
 use crate::server::State;
 use crate::server::doctor;
@@ -13,7 +14,7 @@ use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Re
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(100);
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
-    vec![Endpoint::new("doctor").post(Action::new(run))]
+    vec![Endpoint::new(paths::DOCTOR).post(Action::new(run))]
 }
 
 async fn run(state: State, req: Request) -> HandlerResult {

@@ -1,6 +1,7 @@
 //! Member-to-member endpoints: join requests, reset after removal, trust store fan-out (and
 //! reading, for the doctor) and remote hook calls.
 
+use crate::api::paths;
 use crate::api::{
     ClusterMemberLocal, HeartbeatRequest, JoinRequest, MemberConfig, NewMemberHookRequest, RemoveHookRequest,
 };
@@ -13,16 +14,16 @@ use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Re
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
         // Untrusted: the joiner is not a member yet; the token's secret is checked instead.
-        Endpoint::new("cluster").post(Action::new(join).allow_untrusted()),
-        Endpoint::new("cluster/{name}").put(Action::new(reset).allowed_before_init()),
-        Endpoint::new("cluster/{name}/address").put(Action::new(move_member)),
-        Endpoint::new("cluster/{name}/role").post(Action::new(assign_role)),
-        Endpoint::new("truststore")
+        Endpoint::new(paths::INTERNAL_CLUSTER).post(Action::new(join).allow_untrusted()),
+        Endpoint::new(paths::INTERNAL_CLUSTER_MEMBER).put(Action::new(reset).allowed_before_init()),
+        Endpoint::new(paths::INTERNAL_MEMBER_ADDRESS).put(Action::new(move_member)),
+        Endpoint::new(paths::INTERNAL_MEMBER_ROLE).post(Action::new(assign_role)),
+        Endpoint::new(paths::INTERNAL_TRUSTSTORE)
             .get(Action::new(list_trust).allowed_before_init().allowed_during_upgrade())
             .post(Action::new(add_trust).allowed_before_init()),
-        Endpoint::new("truststore/{name}").delete(Action::new(remove_trust).allowed_before_init()),
-        Endpoint::new("hooks/{hook}").post(Action::new(run_hook).proxy_target()),
-        Endpoint::new("heartbeat").post(Action::new(heartbeat).allowed_before_init()),
+        Endpoint::new(paths::INTERNAL_TRUST).delete(Action::new(remove_trust).allowed_before_init()),
+        Endpoint::new(paths::INTERNAL_HOOK).post(Action::new(run_hook).proxy_target()),
+        Endpoint::new(paths::INTERNAL_HEARTBEAT).post(Action::new(heartbeat).allowed_before_init()),
     ]
 }
 

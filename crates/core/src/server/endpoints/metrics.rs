@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use crate::api::paths;
 use crate::api::{role, status};
 use crate::server::State;
 use crate::server::db::DbStatus;
@@ -22,7 +23,7 @@ const MEMBERS_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new("metrics")
+        Endpoint::new(paths::METRICS)
             .get(Action::new(metrics).allowed_before_init().allowed_during_upgrade().allowed_during_shutdown()),
     ]
 }

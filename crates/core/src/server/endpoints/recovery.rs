@@ -3,13 +3,14 @@
 //! Trusted members only; both work while the database is down, which is the point.
 
 use crate::api::RecoveryPlan;
+use crate::api::paths;
 use crate::server::State;
 use crate::server::recovery;
 use crate::server::rest::{Action, Endpoint, HandlerResult, Request, Response};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new("recovery")
+        Endpoint::new(paths::INTERNAL_RECOVERY)
             .get(Action::new(status).allowed_before_init())
             .post(Action::new(receive).allowed_before_init()),
     ]

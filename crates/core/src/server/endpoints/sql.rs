@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use dqlite::Value;
 use dqlite::sql::{self as sqltext, StatementKind};
 
+use crate::api::paths;
 use crate::api::{ReadConsistency, SqlBatch, SqlDump, SqlQuery, SqlResult};
 use crate::server::State;
 use crate::server::db::{Consistency, dump};
@@ -19,7 +20,7 @@ use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Re
 pub(crate) const RESULT_LIMITS: dqlite::Limits = dqlite::Limits { rows: 100_000, bytes: 64 * 1024 * 1024 };
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
-    vec![Endpoint::new("sql").post(Action::new(run)).get(Action::new(dump_sql))]
+    vec![Endpoint::new(paths::INTERNAL_SQL).post(Action::new(run)).get(Action::new(dump_sql))]
 }
 
 fn json_value(value: &Value) -> serde_json::Value {

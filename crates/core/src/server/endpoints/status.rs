@@ -1,5 +1,6 @@
 //! `GET /core/1.0` (who is this) and `GET /core/1.0/ready`.
 
+use crate::api::paths;
 use crate::api::{Readiness, ServerStatus};
 use crate::server::State;
 use crate::server::db::DbStatus;
@@ -7,8 +8,9 @@ use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Re
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new("").get(Action::new(status).allow_untrusted().allowed_before_init().allowed_during_shutdown()),
-        Endpoint::new("ready").get(Action::new(ready).allowed_before_init()),
+        Endpoint::new(paths::STATUS)
+            .get(Action::new(status).allow_untrusted().allowed_before_init().allowed_during_shutdown()),
+        Endpoint::new(paths::READY).get(Action::new(ready).allowed_before_init()),
     ]
 }
 
