@@ -21,6 +21,30 @@ use super::roles::{self, Placement, Targets};
 use super::state::State;
 use crate::api::{ClockOffset, ClusterMemberLocal, HeartbeatRequest, HeartbeatResponse};
 
+/// Whom the role planner counts as online: the members that answered and the leader, less
+/// those that cannot write their raft log, and less a joiner whose node is still a spare. A
+/// join in progress takes its role itself (`take_role_on_leader`, under the role lock); a role
+/// given to it here, should the joiner then stop for good, would leave its join with a role,
+/// which is never rolled back (`membership::stalled`), instead of a stalled join that is.
+fn role_candidates(
+    answered: HashSet<String>,
+    own_address: &str,
+    cannot_log: &[String],
+    rows: &[members::MemberRow],
+    nodes: &[dqlite::NodeInfo],
+) -> HashSet<String> {
+    let joining_spare = |address: &String| {
+        rows.iter().any(|r| r.address == *address && r.role == crate::api::role::PENDING)
+            && nodes.iter().any(|n| n.address == *address && n.role.is_none_or(|r| r == dqlite::Role::Spare))
+    };
+    let mut online: HashSet<String> = answered.into_iter().filter(|a| !joining_spare(a)).collect();
+    online.insert(own_address.to_owned());
+    for address in cannot_log {
+        online.remove(address);
+    }
+    online
+}
+
 /// Runs heartbeat rounds until `stop` fires.
 pub(crate) async fn run(state: State, mut stop: ShutdownSignal) {
     let interval = state.0.settings.heartbeat;
@@ -232,14 +256,13 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     // A member that cannot write its raft log counts as gone for its role: another takes its
     // vote while it cannot persist.
     let own = report(state);
-    let mut online: HashSet<String> = answered;
-    online.insert(own_address.clone());
+    let mut cannot_log = Vec::new();
     for (address, problem) in
         answers.values().map(|a| (&a.address, &a.raft_log_problem)).chain([(&own_address, &own.raft_log_problem)])
     {
         if let Some(problem) = problem {
             tracing::warn!(member = %address, %problem, "a member cannot write its raft log; its role is handed on");
-            online.remove(address);
+            cannot_log.push(address.clone());
         }
     }
     let mut placement: HashMap<String, Placement> = answers
@@ -250,6 +273,7 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     // Under the role lock, on the configuration as it is now (a join may have changed it).
     let _roles = state.0.role_lock.lock().await;
     let nodes = client.cluster().await.unwrap_or(nodes);
+    let online = role_candidates(answered, &own_address, &cannot_log, &rows, &nodes);
     if let Some(change) = roles::next_change(&nodes, &online, &placement, &own_address, Targets::default()) {
         tracing::info!(member = change.address, role = %change.role, reason = change.reason, "changing a member's role");
         if let Err(err) = client.assign(change.id, change.role).await {
@@ -263,4 +287,51 @@ pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
     }
     timer.succeeded();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::role;
+
+    fn row(address: &str, role: &str) -> members::MemberRow {
+        members::MemberRow {
+            name: address.to_owned(),
+            address: address.to_owned(),
+            certificate: String::new(),
+            schema_internal: 0,
+            schema_external: 0,
+            heartbeat: String::new(),
+            role: role.to_owned(),
+            api_extensions: Vec::new(),
+        }
+    }
+
+    fn node(address: &str, role: Option<dqlite::Role>) -> dqlite::NodeInfo {
+        dqlite::NodeInfo { id: dqlite::generate_id(address), address: address.to_owned(), role }
+    }
+
+    #[test]
+    fn a_joiner_whose_node_is_a_spare_is_never_a_role_candidate() {
+        use dqlite::Role::{Spare, StandBy, Voter};
+        let rows = [row("l", role::VOTER), row("a", role::SPARE), row("j", role::PENDING), row("k", role::PENDING)];
+        let nodes = [node("l", Some(Voter)), node("a", Some(Spare)), node("j", Some(Spare)), node("k", Some(StandBy))];
+        // (answered, cannot write its log, expected candidates)
+        let cases: [(&[&str], &[&str], &[&str]); 4] = [
+            // A joiner that answered while its node is a spare: left to its own join.
+            (&["a", "j"], &[], &["a", "l"]),
+            // A joiner whose node already took a role is judged like any member.
+            (&["k"], &[], &["k", "l"]),
+            (&[], &[], &["l"]),
+            (&["a", "k"], &["a", "l"], &["k"]),
+        ];
+        for (answered, cannot_log, expected) in cases {
+            let answered = answered.iter().map(|a| (*a).to_owned()).collect();
+            let cannot_log: Vec<String> = cannot_log.iter().map(|a| (*a).to_owned()).collect();
+            let mut online: Vec<String> =
+                role_candidates(answered, "l", &cannot_log, &rows, &nodes).into_iter().collect();
+            online.sort();
+            assert_eq!(online, expected, "cannot log: {cannot_log:?}");
+        }
+    }
 }
