@@ -381,14 +381,7 @@ async fn an_interrupt_is_read_only_after_the_last_row_on_every_library() {
     use tokio::io::AsyncWriteExt;
     let cluster = TestCluster::start("interrupt", &[]).await;
     let mut db = cluster.client.database("app");
-    db.exec("CREATE TABLE big (i INTEGER, pad TEXT)", &[]).await.unwrap();
-    db.exec(
-        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000) \
-         INSERT INTO big SELECT i, printf('%040d', i) FROM c",
-        &[],
-    )
-    .await
-    .unwrap();
+    harness::three_thousand_rows(&mut db).await;
     let mut raw = dqlite::connect_abstract(&cluster.nodes[0].address()[1..]).unwrap();
     raw.write_all(&1u64.to_le_bytes()).await.unwrap();
     let Response::Db { id } = raw_roundtrip(&mut raw, &Request::Open { name: "app".into() }).await else {

@@ -220,14 +220,7 @@ async fn transactions_commit_roll_back_and_survive_being_dropped() {
 #[tokio::test]
 async fn three_thousand_rows_stream_and_interrupt() {
     let (node, mut db) = node_and_db("stream").await;
-    db.exec("CREATE TABLE big (i INTEGER, pad TEXT)", &[]).await.unwrap();
-    db.exec(
-        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000) \
-         INSERT INTO big SELECT i, printf('%040d', i) FROM c",
-        &[],
-    )
-    .await
-    .unwrap();
+    harness::three_thousand_rows(&mut db).await;
 
     // All rows arrive in order across many ~4 KiB ROWS messages.
     let all = db.query("SELECT i, pad FROM big ORDER BY i", &[]).await.unwrap();

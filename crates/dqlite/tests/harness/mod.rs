@@ -50,6 +50,19 @@ pub fn start_in(id: u64, address: &str, dir: &std::path::Path) -> Node {
     node
 }
 
+/// Creates table `big` with 3000 rows `(i, pad)`, `pad` 40 characters: a result that takes
+/// many ROWS messages.
+pub async fn three_thousand_rows(db: &mut dqlite::Database) {
+    db.exec("CREATE TABLE big (i INTEGER, pad TEXT)", &[]).await.unwrap();
+    db.exec(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000) \
+         INSERT INTO big SELECT i, printf('%040d', i) FROM c",
+        &[],
+    )
+    .await
+    .unwrap();
+}
+
 /// A client with short timeouts suited to tests.
 pub fn client(servers: Vec<String>) -> Client {
     let config = ClientConfig { leader_timeout: Duration::from_secs(20), ..ClientConfig::default() };
