@@ -39,7 +39,7 @@ test-faults: deps
 
 # Debian 13's libdqlite 1.18, in a Debian 13 root that .ci/debian13 makes with debootstrap the
 # first time (as root) and reuses: the engine tests and the main end-to-end suites.
-DEBIAN13_TESTS := tutorial:: membership:: health:: writes:: bad_input:: faults:: guide:: recover:: doctor:: joins:: frozen_leader:: backup:: --skip interrupted_joins::
+DEBIAN13_TESTS := tutorial:: membership:: health:: writes:: bad_input:: faults:: guide:: recover:: doctor:: joins:: frozen_leader:: backup:: power_loss:: --skip interrupted_joins::
 test-debian13:
 	sh .ci/debian13 run sh -c 'cargo build --workspace && cargo test -p dqlite-sys -p dqlite && cargo test -p microcluster --lib && cargo test -p microcluster-tests --test suite -- $(DEBIAN13_TESTS)'
 
