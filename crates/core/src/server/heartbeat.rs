@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::clock::{self, Offset, Sample};
 use super::db::{DbStatus, members, tokens};
 use super::membership::{recorded_role, stalled};
-use super::rest::{ApiError, ShutdownSignal};
+use super::error::Error;
+use super::rest::ShutdownSignal;
 use super::roles::{self, Placement, Targets};
 use super::state::State;
 use crate::api::{ClockOffset, ClusterMemberLocal, HeartbeatRequest, HeartbeatResponse};
@@ -152,7 +153,7 @@ pub(crate) fn sync_truststore(state: &State, leader: &str, members: &[ClusterMem
 }
 
 /// One round, if this member is the leader.
-pub(crate) async fn round(state: &State) -> Result<(), ApiError> {
+pub(crate) async fn round(state: &State) -> Result<(), Error> {
     if state.database_status() != DbStatus::Online {
         return Ok(());
     }

@@ -8,6 +8,7 @@ pub(crate) mod db;
 mod disk;
 mod doctor;
 mod endpoints;
+pub mod error;
 pub(crate) mod heartbeat;
 mod hooks;
 pub(crate) mod membership;
@@ -27,6 +28,7 @@ pub(crate) mod tunnel;
 pub(crate) use crate::{state_dir, truststore};
 
 pub use app::{App, AppError, Args, DaemonArgs};
+pub use error::{Error, Kind};
 pub use db::DbStatus;
 pub use db::schema::SchemaUpdate;
 pub use hooks::{HookError, HookFuture, Hooks, InitConfig, NoHooks};

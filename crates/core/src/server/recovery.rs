@@ -15,7 +15,8 @@ use dqlite::{NodeInfo, Role, Value};
 
 use super::State;
 use super::db::DbStatus;
-use super::rest::{ApiError, Trust};
+use super::error::Error;
+use super::rest::Trust;
 use super::runtime::Runtime;
 use crate::api::{RecoveryPlan, RecoveryStatus, role};
 use crate::recovery::PLAN_FILE;
@@ -31,23 +32,23 @@ fn plan_path(state: &State) -> PathBuf {
     state.state_dir().join(PLAN_FILE)
 }
 
-fn read_plan(path: &Path) -> Result<Option<RecoveryPlan>, ApiError> {
+fn read_plan(path: &Path) -> Result<Option<RecoveryPlan>, Error> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| ApiError::bad_request(format!("{} is not a recovery plan: {e}", path.display()))),
+            .map_err(|e| Error::invalid(format!("{} is not a recovery plan: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ApiError::internal(format!("reading {}: {e}", path.display()))),
+        Err(e) => Err(Error::internal(format!("reading {}: {e}", path.display()))),
     }
 }
 
 /// Checks that `plan` keeps this member, as the node it is, and is otherwise well formed.
-fn check(state: &State, plan: &RecoveryPlan, node_id: u64) -> Result<(), ApiError> {
+fn check(state: &State, plan: &RecoveryPlan, node_id: u64) -> Result<(), Error> {
     let me = plan.members.iter().find(|m| m.name == state.name()).ok_or_else(|| {
-        ApiError::bad_request(format!("the recovery plan {} does not keep this member ({})", plan.id, state.name()))
+        Error::invalid(format!("the recovery plan {} does not keep this member ({})", plan.id, state.name()))
     })?;
     if me.id != node_id || me.address != state.address() {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "the recovery plan {} names {} as node {} at {}, but this member is node {node_id} at {}",
             plan.id,
             me.name,
@@ -57,22 +58,22 @@ fn check(state: &State, plan: &RecoveryPlan, node_id: u64) -> Result<(), ApiErro
         )));
     }
     if !plan.members.iter().any(|m| m.role == role::VOTER) {
-        return Err(ApiError::bad_request(format!("the recovery plan {} has no voter", plan.id)));
+        return Err(Error::invalid(format!("the recovery plan {} has no voter", plan.id)));
     }
     for (i, m) in plan.members.iter().enumerate() {
-        crate::validate::member_address(&m.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        crate::validate::member_address(&m.address).map_err(|e| Error::invalid(e.to_string()))?;
         if plan.members[..i].iter().any(|o| o.id == m.id || o.address == m.address || o.name == m.name) {
-            return Err(ApiError::bad_request(format!("the recovery plan {} lists {} twice", plan.id, m.name)));
+            return Err(Error::invalid(format!("the recovery plan {} lists {} twice", plan.id, m.name)));
         }
         if m.role != role::VOTER && m.role != role::STAND_BY {
-            return Err(ApiError::bad_request(format!("the recovery plan gives {} the role {:?}", m.name, m.role)));
+            return Err(Error::invalid(format!("the recovery plan gives {} the role {:?}", m.name, m.role)));
         }
     }
     Ok(())
 }
 
 /// The plan waiting in the state directory, if any (checked against this member).
-pub(crate) fn pending(state: &State, node_id: u64) -> Result<Option<RecoveryPlan>, ApiError> {
+pub(crate) fn pending(state: &State, node_id: u64) -> Result<Option<RecoveryPlan>, Error> {
     let Some(plan) = read_plan(&plan_path(state))? else { return Ok(None) };
     check(state, &plan, node_id)?;
     Ok(Some(plan))
@@ -80,12 +81,12 @@ pub(crate) fn pending(state: &State, node_id: u64) -> Result<Option<RecoveryPlan
 
 /// Readies the member for the plan: copies the database directory aside (once per plan) and
 /// drops the removed members from the trust store. Returns the configuration to force.
-pub(crate) fn prepare(state: &State, plan: &RecoveryPlan) -> Result<Vec<NodeInfo>, ApiError> {
+pub(crate) fn prepare(state: &State, plan: &RecoveryPlan) -> Result<Vec<NodeInfo>, Error> {
     let database = state.0.dir.database_dir();
     let copy = state.state_dir().join(format!("database.before-recovery-{}", plan.id));
     if !copy.exists() {
         copy_dir(&database, &copy)
-            .map_err(|e| ApiError::internal(format!("copying {} to {}: {e}", database.display(), copy.display())))?;
+            .map_err(|e| Error::internal(format!("copying {} to {}: {e}", database.display(), copy.display())))?;
     }
     for name in &plan.removed {
         if let Err(err) = state.0.truststore.remove(name) {
@@ -188,7 +189,7 @@ async fn hand_out(state: &State, plan: &RecoveryPlan) {
 
 /// Deletes the removed members' rows, once the database answers and before it is marked
 /// online (so nobody sees the dropped members listed). Idempotent: every survivor does it.
-pub(crate) async fn forget_removed(state: &State, runtime: &Runtime, plan: &RecoveryPlan) -> Result<(), ApiError> {
+pub(crate) async fn forget_removed(state: &State, runtime: &Runtime, plan: &RecoveryPlan) -> Result<(), Error> {
     if plan.removed.is_empty() {
         return Ok(());
     }
@@ -206,20 +207,20 @@ pub(crate) async fn forget_removed(state: &State, runtime: &Runtime, plan: &Reco
                 tracing::debug!(error = %err, "removing dropped members; trying again");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(err) => return Err(ApiError::from(err).context("removing the dropped members' rows")),
+            Err(err) => return Err(Error::from(err).context("removing the dropped members' rows")),
         }
     }
 }
 
 /// `GET /core/internal/recovery`: this member's log position and the leader its node sees.
-pub(crate) async fn status(state: &State) -> Result<RecoveryStatus, ApiError> {
+pub(crate) async fn status(state: &State) -> Result<RecoveryStatus, Error> {
     let runtime = state.runtime()?;
     let dir = state.0.dir.database_dir();
     // The node appends while this reads: a batch half written is simply not counted.
     let log = tokio::task::spawn_blocking(move || crate::raftlog::read(&dir))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(format!("reading the raft log: {e}")))?;
+        .map_err(Error::wrap)?
+        .map_err(|e| Error::internal(format!("reading the raft log: {e}")))?;
     Ok(RecoveryStatus {
         name: state.name(),
         address: state.address(),
@@ -233,25 +234,25 @@ pub(crate) async fn status(state: &State) -> Result<RecoveryStatus, ApiError> {
 
 /// `POST /core/internal/recovery`: a survivor was handed the plan. Stores it and restarts the
 /// node with it; answers before the restart.
-pub(crate) async fn receive(state: &State, trust: &Trust, plan: RecoveryPlan) -> Result<(), ApiError> {
+pub(crate) async fn receive(state: &State, trust: &Trust, plan: RecoveryPlan) -> Result<(), Error> {
     let runtime = state.runtime()?;
     if let Trust::Member(sender) = trust
         && !plan.members.iter().any(|m| &m.name == sender)
     {
-        return Err(ApiError::forbidden(format!("{sender} is not a survivor of recovery {}", plan.id)));
+        return Err(Error::forbidden(format!("{sender} is not a survivor of recovery {}", plan.id)));
     }
     check(state, &plan, runtime.node_id)?;
     if read_plan(&state.state_dir().join(APPLIED_FILE))?.is_some_and(|p| p.id == plan.id) {
         return Ok(());
     }
     if state.database_status() == DbStatus::Online && runtime.db.leader().is_some() {
-        return Err(ApiError::conflict(
+        return Err(Error::conflict(
             "this member's cluster has a leader and its database is online: it has not lost its quorum",
         ));
     }
-    let text = serde_json::to_vec_pretty(&plan).map_err(|e| ApiError::internal(e.to_string()))?;
+    let text = serde_json::to_vec_pretty(&plan).map_err(Error::wrap)?;
     crate::state_dir::write_atomic(&plan_path(state), &text, 0o600)
-        .map_err(|e| ApiError::internal(format!("storing the recovery plan: {e}")))?;
+        .map_err(|e| Error::internal(format!("storing the recovery plan: {e}")))?;
     tracing::warn!(plan = %plan.id, from = ?trust, "received a recovery plan; restarting the node with it");
     let (state, node_id) = (state.clone(), runtime.node_id);
     drop(runtime);

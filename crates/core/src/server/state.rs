@@ -4,13 +4,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hyper::{Method, Uri};
 use tokio::sync::watch;
 
 use super::db::DbStatus;
 use super::db::schema::SchemaUpdate;
 use super::hooks::Hooks;
-use super::rest::{ApiError, Response, Routes};
+use super::error::Error;
+use super::rest::Routes;
 use super::runtime::Runtime;
 use super::state_dir::{DaemonConfig, StateDir};
 use super::truststore::TrustStore;
@@ -108,12 +108,12 @@ impl State {
     }
 
     /// A mutual-TLS client of the member at `address`.
-    pub fn member_client(&self, address: &str) -> Result<Client, ApiError> {
+    pub fn member_client(&self, address: &str) -> Result<Client, Error> {
         Ok(Client::https(address, self.runtime()?.peer_tls.clone()))
     }
 
     /// Clients of every other member, marked as notifications (receivers do not fan out again).
-    pub fn peer_clients(&self) -> Result<Vec<(ClusterMemberLocal, Client)>, ApiError> {
+    pub fn peer_clients(&self) -> Result<Vec<(ClusterMemberLocal, Client)>, Error> {
         let runtime = self.runtime()?;
         let me = self.name();
         Ok(self
@@ -128,27 +128,27 @@ impl State {
     }
 
     /// The database, when the member is initialised and its database online.
-    pub(crate) fn db(&self) -> Result<Arc<Runtime>, ApiError> {
+    pub(crate) fn db(&self) -> Result<Arc<Runtime>, Error> {
         self.require_database()?;
         self.runtime()
     }
 
     /// A mutual-TLS client of the current dqlite leader.
-    pub async fn leader_client(&self) -> Result<Client, ApiError> {
+    pub async fn leader_client(&self) -> Result<Client, Error> {
         let runtime = self.db()?;
         let leader = runtime.db.client().leader().await?;
         self.member_client(&leader.address)
     }
 
     /// Runs one read-only statement on the cluster database.
-    pub async fn query(&self, sql: &str, params: &[dqlite::Value]) -> Result<dqlite::QueryResult, ApiError> {
+    pub async fn query(&self, sql: &str, params: &[dqlite::Value]) -> Result<dqlite::QueryResult, Error> {
         let runtime = self.db()?;
         Ok(runtime.db.query(sql, params).await?)
     }
 
     /// Runs SQL text that may write on the cluster database (each statement atomic on its own;
     /// use [`State::transaction`] to group several).
-    pub async fn exec(&self, sql: &str, params: &[dqlite::Value]) -> Result<dqlite::ExecResult, ApiError> {
+    pub async fn exec(&self, sql: &str, params: &[dqlite::Value]) -> Result<dqlite::ExecResult, Error> {
         let runtime = self.db()?;
         Ok(runtime.db.exec(sql, params).await?)
     }
@@ -156,7 +156,7 @@ impl State {
     /// Runs `f` in a write transaction. Writes from concurrent requests on this member are
     /// committed together (each in a savepoint of its own), so `f` owns what it uses; if
     /// leadership moves before the commit, the call fails and `f`'s work is rolled back.
-    pub async fn transaction<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn transaction<T, F>(&self, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: for<'t, 'd> FnOnce(&'t mut dqlite::Transaction<'d>) -> dqlite::TxFuture<'t, T> + Send + 'static,
@@ -165,13 +165,13 @@ impl State {
         Ok(runtime.db.transaction(f).await?)
     }
 
-    pub(crate) fn runtime(&self) -> Result<Arc<Runtime>, ApiError> {
+    pub(crate) fn runtime(&self) -> Result<Arc<Runtime>, Error> {
         self.0
             .runtime
             .read()
             .ok()
             .and_then(|r| r.clone())
-            .ok_or_else(|| ApiError::unavailable(DbStatus::NotInitialized.text()))
+            .ok_or_else(|| Error::unavailable(DbStatus::NotInitialized.text()))
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -193,10 +193,10 @@ impl State {
     }
 
     /// Fails with 503 and the status text unless the database is online.
-    pub(crate) fn require_database(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_database(&self) -> Result<(), Error> {
         match self.database_status() {
             DbStatus::Online => Ok(()),
-            _ => Err(ApiError::unavailable(self.database_status_text())),
+            _ => Err(Error::unavailable(self.database_status_text())),
         }
     }
 
@@ -231,31 +231,6 @@ impl State {
 
     pub(crate) fn bump_epoch(&self) {
         self.0.epoch.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// Forwards a request to the member named `target` and passes its answer through.
-    pub(crate) async fn forward(
-        &self,
-        target: &str,
-        method: &Method,
-        uri: &Uri,
-        body: bytes::Bytes,
-    ) -> Result<Response, ApiError> {
-        let member = self
-            .0
-            .truststore
-            .snapshot()
-            .by_name(target)
-            .map(|e| e.member.address.clone())
-            .ok_or_else(|| ApiError::not_found(format!("no cluster member named {target:?}")))?;
-        let client = self.member_client(&member)?;
-        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-        let body = (!body.is_empty()).then_some(body);
-        let (status, body) = client
-            .raw(method.clone(), path, body)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("forwarding to {target}: {e}")))?;
-        Ok(Response::forwarded(status, body))
     }
 
     /// Asks the daemon to shut down.

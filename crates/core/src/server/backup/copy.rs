@@ -7,7 +7,7 @@ use dqlite::{Database, Value};
 use tokio::sync::mpsc;
 
 use super::{MAX_PARAMS, TableDef, file_error, ident};
-use crate::server::rest::ApiError;
+use crate::server::error::Error;
 use dqlite::file::SqliteFile;
 
 /// Rows of one transaction while restoring, and their approximate bytes.
@@ -22,7 +22,7 @@ pub(super) enum Sink<'a> {
 
 impl Sink<'_> {
     /// Runs `statements` in one transaction.
-    pub(super) async fn apply(&mut self, statements: Vec<(String, Vec<Value>)>) -> Result<(), ApiError> {
+    pub(super) async fn apply(&mut self, statements: Vec<(String, Vec<Value>)>) -> Result<(), Error> {
         if statements.is_empty() {
             return Ok(());
         }
@@ -30,7 +30,7 @@ impl Sink<'_> {
             Sink::Cluster(db) => db.transaction(run_statements(statements)).await,
             Sink::Scratch(db) => db.transaction(run_statements(statements)).await,
         };
-        result.map_err(ApiError::from)
+        result.map_err(Error::from)
     }
 }
 
@@ -50,11 +50,11 @@ pub(super) fn run_statements(
 
 /// Copies every row of `tables` from the file at `path` into `sink`, a chunk per transaction;
 /// a reader thread streams the file, so memory holds a couple of chunks at most.
-pub(super) async fn copy_rows(path: &Path, tables: &[TableDef], sink: &mut Sink<'_>) -> Result<(), ApiError> {
+pub(super) async fn copy_rows(path: &Path, tables: &[TableDef], sink: &mut Sink<'_>) -> Result<(), Error> {
     let (tx, mut rx) = mpsc::channel::<Vec<(String, Vec<Value>)>>(2);
     let reader = {
         let (path, tables) = (path.to_owned(), tables.to_vec());
-        tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        tokio::task::spawn_blocking(move || -> Result<(), Error> {
             let mut file = SqliteFile::open_read_only(&path).map_err(file_error("reading the backup"))?;
             for table in &tables {
                 let mut chunk = Chunk::new(table);
@@ -63,13 +63,13 @@ pub(super) async fn copy_rows(path: &Path, tables: &[TableDef], sink: &mut Sink<
                 file.for_each_row(&sql, |row| {
                     if let Some(full) = chunk.push(row) {
                         // The receiver only goes away when the restore failed; stop reading then.
-                        tx.blocking_send(full).map_err(|_| ApiError::internal("restore abandoned"))?;
+                        tx.blocking_send(full).map_err(|_| Error::internal("restore abandoned"))?;
                     }
-                    Ok::<(), ApiError>(())
+                    Ok::<(), Error>(())
                 })?;
                 let rest = chunk.finish();
                 if !rest.is_empty() {
-                    tx.blocking_send(rest).map_err(|_| ApiError::internal("restore abandoned"))?;
+                    tx.blocking_send(rest).map_err(|_| Error::internal("restore abandoned"))?;
                 }
             }
             Ok(())
@@ -83,7 +83,7 @@ pub(super) async fn copy_rows(path: &Path, tables: &[TableDef], sink: &mut Sink<
         }
     }
     drop(rx);
-    let read = reader.await.map_err(|e| ApiError::internal(format!("backup reader failed: {e}")))?;
+    let read = reader.await.map_err(|e| Error::internal(format!("backup reader failed: {e}")))?;
     result.and(read)
 }
 

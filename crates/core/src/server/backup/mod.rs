@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use dqlite::Value;
 use dqlite::file::{FileError, SqliteFile, write_dump};
-use hyper::StatusCode;
 
 use super::State;
 use super::db::DB_NAME;
 use super::db::schema::Versions;
-use super::rest::ApiError;
+use crate::server::error::{Error, Kind};
 
 mod copy;
 mod summary;
@@ -46,11 +45,11 @@ pub(crate) struct Backup {
 struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(state: &State, kind: &str) -> Result<Scratch, ApiError> {
+    fn new(state: &State, kind: &str) -> Result<Scratch, Error> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let path = state.state_dir().join("scratch").join(format!("{kind}-{nanos}"));
         std::fs::create_dir_all(&path)
-            .map_err(|e| ApiError::internal(format!("creating the scratch directory {}: {e}", path.display())))?;
+            .map_err(|e| Error::internal(format!("creating the scratch directory {}: {e}", path.display())))?;
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(state.state_dir().join("scratch"), std::fs::Permissions::from_mode(0o700));
         Ok(Scratch(path))
@@ -64,30 +63,30 @@ impl Drop for Scratch {
 }
 
 /// A backup file SQLite cannot read is the caller's (400); a file system failure is ours.
-impl From<FileError> for ApiError {
-    fn from(err: FileError) -> ApiError {
+impl From<FileError> for Error {
+    fn from(err: FileError) -> Error {
         match err {
-            FileError::Sqlite { .. } => ApiError::bad_request(err.to_string()),
-            _ => ApiError::internal(err.to_string()),
+            FileError::Sqlite { .. } => Error::invalid(err.to_string()),
+            _ => Error::wrap(err),
         }
     }
 }
 
-fn file_error(what: &str) -> impl Fn(FileError) -> ApiError + '_ {
-    move |err| ApiError::from(err).context(what)
+fn file_error(what: &str) -> impl Fn(FileError) -> Error + '_ {
+    move |err| Error::from(err).context(what)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("backup task failed: {e}")))?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("backup task failed: {e}")))?
 }
 
 /// Takes a backup: the leader's copy of the database (consistent: libdqlite answers a DUMP
 /// between transactions), as one SQLite file; with `verify`, first proves it restores.
-pub(crate) async fn take(state: &State, verify: bool) -> Result<Backup, ApiError> {
+pub(crate) async fn take(state: &State, verify: bool) -> Result<Backup, Error> {
     let runtime = state.db()?;
     let client = runtime.db.client().clone();
-    let leader = client.leader().await.map_err(ApiError::from)?;
-    let files = client.dump(&leader.address, DB_NAME).await.map_err(|e| ApiError::from(e).context("dumping"))?;
+    let leader = client.leader().await.map_err(Error::from)?;
+    let files = client.dump(&leader.address, DB_NAME).await.map_err(|e| Error::from(e).context("dumping"))?;
     let scratch = Scratch::new(state, "backup")?;
     let path = scratch.0.join("backup.db");
     let (bytes, summary) = blocking({
@@ -96,7 +95,7 @@ pub(crate) async fn take(state: &State, verify: bool) -> Result<Backup, ApiError
             write_dump(&files, DB_NAME, &path).map_err(file_error("writing the dump"))?;
             let mut file = SqliteFile::open_read_only(&path).map_err(file_error("reading the backup"))?;
             let summary = summarize_file(&mut file)?;
-            let bytes = std::fs::read(&path).map_err(|e| ApiError::internal(format!("reading the backup: {e}")))?;
+            let bytes = std::fs::read(&path).map_err(|e| Error::internal(format!("reading the backup: {e}")))?;
             Ok((bytes, summary))
         }
     })
@@ -107,13 +106,13 @@ pub(crate) async fn take(state: &State, verify: bool) -> Result<Backup, ApiError
 }
 
 /// Proves that a backup file restores: into a scratch node, compared with the file.
-pub(crate) async fn verify(state: &State, body: bytes::Bytes) -> Result<BackupSummary, ApiError> {
+pub(crate) async fn verify(state: &State, body: bytes::Bytes) -> Result<BackupSummary, Error> {
     let scratch = Scratch::new(state, "verify")?;
     let path = scratch.0.join("backup.db");
     let summary = blocking({
         let path = path.clone();
         move || {
-            std::fs::write(&path, &body).map_err(|e| ApiError::internal(format!("storing the upload: {e}")))?;
+            std::fs::write(&path, &body).map_err(|e| Error::internal(format!("storing the upload: {e}")))?;
             let mut file = open_backup(&path)?;
             summarize_file(&mut file)
         }
@@ -126,7 +125,7 @@ pub(crate) async fn verify(state: &State, body: bytes::Bytes) -> Result<BackupSu
 /// Restores a backup into this cluster's application tables. Refuses when the schema versions
 /// differ, or (without `replace`) when a table already holds rows. Large backups are copied in
 /// several transactions; the result is then compared with the file.
-pub(crate) async fn restore(state: &State, body: bytes::Bytes, replace: bool) -> Result<BackupSummary, ApiError> {
+pub(crate) async fn restore(state: &State, body: bytes::Bytes, replace: bool) -> Result<BackupSummary, Error> {
     let runtime = state.db()?;
     let scratch = Scratch::new(state, "restore")?;
     let path = scratch.0.join("backup.db");
@@ -134,7 +133,7 @@ pub(crate) async fn restore(state: &State, body: bytes::Bytes, replace: bool) ->
     let (expected, schema) = blocking({
         let path = path.clone();
         move || {
-            std::fs::write(&path, &body).map_err(|e| ApiError::internal(format!("storing the upload: {e}")))?;
+            std::fs::write(&path, &body).map_err(|e| Error::internal(format!("storing the upload: {e}")))?;
             let mut file = open_backup(&path)?;
             Ok((summarize_file(&mut file)?, read_schema(&mut file)?))
         }
@@ -144,7 +143,7 @@ pub(crate) async fn restore(state: &State, body: bytes::Bytes, replace: bool) ->
     let ours = super::db::schema::applied(db).await?;
     let theirs = Versions { internal: expected.schema_internal, external: expected.schema_external };
     if ours != theirs {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "the backup has schema versions {}/{} (internal/application), this cluster {}/{}: restore it into a \
              cluster running the software that made it",
             theirs.internal, theirs.external, ours.internal, ours.external
@@ -163,7 +162,7 @@ pub(crate) async fn restore(state: &State, body: bytes::Bytes, replace: bool) ->
         }
     }
     if !occupied.is_empty() && !replace {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "this cluster already holds data in {}: restore into a new cluster, or replace it (--replace)",
             occupied.join(", ")
         )));
@@ -202,11 +201,11 @@ pub(crate) async fn restore(state: &State, body: bytes::Bytes, replace: bool) ->
     Ok(BackupSummary { size, verified: true, ..expected })
 }
 
-fn open_backup(path: &Path) -> Result<SqliteFile, ApiError> {
+fn open_backup(path: &Path) -> Result<SqliteFile, Error> {
     let mut file = SqliteFile::open_read_only(path).map_err(file_error("opening the backup"))?;
     let check = file.query("PRAGMA quick_check").map_err(file_error("checking the backup"))?;
     if check != vec![vec![Value::Text("ok".into())]] {
-        return Err(ApiError::bad_request("the backup file is damaged (SQLite's quick_check failed)"));
+        return Err(Error::invalid("the backup file is damaged (SQLite's quick_check failed)"));
     }
     Ok(file)
 }
@@ -232,7 +231,7 @@ struct Schema {
     others: Vec<Other>,
 }
 
-fn read_schema(file: &mut SqliteFile) -> Result<Schema, ApiError> {
+fn read_schema(file: &mut SqliteFile) -> Result<Schema, Error> {
     let err = file_error("reading the backup's schema");
     let rows = file
         .query("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid")
@@ -249,7 +248,7 @@ fn read_schema(file: &mut SqliteFile) -> Result<Schema, ApiError> {
             let columns: Vec<String> =
                 info.iter().map(|c| c.get(1).and_then(Value::as_str).unwrap_or_default().to_owned()).collect();
             if columns.len() > MAX_PARAMS {
-                return Err(ApiError::bad_request(format!(
+                return Err(Error::invalid(format!(
                     "table {name} has {} columns; dqlite binds at most {MAX_PARAMS} values per statement",
                     columns.len()
                 )));
@@ -271,7 +270,7 @@ fn ident(name: &str) -> String {
 }
 
 /// Restores the file into a scratch node of its own and compares the result with `expected`.
-async fn verify_file(state: &State, path: &Path, expected: BackupSummary) -> Result<BackupSummary, ApiError> {
+async fn verify_file(state: &State, path: &Path, expected: BackupSummary) -> Result<BackupSummary, Error> {
     let scratch = Scratch::new(state, "scratch-node")?;
     let address = format!("@microcluster-scratch-{}-{}", std::process::id(), dqlite::generate_id("scratch"));
     let mut node = {
@@ -280,8 +279,8 @@ async fn verify_file(state: &State, path: &Path, expected: BackupSummary) -> Res
             let mut node = dqlite::Node::builder(dqlite::BOOTSTRAP_ID, address, dir)
                 .network_latency(Duration::from_millis(10))
                 .build()
-                .map_err(|e| ApiError::internal(format!("creating a scratch node: {e}")))?;
-            node.start().map_err(|e| ApiError::internal(format!("starting a scratch node: {e}")))?;
+                .map_err(|e| Error::internal(format!("creating a scratch node: {e}")))?;
+            node.start().map_err(|e| Error::internal(format!("starting a scratch node: {e}")))?;
             Ok(node)
         })
         .await?
@@ -298,18 +297,18 @@ async fn verify_file(state: &State, path: &Path, expected: BackupSummary) -> Res
         sink.apply(schema.tables.iter().map(|t| (t.sql.clone(), Vec::new())).collect()).await?;
         copy_rows(path, &schema.tables, &mut sink).await?;
         sink.apply(schema.others.iter().map(|o| (o.sql.clone(), Vec::new())).collect()).await?;
-        let mut restored = summarize_db(&mut db, &schema.tables).await.map_err(ApiError::from)?;
+        let mut restored = summarize_db(&mut db, &schema.tables).await.map_err(Error::from)?;
         // The scratch node has no schemas table; the versions were checked on the file.
         restored.schema_internal = expected.schema_internal;
         restored.schema_external = expected.schema_external;
         compare(&expected, &restored, "the tables restored into a scratch node")?;
-        Ok::<(), ApiError>(())
+        Ok::<(), Error>(())
     }
     .await;
     let _ = tokio::task::spawn_blocking(move || node.stop()).await;
     drop(scratch);
     result.map_err(|e| {
-        if e.status() == StatusCode::INTERNAL_SERVER_ERROR { e.context("verifying the backup") } else { e }
+        if e.kind() == Kind::Internal { e.context("verifying the backup") } else { e }
     })?;
     Ok(BackupSummary { verified: true, ..expected })
 }

@@ -7,7 +7,7 @@ use dqlite::{Database, Value};
 use super::{TableDef, file_error, ident, read_schema};
 use crate::api::{BackupSummary, TableRows};
 use crate::server::db::schema::Versions;
-use crate::server::rest::ApiError;
+use crate::server::error::Error;
 
 /// Summarises rows table by table: counts and one running SHA-256.
 pub(super) struct Summarizer {
@@ -90,12 +90,12 @@ pub(super) fn summary_query(table: &TableDef) -> String {
     format!("SELECT {} FROM {}{order}", columns.join(", "), ident(&table.name))
 }
 
-pub(super) fn summarize_file(file: &mut SqliteFile) -> Result<BackupSummary, ApiError> {
+pub(super) fn summarize_file(file: &mut SqliteFile) -> Result<BackupSummary, Error> {
     let err = file_error("summarising the backup");
     let has_schemas =
         file.query("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schemas'").map_err(&err)?;
     if has_schemas != vec![vec![Value::Integer(1)]] {
-        return Err(ApiError::bad_request("not a microcluster backup: the file has no schemas table"));
+        return Err(Error::invalid("not a microcluster backup: the file has no schemas table"));
     }
     let mut versions = Versions::default();
     for row in file.query("SELECT type, COALESCE(max(version), 0) FROM schemas GROUP BY type").map_err(&err)? {
@@ -142,17 +142,17 @@ pub(super) async fn summarize_db(db: &mut Database, tables: &[TableDef]) -> Resu
 }
 
 /// Fails unless `actual` holds the same rows as `expected`, naming the first difference.
-pub(super) fn compare(expected: &BackupSummary, actual: &BackupSummary, what: &str) -> Result<(), ApiError> {
+pub(super) fn compare(expected: &BackupSummary, actual: &BackupSummary, what: &str) -> Result<(), Error> {
     for (want, got) in expected.tables.iter().zip(&actual.tables) {
         if want.rows != got.rows {
-            return Err(ApiError::internal(format!(
+            return Err(Error::internal(format!(
                 "{what} differ from the backup: table {} has {} rows, the backup {}",
                 want.name, got.rows, want.rows
             )));
         }
     }
     if expected.checksum != actual.checksum || expected.tables.len() != actual.tables.len() {
-        return Err(ApiError::internal(format!(
+        return Err(Error::internal(format!(
             "{what} differ from the backup: checksum {} instead of {}",
             actual.checksum, expected.checksum
         )));

@@ -18,13 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dqlite::{Client, Database, LeaderQuorum, QueryResult, Transaction, TxFuture, Value};
-use hyper::StatusCode;
 use tokio::sync::{mpsc, oneshot, watch};
 pub(crate) use writer::BUSY_DEADLINE;
 use writer::Job;
 
 use crate::server::metrics::Metrics;
-use crate::server::rest::ApiError;
 
 /// The logical database every member shares.
 pub(crate) const DB_NAME: &str = "db.bin";
@@ -54,28 +52,6 @@ impl DbStatus {
             DbStatus::Online => "Database is online",
             DbStatus::Offline => "Database is offline",
         }
-    }
-}
-
-/// The one place where a database error becomes an HTTP status.
-impl From<dqlite::Error> for ApiError {
-    fn from(err: dqlite::Error) -> ApiError {
-        let status = match &err {
-            e if e.is_not_leader() || e.is_ambiguous() => StatusCode::SERVICE_UNAVAILABLE,
-            dqlite::Error::NoLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            e if e.is_constraint() => StatusCode::CONFLICT,
-            dqlite::Error::Returning { .. }
-            | dqlite::Error::NotReadOnly { .. }
-            | dqlite::Error::MultipleStatements { .. }
-            | dqlite::Error::EmptyStatement
-            | dqlite::Error::ParamCount { .. }
-            | dqlite::Error::UnsupportedParam { .. }
-            | dqlite::Error::Encode(_)
-            | dqlite::Error::TooManyRows { .. }
-            | dqlite::Error::ResultTooLarge { .. } => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, format!("database: {err}"))
     }
 }
 

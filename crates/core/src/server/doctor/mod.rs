@@ -23,7 +23,7 @@ use hyper::StatusCode;
 use super::clock::{self, Offset, SKEW_BOUND, Sample};
 use super::db::members;
 use super::membership::{recorded_role, retry_config_change, role_name, stalled};
-use super::rest::ApiError;
+use crate::server::error::Error;
 use super::runtime::Runtime;
 use super::state::State;
 use super::truststore::Members;
@@ -187,7 +187,7 @@ fn finding(check: &'static str, member: &str, outcome: Outcome, detail: String) 
 
 /// Runs every check on this member (which must be the dqlite leader) and, with `repair`, the
 /// repairs that are provably safe.
-pub(crate) async fn run(state: &State, repair: bool) -> Result<DoctorReport, ApiError> {
+pub(crate) async fn run(state: &State, repair: bool) -> Result<DoctorReport, Error> {
     let runtime = state.db()?;
     let view = gather(state, &runtime).await?;
     let checks = apply(state, &runtime, plan(&view), repair).await;
@@ -200,7 +200,7 @@ pub(crate) async fn run(state: &State, repair: bool) -> Result<DoctorReport, Api
 
 /// Reads the three views: dqlite's configuration and the rows here, and every other member's
 /// trust store (asked at once, each within [`ASK_TIMEOUT`]).
-async fn gather(state: &State, runtime: &Runtime) -> Result<View, ApiError> {
+async fn gather(state: &State, runtime: &Runtime) -> Result<View, Error> {
     let nodes = runtime.db.client().cluster().await?;
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
     let snapshot = state.0.truststore.snapshot();

@@ -34,7 +34,7 @@ use super::{OPEN_TIMEOUT, fan_out, handover, open_database, retry_config_change,
 use crate::api::{ClusterMemberLocal, MemberConfig, MoveMemberRequest, ServerAddress};
 use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members};
-use crate::server::rest::ApiError;
+use crate::server::error::{Error, Kind};
 use crate::server::runtime::Runtime;
 use crate::server::state::State;
 use crate::server::{servers, state_dir};
@@ -51,23 +51,23 @@ const RESTART_WAIT: Duration = Duration::from_secs(60);
 /// One move at a time on the leader: a retried request must not race its first attempt.
 static MOVES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn internal(err: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(err.to_string())
+fn internal(err: impl std::fmt::Display) -> Error {
+    Error::internal(err.to_string())
 }
 
 /// Runs `work` in a task of its own, so it ends the same way even if the caller goes away: a
 /// move abandoned halfway would leave the member between two addresses.
-async fn to_the_end(work: impl Future<Output = Result<(), ApiError>> + Send + 'static) -> Result<(), ApiError> {
-    tokio::spawn(work).await.unwrap_or_else(|e| Err(ApiError::internal(format!("the address change stopped: {e}"))))
+async fn to_the_end(work: impl Future<Output = Result<(), Error>> + Send + 'static) -> Result<(), Error> {
+    tokio::spawn(work).await.unwrap_or_else(|e| Err(Error::internal(format!("the address change stopped: {e}"))))
 }
 
 /// On member `name` itself: moves it to `address`.
-pub(crate) async fn set_address(state: &State, name: &str, address: &str) -> Result<(), ApiError> {
-    validate::member_name(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    validate::member_address(address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+pub(crate) async fn set_address(state: &State, name: &str, address: &str) -> Result<(), Error> {
+    validate::member_name(name).map_err(|e| Error::invalid(e.to_string()))?;
+    validate::member_address(address).map_err(|e| Error::invalid(e.to_string()))?;
     let me = state.name();
     if name != me {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "this is member {me:?}, not {name:?}: run the command on {name} itself (with its state directory)"
         )));
     }
@@ -75,18 +75,18 @@ pub(crate) async fn set_address(state: &State, name: &str, address: &str) -> Res
     to_the_end(async move { change(&state, &address).await }).await
 }
 
-async fn change(state: &State, new: &str) -> Result<(), ApiError> {
+async fn change(state: &State, new: &str) -> Result<(), Error> {
     let init = tokio::time::timeout(LOCK_WAIT, state.0.init_lock.lock()).await.map_err(|_| {
-        ApiError::unavailable("this member is busy starting or changing its membership; try again in a moment")
+        Error::unavailable("this member is busy starting or changing its membership; try again in a moment")
     })?;
     let info =
         state.0.dir.node_info().map_err(internal)?.ok_or_else(|| {
-            ApiError::conflict("this member is not initialised; give it its address with `init` instead")
+            Error::conflict("this member is not initialised; give it its address with `init` instead")
         })?;
     let (me, old) = (state.name(), state.address());
     let trusted = state.0.truststore.snapshot();
     if let Some(other) = trusted.by_address(new).filter(|e| e.member.name != me) {
-        return Err(ApiError::conflict(format!("address {new} is already used by member {:?}", other.member.name)));
+        return Err(Error::conflict(format!("address {new} is already used by member {:?}", other.member.name)));
     }
     let alone = trusted.iter().all(|e| e.member.name == me);
     let Ok(runtime) = state.runtime() else {
@@ -118,7 +118,7 @@ async fn move_running(
     runtime: &Arc<Runtime>,
     old: &str,
     new: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     state.require_database().map_err(|e| e.context("changing the address needs this member's database online"))?;
     let client = runtime.db.client().clone();
     let nodes = client.cluster().await?;
@@ -144,12 +144,12 @@ async fn move_running(
     if let Err(err) = ask_cluster(state, new, node_id).await {
         // The leader refuses before changing anything, and undoes a move that failed; this
         // covers an answer that was lost (putting this node back is a no-op if nothing changed).
-        if err.status().is_server_error()
+        if err.kind().is_member_side()
             && let Err(undo) = ask_cluster(state, &runtime.address, runtime.node_id).await
         {
             tracing::error!(error = %undo, "making sure the cluster still has this member at its old address");
-            return Err(ApiError::new(
-                err.status(),
+            return Err(Error::new(
+                err.kind(),
                 format!("{err}; the cluster may have recorded part of the move: run the command again"),
             ));
         }
@@ -167,7 +167,7 @@ async fn move_running(
 
 /// After failing to start at the new address: moves back to `old` (a member of a larger
 /// cluster through the cluster first); returns the error to report.
-async fn move_back(state: &State, old: &str, err: ApiError, alone: bool) -> ApiError {
+async fn move_back(state: &State, old: &str, err: Error, alone: bool) -> Error {
     tracing::warn!(error = %err, "could not start at the new address; moving back to {old}");
     let back = async {
         let node = match state.0.dir.node_info().map_err(internal)? {
@@ -183,8 +183,8 @@ async fn move_back(state: &State, old: &str, err: ApiError, alone: bool) -> ApiE
     };
     match back.await {
         Ok(()) => err.context(format!("stayed at {old}")),
-        Err(undo) => ApiError::new(
-            err.status(),
+        Err(undo) => Error::new(
+                err.kind(),
             format!(
                 "{err}; moving back to {old} failed too: {undo}. This member keeps trying to start at the \
                      address in its daemon.toml; run the command again once the cause is fixed"
@@ -201,7 +201,7 @@ async fn move_stopped(
     node_id: u64,
     alone: bool,
     new: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     can_listen(new)?;
     let node = if alone {
         NextNode::Recovered(node_id)
@@ -224,7 +224,7 @@ async fn move_stopped(
 }
 
 /// Stops the runtime and switches this member to `address` and `node` (files and memory).
-async fn prepare(state: &State, address: &str, node: NextNode) -> Result<u64, ApiError> {
+async fn prepare(state: &State, address: &str, node: NextNode) -> Result<u64, Error> {
     let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
     if let Some(runtime) = runtime {
         state.set_db_status(DbStatus::Starting);
@@ -250,13 +250,13 @@ async fn prepare(state: &State, address: &str, node: NextNode) -> Result<u64, Ap
 }
 
 /// [`prepare`], then starts the runtime at `address`.
-async fn restart(state: &State, address: &str, node: NextNode) -> Result<Arc<Runtime>, ApiError> {
+async fn restart(state: &State, address: &str, node: NextNode) -> Result<Arc<Runtime>, Error> {
     let id = prepare(state, address, node).await?;
     start_runtime(state, id).await
 }
 
 /// Opens the database of a restarted runtime, then [`settle`]s.
-async fn come_online(state: &State, runtime: &Arc<Runtime>) -> Result<(), ApiError> {
+async fn come_online(state: &State, runtime: &Arc<Runtime>) -> Result<(), Error> {
     if let Err(err) = open_database(state, runtime, OPEN_TIMEOUT).await {
         return Err(err.context(format!(
             "this member runs at {} but its database is not online yet; it keeps trying",
@@ -269,7 +269,7 @@ async fn come_online(state: &State, runtime: &Arc<Runtime>) -> Result<(), ApiErr
 
 /// Once the member runs at its new address: the role the cluster needs (the leader's heartbeat
 /// gives it one later if this fails) and its own row (already right unless it is alone).
-async fn settle(state: &State, runtime: &Runtime) -> Result<(), ApiError> {
+async fn settle(state: &State, runtime: &Runtime) -> Result<(), Error> {
     if let Err(err) = super::take_role_on_leader(state, runtime, &state.name(), runtime.node_id).await {
         tracing::warn!(error = %err, "taking a role at the new address; the leader's heartbeat will give one");
     }
@@ -296,7 +296,7 @@ fn keep_trying(state: &State) {
 }
 
 /// Waits until the start-up loop runs this member at `address` with its database online.
-async fn wait_started(state: &State, address: &str) -> Result<Arc<Runtime>, ApiError> {
+async fn wait_started(state: &State, address: &str) -> Result<Arc<Runtime>, Error> {
     let deadline = Instant::now() + RESTART_WAIT;
     loop {
         if let Ok(runtime) = state.runtime()
@@ -306,10 +306,10 @@ async fn wait_started(state: &State, address: &str) -> Result<Arc<Runtime>, ApiE
             return Ok(runtime);
         }
         if state.is_shutting_down() {
-            return Err(ApiError::unavailable("the daemon is shutting down"));
+            return Err(Error::unavailable("the daemon is shutting down"));
         }
         if Instant::now() >= deadline {
-            return Err(ApiError::unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "the cluster expects this member at {address} now, but it has not come up there within \
                  {RESTART_WAIT:?} ({}); it keeps trying (see its log)",
                 state.database_status_text()
@@ -320,15 +320,15 @@ async fn wait_started(state: &State, address: &str) -> Result<Arc<Runtime>, ApiE
 }
 
 /// Fails unless this machine can listen on `address` right now (checked before anything changes).
-fn can_listen(address: &str) -> Result<(), ApiError> {
+fn can_listen(address: &str) -> Result<(), Error> {
     std::net::TcpListener::bind(address).map(drop).map_err(|e| {
-        ApiError::conflict(format!("cannot listen on {address}: {e}; give an address of this machine that is free"))
+        Error::conflict(format!("cannot listen on {address}: {e}; give an address of this machine that is free"))
     })
 }
 
 /// Empties the dqlite data directory for a new node `id`. `node.toml` is rewritten in place,
 /// never missing, so the member counts as initialised throughout.
-fn fresh_node(state: &State, id: u64) -> Result<(), ApiError> {
+fn fresh_node(state: &State, id: u64) -> Result<(), Error> {
     let dir = &state.0.dir;
     let (data, keep) = (dir.database_dir(), dir.node_info_path());
     let entries = std::fs::read_dir(&data).map_err(|e| internal(format!("reading {}: {e}", data.display())))?;
@@ -344,7 +344,7 @@ fn fresh_node(state: &State, id: u64) -> Result<(), ApiError> {
 }
 
 /// Forces the one-node configuration of the stopped node `id` to `address`.
-async fn recover_alone(state: &State, id: u64, address: &str) -> Result<(), ApiError> {
+async fn recover_alone(state: &State, id: u64, address: &str) -> Result<(), Error> {
     let (data, address) = (state.0.dir.database_dir(), address.to_owned());
     let recovered = tokio::task::spawn_blocking(move || -> Result<(), dqlite::NodeError> {
         // Never started, so nothing binds: "@" only because libdqlite cannot bind IPv6 addresses.
@@ -353,12 +353,12 @@ async fn recover_alone(state: &State, id: u64, address: &str) -> Result<(), ApiE
     })
     .await
     .map_err(internal)?;
-    recovered.map_err(|e| ApiError::internal(format!("moving the one-node configuration: {e}")))
+    recovered.map_err(|e| Error::internal(format!("moving the one-node configuration: {e}")))
 }
 
 /// Client TLS to the other members: the runtime's, or (not running) built from the state
 /// directory.
-fn peer_tls(state: &State) -> Result<Arc<rustls::ClientConfig>, ApiError> {
+fn peer_tls(state: &State) -> Result<Arc<rustls::ClientConfig>, Error> {
     if let Ok(runtime) = state.runtime() {
         return Ok(runtime.peer_tls.clone());
     }
@@ -370,7 +370,7 @@ fn peer_tls(state: &State) -> Result<Arc<rustls::ClientConfig>, ApiError> {
 
 /// Has the leader make `node_id` at `address` this member's dqlite node, through the leader
 /// or, failing that, any other member that answers (it forwards to the leader).
-async fn ask_cluster(state: &State, address: &str, node_id: u64) -> Result<(), ApiError> {
+async fn ask_cluster(state: &State, address: &str, node_id: u64) -> Result<(), Error> {
     let (tls, me) = (peer_tls(state)?, state.name());
     let mut targets = Vec::new();
     if let Ok(runtime) = state.runtime()
@@ -392,12 +392,12 @@ async fn ask_cluster(state: &State, address: &str, node_id: u64) -> Result<(), A
             Ok(()) => return Ok(()),
             // The cluster answered and refused: any member would say the same.
             Err(ClientError::Api { status, message }) if status != hyper::StatusCode::SERVICE_UNAVAILABLE => {
-                return Err(ApiError::new(status, message));
+                return Err(Error::new(Kind::Peer(status.as_u16()), message));
             }
             Err(err) => failures.push(format!("{target}: {err}")),
         }
     }
-    Err(ApiError::unavailable(format!(
+    Err(Error::unavailable(format!(
         "no other member could record the new address: {}",
         if failures.is_empty() { "this member trusts no other".to_owned() } else { failures.join("; ") }
     )))
@@ -422,7 +422,7 @@ async fn notify(state: &State) {
 }
 
 /// Records member `name`'s address in `core_cluster_members`, unless another member has it.
-async fn set_row_address(runtime: &Runtime, name: &str, address: &str) -> Result<(), ApiError> {
+async fn set_row_address(runtime: &Runtime, name: &str, address: &str) -> Result<(), Error> {
     let (owned_name, owned_address) = (name.to_owned(), address.to_owned());
     let taken = runtime
         .db
@@ -439,7 +439,7 @@ async fn set_row_address(runtime: &Runtime, name: &str, address: &str) -> Result
         })
         .await?;
     match taken {
-        Some(other) => Err(ApiError::conflict(format!("address {address} is already used by member {other:?}"))),
+        Some(other) => Err(Error::conflict(format!("address {address} is already used by member {other:?}"))),
         None => Ok(()),
     }
 }
@@ -447,11 +447,11 @@ async fn set_row_address(runtime: &Runtime, name: &str, address: &str) -> Result
 /// On any member (forwarded to the leader): makes `request.node_id` at `request.address`
 /// member `name`'s only dqlite node, and `request.address` its address in the database and
 /// every trust store.
-pub(crate) async fn relocate(state: &State, name: &str, request: &MoveMemberRequest) -> Result<(), ApiError> {
-    validate::member_name(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    validate::member_address(&request.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+pub(crate) async fn relocate(state: &State, name: &str, request: &MoveMemberRequest) -> Result<(), Error> {
+    validate::member_name(name).map_err(|e| Error::invalid(e.to_string()))?;
+    validate::member_address(&request.address).map_err(|e| Error::invalid(e.to_string()))?;
     if request.node_id == 0 {
-        return Err(ApiError::bad_request("0 is not a dqlite node id"));
+        return Err(Error::invalid("0 is not a dqlite node id"));
     }
     let runtime = state.db()?;
     let leader = runtime.db.client().leader().await?;
@@ -480,7 +480,7 @@ enum Undo {
     Added(u64),
 }
 
-async fn relocate_here(state: &State, name: &str, request: &MoveMemberRequest) -> Result<(), ApiError> {
+async fn relocate_here(state: &State, name: &str, request: &MoveMemberRequest) -> Result<(), Error> {
     let runtime = state.db()?;
     let client = runtime.db.client().clone();
     let new = request.address.as_str();
@@ -488,7 +488,7 @@ async fn relocate_here(state: &State, name: &str, request: &MoveMemberRequest) -
     let row = rows
         .iter()
         .find(|r| r.name == name)
-        .ok_or_else(|| ApiError::not_found(format!("no cluster member named {name:?}")))?;
+        .ok_or_else(|| Error::not_found(format!("no cluster member named {name:?}")))?;
     let trusted = state.0.truststore.snapshot();
     let other = rows
         .iter()
@@ -496,16 +496,16 @@ async fn relocate_here(state: &State, name: &str, request: &MoveMemberRequest) -
         .map(|r| r.name.clone())
         .or_else(|| trusted.by_address(new).filter(|e| e.member.name != name).map(|e| e.member.name.clone()));
     if let Some(other) = other {
-        return Err(ApiError::conflict(format!("address {new} is already used by member {other:?}")));
+        return Err(Error::conflict(format!("address {new} is already used by member {other:?}")));
     }
     if row.address == runtime.address {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "{name} leads the cluster; hand leadership to another voter first (`microctl cluster transfer-leader`)"
         )));
     }
     let nodes = client.cluster().await?;
     if nodes.iter().any(|n| n.id == request.node_id && n.address != new) {
-        return Err(ApiError::conflict(format!("dqlite node id {} is already in use", request.node_id)));
+        return Err(Error::conflict(format!("dqlite node id {} is already in use", request.node_id)));
     }
     let stale = stale_nodes(&nodes, &row.address, new, request.node_id);
     let present = nodes.iter().any(|n| n.id == request.node_id);
@@ -553,7 +553,7 @@ async fn check_quorum(
     runtime: &Runtime,
     nodes: &[NodeInfo],
     stale: &[NodeInfo],
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if !stale.iter().any(|n| n.role == Some(Role::Voter)) {
         return Ok(());
     }
@@ -562,7 +562,7 @@ async fn check_quorum(
     online.push(runtime.node_id);
     match quorum_shortfall(nodes, stale, &online) {
         None => Ok(()),
-        Some((answering, remaining)) => Err(ApiError::conflict(format!(
+        Some((answering, remaining)) => Err(Error::conflict(format!(
             "moving this member would leave the cluster without a quorum: {answering} of the {remaining} other \
              voters answer; bring the missing members back first"
         ))),
@@ -594,7 +594,7 @@ async fn relocate_steps(
     stale: &[NodeInfo],
     present: bool,
     undo: &mut Vec<Undo>,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     let client = runtime.db.client();
     let new = request.address.as_str();
     if old != new {
@@ -618,7 +618,7 @@ async fn relocate_steps(
     Ok(())
 }
 
-async fn undo_step(runtime: &Runtime, step: &Undo) -> Result<(), ApiError> {
+async fn undo_step(runtime: &Runtime, step: &Undo) -> Result<(), Error> {
     let client = runtime.db.client();
     match step {
         Undo::Address { name, address } => set_row_address(runtime, name, address).await,

@@ -7,17 +7,17 @@ use super::{
 use crate::api::{ClusterMemberLocal, Control, role};
 use crate::certs;
 use crate::server::db::{members, now};
-use crate::server::rest::ApiError;
+use crate::server::error::Error;
 use crate::server::state::State;
 use crate::server::state_dir::NodeInfo;
 use crate::validate;
 
 /// Creates a new cluster with this member as its only voter.
-pub(crate) async fn bootstrap(state: &State, control: &Control) -> Result<(), ApiError> {
+pub(crate) async fn bootstrap(state: &State, control: &Control) -> Result<(), Error> {
     let _init = state.0.init_lock.lock().await;
     ensure_uninitialised(state)?;
-    validate::member_name(&control.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    validate::member_address(&control.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate::member_name(&control.name).map_err(|e| Error::invalid(e.to_string()))?;
+    validate::member_address(&control.address).map_err(|e| Error::invalid(e.to_string()))?;
     clean_slate(state).await?;
     let hooks = state.0.settings.hooks.clone();
     // The hooks see the member's name and address from PreInit on, as microcluster's do.
@@ -41,12 +41,11 @@ pub(crate) async fn bootstrap(state: &State, control: &Control) -> Result<(), Ap
     }
 }
 
-async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), ApiError> {
-    let internal = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
+async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), Error> {
     let server = ensure_server_identity(state, &control.name)?;
-    let cluster = certs::generate(&control.name, &[]).map_err(|e| internal(&e))?;
+    let cluster = certs::generate(&control.name, &[]).map_err(Error::wrap)?;
     let dir = &state.0.dir;
-    dir.set_cluster_identity(&cluster).map_err(|e| internal(&e))?;
+    dir.set_cluster_identity(&cluster).map_err(Error::wrap)?;
     state
         .0
         .truststore
@@ -55,8 +54,8 @@ async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), ApiErro
             address: control.address.clone(),
             certificate: server.cert_pem.clone(),
         })
-        .map_err(|e| internal(&e))?;
-    dir.set_node_info(&NodeInfo { id: dqlite::BOOTSTRAP_ID }).map_err(|e| internal(&e))?;
+        .map_err(Error::wrap)?;
+    dir.set_node_info(&NodeInfo { id: dqlite::BOOTSTRAP_ID }).map_err(Error::wrap)?;
 
     let runtime = start_runtime(state, dqlite::BOOTSTRAP_ID).await?;
     open_database(state, &runtime, OPEN_TIMEOUT).await?;

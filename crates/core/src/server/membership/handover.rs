@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dqlite::Role;
 
-use super::ApiError;
+use super::Error;
 use crate::server::state::State;
 
 /// Deadline of each dqlite request during handover.
@@ -15,10 +15,10 @@ const STEP: Duration = Duration::from_millis(1500);
 /// Deadline of the whole handover.
 const TOTAL: Duration = Duration::from_secs(5);
 
-async fn step<T>(what: &str, f: impl std::future::Future<Output = dqlite::Result<T>>) -> Result<T, ApiError> {
+async fn step<T>(what: &str, f: impl std::future::Future<Output = dqlite::Result<T>>) -> Result<T, Error> {
     match tokio::time::timeout(STEP, f).await {
-        Ok(result) => result.map_err(|e| ApiError::from(e).context(what)),
-        Err(_) => Err(ApiError::unavailable(format!("{what}: no answer within {STEP:?}"))),
+        Ok(result) => result.map_err(|e| Error::from(e).context(what)),
+        Err(_) => Err(Error::unavailable(format!("{what}: no answer within {STEP:?}"))),
     }
 }
 
@@ -30,10 +30,10 @@ pub(crate) async fn handover(state: &State) {
 }
 
 /// [`handover`], failing if it could not be completed in time (before changing the address).
-pub(crate) async fn step_down(state: &State) -> Result<(), ApiError> {
+pub(crate) async fn step_down(state: &State) -> Result<(), Error> {
     match tokio::time::timeout(TOTAL, steps(state)).await {
         Ok(result) => result,
-        Err(_) => Err(ApiError::unavailable(format!("the handover took longer than {TOTAL:?}"))),
+        Err(_) => Err(Error::unavailable(format!("the handover took longer than {TOTAL:?}"))),
     }
 }
 
@@ -41,7 +41,7 @@ pub(crate) async fn step_down(state: &State) -> Result<(), ApiError> {
 pub(super) async fn answering(
     state: &State,
     nodes: impl IntoIterator<Item = dqlite::NodeInfo>,
-) -> Result<Vec<dqlite::NodeInfo>, ApiError> {
+) -> Result<Vec<dqlite::NodeInfo>, Error> {
     let mut probes = tokio::task::JoinSet::new();
     for node in nodes {
         let member = state.member_client(&node.address)?.with_timeout(Duration::from_millis(500));
@@ -56,7 +56,7 @@ pub(super) async fn answering(
     Ok(online)
 }
 
-async fn steps(state: &State) -> Result<(), ApiError> {
+async fn steps(state: &State) -> Result<(), Error> {
     let runtime = state.db()?;
     let client = runtime.db.client().clone();
     let nodes = step("reading the dqlite configuration", client.cluster()).await?;
@@ -72,7 +72,7 @@ async fn steps(state: &State) -> Result<(), ApiError> {
         let target = nodes
             .iter()
             .find(|n| n.role == Some(Role::Voter) && n.address != runtime.address)
-            .ok_or_else(|| ApiError::conflict("no other voter can take over leadership"))?;
+            .ok_or_else(|| Error::conflict("no other voter can take over leadership"))?;
         step("transferring leadership", client.transfer(target.id)).await?;
         tracing::info!(to = target.address, "transferred leadership before stopping");
     }

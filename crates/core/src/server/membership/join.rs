@@ -37,7 +37,7 @@ use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinTok
 use crate::client::{Client, ClientError};
 use crate::server::clock;
 use crate::server::db::{DbStatus, members, tokens};
-use crate::server::rest::ApiError;
+use crate::server::error::{Error, Kind};
 use crate::server::runtime::Runtime;
 use crate::server::state::State;
 use crate::server::state_dir::{NodeInfo, read_toml, remove_durable, write_toml};
@@ -87,10 +87,10 @@ impl Journal {
         }
     }
 
-    fn read(state: &State) -> Result<Option<Journal>, ApiError> {
+    fn read(state: &State) -> Result<Option<Journal>, Error> {
         let path = state.0.dir.join_path();
         read_toml(&path).map_err(|e| {
-            ApiError::internal(format!(
+            Error::internal(format!(
                 "{e}; it records a join that was interrupted: delete {} and run `microctl init` again (if the \
                  cluster lists this member, remove it there first with `microctl cluster remove NAME --force`)",
                 path.display()
@@ -98,12 +98,12 @@ impl Journal {
         })
     }
 
-    fn write(&self, state: &State) -> Result<(), ApiError> {
-        write_toml(&state.0.dir.join_path(), self, 0o600).map_err(|e| ApiError::internal(e.to_string()))
+    fn write(&self, state: &State) -> Result<(), Error> {
+        write_toml(&state.0.dir.join_path(), self, 0o600).map_err(Error::wrap)
     }
 
-    fn remove(state: &State) -> Result<(), ApiError> {
-        remove_durable(&state.0.dir.join_path()).map_err(|e| ApiError::internal(e.to_string()))
+    fn remove(state: &State) -> Result<(), Error> {
+        remove_durable(&state.0.dir.join_path()).map_err(Error::wrap)
     }
 }
 
@@ -115,28 +115,28 @@ pub(crate) fn interrupted(state: &State) -> bool {
 /// How a join that did not complete ended.
 enum Cut {
     /// Undone here: this member is uninitialised again, its journal gone.
-    RolledBack(ApiError),
+    RolledBack(Error),
     /// Left for another attempt: this member holds `node.toml` and the cluster could not be
     /// reached, or could not do a step.
-    Pending(ApiError),
+    Pending(Error),
 }
 
 /// Why the steps after the admission stopped.
 enum StepError {
     /// The cluster or this member could not do a step now: worth another attempt.
-    Transient(ApiError),
+    Transient(Error),
     /// A hook refused, or the cluster answered what no retry changes.
-    Final(ApiError),
+    Final(Error),
 }
 
-impl From<ApiError> for StepError {
-    fn from(err: ApiError) -> StepError {
-        if err.status().is_client_error() { StepError::Final(err) } else { StepError::Transient(err) }
+impl From<Error> for StepError {
+    fn from(err: Error) -> StepError {
+        if err.kind().is_refusal() { StepError::Final(err) } else { StepError::Transient(err) }
     }
 }
 
 /// Joins the cluster that issued `control.join_token` (`microctl init NAME ADDRESS --token`).
-pub(crate) async fn join(state: &State, control: &Control) -> Result<(), ApiError> {
+pub(crate) async fn join(state: &State, control: &Control) -> Result<(), Error> {
     let _init = state.0.init_lock.lock().await;
     if let Some(journal) = Journal::read(state)? {
         // An earlier join of this member was cut short: it is carried through first, so that it
@@ -164,9 +164,9 @@ pub(crate) async fn join(state: &State, control: &Control) -> Result<(), ApiErro
         return Ok(());
     }
     ensure_uninitialised(state)?;
-    validate::member_name(&control.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    validate::member_address(&control.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    token.map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate::member_name(&control.name).map_err(|e| Error::invalid(e.to_string()))?;
+    validate::member_address(&control.address).map_err(|e| Error::invalid(e.to_string()))?;
+    token.map_err(|e| Error::invalid(e.to_string()))?;
     clean_slate(state).await?;
     Journal::of(control).write(state)?;
     carry_through(state, control).await.map_err(|cut| match cut {
@@ -232,11 +232,11 @@ pub(crate) async fn resume(state: State) {
 async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
     let resumed = match state.0.dir.node_info() {
         Ok(info) => info.map(|i| i.id),
-        Err(err) => return Err(Cut::Pending(ApiError::internal(err.to_string()))),
+        Err(err) => return Err(Cut::Pending(Error::wrap(err))),
     };
     let token = match JoinToken::decode(&control.join_token) {
         Ok(token) => token,
-        Err(err) => return Err(roll_back_here(state, ApiError::bad_request(err.to_string())).await),
+        Err(err) => return Err(roll_back_here(state, Error::invalid(err.to_string())).await),
     };
     if let Err(err) = super::record_identity(state, &control.name, &control.address) {
         return Err(match resumed {
@@ -246,7 +246,7 @@ async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
     }
     let (response, trusted_client, server) = match ask_to_join(state, control, &token, resumed.is_none()).await {
         Ok(admitted) => admitted,
-        Err(err) if resumed.is_some() && err.status().is_server_error() => return Err(Cut::Pending(err)),
+        Err(err) if resumed.is_some() && err.kind().is_member_side() => return Err(Cut::Pending(err)),
         // Refused: the cluster holds no row with this member's certificate, so nothing there is
         // this member's to undo.
         Err(err) => return Err(roll_back_here(state, err).await),
@@ -286,7 +286,7 @@ async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
 }
 
 /// Undoes a join on this member only, and says so.
-async fn roll_back_here(state: &State, err: ApiError) -> Cut {
+async fn roll_back_here(state: &State, err: Error) -> Cut {
     if let Err(reset) = reset_local(state).await {
         tracing::error!(error = %reset, "undoing the join on this member");
     }
@@ -301,31 +301,30 @@ async fn join_steps(
     response: &JoinResponse,
     resumed: Option<u64>,
 ) -> Result<(), StepError> {
-    let internal = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
-    let cluster_fp = tls::fingerprint_pem(&response.cluster_cert).map_err(|e| internal(&e))?;
+    let cluster_fp = tls::fingerprint_pem(&response.cluster_cert).map_err(Error::wrap)?;
     if !cluster_fp.eq_ignore_ascii_case(&token.fingerprint) {
-        return Err(ApiError::forbidden("the cluster sent a certificate that does not match the token").into());
+        return Err(Error::forbidden("the cluster sent a certificate that does not match the token").into());
     }
     let dir = &state.0.dir;
     dir.set_cluster_identity(&Identity {
         cert_pem: response.cluster_cert.clone(),
         key_pem: response.cluster_key.clone(),
     })
-    .map_err(|e| internal(&e))?;
+    .map_err(Error::wrap)?;
     let me = ClusterMemberLocal {
         name: control.name.clone(),
         address: control.address.clone(),
         certificate: server.cert_pem.clone(),
     };
     for member in response.cluster_members.iter().chain(std::iter::once(&me)) {
-        state.0.truststore.add(member.clone()).map_err(|e| internal(&e))?;
+        state.0.truststore.add(member.clone()).map_err(Error::wrap)?;
     }
     // A resumed join keeps its node id: dqlite may hold that node already.
     let node_id = match resumed {
         Some(id) => id,
         None => {
             let id = dqlite::generate_id(&control.address);
-            dir.set_node_info(&NodeInfo { id }).map_err(|e| internal(&e))?;
+            dir.set_node_info(&NodeInfo { id }).map_err(Error::wrap)?;
             id
         }
     };
@@ -350,7 +349,7 @@ async fn join_steps(
             })
         })
         .await
-        .map_err(ApiError::from)?;
+        .map_err(Error::from)?;
 
     let hooks = state.0.settings.hooks.clone();
     hooks.pre_join(state, &control.config).await.map_err(|e| StepError::Final(hook_failed("PreJoin", e)))?;
@@ -375,7 +374,7 @@ async fn join_steps(
 /// Adds node `id` to dqlite as a spare, unless an earlier attempt of this join did. A node an
 /// earlier attempt left at this address under another id (its `node.toml` was lost with a
 /// reset) is removed first: it is this member's, and gone.
-async fn add_node(runtime: &Runtime, id: u64, address: &str) -> Result<(), ApiError> {
+async fn add_node(runtime: &Runtime, id: u64, address: &str) -> Result<(), Error> {
     let client = runtime.db.client().clone();
     let nodes = client.cluster().await?;
     if nodes.iter().any(|n| n.id == id) {
@@ -396,14 +395,14 @@ async fn ask_to_join(
     control: &Control,
     token: &JoinToken,
     pre_init: bool,
-) -> Result<(JoinResponse, Client, Identity), ApiError> {
+) -> Result<(JoinResponse, Client, Identity), Error> {
     if pre_init {
         let hooks = state.0.settings.hooks.clone();
         hooks.pre_init(state, false, &control.config).await.map_err(|e| hook_failed("PreInit", e))?;
     }
     let server = ensure_server_identity(state, &control.name)?;
     let tls = tls::client_config(Some(&server), vec![token.fingerprint.clone()])
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(Error::wrap)?;
     let settings = &state.0.settings;
     let request = JoinRequest {
         name: control.name.clone(),
@@ -435,13 +434,13 @@ async fn ask_to_join(
                 Ok(response) => return Ok((response, client, server)),
                 Err(ClientError::Api { status, message }) if status.is_client_error() => {
                     // The cluster answered and refused: any member would say the same.
-                    return Err(ApiError::new(status, message));
+                    return Err(Error::new(Kind::Peer(status.as_u16()), message));
                 }
                 Err(err) => unreachable.push(format!("{address}: {err}")),
             }
         }
         if Instant::now() >= deadline {
-            return Err(ApiError::unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "could not reach the cluster at any join address: {}",
                 unreachable.join("; ")
             )));
@@ -453,18 +452,18 @@ async fn ask_to_join(
 /// On any member: admits a joiner that presents a valid token (forwarded to the leader), or
 /// answers a joiner admitted before that comes back. `proven` is the fingerprint of the
 /// certificate the caller presented over TLS, when it reached this member directly.
-pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&str>) -> Result<JoinResponse, ApiError> {
+pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&str>) -> Result<JoinResponse, Error> {
     let runtime = state.db()?;
     let member = ClusterMemberLocal {
         name: request.name.clone(),
         address: request.address.clone(),
         certificate: request.certificate.clone(),
     };
-    let entry = TrustEntry::new(member.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let entry = TrustEntry::new(member.clone()).map_err(|e| Error::invalid(e.to_string()))?;
     let cert =
-        tls::parse_cert(&request.certificate, "certificate").map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if !tls::cert_has_dns_name(&cert, &request.name).map_err(|e| ApiError::bad_request(e.to_string()))? {
-        return Err(ApiError::forbidden(format!("the joiner's certificate does not name {:?}", request.name)));
+        tls::parse_cert(&request.certificate, "certificate").map_err(|e| Error::invalid(e.to_string()))?;
+    if !tls::cert_has_dns_name(&cert, &request.name).map_err(|e| Error::invalid(e.to_string()))? {
+        return Err(Error::forbidden(format!("the joiner's certificate does not name {:?}", request.name)));
     }
 
     // The same joiner again (restarted, or its answer lost): it proved over TLS that it holds
@@ -480,21 +479,21 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
     if leader.address != runtime.address {
         let client = state.member_client(&leader.address)?;
         return client.join(&request).await.map_err(|e| match e {
-            ClientError::Api { status, message } => ApiError::new(status, message),
-            other => ApiError::unavailable(format!("forwarding the join request to the leader: {other}")),
+            ClientError::Api { status, message } => Error::new(Kind::Peer(status.as_u16()), message),
+            other => Error::unavailable(format!("forwarding the join request to the leader: {other}")),
         });
     }
 
     let settings = &state.0.settings;
     if request.extensions != settings.api_extensions {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "the joiner's API extensions {:?} differ from the cluster's {:?}; run the same software version",
             request.extensions, settings.api_extensions
         )));
     }
     let ours = (settings.internal_schema.len() as u64, settings.external_schema.len() as u64);
     if (request.schema_internal_version, request.schema_external_version) != ours {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "the joiner's schema versions {:?} differ from the cluster's {:?}; run the same software version",
             (request.schema_internal_version, request.schema_external_version),
             ours
@@ -505,7 +504,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
         return Err(name_taken(state, &runtime, &request.name).await);
     }
     if let Some(other) = trusted.by_address(&request.address) {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "address {} is already used by member {:?}",
             request.address, other.member.name
         )));
@@ -531,16 +530,16 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
             Box::pin(async move {
                 let existing = members::list(tx).await?;
                 if existing.iter().any(|m| m.name == row.name || m.address == row.address) {
-                    return Ok(Some(ApiError::conflict(format!("member {:?} or address {} already exists", row.name, row.address))));
+                    return Ok(Some(Error::conflict(format!("member {:?} or address {} already exists", row.name, row.address))));
                 }
                 let token = tokens::list(tx).await?.into_iter().find(|t| t.name == row.name);
                 let Some(token) = token.filter(|t| same_secret(&t.secret, &secret)) else {
-                    return Ok(Some(ApiError::forbidden(
+                    return Ok(Some(Error::forbidden(
                         "invalid join token: no valid token was issued for this name (it may have been used or revoked)",
                     )));
                 };
                 if token.is_expired(now) {
-                    return Ok(Some(ApiError::forbidden("the join token has expired; issue a new one")));
+                    return Ok(Some(Error::forbidden("the join token has expired; issue a new one")));
                 }
                 // The token stays until the join completes (the joiner deletes it with its
                 // role), so that a join rolled back can be made again with it.
@@ -564,10 +563,10 @@ async fn readmit(
     state: &State,
     runtime: &Runtime,
     member: &ClusterMemberLocal,
-) -> Result<Option<JoinResponse>, ApiError> {
+) -> Result<Option<JoinResponse>, Error> {
     // A member between leaders cannot tell yet: the joiner asks again, here or elsewhere.
-    let unavailable = |e: ApiError| ApiError::unavailable(format!("reading the membership: {}", e.message()));
-    let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await.map_err(|e| unavailable(ApiError::from(e)))?;
+    let unavailable = |e: Error| Error::unavailable(format!("reading the membership: {}", e.message()));
+    let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await.map_err(|e| unavailable(Error::from(e)))?;
     let Some(row) = rows
         .iter()
         .find(|r| r.name == member.name && r.address == member.address && r.certificate == member.certificate)
@@ -578,7 +577,7 @@ async fn readmit(
         let sql = "UPDATE core_cluster_members SET heartbeat = ? WHERE name = ? AND role = ?";
         let stamp = clock::format(state.0.clock.now());
         let params = [stamp.into(), member.name.as_str().into(), role::PENDING.into()];
-        runtime.db.exec(sql, &params).await.map_err(|e| unavailable(ApiError::from(e)))?;
+        runtime.db.exec(sql, &params).await.map_err(|e| unavailable(Error::from(e)))?;
     }
     let answer = trust_and_answer(state, runtime, member).await?;
     tracing::info!(name = member.name, role = row.role, "admitted again: the joiner is back to finish its join");
@@ -591,8 +590,8 @@ async fn trust_and_answer(
     state: &State,
     runtime: &Runtime,
     member: &ClusterMemberLocal,
-) -> Result<JoinResponse, ApiError> {
-    state.0.truststore.add(member.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
+) -> Result<JoinResponse, Error> {
+    state.0.truststore.add(member.clone()).map_err(Error::wrap)?;
     runtime.set_servers(state.0.truststore.snapshot().addresses());
     let others: Vec<_> = state.peer_clients()?.into_iter().filter(|(m, _)| m.name != member.name).collect();
     let failures = fan_out(others, |c| {
@@ -609,7 +608,7 @@ async fn trust_and_answer(
         .snapshot()
         .by_name(&state.name())
         .map(|e| e.member.clone())
-        .ok_or_else(|| ApiError::internal("this member is missing from its own trust store"))?;
+        .ok_or_else(|| Error::internal("this member is missing from its own trust store"))?;
     Ok(JoinResponse {
         cluster_cert: runtime.cluster_identity.cert_pem.clone(),
         cluster_key: runtime.cluster_identity.key_pem.clone(),
@@ -619,16 +618,16 @@ async fn trust_and_answer(
 }
 
 /// The refusal for a name that is taken, saying what to do when its holder is still joining.
-async fn name_taken(state: &State, runtime: &Runtime, name: &str) -> ApiError {
+async fn name_taken(state: &State, runtime: &Runtime, name: &str) -> Error {
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await.unwrap_or_default();
     if rows.iter().any(|r| r.name == name && r.role == role::PENDING) {
         let bound = stalled::stall_bound(state.0.settings.heartbeat);
-        return ApiError::conflict(format!(
+        return Error::conflict(format!(
             "a member named {name:?} already exists and is still joining, with another certificate: if that \
              join was abandoned, the cluster rolls it back after {} s without progress and this init then works; \
              or remove it now with `microctl cluster remove {name} --force`",
             bound.as_secs()
         ));
     }
-    ApiError::conflict(format!("a member named {name:?} already exists"))
+    Error::conflict(format!("a member named {name:?} already exists"))
 }

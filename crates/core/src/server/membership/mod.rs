@@ -23,7 +23,7 @@ pub(crate) use remove::remove;
 
 use super::db::{DbStatus, members, schema};
 use super::heartbeat;
-use super::rest::ApiError;
+use crate::server::error::{Error, Kind};
 use super::runtime::{Runtime, StartError};
 use super::state::State;
 use crate::api::{ClusterMemberLocal, role};
@@ -37,10 +37,10 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const OPEN_TIMEOUT_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Fails with 409 if the member is already initialised.
-pub(crate) fn ensure_uninitialised(state: &State) -> Result<(), ApiError> {
-    let initialised = state.0.dir.node_info().map_err(|e| ApiError::internal(e.to_string()))?.is_some();
+pub(crate) fn ensure_uninitialised(state: &State) -> Result<(), Error> {
+    let initialised = state.0.dir.node_info().map_err(Error::wrap)?.is_some();
     if initialised || state.runtime().is_ok() {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "this member is already initialised as {:?} at {}; remove it from its cluster first",
             state.name(),
             state.address()
@@ -50,28 +50,28 @@ pub(crate) fn ensure_uninitialised(state: &State) -> Result<(), ApiError> {
 }
 
 /// Sets this member's name and address (in memory and `daemon.toml`) at the start of init.
-pub(crate) fn record_identity(state: &State, name: &str, address: &str) -> Result<(), ApiError> {
-    let mut config = state.0.config.write().map_err(|_| ApiError::internal("poisoned"))?;
+pub(crate) fn record_identity(state: &State, name: &str, address: &str) -> Result<(), Error> {
+    let mut config = state.0.config.write().map_err(|_| Error::internal("poisoned"))?;
     config.name = name.to_owned();
     config.address = address.to_owned();
-    state.0.dir.set_daemon_config(&config).map_err(|e| ApiError::internal(e.to_string()))
+    state.0.dir.set_daemon_config(&config).map_err(Error::wrap)
 }
 
 /// Wraps a hook's failure.
-pub(crate) fn hook_failed(hook: &str, err: super::hooks::HookError) -> ApiError {
-    ApiError::internal(format!("the {hook} hook failed: {err}"))
+pub(crate) fn hook_failed(hook: &str, err: super::hooks::HookError) -> Error {
+    Error::internal(format!("the {hook} hook failed: {err}"))
 }
 
 /// This member's certificate, regenerated if it does not name `name` (a joiner's name must be
 /// in its certificate).
-pub(crate) fn ensure_server_identity(state: &State, name: &str) -> Result<Identity, ApiError> {
-    let current = state.0.server_identity.read().map(|i| i.clone()).map_err(|_| ApiError::internal("poisoned"))?;
-    let der = tls::parse_cert(&current.cert_pem, "server.crt").map_err(|e| ApiError::internal(e.to_string()))?;
+pub(crate) fn ensure_server_identity(state: &State, name: &str) -> Result<Identity, Error> {
+    let current = state.0.server_identity.read().map(|i| i.clone()).map_err(|_| Error::internal("poisoned"))?;
+    let der = tls::parse_cert(&current.cert_pem, "server.crt").map_err(Error::wrap)?;
     if tls::cert_has_dns_name(&der, name).unwrap_or(false) {
         return Ok(current);
     }
-    let fresh = certs::generate(name, &[]).map_err(|e| ApiError::internal(e.to_string()))?;
-    state.0.dir.set_server_identity(&fresh).map_err(|e| ApiError::internal(e.to_string()))?;
+    let fresh = certs::generate(name, &[]).map_err(Error::wrap)?;
+    state.0.dir.set_server_identity(&fresh).map_err(Error::wrap)?;
     if let Ok(mut guard) = state.0.server_identity.write() {
         *guard = fresh.clone();
     }
@@ -79,7 +79,7 @@ pub(crate) fn ensure_server_identity(state: &State, name: &str) -> Result<Identi
 }
 
 /// Starts the runtime and installs it in the daemon.
-pub(crate) async fn start_runtime(state: &State, node_id: u64) -> Result<Arc<Runtime>, ApiError> {
+pub(crate) async fn start_runtime(state: &State, node_id: u64) -> Result<Arc<Runtime>, Error> {
     start_runtime_with(state, node_id, None).await
 }
 
@@ -88,10 +88,10 @@ pub(crate) async fn start_runtime_with(
     state: &State,
     node_id: u64,
     recovery: Option<Vec<dqlite::NodeInfo>>,
-) -> Result<Arc<Runtime>, ApiError> {
+) -> Result<Arc<Runtime>, Error> {
     let runtime = Runtime::start_with(state, node_id, recovery).await.map_err(|e| match e {
-        StartError::Listen { .. } => ApiError::conflict(e.to_string()),
-        other => ApiError::internal(other.to_string()),
+        StartError::Listen { .. } => Error::wrap(e).with_kind(Kind::Conflict),
+        other => Error::wrap(other),
     })?;
     if let Ok(mut slot) = state.0.runtime.write() {
         *slot = Some(runtime.clone());
@@ -114,7 +114,7 @@ enum Opened {
 /// when this member runs newer software than others, waits (status "waiting for an upgrade",
 /// re-checked every second) until every member runs it, and then applies the updates once.
 /// A member whose software is older than the database's schema refuses to open.
-pub(crate) async fn open_database(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), ApiError> {
+pub(crate) async fn open_database(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), Error> {
     open_schema(state, runtime, timeout).await?;
     state.set_db_status(DbStatus::Online);
     Ok(())
@@ -122,12 +122,12 @@ pub(crate) async fn open_database(state: &State, runtime: &Runtime, timeout: Dur
 
 /// [`open_database`] up to, not including, marking the database online: for a caller with
 /// work that must be done before anyone may use it.
-pub(crate) async fn open_schema(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), ApiError> {
+pub(crate) async fn open_schema(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), Error> {
     state.set_db_status(DbStatus::Starting);
     let deadline = Instant::now() + timeout;
     loop {
         if runtime.stop.is_fired() || state.is_shutting_down() {
-            return Err(ApiError::unavailable("shutting down"));
+            return Err(Error::unavailable("shutting down"));
         }
         match try_open(state, runtime).await {
             Ok(Opened::Online) => break,
@@ -140,7 +140,7 @@ pub(crate) async fn open_schema(state: &State, runtime: &Runtime, timeout: Durat
             }
             Err(schema::SchemaError::Behind { kind, applied, known }) => {
                 state.set_db_status(DbStatus::Offline);
-                return Err(ApiError::unavailable(schema::SchemaError::Behind { kind, applied, known }.to_string()));
+                return Err(Error::unavailable(schema::SchemaError::Behind { kind, applied, known }.to_string()));
             }
             Err(schema::SchemaError::Db(err)) if Instant::now() < deadline => {
                 tracing::debug!(error = %err, "database not reachable yet");
@@ -224,14 +224,14 @@ pub(crate) fn start_background(state: &State, runtime: &Arc<Runtime>) {
 
 /// Turns this member back into an uninitialised daemon: stops its node and listener, and
 /// deletes its database, cluster certificate and trust store. Idempotent.
-pub(crate) async fn reset_local(state: &State) -> Result<(), ApiError> {
+pub(crate) async fn reset_local(state: &State) -> Result<(), Error> {
     state.bump_epoch();
     state.set_db_status(DbStatus::Offline);
     let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
     if let Some(runtime) = runtime {
         runtime.stop().await;
     }
-    let result = state.0.dir.reset().map_err(|e| ApiError::internal(format!("resetting the state directory: {e}")));
+    let result = state.0.dir.reset().map_err(|e| Error::internal(format!("resetting the state directory: {e}")));
     state.0.truststore.clear();
     if let Ok(mut config) = state.0.config.write() {
         config.name.clear();
@@ -244,7 +244,7 @@ pub(crate) async fn reset_local(state: &State) -> Result<(), ApiError> {
 /// Makes a member that is not initialised forget what an init that did not finish left behind
 /// (another cluster's certificate and trust entries, a name, a join's journal), so that a
 /// bootstrap or a join starts from nothing but this member's own certificate.
-pub(crate) async fn clean_slate(state: &State) -> Result<(), ApiError> {
+pub(crate) async fn clean_slate(state: &State) -> Result<(), Error> {
     let dir = &state.0.dir;
     let files = [dir.cert_path("cluster"), dir.key_path("cluster"), dir.join_path()];
     let leftovers = files.iter().any(|f| f.exists())
@@ -258,8 +258,8 @@ pub(crate) async fn clean_slate(state: &State) -> Result<(), ApiError> {
 }
 
 /// Stops trusting `name` here and tells every other member to do the same.
-pub(crate) async fn distrust_everywhere(state: &State, runtime: &Runtime, name: &str) -> Result<(), ApiError> {
-    state.0.truststore.remove(name).map_err(|e| ApiError::internal(e.to_string()))?;
+pub(crate) async fn distrust_everywhere(state: &State, runtime: &Runtime, name: &str) -> Result<(), Error> {
+    state.0.truststore.remove(name).map_err(Error::wrap)?;
     runtime.set_servers(state.0.truststore.snapshot().addresses());
     let victim = name.to_owned();
     for (member, err) in fan_out(state.peer_clients()?, |c| {
@@ -299,7 +299,7 @@ pub(crate) fn role_for_new_node(nodes: &[dqlite::NodeInfo], new_id: u64) -> dqli
 
 /// Gives node `id`, added as a spare, the role the cluster needs ([`role_for_new_node`]);
 /// returns its role (a node a heartbeat promoted meanwhile keeps its role).
-pub(crate) async fn take_role(client: &dqlite::Client, id: u64) -> Result<dqlite::Role, ApiError> {
+pub(crate) async fn take_role(client: &dqlite::Client, id: u64) -> Result<dqlite::Role, Error> {
     let promoted = |nodes: &[dqlite::NodeInfo]| {
         nodes.iter().find(|n| n.id == id).and_then(|n| n.role).filter(|r| *r != dqlite::Role::Spare)
     };
@@ -324,7 +324,7 @@ pub(crate) async fn take_role_on_leader(
     runtime: &Runtime,
     name: &str,
     id: u64,
-) -> Result<dqlite::Role, ApiError> {
+) -> Result<dqlite::Role, Error> {
     let client = runtime.db.client();
     if let Ok(leader) = client.leader().await
         && leader.address != runtime.address
@@ -347,7 +347,7 @@ fn role_from_name(name: &str) -> Option<dqlite::Role> {
 }
 
 /// Runs a dqlite membership request, retrying while raft is busy with another change.
-pub(crate) async fn retry_config_change<F, Fut>(what: &str, mut request: F) -> Result<(), ApiError>
+pub(crate) async fn retry_config_change<F, Fut>(what: &str, mut request: F) -> Result<(), Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = dqlite::Result<()>>,
@@ -361,7 +361,7 @@ where
                 tracing::debug!(error = %err, "{what}: retrying");
                 backoff.wait().await;
             }
-            Err(err) => return Err(ApiError::from(err).context(what)),
+            Err(err) => return Err(Error::from(err).context(what)),
         }
     }
 }

@@ -10,18 +10,18 @@ use super::{fan_out, role_name};
 use crate::api::{RemoveHookRequest, role};
 use crate::client::ClientError;
 use crate::server::db::members;
-use crate::server::rest::ApiError;
+use crate::server::error::{Error, Kind};
 use crate::server::state::State;
 
-pub(super) fn from_client(what: &str, err: ClientError) -> ApiError {
+pub(super) fn from_client(what: &str, err: ClientError) -> Error {
     match err {
-        ClientError::Api { status, message } => ApiError::new(status, message),
-        other => ApiError::unavailable(format!("{what}: {other}")),
+        ClientError::Api { status, message } => Error::new(Kind::Peer(status.as_u16()), message),
+        other => Error::unavailable(format!("{what}: {other}")),
     }
 }
 
 /// Removes member `name`; with `force`, failures to reach it are tolerated.
-pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(), ApiError> {
+pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(), Error> {
     let runtime = state.db()?;
     let client = runtime.db.client().clone();
     let leader = client.leader().await?;
@@ -40,14 +40,14 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
         (Some(row), _) => row.address.clone(),
         (None, Some(entry)) => entry.member.address.clone(),
         (None, None) => {
-            return Err(ApiError::not_found(format!("no cluster member named {name:?}")));
+            return Err(Error::not_found(format!("no cluster member named {name:?}")));
         }
     };
     let nodes = client.cluster().await?;
     let node = nodes.iter().find(|n| n.address == address).cloned();
     let others = rows.iter().filter(|m| m.name != name).count();
     if others == 0 {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "{name:?} is the last member; a cluster cannot remove its last member"
         )));
     }
@@ -55,7 +55,7 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
     let role_now = node.as_ref().map_or(role::PENDING, |n| role_name(n.role));
     // A forced removal of a joiner is how a failed join undoes itself, whatever the voters.
     if role_now == role::PENDING && voters < 2 && !force {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "{name:?} is still joining (PENDING) and the cluster has fewer than 2 voters; wait for the join to finish"
         )));
     }
@@ -64,7 +64,7 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
         // The leader is leaving: hand over first, then let the new leader do the removal.
         let target =
             nodes.iter().find(|n| n.role == Some(dqlite::Role::Voter) && n.address != runtime.address).ok_or_else(
-                || ApiError::conflict("no other voter can take over leadership; add or promote a member first"),
+                || Error::conflict("no other voter can take over leadership; add or promote a member first"),
             )?;
         client.transfer(target.id).await?;
         tracing::info!(to = target.address, "transferred leadership before removing this member");

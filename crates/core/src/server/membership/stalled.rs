@@ -24,7 +24,7 @@ use dqlite::{NodeInfo, Role};
 use super::{distrust_everywhere, retry_config_change};
 use crate::api::role;
 use crate::server::db::{self, members};
-use crate::server::rest::ApiError;
+use crate::server::error::Error;
 use crate::server::runtime::Runtime;
 use crate::server::state::State;
 
@@ -162,7 +162,7 @@ async fn roll_back(
     runtime: &Runtime,
     row: &members::MemberRow,
     node: Option<u64>,
-) -> Result<bool, ApiError> {
+) -> Result<bool, Error> {
     // The row first, and only as it was read: a joiner that made progress meanwhile keeps it.
     // Without its row nobody admits it again by its certificate, and the heartbeat stops
     // listing it.

@@ -22,6 +22,7 @@ pub(crate) use router::Routes;
 pub(crate) use serve::{Listener, ShutdownSignal};
 
 use super::State;
+use super::error::{Error, Kind};
 use crate::client::NOTIFICATION_USER_AGENT;
 
 /// Largest request body accepted.
@@ -85,6 +86,29 @@ impl ApiError {
     pub fn context(mut self, what: impl std::fmt::Display) -> ApiError {
         self.message = format!("{what}: {}", self.message);
         self
+    }
+}
+
+/// The one place where a failure of the layers below becomes an HTTP status.
+impl From<Error> for ApiError {
+    fn from(err: Error) -> ApiError {
+        let status = match err.kind() {
+            Kind::Invalid => StatusCode::BAD_REQUEST,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Kind::Peer(status) => StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        };
+        ApiError::new(status, err.message())
+    }
+}
+
+/// A database error answered directly by a handler.
+impl From<dqlite::Error> for ApiError {
+    fn from(err: dqlite::Error) -> ApiError {
+        Error::from(err).into()
     }
 }
 

@@ -463,9 +463,32 @@ async fn handle<'r>(
         && let Some(target) = request.query("target").map(str::to_owned)
         && target != state.name()
     {
-        return state.forward(&target, &parts.method, &parts.uri, request.body).await;
+        return forward(&state, &target, &parts.method, &parts.uri, request.body).await;
     }
     (action.handler)(state, request).await
+}
+
+/// Forwards a request to the member named `target` and passes its answer through.
+async fn forward(
+    state: &State,
+    target: &str,
+    method: &hyper::Method,
+    uri: &hyper::Uri,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let member = state
+        .members()
+        .into_iter()
+        .find(|m| m.name == target)
+        .ok_or_else(|| ApiError::not_found(format!("no cluster member named {target:?}")))?;
+    let client = state.member_client(&member.address)?;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let body = (!body.is_empty()).then_some(body);
+    let (status, body) = client
+        .raw(method.clone(), path, body)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("forwarding to {target}: {e}")))?;
+    Ok(Response::forwarded(status, body))
 }
 
 fn json_response(status: StatusCode, body: impl Into<Bytes>) -> hyper::Response<Body> {
