@@ -243,12 +243,13 @@ fn requests_during_shutdown_are_refused_cleanly() {
         workers.into_iter().flat_map(|w| w.join().unwrap()).collect::<Vec<_>>()
     });
     // Every request got an answer (200, or 503 while stopping) or found the socket closed
-    // (a connection still in the listen backlog when the daemon exits is reset by the kernel).
-    use std::io::ErrorKind::{ConnectionRefused, ConnectionReset, NotFound};
+    // (a connection still in the listen backlog when the daemon exits is reset by the kernel,
+    // and a request written after that fails with a broken pipe).
+    use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset, NotFound};
     for outcome in &outcomes {
         match outcome {
             Ok(200) | Ok(503) => {}
-            Err(NotFound | ConnectionRefused | ConnectionReset) => {}
+            Err(NotFound | ConnectionRefused | ConnectionReset | BrokenPipe) => {}
             other => panic!("unexpected outcome during shutdown: {other:?}"),
         }
     }

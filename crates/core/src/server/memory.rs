@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::metrics::Metrics;
+use crate::server::metrics::Metrics;
 
 /// How often the process's CPU use is looked at.
 const PERIOD: Duration = Duration::from_secs(5);

@@ -1,10 +1,12 @@
 //! The REST layer: endpoints with per-action access flags, requests as handlers see them,
 //! responses in the JSON envelope, and the one place where errors become HTTP statuses.
 
+pub(crate) mod endpoints;
 mod limits;
 mod repoll;
 mod router;
 mod serve;
+pub(crate) mod servers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,9 +23,9 @@ pub use limits::{ConnectionLimits, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT}
 pub(crate) use router::Routes;
 pub(crate) use serve::{Listener, ShutdownSignal};
 
-use super::State;
-use super::error::{Error, Kind};
 use crate::client::NOTIFICATION_USER_AGENT;
+use crate::server::State;
+use crate::server::error::{Error, Kind};
 
 /// Largest request body accepted.
 pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;

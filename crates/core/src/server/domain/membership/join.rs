@@ -1,0 +1,627 @@
+//! Joining: the joiner's side (`join`, and `resume` after a restart) and the cluster's side
+//! (`admit`).
+//!
+//! 1. The joiner writes its journal (`join.toml`: name, address, token, hook config), checks
+//!    the cluster certificate against the token's fingerprint and sends its name, address,
+//!    certificate and the token's secret to any join address (forwarded to the leader).
+//! 2. The leader checks the secret (constant time), expiry, name, certificate and address,
+//!    inserts the member as PENDING stamped with the time (its progress), trusts the joiner on
+//!    every member and answers with the cluster certificate and the member list. The token
+//!    stays: it is used up when the join completes.
+//! 3. The joiner stores all that (`node.toml` last), starts its listener and node, adds itself
+//!    to dqlite as a spare and takes the role the cluster needs, opens the database, records its
+//!    role and deletes its token in one transaction, runs the hooks and removes its journal.
+//!
+//! A join cut short never stays half done:
+//! - A step failing after step 2 undoes it on both sides: this member resets itself and asks
+//!   the cluster to remove it (forced), so no row, trust entry or dqlite node is left behind.
+//! - A joiner that starts again with its journal carries the join through ([`resume`]): it asks
+//!   to be admitted again, which any member answers at once when the joiner proves it holds the
+//!   certificate its row records (whatever the row's role: a join cut after its last
+//!   transaction still runs its hooks), then repeats every step, each idempotent. Refused, it
+//!   resets itself; while the cluster cannot be reached and it holds `node.toml`, it retries.
+//! - A joiner that never comes back is rolled back by the leader ([`super::stalled`]); the
+//!   token is still valid then, so the same `init` works again.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    OPEN_TIMEOUT, clean_slate, ensure_server_identity, ensure_uninitialised, fan_out, fault_point, hook_failed,
+    open_database, reset_local, retry_config_change, role_name, stalled, start_background, start_runtime,
+    take_role_on_leader,
+};
+use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role};
+use crate::client::{Client, ClientError};
+use crate::server::db::{DbStatus, members, tokens};
+use crate::server::error::{Error, Kind};
+use crate::server::state::State;
+use crate::server::state::clock;
+use crate::server::state::runtime::Runtime;
+use crate::server::state_dir::{NodeInfo, read_toml, remove_durable, write_toml};
+use crate::server::truststore::TrustEntry;
+use crate::tls::{self, Identity};
+use crate::validate;
+
+/// Deadline for the join request to the cluster.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between attempts to finish an interrupted join while the cluster cannot be reached.
+const RESUME_RETRY: Duration = Duration::from_secs(2);
+
+/// Compares secrets without leaking where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The journal of a join under way (`join.toml`, 0600: it holds the token's secret). It exists
+/// from before the join request until the join completed or was undone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Journal {
+    name: String,
+    address: String,
+    token: String,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+}
+
+impl Journal {
+    fn of(control: &Control) -> Journal {
+        Journal {
+            name: control.name.clone(),
+            address: control.address.clone(),
+            token: control.join_token.clone(),
+            config: control.config.clone(),
+        }
+    }
+
+    fn control(&self) -> Control {
+        Control {
+            join_token: self.token.clone(),
+            name: self.name.clone(),
+            address: self.address.clone(),
+            config: self.config.clone(),
+            ..Control::default()
+        }
+    }
+
+    fn read(state: &State) -> Result<Option<Journal>, Error> {
+        let path = state.0.dir.join_path();
+        read_toml(&path).map_err(|e| {
+            Error::internal(format!(
+                "{e}; it records a join that was interrupted: delete {} and run `microctl init` again (if the \
+                 cluster lists this member, remove it there first with `microctl cluster remove NAME --force`)",
+                path.display()
+            ))
+        })
+    }
+
+    fn write(&self, state: &State) -> Result<(), Error> {
+        write_toml(&state.0.dir.join_path(), self, 0o600).map_err(Error::wrap)
+    }
+
+    fn remove(state: &State) -> Result<(), Error> {
+        remove_durable(&state.0.dir.join_path()).map_err(Error::wrap)
+    }
+}
+
+/// Whether a join was under way when the daemon last stopped.
+pub(crate) fn interrupted(state: &State) -> bool {
+    state.0.dir.join_path().exists()
+}
+
+/// How a join that did not complete ended.
+enum Cut {
+    /// Undone here: this member is uninitialised again, its journal gone.
+    RolledBack(Error),
+    /// Left for another attempt: this member holds `node.toml` and the cluster could not be
+    /// reached, or could not do a step.
+    Pending(Error),
+}
+
+/// Why the steps after the admission stopped.
+enum StepError {
+    /// The cluster or this member could not do a step now: worth another attempt.
+    Transient(Error),
+    /// A hook refused, or the cluster answered what no retry changes.
+    Final(Error),
+}
+
+impl From<Error> for StepError {
+    fn from(err: Error) -> StepError {
+        if err.kind().is_refusal() { StepError::Final(err) } else { StepError::Transient(err) }
+    }
+}
+
+/// Joins the cluster that issued `control.join_token` (`microctl init NAME ADDRESS --token`).
+pub(crate) async fn join(state: &State, control: &Control) -> Result<(), Error> {
+    let _init = state.0.init_lock.lock().await;
+    if let Some(journal) = Journal::read(state)? {
+        // An earlier join of this member was cut short: it is carried through first, so that it
+        // ends joined or undone before anything else happens.
+        let earlier = journal.control();
+        match carry_through(state, &earlier).await {
+            Ok(()) if journal.name == control.name && journal.address == control.address => return Ok(()),
+            Ok(()) => {}
+            Err(Cut::Pending(err)) => {
+                return Err(err.context(format!(
+                    "this member's join as {} was interrupted and cannot be finished yet (it is tried again in the \
+                     background; `microctl waitready` waits for it)",
+                    journal.name
+                )));
+            }
+            Err(Cut::RolledBack(err)) if earlier == *control => return Err(err),
+            Err(Cut::RolledBack(err)) => {
+                tracing::warn!(name = journal.name, error = %err, "an interrupted join was undone");
+            }
+        }
+    }
+    let token = JoinToken::decode(&control.join_token);
+    if token.as_ref().is_ok_and(|token| joined_as(state, control, token)) {
+        // The same init again (its first run cut short, then finished after a restart): done.
+        return Ok(());
+    }
+    ensure_uninitialised(state)?;
+    validate::member_name(&control.name).map_err(|e| Error::invalid(e.to_string()))?;
+    validate::member_address(&control.address).map_err(|e| Error::invalid(e.to_string()))?;
+    token.map_err(|e| Error::invalid(e.to_string()))?;
+    clean_slate(state).await?;
+    Journal::of(control).write(state)?;
+    carry_through(state, control).await.map_err(|cut| match cut {
+        Cut::RolledBack(err) | Cut::Pending(err) => err,
+    })
+}
+
+/// Whether this member already is `control.name` at `control.address` in the cluster that
+/// issued `token`.
+fn joined_as(state: &State, control: &Control, token: &JoinToken) -> bool {
+    let dir = &state.0.dir;
+    let initialised = matches!(dir.node_info(), Ok(Some(_)));
+    let cluster = dir.cluster_identity().ok().flatten().and_then(|c| c.fingerprint().ok());
+    initialised
+        && state.name() == control.name
+        && state.address() == control.address
+        && cluster.is_some_and(|fp| fp.eq_ignore_ascii_case(&token.fingerprint))
+}
+
+/// Carries an interrupted join through after a start (the daemon found `join.toml`), until it
+/// completes or is undone; while this member holds `node.toml` and the cluster cannot be
+/// reached, it tries again every [`RESUME_RETRY`].
+pub(crate) async fn resume(state: State) {
+    loop {
+        let init = state.0.init_lock.lock().await;
+        let journal = match Journal::read(&state) {
+            Ok(Some(journal)) => journal,
+            Ok(None) => return,
+            // An initialised member cannot finish its join without it: stop, naming the file.
+            Err(err) if matches!(state.0.dir.node_info(), Ok(Some(_))) => return state.fail(err.message().to_owned()),
+            Err(err) => {
+                // Nothing here is part of a cluster yet: the next init starts from a clean slate.
+                tracing::warn!(error = %err, "ignoring the unreadable journal of a join that never got far");
+                let _ = Journal::remove(&state);
+                return;
+            }
+        };
+        tracing::info!(name = journal.name, "carrying through a join that was interrupted");
+        match carry_through(&state, &journal.control()).await {
+            Ok(()) => return,
+            Err(Cut::RolledBack(err)) => {
+                tracing::error!(
+                    name = journal.name,
+                    error = %err,
+                    "the interrupted join could not be finished and was undone: this member is not initialised; \
+                     run `microctl init` again (with a new token if the cluster says this one is used up or expired)"
+                );
+                return;
+            }
+            Err(Cut::Pending(err)) => {
+                tracing::warn!(name = journal.name, error = %err, "the interrupted join cannot be finished yet; retrying");
+            }
+        }
+        drop(init);
+        if state.is_shutting_down() {
+            return;
+        }
+        tokio::time::sleep(RESUME_RETRY).await;
+    }
+}
+
+/// The whole join from the admission on, for a fresh join or one resumed with `node.toml`.
+async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
+    let resumed = match state.0.dir.node_info() {
+        Ok(info) => info.map(|i| i.id),
+        Err(err) => return Err(Cut::Pending(Error::wrap(err))),
+    };
+    let token = match JoinToken::decode(&control.join_token) {
+        Ok(token) => token,
+        Err(err) => return Err(roll_back_here(state, Error::invalid(err.to_string())).await),
+    };
+    if let Err(err) = super::record_identity(state, &control.name, &control.address) {
+        return Err(match resumed {
+            Some(_) => Cut::Pending(err),
+            None => roll_back_here(state, err).await,
+        });
+    }
+    let (response, trusted_client, server) = match ask_to_join(state, control, &token, resumed.is_none()).await {
+        Ok(admitted) => admitted,
+        Err(err) if resumed.is_some() && err.kind().is_member_side() => return Err(Cut::Pending(err)),
+        // Refused: the cluster holds no row with this member's certificate, so nothing there is
+        // this member's to undo.
+        Err(err) => return Err(roll_back_here(state, err).await),
+    };
+    fault_point("join:after-admit", &control.name);
+
+    match join_steps(state, control, &token, &server, &response, resumed).await {
+        Ok(()) => {
+            if let Err(err) = Journal::remove(state) {
+                // The next start carries the completed join through again, which changes nothing.
+                tracing::error!(error = %err, "removing the journal of a completed join");
+            }
+            tracing::info!(name = control.name, via = response.trusted_member.address, "joined the cluster");
+            Ok(())
+        }
+        Err(StepError::Transient(err)) if resumed.is_some() => {
+            let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
+            if let Some(runtime) = runtime {
+                runtime.stop().await;
+            }
+            state.set_db_status_with(DbStatus::Starting, format!("finishing an interrupted join: {}", err.message()));
+            Err(Cut::Pending(err))
+        }
+        Err(StepError::Transient(err) | StepError::Final(err)) => {
+            tracing::warn!(error = %err, "join failed; undoing it");
+            let _ = state.0.settings.hooks.pre_remove(state, true).await;
+            if let Err(reset) = reset_local(state).await {
+                tracing::error!(error = %reset, "resetting after the failed join");
+            }
+            let trusted_client = trusted_client.with_timeout(Duration::from_secs(60));
+            if let Err(remove) = trusted_client.remove_member(&control.name, true).await {
+                tracing::error!(error = %remove, "asking the cluster to forget this member after the failed join");
+            }
+            Err(Cut::RolledBack(err))
+        }
+    }
+}
+
+/// Undoes a join on this member only, and says so.
+async fn roll_back_here(state: &State, err: Error) -> Cut {
+    if let Err(reset) = reset_local(state).await {
+        tracing::error!(error = %reset, "undoing the join on this member");
+    }
+    Cut::RolledBack(err)
+}
+
+async fn join_steps(
+    state: &State,
+    control: &Control,
+    token: &JoinToken,
+    server: &Identity,
+    response: &JoinResponse,
+    resumed: Option<u64>,
+) -> Result<(), StepError> {
+    let cluster_fp = tls::fingerprint_pem(&response.cluster_cert).map_err(Error::wrap)?;
+    if !cluster_fp.eq_ignore_ascii_case(&token.fingerprint) {
+        return Err(Error::forbidden("the cluster sent a certificate that does not match the token").into());
+    }
+    let dir = &state.0.dir;
+    dir.set_cluster_identity(&Identity {
+        cert_pem: response.cluster_cert.clone(),
+        key_pem: response.cluster_key.clone(),
+    })
+    .map_err(Error::wrap)?;
+    let me = ClusterMemberLocal {
+        name: control.name.clone(),
+        address: control.address.clone(),
+        certificate: server.cert_pem.clone(),
+    };
+    for member in response.cluster_members.iter().chain(std::iter::once(&me)) {
+        state.0.truststore.add(member.clone()).map_err(Error::wrap)?;
+    }
+    // A resumed join keeps its node id: dqlite may hold that node already.
+    let node_id = match resumed {
+        Some(id) => id,
+        None => {
+            let id = dqlite::generate_id(&control.address);
+            dir.set_node_info(&NodeInfo { id }).map_err(Error::wrap)?;
+            id
+        }
+    };
+    fault_point("join:after-files", &control.name);
+
+    let runtime = start_runtime(state, node_id).await?;
+    add_node(&runtime, node_id, &control.address).await?;
+    fault_point("join:after-add", &control.name);
+    let role = take_role_on_leader(state, &runtime, &control.name, node_id).await?;
+    open_database(state, &runtime, OPEN_TIMEOUT).await?;
+    // The role and the token's end in one transaction: until it commits the token can admit this
+    // member again, should the join have to be rolled back.
+    let (name, role_text) = (control.name.clone(), role_name(Some(role)).to_owned());
+    let stamp = clock::format(state.0.clock.now());
+    runtime
+        .db
+        .transaction(move |tx| {
+            let (name, role_text, stamp) = (name.clone(), role_text.clone(), stamp.clone());
+            Box::pin(async move {
+                members::set_heartbeat(tx, &name, &role_text, &stamp).await?;
+                tokens::delete(tx, &name).await.map(drop)
+            })
+        })
+        .await
+        .map_err(Error::from)?;
+
+    let hooks = state.0.settings.hooks.clone();
+    hooks.pre_join(state, &control.config).await.map_err(|e| StepError::Final(hook_failed("PreJoin", e)))?;
+    let notice = NewMemberHookRequest { new_member: me };
+    let failures = fan_out(state.peer_clients()?, |c| {
+        let notice = notice.clone();
+        async move { c.run_hook("on-new-member", &notice).await }
+    })
+    .await;
+    for (name, err) in failures {
+        tracing::warn!(member = name, error = %err, "the OnNewMember hook failed");
+    }
+    fault_point("join:before-post-join", &control.name);
+    if let Err(err) = hooks.post_join(state, &control.config).await {
+        tracing::warn!(error = %err, "the PostJoin hook failed");
+    }
+    hooks.on_start(state).await.map_err(|e| StepError::Final(hook_failed("OnStart", e)))?;
+    start_background(state, &runtime);
+    Ok(())
+}
+
+/// Adds node `id` to dqlite as a spare, unless an earlier attempt of this join did. A node an
+/// earlier attempt left at this address under another id (its `node.toml` was lost with a
+/// reset) is removed first: it is this member's, and gone.
+async fn add_node(runtime: &Runtime, id: u64, address: &str) -> Result<(), Error> {
+    let client = runtime.db.client().clone();
+    let nodes = client.cluster().await?;
+    if nodes.iter().any(|n| n.id == id) {
+        return Ok(());
+    }
+    if let Some(stale) = nodes.iter().find(|n| n.address == address) {
+        let stale = stale.id;
+        tracing::info!(node = stale, "removing this address's node from an earlier attempt to join");
+        retry_config_change("removing this member's node from an earlier attempt", || client.remove(stale)).await?;
+    }
+    retry_config_change("adding this member to dqlite", || client.add(id, address)).await
+}
+
+/// PreInit (for a member not initialised yet), then asks the cluster (any join address, or
+/// any member this one already trusts) to admit this member.
+async fn ask_to_join(
+    state: &State,
+    control: &Control,
+    token: &JoinToken,
+    pre_init: bool,
+) -> Result<(JoinResponse, Client, Identity), Error> {
+    if pre_init {
+        let hooks = state.0.settings.hooks.clone();
+        hooks.pre_init(state, false, &control.config).await.map_err(|e| hook_failed("PreInit", e))?;
+    }
+    let server = ensure_server_identity(state, &control.name)?;
+    let tls = tls::client_config(Some(&server), vec![token.fingerprint.clone()]).map_err(Error::wrap)?;
+    let settings = &state.0.settings;
+    let request = JoinRequest {
+        name: control.name.clone(),
+        address: control.address.clone(),
+        certificate: server.cert_pem.clone(),
+        secret: token.secret.clone(),
+        schema_internal_version: settings.internal_schema.len() as u64,
+        schema_external_version: settings.external_schema.len() as u64,
+        extensions: settings.api_extensions.clone(),
+    };
+    let mut addresses = token.join_addresses.clone();
+    for known in state.0.truststore.snapshot().addresses() {
+        if known != control.address && !addresses.contains(&known) {
+            addresses.push(known);
+        }
+    }
+
+    // Try every address; a member that cannot serve the request right now (no leader during an
+    // election, shutting down, its leader killed under the request) counts like an unreachable
+    // one, and the whole list is retried until the deadline.
+    fault_point("join:before-admit", &control.name);
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let mut unreachable = Vec::new();
+    loop {
+        unreachable.clear();
+        for address in &addresses {
+            let client = Client::https(address.clone(), tls.clone()).with_timeout(JOIN_TIMEOUT);
+            match client.join(&request).await {
+                Ok(response) => return Ok((response, client, server)),
+                Err(ClientError::Api { status, message }) if status.is_client_error() => {
+                    // The cluster answered and refused: any member would say the same.
+                    return Err(Error::new(Kind::Peer(status.as_u16()), message));
+                }
+                Err(err) => unreachable.push(format!("{address}: {err}")),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::unavailable(format!(
+                "could not reach the cluster at any join address: {}",
+                unreachable.join("; ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// On any member: admits a joiner that presents a valid token (forwarded to the leader), or
+/// answers a joiner admitted before that comes back. `proven` is the fingerprint of the
+/// certificate the caller presented over TLS, when it reached this member directly.
+pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&str>) -> Result<JoinResponse, Error> {
+    let runtime = state.db()?;
+    let member = ClusterMemberLocal {
+        name: request.name.clone(),
+        address: request.address.clone(),
+        certificate: request.certificate.clone(),
+    };
+    let entry = TrustEntry::new(member.clone()).map_err(|e| Error::invalid(e.to_string()))?;
+    let cert = tls::parse_cert(&request.certificate, "certificate").map_err(|e| Error::invalid(e.to_string()))?;
+    if !tls::cert_has_dns_name(&cert, &request.name).map_err(|e| Error::invalid(e.to_string()))? {
+        return Err(Error::forbidden(format!("the joiner's certificate does not name {:?}", request.name)));
+    }
+
+    // The same joiner again (restarted, or its answer lost): it proved over TLS that it holds
+    // the key of the certificate its row records, which is all its first admission
+    // established, so no token is needed and any member can answer.
+    if proven.is_some_and(|fp| fp.eq_ignore_ascii_case(&entry.fingerprint))
+        && let Some(answer) = readmit(state, &runtime, &member).await?
+    {
+        return Ok(answer);
+    }
+
+    let leader = runtime.db.client().leader().await?;
+    if leader.address != runtime.address {
+        let client = state.member_client(&leader.address)?;
+        return client.join(&request).await.map_err(|e| match e {
+            ClientError::Api { status, message } => Error::new(Kind::Peer(status.as_u16()), message),
+            other => Error::unavailable(format!("forwarding the join request to the leader: {other}")),
+        });
+    }
+
+    let settings = &state.0.settings;
+    if request.extensions != settings.api_extensions {
+        return Err(Error::invalid(format!(
+            "the joiner's API extensions {:?} differ from the cluster's {:?}; run the same software version",
+            request.extensions, settings.api_extensions
+        )));
+    }
+    let ours = (settings.internal_schema.len() as u64, settings.external_schema.len() as u64);
+    if (request.schema_internal_version, request.schema_external_version) != ours {
+        return Err(Error::invalid(format!(
+            "the joiner's schema versions {:?} differ from the cluster's {:?}; run the same software version",
+            (request.schema_internal_version, request.schema_external_version),
+            ours
+        )));
+    }
+    let trusted = state.0.truststore.snapshot();
+    if trusted.by_name(&request.name).is_some() {
+        return Err(name_taken(state, &runtime, &request.name).await);
+    }
+    if let Some(other) = trusted.by_address(&request.address) {
+        return Err(Error::conflict(format!(
+            "address {} is already used by member {:?}",
+            request.address, other.member.name
+        )));
+    }
+
+    let mut row = super::own_row(
+        state,
+        &Identity { cert_pem: request.certificate.clone(), key_pem: String::new() },
+        role::PENDING,
+    );
+    row.name = request.name.clone();
+    row.address = request.address.clone();
+    // Progress, in the cluster's time as the heartbeat stamps it: a PENDING row whose stamp ages
+    // past the stall bound is rolled back.
+    row.heartbeat = clock::format(state.0.clock.now());
+    let secret = request.secret.clone();
+    // The cluster's time, as the token's expiry was stamped (this leader's clock may be off).
+    let now = state.0.clock.now();
+    let refused = runtime
+        .db
+        .transaction(move |tx| {
+            let (row, secret) = (row.clone(), secret.clone());
+            Box::pin(async move {
+                let existing = members::list(tx).await?;
+                if existing.iter().any(|m| m.name == row.name || m.address == row.address) {
+                    return Ok(Some(Error::conflict(format!("member {:?} or address {} already exists", row.name, row.address))));
+                }
+                let token = tokens::list(tx).await?.into_iter().find(|t| t.name == row.name);
+                let Some(token) = token.filter(|t| same_secret(&t.secret, &secret)) else {
+                    return Ok(Some(Error::forbidden(
+                        "invalid join token: no valid token was issued for this name (it may have been used or revoked)",
+                    )));
+                };
+                if token.is_expired(now) {
+                    return Ok(Some(Error::forbidden("the join token has expired; issue a new one")));
+                }
+                // The token stays until the join completes (the joiner deletes it with its
+                // role), so that a join rolled back can be made again with it.
+                members::insert(tx, &row).await.map(|()| None)
+            })
+        })
+        .await?;
+    if let Some(err) = refused {
+        return Err(err);
+    }
+    fault_point("admit:after-insert", &request.name);
+    let answer = trust_and_answer(state, &runtime, &member).await?;
+    tracing::info!(name = request.name, address = request.address, "admitted a new member");
+    fault_point("admit:before-answer", &request.name);
+    Ok(answer)
+}
+
+/// The answer to a joiner whose row (name, address and certificate) already exists, or `None`.
+/// A PENDING row is stamped: the joiner is back, its join makes progress.
+async fn readmit(state: &State, runtime: &Runtime, member: &ClusterMemberLocal) -> Result<Option<JoinResponse>, Error> {
+    // A member between leaders cannot tell yet: the joiner asks again, here or elsewhere.
+    let unavailable = |e: Error| Error::unavailable(format!("reading the membership: {}", e.message()));
+    let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await.map_err(|e| unavailable(Error::from(e)))?;
+    let Some(row) = rows
+        .iter()
+        .find(|r| r.name == member.name && r.address == member.address && r.certificate == member.certificate)
+    else {
+        return Ok(None);
+    };
+    if row.role == role::PENDING {
+        let sql = "UPDATE core_cluster_members SET heartbeat = ? WHERE name = ? AND role = ?";
+        let stamp = clock::format(state.0.clock.now());
+        let params = [stamp.into(), member.name.as_str().into(), role::PENDING.into()];
+        runtime.db.exec(sql, &params).await.map_err(|e| unavailable(Error::from(e)))?;
+    }
+    let answer = trust_and_answer(state, runtime, member).await?;
+    tracing::info!(name = member.name, role = row.role, "admitted again: the joiner is back to finish its join");
+    Ok(Some(answer))
+}
+
+/// Trusts `member` here and on every other member, and answers it with the cluster's
+/// certificate and members.
+async fn trust_and_answer(
+    state: &State,
+    runtime: &Runtime,
+    member: &ClusterMemberLocal,
+) -> Result<JoinResponse, Error> {
+    state.0.truststore.add(member.clone()).map_err(Error::wrap)?;
+    runtime.set_servers(state.0.truststore.snapshot().addresses());
+    let others: Vec<_> = state.peer_clients()?.into_iter().filter(|(m, _)| m.name != member.name).collect();
+    let failures = fan_out(others, |c| {
+        let member = member.clone();
+        async move { c.add_trust(&member).await }
+    })
+    .await;
+    for (name, err) in failures {
+        tracing::warn!(member = name, error = %err, "could not tell a member to trust the joiner; the next heartbeat will");
+    }
+    let trusted_member = state
+        .0
+        .truststore
+        .snapshot()
+        .by_name(&state.name())
+        .map(|e| e.member.clone())
+        .ok_or_else(|| Error::internal("this member is missing from its own trust store"))?;
+    Ok(JoinResponse {
+        cluster_cert: runtime.cluster_identity.cert_pem.clone(),
+        cluster_key: runtime.cluster_identity.key_pem.clone(),
+        cluster_members: state.members(),
+        trusted_member,
+    })
+}
+
+/// The refusal for a name that is taken, saying what to do when its holder is still joining.
+async fn name_taken(state: &State, runtime: &Runtime, name: &str) -> Error {
+    let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await.unwrap_or_default();
+    if rows.iter().any(|r| r.name == name && r.role == role::PENDING) {
+        let bound = stalled::stall_bound(state.0.settings.heartbeat);
+        return Error::conflict(format!(
+            "a member named {name:?} already exists and is still joining, with another certificate: if that \
+             join was abandoned, the cluster rolls it back after {} s without progress and this init then works; \
+             or remove it now with `microctl cluster remove {name} --force`",
+            bound.as_secs()
+        ));
+    }
+    Error::conflict(format!("a member named {name:?} already exists"))
+}

@@ -1,0 +1,448 @@
+//! How a member comes, lives and goes: bootstrap, join (both sides), removal and reset, and the
+//! pieces they share. The order of steps in each keeps the three descriptions of the
+//! membership (dqlite's configuration, `core_cluster_members`, the trust stores) in step, and
+//! every step that can fail midway is undone.
+
+mod address;
+mod bootstrap;
+mod fault;
+mod handover;
+mod join;
+mod remove;
+pub(crate) mod stalled;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(crate) use address::{relocate, set_address};
+pub(crate) use bootstrap::bootstrap;
+pub(crate) use fault::point as fault_point;
+pub(crate) use handover::handover;
+pub(crate) use join::{admit, interrupted as join_interrupted, join, resume as resume_join};
+pub(crate) use remove::remove;
+
+use crate::api::{ClusterMemberLocal, role};
+use crate::certs;
+use crate::client::{Client, ClientError};
+use crate::server::db::{DbStatus, members, schema};
+use crate::server::domain::heartbeat;
+use crate::server::error::{Error, Kind};
+use crate::server::state::State;
+use crate::server::state::runtime::{Runtime, StartError};
+use crate::tls::{self, Identity};
+
+/// How long to wait for a leader while opening the database during init.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Waiting for a leader after a restart: as long as it takes (quorum may come back later).
+pub(crate) const OPEN_TIMEOUT_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Fails with 409 if the member is already initialised.
+pub(crate) fn ensure_uninitialised(state: &State) -> Result<(), Error> {
+    let initialised = state.0.dir.node_info().map_err(Error::wrap)?.is_some();
+    if initialised || state.runtime().is_ok() {
+        return Err(Error::conflict(format!(
+            "this member is already initialised as {:?} at {}; remove it from its cluster first",
+            state.name(),
+            state.address()
+        )));
+    }
+    Ok(())
+}
+
+/// Sets this member's name and address (in memory and `daemon.toml`) at the start of init.
+pub(crate) fn record_identity(state: &State, name: &str, address: &str) -> Result<(), Error> {
+    let mut config = state.0.config.write().map_err(|_| Error::internal("poisoned"))?;
+    config.name = name.to_owned();
+    config.address = address.to_owned();
+    state.0.dir.set_daemon_config(&config).map_err(Error::wrap)
+}
+
+/// Wraps a hook's failure.
+pub(crate) fn hook_failed(hook: &str, err: crate::server::state::hooks::HookError) -> Error {
+    Error::internal(format!("the {hook} hook failed: {err}"))
+}
+
+/// This member's certificate, regenerated if it does not name `name` (a joiner's name must be
+/// in its certificate).
+pub(crate) fn ensure_server_identity(state: &State, name: &str) -> Result<Identity, Error> {
+    let current = state.0.server_identity.read().map(|i| i.clone()).map_err(|_| Error::internal("poisoned"))?;
+    let der = tls::parse_cert(&current.cert_pem, "server.crt").map_err(Error::wrap)?;
+    if tls::cert_has_dns_name(&der, name).unwrap_or(false) {
+        return Ok(current);
+    }
+    let fresh = certs::generate(name, &[]).map_err(Error::wrap)?;
+    state.0.dir.set_server_identity(&fresh).map_err(Error::wrap)?;
+    if let Ok(mut guard) = state.0.server_identity.write() {
+        *guard = fresh.clone();
+    }
+    Ok(fresh)
+}
+
+/// Starts the runtime and installs it in the daemon.
+pub(crate) async fn start_runtime(state: &State, node_id: u64) -> Result<Arc<Runtime>, Error> {
+    start_runtime_with(state, node_id, None).await
+}
+
+/// [`start_runtime`], forcing the node's raft configuration first (quorum recovery).
+pub(crate) async fn start_runtime_with(
+    state: &State,
+    node_id: u64,
+    recovery: Option<Vec<dqlite::NodeInfo>>,
+) -> Result<Arc<Runtime>, Error> {
+    let runtime = Runtime::start_with(state, node_id, recovery).await.map_err(|e| match e {
+        StartError::Listen { .. } => Error::wrap(e).with_kind(Kind::Conflict),
+        other => Error::wrap(other),
+    })?;
+    if let Ok(mut slot) = state.0.runtime.write() {
+        *slot = Some(runtime.clone());
+    }
+    // The application's own listeners: a failure leaves that listener off, not the member.
+    if let Err(err) = crate::server::rest::servers::apply(state, &runtime.listeners, &runtime.cluster_identity).await {
+        tracing::warn!(error = %err, "additional listeners");
+    }
+    Ok(runtime)
+}
+
+/// What opening found.
+enum Opened {
+    Online,
+    /// Other members run older software; the reason names them.
+    Waiting(String),
+}
+
+/// Waits for a leader, then brings the schema up to date and marks the database online — or,
+/// when this member runs newer software than others, waits (status "waiting for an upgrade",
+/// re-checked every second) until every member runs it, and then applies the updates once.
+/// A member whose software is older than the database's schema refuses to open.
+pub(crate) async fn open_database(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), Error> {
+    open_schema(state, runtime, timeout).await?;
+    state.set_db_status(DbStatus::Online);
+    Ok(())
+}
+
+/// [`open_database`] up to, not including, marking the database online: for a caller with
+/// work that must be done before anyone may use it.
+pub(crate) async fn open_schema(state: &State, runtime: &Runtime, timeout: Duration) -> Result<(), Error> {
+    state.set_db_status(DbStatus::Starting);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if runtime.stop.is_fired() || state.is_shutting_down() {
+            return Err(Error::unavailable("shutting down"));
+        }
+        match try_open(state, runtime).await {
+            Ok(Opened::Online) => break,
+            Ok(Opened::Waiting(reason)) => {
+                if state.database_status() != DbStatus::WaitingUpgrade {
+                    tracing::warn!("{reason}");
+                }
+                state.set_db_status_with(DbStatus::WaitingUpgrade, reason);
+                tokio::time::sleep(UPGRADE_POLL).await;
+            }
+            Err(schema::SchemaError::Behind { kind, applied, known }) => {
+                state.set_db_status(DbStatus::Offline);
+                return Err(Error::unavailable(schema::SchemaError::Behind { kind, applied, known }.to_string()));
+            }
+            Err(schema::SchemaError::Db(err)) if Instant::now() < deadline => {
+                tracing::debug!(error = %err, "database not reachable yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(schema::SchemaError::Db(err)) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// How often a member waiting for the others to upgrade looks again.
+const UPGRADE_POLL: Duration = Duration::from_secs(1);
+
+async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::SchemaError> {
+    let settings = &state.0.settings;
+    let db = &runtime.db;
+    schema::create_schemas_table(db).await?;
+    let applied = schema::applied(db).await?;
+    let known = schema::known(&settings.internal_schema, &settings.external_schema);
+    schema::check_not_behind(applied, known)?;
+    if applied == schema::Versions::default() {
+        // A new cluster's database: nobody else runs older software yet.
+        schema::apply_missing(db, &settings.internal_schema, &settings.external_schema).await?;
+        return Ok(Opened::Online);
+    }
+
+    // Record what this member runs, so the others can tell when everyone has upgraded.
+    let (name, extensions) = (state.name(), settings.api_extensions.clone());
+    let (owned_name, owned_extensions) = (name.clone(), extensions.clone());
+    let rows = db
+        .transaction(move |tx| {
+            let (name, extensions) = (owned_name, owned_extensions);
+            Box::pin(async move {
+                members::set_software(tx, &name, known.internal, known.external, &extensions).await?;
+                members::list(tx).await
+            })
+        })
+        .await?;
+    let behind: Vec<&str> = rows
+        .iter()
+        .filter(|m| {
+            m.name != name
+                && ((m.schema_internal, m.schema_external) < (known.internal, known.external)
+                    || m.api_extensions.len() < extensions.len())
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+    if !behind.is_empty() {
+        return Ok(Opened::Waiting(format!(
+            "{} cluster member(s) have not yet received the update ({}); upgrade them, or remove \
+             one that is gone for good with `cluster remove --force`",
+            behind.len(),
+            behind.join(", ")
+        )));
+    }
+    if applied != known {
+        schema::apply_missing(db, &settings.internal_schema, &settings.external_schema).await?;
+        tracing::info!(
+            from = ?(applied.internal, applied.external),
+            to = ?(known.internal, known.external),
+            "applied schema updates"
+        );
+    }
+    Ok(Opened::Online)
+}
+
+/// Everything after the database is online on every start: heartbeats, the checkpoint
+/// threshold following the node's role, and freed memory given back after bursts.
+pub(crate) fn start_background(state: &State, runtime: &Arc<Runtime>) {
+    runtime.adopt(tokio::spawn(heartbeat::run(state.clone(), runtime.stop.clone())));
+    runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
+    runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.0.metrics.clone())));
+    runtime.adopt(tokio::spawn(crate::server::state::disk::watch(
+        state.clone(),
+        crate::server::state::disk::Paths { raft: state.0.dir.database_dir(), probe: state.0.dir.root().to_owned() },
+        runtime.disk.clone(),
+        crate::server::state::runtime::RAFT_SEGMENT_SIZE as u64,
+    )));
+}
+
+/// Turns this member back into an uninitialised daemon: stops its node and listener, and
+/// deletes its database, cluster certificate and trust store. Idempotent.
+pub(crate) async fn reset_local(state: &State) -> Result<(), Error> {
+    state.bump_epoch();
+    state.set_db_status(DbStatus::Offline);
+    let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
+    if let Some(runtime) = runtime {
+        runtime.stop().await;
+    }
+    let result = state.0.dir.reset().map_err(|e| Error::internal(format!("resetting the state directory: {e}")));
+    state.0.truststore.clear();
+    if let Ok(mut config) = state.0.config.write() {
+        config.name.clear();
+        config.address.clear();
+    }
+    state.set_db_status(DbStatus::NotInitialized);
+    result
+}
+
+/// Makes a member that is not initialised forget what an init that did not finish left behind
+/// (another cluster's certificate and trust entries, a name, a join's journal), so that a
+/// bootstrap or a join starts from nothing but this member's own certificate.
+pub(crate) async fn clean_slate(state: &State) -> Result<(), Error> {
+    let dir = &state.0.dir;
+    let files = [dir.cert_path("cluster"), dir.key_path("cluster"), dir.join_path()];
+    let leftovers = files.iter().any(|f| f.exists())
+        || state.0.truststore.snapshot().iter().next().is_some()
+        || !state.name().is_empty();
+    if leftovers {
+        tracing::info!("removing what an earlier init that did not finish left in the state directory");
+        reset_local(state).await?;
+    }
+    Ok(())
+}
+
+/// Stops trusting `name` here and tells every other member to do the same.
+pub(crate) async fn distrust_everywhere(state: &State, runtime: &Runtime, name: &str) -> Result<(), Error> {
+    state.0.truststore.remove(name).map_err(Error::wrap)?;
+    runtime.set_servers(state.0.truststore.snapshot().addresses());
+    let victim = name.to_owned();
+    for (member, err) in fan_out(state.peer_clients()?, |c| {
+        let victim = victim.clone();
+        async move { c.remove_trust(&victim).await }
+    })
+    .await
+    {
+        tracing::warn!(member, error = %err, "could not tell a member to stop trusting {name}; the next heartbeat will");
+    }
+    Ok(())
+}
+
+/// The role a member's row should record, given its row's role and its node in dqlite's
+/// configuration (`None`: no node at its address). A PENDING member whose node is a spare is
+/// still joining (it takes its role next): recording "spare" would make a join that stopped
+/// there look like a member that is a spare, which nobody rolls back.
+pub(crate) fn recorded_role(row_role: &str, node: Option<Option<dqlite::Role>>) -> &str {
+    match node {
+        None => row_role,
+        Some(Some(dqlite::Role::Spare)) if row_role == role::PENDING => role::PENDING,
+        Some(node_role) => role_name(node_role),
+    }
+}
+
+/// The role a newly added node should get: voters first (up to 3), then stand-bys (up to 3).
+pub(crate) fn role_for_new_node(nodes: &[dqlite::NodeInfo], new_id: u64) -> dqlite::Role {
+    let count = |role| nodes.iter().filter(|n| n.id != new_id && n.role == Some(role)).count();
+    if count(dqlite::Role::Voter) < 3 {
+        dqlite::Role::Voter
+    } else if count(dqlite::Role::StandBy) < 3 {
+        dqlite::Role::StandBy
+    } else {
+        dqlite::Role::Spare
+    }
+}
+
+/// Gives node `id`, added as a spare, the role the cluster needs ([`role_for_new_node`]);
+/// returns its role (a node a heartbeat promoted meanwhile keeps its role).
+pub(crate) async fn take_role(client: &dqlite::Client, id: u64) -> Result<dqlite::Role, Error> {
+    let promoted = |nodes: &[dqlite::NodeInfo]| {
+        nodes.iter().find(|n| n.id == id).and_then(|n| n.role).filter(|r| *r != dqlite::Role::Spare)
+    };
+    let nodes = client.cluster().await?;
+    if let Some(role) = promoted(&nodes) {
+        return Ok(role);
+    }
+    let role = role_for_new_node(&nodes, id);
+    if role != dqlite::Role::Spare
+        && let Err(err) = retry_config_change("assigning this member's role", || client.assign(id, role)).await
+    {
+        return promoted(&client.cluster().await?).ok_or(err);
+    }
+    Ok(role)
+}
+
+/// [`take_role`] decided on the leader (`POST /core/internal/cluster/{name}/role`, under its
+/// role lock), so that members joining at once do not each fill the same gap. Decides here
+/// when the leader cannot be asked (or runs software without the endpoint).
+pub(crate) async fn take_role_on_leader(
+    state: &State,
+    runtime: &Runtime,
+    name: &str,
+    id: u64,
+) -> Result<dqlite::Role, Error> {
+    let client = runtime.db.client();
+    if let Ok(leader) = client.leader().await
+        && leader.address != runtime.address
+        && let Ok(http) = state.member_client(&leader.address)
+    {
+        match http.with_timeout(Duration::from_secs(45)).take_role(name, id).await {
+            Ok(role) => match role_from_name(&role) {
+                Some(role) => return Ok(role),
+                None => tracing::warn!(role, "the leader answered an unknown role; choosing here"),
+            },
+            Err(err) => tracing::debug!(error = %err, "the leader did not choose this member's role; choosing here"),
+        }
+    }
+    let _serial = state.0.role_lock.lock().await;
+    take_role(client, id).await
+}
+
+fn role_from_name(name: &str) -> Option<dqlite::Role> {
+    [dqlite::Role::Voter, dqlite::Role::StandBy, dqlite::Role::Spare].into_iter().find(|r| role_name(Some(*r)) == name)
+}
+
+/// Runs a dqlite membership request, retrying while raft is busy with another change.
+pub(crate) async fn retry_config_change<F, Fut>(what: &str, mut request: F) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = dqlite::Result<()>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut backoff = dqlite::Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    loop {
+        match request().await {
+            Ok(()) => return Ok(()),
+            Err(err) if (err.is_busy() || err.is_not_leader()) && Instant::now() < deadline => {
+                tracing::debug!(error = %err, "{what}: retrying");
+                backoff.wait().await;
+            }
+            Err(err) => return Err(Error::from(err).context(what)),
+        }
+    }
+}
+
+/// Runs `call` against every client at once and returns the failures.
+pub(crate) async fn fan_out<F, Fut>(clients: Vec<(ClusterMemberLocal, Client)>, call: F) -> Vec<(String, ClientError)>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>> + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for (member, client) in clients {
+        let fut = call(client);
+        set.spawn(async move { (member.name, fut.await) });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((name, Err(err))) = joined {
+            failures.push((name, err));
+        }
+    }
+    failures
+}
+
+/// The role string stored for a dqlite role.
+pub(crate) fn role_name(role: Option<dqlite::Role>) -> &'static str {
+    match role {
+        Some(dqlite::Role::Voter) => role::VOTER,
+        Some(dqlite::Role::StandBy) => role::STAND_BY,
+        Some(dqlite::Role::Spare) => role::SPARE,
+        None => role::PENDING,
+    }
+}
+
+/// This member's row as first inserted.
+pub(crate) fn own_row(state: &State, identity: &Identity, role: &str) -> members::MemberRow {
+    let settings = &state.0.settings;
+    members::MemberRow {
+        name: state.name(),
+        address: state.address(),
+        certificate: identity.cert_pem.clone(),
+        schema_internal: settings.internal_schema.len() as u64,
+        schema_external: settings.external_schema.len() as u64,
+        heartbeat: crate::server::db::ZERO_TIME.to_owned(),
+        role: role.to_owned(),
+        api_extensions: settings.api_extensions.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dqlite::{NodeInfo, Role};
+
+    fn node(id: u64, role: Role) -> NodeInfo {
+        NodeInfo { id, address: format!("n{id}"), role: Some(role) }
+    }
+
+    #[test]
+    fn a_joiner_added_as_a_spare_stays_pending_until_it_takes_its_role() {
+        use crate::api::role::{PENDING, SPARE, STAND_BY, VOTER};
+        for (row, node, recorded) in [
+            (PENDING, None, PENDING),
+            (PENDING, Some(Some(Role::Spare)), PENDING),
+            (PENDING, Some(Some(Role::Voter)), VOTER),
+            (PENDING, Some(Some(Role::StandBy)), STAND_BY),
+            (VOTER, Some(Some(Role::Spare)), SPARE),
+            (SPARE, Some(Some(Role::Voter)), VOTER),
+            (VOTER, None, VOTER),
+        ] {
+            assert_eq!(recorded_role(row, node), recorded, "{row} with {node:?}");
+        }
+    }
+
+    #[test]
+    fn new_nodes_fill_voters_then_stand_bys() {
+        let mut nodes = vec![node(1, Role::Voter), node(9, Role::Spare)];
+        assert_eq!(role_for_new_node(&nodes, 9), Role::Voter);
+        nodes.extend([node(2, Role::Voter), node(3, Role::Voter)]);
+        assert_eq!(role_for_new_node(&nodes, 9), Role::StandBy);
+        nodes.extend([node(4, Role::StandBy), node(5, Role::StandBy), node(6, Role::StandBy)]);
+        assert_eq!(role_for_new_node(&nodes, 9), Role::Spare);
+    }
+}

@@ -1,0 +1,459 @@
+//! The library's entry point: [`App`] runs a member's daemon with the application's endpoints,
+//! schema and hooks, and offers the calls an application makes on its own member.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::{Control, ServerStatus, SqlBatch, TokenRecord};
+use crate::client::{Client, ClientError};
+use crate::server::db::DbStatus;
+use crate::server::db::schema::{SchemaUpdate, internal_updates};
+use crate::server::domain::membership::{OPEN_TIMEOUT_FOREVER, open_schema, start_background, start_runtime_with};
+use crate::server::lifecycle::startup::{self, Files};
+use crate::server::rest::endpoints;
+use crate::server::rest::servers::Server;
+use crate::server::rest::{ConnectionLimits, Listener, Routes, open_file_limit};
+use crate::server::state::hooks::{Hooks, NoHooks};
+use crate::server::state::runtime::Runtime;
+use crate::server::state::{Daemon, Settings, State};
+use crate::server::state_dir::{StateDir, StateDirError};
+
+/// Where the member keeps its state.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// The state directory.
+    pub state_dir: PathBuf,
+}
+
+/// What the application brings to the daemon.
+#[derive(Clone)]
+pub struct DaemonArgs {
+    /// Application version, reported by `GET /core/1.0`.
+    pub version: String,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// API extensions this software provides (`[a-z0-9]+(_[a-z0-9]+)*`, append-only).
+    pub api_extensions: Vec<String>,
+    /// The application's schema updates (append-only).
+    pub extensions_schema: Vec<SchemaUpdate>,
+    /// Lifecycle hooks.
+    pub hooks: Arc<dyn Hooks>,
+    /// The application's endpoints and where they are served.
+    pub servers: Vec<Server>,
+    /// Group owning the control socket (name or numeric id).
+    pub socket_group: Option<String>,
+    /// Expected network round trip between members (raft heartbeat 3×, election 15×).
+    pub network_latency: Duration,
+    /// Longest an SQL statement may run on this member's node before it is interrupted
+    /// (`None`: no limit). libdqlite runs statements on the loop that also keeps raft going, so
+    /// a runaway query would otherwise freeze the member for good. Process-wide (see
+    /// [`dqlite::set_statement_timeout`]).
+    pub statement_timeout: Option<Duration>,
+    /// This member's failure domain, recorded in `daemon.toml` at start (`None`: keep the
+    /// recorded one). Voters and stand-bys are spread across domains.
+    pub failure_domain: Option<u64>,
+    /// Connections each listener holds and the timeouts that close them.
+    pub connections: ConnectionLimits,
+}
+
+impl std::fmt::Debug for DaemonArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonArgs")
+            .field("version", &self.version)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("api_extensions", &self.api_extensions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for DaemonArgs {
+    fn default() -> Self {
+        DaemonArgs {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            heartbeat_interval: Duration::from_secs(10),
+            api_extensions: Vec::new(),
+            extensions_schema: Vec::new(),
+            hooks: Arc::new(NoHooks),
+            servers: Vec::new(),
+            socket_group: None,
+            network_latency: Duration::from_millis(40),
+            statement_timeout: Some(Duration::from_secs(5)),
+            failure_domain: None,
+            connections: ConnectionLimits::default(),
+        }
+    }
+}
+
+/// The daemon could not start or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// A state directory problem (including another daemon holding it).
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    /// Invalid arguments.
+    #[error("{0}")]
+    Invalid(String),
+    /// A listener could not start.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A member of a cluster, run by the application.
+#[derive(Debug, Clone)]
+pub struct App {
+    state_dir: PathBuf,
+}
+
+impl App {
+    /// An app using the state directory in `args`.
+    pub fn new(args: Args) -> App {
+        App { state_dir: args.state_dir }
+    }
+
+    /// The control socket's path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("control.socket")
+    }
+
+    /// A client of this member over its control socket.
+    pub fn local_client(&self) -> Client {
+        Client::unix(self.socket_path())
+    }
+
+    /// This member's status.
+    pub async fn status(&self) -> Result<ServerStatus, ClientError> {
+        self.local_client().status().await
+    }
+
+    /// Waits until the daemon answers and is ready.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.local_client().with_timeout(Duration::from_secs(5)).ready().await {
+                Ok(()) => return Ok(()),
+                Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Bootstraps a new cluster with this member.
+    pub async fn new_cluster(
+        &self,
+        name: &str,
+        address: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<(), ClientError> {
+        let control =
+            Control { bootstrap: true, name: name.into(), address: address.into(), config, ..Control::default() };
+        self.local_client().with_timeout(Duration::from_secs(120)).control(&control).await
+    }
+
+    /// Joins the cluster that issued `token`.
+    pub async fn join_cluster(
+        &self,
+        name: &str,
+        address: &str,
+        token: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<(), ClientError> {
+        let control = Control {
+            join_token: token.into(),
+            name: name.into(),
+            address: address.into(),
+            config,
+            ..Control::default()
+        };
+        self.local_client().with_timeout(Duration::from_secs(120)).control(&control).await
+    }
+
+    /// Issues a join token for member `name`.
+    pub async fn new_join_token(&self, name: &str, expire_after: Option<Duration>) -> Result<String, ClientError> {
+        self.local_client().add_token(name, expire_after).await
+    }
+
+    /// Outstanding join tokens.
+    pub async fn list_join_tokens(&self) -> Result<Vec<TokenRecord>, ClientError> {
+        self.local_client().tokens().await
+    }
+
+    /// Revokes the join token for `name`.
+    pub async fn revoke_join_token(&self, name: &str) -> Result<(), ClientError> {
+        self.local_client().revoke_token(name).await
+    }
+
+    /// A mutual-TLS client of the member at `address`, authenticated with this member's
+    /// certificate (the member must be initialised).
+    pub fn remote_client(&self, address: &str) -> Result<Client, AppError> {
+        let dir = StateDir::open(&self.state_dir)?;
+        let identity =
+            dir.server_identity()?.ok_or_else(|| AppError::Invalid("this member has no certificate yet".into()))?;
+        let cluster = dir
+            .cluster_identity()?
+            .ok_or_else(|| AppError::Invalid("this member is not initialised (no cluster certificate)".into()))?;
+        let fingerprint = cluster.fingerprint().map_err(|e| AppError::Invalid(e.to_string()))?;
+        let config = crate::tls::client_config(Some(&identity), vec![fingerprint])
+            .map_err(|e| AppError::Invalid(e.to_string()))?;
+        Ok(Client::https(address, config))
+    }
+
+    /// Runs SQL on the cluster database.
+    pub async fn sql(&self, query: &str) -> Result<SqlBatch, ClientError> {
+        self.local_client().sql(query).await
+    }
+
+    /// Runs the daemon until SIGINT, SIGTERM or `POST /core/control/shutdown`.
+    pub async fn start(&self, args: DaemonArgs) -> Result<(), AppError> {
+        crate::server::rest::servers::validate(&args.servers).map_err(AppError::Invalid)?;
+        for ext in &args.api_extensions {
+            if !valid_extension(ext) {
+                return Err(AppError::Invalid(format!(
+                    "invalid API extension name {ext:?}: use [a-z0-9]+(_[a-z0-9]+)*"
+                )));
+            }
+        }
+        let gid = args.socket_group.as_deref().map(resolve_group).transpose()?;
+        dqlite::set_statement_timeout(args.statement_timeout).map_err(|e| AppError::Invalid(e.to_string()))?;
+        let dir = StateDir::open(&self.state_dir)?;
+        let _lock = dir.lock()?;
+        let Files { mut config, server: server_identity, truststore, node: initialised } = startup::load(&dir)?;
+        if let Some(domain) = args.failure_domain.filter(|d| *d != config.failure_domain) {
+            config.failure_domain = domain;
+            dir.set_daemon_config(&config)?;
+        }
+
+        // The core listener serves the core API and the core servers; the socket also the
+        // control endpoints and the core servers that asked for it.
+        let mut shared = endpoints::shared();
+        let mut unix = vec![endpoints::control()];
+        unix.extend(shared.iter().cloned());
+        for server in args.servers.iter().filter(|s| s.core_api) {
+            shared.extend(server.resources.iter().cloned());
+            if server.serve_unix {
+                unix.extend(server.resources.iter().cloned());
+            }
+        }
+        let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let daemon = Arc::new(Daemon {
+            dir,
+            settings: Settings {
+                version: args.version.clone(),
+                heartbeat: args.heartbeat_interval,
+                api_extensions: args.api_extensions.clone(),
+                internal_schema: internal_updates(),
+                external_schema: args.extensions_schema.clone(),
+                hooks: args.hooks.clone(),
+                network_latency: args.network_latency,
+                servers: args.servers.clone(),
+                connections: args.connections.resolve(open_file_limit()),
+            },
+            config: RwLock::new(config),
+            server_identity: RwLock::new(server_identity),
+            truststore,
+            runtime: RwLock::new(None),
+            db_status: watch::channel(DbStatus::NotInitialized).0,
+            status_reason: RwLock::new(String::new()),
+            fatal: RwLock::new(None),
+            shutdown,
+            init_lock: tokio::sync::Mutex::new(()),
+            role_lock: tokio::sync::Mutex::new(()),
+            epoch: AtomicU64::new(0),
+            core_routes: Arc::new(Routes::new(&shared)),
+            metrics: Arc::default(),
+            clock: Default::default(),
+        });
+        let state = State(daemon);
+        let socket = state.0.dir.socket();
+        let control = Listener::unix(&socket, gid, state.clone(), Arc::new(Routes::new(&unix))).map_err(|source| {
+            AppError::Io { what: format!("cannot serve the control socket {}", socket.display()), source }
+        })?;
+        tracing::info!(socket = %socket.display(), "control socket ready");
+
+        if crate::server::domain::membership::join_interrupted(&state) {
+            // A join cut short: carried through to its end (joined or undone) before anything else.
+            if initialised.is_some() {
+                state.set_db_status(DbStatus::Starting);
+            }
+            tokio::spawn(crate::server::domain::membership::resume_join(state.clone()));
+        } else if let Some(info) = initialised {
+            state.set_db_status(DbStatus::Starting);
+            tokio::spawn(resume(state.clone(), info.id));
+        } else {
+            tracing::warn!("Database is not yet initialized: waiting for `init` (bootstrap or join)");
+        }
+
+        tokio::select! {
+            _ = shutdown_rx.wait_for(|stop| *stop) => {}
+            _ = signal(tokio::signal::unix::SignalKind::terminate()) => tracing::info!("SIGTERM received"),
+            _ = signal(tokio::signal::unix::SignalKind::interrupt()) => tracing::info!("SIGINT received"),
+        }
+        shutdown_sequence(&state).await;
+        control.stop().await;
+        tracing::info!("stopped");
+        match state.0.fatal.read().ok().and_then(|f| f.clone()) {
+            Some(message) => Err(AppError::Invalid(message)),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn signal(kind: tokio::signal::unix::SignalKind) {
+    match tokio::signal::unix::signal(kind) {
+        Ok(mut stream) => {
+            stream.recv().await;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for a signal");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Stops everything in reverse order of start-up, bounded in time.
+async fn shutdown_sequence(state: &State) {
+    state.request_shutdown();
+    let hooks = state.0.settings.hooks.clone();
+    match tokio::time::timeout(Duration::from_secs(5), hooks.on_stop(state)).await {
+        Ok(Err(err)) => tracing::warn!(error = %err, "the OnStop hook failed"),
+        Err(_) => tracing::warn!("the OnStop hook took longer than 5 s; going on"),
+        Ok(Ok(())) => {}
+    }
+    crate::server::domain::membership::handover(state).await;
+    let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
+    if let Some(runtime) = runtime {
+        state.set_db_status(DbStatus::Offline);
+        if tokio::time::timeout(Duration::from_secs(10), runtime.stop()).await.is_err() {
+            tracing::warn!("stopping the database took longer than 10 s");
+        }
+    }
+}
+
+/// Brings an initialised member back up after a start (or after a recovery plan arrived),
+/// applying a pending recovery plan first.
+/// Stops this member's runtime (listener, node, background tasks) and starts it again, on a
+/// task of its own: the caller may be one of the tasks the stop ends.
+pub(crate) fn restart_runtime(state: State, why: &'static str) {
+    tokio::spawn(async move {
+        let runtime: Option<Arc<Runtime>> = state.0.runtime.write().ok().and_then(|mut r| r.take());
+        let Some(runtime) = runtime else { return };
+        tracing::warn!(why, "restarting this member's node");
+        let node_id = runtime.node_id;
+        state.set_db_status(DbStatus::Starting);
+        runtime.stop().await;
+        drop(runtime);
+        resume(state, node_id).await;
+    });
+}
+
+pub(crate) async fn resume(state: State, node_id: u64) {
+    let mut _init = state.0.init_lock.lock().await;
+    let plan = match crate::server::domain::recovery::pending(&state, node_id) {
+        Ok(plan) => plan,
+        Err(err) => return state.fail(format!("cannot apply the recovery plan: {err}")),
+    };
+    let configuration = match plan.as_ref().map(|p| crate::server::domain::recovery::prepare(&state, p)).transpose() {
+        Ok(configuration) => configuration,
+        Err(err) => return state.fail(format!("cannot apply the recovery plan: {err}")),
+    };
+    let mut node_id = node_id;
+    let runtime = loop {
+        match start_runtime_with(&state, node_id, configuration.clone()).await {
+            Ok(runtime) => break runtime,
+            Err(err) if !state.is_shutting_down() => {
+                // A file damaged since the start-up checks fails every retry the same way.
+                if let Err(damaged) = crate::server::lifecycle::startup::check_initialised(&state.0.dir) {
+                    return state.fail(crate::report::one_line(&damaged));
+                }
+                tracing::warn!(error = %err, "starting the member failed; retrying in 1 s");
+                // Unlocked meanwhile, so `cluster set-address` can move a member whose address is
+                // gone (with a new node id) or a removal can reset it.
+                drop(_init);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                _init = state.0.init_lock.lock().await;
+                match state.0.dir.node_info() {
+                    Ok(Some(info)) => node_id = info.id,
+                    _ => return,
+                }
+            }
+            Err(_) => return,
+        }
+    };
+    if let Some(plan) = &plan {
+        crate::server::domain::recovery::applied(&state, plan);
+        crate::server::domain::recovery::hand_out_later(&state, &runtime, plan.clone());
+    }
+    let opened = match open_schema(&state, &runtime, OPEN_TIMEOUT_FOREVER).await {
+        Ok(()) => match &plan {
+            Some(plan) => crate::server::domain::recovery::forget_removed(&state, &runtime, plan).await,
+            None => Ok(()),
+        },
+        Err(err) => Err(err),
+    };
+    if let Err(err) = opened {
+        // A stopped runtime is being restarted (a recovery plan arrived), not a failure.
+        if !state.is_shutting_down() && !runtime.stop.is_fired() {
+            state.fail(format!("the database could not be opened: {err}"));
+        }
+        return;
+    }
+    state.set_db_status(DbStatus::Online);
+    let hooks = state.0.settings.hooks.clone();
+    if let Err(err) = hooks.on_start(&state).await {
+        state.fail(format!("the OnStart hook failed: {err}"));
+        return;
+    }
+    start_background(&state, &runtime);
+    tracing::info!(name = state.name(), address = state.address(), "member started");
+}
+
+/// API extension names: lower-case words joined by single underscores.
+pub(crate) fn valid_extension(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .split('_')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+}
+
+fn resolve_group(group: &str) -> Result<u32, AppError> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group")
+        .map_err(|source| AppError::Io { what: "reading /etc/group".into(), source })?;
+    groups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            Some((fields.next()?, fields.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| AppError::Invalid(format!("unknown socket group {group:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extension_names() {
+        for ok in ["a", "custom_extension_a_0", "x1_y2"] {
+            assert!(valid_extension(ok), "{ok}");
+        }
+        for bad in ["", "A", "a__b", "_a", "a_", "a-b", "a b"] {
+            assert!(!valid_extension(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Control-socket-only endpoints: init (bootstrap or join), shutdown, and issuing tokens.
+
+use std::time::Duration;
+
+use crate::api::paths;
+use crate::api::{Control, JoinToken, TokenRecord, TokenRequest, role};
+use crate::server::State;
+use crate::server::db::{members, tokens};
+use crate::server::domain::membership;
+use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::validate;
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::new(paths::CONTROL).post(Action::new(init).allowed_before_init()),
+        Endpoint::new(paths::SHUTDOWN).post(Action::new(shutdown).allowed_before_init().allowed_during_shutdown()),
+        Endpoint::new(paths::CONTROL_TOKENS).post(Action::new(add_token)).get(Action::new(list_tokens)),
+    ]
+}
+
+async fn init(state: State, req: Request) -> HandlerResult {
+    let control: Control = req.json()?;
+    match (control.bootstrap, control.join_token.is_empty()) {
+        (true, true) => membership::bootstrap(&state, &control).await?,
+        (false, false) => membership::join(&state, &control).await?,
+        (true, false) => {
+            return Err(ApiError::bad_request("give either bootstrap or a join token, not both"));
+        }
+        (false, true) => {
+            return Err(ApiError::bad_request("give either bootstrap or a join token"));
+        }
+    }
+    Ok(Response::empty())
+}
+
+async fn shutdown(state: State, _req: Request) -> HandlerResult {
+    tracing::info!("shutdown requested through the API");
+    state.request_shutdown();
+    Ok(Response::empty())
+}
+
+fn token_string(state: &State, secret: &str, fingerprint: &str) -> String {
+    JoinToken {
+        secret: secret.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        join_addresses: state.0.truststore.snapshot().addresses(),
+    }
+    .encode()
+}
+
+async fn add_token(state: State, req: Request) -> HandlerResult {
+    let request: TokenRequest = req.json()?;
+    validate::member_name(&request.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let runtime = state.db()?;
+    if state.0.truststore.snapshot().by_name(&request.name).is_some() {
+        let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await.unwrap_or_default();
+        if rows.iter().any(|r| r.name == request.name && r.role == role::PENDING) {
+            let bound = membership::stalled::stall_bound(state.0.settings.heartbeat);
+            return Err(ApiError::conflict(format!(
+                "a member named {name:?} already exists and is still joining; its token stays valid until the join \
+                 completes. If that join was interrupted, run `microctl init` on {name} again; if {name} is gone, \
+                 the cluster rolls its join back after {} s without progress",
+                bound.as_secs(),
+                name = request.name
+            )));
+        }
+        return Err(ApiError::conflict(format!("a member named {:?} already exists", request.name)));
+    }
+    let secret = crate::tls::hex(
+        &crate::server::state::runtime::random_bytes::<32>().map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    // In the cluster's time: whichever member leads judges it, by the same time.
+    let now = state.0.clock.now();
+    let expiry = (request.expire_after > 0).then(|| {
+        let at = now.checked_add(Duration::from_nanos(request.expire_after)).unwrap_or(now);
+        crate::server::state::clock::format(at)
+    });
+    let (name, owned_secret) = (request.name.clone(), secret.clone());
+    let stored = runtime
+        .db
+        .transaction(move |tx| {
+            let secret = owned_secret;
+            Box::pin(async move {
+                match tokens::list(tx).await?.into_iter().find(|t| t.name == name) {
+                    Some(t) if !t.is_expired(now) => return Ok(false),
+                    Some(_) => {
+                        tokens::delete(tx, &name).await?;
+                    }
+                    None => {}
+                }
+                tokens::insert(tx, &name, &secret, expiry.as_deref()).await?;
+                Ok(true)
+            })
+        })
+        .await?;
+    if !stored {
+        return Err(ApiError::conflict(format!(
+            "a join token for {:?} already exists; revoke it first or use it",
+            request.name
+        )));
+    }
+    Response::sync(token_string(&state, &secret, &runtime.cluster_fingerprint))
+}
+
+async fn list_tokens(state: State, _req: Request) -> HandlerResult {
+    let runtime = state.db()?;
+    let rows = runtime.db.read(|tx| Box::pin(tokens::list(tx))).await?;
+    let now = state.0.clock.now();
+    let records: Vec<TokenRecord> = rows
+        .into_iter()
+        .filter(|t| !t.is_expired(now))
+        .map(|t| TokenRecord {
+            token: token_string(&state, &t.secret, &runtime.cluster_fingerprint),
+            name: t.name,
+            expires_at: t.expiry,
+        })
+        .collect();
+    Response::sync(records)
+}

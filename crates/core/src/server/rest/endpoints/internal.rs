@@ -1,0 +1,161 @@
+//! Member-to-member endpoints: join requests, reset after removal, trust store fan-out (and
+//! reading, for the doctor) and remote hook calls.
+
+use crate::api::paths;
+use crate::api::{
+    ClusterMemberLocal, HeartbeatRequest, JoinRequest, MemberConfig, NewMemberHookRequest, RemoveHookRequest,
+};
+use crate::server::State;
+use crate::server::domain::heartbeat as beat;
+use crate::server::domain::membership::{self, fan_out};
+use crate::server::rest::Trust;
+use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        // Untrusted: the joiner is not a member yet; the token's secret is checked instead.
+        Endpoint::new(paths::INTERNAL_CLUSTER).post(Action::new(join).allow_untrusted()),
+        Endpoint::new(paths::INTERNAL_CLUSTER_MEMBER).put(Action::new(reset).allowed_before_init()),
+        Endpoint::new(paths::INTERNAL_MEMBER_ADDRESS).put(Action::new(move_member)),
+        Endpoint::new(paths::INTERNAL_MEMBER_ROLE).post(Action::new(assign_role)),
+        Endpoint::new(paths::INTERNAL_TRUSTSTORE)
+            .get(Action::new(list_trust).allowed_before_init().allowed_during_upgrade())
+            .post(Action::new(add_trust).allowed_before_init()),
+        Endpoint::new(paths::INTERNAL_TRUST).delete(Action::new(remove_trust).allowed_before_init()),
+        Endpoint::new(paths::INTERNAL_HOOK).post(Action::new(run_hook).proxy_target()),
+        Endpoint::new(paths::INTERNAL_HEARTBEAT).post(Action::new(heartbeat).allowed_before_init()),
+    ]
+}
+
+/// The leader chooses and gives a joiner's role, one joiner at a time (see
+/// [`membership::take_role_on_leader`]). Only the member itself may ask.
+async fn assign_role(state: State, req: Request) -> HandlerResult {
+    let name = req.param("name")?.to_owned();
+    if !matches!(&req.trust, Trust::Member(member) if *member == name) && req.trust != Trust::Unix {
+        return Err(ApiError::forbidden(format!("only {name} may ask for its own role")));
+    }
+    let request: crate::api::RoleRequest = req.json()?;
+    let runtime = state.runtime()?;
+    let _serial = state.0.role_lock.lock().await;
+    membership::fault_point("role:before-assign", &name);
+    let role = membership::take_role(runtime.db.client(), request.id).await?;
+    membership::fault_point("role:after-assign", &name);
+    Response::sync(membership::role_name(Some(role)))
+}
+
+/// The leader's side of a member's address change (forwarded to the leader).
+async fn move_member(state: State, req: Request) -> HandlerResult {
+    let name = req.param("name")?.to_owned();
+    let request: crate::api::MoveMemberRequest = req.json()?;
+    membership::relocate(&state, &name, &request).await?;
+    Ok(Response::empty())
+}
+
+async fn join(state: State, req: Request) -> HandlerResult {
+    let request: JoinRequest = req.json()?;
+    // The certificate the caller proved it holds (a joiner coming back is known by it).
+    let proven = match &req.trust {
+        Trust::Member(name) => state.0.truststore.snapshot().by_name(name).map(|e| e.fingerprint.clone()),
+        Trust::Untrusted(fingerprint) => fingerprint.clone(),
+        Trust::Unix => None,
+    };
+    Response::sync(membership::admit(&state, request, proven.as_deref()).await?)
+}
+
+/// Resets this member after the leader removed it. Answers first and resets afterwards (the
+/// removal may have been requested through this very member and still await its answer).
+async fn reset(state: State, req: Request) -> HandlerResult {
+    let name = req.param("name")?.to_owned();
+    if name != state.name() {
+        return Err(ApiError::not_found(format!("this member is {:?}, not {name:?}", state.name())));
+    }
+    let epoch = state.epoch();
+    tokio::spawn(async move {
+        let _init = state.0.init_lock.lock().await;
+        if state.epoch() != epoch || state.name() != name {
+            return;
+        }
+        tracing::info!("removed from the cluster; resetting to an uninitialised member");
+        if let Err(err) = membership::reset_local(&state).await {
+            tracing::error!(error = %err, "resetting after removal");
+        }
+    });
+    Ok(Response::empty())
+}
+
+/// This member's trust store, for `microctl doctor` on the leader.
+async fn list_trust(state: State, _req: Request) -> HandlerResult {
+    Response::sync(state.members())
+}
+
+async fn add_trust(state: State, req: Request) -> HandlerResult {
+    let member: ClusterMemberLocal = req.json()?;
+    state.0.truststore.add(member.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Ok(runtime) = state.runtime() {
+        runtime.set_servers(state.0.truststore.snapshot().addresses());
+    }
+    if !req.is_notification() {
+        let others: Vec<_> = state.peer_clients()?.into_iter().filter(|(m, _)| m.name != member.name).collect();
+        for (name, err) in fan_out(others, |c| {
+            let member = member.clone();
+            async move { c.add_trust(&member).await }
+        })
+        .await
+        {
+            tracing::warn!(member = name, error = %err, "could not pass a trust store addition on");
+        }
+    }
+    Ok(Response::empty())
+}
+
+async fn remove_trust(state: State, req: Request) -> HandlerResult {
+    let name = req.param("name")?.to_owned();
+    if name == state.name() {
+        return Err(ApiError::bad_request("a member cannot stop trusting itself; remove it from the cluster instead"));
+    }
+    state.0.truststore.remove(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Ok(runtime) = state.runtime() {
+        runtime.set_servers(state.0.truststore.snapshot().addresses());
+    }
+    if !req.is_notification() {
+        for (member, err) in fan_out(state.peer_clients()?, |c| {
+            let name = name.clone();
+            async move { c.remove_trust(&name).await }
+        })
+        .await
+        {
+            tracing::warn!(member, error = %err, "could not pass a trust store removal on");
+        }
+    }
+    Ok(Response::empty())
+}
+
+async fn run_hook(state: State, req: Request) -> HandlerResult {
+    let hook = req.param("hook")?;
+    let hooks = state.0.settings.hooks.clone();
+    let result = match hook {
+        "pre-remove" => hooks.pre_remove(&state, req.json::<RemoveHookRequest>()?.force).await,
+        "post-remove" => hooks.post_remove(&state, req.json::<RemoveHookRequest>()?.force).await,
+        "on-new-member" => hooks.on_new_member(&state, &req.json::<NewMemberHookRequest>()?.new_member).await,
+        "on-daemon-config-update" => hooks.on_daemon_config_update(&state, &req.json::<MemberConfig>()?).await,
+        other => {
+            return Err(ApiError::not_found(format!("no remotely callable hook named {other:?}")));
+        }
+    };
+    result.map_err(|e| ApiError::internal(format!("the {hook} hook failed: {e}")))?;
+    Ok(Response::empty())
+}
+
+/// A leader's heartbeat: sync the trust store from it and report what this member runs.
+async fn heartbeat(state: State, req: Request) -> HandlerResult {
+    state.runtime()?;
+    let request: HeartbeatRequest = req.json()?;
+    if let Trust::Member(sender) = &req.trust
+        && *sender != request.leader
+    {
+        return Err(ApiError::forbidden(format!("heartbeat sent by {sender} claims to come from {}", request.leader)));
+    }
+    beat::sync_truststore(&state, &request.leader, &request.members);
+    beat::learn_clocks(&state, &request.clocks);
+    Response::sync(beat::report(&state))
+}

@@ -1,0 +1,364 @@
+//! `POST /core/internal/sql` (run statements) and `GET /core/internal/sql` (dump).
+//!
+//! Statements are split with a real tokenizer and each goes down the right path (reads as
+//! queries, everything else as writes). A batch without its own BEGIN/COMMIT runs in one
+//! transaction, so it applies entirely or not at all.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dqlite::Value;
+use dqlite::sql::{self as sqltext, StatementKind};
+
+use crate::api::paths;
+use crate::api::{ReadConsistency, SqlBatch, SqlDump, SqlQuery, SqlResult};
+use crate::server::State;
+use crate::server::db::{Consistency, dump};
+use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+
+/// The most one statement may return through the API (the response is built in memory).
+pub(crate) const RESULT_LIMITS: dqlite::Limits = dqlite::Limits { rows: 100_000, bytes: 64 * 1024 * 1024 };
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![Endpoint::new(paths::INTERNAL_SQL).post(Action::new(run)).get(Action::new(dump_sql))]
+}
+
+fn json_value(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Integer(v) | Value::UnixTime(v) => (*v).into(),
+        Value::Float(v) => serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into),
+        Value::Text(s) | Value::Iso8601(s) => s.clone().into(),
+        Value::Blob(_) => dump::literal(value).into(),
+        Value::Null => serde_json::Value::Null,
+        Value::Boolean(b) => (*b).into(),
+    }
+}
+
+async fn statement(db: &mut impl Runner, sql: &str) -> dqlite::Result<SqlResult> {
+    match sqltext::classify(sql) {
+        StatementKind::Read => {
+            let rows = db.query(sql).await?;
+            Ok(SqlResult {
+                kind: "select".into(),
+                statement: sql.to_owned(),
+                columns: rows.columns,
+                rows: rows.rows.iter().map(|r| r.values().iter().map(json_value).collect()).collect(),
+                rows_affected: 0,
+            })
+        }
+        _ => {
+            let result = db.exec(sql).await?;
+            // SQLite's count is the last INSERT, UPDATE or DELETE's: any other statement would
+            // report the one before it.
+            let rows_affected = if sqltext::counts_changes(sql) { result.rows_affected } else { 0 };
+            Ok(SqlResult {
+                kind: "exec".into(),
+                statement: sql.to_owned(),
+                columns: Vec::new(),
+                rows: Vec::new(),
+                rows_affected,
+            })
+        }
+    }
+}
+
+/// What runs a statement: a plain connection or an open transaction.
+trait Runner {
+    async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult>;
+    async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult>;
+}
+
+impl Runner for dqlite::Database {
+    async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult> {
+        self.query_limited(sql, &[], RESULT_LIMITS).await
+    }
+    async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult> {
+        dqlite::Database::exec(self, sql, &[]).await
+    }
+}
+
+impl Runner for dqlite::Transaction<'_> {
+    async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult> {
+        dqlite::Transaction::query_limited(self, sql, &[], RESULT_LIMITS).await
+    }
+    async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult> {
+        dqlite::Transaction::exec(self, sql, &[]).await
+    }
+}
+
+async fn run(state: State, req: Request) -> HandlerResult {
+    let query: SqlQuery = req.json()?;
+    let consistency = match query.consistency.unwrap_or_default() {
+        ReadConsistency::Linearizable => Consistency::Linearizable,
+        ReadConsistency::Weak => Consistency::Weak,
+    };
+    if req.flag("stream") && streamable(&query.query) {
+        return stream(state, &query.query, consistency).await;
+    }
+    let statements: Vec<String> = sqltext::split_statements(&query.query).into_iter().map(str::to_owned).collect();
+    if statements.is_empty() {
+        return Err(ApiError::bad_request("no SQL statement given"));
+    }
+    let kinds: Vec<StatementKind> = statements.iter().map(|s| sqltext::classify(s)).collect();
+    let all_reads = kinds.iter().all(|k| *k == StatementKind::Read);
+    let own_transaction = kinds.contains(&StatementKind::Transaction);
+    let runtime = state.db()?;
+    // Only text without reads is forwarded: its answer is small, while a read's rows could
+    // outgrow what the member-to-member client accepts after the writes were applied.
+    let no_reads = !kinds.contains(&StatementKind::Read);
+    if no_reads
+        && !req.is_notification()
+        && let Some(answer) = forward_to_leader(&state, &runtime, &req.body).await
+    {
+        return answer;
+    }
+    let failed_at = Arc::new(AtomicUsize::new(0));
+    // The write queue retries "database is locked" (another member writing) itself. Text with
+    // its own transaction can be retried only when one BEGIN … COMMIT holds all of it: then a
+    // busy failure applied nothing.
+    let retry_safe = own_transaction
+        && kinds.iter().filter(|k| **k == StatementKind::Transaction).count() == 2
+        && kinds.first() == Some(&StatementKind::Transaction)
+        && kinds.last() == Some(&StatementKind::Transaction)
+        && statements.first().is_some_and(|s| s.get(..5).is_some_and(|b| b.eq_ignore_ascii_case("BEGIN")));
+    let deadline = std::time::Instant::now() + crate::server::db::BUSY_DEADLINE;
+    let mut busy = dqlite::Backoff::new(std::time::Duration::from_millis(2), std::time::Duration::from_millis(50));
+    let outcome = loop {
+        let (statements, failed_at) = (statements.clone(), failed_at.clone());
+        let outcome = if all_reads {
+            // Reads take a pooled connection and never wait behind this member's writes.
+            runtime
+                .db
+                .reading_with(consistency, |db| {
+                    let (statements, failed_at) = (statements.clone(), failed_at.clone());
+                    Box::pin(async move { run_all(db, &statements, &failed_at).await })
+                })
+                .await
+        } else if own_transaction {
+            // The text has its own BEGIN/COMMIT: it needs the write connection to itself.
+            runtime
+                .db
+                .exclusive(move |db| {
+                    Box::pin(async move {
+                        let outcome = run_all(db, &statements, &failed_at).await;
+                        // Never hand the shared connection on inside a transaction the text
+                        // left open (a missing COMMIT, or a failure between BEGIN and COMMIT).
+                        let _ = dqlite::Database::exec(db, "ROLLBACK", &[]).await;
+                        outcome
+                    })
+                })
+                .await
+                .and_then(|outcome| outcome)
+        } else if statements.len() == 1 {
+            // One statement is atomic on its own and may be committed with other requests'.
+            run_all(&mut Queued(&runtime.db, consistency), &statements, &failed_at).await
+        } else {
+            runtime.db.transaction(move |tx| Box::pin(async move { run_all(tx, &statements, &failed_at).await })).await
+        };
+        match outcome {
+            Err(err) if err.is_busy() && retry_safe && std::time::Instant::now() < deadline => busy.wait().await,
+            other => break other,
+        }
+    };
+    match outcome {
+        Ok(results) => Response::sync(SqlBatch { results }),
+        Err(err) if err.is_busy() => Err(ApiError::unavailable(format!("the database stayed busy: {err}; try again"))),
+        Err(err) if err.is_statement_error() => {
+            let index = failed_at.load(Ordering::SeqCst);
+            let sql = statements.get(index).map(String::as_str).unwrap_or_default();
+            let scope =
+                if own_transaction || statements.len() == 1 { "" } else { "; no statement of the batch was applied" };
+            let why = if err.is_interrupted() {
+                "it ran past the member's statement time limit and was interrupted".to_owned()
+            } else {
+                err.to_string()
+            };
+            let message = format!("statement {} ({sql}): {why}{scope}", index + 1);
+            // A constraint violation conflicts with what the database holds; anything else is
+            // the statement's own fault.
+            if err.is_constraint() { Err(ApiError::conflict(message)) } else { Err(ApiError::bad_request(message)) }
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Bytes gathered into one chunk of a streamed result before it is sent.
+const STREAM_CHUNK: usize = 32 * 1024;
+
+/// `POST /core/internal/sql?stream=1` with one read-only statement: its rows stream as they come
+/// (newline-delimited JSON: `{"columns":[..]}`, one array per row, then `{"rows":N}`, or
+/// `{"error":".."}` if the query fails part-way), so the result is never held whole, by the
+/// daemon or by the client. Errors before the first row are ordinary error responses.
+/// Whether `text` is one read-only statement, whose rows can stream. Anything else asked for
+/// with `?stream=1` gets the ordinary answer (the client tells them apart by content type).
+fn streamable(text: &str) -> bool {
+    let statements = sqltext::split_statements(text);
+    statements.len() == 1 && sqltext::classify(statements[0]) == StatementKind::Read
+}
+
+async fn stream(state: State, text: &str, consistency: Consistency) -> HandlerResult {
+    let Some(sql) = sqltext::split_statements(text).first().copied() else {
+        return Err(ApiError::bad_request("no SQL statement given"));
+    };
+    let runtime = state.db()?;
+    let sql = (*sql).to_owned();
+    let (chunks, body) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let (started_tx, started) = tokio::sync::oneshot::channel::<dqlite::Result<()>>();
+    let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
+    tokio::spawn(async move {
+        let announce = started_tx.clone();
+        let sender = chunks.clone();
+        let outcome = runtime
+            .db
+            .reading_once(consistency, move |db| {
+                let (sql, announce, sender) = (sql.clone(), announce.clone(), sender.clone());
+                Box::pin(async move { stream_rows(db, &sql, &announce, &sender).await })
+            })
+            .await;
+        let pending = started_tx.lock().ok().and_then(|mut s| s.take());
+        match (outcome, pending) {
+            (Err(err), Some(pending)) => drop(pending.send(Err(err))),
+            (Err(err), None) => {
+                let why = if err.is_interrupted() {
+                    "it ran past the member's statement time limit and was interrupted".to_owned()
+                } else {
+                    format!("database: {err}")
+                };
+                let message = format!("the query failed after sending part of its rows: {why}");
+                let line = format!("{}\n", serde_json::json!({ "error": message }));
+                let _ = chunks.send(line.into()).await;
+            }
+            (Ok(()), _) => {}
+        }
+    });
+    match started.await {
+        Ok(Ok(())) => Ok(Response::stream("application/x-ndjson", body)),
+        Ok(Err(err)) if err.is_statement_error() => Err(ApiError::bad_request(format!("statement 1 ({text}): {err}"))),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => Err(ApiError::internal("the streaming query ended before it started")),
+    }
+}
+
+type Announce = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<dqlite::Result<()>>>>>;
+
+/// Runs the query and sends its rows on as lines, a chunk at a time; stops (interrupting the
+/// query) if the client goes away.
+async fn stream_rows(
+    db: &mut dqlite::Database,
+    sql: &str,
+    announce: &Announce,
+    chunks: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> dqlite::Result<()> {
+    let mut rows = db.query_rows(sql, &[]).await?;
+    if let Some(started) = announce.lock().ok().and_then(|mut s| s.take()) {
+        let _ = started.send(Ok(()));
+    }
+    let mut chunk = format!("{}\n", serde_json::json!({ "columns": rows.columns() }));
+    let mut count = 0u64;
+    while let Some(row) = rows.next().await? {
+        let values: Vec<serde_json::Value> = row.values().iter().map(json_value).collect();
+        chunk.push_str(&serde_json::Value::from(values).to_string());
+        chunk.push('\n');
+        count += 1;
+        if chunk.len() >= STREAM_CHUNK && chunks.send(std::mem::take(&mut chunk).into()).await.is_err() {
+            return rows.interrupt().await;
+        }
+    }
+    chunk.push_str(&format!("{}\n", serde_json::json!({ "rows": count })));
+    let _ = chunks.send(chunk.into()).await;
+    Ok(())
+}
+
+/// How long a follower tries to connect to the leader before writing through its own queue
+/// (nothing was sent, so running it here is safe); a leader cut off by a partition would
+/// otherwise hold the request for the client's whole timeout.
+const FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sends writes that reach a follower to the leader's own SQL endpoint, so that they join the
+/// leader's batches: each member's queue would otherwise take SQLite's write lock in turn
+/// ("database is locked", retried with pauses). `None`: run here (this member leads, no leader
+/// is known, or the leader could not be reached before anything was sent). A request that
+/// reached the leader but got no answer is reported, never run again here. A leader hint that
+/// is out of date costs one hop: the old leader, now a follower, runs the request itself.
+async fn forward_to_leader(
+    state: &State,
+    runtime: &crate::server::state::runtime::Runtime,
+    body: &bytes::Bytes,
+) -> Option<HandlerResult> {
+    let leader = runtime.db.leader_hint().filter(|leader| *leader != runtime.address)?;
+    let client = state
+        .member_client(&leader)
+        .ok()?
+        .as_notification()
+        .with_connect_timeout(FORWARD_CONNECT_TIMEOUT)
+        .with_pool(runtime.forward_pool.clone());
+    let sent = tokio::select! {
+        sent = client.raw(hyper::Method::POST, crate::api::paths::INTERNAL_SQL, Some(body.clone())) => sent,
+        () = runtime.db.leader_moved_from(&leader) => {
+            return Some(Err(ApiError::unavailable(format!(
+                "the write was sent to the leader {leader}, which lost its leadership before answering: it may or \
+                 may not have been applied"
+            ))));
+        }
+    };
+    match sent {
+        // Refused before any handler ran: the leader no longer trusts this member.
+        Ok((hyper::StatusCode::FORBIDDEN, _)) => Some(Err(ApiError::unavailable(format!(
+            "the leader {leader} refused this member's certificate (was this member removed from the cluster?); \
+             nothing was written"
+        )))),
+        Ok((status, answer)) => {
+            state.0.metrics.writes_forwarded.inc();
+            Some(Ok(Response::forwarded(status, answer)))
+        }
+        Err(err)
+            if matches!(err, crate::client::ClientError::Connect { .. } | crate::client::ClientError::Tls { .. }) =>
+        {
+            tracing::debug!(%leader, error = %err, "the leader cannot be reached; writing from here");
+            None
+        }
+        Err(err) => Some(Err(ApiError::unavailable(format!(
+            "the write was sent to the leader {leader}, which did not answer ({err}): it may or may not have been applied"
+        )))),
+    }
+}
+
+/// The write queue, for a statement that needs no transaction of its own (and the read pool,
+/// with this consistency, for a read).
+struct Queued<'a>(&'a crate::server::db::Db, Consistency);
+
+impl Runner for Queued<'_> {
+    async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult> {
+        self.0
+            .reading_with(self.1, |db| {
+                let sql = sql.to_owned();
+                Box::pin(async move { db.query_limited(&sql, &[], RESULT_LIMITS).await })
+            })
+            .await
+    }
+    async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult> {
+        self.0.exec(sql, &[]).await
+    }
+}
+
+/// Runs the statements in order, recording which one is running (to name it if it fails).
+async fn run_all(
+    db: &mut impl Runner,
+    statements: &[String],
+    failed_at: &AtomicUsize,
+) -> dqlite::Result<Vec<SqlResult>> {
+    let mut results = Vec::with_capacity(statements.len());
+    for (i, sql) in statements.iter().enumerate() {
+        failed_at.store(i, Ordering::SeqCst);
+        results.push(statement(db, sql).await?);
+    }
+    Ok(results)
+}
+
+async fn dump_sql(state: State, req: Request) -> HandlerResult {
+    let schema_only = req.flag("schema");
+    let runtime = state.db()?;
+    let text =
+        runtime.db.reading(|db| Box::pin(async move { dump::dump(db, schema_only, RESULT_LIMITS).await })).await?;
+    Response::sync(SqlDump { text })
+}

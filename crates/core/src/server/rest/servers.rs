@@ -1,0 +1,228 @@
+//! The application's servers: endpoint sets served on the member's core HTTPS address (and,
+//! optionally, the control socket), or on listeners of their own whose addresses live in
+//! `daemon.toml` and can be changed while the daemon runs (`PUT /core/1.0/daemon/servers`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::server::rest::{ApiError, Listener, Resources, Routes};
+use crate::server::state::State;
+use crate::server::state_dir::{StateDirError, read_optional, write_atomic};
+use crate::tls::{self, Identity};
+use crate::{certs, validate};
+
+/// A set of endpoints and where they are served.
+///
+/// ```
+/// use microcluster::Server;
+/// use microcluster::server::rest::{Action, Endpoint, HandlerResult, Request, Resources, Response};
+/// # async fn status(_: microcluster::State, _: Request) -> HandlerResult { Ok(Response::empty()) }
+/// let api = vec![Resources::new("1.0", vec![Endpoint::new("status").get(Action::new(status))])];
+/// // On the member's own address (mutual TLS) and the control socket:
+/// let internal = Server::core("myapp", api.clone()).serve_unix();
+/// // On a port of its own, movable at run time with `PUT /core/1.0/daemon/servers`:
+/// let public = Server::listener("public", api).default_address("127.0.0.1:8443").dedicated_certificate();
+/// assert_eq!(public.name(), "public");
+/// # let _ = internal;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub(crate) name: String,
+    pub(crate) resources: Vec<Resources>,
+    pub(crate) core_api: bool,
+    pub(crate) serve_unix: bool,
+    pub(crate) default_address: Option<String>,
+    pub(crate) dedicated_certificate: bool,
+    pub(crate) plain_http: bool,
+}
+
+impl Server {
+    /// Endpoints served on the member's own HTTPS address, next to the core API.
+    pub fn core(name: impl Into<String>, resources: Vec<Resources>) -> Server {
+        Server {
+            name: name.into(),
+            resources,
+            core_api: true,
+            serve_unix: false,
+            default_address: None,
+            dedicated_certificate: false,
+            plain_http: false,
+        }
+    }
+
+    /// Endpoints served on a listener of their own (HTTPS with the cluster certificate unless
+    /// configured otherwise). Its address comes from `daemon.toml` (`[servers.NAME] address`),
+    /// else [`Server::default_address`]; without either it does not listen.
+    pub fn listener(name: impl Into<String>, resources: Vec<Resources>) -> Server {
+        Server { core_api: false, ..Server::core(name, resources) }
+    }
+
+    /// Also serves a core server's endpoints on the control socket.
+    pub fn serve_unix(mut self) -> Server {
+        self.serve_unix = true;
+        self
+    }
+
+    /// The listener's address when `daemon.toml` does not say otherwise.
+    pub fn default_address(mut self, address: impl Into<String>) -> Server {
+        self.default_address = Some(address.into());
+        self
+    }
+
+    /// Presents a certificate of its own (`certificates/NAME.crt`, made on first use) instead
+    /// of the cluster certificate.
+    pub fn dedicated_certificate(mut self) -> Server {
+        self.dedicated_certificate = true;
+        self
+    }
+
+    /// Serves plain HTTP (no TLS): every caller is untrusted, so endpoints must allow untrusted
+    /// callers. For public-facing APIs behind a proxy or on loopback.
+    pub fn plain_http(mut self) -> Server {
+        self.plain_http = true;
+        self
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Checks the application's servers before anything starts.
+pub(crate) fn validate(servers: &[Server]) -> Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    for server in servers {
+        let name = &server.name;
+        validate::member_name(name).map_err(|_| format!("invalid server name {name:?}: use a host-name-like word"))?;
+        if matches!(name.as_str(), "core" | "unix") || !names.insert(name.clone()) {
+            return Err(format!("server name {name:?} is reserved or used twice"));
+        }
+        if server.resources.is_empty() || server.resources.iter().any(|r| r.endpoints.is_empty()) {
+            return Err(format!("server {name:?} has no endpoints"));
+        }
+        if server.core_api {
+            if server.default_address.is_some() || server.dedicated_certificate || server.plain_http {
+                return Err(format!(
+                    "core server {name:?} is served on the member's address: no address, certificate or plain HTTP"
+                ));
+            }
+            if server.resources.iter().any(|r| r.prefix == "core" || r.prefix.starts_with("core/")) {
+                return Err(format!("server {name:?} uses the /core prefix, which belongs to microcluster"));
+            }
+        } else {
+            if server.serve_unix {
+                return Err(format!(
+                    "server {name:?} has a listener of its own; only core servers can also serve the socket"
+                ));
+            }
+            if let Some(address) = &server.default_address {
+                validate::member_address(address).map_err(|e| format!("server {name:?}: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The listeners of servers that have their own, by name: (address, listener).
+#[derive(Debug, Default)]
+pub(crate) struct Listeners {
+    running: tokio::sync::Mutex<BTreeMap<String, (String, Listener)>>,
+}
+
+impl Listeners {
+    /// Stops them all.
+    pub(crate) async fn stop(&self) {
+        let running = std::mem::take(&mut *self.running.lock().await);
+        for (_, (_, listener)) in running {
+            listener.stop().await;
+        }
+    }
+}
+
+/// Where each listener server should be, from `daemon.toml` and the defaults.
+pub(crate) fn wanted(state: &State) -> BTreeMap<String, String> {
+    let configured = state.0.config.read().map(|c| c.servers.clone()).unwrap_or_default();
+    state
+        .0
+        .settings
+        .servers
+        .iter()
+        .filter(|s| !s.core_api)
+        .map(|s| {
+            let address = match configured.get(&s.name) {
+                Some(c) => c.address.clone(),
+                None => s.default_address.clone().unwrap_or_default(),
+            };
+            (s.name.clone(), address)
+        })
+        .collect()
+}
+
+/// Starts, moves and stops listeners until they match [`wanted`]. Listeners whose address did
+/// not change keep running; a listener that cannot bind is reported and left off.
+pub(crate) async fn apply(state: &State, listeners: &Listeners, cluster: &Identity) -> Result<(), ApiError> {
+    let wanted = wanted(state);
+    let mut running = listeners.running.lock().await;
+    let mut errors = Vec::new();
+    for server in state.0.settings.servers.iter().filter(|s| !s.core_api) {
+        let address = wanted.get(&server.name).cloned().unwrap_or_default();
+        if running.get(&server.name).is_some_and(|(current, _)| *current == address) {
+            continue;
+        }
+        if let Some((_, old)) = running.remove(&server.name) {
+            old.stop().await;
+            tracing::info!(server = server.name, "listener stopped");
+        }
+        if address.is_empty() {
+            continue;
+        }
+        match start(state, server, &address, cluster).await {
+            Ok(listener) => {
+                tracing::info!(server = server.name, address, "listener started");
+                running.insert(server.name.clone(), (address, listener));
+            }
+            Err(err) => errors.push(format!("{}: {err}", server.name)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(format!("listeners could not start: {}", errors.join("; "))))
+    }
+}
+
+async fn start(state: &State, server: &Server, address: &str, cluster: &Identity) -> Result<Listener, String> {
+    if address == state.address() {
+        return Err(format!("{address} is the member's own address"));
+    }
+    let tcp = TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let routes = Arc::new(Routes::new(&server.resources));
+    if server.plain_http {
+        return Ok(Listener::plain(tcp, state.clone(), routes));
+    }
+    let identity = if server.dedicated_certificate {
+        dedicated_identity(state, &server.name).map_err(|e| e.to_string())?
+    } else {
+        cluster.clone()
+    };
+    let config = tls::server_config(&identity).map_err(|e| e.to_string())?;
+    Ok(Listener::tls(tcp, config, state.clone(), routes))
+}
+
+/// `certificates/NAME.crt` and `.key`, generated on first use.
+fn dedicated_identity(state: &State, name: &str) -> Result<Identity, StateDirError> {
+    let dir = state.0.dir.root().join("certificates");
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    if let (Some(cert_pem), Some(key_pem)) = (read_optional(&cert)?, read_optional(&key)?) {
+        return Ok(Identity { cert_pem, key_pem });
+    }
+    crate::server::state_dir::create_dir(&dir, 0o700)?;
+    let identity =
+        certs::generate(name, &[]).map_err(|e| StateDirError::Invalid { path: cert.clone(), reason: e.to_string() })?;
+    write_atomic(&key, identity.key_pem.as_bytes(), 0o600)?;
+    write_atomic(&cert, identity.cert_pem.as_bytes(), 0o644)?;
+    Ok(identity)
+}

@@ -1,0 +1,248 @@
+//! The daemon's shared state, and [`State`], the handle handlers and hooks receive; with what
+//! it holds while the member is initialised (its runtime: dqlite node, database, tunnel), the
+//! disk and clock watches, and the application's hooks.
+
+pub(crate) mod clock;
+pub(crate) mod disk;
+pub(crate) mod hooks;
+pub(crate) mod runtime;
+pub(crate) mod tunnel;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::ClusterMemberLocal;
+use crate::client::Client;
+use crate::server::db::DbStatus;
+use crate::server::db::schema::SchemaUpdate;
+use crate::server::error::Error;
+use crate::server::rest::Routes;
+use crate::server::state::hooks::Hooks;
+use crate::server::state::runtime::Runtime;
+use crate::server::state_dir::{DaemonConfig, StateDir};
+use crate::server::truststore::TrustStore;
+use crate::tls::Identity;
+
+/// What the application configured.
+pub(crate) struct Settings {
+    pub(crate) version: String,
+    pub(crate) heartbeat: Duration,
+    pub(crate) api_extensions: Vec<String>,
+    pub(crate) internal_schema: Vec<SchemaUpdate>,
+    pub(crate) external_schema: Vec<SchemaUpdate>,
+    pub(crate) hooks: Arc<dyn Hooks>,
+    pub(crate) network_latency: Duration,
+    pub(crate) servers: Vec<crate::server::rest::servers::Server>,
+    /// What the listeners hold, and for how long (`rest::limits`).
+    pub(crate) connections: crate::server::rest::Limits,
+}
+
+/// Everything a running daemon holds.
+pub(crate) struct Daemon {
+    pub(crate) dir: StateDir,
+    pub(crate) settings: Settings,
+    pub(crate) config: RwLock<DaemonConfig>,
+    pub(crate) server_identity: RwLock<Identity>,
+    pub(crate) truststore: TrustStore,
+    pub(crate) runtime: RwLock<Option<Arc<Runtime>>>,
+    pub(crate) db_status: watch::Sender<DbStatus>,
+    /// Why the database is in its status (e.g. which members still run older software).
+    pub(crate) status_reason: RwLock<String>,
+    /// Set when the daemon must stop with an error (e.g. its software is older than the data).
+    pub(crate) fatal: RwLock<Option<String>>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Serialises init, reset and the start-up of the cluster runtime.
+    pub(crate) init_lock: tokio::sync::Mutex<()>,
+    /// Serialises role decisions on the leader (joins arriving at once, heartbeat changes), so
+    /// that each sees the roles the previous one gave.
+    pub(crate) role_lock: tokio::sync::Mutex<()>,
+    /// Bumped on every reset, so a reset requested for an earlier membership is not applied
+    /// to a later one.
+    pub(crate) epoch: AtomicU64,
+    pub(crate) core_routes: Arc<Routes>,
+    /// What `GET /core/1.0/metrics` reports (shared with the database's tasks).
+    pub(crate) metrics: Arc<crate::server::metrics::Metrics>,
+    /// The cluster's time, which every time stamped into or judged from the database uses.
+    pub(crate) clock: crate::server::state::clock::Clock,
+}
+
+/// A handle on the daemon, given to endpoint handlers and hooks; cheap to clone.
+#[derive(Clone)]
+pub struct State(pub(crate) Arc<Daemon>);
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("name", &self.name()).field("address", &self.address()).finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// This member's name (empty before init).
+    pub fn name(&self) -> String {
+        self.0.config.read().map(|c| c.name.clone()).unwrap_or_default()
+    }
+
+    /// This member's address `ip:port` (empty before init).
+    pub fn address(&self) -> String {
+        self.0.config.read().map(|c| c.address.clone()).unwrap_or_default()
+    }
+
+    /// The application's version string.
+    pub fn version(&self) -> &str {
+        &self.0.settings.version
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.0.dir.root()
+    }
+
+    /// Where the database stands.
+    pub fn database_status(&self) -> DbStatus {
+        *self.0.db_status.borrow()
+    }
+
+    /// Whether this binary declares API extension `name`.
+    pub fn has_extension(&self, name: &str) -> bool {
+        self.0.settings.api_extensions.iter().any(|e| e == name)
+    }
+
+    /// The members this member trusts (itself included).
+    pub fn members(&self) -> Vec<ClusterMemberLocal> {
+        self.0.truststore.snapshot().iter().map(|e| e.member.clone()).collect()
+    }
+
+    /// A mutual-TLS client of the member at `address`.
+    pub fn member_client(&self, address: &str) -> Result<Client, Error> {
+        Ok(Client::https(address, self.runtime()?.peer_tls.clone()))
+    }
+
+    /// Clients of every other member, marked as notifications (receivers do not fan out again).
+    pub fn peer_clients(&self) -> Result<Vec<(ClusterMemberLocal, Client)>, Error> {
+        let runtime = self.runtime()?;
+        let me = self.name();
+        Ok(self
+            .members()
+            .into_iter()
+            .filter(|m| m.name != me)
+            .map(|m| {
+                let client = Client::https(m.address.clone(), runtime.peer_tls.clone()).as_notification();
+                (m, client)
+            })
+            .collect())
+    }
+
+    /// The database, when the member is initialised and its database online.
+    pub(crate) fn db(&self) -> Result<Arc<Runtime>, Error> {
+        self.require_database()?;
+        self.runtime()
+    }
+
+    /// A mutual-TLS client of the current dqlite leader.
+    pub async fn leader_client(&self) -> Result<Client, Error> {
+        let runtime = self.db()?;
+        let leader = runtime.db.client().leader().await?;
+        self.member_client(&leader.address)
+    }
+
+    /// Runs one read-only statement on the cluster database.
+    pub async fn query(&self, sql: &str, params: &[dqlite::Value]) -> Result<dqlite::QueryResult, Error> {
+        let runtime = self.db()?;
+        Ok(runtime.db.query(sql, params).await?)
+    }
+
+    /// Runs SQL text that may write on the cluster database (each statement atomic on its own;
+    /// use [`State::transaction`] to group several).
+    pub async fn exec(&self, sql: &str, params: &[dqlite::Value]) -> Result<dqlite::ExecResult, Error> {
+        let runtime = self.db()?;
+        Ok(runtime.db.exec(sql, params).await?)
+    }
+
+    /// Runs `f` in a write transaction. Writes from concurrent requests on this member are
+    /// committed together (each in a savepoint of its own), so `f` owns what it uses; if
+    /// leadership moves before the commit, the call fails and `f`'s work is rolled back.
+    pub async fn transaction<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: for<'t, 'd> FnOnce(&'t mut dqlite::Transaction<'d>) -> dqlite::TxFuture<'t, T> + Send + 'static,
+    {
+        let runtime = self.db()?;
+        Ok(runtime.db.transaction(f).await?)
+    }
+
+    pub(crate) fn runtime(&self) -> Result<Arc<Runtime>, Error> {
+        self.0
+            .runtime
+            .read()
+            .ok()
+            .and_then(|r| r.clone())
+            .ok_or_else(|| Error::unavailable(DbStatus::NotInitialized.text()))
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.0.shutdown.borrow()
+    }
+
+    /// The trusted member with this certificate fingerprint.
+    pub(crate) fn trusted_member(&self, fingerprint: &str) -> Option<String> {
+        self.0.truststore.snapshot().by_fingerprint(fingerprint).map(|e| e.member.name.clone())
+    }
+
+    /// The database status text, with its reason when there is one.
+    pub fn database_status_text(&self) -> String {
+        let reason = self.0.status_reason.read().map(|r| r.clone()).unwrap_or_default();
+        match reason.is_empty() {
+            true => self.database_status().text().to_owned(),
+            false => format!("{}: {reason}", self.database_status().text()),
+        }
+    }
+
+    /// Fails with 503 and the status text unless the database is online.
+    pub(crate) fn require_database(&self) -> Result<(), Error> {
+        match self.database_status() {
+            DbStatus::Online => Ok(()),
+            _ => Err(Error::unavailable(self.database_status_text())),
+        }
+    }
+
+    pub(crate) fn set_db_status(&self, status: DbStatus) {
+        self.set_db_status_with(status, String::new());
+    }
+
+    pub(crate) fn set_db_status_with(&self, status: DbStatus, reason: String) {
+        if let Ok(mut slot) = self.0.status_reason.write() {
+            *slot = reason;
+        }
+        if status == DbStatus::Online
+            && let Ok(runtime) = self.runtime()
+        {
+            runtime.db.confirm_reads();
+        }
+        self.0.db_status.send_replace(status);
+    }
+
+    /// Stops the daemon with an error.
+    pub(crate) fn fail(&self, message: String) {
+        tracing::error!("{message}");
+        if let Ok(mut slot) = self.0.fatal.write() {
+            *slot = Some(message);
+        }
+        self.request_shutdown();
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.0.epoch.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn bump_epoch(&self) {
+        self.0.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Asks the daemon to shut down.
+    pub(crate) fn request_shutdown(&self) {
+        self.0.shutdown.send_replace(true);
+    }
+}
