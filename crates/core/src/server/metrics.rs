@@ -42,6 +42,17 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 /// How dqlite errors returned to the daemon's callers are classified (`kind` label).
 const ERROR_KINDS: &[&str] = &["busy", "not_leader", "no_leader", "ambiguous", "io", "other"];
 
+/// Why a listener closed a connection before its client did (`rest::limits`): to make room
+/// when its share was full, refused while every one was busy, or for taking too long over a TLS
+/// handshake, a request head or between requests.
+pub(crate) const CLOSED_EVICTED: &str = "evicted";
+pub(crate) const CLOSED_REFUSED: &str = "refused";
+pub(crate) const CLOSED_HANDSHAKE: &str = "handshake_timeout";
+pub(crate) const CLOSED_HEADER: &str = "header_timeout";
+pub(crate) const CLOSED_IDLE: &str = "idle_timeout";
+/// Every reason, for the metric's series.
+const CLOSE_REASONS: [&str; 5] = [CLOSED_EVICTED, CLOSED_REFUSED, CLOSED_HANDSHAKE, CLOSED_HEADER, CLOSED_IDLE];
+
 /// Which dial failed (`path` label): our database client's, or raft's connect function.
 pub(crate) const DIAL_CLIENT: &str = "client";
 /// See [`DIAL_CLIENT`].
@@ -238,7 +249,7 @@ impl Default for Metrics {
         for outcome in [GATHER_FULL, GATHER_TIMEOUT] {
             metrics.write_gathers.with(&[outcome]);
         }
-        for reason in crate::server::rest::CLOSE_REASONS {
+        for reason in CLOSE_REASONS {
             metrics.connections_closed.with(&[reason]);
         }
         metrics

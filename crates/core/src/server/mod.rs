@@ -11,11 +11,12 @@
 //!   member is initialised (its dqlite node, database client and tunnel);
 //! - [`db`]: the database: the write queue, the schema, the core tables;
 //! - leaves any layer may use: [`error`] (what the layers under HTTP fail with), `metrics`,
-//!   `memory`.
+//!   `memory`, `stop`.
 
 pub mod error;
 pub(crate) mod memory;
 pub(crate) mod metrics;
+pub(crate) mod stop;
 
 pub(crate) mod db;
 pub(crate) mod domain;

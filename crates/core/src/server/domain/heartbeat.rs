@@ -18,9 +18,9 @@ use crate::server::db::{DbStatus, members, tokens};
 use crate::server::domain::membership::{recorded_role, stalled};
 use crate::server::domain::roles::{self, Placement, Targets};
 use crate::server::error::Error;
-use crate::server::rest::ShutdownSignal;
 use crate::server::state::State;
 use crate::server::state::clock::{self, Offset, Sample};
+use crate::server::stop::ShutdownSignal;
 
 /// Whom the role planner counts as online: the members that answered and the leader, less
 /// those that cannot write their raft log, and less a joiner whose node is still a spare. A

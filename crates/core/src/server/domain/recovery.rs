@@ -8,18 +8,16 @@
 //! before it is marked online.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dqlite::{NodeInfo, Role, Value};
 
 use crate::api::{RecoveryPlan, RecoveryStatus, role};
 use crate::recovery::PLAN_FILE;
-use crate::server::State;
 use crate::server::db::DbStatus;
 use crate::server::error::Error;
-use crate::server::rest::Trust;
 use crate::server::state::runtime::Runtime;
+use crate::server::state::{NodeToStart, State};
 
 /// Where an applied plan is kept (a record, and so that a restart does not apply it again).
 const APPLIED_FILE: &str = "recovery.applied.json";
@@ -233,11 +231,12 @@ pub(crate) async fn status(state: &State) -> Result<RecoveryStatus, Error> {
 }
 
 /// `POST /core/internal/recovery`: a survivor was handed the plan. Stores it and restarts the
-/// node with it; answers before the restart.
-pub(crate) async fn receive(state: &State, trust: &Trust, plan: RecoveryPlan) -> Result<(), Error> {
+/// node with it; answers before the restart. `sender` names the member that sent it (none
+/// over the control socket).
+pub(crate) async fn receive(state: &State, sender: Option<&str>, plan: RecoveryPlan) -> Result<(), Error> {
     let runtime = state.runtime()?;
-    if let Trust::Member(sender) = trust
-        && !plan.members.iter().any(|m| &m.name == sender)
+    if let Some(sender) = sender
+        && !plan.members.iter().any(|m| m.name == sender)
     {
         return Err(Error::forbidden(format!("{sender} is not a survivor of recovery {}", plan.id)));
     }
@@ -253,19 +252,9 @@ pub(crate) async fn receive(state: &State, trust: &Trust, plan: RecoveryPlan) ->
     let text = serde_json::to_vec_pretty(&plan).map_err(Error::wrap)?;
     crate::state_dir::write_atomic(&plan_path(state), &text, 0o600)
         .map_err(|e| Error::internal(format!("storing the recovery plan: {e}")))?;
-    tracing::warn!(plan = %plan.id, from = ?trust, "received a recovery plan; restarting the node with it");
-    let (state, node_id) = (state.clone(), runtime.node_id);
-    drop(runtime);
-    tokio::spawn(async move {
-        // Let this answer reach the sender before the listener it travels on stops (a sender
-        // that misses it asks again, and a plan already applied is acknowledged).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let runtime: Option<Arc<Runtime>> = state.0.runtime.write().ok().and_then(|mut r| r.take());
-        if let Some(runtime) = runtime {
-            state.set_db_status(DbStatus::Starting);
-            runtime.stop().await;
-        }
-        crate::server::lifecycle::app::resume(state, node_id).await;
-    });
+    tracing::warn!(plan = %plan.id, from = sender.unwrap_or("the control socket"), "received a recovery plan; restarting the node with it");
+    // Let this answer reach the sender before the listener it travels on stops (a sender that
+    // misses it asks again, and a plan already applied is acknowledged).
+    state.restart("a recovery plan arrived", NodeToStart::Id(runtime.node_id), Duration::from_millis(200));
     Ok(())
 }

@@ -19,7 +19,6 @@ use crate::server::rest::endpoints;
 use crate::server::rest::servers::Server;
 use crate::server::rest::{ConnectionLimits, Listener, Routes, open_file_limit};
 use crate::server::state::hooks::{Hooks, NoHooks};
-use crate::server::state::runtime::Runtime;
 use crate::server::state::{Daemon, Settings, State};
 use crate::server::state_dir::{StateDir, StateDirError};
 
@@ -273,6 +272,7 @@ impl App {
             core_routes: Arc::new(Routes::new(&shared)),
             metrics: Arc::default(),
             clock: Default::default(),
+            resume: |state, node_id| Box::pin(resume(state, node_id)),
         });
         let state = State(daemon);
         let socket = state.0.dir.socket();
@@ -342,21 +342,6 @@ async fn shutdown_sequence(state: &State) {
 
 /// Brings an initialised member back up after a start (or after a recovery plan arrived),
 /// applying a pending recovery plan first.
-/// Stops this member's runtime (listener, node, background tasks) and starts it again, on a
-/// task of its own: the caller may be one of the tasks the stop ends.
-pub(crate) fn restart_runtime(state: State, why: &'static str) {
-    tokio::spawn(async move {
-        let runtime: Option<Arc<Runtime>> = state.0.runtime.write().ok().and_then(|mut r| r.take());
-        let Some(runtime) = runtime else { return };
-        tracing::warn!(why, "restarting this member's node");
-        let node_id = runtime.node_id;
-        state.set_db_status(DbStatus::Starting);
-        runtime.stop().await;
-        drop(runtime);
-        resume(state, node_id).await;
-    });
-}
-
 pub(crate) async fn resume(state: State, node_id: u64) {
     let mut _init = state.0.init_lock.lock().await;
     let plan = match crate::server::domain::recovery::pending(&state, node_id) {

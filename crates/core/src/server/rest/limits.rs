@@ -151,23 +151,14 @@ pub(crate) enum Closed {
     Idle,
 }
 
-/// Every [`Closed::label`], for the metric's series.
-pub(crate) const CLOSE_REASONS: [&str; 5] = [
-    Closed::Evicted.label(),
-    Closed::Refused.label(),
-    Closed::Handshake.label(),
-    Closed::Header.label(),
-    Closed::Idle.label(),
-];
-
 impl Closed {
     pub(crate) const fn label(self) -> &'static str {
         match self {
-            Closed::Evicted => "evicted",
-            Closed::Refused => "refused",
-            Closed::Handshake => "handshake_timeout",
-            Closed::Header => "header_timeout",
-            Closed::Idle => "idle_timeout",
+            Closed::Evicted => metrics::CLOSED_EVICTED,
+            Closed::Refused => metrics::CLOSED_REFUSED,
+            Closed::Handshake => metrics::CLOSED_HANDSHAKE,
+            Closed::Header => metrics::CLOSED_HEADER,
+            Closed::Idle => metrics::CLOSED_IDLE,
         }
     }
 }

@@ -18,14 +18,14 @@ use hyper::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub(crate) use limits::{CLOSE_REASONS, Limits, open_file_limit};
 pub use limits::{ConnectionLimits, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
+pub(crate) use limits::{Limits, open_file_limit};
 pub(crate) use router::Routes;
-pub(crate) use serve::{Listener, ShutdownSignal};
+pub(crate) use serve::Listener;
 
 use crate::client::NOTIFICATION_USER_AGENT;
-use crate::server::State;
 use crate::server::error::{Error, Kind};
+use crate::server::state::State;
 
 /// Largest request body accepted.
 pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;

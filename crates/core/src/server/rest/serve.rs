@@ -26,7 +26,8 @@ use super::repoll::Repoll;
 use super::router::{Match, parse_query};
 use super::{ApiError, HandlerResult, Request, Response, ResponseKind, Routes, Trust};
 use crate::api::Envelope;
-use crate::server::State;
+use crate::server::state::State;
+use crate::server::stop::ShutdownSignal;
 
 /// Every response body: a whole one, or chunks streamed from a channel.
 type Body = BoxBody<Bytes, Infallible>;
@@ -70,30 +71,6 @@ impl hyper::body::Body for Guarded {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// A one-way "stop now" signal shared by a listener and the tasks it spawned.
-#[derive(Debug, Clone)]
-pub(crate) struct ShutdownSignal {
-    rx: watch::Receiver<bool>,
-}
-
-impl ShutdownSignal {
-    /// A signal and the sender that fires it.
-    pub(crate) fn new() -> (watch::Sender<bool>, ShutdownSignal) {
-        let (tx, rx) = watch::channel(false);
-        (tx, ShutdownSignal { rx })
-    }
-
-    /// Resolves once the signal fired (or its sender is gone).
-    pub(crate) async fn fired(&mut self) {
-        let _ = self.rx.wait_for(|stop| *stop).await;
-    }
-
-    /// Whether it fired.
-    pub(crate) fn is_fired(&self) -> bool {
-        *self.rx.borrow()
     }
 }
 
@@ -425,7 +402,7 @@ async fn handle<'r>(
     if matches!(trust, Trust::Untrusted(_)) && !action.allow_untrusted {
         return Err(ApiError::forbidden("not authorized: this endpoint needs a trusted member certificate"));
     }
-    let upgrading = state.database_status() == crate::server::DbStatus::WaitingUpgrade;
+    let upgrading = state.database_status() == crate::server::db::DbStatus::WaitingUpgrade;
     let allowed_now = action.allowed_before_init || (upgrading && action.allowed_during_upgrade);
     if !allowed_now {
         state.require_database()?;

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::server::state::State;
+use crate::server::state::{NodeToStart, State};
 
 /// How often the disk is looked at.
 const PERIOD: Duration = Duration::from_secs(1);
@@ -251,7 +251,7 @@ pub(crate) async fn watch(state: State, paths: Paths, watched: Arc<Watched>, seg
         if action == Action::RestartNode {
             // A new segment pool only comes with a new node; the starting runtime watches again.
             state.0.metrics.raft_log_restarts.inc();
-            crate::server::lifecycle::app::restart_runtime(state.clone(), "raft stopped writing its log");
+            state.restart("raft stopped writing its log", NodeToStart::Running, Duration::ZERO);
             return;
         }
     }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::api::{ClusterMemberLocal, MemberConfig};
-use crate::server::State;
+use crate::server::state::State;
 
 /// What a hook returns on failure (any error type).
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;

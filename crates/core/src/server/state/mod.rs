@@ -66,7 +66,23 @@ pub(crate) struct Daemon {
     /// What `GET /core/1.0/metrics` reports (shared with the database's tasks).
     pub(crate) metrics: Arc<crate::server::metrics::Metrics>,
     /// The cluster's time, which every time stamped into or judged from the database uses.
-    pub(crate) clock: crate::server::state::clock::Clock,
+    pub(crate) clock: clock::Clock,
+    /// The life cycle's way back up after a restart of the runtime (see [`State::restart`]).
+    pub(crate) resume: Resume,
+}
+
+/// Starts an initialised member's runtime with this node id, applying a pending recovery plan
+/// and opening the database, then its background tasks: the life cycle's `resume`, which the
+/// layers under it reach through [`State::restart`].
+pub(crate) type Resume = fn(State, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Which node a restarted runtime starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum NodeToStart {
+    /// The one that runs now; no restart when none runs.
+    Running,
+    /// This one (e.g. recorded in `node.toml` for a new address).
+    Id(u64),
 }
 
 /// A handle on the daemon, given to endpoint handlers and hooks; cheap to clone.
@@ -239,6 +255,28 @@ impl State {
 
     pub(crate) fn bump_epoch(&self) {
         self.0.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Stops this member's runtime (listener, node, background tasks) and has the life cycle
+    /// start it again, after `delay`, on a task of its own: the caller may be one of the tasks
+    /// the stop ends.
+    pub(crate) fn restart(&self, why: &'static str, node: NodeToStart, delay: Duration) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let runtime: Option<Arc<Runtime>> = state.0.runtime.write().ok().and_then(|mut r| r.take());
+            let node_id = match (node, &runtime) {
+                (NodeToStart::Id(id), _) => id,
+                (NodeToStart::Running, Some(runtime)) => runtime.node_id,
+                (NodeToStart::Running, None) => return,
+            };
+            tracing::warn!(why, "restarting this member's node");
+            state.set_db_status(DbStatus::Starting);
+            if let Some(runtime) = runtime {
+                runtime.stop().await;
+            }
+            (state.0.resume)(state, node_id).await;
+        });
     }
 
     /// Asks the daemon to shut down.

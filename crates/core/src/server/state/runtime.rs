@@ -10,10 +10,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::server::db::Db;
-use crate::server::rest::{Listener, ShutdownSignal};
+use crate::server::rest::Listener;
 use crate::server::state::State;
 use crate::server::state::tunnel;
 use crate::server::state_dir::StateDirError;
+use crate::server::stop::ShutdownSignal;
 use crate::tls::{self, Identity};
 
 /// Starting the runtime failed.

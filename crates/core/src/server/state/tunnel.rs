@@ -19,7 +19,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::api::{DQLITE_UPGRADE, paths};
 use crate::server::metrics::{DIAL_CLIENT, DIAL_RAFT, Metrics};
-use crate::server::rest::ShutdownSignal;
+use crate::server::stop::ShutdownSignal;
 
 /// Deadline to reach a peer and complete the upgrade.
 pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(3);

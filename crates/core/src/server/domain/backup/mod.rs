@@ -13,10 +13,10 @@ use std::time::Duration;
 use dqlite::Value;
 use dqlite::file::{FileError, SqliteFile, write_dump};
 
-use crate::server::State;
 use crate::server::db::DB_NAME;
 use crate::server::db::schema::Versions;
 use crate::server::error::{Error, Kind};
+use crate::server::state::State;
 
 mod copy;
 mod summary;

@@ -36,8 +36,8 @@ use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members};
 use crate::server::error::{Error, Kind};
 use crate::server::rest::servers;
-use crate::server::state::State;
 use crate::server::state::runtime::Runtime;
+use crate::server::state::{NodeToStart, State};
 use crate::server::state_dir;
 use crate::{tls, validate};
 
@@ -285,15 +285,7 @@ async fn settle(state: &State, runtime: &Runtime) -> Result<(), Error> {
 /// Hands starting to the daemon's start-up loop, which retries until the member runs.
 fn keep_trying(state: &State) {
     let Ok(Some(info)) = state.0.dir.node_info() else { return };
-    let state = state.clone();
-    tokio::spawn(async move {
-        let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
-        state.set_db_status(DbStatus::Starting);
-        if let Some(runtime) = runtime {
-            runtime.stop().await;
-        }
-        crate::server::lifecycle::app::resume(state, info.id).await;
-    });
+    state.restart("moving to a new address", NodeToStart::Id(info.id), Duration::ZERO);
 }
 
 /// Waits until the start-up loop runs this member at `address` with its database online.

@@ -4,9 +4,9 @@
 
 use crate::api::paths;
 use crate::api::paths::BACKUP_SUMMARY_HEADER;
-use crate::server::State;
 use crate::server::domain::backup::{self, MAX_BACKUP};
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::server::state::State;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![

@@ -11,11 +11,11 @@ use crate::api::{
     ClusterMember, ClusterMemberLocal, Readiness, SetAddressRequest, TransferLeaderRequest, role, status,
 };
 use crate::client::ClientError;
-use crate::server::State;
 use crate::server::db::DbStatus;
 use crate::server::db::{members, tokens};
 use crate::server::domain::membership::{self, role_name};
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response, Trust};
+use crate::server::state::State;
 
 /// How long `cluster list` waits for each member's answer (all are asked at once), so the
 /// list answers in under half a second even with dead or black-holed members.

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use crate::api::paths;
 use crate::api::{Control, JoinToken, TokenRecord, TokenRequest, role};
-use crate::server::State;
 use crate::server::db::{members, tokens};
 use crate::server::domain::membership;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::server::state::State;
 use crate::validate;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {

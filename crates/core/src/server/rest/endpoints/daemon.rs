@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::api::paths;
 use crate::api::{MemberConfig, ServerAddress};
-use crate::server::State;
 use crate::server::domain::membership::fan_out;
 use crate::server::rest::servers;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::server::state::State;
 use crate::server::state_dir::ServerConfig;
 use crate::validate;
 

@@ -5,8 +5,8 @@ use hyper_util::rt::TokioIo;
 
 use crate::api::DQLITE_UPGRADE;
 use crate::api::paths;
-use crate::server::State;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::server::state::State;
 use crate::server::state::tunnel;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {

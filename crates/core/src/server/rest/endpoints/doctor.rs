@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use crate::api::paths;
 use crate::client::ClientError;
-use crate::server::State;
 use crate::server::domain::doctor;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::server::state::State;
 
 /// How long a member waits for the leader's report: the leader asks every member within
 /// seconds, but a repair in dqlite's configuration is retried for up to 30 s.

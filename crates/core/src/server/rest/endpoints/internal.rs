@@ -5,11 +5,11 @@ use crate::api::paths;
 use crate::api::{
     ClusterMemberLocal, HeartbeatRequest, JoinRequest, MemberConfig, NewMemberHookRequest, RemoveHookRequest,
 };
-use crate::server::State;
 use crate::server::domain::heartbeat as beat;
 use crate::server::domain::membership::{self, fan_out};
 use crate::server::rest::Trust;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::server::state::State;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![

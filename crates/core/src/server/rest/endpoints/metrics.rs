@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use crate::api::paths;
 use crate::api::{role, status};
-use crate::server::State;
 use crate::server::db::DbStatus;
 use crate::server::metrics::{CONTENT_TYPE, Exposition, Kind};
 use crate::server::rest::{Action, Endpoint, HandlerResult, Request, Response};
+use crate::server::state::State;
 
 /// Longest the members gauge waits for the database (e.g. during an election): a scrape
 /// without it is better than a scrape that times out.

@@ -4,9 +4,9 @@
 
 use crate::api::RecoveryPlan;
 use crate::api::paths;
-use crate::server::State;
 use crate::server::domain::recovery;
-use crate::server::rest::{Action, Endpoint, HandlerResult, Request, Response};
+use crate::server::rest::{Action, Endpoint, HandlerResult, Request, Response, Trust};
+use crate::server::state::State;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
@@ -22,6 +22,10 @@ async fn status(state: State, _req: Request) -> HandlerResult {
 
 async fn receive(state: State, req: Request) -> HandlerResult {
     let plan: RecoveryPlan = req.json()?;
-    recovery::receive(&state, &req.trust, plan).await?;
+    let sender = match &req.trust {
+        Trust::Member(name) => Some(name.as_str()),
+        Trust::Unix | Trust::Untrusted(_) => None,
+    };
+    recovery::receive(&state, sender, plan).await?;
     Ok(Response::empty())
 }

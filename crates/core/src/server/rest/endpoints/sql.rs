@@ -12,9 +12,9 @@ use dqlite::sql::{self as sqltext, StatementKind};
 
 use crate::api::paths;
 use crate::api::{ReadConsistency, SqlBatch, SqlDump, SqlQuery, SqlResult};
-use crate::server::State;
 use crate::server::db::{Consistency, dump};
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::server::state::State;
 
 /// The most one statement may return through the API (the response is built in memory).
 pub(crate) const RESULT_LIMITS: dqlite::Limits = dqlite::Limits { rows: 100_000, bytes: 64 * 1024 * 1024 };

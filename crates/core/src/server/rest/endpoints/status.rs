@@ -2,9 +2,9 @@
 
 use crate::api::paths;
 use crate::api::{Readiness, ServerStatus};
-use crate::server::State;
 use crate::server::db::DbStatus;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
+use crate::server::state::State;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
