@@ -36,7 +36,7 @@ fn server_layers_point_one_way() {
     }
     let known: BTreeSet<(String, String)> = KNOWN_UPWARD
         .iter()
-        .map(|(edge, _)| edge.split_once(" -> ").map(|(a, b)| (a.into(), b.into())).unwrap())
+        .map(|(edge, _)| edge.split_once(" -> ").map(|(a, b)| (a.into(), b.into())).expect("\"from -> to\""))
         .collect();
     let mut unexpected = Vec::new();
     for ((from, to), seen) in &upward {
@@ -82,14 +82,14 @@ struct Import {
 fn imports(root: &Path) -> Vec<Import> {
     let mut out = Vec::new();
     for file in rust_files(root) {
-        let rel = file.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let rel = file.strip_prefix(root).expect("under the root").to_string_lossy().into_owned();
         let mut module: Vec<String> = vec!["server".into()];
         module.extend(rel.trim_end_matches(".rs").split('/').map(str::to_owned));
         if module.last().is_some_and(|m| m == "mod") {
             module.pop();
         }
         let Some(from_part) = module.get(1).cloned() else { continue };
-        let src = std::fs::read_to_string(&file).unwrap();
+        let src = std::fs::read_to_string(&file).expect("a readable source file");
         let module: Vec<&str> = module.iter().map(String::as_str).collect();
         for (to_part, path) in paths_in(&src, &module) {
             if to_part != from_part {
@@ -102,8 +102,8 @@ fn imports(root: &Path) -> Vec<Import> {
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+    for entry in std::fs::read_dir(dir).expect("a readable source folder") {
+        let path = entry.expect("a readable source folder").path();
         if path.is_dir() {
             files.extend(rust_files(&path));
         } else if path.extension().is_some_and(|e| e == "rs") {
