@@ -16,7 +16,8 @@ use crate::server::db::schema::{SchemaUpdate, internal_updates};
 use crate::server::domain::membership::{OPEN_TIMEOUT_FOREVER, open_schema, start_background, start_runtime_with};
 use crate::server::lifecycle::startup::{self, Files};
 use crate::server::rest::endpoints;
-use crate::server::rest::servers::Server;
+use crate::server::rest::front::Front;
+use crate::server::rest::servers::{Listeners, Server};
 use crate::server::rest::{ConnectionLimits, Listener, Routes, open_file_limit};
 use crate::server::state::hooks::{Hooks, NoHooks};
 use crate::server::state::{Daemon, Settings, State};
@@ -244,6 +245,13 @@ impl App {
                 unix.extend(server.resources.iter().cloned());
             }
         }
+        let limits = args.connections.resolve(open_file_limit());
+        let front = Front {
+            core_routes: Arc::new(Routes::new(&shared)),
+            limits,
+            servers: args.servers.clone(),
+            listeners: Listeners::default(),
+        };
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let daemon = Arc::new(Daemon {
             dir,
@@ -255,8 +263,6 @@ impl App {
                 external_schema: args.extensions_schema.clone(),
                 hooks: args.hooks.clone(),
                 network_latency: args.network_latency,
-                servers: args.servers.clone(),
-                connections: args.connections.resolve(open_file_limit()),
             },
             config: RwLock::new(config),
             server_identity: RwLock::new(server_identity),
@@ -269,16 +275,17 @@ impl App {
             init_lock: tokio::sync::Mutex::new(()),
             role_lock: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
-            core_routes: Arc::new(Routes::new(&shared)),
+            http: Arc::new(front),
             metrics: Arc::default(),
             clock: Default::default(),
             resume: |state, node_id| Box::pin(resume(state, node_id)),
         });
         let state = State(daemon);
         let socket = state.0.dir.socket();
-        let control = Listener::unix(&socket, gid, state.clone(), Arc::new(Routes::new(&unix))).map_err(|source| {
-            AppError::Io { what: format!("cannot serve the control socket {}", socket.display()), source }
-        })?;
+        let control =
+            Listener::unix(&socket, gid, state.clone(), Arc::new(Routes::new(&unix)), limits).map_err(|source| {
+                AppError::Io { what: format!("cannot serve the control socket {}", socket.display()), source }
+            })?;
         tracing::info!(socket = %socket.display(), "control socket ready");
 
         if crate::server::domain::membership::join_interrupted(&state) {

@@ -2,6 +2,7 @@
 //! responses in the JSON envelope, and the one place where errors become HTTP statuses.
 
 pub(crate) mod endpoints;
+pub(crate) mod front;
 mod limits;
 mod repoll;
 mod router;

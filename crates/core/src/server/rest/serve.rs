@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use super::limits::{AcceptErrors, BodyTimeout, Closed, GapLimited, Gate, Heard, Permit, RequestGuard, Share, Wire};
 use super::repoll::Repoll;
 use super::router::{Match, parse_query};
-use super::{ApiError, HandlerResult, Request, Response, ResponseKind, Routes, Trust};
+use super::{ApiError, HandlerResult, Limits, Request, Response, ResponseKind, Routes, Trust};
 use crate::api::Envelope;
 use crate::server::state::State;
 use crate::server::stop::ShutdownSignal;
@@ -91,7 +91,13 @@ pub(crate) struct Listener {
 
 impl Listener {
     /// Serves `routes` on a unix socket at `path` (mode 0660, optionally owned by `gid`).
-    pub(crate) fn unix(path: &Path, gid: Option<u32>, state: State, routes: Arc<Routes>) -> std::io::Result<Listener> {
+    pub(crate) fn unix(
+        path: &Path,
+        gid: Option<u32>,
+        state: State,
+        routes: Arc<Routes>,
+        limits: Limits,
+    ) -> std::io::Result<Listener> {
         use std::os::unix::fs::PermissionsExt;
         // We hold the state directory lock, so a socket file left here is stale.
         match std::fs::remove_file(path) {
@@ -104,7 +110,8 @@ impl Listener {
             std::os::unix::fs::chown(path, None, Some(gid))?;
         }
         let (stop, signal) = ShutdownSignal::new();
-        let task = tokio::spawn(accept_unix(listener, state, routes, signal));
+        let task =
+            tokio::spawn(accept_unix(listener, Gate::unix(limits, state.0.metrics.clone()), state, routes, signal));
         Ok(Listener { stop, task })
     }
 
@@ -114,16 +121,19 @@ impl Listener {
         tls: Arc<rustls::ServerConfig>,
         state: State,
         routes: Arc<Routes>,
+        limits: Limits,
     ) -> Listener {
         let (stop, signal) = ShutdownSignal::new();
-        let task = tokio::spawn(accept_tls(listener, tokio_rustls::TlsAcceptor::from(tls), state, routes, signal));
+        let (acceptor, gate) = (tokio_rustls::TlsAcceptor::from(tls), Gate::tls(limits, state.0.metrics.clone()));
+        let task = tokio::spawn(accept_tls(listener, acceptor, gate, state, routes, signal));
         Listener { stop, task }
     }
 
     /// Serves `routes` over plain HTTP on an already bound TCP listener (every caller untrusted).
-    pub(crate) fn plain(listener: TcpListener, state: State, routes: Arc<Routes>) -> Listener {
+    pub(crate) fn plain(listener: TcpListener, state: State, routes: Arc<Routes>, limits: Limits) -> Listener {
         let (stop, signal) = ShutdownSignal::new();
-        let task = tokio::spawn(accept_plain(listener, state, routes, signal));
+        let task =
+            tokio::spawn(accept_plain(listener, Gate::plain(limits, state.0.metrics.clone()), state, routes, signal));
         Listener { stop, task }
     }
 
@@ -148,8 +158,13 @@ async fn pause_after(
     }
 }
 
-async fn accept_unix(listener: UnixListener, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal) {
-    let gate = Gate::unix(state.0.settings.connections, state.0.metrics.clone());
+async fn accept_unix(
+    listener: UnixListener,
+    gate: Arc<Gate>,
+    state: State,
+    routes: Arc<Routes>,
+    mut signal: ShutdownSignal,
+) {
     let mut errors = AcceptErrors::new("the control socket");
     loop {
         let stream = tokio::select! {
@@ -173,8 +188,13 @@ async fn accept_unix(listener: UnixListener, state: State, routes: Arc<Routes>, 
     }
 }
 
-async fn accept_plain(listener: TcpListener, state: State, routes: Arc<Routes>, mut signal: ShutdownSignal) {
-    let gate = Gate::plain(state.0.settings.connections, state.0.metrics.clone());
+async fn accept_plain(
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    state: State,
+    routes: Arc<Routes>,
+    mut signal: ShutdownSignal,
+) {
     let mut errors = AcceptErrors::new("an HTTP listener");
     loop {
         let tcp = tokio::select! {
@@ -201,11 +221,11 @@ async fn accept_plain(listener: TcpListener, state: State, routes: Arc<Routes>, 
 async fn accept_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    gate: Arc<Gate>,
     state: State,
     routes: Arc<Routes>,
     mut signal: ShutdownSignal,
 ) {
-    let gate = Gate::tls(state.0.settings.connections, state.0.metrics.clone());
     let mut errors = AcceptErrors::new("an HTTPS listener");
     loop {
         let (tcp, remote) = tokio::select! {
@@ -300,6 +320,7 @@ async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (tracked, gate) = (permit.conn().clone(), permit.gate().clone());
+    let gap = gate.limits.idle_timeout;
     // A permit once the connection's first request has started.
     let started = Arc::new(tokio::sync::Notify::new());
     let service = service_fn({
@@ -309,7 +330,7 @@ async fn serve_connection<S>(
             let request = tracked.request();
             let (state, routes, peer) = (state.clone(), routes.clone(), peer.clone());
             async move {
-                let response = dispatch(state, &routes, peer, req).await;
+                let response = dispatch(state, &routes, peer, gap, req).await;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     request.upgraded();
                 }
@@ -352,11 +373,18 @@ async fn serve_connection<S>(
 /// How long a connection that has not started a request yet is read after the stop.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(250);
 
-async fn dispatch(state: State, routes: &Routes, peer: Peer, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+/// `gap`: the longest pause allowed between two pieces of a request body.
+async fn dispatch(
+    state: State,
+    routes: &Routes,
+    peer: Peer,
+    gap: Duration,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<Body> {
     let (method, started) = (req.method().clone(), std::time::Instant::now());
     let path = req.uri().path().to_owned();
     let mut route = crate::server::metrics::UNMATCHED;
-    let result = handle(state.clone(), routes, peer, req, &mut route).await;
+    let result = handle(state.clone(), routes, peer, gap, req, &mut route).await;
     if let Err(err) = &result {
         tracing::debug!(%method, %path, status = %err.status(), error = %err, "request failed");
     }
@@ -370,6 +398,7 @@ async fn handle<'r>(
     state: State,
     routes: &'r Routes,
     peer: Peer,
+    gap: Duration,
     req: hyper::Request<Incoming>,
     route: &mut &'r str,
 ) -> HandlerResult {
@@ -416,7 +445,6 @@ async fn handle<'r>(
             format!("request body of {declared} bytes: this endpoint accepts at most {limit}"),
         ));
     }
-    let gap = state.0.settings.connections.idle_timeout;
     let body = Limited::new(GapLimited::new(body, gap), limit).collect().await.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {limit} bytes"))

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::server::rest::{ApiError, Listener, Resources, Routes};
+use crate::server::error::Error;
+use crate::server::rest::{Limits, Listener, Resources, Routes};
 use crate::server::state::State;
 use crate::server::state_dir::{StateDirError, read_optional, write_atomic};
 use crate::tls::{self, Identity};
@@ -143,12 +144,9 @@ impl Listeners {
 }
 
 /// Where each listener server should be, from `daemon.toml` and the defaults.
-pub(crate) fn wanted(state: &State) -> BTreeMap<String, String> {
+pub(crate) fn wanted(state: &State, servers: &[Server]) -> BTreeMap<String, String> {
     let configured = state.0.config.read().map(|c| c.servers.clone()).unwrap_or_default();
-    state
-        .0
-        .settings
-        .servers
+    servers
         .iter()
         .filter(|s| !s.core_api)
         .map(|s| {
@@ -163,11 +161,17 @@ pub(crate) fn wanted(state: &State) -> BTreeMap<String, String> {
 
 /// Starts, moves and stops listeners until they match [`wanted`]. Listeners whose address did
 /// not change keep running; a listener that cannot bind is reported and left off.
-pub(crate) async fn apply(state: &State, listeners: &Listeners, cluster: &Identity) -> Result<(), ApiError> {
-    let wanted = wanted(state);
+pub(crate) async fn apply(
+    state: &State,
+    servers: &[Server],
+    limits: Limits,
+    listeners: &Listeners,
+    cluster: &Identity,
+) -> Result<(), Error> {
+    let wanted = wanted(state, servers);
     let mut running = listeners.running.lock().await;
     let mut errors = Vec::new();
-    for server in state.0.settings.servers.iter().filter(|s| !s.core_api) {
+    for server in servers.iter().filter(|s| !s.core_api) {
         let address = wanted.get(&server.name).cloned().unwrap_or_default();
         if running.get(&server.name).is_some_and(|(current, _)| *current == address) {
             continue;
@@ -179,7 +183,7 @@ pub(crate) async fn apply(state: &State, listeners: &Listeners, cluster: &Identi
         if address.is_empty() {
             continue;
         }
-        match start(state, server, &address, cluster).await {
+        match start(state, server, limits, &address, cluster).await {
             Ok(listener) => {
                 tracing::info!(server = server.name, address, "listener started");
                 running.insert(server.name.clone(), (address, listener));
@@ -190,18 +194,24 @@ pub(crate) async fn apply(state: &State, listeners: &Listeners, cluster: &Identi
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::conflict(format!("listeners could not start: {}", errors.join("; "))))
+        Err(Error::conflict(format!("listeners could not start: {}", errors.join("; "))))
     }
 }
 
-async fn start(state: &State, server: &Server, address: &str, cluster: &Identity) -> Result<Listener, String> {
+async fn start(
+    state: &State,
+    server: &Server,
+    limits: Limits,
+    address: &str,
+    cluster: &Identity,
+) -> Result<Listener, String> {
     if address == state.address() {
         return Err(format!("{address} is the member's own address"));
     }
     let tcp = TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let routes = Arc::new(Routes::new(&server.resources));
     if server.plain_http {
-        return Ok(Listener::plain(tcp, state.clone(), routes));
+        return Ok(Listener::plain(tcp, state.clone(), routes, limits));
     }
     let identity = if server.dedicated_certificate {
         dedicated_identity(state, &server.name).map_err(|e| e.to_string())?
@@ -209,7 +219,7 @@ async fn start(state: &State, server: &Server, address: &str, cluster: &Identity
         cluster.clone()
     };
     let config = tls::server_config(&identity).map_err(|e| e.to_string())?;
-    Ok(Listener::tls(tcp, config, state.clone(), routes))
+    Ok(Listener::tls(tcp, config, state.clone(), routes, limits))
 }
 
 /// `certificates/NAME.crt` and `.key`, generated on first use.

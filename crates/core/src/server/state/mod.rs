@@ -5,6 +5,7 @@
 pub(crate) mod clock;
 pub(crate) mod disk;
 pub(crate) mod hooks;
+pub(crate) mod http;
 pub(crate) mod runtime;
 pub(crate) mod tunnel;
 
@@ -19,7 +20,6 @@ use crate::client::Client;
 use crate::server::db::DbStatus;
 use crate::server::db::schema::SchemaUpdate;
 use crate::server::error::Error;
-use crate::server::rest::Routes;
 use crate::server::state::hooks::Hooks;
 use crate::server::state::runtime::Runtime;
 use crate::server::state_dir::{DaemonConfig, StateDir};
@@ -35,9 +35,6 @@ pub(crate) struct Settings {
     pub(crate) external_schema: Vec<SchemaUpdate>,
     pub(crate) hooks: Arc<dyn Hooks>,
     pub(crate) network_latency: Duration,
-    pub(crate) servers: Vec<crate::server::rest::servers::Server>,
-    /// What the listeners hold, and for how long (`rest::limits`).
-    pub(crate) connections: crate::server::rest::Limits,
 }
 
 /// Everything a running daemon holds.
@@ -62,7 +59,8 @@ pub(crate) struct Daemon {
     /// Bumped on every reset, so a reset requested for an earlier membership is not applied
     /// to a later one.
     pub(crate) epoch: AtomicU64,
-    pub(crate) core_routes: Arc<Routes>,
+    /// What is served over HTTP while the member is initialised.
+    pub(crate) http: Arc<dyn http::Http>,
     /// What `GET /core/1.0/metrics` reports (shared with the database's tasks).
     pub(crate) metrics: Arc<crate::server::metrics::Metrics>,
     /// The cluster's time, which every time stamped into or judged from the database uses.

@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::server::db::Db;
-use crate::server::rest::Listener;
 use crate::server::state::State;
+use crate::server::state::http::{Http, Serving};
 use crate::server::state::tunnel;
 use crate::server::state_dir::StateDirError;
 use crate::server::stop::ShutdownSignal;
@@ -81,9 +81,10 @@ pub(crate) struct Runtime {
     /// The node's abstract socket.
     pub(crate) bind_name: String,
     node: Mutex<Option<dqlite::Node>>,
-    listener: tokio::sync::Mutex<Option<Listener>>,
-    /// Listeners of the application's servers that have their own address.
-    pub(crate) listeners: crate::server::rest::servers::Listeners,
+    /// The member's API on its address.
+    listener: tokio::sync::Mutex<Option<Box<dyn Serving>>>,
+    /// What serves it, and the application's own listeners (stopped with the runtime).
+    pub(crate) http: Arc<dyn Http>,
     stop_tx: watch::Sender<bool>,
     pub(crate) stop: ShutdownSignal,
     /// Whether the node can write its raft log (see [`crate::server::state::disk`]).
@@ -187,7 +188,7 @@ impl Runtime {
             tunnel::dialer(address.clone(), bind_name.clone(), peer_tls.clone(), daemon.metrics.clone()),
             client_config,
         );
-        let listener = Listener::tls(tcp, server_tls, state.clone(), daemon.core_routes.clone());
+        let listener = daemon.http.serve_member(state, tcp, server_tls);
         Ok(Arc::new(Runtime {
             address,
             node_id,
@@ -200,7 +201,7 @@ impl Runtime {
             bind_name,
             node: Mutex::new(Some(node)),
             listener: tokio::sync::Mutex::new(Some(listener)),
-            listeners: crate::server::rest::servers::Listeners::default(),
+            http: daemon.http.clone(),
             stop_tx,
             stop,
             disk: Arc::default(),
@@ -264,7 +265,7 @@ impl Runtime {
         for task in tasks {
             task.abort();
         }
-        self.listeners.stop().await;
+        self.http.stop_servers().await;
         if let Some(listener) = self.listener.lock().await.take() {
             listener.stop().await;
         }

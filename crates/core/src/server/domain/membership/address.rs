@@ -35,7 +35,6 @@ use crate::api::{ClusterMemberLocal, MemberConfig, MoveMemberRequest, ServerAddr
 use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members};
 use crate::server::error::{Error, Kind};
-use crate::server::rest::servers;
 use crate::server::state::runtime::Runtime;
 use crate::server::state::{NodeToStart, State};
 use crate::server::state_dir;
@@ -401,7 +400,13 @@ async fn notify(state: &State) {
     let update = MemberConfig {
         name: state.name(),
         address: state.address(),
-        servers: servers::wanted(state).into_iter().map(|(name, address)| (name, ServerAddress { address })).collect(),
+        servers: state
+            .0
+            .http
+            .wanted_servers(state)
+            .into_iter()
+            .map(|(name, address)| (name, ServerAddress { address }))
+            .collect(),
     };
     let Ok(peers) = state.peer_clients() else { return };
     for (member, err) in fan_out(peers, |c| {

@@ -97,7 +97,7 @@ pub(crate) async fn start_runtime_with(
         *slot = Some(runtime.clone());
     }
     // The application's own listeners: a failure leaves that listener off, not the member.
-    if let Err(err) = crate::server::rest::servers::apply(state, &runtime.listeners, &runtime.cluster_identity).await {
+    if let Err(err) = state.0.http.apply_servers(state, &runtime.cluster_identity).await {
         tracing::warn!(error = %err, "additional listeners");
     }
     Ok(runtime)

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashSet};
 use crate::api::paths;
 use crate::api::{MemberConfig, ServerAddress};
 use crate::server::domain::membership::fan_out;
-use crate::server::rest::servers;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
 use crate::server::state::State;
 use crate::server::state_dir::ServerConfig;
@@ -22,7 +21,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 }
 
 fn view(state: &State) -> BTreeMap<String, ServerAddress> {
-    servers::wanted(state).into_iter().map(|(name, address)| (name, ServerAddress { address })).collect()
+    state.0.http.wanted_servers(state).into_iter().map(|(name, address)| (name, ServerAddress { address })).collect()
 }
 
 async fn get(state: State, _req: Request) -> HandlerResult {
@@ -33,10 +32,10 @@ async fn get(state: State, _req: Request) -> HandlerResult {
 async fn put(state: State, req: Request) -> HandlerResult {
     let runtime = state.runtime()?;
     let wanted: BTreeMap<String, ServerAddress> = req.json()?;
-    let known: HashSet<&str> = state.0.settings.servers.iter().filter(|s| !s.core_api).map(|s| s.name()).collect();
+    let known = state.0.http.wanted_servers(&state);
     let mut seen = HashSet::new();
     for (name, entry) in &wanted {
-        if !known.contains(name.as_str()) {
+        if !known.contains_key(name) {
             return Err(ApiError::bad_request(format!("no server named {name:?} has a listener of its own")));
         }
         if entry.address.is_empty() {
@@ -51,11 +50,11 @@ async fn put(state: State, req: Request) -> HandlerResult {
     let mut config = previous.clone();
     config.servers = wanted.iter().map(|(n, e)| (n.clone(), ServerConfig { address: e.address.clone() })).collect();
     save(&state, &config)?;
-    if let Err(err) = servers::apply(&state, &runtime.listeners, &runtime.cluster_identity).await {
+    if let Err(err) = state.0.http.apply_servers(&state, &runtime.cluster_identity).await {
         // Put back what ran before, so a typo cannot leave the member without its listeners.
         save(&state, &previous)?;
-        let _ = servers::apply(&state, &runtime.listeners, &runtime.cluster_identity).await;
-        return Err(err);
+        let _ = state.0.http.apply_servers(&state, &runtime.cluster_identity).await;
+        return Err(err.into());
     }
     if !req.is_notification() {
         let update = MemberConfig { name: config.name.clone(), address: config.address.clone(), servers: view(&state) };
