@@ -50,16 +50,14 @@ pub mod recovery;
 pub mod report;
 #[cfg(feature = "server")]
 pub mod server;
-#[cfg_attr(not(feature = "server"), allow(dead_code))]
 mod state_dir;
 pub mod tls;
-#[cfg_attr(not(feature = "server"), allow(dead_code))]
 mod truststore;
 pub mod validate;
 
 #[cfg(feature = "server")]
 pub use server::{
-    App, AppError, Args, ConnectionLimits, DaemonArgs, DbStatus, HookError, HookFuture, Hooks, InitConfig, NoHooks,
-    SchemaUpdate, Server, State,
+    App, AppError, Args, ConnectionLimits, DaemonArgs, DbStatus, Error, ErrorKind, HookError, HookFuture, Hooks,
+    InitConfig, NoHooks, SchemaUpdate, Server, State,
 };
 pub use state_dir::StateDirError;

@@ -16,7 +16,7 @@ use crate::client::Client;
 use crate::raftlog::{self, RaftLogError, RaftState};
 use crate::state_dir::{StateDir, StateDirError, write_atomic};
 use crate::tls;
-use crate::truststore::TrustStore;
+use crate::truststore;
 
 /// The plan's file in the state directory.
 pub const PLAN_FILE: &str = "recovery.json";
@@ -119,7 +119,7 @@ pub async fn survey(state_dir: &Path) -> Result<Survey, RecoveryError> {
         RecoveryError::NotInitialised(format!("{} is not initialised (no database/node.toml)", state_dir.display()))
     })?;
     let log = raftlog::read(&dir.database_dir())?;
-    let trust = TrustStore::load(dir.truststore_dir()).map_err(|e| RecoveryError::Refused(e.to_string()))?.snapshot();
+    let trust = truststore::read(&dir.truststore_dir()).map_err(|e| RecoveryError::Refused(e.to_string()))?;
     let identity =
         dir.server_identity()?.ok_or_else(|| RecoveryError::NotInitialised("this member has no certificate".into()))?;
     let cluster = dir

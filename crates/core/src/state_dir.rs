@@ -181,11 +181,13 @@ impl StateDir {
     }
 
     /// The directory.
+    #[cfg(feature = "server")]
     pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// The control socket.
+    #[cfg(feature = "server")]
     pub(crate) fn socket(&self) -> PathBuf {
         self.root.join("control.socket")
     }
@@ -211,6 +213,7 @@ impl StateDir {
     }
 
     /// `join.toml`: the journal of a join under way (see `server::membership`).
+    #[cfg(feature = "server")]
     pub(crate) fn join_path(&self) -> PathBuf {
         self.root.join("join.toml")
     }
@@ -238,6 +241,7 @@ impl StateDir {
     }
 
     /// Writes `daemon.toml`.
+    #[cfg(feature = "server")]
     pub(crate) fn set_daemon_config(&self, config: &DaemonConfig) -> Result<(), StateDirError> {
         write_toml(&self.daemon_config_path(), config, 0o644)
     }
@@ -248,6 +252,7 @@ impl StateDir {
     }
 
     /// Records the node identity (creating the database directory).
+    #[cfg(feature = "server")]
     pub(crate) fn set_node_info(&self, info: &NodeInfo) -> Result<(), StateDirError> {
         create_dir(&self.database_dir(), 0o700)?;
         write_toml(&self.node_info_path(), info, 0o600)
@@ -259,6 +264,7 @@ impl StateDir {
     }
 
     /// Stores this member's certificate and key.
+    #[cfg(feature = "server")]
     pub(crate) fn set_server_identity(&self, id: &Identity) -> Result<(), StateDirError> {
         self.set_identity("server", id)
     }
@@ -269,6 +275,7 @@ impl StateDir {
     }
 
     /// Stores the cluster certificate and key.
+    #[cfg(feature = "server")]
     pub(crate) fn set_cluster_identity(&self, id: &Identity) -> Result<(), StateDirError> {
         self.set_identity("cluster", id)
     }
@@ -345,6 +352,7 @@ impl StateDir {
         }
     }
 
+    #[cfg(feature = "server")]
     fn set_identity(&self, which: &str, id: &Identity) -> Result<(), StateDirError> {
         // The key first: a crash between the two leaves a key without its certificate (or with
         // the old one), which the start-up of a member that is not initialised yet recognises as
@@ -354,12 +362,14 @@ impl StateDir {
     }
 
     /// Where the database directory goes while a reset removes it.
+    #[cfg(feature = "server")]
     fn removing_dir(&self) -> PathBuf {
         self.root.join(".database.removing")
     }
 
     /// Whether `database/` holds anything but `node.toml` and our temporary files: raft data,
     /// which exists only once the member was initialised.
+    #[cfg(feature = "server")]
     pub(crate) fn has_raft_data(&self) -> Result<bool, StateDirError> {
         let dir = self.database_dir();
         let listing = match fs::read_dir(&dir) {
@@ -379,6 +389,7 @@ impl StateDir {
     /// Removes everything that makes this member part of a cluster: the database, the cluster
     /// certificate, the trust store, a join's journal and the name/address. Keeps `server.crt`
     /// and the socket.
+    #[cfg(feature = "server")]
     pub(crate) fn reset(&self) -> Result<(), StateDirError> {
         // The database directory, node.toml with it, leaves in one durable rename first: a reset
         // cut short must never leave raft data without node.toml, which reads as an initialised
@@ -403,6 +414,7 @@ impl StateDir {
     }
 
     /// Finishes a reset that a crash cut short after the database directory was moved aside.
+    #[cfg(feature = "server")]
     pub(crate) fn finish_reset(&self) -> Result<(), StateDirError> {
         remove_dir_optional(&self.removing_dir())
     }
@@ -431,6 +443,7 @@ pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, StateDirError
 
 /// Removes a file that may not exist; the caller syncs the directory if the removal must
 /// survive a power cut (see [`remove_durable`]).
+#[cfg(feature = "server")]
 pub(crate) fn remove_optional(path: &Path) -> Result<(), StateDirError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", path)(e)),
@@ -440,12 +453,14 @@ pub(crate) fn remove_optional(path: &Path) -> Result<(), StateDirError> {
 
 /// Removes a file that may not exist, for good: a file that comes back after a power cut (a
 /// trust entry of a removed member) would undo the removal.
+#[cfg(feature = "server")]
 pub(crate) fn remove_durable(path: &Path) -> Result<(), StateDirError> {
     remove_optional(path)?;
     sync_dir(parent(path))
 }
 
 /// Renames `from` to `to` durably (both directories synced).
+#[cfg(feature = "server")]
 pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<(), StateDirError> {
     fs::rename(from, to).map_err(io_err("renaming", from))?;
     sync_dir(parent(to))?;
@@ -456,6 +471,7 @@ pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<(), StateDirError
 }
 
 /// Removes a directory tree that may not exist.
+#[cfg(feature = "server")]
 fn remove_dir_optional(path: &Path) -> Result<(), StateDirError> {
     match fs::remove_dir_all(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", path)(e)),
@@ -491,6 +507,7 @@ fn toml_reason(text: &str, err: &toml::de::Error) -> String {
     format!("line {line}, column {column}: {}", err.message())
 }
 
+#[cfg(feature = "server")]
 pub(crate) fn write_toml<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StateDirError> {
     let text =
         toml::to_string(value).map_err(|e| StateDirError::Invalid { path: path.to_owned(), reason: e.to_string() })?;
@@ -522,6 +539,7 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
 }
 
 #[cfg(test)]
+#[cfg(feature = "server")]
 mod tests {
     use super::*;
 

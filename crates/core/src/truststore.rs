@@ -4,14 +4,21 @@
 //! the database is up) and in memory as a swappable snapshot that the request path reads on
 //! every request: a member removed from the store is refused on its next request.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+#[cfg(feature = "server")]
+use std::collections::HashMap;
+use std::path::Path;
+#[cfg(feature = "server")]
+use std::path::PathBuf;
+#[cfg(feature = "server")]
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::api::ClusterMemberLocal;
-use crate::state_dir::{StateDirError, create_dir, read_toml, remove_durable, write_toml};
+use crate::state_dir::{StateDirError, read_toml};
+#[cfg(feature = "server")]
+use crate::state_dir::{create_dir, remove_durable, write_toml};
 use crate::tls;
 use crate::validate;
 
@@ -64,22 +71,30 @@ struct EntryFile {
 #[derive(Debug, Default)]
 pub(crate) struct Members {
     by_name: BTreeMap<String, TrustEntry>,
+    #[cfg(feature = "server")]
     by_fingerprint: HashMap<String, String>,
 }
 
 impl Members {
     fn build(entries: impl IntoIterator<Item = TrustEntry>) -> Members {
         let by_name: BTreeMap<_, _> = entries.into_iter().map(|e| (e.member.name.clone(), e)).collect();
+        #[cfg(feature = "server")]
         let by_fingerprint = by_name.values().map(|e| (e.fingerprint.clone(), e.member.name.clone())).collect();
-        Members { by_name, by_fingerprint }
+        Members {
+            by_name,
+            #[cfg(feature = "server")]
+            by_fingerprint,
+        }
     }
 
     /// The member whose certificate has this fingerprint.
+    #[cfg(feature = "server")]
     pub(crate) fn by_fingerprint(&self, fingerprint: &str) -> Option<&TrustEntry> {
         self.by_fingerprint.get(fingerprint).and_then(|name| self.by_name.get(name))
     }
 
     /// The member with this name.
+    #[cfg(feature = "server")]
     pub(crate) fn by_name(&self, name: &str) -> Option<&TrustEntry> {
         self.by_name.get(name)
     }
@@ -90,17 +105,46 @@ impl Members {
     }
 
     /// Every member, by name.
+    #[cfg(feature = "server")]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &TrustEntry> {
         self.by_name.values()
     }
 
     /// Every member's address.
+    #[cfg(feature = "server")]
     pub(crate) fn addresses(&self) -> Vec<String> {
         self.by_name.values().map(|e| e.member.address.clone()).collect()
     }
 }
 
+/// The trust entries in `dir` (none if it does not exist). An entry that cannot be read stops
+/// the read, naming its file: skipping it would refuse that member's raft traffic and
+/// heartbeats without a word.
+pub(crate) fn read(dir: &Path) -> Result<Members, StateDirError> {
+    let mut entries = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(listing) => {
+            for item in listing {
+                let path = item
+                    .map_err(|source| StateDirError::Io { action: "reading", path: dir.to_owned(), source })?
+                    .path();
+                if path.extension().is_some_and(|e| e == "toml")
+                    && let Some(entry) = load_entry(&path)?
+                {
+                    entries.push(entry);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(StateDirError::Io { action: "reading", path: dir.to_owned(), source });
+        }
+    }
+    Ok(Members::build(entries))
+}
+
 /// The trust store of one member.
+#[cfg(feature = "server")]
 #[derive(Debug)]
 pub(crate) struct TrustStore {
     dir: PathBuf,
@@ -113,34 +157,15 @@ pub(crate) struct TrustStore {
     removed: Mutex<HashMap<String, std::time::Instant>>,
 }
 
+#[cfg(feature = "server")]
 impl TrustStore {
-    /// Loads the store from `dir` (empty if it does not exist). An entry that cannot be read
-    /// stops the load, naming its file: skipping it would refuse that member's raft traffic
-    /// and heartbeats without a word.
+    /// Loads the store from `dir` (see [`read`]).
     pub(crate) fn load(dir: impl Into<PathBuf>) -> Result<TrustStore, StateDirError> {
         let dir = dir.into();
-        let mut entries = Vec::new();
-        match std::fs::read_dir(&dir) {
-            Ok(listing) => {
-                for item in listing {
-                    let path = item
-                        .map_err(|source| StateDirError::Io { action: "reading", path: dir.clone(), source })?
-                        .path();
-                    if path.extension().is_some_and(|e| e == "toml")
-                        && let Some(entry) = load_entry(&path)?
-                    {
-                        entries.push(entry);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(StateDirError::Io { action: "reading", path: dir, source });
-            }
-        }
+        let members = read(&dir)?;
         Ok(TrustStore {
             dir,
-            current: RwLock::new(Arc::new(Members::build(entries))),
+            current: RwLock::new(Arc::new(members)),
             writing: Mutex::new(()),
             removed: Mutex::default(),
         })
@@ -259,6 +284,7 @@ fn load_entry(path: &Path) -> Result<Option<TrustEntry>, StateDirError> {
 }
 
 #[cfg(test)]
+#[cfg(feature = "server")]
 #[cfg(feature = "server")]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! cannot create its next log segment (preallocated at the segment size), it persists nothing
 //! more and falls behind, silently; once the file system has room for a whole segment again,
 //! its next append creates one and it catches up by itself. microd reports the first state
-//! (`microcluster::server::disk`) and restarts the node only if raft still has no segment long
+//! (`microcluster::server::state::disk`) and restarts the node only if raft still has no segment long
 //! after space returned; this test pins the library behaviour that relies on.
 //!
 //! Three voters, one of them (a follower) with its data directory on a 24 MiB tmpfs, 4 MiB

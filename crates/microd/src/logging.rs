@@ -20,7 +20,7 @@ use tracing_subscriber::{Layer, Registry};
 use crate::config::{LogFormat, LogLevel};
 
 /// Installs the global subscriber. `MICROD_LOG` (comma-separated `level` and `target=level`
-/// directives, such as `info,microcluster::server::heartbeat=debug`) overrides `level`; one
+/// directives, such as `info,microcluster::server::domain::heartbeat=debug`) overrides `level`; one
 /// that does not parse is reported and `level` is used.
 ///
 /// The filter is `Targets`, not `EnvFilter`: span and field filters are the only thing it
@@ -142,11 +142,12 @@ mod tests {
 
     #[test]
     fn microd_log_overrides_the_level() {
-        let (filter, rejected) = filter(Some("info,microcluster::server::heartbeat=trace".into()), LogLevel::Warn);
+        let (filter, rejected) =
+            filter(Some("info,microcluster::server::domain::heartbeat=trace".into()), LogLevel::Warn);
         assert!(rejected.is_none());
         assert!(enabled(&filter, "microd", Level::INFO));
         assert!(!enabled(&filter, "microd", Level::DEBUG));
-        assert!(enabled(&filter, "microcluster::server::heartbeat", Level::TRACE));
+        assert!(enabled(&filter, "microcluster::server::domain::heartbeat", Level::TRACE));
     }
 
     #[test]

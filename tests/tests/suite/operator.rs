@@ -152,7 +152,7 @@ fn under_systemd_text_logs_carry_no_timestamp_and_the_journal_gets_priorities() 
     member.env.push(("JOURNAL_STREAM".into(), format!("{}:{}", log.dev(), log.ino())));
     member.start();
     let log = log_with(&member, "control socket ready");
-    assert!(log.contains("<6> INFO microcluster::server::app: control socket ready"), "{log}");
+    assert!(log.contains("<6> INFO microcluster::server::lifecycle::app: control socket ready"), "{log}");
     assert!(log.contains("<4> WARN "), "{log}");
     assert!(log.lines().all(|line| line.starts_with("<6>") || line.starts_with("<4>")), "{log}");
 }

@@ -6,7 +6,7 @@ use std::fmt;
 
 /// Whose a failure is, and so what the caller can do about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum ErrorKind {
     /// The request is malformed or names something impossible: fix it and ask again.
     Invalid,
     /// The caller may not do this.
@@ -23,22 +23,22 @@ pub enum Kind {
     Peer(u16),
 }
 
-impl Kind {
+impl ErrorKind {
     /// The request was refused as it stands (asking again unchanged gets the same answer).
     pub fn is_refusal(self) -> bool {
         match self {
-            Kind::Invalid | Kind::Forbidden | Kind::NotFound | Kind::Conflict => true,
-            Kind::Unavailable | Kind::Internal => false,
-            Kind::Peer(status) => (400..500).contains(&status),
+            ErrorKind::Invalid | ErrorKind::Forbidden | ErrorKind::NotFound | ErrorKind::Conflict => true,
+            ErrorKind::Unavailable | ErrorKind::Internal => false,
+            ErrorKind::Peer(status) => (400..500).contains(&status),
         }
     }
 
     /// A member failed or was not ready (asking again later may succeed).
     pub fn is_member_side(self) -> bool {
         match self {
-            Kind::Unavailable | Kind::Internal => true,
-            Kind::Invalid | Kind::Forbidden | Kind::NotFound | Kind::Conflict => false,
-            Kind::Peer(status) => status >= 500,
+            ErrorKind::Unavailable | ErrorKind::Internal => true,
+            ErrorKind::Invalid | ErrorKind::Forbidden | ErrorKind::NotFound | ErrorKind::Conflict => false,
+            ErrorKind::Peer(status) => status >= 500,
         }
     }
 }
@@ -46,55 +46,55 @@ impl Kind {
 /// A failure of an operation of the daemon.
 #[derive(Debug)]
 pub struct Error {
-    kind: Kind,
+    kind: ErrorKind,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl Error {
     /// A failure of `kind`.
-    pub fn new(kind: Kind, message: impl Into<String>) -> Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
         Error { kind, message: message.into(), source: None }
     }
 
     /// The request is invalid.
     pub fn invalid(message: impl Into<String>) -> Error {
-        Error::new(Kind::Invalid, message)
+        Error::new(ErrorKind::Invalid, message)
     }
 
     /// The caller may not do this.
     pub fn forbidden(message: impl Into<String>) -> Error {
-        Error::new(Kind::Forbidden, message)
+        Error::new(ErrorKind::Forbidden, message)
     }
 
     /// No such thing.
     pub fn not_found(message: impl Into<String>) -> Error {
-        Error::new(Kind::NotFound, message)
+        Error::new(ErrorKind::NotFound, message)
     }
 
     /// Conflicts with how things stand.
     pub fn conflict(message: impl Into<String>) -> Error {
-        Error::new(Kind::Conflict, message)
+        Error::new(ErrorKind::Conflict, message)
     }
 
     /// Not possible right now.
     pub fn unavailable(message: impl Into<String>) -> Error {
-        Error::new(Kind::Unavailable, message)
+        Error::new(ErrorKind::Unavailable, message)
     }
 
     /// Failed on this member's side.
     pub fn internal(message: impl Into<String>) -> Error {
-        Error::new(Kind::Internal, message)
+        Error::new(ErrorKind::Internal, message)
     }
 
     /// Failed on this member's side because of `source`, whose text is the message and which
     /// stays reachable through [`std::error::Error::source`].
     pub fn wrap(source: impl std::error::Error + Send + Sync + 'static) -> Error {
-        Error { kind: Kind::Internal, message: source.to_string(), source: Some(Box::new(source)) }
+        Error { kind: ErrorKind::Internal, message: source.to_string(), source: Some(Box::new(source)) }
     }
 
     /// Whose the failure is.
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
@@ -110,7 +110,7 @@ impl Error {
     }
 
     /// The same failure, of another kind.
-    pub fn with_kind(mut self, kind: Kind) -> Error {
+    pub fn with_kind(mut self, kind: ErrorKind) -> Error {
         self.kind = kind;
         self
     }
@@ -132,9 +132,9 @@ impl std::error::Error for Error {
 impl From<dqlite::Error> for Error {
     fn from(err: dqlite::Error) -> Error {
         let kind = match &err {
-            e if e.is_not_leader() || e.is_ambiguous() => Kind::Unavailable,
-            dqlite::Error::NoLeader { .. } => Kind::Unavailable,
-            e if e.is_constraint() => Kind::Conflict,
+            e if e.is_not_leader() || e.is_ambiguous() => ErrorKind::Unavailable,
+            dqlite::Error::NoLeader { .. } => ErrorKind::Unavailable,
+            e if e.is_constraint() => ErrorKind::Conflict,
             dqlite::Error::Returning { .. }
             | dqlite::Error::NotReadOnly { .. }
             | dqlite::Error::MultipleStatements { .. }
@@ -143,8 +143,8 @@ impl From<dqlite::Error> for Error {
             | dqlite::Error::UnsupportedParam { .. }
             | dqlite::Error::Encode(_)
             | dqlite::Error::TooManyRows { .. }
-            | dqlite::Error::ResultTooLarge { .. } => Kind::Invalid,
-            _ => Kind::Internal,
+            | dqlite::Error::ResultTooLarge { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Internal,
         };
         Error { kind, message: format!("database: {err}"), source: Some(Box::new(err)) }
     }
@@ -156,11 +156,14 @@ mod tests {
 
     #[test]
     fn a_database_error_keeps_its_source_and_gets_one_kind() {
-        let cases: Vec<(dqlite::Error, Kind)> = vec![
-            (dqlite::Error::EmptyStatement, Kind::Invalid),
-            (dqlite::Error::NoLeader { attempts: 3, servers: "a".into(), last_error: "b".into() }, Kind::Unavailable),
-            (dqlite::Error::Server { code: 2067, message: "UNIQUE constraint failed".into() }, Kind::Conflict),
-            (dqlite::Error::Server { code: 1, message: "no such table: x".into() }, Kind::Internal),
+        let cases: Vec<(dqlite::Error, ErrorKind)> = vec![
+            (dqlite::Error::EmptyStatement, ErrorKind::Invalid),
+            (
+                dqlite::Error::NoLeader { attempts: 3, servers: "a".into(), last_error: "b".into() },
+                ErrorKind::Unavailable,
+            ),
+            (dqlite::Error::Server { code: 2067, message: "UNIQUE constraint failed".into() }, ErrorKind::Conflict),
+            (dqlite::Error::Server { code: 1, message: "no such table: x".into() }, ErrorKind::Internal),
         ];
         for (err, kind) in cases {
             let text = err.to_string();
@@ -176,6 +179,6 @@ mod tests {
     fn context_prefixes_the_message_and_keeps_the_kind() {
         let err = Error::conflict("name taken").context("joining");
         assert_eq!(err.to_string(), "joining: name taken");
-        assert_eq!(err.kind(), Kind::Conflict);
+        assert_eq!(err.kind(), ErrorKind::Conflict);
     }
 }

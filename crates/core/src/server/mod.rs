@@ -3,14 +3,14 @@
 //!
 //! In layers, each importing only those under it (`ARCHITECTURE.md` draws them; the test
 //! `server_layers_point_one_way` checks them):
-//! - [`lifecycle`]: the application's [`App`]: start-up checks, start, resume, shutdown;
-//! - [`rest`]: HTTP: the listeners, the router, the endpoints, and the one place where a
+//! - `lifecycle`: the application's [`App`]: start-up checks, start, resume, shutdown;
+//! - `rest`: HTTP: the listeners, the router, the endpoints, and the one place where a
 //!   failure becomes a status;
-//! - [`domain`]: membership, heartbeats, roles, recovery, doctor, backup: no HTTP;
-//! - [`state`]: [`State`], the handle on the daemon, and the runtime it holds while the
+//! - `domain`: membership, heartbeats, roles, recovery, doctor, backup: no HTTP;
+//! - `state`: [`State`], the handle on the daemon, and the runtime it holds while the
 //!   member is initialised (its dqlite node, database client and tunnel);
-//! - [`db`]: the database: the write queue, the schema, the core tables;
-//! - leaves any layer may use: [`error`] (what the layers under HTTP fail with), `metrics`,
+//! - `db`: the database: the write queue, the schema, the core tables;
+//! - leaves any layer may use: `error` (what the layers under HTTP fail with), `metrics`,
 //!   `memory`, `stop`.
 
 pub mod error;
@@ -24,16 +24,12 @@ pub(crate) mod lifecycle;
 pub mod rest;
 pub(crate) mod state;
 
-// Kept at the crate root (the offline recovery in the client half reads them too); reachable
-// here under their old paths.
-pub(crate) use crate::{state_dir, truststore};
-
+pub use crate::state_dir::StateDirError;
 pub use db::DbStatus;
 pub use db::schema::SchemaUpdate;
-pub use error::{Error, Kind};
+pub use error::{Error, ErrorKind};
 pub use lifecycle::app::{App, AppError, Args, DaemonArgs};
 pub use rest::ConnectionLimits;
 pub use rest::servers::Server;
 pub use state::State;
 pub use state::hooks::{HookError, HookFuture, Hooks, InitConfig, NoHooks};
-pub use state_dir::StateDirError;

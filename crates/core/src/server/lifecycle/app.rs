@@ -21,7 +21,7 @@ use crate::server::rest::servers::{Listeners, Server};
 use crate::server::rest::{ConnectionLimits, Listener, Routes, open_file_limit};
 use crate::server::state::hooks::{Hooks, NoHooks};
 use crate::server::state::{Daemon, Settings, State};
-use crate::server::state_dir::{StateDir, StateDirError};
+use crate::state_dir::{StateDir, StateDirError};
 
 /// Where the member keeps its state.
 #[derive(Debug, Clone)]

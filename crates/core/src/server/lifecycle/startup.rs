@@ -15,9 +15,9 @@
 
 use std::path::Path;
 
-use crate::server::state_dir::{DaemonConfig, NodeInfo, Pair, StateDir, StateDirError};
-use crate::server::truststore::TrustStore;
+use crate::state_dir::{DaemonConfig, NodeInfo, Pair, StateDir, StateDirError};
 use crate::tls::Identity;
+use crate::truststore::TrustStore;
 use crate::{certs, raftlog, validate};
 
 /// What the start-up found on disk.

@@ -25,7 +25,7 @@ pub(crate) use router::Routes;
 pub(crate) use serve::Listener;
 
 use crate::client::NOTIFICATION_USER_AGENT;
-use crate::server::error::{Error, Kind};
+use crate::server::error::{Error, ErrorKind};
 use crate::server::state::State;
 
 /// Largest request body accepted.
@@ -96,13 +96,13 @@ impl ApiError {
 impl From<Error> for ApiError {
     fn from(err: Error) -> ApiError {
         let status = match err.kind() {
-            Kind::Invalid => StatusCode::BAD_REQUEST,
-            Kind::Forbidden => StatusCode::FORBIDDEN,
-            Kind::NotFound => StatusCode::NOT_FOUND,
-            Kind::Conflict => StatusCode::CONFLICT,
-            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Kind::Peer(status) => StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Peer(status) => StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
         };
         ApiError::new(status, err.message())
     }

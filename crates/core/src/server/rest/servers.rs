@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::server::error::Error;
 use crate::server::rest::{Limits, Listener, Resources, Routes};
 use crate::server::state::State;
-use crate::server::state_dir::{StateDirError, read_optional, write_atomic};
+use crate::state_dir::{StateDirError, read_optional, write_atomic};
 use crate::tls::{self, Identity};
 use crate::{certs, validate};
 
@@ -229,7 +229,7 @@ fn dedicated_identity(state: &State, name: &str) -> Result<Identity, StateDirErr
     if let (Some(cert_pem), Some(key_pem)) = (read_optional(&cert)?, read_optional(&key)?) {
         return Ok(Identity { cert_pem, key_pem });
     }
-    crate::server::state_dir::create_dir(&dir, 0o700)?;
+    crate::state_dir::create_dir(&dir, 0o700)?;
     let identity =
         certs::generate(name, &[]).map_err(|e| StateDirError::Invalid { path: cert.clone(), reason: e.to_string() })?;
     write_atomic(&key, identity.key_pem.as_bytes(), 0o600)?;

@@ -22,9 +22,9 @@ use crate::server::db::schema::SchemaUpdate;
 use crate::server::error::Error;
 use crate::server::state::hooks::Hooks;
 use crate::server::state::runtime::Runtime;
-use crate::server::state_dir::{DaemonConfig, StateDir};
-use crate::server::truststore::TrustStore;
+use crate::state_dir::{DaemonConfig, StateDir};
 use crate::tls::Identity;
+use crate::truststore::TrustStore;
 
 /// What the application configured.
 pub(crate) struct Settings {

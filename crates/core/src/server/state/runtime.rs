@@ -13,8 +13,8 @@ use crate::server::db::Db;
 use crate::server::state::State;
 use crate::server::state::http::{Http, Serving};
 use crate::server::state::tunnel;
-use crate::server::state_dir::StateDirError;
 use crate::server::stop::ShutdownSignal;
+use crate::state_dir::StateDirError;
 use crate::tls::{self, Identity};
 
 /// Starting the runtime failed.

@@ -15,7 +15,7 @@ use dqlite::file::{FileError, SqliteFile, write_dump};
 
 use crate::server::db::DB_NAME;
 use crate::server::db::schema::Versions;
-use crate::server::error::{Error, Kind};
+use crate::server::error::{Error, ErrorKind};
 use crate::server::state::State;
 
 mod copy;
@@ -307,7 +307,7 @@ async fn verify_file(state: &State, path: &Path, expected: BackupSummary) -> Res
     .await;
     let _ = tokio::task::spawn_blocking(move || node.stop()).await;
     drop(scratch);
-    result.map_err(|e| if e.kind() == Kind::Internal { e.context("verifying the backup") } else { e })?;
+    result.map_err(|e| if e.kind() == ErrorKind::Internal { e.context("verifying the backup") } else { e })?;
     Ok(BackupSummary { verified: true, ..expected })
 }
 

@@ -28,8 +28,8 @@ use crate::server::error::Error;
 use crate::server::state::State;
 use crate::server::state::clock::{self, Offset, SKEW_BOUND, Sample};
 use crate::server::state::runtime::Runtime;
-use crate::server::truststore::Members;
 use crate::tls;
+use crate::truststore::Members;
 
 /// How long the leader waits for each member's trust store.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);

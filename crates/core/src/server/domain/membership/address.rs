@@ -34,10 +34,10 @@ use super::{OPEN_TIMEOUT, fan_out, handover, open_database, retry_config_change,
 use crate::api::{ClusterMemberLocal, MemberConfig, MoveMemberRequest, ServerAddress};
 use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members};
-use crate::server::error::{Error, Kind};
+use crate::server::error::{Error, ErrorKind};
 use crate::server::state::runtime::Runtime;
 use crate::server::state::{NodeToStart, State};
-use crate::server::state_dir;
+use crate::state_dir;
 use crate::{tls, validate};
 
 /// How long a move waits for the member's init lock (held while it starts or joins).
@@ -384,7 +384,7 @@ async fn ask_cluster(state: &State, address: &str, node_id: u64) -> Result<(), E
             Ok(()) => return Ok(()),
             // The cluster answered and refused: any member would say the same.
             Err(ClientError::Api { status, message }) if status != hyper::StatusCode::SERVICE_UNAVAILABLE => {
-                return Err(Error::new(Kind::Peer(status.as_u16()), message));
+                return Err(Error::new(ErrorKind::Peer(status.as_u16()), message));
             }
             Err(err) => failures.push(format!("{target}: {err}")),
         }

@@ -9,7 +9,7 @@ use crate::certs;
 use crate::server::db::{members, now};
 use crate::server::error::Error;
 use crate::server::state::State;
-use crate::server::state_dir::NodeInfo;
+use crate::state_dir::NodeInfo;
 use crate::validate;
 
 /// Creates a new cluster with this member as its only voter.

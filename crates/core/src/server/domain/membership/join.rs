@@ -36,13 +36,13 @@ use super::{
 use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role};
 use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members, tokens};
-use crate::server::error::{Error, Kind};
+use crate::server::error::{Error, ErrorKind};
 use crate::server::state::State;
 use crate::server::state::clock;
 use crate::server::state::runtime::Runtime;
-use crate::server::state_dir::{NodeInfo, read_toml, remove_durable, write_toml};
-use crate::server::truststore::TrustEntry;
+use crate::state_dir::{NodeInfo, read_toml, remove_durable, write_toml};
 use crate::tls::{self, Identity};
+use crate::truststore::TrustEntry;
 use crate::validate;
 
 /// Deadline for the join request to the cluster.
@@ -433,7 +433,7 @@ async fn ask_to_join(
                 Ok(response) => return Ok((response, client, server)),
                 Err(ClientError::Api { status, message }) if status.is_client_error() => {
                     // The cluster answered and refused: any member would say the same.
-                    return Err(Error::new(Kind::Peer(status.as_u16()), message));
+                    return Err(Error::new(ErrorKind::Peer(status.as_u16()), message));
                 }
                 Err(err) => unreachable.push(format!("{address}: {err}")),
             }
@@ -477,7 +477,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
     if leader.address != runtime.address {
         let client = state.member_client(&leader.address)?;
         return client.join(&request).await.map_err(|e| match e {
-            ClientError::Api { status, message } => Error::new(Kind::Peer(status.as_u16()), message),
+            ClientError::Api { status, message } => Error::new(ErrorKind::Peer(status.as_u16()), message),
             other => Error::unavailable(format!("forwarding the join request to the leader: {other}")),
         });
     }

@@ -26,7 +26,7 @@ use crate::certs;
 use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members, schema};
 use crate::server::domain::heartbeat;
-use crate::server::error::{Error, Kind};
+use crate::server::error::{Error, ErrorKind};
 use crate::server::state::State;
 use crate::server::state::runtime::{Runtime, StartError};
 use crate::tls::{self, Identity};
@@ -90,7 +90,7 @@ pub(crate) async fn start_runtime_with(
     recovery: Option<Vec<dqlite::NodeInfo>>,
 ) -> Result<Arc<Runtime>, Error> {
     let runtime = Runtime::start_with(state, node_id, recovery).await.map_err(|e| match e {
-        StartError::Listen { .. } => Error::wrap(e).with_kind(Kind::Conflict),
+        StartError::Listen { .. } => Error::wrap(e).with_kind(ErrorKind::Conflict),
         other => Error::wrap(other),
     })?;
     if let Ok(mut slot) = state.0.runtime.write() {

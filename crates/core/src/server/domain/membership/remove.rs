@@ -10,12 +10,12 @@ use super::{fan_out, role_name};
 use crate::api::{RemoveHookRequest, role};
 use crate::client::ClientError;
 use crate::server::db::members;
-use crate::server::error::{Error, Kind};
+use crate::server::error::{Error, ErrorKind};
 use crate::server::state::State;
 
 pub(super) fn from_client(what: &str, err: ClientError) -> Error {
     match err {
-        ClientError::Api { status, message } => Error::new(Kind::Peer(status.as_u16()), message),
+        ClientError::Api { status, message } => Error::new(ErrorKind::Peer(status.as_u16()), message),
         other => Error::unavailable(format!("{what}: {other}")),
     }
 }

@@ -8,7 +8,7 @@ use crate::api::{MemberConfig, ServerAddress};
 use crate::server::domain::membership::fan_out;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
 use crate::server::state::State;
-use crate::server::state_dir::ServerConfig;
+use crate::state_dir::ServerConfig;
 use crate::validate;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
@@ -70,7 +70,7 @@ async fn put(state: State, req: Request) -> HandlerResult {
     Ok(Response::empty())
 }
 
-fn save(state: &State, config: &crate::server::state_dir::DaemonConfig) -> Result<(), ApiError> {
+fn save(state: &State, config: &crate::state_dir::DaemonConfig) -> Result<(), ApiError> {
     state.0.dir.set_daemon_config(config).map_err(|e| ApiError::internal(e.to_string()))?;
     if let Ok(mut current) = state.0.config.write() {
         *current = config.clone();
