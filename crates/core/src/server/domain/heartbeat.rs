@@ -48,7 +48,7 @@ fn role_candidates(
 
 /// Runs heartbeat rounds until `stop` fires.
 pub(crate) async fn run(state: State, mut stop: ShutdownSignal) {
-    let interval = state.0.settings.heartbeat;
+    let interval = state.settings().heartbeat;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -67,8 +67,8 @@ fn probe_timeout(interval: Duration) -> Duration {
 
 /// This member's answer to a heartbeat.
 pub(crate) fn report(state: &State) -> HeartbeatResponse {
-    let settings = &state.0.settings;
-    let (failure_domain, weight) = state.0.config.read().map(|c| (c.failure_domain, c.weight)).unwrap_or_default();
+    let settings = state.settings();
+    let (failure_domain, weight) = state.config().read().map(|c| (c.failure_domain, c.weight)).unwrap_or_default();
     HeartbeatResponse {
         name: state.name(),
         address: state.address(),
@@ -87,14 +87,14 @@ pub(crate) fn report(state: &State) -> HeartbeatResponse {
 /// Every member's clock offset as this member last learned it, while it is recent: a member
 /// that has stopped hearing from a leader for a few rounds no longer knows.
 pub(crate) fn clock_offsets(state: &State) -> BTreeMap<String, Offset> {
-    state.0.clock.offsets(state.0.settings.heartbeat * 3 + Duration::from_secs(5))
+    state.clock().offsets(state.settings().heartbeat * 3 + Duration::from_secs(5))
 }
 
 /// Takes the offsets a leader's heartbeat carries.
 pub(crate) fn learn_clocks(state: &State, clocks: &BTreeMap<String, ClockOffset>) {
     if !clocks.is_empty() {
         let offsets = clocks.iter().map(|(name, o)| (name.clone(), Offset::from(*o))).collect();
-        state.0.clock.learn(&state.name(), offsets, false);
+        state.clock().learn(&state.name(), offsets, false);
     }
 }
 
@@ -116,7 +116,7 @@ pub(crate) fn sync_truststore(state: &State, leader: &str, members: &[ClusterMem
     if members.is_empty() {
         return;
     }
-    let store = &state.0.truststore;
+    let store = state.trust();
     let current = store.snapshot();
     for member in members {
         let same = current.by_name(&member.name).is_some_and(|e| e.member == *member);
@@ -163,7 +163,7 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
         return Ok(());
     }
     // Counted as failed if any step below returns early.
-    let timer = state.0.metrics.heartbeat_round();
+    let timer = state.metrics().heartbeat_round();
     let nodes = client.cluster().await?;
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
     let clocks: BTreeMap<String, ClockOffset> =
@@ -181,12 +181,12 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
         clocks: BTreeMap::new(),
     };
 
-    let deadline = probe_timeout(state.0.settings.heartbeat);
+    let deadline = probe_timeout(state.settings().heartbeat);
     let mut probes = tokio::task::JoinSet::new();
     for row in rows.iter().filter(|r| r.address != runtime.address) {
         let client = state.member_client(&row.address)?.with_timeout(deadline);
         let (address, mut request) = (row.address.clone(), request.clone());
-        if state.0.clock.is_reader(&address) {
+        if state.clock().is_reader(&address) {
             request.clocks = clocks.clone();
         }
         probes.spawn(async move {
@@ -201,7 +201,7 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
         match joined {
             Ok((address, Ok(answer), sent, round_trip)) => {
                 let time = humantime::parse_rfc3339_weak(&answer.time).ok();
-                state.0.clock.set_reader(&address, time.is_some());
+                state.clock().set_reader(&address, time.is_some());
                 if let (Some(time), Some(row)) = (time, rows.iter().find(|r| r.address == address)) {
                     samples.insert(row.name.clone(), Sample::measure(sent, round_trip, time));
                 }
@@ -210,7 +210,7 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
             Ok((address, Err(err), ..)) => {
                 // It may have been rolled back to software that refuses the offsets: the next
                 // round asks it without them, and its answer tells again.
-                state.0.clock.set_reader(&address, false);
+                state.clock().set_reader(&address, false);
                 tracing::debug!(member = address, error = %err, "no heartbeat answer")
             }
             Err(_) => {}
@@ -218,15 +218,15 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
     }
     // Without a majority of the members' clocks this round, the offsets learned before stand.
     if let Some(offsets) = clock::offsets(&samples, rows.len()) {
-        state.0.clock.learn(&state.name(), offsets, true);
+        state.clock().learn(&state.name(), offsets, true);
     }
     // A leader that has never learned its offset could be the skewed one: it leaves expired
     // tokens for a later round rather than prune by its own clock.
-    let prune = state.0.clock.own_offset().is_some();
+    let prune = state.clock().own_offset().is_some();
 
     let roles_now: HashMap<String, Option<dqlite::Role>> = nodes.iter().map(|n| (n.address.clone(), n.role)).collect();
-    let time = clock::format(state.0.clock.now());
-    let expired_before = state.0.clock.now().checked_sub(tokens::KEPT_AFTER_EXPIRY).unwrap_or(SystemTime::UNIX_EPOCH);
+    let time = clock::format(state.clock().now());
+    let expired_before = state.clock().now().checked_sub(tokens::KEPT_AFTER_EXPIRY).unwrap_or(SystemTime::UNIX_EPOCH);
     let (answered, own_address) = (answers.keys().cloned().collect::<HashSet<_>>(), runtime.address.clone());
     let (seen, own) = (answered.clone(), own_address.clone());
     runtime
@@ -272,7 +272,7 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
         .collect();
     placement.insert(own_address.clone(), Placement { failure_domain: own.failure_domain, weight: own.weight });
     // Under the role lock, on the configuration as it is now (a join may have changed it).
-    let _roles = state.0.role_lock.lock().await;
+    let _roles = state.lock_roles().await;
     let nodes = client.cluster().await.unwrap_or(nodes);
     let online = role_candidates(answered, &own_address, &cannot_log, &rows, &nodes);
     if let Some(change) = roles::next_change(&nodes, &online, &placement, &own_address, Targets::default()) {
@@ -282,7 +282,7 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
         }
     }
 
-    let hooks = state.0.settings.hooks.clone();
+    let hooks = state.settings().hooks.clone();
     if let Err(err) = hooks.on_heartbeat(state).await {
         tracing::warn!(error = %err, "the OnHeartbeat hook failed");
     }

@@ -80,14 +80,14 @@ pub(crate) fn pending(state: &State, node_id: u64) -> Result<Option<RecoveryPlan
 /// Readies the member for the plan: copies the database directory aside (once per plan) and
 /// drops the removed members from the trust store. Returns the configuration to force.
 pub(crate) fn prepare(state: &State, plan: &RecoveryPlan) -> Result<Vec<NodeInfo>, Error> {
-    let database = state.0.dir.database_dir();
+    let database = state.dir().database_dir();
     let copy = state.state_dir().join(format!("database.before-recovery-{}", plan.id));
     if !copy.exists() {
         copy_dir(&database, &copy)
             .map_err(|e| Error::internal(format!("copying {} to {}: {e}", database.display(), copy.display())))?;
     }
     for name in &plan.removed {
-        if let Err(err) = state.0.truststore.remove(name) {
+        if let Err(err) = state.trust().remove(name) {
             tracing::warn!(member = %name, error = %err, "removing a dropped member from the trust store");
         }
     }
@@ -213,7 +213,7 @@ pub(crate) async fn forget_removed(state: &State, runtime: &Runtime, plan: &Reco
 /// `GET /core/internal/recovery`: this member's log position and the leader its node sees.
 pub(crate) async fn status(state: &State) -> Result<RecoveryStatus, Error> {
     let runtime = state.runtime()?;
-    let dir = state.0.dir.database_dir();
+    let dir = state.dir().database_dir();
     // The node appends while this reads: a batch half written is simply not counted.
     let log = tokio::task::spawn_blocking(move || crate::raftlog::read(&dir))
         .await

@@ -253,7 +253,7 @@ impl App {
             listeners: Listeners::default(),
         };
         let (shutdown, mut shutdown_rx) = watch::channel(false);
-        let daemon = Arc::new(Daemon {
+        let daemon = Daemon {
             dir,
             settings: Settings {
                 version: args.version.clone(),
@@ -279,9 +279,9 @@ impl App {
             metrics: Arc::default(),
             clock: Default::default(),
             resume: |state, node_id| Box::pin(resume(state, node_id)),
-        });
-        let state = State(daemon);
-        let socket = state.0.dir.socket();
+        };
+        let state = State::new(daemon);
+        let socket = state.dir().socket();
         let control =
             Listener::unix(&socket, gid, state.clone(), Arc::new(Routes::new(&unix)), limits).map_err(|source| {
                 AppError::Io { what: format!("cannot serve the control socket {}", socket.display()), source }
@@ -309,7 +309,7 @@ impl App {
         shutdown_sequence(&state).await;
         control.stop().await;
         tracing::info!("stopped");
-        match state.0.fatal.read().ok().and_then(|f| f.clone()) {
+        match state.fatal_message() {
             Some(message) => Err(AppError::Invalid(message)),
             None => Ok(()),
         }
@@ -331,14 +331,14 @@ async fn signal(kind: tokio::signal::unix::SignalKind) {
 /// Stops everything in reverse order of start-up, bounded in time.
 async fn shutdown_sequence(state: &State) {
     state.request_shutdown();
-    let hooks = state.0.settings.hooks.clone();
+    let hooks = state.settings().hooks.clone();
     match tokio::time::timeout(Duration::from_secs(5), hooks.on_stop(state)).await {
         Ok(Err(err)) => tracing::warn!(error = %err, "the OnStop hook failed"),
         Err(_) => tracing::warn!("the OnStop hook took longer than 5 s; going on"),
         Ok(Ok(())) => {}
     }
     crate::server::domain::membership::handover(state).await;
-    let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
+    let runtime = state.take_runtime();
     if let Some(runtime) = runtime {
         state.set_db_status(DbStatus::Offline);
         if tokio::time::timeout(Duration::from_secs(10), runtime.stop()).await.is_err() {
@@ -350,7 +350,7 @@ async fn shutdown_sequence(state: &State) {
 /// Brings an initialised member back up after a start (or after a recovery plan arrived),
 /// applying a pending recovery plan first.
 pub(crate) async fn resume(state: State, node_id: u64) {
-    let mut _init = state.0.init_lock.lock().await;
+    let mut _init = state.lock_init().await;
     let plan = match crate::server::domain::recovery::pending(&state, node_id) {
         Ok(plan) => plan,
         Err(err) => return state.fail(format!("cannot apply the recovery plan: {err}")),
@@ -365,7 +365,7 @@ pub(crate) async fn resume(state: State, node_id: u64) {
             Ok(runtime) => break runtime,
             Err(err) if !state.is_shutting_down() => {
                 // A file damaged since the start-up checks fails every retry the same way.
-                if let Err(damaged) = crate::server::lifecycle::startup::check_initialised(&state.0.dir) {
+                if let Err(damaged) = crate::server::lifecycle::startup::check_initialised(state.dir()) {
                     return state.fail(crate::report::one_line(&damaged));
                 }
                 tracing::warn!(error = %err, "starting the member failed; retrying in 1 s");
@@ -373,8 +373,8 @@ pub(crate) async fn resume(state: State, node_id: u64) {
                 // gone (with a new node id) or a removal can reset it.
                 drop(_init);
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                _init = state.0.init_lock.lock().await;
-                match state.0.dir.node_info() {
+                _init = state.lock_init().await;
+                match state.dir().node_info() {
                     Ok(Some(info)) => node_id = info.id,
                     _ => return,
                 }
@@ -401,7 +401,7 @@ pub(crate) async fn resume(state: State, node_id: u64) {
         return;
     }
     state.set_db_status(DbStatus::Online);
-    let hooks = state.0.settings.hooks.clone();
+    let hooks = state.settings().hooks.clone();
     if let Err(err) = hooks.on_start(&state).await {
         state.fail(format!("the OnStart hook failed: {err}"));
         return;

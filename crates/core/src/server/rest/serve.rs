@@ -111,7 +111,7 @@ impl Listener {
         }
         let (stop, signal) = ShutdownSignal::new();
         let task =
-            tokio::spawn(accept_unix(listener, Gate::unix(limits, state.0.metrics.clone()), state, routes, signal));
+            tokio::spawn(accept_unix(listener, Gate::unix(limits, state.metrics().clone()), state, routes, signal));
         Ok(Listener { stop, task })
     }
 
@@ -124,7 +124,7 @@ impl Listener {
         limits: Limits,
     ) -> Listener {
         let (stop, signal) = ShutdownSignal::new();
-        let (acceptor, gate) = (tokio_rustls::TlsAcceptor::from(tls), Gate::tls(limits, state.0.metrics.clone()));
+        let (acceptor, gate) = (tokio_rustls::TlsAcceptor::from(tls), Gate::tls(limits, state.metrics().clone()));
         let task = tokio::spawn(accept_tls(listener, acceptor, gate, state, routes, signal));
         Listener { stop, task }
     }
@@ -133,7 +133,7 @@ impl Listener {
     pub(crate) fn plain(listener: TcpListener, state: State, routes: Arc<Routes>, limits: Limits) -> Listener {
         let (stop, signal) = ShutdownSignal::new();
         let task =
-            tokio::spawn(accept_plain(listener, Gate::plain(limits, state.0.metrics.clone()), state, routes, signal));
+            tokio::spawn(accept_plain(listener, Gate::plain(limits, state.metrics().clone()), state, routes, signal));
         Listener { stop, task }
     }
 
@@ -389,7 +389,7 @@ async fn dispatch(
         tracing::debug!(%method, %path, status = %err.status(), error = %err, "request failed");
     }
     let response = render(result);
-    state.0.metrics.request(route, &method, response.status(), started.elapsed());
+    state.metrics().request(route, &method, response.status(), started.elapsed());
     response
 }
 

@@ -145,7 +145,7 @@ impl Listeners {
 
 /// Where each listener server should be, from `daemon.toml` and the defaults.
 pub(crate) fn wanted(state: &State, servers: &[Server]) -> BTreeMap<String, String> {
-    let configured = state.0.config.read().map(|c| c.servers.clone()).unwrap_or_default();
+    let configured = state.config().read().map(|c| c.servers.clone()).unwrap_or_default();
     servers
         .iter()
         .filter(|s| !s.core_api)
@@ -224,7 +224,7 @@ async fn start(
 
 /// `certificates/NAME.crt` and `.key`, generated on first use.
 fn dedicated_identity(state: &State, name: &str) -> Result<Identity, StateDirError> {
-    let dir = state.0.dir.root().join("certificates");
+    let dir = state.dir().root().join("certificates");
     let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
     if let (Some(cert_pem), Some(key_pem)) = (read_optional(&cert)?, read_optional(&key)?) {
         return Ok(Identity { cert_pem, key_pem });

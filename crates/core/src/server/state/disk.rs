@@ -250,7 +250,7 @@ pub(crate) async fn watch(state: State, paths: Paths, watched: Arc<Watched>, seg
         }
         if action == Action::RestartNode {
             // A new segment pool only comes with a new node; the starting runtime watches again.
-            state.0.metrics.raft_log_restarts.inc();
+            state.metrics().raft_log_restarts.inc();
             state.restart("raft stopped writing its log", NodeToStart::Running, Duration::ZERO);
             return;
         }

@@ -85,7 +85,7 @@ pub(crate) enum NodeToStart {
 
 /// A handle on the daemon, given to endpoint handlers and hooks; cheap to clone.
 #[derive(Clone)]
-pub struct State(pub(crate) Arc<Daemon>);
+pub struct State(Arc<Daemon>);
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,7 +93,80 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// What the layers of the daemon reach through a [`State`].
 impl State {
+    /// The handle on a daemon the life cycle built.
+    pub(crate) fn new(daemon: Daemon) -> State {
+        State(Arc::new(daemon))
+    }
+
+    /// The state directory's files.
+    pub(crate) fn dir(&self) -> &StateDir {
+        &self.0.dir
+    }
+
+    /// The members this member trusts, on disk and in memory.
+    pub(crate) fn trust(&self) -> &TrustStore {
+        &self.0.truststore
+    }
+
+    /// What the application configured.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    /// `daemon.toml` as this daemon holds it.
+    pub(crate) fn config(&self) -> &RwLock<DaemonConfig> {
+        &self.0.config
+    }
+
+    /// This member's own certificate.
+    pub(crate) fn server_identity(&self) -> &RwLock<Identity> {
+        &self.0.server_identity
+    }
+
+    /// The cluster's time by this member.
+    pub(crate) fn clock(&self) -> &clock::Clock {
+        &self.0.clock
+    }
+
+    /// What `GET /core/1.0/metrics` reports.
+    pub(crate) fn metrics(&self) -> &Arc<crate::server::metrics::Metrics> {
+        &self.0.metrics
+    }
+
+    /// What is served over HTTP while the member is initialised.
+    pub(crate) fn http(&self) -> &Arc<dyn http::Http> {
+        &self.0.http
+    }
+
+    /// Serialises init, reset and the start-up of the runtime.
+    pub(crate) async fn lock_init(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.init_lock.lock().await
+    }
+
+    /// Serialises role decisions on the leader.
+    pub(crate) async fn lock_roles(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.role_lock.lock().await
+    }
+
+    /// Makes `runtime` the member's running one.
+    pub(crate) fn install_runtime(&self, runtime: Arc<Runtime>) {
+        if let Ok(mut slot) = self.0.runtime.write() {
+            *slot = Some(runtime);
+        }
+    }
+
+    /// Takes the running runtime out (the caller stops it), if there is one.
+    pub(crate) fn take_runtime(&self) -> Option<Arc<Runtime>> {
+        self.0.runtime.write().ok().and_then(|mut r| r.take())
+    }
+
+    /// Why the daemon must stop with an error, if it must.
+    pub(crate) fn fatal_message(&self) -> Option<String> {
+        self.0.fatal.read().ok().and_then(|f| f.clone())
+    }
+
     /// This member's name (empty before init).
     pub fn name(&self) -> String {
         self.0.config.read().map(|c| c.name.clone()).unwrap_or_default()
@@ -150,28 +223,28 @@ impl State {
     }
 
     /// The database, when the member is initialised and its database online.
-    pub(crate) fn db(&self) -> Result<Arc<Runtime>, Error> {
+    pub(crate) fn online_runtime(&self) -> Result<Arc<Runtime>, Error> {
         self.require_database()?;
         self.runtime()
     }
 
     /// A mutual-TLS client of the current dqlite leader.
     pub async fn leader_client(&self) -> Result<Client, Error> {
-        let runtime = self.db()?;
+        let runtime = self.online_runtime()?;
         let leader = runtime.db.client().leader().await?;
         self.member_client(&leader.address)
     }
 
     /// Runs one read-only statement on the cluster database.
     pub async fn query(&self, sql: &str, params: &[dqlite::Value]) -> Result<dqlite::QueryResult, Error> {
-        let runtime = self.db()?;
+        let runtime = self.online_runtime()?;
         Ok(runtime.db.query(sql, params).await?)
     }
 
     /// Runs SQL text that may write on the cluster database (each statement atomic on its own;
     /// use [`State::transaction`] to group several).
     pub async fn exec(&self, sql: &str, params: &[dqlite::Value]) -> Result<dqlite::ExecResult, Error> {
-        let runtime = self.db()?;
+        let runtime = self.online_runtime()?;
         Ok(runtime.db.exec(sql, params).await?)
     }
 
@@ -183,7 +256,7 @@ impl State {
         T: Send + 'static,
         F: for<'t, 'd> FnOnce(&'t mut dqlite::Transaction<'d>) -> dqlite::TxFuture<'t, T> + Send + 'static,
     {
-        let runtime = self.db()?;
+        let runtime = self.online_runtime()?;
         Ok(runtime.db.transaction(f).await?)
     }
 
@@ -262,7 +335,7 @@ impl State {
         let state = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let runtime: Option<Arc<Runtime>> = state.0.runtime.write().ok().and_then(|mut r| r.take());
+            let runtime: Option<Arc<Runtime>> = state.take_runtime();
             let node_id = match (node, &runtime) {
                 (NodeToStart::Id(id), _) => id,
                 (NodeToStart::Running, Some(runtime)) => runtime.node_id,

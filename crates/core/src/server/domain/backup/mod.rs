@@ -83,7 +83,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send
 /// Takes a backup: the leader's copy of the database (consistent: libdqlite answers a DUMP
 /// between transactions), as one SQLite file; with `verify`, first proves it restores.
 pub(crate) async fn take(state: &State, verify: bool) -> Result<Backup, Error> {
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let client = runtime.db.client().clone();
     let leader = client.leader().await.map_err(Error::from)?;
     let files = client.dump(&leader.address, DB_NAME).await.map_err(|e| Error::from(e).context("dumping"))?;
@@ -126,7 +126,7 @@ pub(crate) async fn verify(state: &State, body: bytes::Bytes) -> Result<BackupSu
 /// differ, or (without `replace`) when a table already holds rows. Large backups are copied in
 /// several transactions; the result is then compared with the file.
 pub(crate) async fn restore(state: &State, body: bytes::Bytes, replace: bool) -> Result<BackupSummary, Error> {
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let scratch = Scratch::new(state, "restore")?;
     let path = scratch.0.join("backup.db");
     let size = body.len() as u64;

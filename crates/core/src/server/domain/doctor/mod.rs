@@ -188,7 +188,7 @@ fn finding(check: &'static str, member: &str, outcome: Outcome, detail: String) 
 /// Runs every check on this member (which must be the dqlite leader) and, with `repair`, the
 /// repairs that are provably safe.
 pub(crate) async fn run(state: &State, repair: bool) -> Result<DoctorReport, Error> {
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let view = gather(state, &runtime).await?;
     let checks = apply(state, &runtime, plan(&view), repair).await;
     let count = |status: &str| checks.iter().filter(|c| c.status == status).count() as u64;
@@ -203,7 +203,7 @@ pub(crate) async fn run(state: &State, repair: bool) -> Result<DoctorReport, Err
 async fn gather(state: &State, runtime: &Runtime) -> Result<View, Error> {
     let nodes = runtime.db.client().cluster().await?;
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
-    let snapshot = state.0.truststore.snapshot();
+    let snapshot = state.trust().snapshot();
 
     let others: Vec<&members::MemberRow> = rows.iter().filter(|r| r.address != runtime.address).collect();
     let mut asks = tokio::task::JoinSet::new();
@@ -242,8 +242,8 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, Error> {
         answers.entry(row.name.clone()).or_insert_with(|| Answer::Failed("the request was lost".into()));
     }
 
-    let now = state.0.clock.now();
-    let trust_dir = state.0.dir.truststore_dir();
+    let now = state.clock().now();
+    let trust_dir = state.dir().truststore_dir();
     let rows = rows
         .into_iter()
         .map(|r| Row {
@@ -264,7 +264,7 @@ async fn gather(state: &State, runtime: &Runtime) -> Result<View, Error> {
             fingerprint: e.fingerprint.clone(),
         })
         .collect();
-    let bound = stalled::stall_bound(state.0.settings.heartbeat);
+    let bound = stalled::stall_bound(state.settings().heartbeat);
     Ok(View {
         leader: state.name(),
         leader_address: runtime.address.clone(),
@@ -384,16 +384,16 @@ async fn execute(state: &State, runtime: &Runtime, repair: &Repair) -> Result<()
             retry_config_change("removing the orphan dqlite node", || client.remove(id)).await.map_err(|e| text(&e))
         }
         Repair::Trust { store: Store::Leader, member } => {
-            state.0.truststore.add(member.clone()).map_err(|e| text(&e))?;
-            runtime.set_servers(state.0.truststore.snapshot().addresses());
+            state.trust().add(member.clone()).map_err(|e| text(&e))?;
+            runtime.set_servers(state.trust().snapshot().addresses());
             Ok(())
         }
         Repair::Distrust { store: Store::Leader, name } => {
             if *name == state.name() {
                 return Err("a member never stops trusting itself".into());
             }
-            state.0.truststore.remove(name).map_err(|e| text(&e))?;
-            runtime.set_servers(state.0.truststore.snapshot().addresses());
+            state.trust().remove(name).map_err(|e| text(&e))?;
+            runtime.set_servers(state.trust().snapshot().addresses());
             Ok(())
         }
         // As notifications: the member changes its own store and passes nothing on.

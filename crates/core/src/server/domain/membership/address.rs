@@ -76,15 +76,15 @@ pub(crate) async fn set_address(state: &State, name: &str, address: &str) -> Res
 }
 
 async fn change(state: &State, new: &str) -> Result<(), Error> {
-    let init = tokio::time::timeout(LOCK_WAIT, state.0.init_lock.lock()).await.map_err(|_| {
+    let init = tokio::time::timeout(LOCK_WAIT, state.lock_init()).await.map_err(|_| {
         Error::unavailable("this member is busy starting or changing its membership; try again in a moment")
     })?;
     let info =
-        state.0.dir.node_info().map_err(internal)?.ok_or_else(|| {
+        state.dir().node_info().map_err(internal)?.ok_or_else(|| {
             Error::conflict("this member is not initialised; give it its address with `init` instead")
         })?;
     let (me, old) = (state.name(), state.address());
-    let trusted = state.0.truststore.snapshot();
+    let trusted = state.trust().snapshot();
     if let Some(other) = trusted.by_address(new).filter(|e| e.member.name != me) {
         return Err(Error::conflict(format!("address {new} is already used by member {:?}", other.member.name)));
     }
@@ -170,7 +170,7 @@ async fn move_running(
 async fn move_back(state: &State, old: &str, err: Error, alone: bool) -> Error {
     tracing::warn!(error = %err, "could not start at the new address; moving back to {old}");
     let back = async {
-        let node = match state.0.dir.node_info().map_err(internal)? {
+        let node = match state.dir().node_info().map_err(internal)? {
             Some(info) if alone => NextNode::Recovered(info.id),
             _ => {
                 let node_id = dqlite::generate_id(old);
@@ -225,7 +225,7 @@ async fn move_stopped(
 
 /// Stops the runtime and switches this member to `address` and `node` (files and memory).
 async fn prepare(state: &State, address: &str, node: NextNode) -> Result<u64, Error> {
-    let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
+    let runtime = state.take_runtime();
     if let Some(runtime) = runtime {
         state.set_db_status(DbStatus::Starting);
         runtime.stop().await;
@@ -241,10 +241,10 @@ async fn prepare(state: &State, address: &str, node: NextNode) -> Result<u64, Er
         }
     };
     super::record_identity(state, &state.name(), address)?;
-    let own = state.0.truststore.snapshot().by_name(&state.name()).map(|e| e.member.clone());
+    let own = state.trust().snapshot().by_name(&state.name()).map(|e| e.member.clone());
     if let Some(own) = own {
         let moved = ClusterMemberLocal { address: address.to_owned(), ..own };
-        state.0.truststore.add(moved).map_err(internal)?;
+        state.trust().add(moved).map_err(internal)?;
     }
     Ok(id)
 }
@@ -283,7 +283,7 @@ async fn settle(state: &State, runtime: &Runtime) -> Result<(), Error> {
 
 /// Hands starting to the daemon's start-up loop, which retries until the member runs.
 fn keep_trying(state: &State) {
-    let Ok(Some(info)) = state.0.dir.node_info() else { return };
+    let Ok(Some(info)) = state.dir().node_info() else { return };
     state.restart("moving to a new address", NodeToStart::Id(info.id), Duration::ZERO);
 }
 
@@ -321,7 +321,7 @@ fn can_listen(address: &str) -> Result<(), Error> {
 /// Empties the dqlite data directory for a new node `id`. `node.toml` is rewritten in place,
 /// never missing, so the member counts as initialised throughout.
 fn fresh_node(state: &State, id: u64) -> Result<(), Error> {
-    let dir = &state.0.dir;
+    let dir = state.dir();
     let (data, keep) = (dir.database_dir(), dir.node_info_path());
     let entries = std::fs::read_dir(&data).map_err(|e| internal(format!("reading {}: {e}", data.display())))?;
     for entry in entries {
@@ -337,7 +337,7 @@ fn fresh_node(state: &State, id: u64) -> Result<(), Error> {
 
 /// Forces the one-node configuration of the stopped node `id` to `address`.
 async fn recover_alone(state: &State, id: u64, address: &str) -> Result<(), Error> {
-    let (data, address) = (state.0.dir.database_dir(), address.to_owned());
+    let (data, address) = (state.dir().database_dir(), address.to_owned());
     let recovered = tokio::task::spawn_blocking(move || -> Result<(), dqlite::NodeError> {
         // Never started, so nothing binds: "@" only because libdqlite cannot bind IPv6 addresses.
         let mut node = dqlite::Node::builder(id, address.clone(), data).bind_address("@").build()?;
@@ -355,8 +355,8 @@ fn peer_tls(state: &State) -> Result<Arc<rustls::ClientConfig>, Error> {
         return Ok(runtime.peer_tls.clone());
     }
     let cluster =
-        state.0.dir.cluster_identity().map_err(internal)?.ok_or_else(|| internal("cluster.crt is missing"))?;
-    let server = state.0.server_identity.read().map(|i| i.clone()).map_err(|_| internal("poisoned"))?;
+        state.dir().cluster_identity().map_err(internal)?.ok_or_else(|| internal("cluster.crt is missing"))?;
+    let server = state.server_identity().read().map(|i| i.clone()).map_err(|_| internal("poisoned"))?;
     tls::client_config(Some(&server), vec![cluster.fingerprint().map_err(internal)?]).map_err(internal)
 }
 
@@ -371,7 +371,7 @@ async fn ask_cluster(state: &State, address: &str, node_id: u64) -> Result<(), E
     {
         targets.push(leader.address);
     }
-    for entry in state.0.truststore.snapshot().iter().filter(|e| e.member.name != me) {
+    for entry in state.trust().snapshot().iter().filter(|e| e.member.name != me) {
         if !targets.contains(&entry.member.address) {
             targets.push(entry.member.address.clone());
         }
@@ -401,8 +401,7 @@ async fn notify(state: &State) {
         name: state.name(),
         address: state.address(),
         servers: state
-            .0
-            .http
+            .http()
             .wanted_servers(state)
             .into_iter()
             .map(|(name, address)| (name, ServerAddress { address }))
@@ -451,7 +450,7 @@ pub(crate) async fn relocate(state: &State, name: &str, request: &MoveMemberRequ
     if request.node_id == 0 {
         return Err(Error::invalid("0 is not a dqlite node id"));
     }
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let leader = runtime.db.client().leader().await?;
     if leader.address != runtime.address {
         return state
@@ -479,7 +478,7 @@ enum Undo {
 }
 
 async fn relocate_here(state: &State, name: &str, request: &MoveMemberRequest) -> Result<(), Error> {
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let client = runtime.db.client().clone();
     let new = request.address.as_str();
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
@@ -487,7 +486,7 @@ async fn relocate_here(state: &State, name: &str, request: &MoveMemberRequest) -
         .iter()
         .find(|r| r.name == name)
         .ok_or_else(|| Error::not_found(format!("no cluster member named {name:?}")))?;
-    let trusted = state.0.truststore.snapshot();
+    let trusted = state.trust().snapshot();
     let other = rows
         .iter()
         .find(|r| r.name != name && r.address == new)
@@ -526,10 +525,10 @@ async fn relocate_here(state: &State, name: &str, request: &MoveMemberRequest) -
     let member =
         ClusterMemberLocal { name: name.to_owned(), address: new.to_owned(), certificate: row.certificate.clone() };
     // A trust store that misses this is brought in line by the next heartbeat.
-    if let Err(err) = state.0.truststore.add(member.clone()) {
+    if let Err(err) = state.trust().add(member.clone()) {
         tracing::warn!(member = name, error = %err, "trust store: cannot record the new address");
     }
-    runtime.set_servers(state.0.truststore.snapshot().addresses());
+    runtime.set_servers(state.trust().snapshot().addresses());
     let others: Vec<_> = state.peer_clients()?.into_iter().filter(|(m, _)| m.name != name).collect();
     for (peer, err) in fan_out(others, |c| {
         let member = member.clone();

@@ -14,12 +14,12 @@ use crate::validate;
 
 /// Creates a new cluster with this member as its only voter.
 pub(crate) async fn bootstrap(state: &State, control: &Control) -> Result<(), Error> {
-    let _init = state.0.init_lock.lock().await;
+    let _init = state.lock_init().await;
     ensure_uninitialised(state)?;
     validate::member_name(&control.name).map_err(|e| Error::invalid(e.to_string()))?;
     validate::member_address(&control.address).map_err(|e| Error::invalid(e.to_string()))?;
     clean_slate(state).await?;
-    let hooks = state.0.settings.hooks.clone();
+    let hooks = state.settings().hooks.clone();
     // The hooks see the member's name and address from PreInit on, as microcluster's do.
     super::record_identity(state, &control.name, &control.address)?;
     if let Err(err) = hooks.pre_init(state, true, &control.config).await {
@@ -44,11 +44,10 @@ pub(crate) async fn bootstrap(state: &State, control: &Control) -> Result<(), Er
 async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), Error> {
     let server = ensure_server_identity(state, &control.name)?;
     let cluster = certs::generate(&control.name, &[]).map_err(Error::wrap)?;
-    let dir = &state.0.dir;
+    let dir = state.dir();
     dir.set_cluster_identity(&cluster).map_err(Error::wrap)?;
     state
-        .0
-        .truststore
+        .trust()
         .add(ClusterMemberLocal {
             name: control.name.clone(),
             address: control.address.clone(),
@@ -68,7 +67,7 @@ async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), Error> 
             Box::pin(async move { members::insert(tx, &row).await })
         })
         .await?;
-    let hooks = state.0.settings.hooks.clone();
+    let hooks = state.settings().hooks.clone();
     hooks.post_bootstrap(state, &control.config).await.map_err(|e| hook_failed("PostBootstrap", e))?;
     hooks.on_start(state).await.map_err(|e| hook_failed("OnStart", e))?;
     start_background(state, &runtime);

@@ -57,7 +57,7 @@ pub(super) async fn answering(
 }
 
 async fn steps(state: &State) -> Result<(), Error> {
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let client = runtime.db.client().clone();
     let nodes = step("reading the dqlite configuration", client.cluster()).await?;
     let Some(me) = nodes.iter().find(|n| n.address == runtime.address).cloned() else {

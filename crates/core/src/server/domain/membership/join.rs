@@ -88,7 +88,7 @@ impl Journal {
     }
 
     fn read(state: &State) -> Result<Option<Journal>, Error> {
-        let path = state.0.dir.join_path();
+        let path = state.dir().join_path();
         read_toml(&path).map_err(|e| {
             Error::internal(format!(
                 "{e}; it records a join that was interrupted: delete {} and run `microctl init` again (if the \
@@ -99,17 +99,17 @@ impl Journal {
     }
 
     fn write(&self, state: &State) -> Result<(), Error> {
-        write_toml(&state.0.dir.join_path(), self, 0o600).map_err(Error::wrap)
+        write_toml(&state.dir().join_path(), self, 0o600).map_err(Error::wrap)
     }
 
     fn remove(state: &State) -> Result<(), Error> {
-        remove_durable(&state.0.dir.join_path()).map_err(Error::wrap)
+        remove_durable(&state.dir().join_path()).map_err(Error::wrap)
     }
 }
 
 /// Whether a join was under way when the daemon last stopped.
 pub(crate) fn interrupted(state: &State) -> bool {
-    state.0.dir.join_path().exists()
+    state.dir().join_path().exists()
 }
 
 /// How a join that did not complete ended.
@@ -137,7 +137,7 @@ impl From<Error> for StepError {
 
 /// Joins the cluster that issued `control.join_token` (`microctl init NAME ADDRESS --token`).
 pub(crate) async fn join(state: &State, control: &Control) -> Result<(), Error> {
-    let _init = state.0.init_lock.lock().await;
+    let _init = state.lock_init().await;
     if let Some(journal) = Journal::read(state)? {
         // An earlier join of this member was cut short: it is carried through first, so that it
         // ends joined or undone before anything else happens.
@@ -177,7 +177,7 @@ pub(crate) async fn join(state: &State, control: &Control) -> Result<(), Error> 
 /// Whether this member already is `control.name` at `control.address` in the cluster that
 /// issued `token`.
 fn joined_as(state: &State, control: &Control, token: &JoinToken) -> bool {
-    let dir = &state.0.dir;
+    let dir = state.dir();
     let initialised = matches!(dir.node_info(), Ok(Some(_)));
     let cluster = dir.cluster_identity().ok().flatten().and_then(|c| c.fingerprint().ok());
     initialised
@@ -191,12 +191,12 @@ fn joined_as(state: &State, control: &Control, token: &JoinToken) -> bool {
 /// reached, it tries again every [`RESUME_RETRY`].
 pub(crate) async fn resume(state: State) {
     loop {
-        let init = state.0.init_lock.lock().await;
+        let init = state.lock_init().await;
         let journal = match Journal::read(&state) {
             Ok(Some(journal)) => journal,
             Ok(None) => return,
             // An initialised member cannot finish its join without it: stop, naming the file.
-            Err(err) if matches!(state.0.dir.node_info(), Ok(Some(_))) => return state.fail(err.message().to_owned()),
+            Err(err) if matches!(state.dir().node_info(), Ok(Some(_))) => return state.fail(err.message().to_owned()),
             Err(err) => {
                 // Nothing here is part of a cluster yet: the next init starts from a clean slate.
                 tracing::warn!(error = %err, "ignoring the unreadable journal of a join that never got far");
@@ -230,7 +230,7 @@ pub(crate) async fn resume(state: State) {
 
 /// The whole join from the admission on, for a fresh join or one resumed with `node.toml`.
 async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
-    let resumed = match state.0.dir.node_info() {
+    let resumed = match state.dir().node_info() {
         Ok(info) => info.map(|i| i.id),
         Err(err) => return Err(Cut::Pending(Error::wrap(err))),
     };
@@ -263,7 +263,7 @@ async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
             Ok(())
         }
         Err(StepError::Transient(err)) if resumed.is_some() => {
-            let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
+            let runtime = state.take_runtime();
             if let Some(runtime) = runtime {
                 runtime.stop().await;
             }
@@ -272,7 +272,7 @@ async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
         }
         Err(StepError::Transient(err) | StepError::Final(err)) => {
             tracing::warn!(error = %err, "join failed; undoing it");
-            let _ = state.0.settings.hooks.pre_remove(state, true).await;
+            let _ = state.settings().hooks.pre_remove(state, true).await;
             if let Err(reset) = reset_local(state).await {
                 tracing::error!(error = %reset, "resetting after the failed join");
             }
@@ -305,7 +305,7 @@ async fn join_steps(
     if !cluster_fp.eq_ignore_ascii_case(&token.fingerprint) {
         return Err(Error::forbidden("the cluster sent a certificate that does not match the token").into());
     }
-    let dir = &state.0.dir;
+    let dir = state.dir();
     dir.set_cluster_identity(&Identity {
         cert_pem: response.cluster_cert.clone(),
         key_pem: response.cluster_key.clone(),
@@ -317,7 +317,7 @@ async fn join_steps(
         certificate: server.cert_pem.clone(),
     };
     for member in response.cluster_members.iter().chain(std::iter::once(&me)) {
-        state.0.truststore.add(member.clone()).map_err(Error::wrap)?;
+        state.trust().add(member.clone()).map_err(Error::wrap)?;
     }
     // A resumed join keeps its node id: dqlite may hold that node already.
     let node_id = match resumed {
@@ -338,7 +338,7 @@ async fn join_steps(
     // The role and the token's end in one transaction: until it commits the token can admit this
     // member again, should the join have to be rolled back.
     let (name, role_text) = (control.name.clone(), role_name(Some(role)).to_owned());
-    let stamp = clock::format(state.0.clock.now());
+    let stamp = clock::format(state.clock().now());
     runtime
         .db
         .transaction(move |tx| {
@@ -351,7 +351,7 @@ async fn join_steps(
         .await
         .map_err(Error::from)?;
 
-    let hooks = state.0.settings.hooks.clone();
+    let hooks = state.settings().hooks.clone();
     hooks.pre_join(state, &control.config).await.map_err(|e| StepError::Final(hook_failed("PreJoin", e)))?;
     let notice = NewMemberHookRequest { new_member: me };
     let failures = fan_out(state.peer_clients()?, |c| {
@@ -397,12 +397,12 @@ async fn ask_to_join(
     pre_init: bool,
 ) -> Result<(JoinResponse, Client, Identity), Error> {
     if pre_init {
-        let hooks = state.0.settings.hooks.clone();
+        let hooks = state.settings().hooks.clone();
         hooks.pre_init(state, false, &control.config).await.map_err(|e| hook_failed("PreInit", e))?;
     }
     let server = ensure_server_identity(state, &control.name)?;
     let tls = tls::client_config(Some(&server), vec![token.fingerprint.clone()]).map_err(Error::wrap)?;
-    let settings = &state.0.settings;
+    let settings = state.settings();
     let request = JoinRequest {
         name: control.name.clone(),
         address: control.address.clone(),
@@ -413,7 +413,7 @@ async fn ask_to_join(
         extensions: settings.api_extensions.clone(),
     };
     let mut addresses = token.join_addresses.clone();
-    for known in state.0.truststore.snapshot().addresses() {
+    for known in state.trust().snapshot().addresses() {
         if known != control.address && !addresses.contains(&known) {
             addresses.push(known);
         }
@@ -452,7 +452,7 @@ async fn ask_to_join(
 /// answers a joiner admitted before that comes back. `proven` is the fingerprint of the
 /// certificate the caller presented over TLS, when it reached this member directly.
 pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&str>) -> Result<JoinResponse, Error> {
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let member = ClusterMemberLocal {
         name: request.name.clone(),
         address: request.address.clone(),
@@ -482,7 +482,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
         });
     }
 
-    let settings = &state.0.settings;
+    let settings = state.settings();
     if request.extensions != settings.api_extensions {
         return Err(Error::invalid(format!(
             "the joiner's API extensions {:?} differ from the cluster's {:?}; run the same software version",
@@ -497,7 +497,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
             ours
         )));
     }
-    let trusted = state.0.truststore.snapshot();
+    let trusted = state.trust().snapshot();
     if trusted.by_name(&request.name).is_some() {
         return Err(name_taken(state, &runtime, &request.name).await);
     }
@@ -517,10 +517,10 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
     row.address = request.address.clone();
     // Progress, in the cluster's time as the heartbeat stamps it: a PENDING row whose stamp ages
     // past the stall bound is rolled back.
-    row.heartbeat = clock::format(state.0.clock.now());
+    row.heartbeat = clock::format(state.clock().now());
     let secret = request.secret.clone();
     // The cluster's time, as the token's expiry was stamped (this leader's clock may be off).
-    let now = state.0.clock.now();
+    let now = state.clock().now();
     let refused = runtime
         .db
         .transaction(move |tx| {
@@ -569,7 +569,7 @@ async fn readmit(state: &State, runtime: &Runtime, member: &ClusterMemberLocal) 
     };
     if row.role == role::PENDING {
         let sql = "UPDATE core_cluster_members SET heartbeat = ? WHERE name = ? AND role = ?";
-        let stamp = clock::format(state.0.clock.now());
+        let stamp = clock::format(state.clock().now());
         let params = [stamp.into(), member.name.as_str().into(), role::PENDING.into()];
         runtime.db.exec(sql, &params).await.map_err(|e| unavailable(Error::from(e)))?;
     }
@@ -585,8 +585,8 @@ async fn trust_and_answer(
     runtime: &Runtime,
     member: &ClusterMemberLocal,
 ) -> Result<JoinResponse, Error> {
-    state.0.truststore.add(member.clone()).map_err(Error::wrap)?;
-    runtime.set_servers(state.0.truststore.snapshot().addresses());
+    state.trust().add(member.clone()).map_err(Error::wrap)?;
+    runtime.set_servers(state.trust().snapshot().addresses());
     let others: Vec<_> = state.peer_clients()?.into_iter().filter(|(m, _)| m.name != member.name).collect();
     let failures = fan_out(others, |c| {
         let member = member.clone();
@@ -597,8 +597,7 @@ async fn trust_and_answer(
         tracing::warn!(member = name, error = %err, "could not tell a member to trust the joiner; the next heartbeat will");
     }
     let trusted_member = state
-        .0
-        .truststore
+        .trust()
         .snapshot()
         .by_name(&state.name())
         .map(|e| e.member.clone())
@@ -615,7 +614,7 @@ async fn trust_and_answer(
 async fn name_taken(state: &State, runtime: &Runtime, name: &str) -> Error {
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await.unwrap_or_default();
     if rows.iter().any(|r| r.name == name && r.role == role::PENDING) {
-        let bound = stalled::stall_bound(state.0.settings.heartbeat);
+        let bound = stalled::stall_bound(state.settings().heartbeat);
         return Error::conflict(format!(
             "a member named {name:?} already exists and is still joining, with another certificate: if that \
              join was abandoned, the cluster rolls it back after {} s without progress and this init then works; \

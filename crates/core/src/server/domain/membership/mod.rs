@@ -38,7 +38,7 @@ pub(crate) const OPEN_TIMEOUT_FOREVER: Duration = Duration::from_secs(100 * 365 
 
 /// Fails with 409 if the member is already initialised.
 pub(crate) fn ensure_uninitialised(state: &State) -> Result<(), Error> {
-    let initialised = state.0.dir.node_info().map_err(Error::wrap)?.is_some();
+    let initialised = state.dir().node_info().map_err(Error::wrap)?.is_some();
     if initialised || state.runtime().is_ok() {
         return Err(Error::conflict(format!(
             "this member is already initialised as {:?} at {}; remove it from its cluster first",
@@ -51,10 +51,10 @@ pub(crate) fn ensure_uninitialised(state: &State) -> Result<(), Error> {
 
 /// Sets this member's name and address (in memory and `daemon.toml`) at the start of init.
 pub(crate) fn record_identity(state: &State, name: &str, address: &str) -> Result<(), Error> {
-    let mut config = state.0.config.write().map_err(|_| Error::internal("poisoned"))?;
+    let mut config = state.config().write().map_err(|_| Error::internal("poisoned"))?;
     config.name = name.to_owned();
     config.address = address.to_owned();
-    state.0.dir.set_daemon_config(&config).map_err(Error::wrap)
+    state.dir().set_daemon_config(&config).map_err(Error::wrap)
 }
 
 /// Wraps a hook's failure.
@@ -65,14 +65,14 @@ pub(crate) fn hook_failed(hook: &str, err: crate::server::state::hooks::HookErro
 /// This member's certificate, regenerated if it does not name `name` (a joiner's name must be
 /// in its certificate).
 pub(crate) fn ensure_server_identity(state: &State, name: &str) -> Result<Identity, Error> {
-    let current = state.0.server_identity.read().map(|i| i.clone()).map_err(|_| Error::internal("poisoned"))?;
+    let current = state.server_identity().read().map(|i| i.clone()).map_err(|_| Error::internal("poisoned"))?;
     let der = tls::parse_cert(&current.cert_pem, "server.crt").map_err(Error::wrap)?;
     if tls::cert_has_dns_name(&der, name).unwrap_or(false) {
         return Ok(current);
     }
     let fresh = certs::generate(name, &[]).map_err(Error::wrap)?;
-    state.0.dir.set_server_identity(&fresh).map_err(Error::wrap)?;
-    if let Ok(mut guard) = state.0.server_identity.write() {
+    state.dir().set_server_identity(&fresh).map_err(Error::wrap)?;
+    if let Ok(mut guard) = state.server_identity().write() {
         *guard = fresh.clone();
     }
     Ok(fresh)
@@ -93,11 +93,9 @@ pub(crate) async fn start_runtime_with(
         StartError::Listen { .. } => Error::wrap(e).with_kind(ErrorKind::Conflict),
         other => Error::wrap(other),
     })?;
-    if let Ok(mut slot) = state.0.runtime.write() {
-        *slot = Some(runtime.clone());
-    }
+    state.install_runtime(runtime.clone());
     // The application's own listeners: a failure leaves that listener off, not the member.
-    if let Err(err) = state.0.http.apply_servers(state, &runtime.cluster_identity).await {
+    if let Err(err) = state.http().apply_servers(state, &runtime.cluster_identity).await {
         tracing::warn!(error = %err, "additional listeners");
     }
     Ok(runtime)
@@ -156,7 +154,7 @@ pub(crate) async fn open_schema(state: &State, runtime: &Runtime, timeout: Durat
 const UPGRADE_POLL: Duration = Duration::from_secs(1);
 
 async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::SchemaError> {
-    let settings = &state.0.settings;
+    let settings = state.settings();
     let db = &runtime.db;
     schema::create_schemas_table(db).await?;
     let applied = schema::applied(db).await?;
@@ -213,10 +211,10 @@ async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::Sc
 pub(crate) fn start_background(state: &State, runtime: &Arc<Runtime>) {
     runtime.adopt(tokio::spawn(heartbeat::run(state.clone(), runtime.stop.clone())));
     runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
-    runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.0.metrics.clone())));
+    runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.metrics().clone())));
     runtime.adopt(tokio::spawn(crate::server::state::disk::watch(
         state.clone(),
-        crate::server::state::disk::Paths { raft: state.0.dir.database_dir(), probe: state.0.dir.root().to_owned() },
+        crate::server::state::disk::Paths { raft: state.dir().database_dir(), probe: state.dir().root().to_owned() },
         runtime.disk.clone(),
         crate::server::state::runtime::RAFT_SEGMENT_SIZE as u64,
     )));
@@ -227,13 +225,13 @@ pub(crate) fn start_background(state: &State, runtime: &Arc<Runtime>) {
 pub(crate) async fn reset_local(state: &State) -> Result<(), Error> {
     state.bump_epoch();
     state.set_db_status(DbStatus::Offline);
-    let runtime = state.0.runtime.write().ok().and_then(|mut r| r.take());
+    let runtime = state.take_runtime();
     if let Some(runtime) = runtime {
         runtime.stop().await;
     }
-    let result = state.0.dir.reset().map_err(|e| Error::internal(format!("resetting the state directory: {e}")));
-    state.0.truststore.clear();
-    if let Ok(mut config) = state.0.config.write() {
+    let result = state.dir().reset().map_err(|e| Error::internal(format!("resetting the state directory: {e}")));
+    state.trust().clear();
+    if let Ok(mut config) = state.config().write() {
         config.name.clear();
         config.address.clear();
     }
@@ -245,10 +243,10 @@ pub(crate) async fn reset_local(state: &State) -> Result<(), Error> {
 /// (another cluster's certificate and trust entries, a name, a join's journal), so that a
 /// bootstrap or a join starts from nothing but this member's own certificate.
 pub(crate) async fn clean_slate(state: &State) -> Result<(), Error> {
-    let dir = &state.0.dir;
+    let dir = state.dir();
     let files = [dir.cert_path("cluster"), dir.key_path("cluster"), dir.join_path()];
     let leftovers = files.iter().any(|f| f.exists())
-        || state.0.truststore.snapshot().iter().next().is_some()
+        || state.trust().snapshot().iter().next().is_some()
         || !state.name().is_empty();
     if leftovers {
         tracing::info!("removing what an earlier init that did not finish left in the state directory");
@@ -259,8 +257,8 @@ pub(crate) async fn clean_slate(state: &State) -> Result<(), Error> {
 
 /// Stops trusting `name` here and tells every other member to do the same.
 pub(crate) async fn distrust_everywhere(state: &State, runtime: &Runtime, name: &str) -> Result<(), Error> {
-    state.0.truststore.remove(name).map_err(Error::wrap)?;
-    runtime.set_servers(state.0.truststore.snapshot().addresses());
+    state.trust().remove(name).map_err(Error::wrap)?;
+    runtime.set_servers(state.trust().snapshot().addresses());
     let victim = name.to_owned();
     for (member, err) in fan_out(state.peer_clients()?, |c| {
         let victim = victim.clone();
@@ -338,7 +336,7 @@ pub(crate) async fn take_role_on_leader(
             Err(err) => tracing::debug!(error = %err, "the leader did not choose this member's role; choosing here"),
         }
     }
-    let _serial = state.0.role_lock.lock().await;
+    let _serial = state.lock_roles().await;
     take_role(client, id).await
 }
 
@@ -398,7 +396,7 @@ pub(crate) fn role_name(role: Option<dqlite::Role>) -> &'static str {
 
 /// This member's row as first inserted.
 pub(crate) fn own_row(state: &State, identity: &Identity, role: &str) -> members::MemberRow {
-    let settings = &state.0.settings;
+    let settings = state.settings();
     members::MemberRow {
         name: state.name(),
         address: state.address(),

@@ -127,7 +127,7 @@ fn steps(force: bool) -> [(Step, OnFailure); 6] {
 
 /// Removes member `name`; with `force`, failures to reach it are tolerated.
 pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(), Error> {
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let client = runtime.db.client().clone();
     let leader = client.leader().await?;
     if leader.address != runtime.address {
@@ -137,7 +137,7 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
     let seen = Seen {
         leader: runtime.address.clone(),
         rows: rows.into_iter().map(|r| (r.name, r.address)).collect(),
-        trusted: state.0.truststore.snapshot().by_name(name).map(|e| e.member.address.clone()),
+        trusted: state.trust().snapshot().by_name(name).map(|e| e.member.address.clone()),
         nodes: client.cluster().await?,
     };
     let (address, node) = match plan(&seen, name, force) {
@@ -208,7 +208,7 @@ async fn forward(state: &State, address: &str, name: &str, force: bool, what: &s
 /// returned, after the others ran).
 async fn post_remove(state: &State, body: &RemoveHookRequest) -> Result<(), Error> {
     let remaining = state.peer_clients()?;
-    let hooks = state.0.settings.hooks.clone();
+    let hooks = state.settings().hooks.clone();
     let here = hooks.post_remove(state, body.force).await.map_err(|err| super::hook_failed("PostRemove", err));
     for (member, err) in fan_out(remaining, |c| {
         let body = body.clone();

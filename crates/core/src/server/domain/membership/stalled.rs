@@ -134,10 +134,10 @@ pub(crate) async fn apply(
     nodes: &[NodeInfo],
     answered: &HashSet<String>,
 ) {
-    let bound = stall_bound(state.0.settings.heartbeat);
-    let store = &state.0.truststore;
+    let bound = stall_bound(state.settings().heartbeat);
+    let store = state.trust();
     // The rows' stamps are in the cluster's time; trust entries' ages by this member's clock.
-    let now = state.0.clock.now();
+    let now = state.clock().now();
     let stalled = plan(rows, nodes, answered, &runtime.address, |n| store.age(n), now, bound);
     for (row, node) in stalled {
         match roll_back(state, runtime, row, node).await {

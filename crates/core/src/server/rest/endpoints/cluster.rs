@@ -71,8 +71,8 @@ fn status_of(
             // cluster's time (the leader's clock and this member's may be days apart).
             let age = humantime::parse_rfc3339_weak(&row.heartbeat)
                 .ok()
-                .and_then(|t| state.0.clock.now().duration_since(t).ok());
-            let fresh = state.0.settings.heartbeat * 2 + Duration::from_secs(1);
+                .and_then(|t| state.clock().now().duration_since(t).ok());
+            let fresh = state.settings().heartbeat * 2 + Duration::from_secs(1);
             match age {
                 Some(age) if age <= fresh => {
                     (status::ONLINE, format!("{err}; its last heartbeat was {:.1} s ago", age.as_secs_f64()))
@@ -168,7 +168,7 @@ static NO_ANSWER: Result<Readiness, ClientError> =
 async fn transfer_leader(state: State, req: Request) -> HandlerResult {
     let request: TransferLeaderRequest =
         if req.body.is_empty() { TransferLeaderRequest::default() } else { req.json()? };
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let client = runtime.db.client().clone();
     let leader = client.leader().await?;
     if leader.address != runtime.address {
@@ -179,7 +179,7 @@ async fn transfer_leader(state: State, req: Request) -> HandlerResult {
         })?);
     }
     let nodes = client.cluster().await?;
-    let trusted = state.0.truststore.snapshot();
+    let trusted = state.trust().snapshot();
     let target = if request.name.is_empty() {
         nodes
             .iter()
@@ -234,7 +234,7 @@ async fn set_address(state: State, req: Request) -> HandlerResult {
 
 async fn revoke_token(state: State, req: Request) -> HandlerResult {
     let name = req.param("name")?.to_owned();
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let owned_name = name.clone();
     let deleted = runtime
         .db

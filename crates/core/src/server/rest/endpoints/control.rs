@@ -43,7 +43,7 @@ fn token_string(state: &State, secret: &str, fingerprint: &str) -> String {
     JoinToken {
         secret: secret.to_owned(),
         fingerprint: fingerprint.to_owned(),
-        join_addresses: state.0.truststore.snapshot().addresses(),
+        join_addresses: state.trust().snapshot().addresses(),
     }
     .encode()
 }
@@ -51,11 +51,11 @@ fn token_string(state: &State, secret: &str, fingerprint: &str) -> String {
 async fn add_token(state: State, req: Request) -> HandlerResult {
     let request: TokenRequest = req.json()?;
     validate::member_name(&request.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let runtime = state.db()?;
-    if state.0.truststore.snapshot().by_name(&request.name).is_some() {
+    let runtime = state.online_runtime()?;
+    if state.trust().snapshot().by_name(&request.name).is_some() {
         let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await.unwrap_or_default();
         if rows.iter().any(|r| r.name == request.name && r.role == role::PENDING) {
-            let bound = membership::stalled::stall_bound(state.0.settings.heartbeat);
+            let bound = membership::stalled::stall_bound(state.settings().heartbeat);
             return Err(ApiError::conflict(format!(
                 "a member named {name:?} already exists and is still joining; its token stays valid until the join \
                  completes. If that join was interrupted, run `microctl init` on {name} again; if {name} is gone, \
@@ -70,7 +70,7 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
         &crate::server::state::runtime::random_bytes::<32>().map_err(|e| ApiError::internal(e.to_string()))?,
     );
     // In the cluster's time: whichever member leads judges it, by the same time.
-    let now = state.0.clock.now();
+    let now = state.clock().now();
     let expiry = (request.expire_after > 0).then(|| {
         let at = now.checked_add(Duration::from_nanos(request.expire_after)).unwrap_or(now);
         crate::server::state::clock::format(at)
@@ -103,9 +103,9 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
 }
 
 async fn list_tokens(state: State, _req: Request) -> HandlerResult {
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let rows = runtime.db.read(|tx| Box::pin(tokens::list(tx))).await?;
-    let now = state.0.clock.now();
+    let now = state.clock().now();
     let records: Vec<TokenRecord> = rows
         .into_iter()
         .filter(|t| !t.is_expired(now))

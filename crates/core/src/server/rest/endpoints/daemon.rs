@@ -21,7 +21,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 }
 
 fn view(state: &State) -> BTreeMap<String, ServerAddress> {
-    state.0.http.wanted_servers(state).into_iter().map(|(name, address)| (name, ServerAddress { address })).collect()
+    state.http().wanted_servers(state).into_iter().map(|(name, address)| (name, ServerAddress { address })).collect()
 }
 
 async fn get(state: State, _req: Request) -> HandlerResult {
@@ -32,7 +32,7 @@ async fn get(state: State, _req: Request) -> HandlerResult {
 async fn put(state: State, req: Request) -> HandlerResult {
     let runtime = state.runtime()?;
     let wanted: BTreeMap<String, ServerAddress> = req.json()?;
-    let known = state.0.http.wanted_servers(&state);
+    let known = state.http().wanted_servers(&state);
     let mut seen = HashSet::new();
     for (name, entry) in &wanted {
         if !known.contains_key(name) {
@@ -46,14 +46,14 @@ async fn put(state: State, req: Request) -> HandlerResult {
             return Err(ApiError::conflict(format!("address {} is already in use by this member", entry.address)));
         }
     }
-    let previous = state.0.config.read().map(|c| c.clone()).map_err(|_| ApiError::internal("poisoned"))?;
+    let previous = state.config().read().map(|c| c.clone()).map_err(|_| ApiError::internal("poisoned"))?;
     let mut config = previous.clone();
     config.servers = wanted.iter().map(|(n, e)| (n.clone(), ServerConfig { address: e.address.clone() })).collect();
     save(&state, &config)?;
-    if let Err(err) = state.0.http.apply_servers(&state, &runtime.cluster_identity).await {
+    if let Err(err) = state.http().apply_servers(&state, &runtime.cluster_identity).await {
         // Put back what ran before, so a typo cannot leave the member without its listeners.
         save(&state, &previous)?;
-        let _ = state.0.http.apply_servers(&state, &runtime.cluster_identity).await;
+        let _ = state.http().apply_servers(&state, &runtime.cluster_identity).await;
         return Err(err.into());
     }
     if !req.is_notification() {
@@ -71,8 +71,8 @@ async fn put(state: State, req: Request) -> HandlerResult {
 }
 
 fn save(state: &State, config: &crate::state_dir::DaemonConfig) -> Result<(), ApiError> {
-    state.0.dir.set_daemon_config(config).map_err(|e| ApiError::internal(e.to_string()))?;
-    if let Ok(mut current) = state.0.config.write() {
+    state.dir().set_daemon_config(config).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Ok(mut current) = state.config().write() {
         *current = config.clone();
     }
     Ok(())

@@ -19,7 +19,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 
 async fn run(state: State, req: Request) -> HandlerResult {
     let repair = !matches!(req.query("repair"), Some("0" | "false" | "no"));
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let leader = runtime.db.client().leader().await?;
     if leader.address == runtime.address {
         return Response::sync(doctor::run(&state, repair).await?);

@@ -36,7 +36,7 @@ async fn assign_role(state: State, req: Request) -> HandlerResult {
     }
     let request: crate::api::RoleRequest = req.json()?;
     let runtime = state.runtime()?;
-    let _serial = state.0.role_lock.lock().await;
+    let _serial = state.lock_roles().await;
     membership::fault_point("role:before-assign", &name);
     let role = membership::take_role(runtime.db.client(), request.id).await?;
     membership::fault_point("role:after-assign", &name);
@@ -55,7 +55,7 @@ async fn join(state: State, req: Request) -> HandlerResult {
     let request: JoinRequest = req.json()?;
     // The certificate the caller proved it holds (a joiner coming back is known by it).
     let proven = match &req.trust {
-        Trust::Member(name) => state.0.truststore.snapshot().by_name(name).map(|e| e.fingerprint.clone()),
+        Trust::Member(name) => state.trust().snapshot().by_name(name).map(|e| e.fingerprint.clone()),
         Trust::Untrusted(fingerprint) => fingerprint.clone(),
         Trust::Unix => None,
     };
@@ -71,7 +71,7 @@ async fn reset(state: State, req: Request) -> HandlerResult {
     }
     let epoch = state.epoch();
     tokio::spawn(async move {
-        let _init = state.0.init_lock.lock().await;
+        let _init = state.lock_init().await;
         if state.epoch() != epoch || state.name() != name {
             return;
         }
@@ -90,9 +90,9 @@ async fn list_trust(state: State, _req: Request) -> HandlerResult {
 
 async fn add_trust(state: State, req: Request) -> HandlerResult {
     let member: ClusterMemberLocal = req.json()?;
-    state.0.truststore.add(member.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    state.trust().add(member.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Ok(runtime) = state.runtime() {
-        runtime.set_servers(state.0.truststore.snapshot().addresses());
+        runtime.set_servers(state.trust().snapshot().addresses());
     }
     if !req.is_notification() {
         let others: Vec<_> = state.peer_clients()?.into_iter().filter(|(m, _)| m.name != member.name).collect();
@@ -113,9 +113,9 @@ async fn remove_trust(state: State, req: Request) -> HandlerResult {
     if name == state.name() {
         return Err(ApiError::bad_request("a member cannot stop trusting itself; remove it from the cluster instead"));
     }
-    state.0.truststore.remove(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    state.trust().remove(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Ok(runtime) = state.runtime() {
-        runtime.set_servers(state.0.truststore.snapshot().addresses());
+        runtime.set_servers(state.trust().snapshot().addresses());
     }
     if !req.is_notification() {
         for (member, err) in fan_out(state.peer_clients()?, |c| {
@@ -132,7 +132,7 @@ async fn remove_trust(state: State, req: Request) -> HandlerResult {
 
 async fn run_hook(state: State, req: Request) -> HandlerResult {
     let hook = req.param("hook")?;
-    let hooks = state.0.settings.hooks.clone();
+    let hooks = state.settings().hooks.clone();
     let result = match hook {
         "pre-remove" => hooks.pre_remove(&state, req.json::<RemoveHookRequest>()?.force).await,
         "post-remove" => hooks.post_remove(&state, req.json::<RemoveHookRequest>()?.force).await,

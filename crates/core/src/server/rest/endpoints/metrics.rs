@@ -103,8 +103,8 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
         let read = runtime.db.query("SELECT role, heartbeat FROM core_cluster_members", &[]);
         match tokio::time::timeout(MEMBERS_TIMEOUT, read).await {
             Ok(Ok(rows)) => {
-                let fresh = state.0.settings.heartbeat * 2 + Duration::from_secs(1);
-                let now = state.0.clock.now();
+                let fresh = state.settings().heartbeat * 2 + Duration::from_secs(1);
+                let now = state.clock().now();
                 let mut counts: BTreeMap<(String, &str), u64> = BTreeMap::new();
                 for row in &rows.rows {
                     let member_role = crate::server::db::text(row.get(0));
@@ -135,7 +135,7 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
         out.sample("microcluster_member_clock_offset_seconds", &[("member", &name)], offset.seconds());
     }
 
-    state.0.metrics.render(&mut out);
+    state.metrics().render(&mut out);
 
     if let Some(bytes) = crate::server::memory::resident_bytes() {
         out.family("microcluster_process_resident_memory_bytes", Kind::Gauge, "Resident memory of the daemon process.");

@@ -4,8 +4,8 @@ mod backup;
 mod cluster;
 mod control;
 mod daemon;
-mod database;
 mod doctor;
+mod dqlite_tunnel;
 mod internal;
 mod metrics;
 mod recovery;
@@ -29,7 +29,7 @@ pub(crate) fn shared() -> Vec<Resources> {
         backup::endpoints(),
         doctor::endpoints(),
         internal::endpoints(),
-        database::endpoints(),
+        dqlite_tunnel::endpoints(),
         sql::endpoints(),
         recovery::endpoints(),
     ];

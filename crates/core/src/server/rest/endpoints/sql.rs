@@ -102,7 +102,7 @@ async fn run(state: State, req: Request) -> HandlerResult {
     let kinds: Vec<StatementKind> = statements.iter().map(|s| sqltext::classify(s)).collect();
     let all_reads = kinds.iter().all(|k| *k == StatementKind::Read);
     let own_transaction = kinds.contains(&StatementKind::Transaction);
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     // Only text without reads is forwarded: its answer is small, while a read's rows could
     // outgrow what the member-to-member client accepts after the writes were applied.
     let no_reads = !kinds.contains(&StatementKind::Read);
@@ -200,7 +200,7 @@ async fn stream(state: State, text: &str, consistency: Consistency) -> HandlerRe
     let Some(sql) = sqltext::split_statements(text).first().copied() else {
         return Err(ApiError::bad_request("no SQL statement given"));
     };
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let sql = (*sql).to_owned();
     let (chunks, body) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let (started_tx, started) = tokio::sync::oneshot::channel::<dqlite::Result<()>>();
@@ -308,7 +308,7 @@ async fn forward_to_leader(
              nothing was written"
         )))),
         Ok((status, answer)) => {
-            state.0.metrics.writes_forwarded.inc();
+            state.metrics().writes_forwarded.inc();
             Some(Ok(Response::forwarded(status, answer)))
         }
         Err(err)
@@ -357,7 +357,7 @@ async fn run_all(
 
 async fn dump_sql(state: State, req: Request) -> HandlerResult {
     let schema_only = req.flag("schema");
-    let runtime = state.db()?;
+    let runtime = state.online_runtime()?;
     let text =
         runtime.db.reading(|db| Box::pin(async move { dump::dump(db, schema_only, RESULT_LIMITS).await })).await?;
     Response::sync(SqlDump { text })

@@ -20,10 +20,10 @@ async fn status(state: State, _req: Request) -> HandlerResult {
         address: state.address(),
         version: state.version().to_owned(),
         ready: state.database_status() == DbStatus::Online,
-        extensions: state.0.settings.api_extensions.clone(),
+        extensions: state.settings().api_extensions.clone(),
         status: state.database_status_text(),
-        schema_internal_version: state.0.settings.internal_schema.len() as u64,
-        schema_external_version: state.0.settings.external_schema.len() as u64,
+        schema_internal_version: state.settings().internal_schema.len() as u64,
+        schema_external_version: state.settings().external_schema.len() as u64,
         time: crate::server::state::clock::format(std::time::SystemTime::now()),
     })
 }
