@@ -58,6 +58,10 @@ pub fn is_read_only(stmt: &str) -> bool {
 /// other form is a write. Text holding more than one statement is a write.
 pub fn classify(stmt: &str) -> StatementKind {
     let toks: Vec<Token> = Lexer::new(stmt).collect();
+    classify_tokens(stmt, &toks)
+}
+
+fn classify_tokens(stmt: &str, toks: &[Token]) -> StatementKind {
     let is_semi = |t: &Token| t.kind == Kind::Punct(b';');
     let first = toks.iter().position(|t| !is_semi(t)).unwrap_or(toks.len());
     let last = toks.iter().rposition(|t| !is_semi(t)).map_or(first, |i| i + 1);
@@ -90,11 +94,19 @@ pub fn classify(stmt: &str) -> StatementKind {
 /// (not `WITH … INSERT`) and holds no `RETURNING`: a statement whose effect SQLite's `changes()`
 /// and `last_insert_rowid()` describe right after it runs.
 pub fn is_plain_dml(stmt: &str) -> bool {
-    if split_statements(stmt).len() != 1 || has_returning(stmt) {
+    split_statements(stmt).len() == 1 && {
+        let toks: Vec<Token> = Lexer::new(stmt).collect();
+        plain_dml_tokens(stmt, &toks)
+    }
+}
+
+/// [`is_plain_dml`] of one statement's tokens.
+fn plain_dml_tokens(stmt: &str, toks: &[Token]) -> bool {
+    if returning_tokens(stmt, toks) {
         return false;
     }
-    let head = Lexer::new(stmt).find(|t| t.kind != Kind::Punct(b';'));
-    head.and_then(|t| word(stmt, &t)).is_some_and(|w| is_any(w, &["INSERT", "REPLACE", "UPDATE", "DELETE"]))
+    let head = toks.iter().find(|t| t.kind != Kind::Punct(b';'));
+    head.and_then(|t| word(stmt, t)).is_some_and(|w| is_any(w, &["INSERT", "REPLACE", "UPDATE", "DELETE"]))
 }
 
 /// True when `stmt` (one statement) is an `INSERT`, `REPLACE`, `UPDATE` or `DELETE`, also
@@ -102,7 +114,12 @@ pub fn is_plain_dml(stmt: &str) -> bool {
 /// statement (DDL, transaction control, a read) leaves `changes()` at the count of the last
 /// such statement on the connection, which says nothing about it.
 pub fn counts_changes(stmt: &str) -> bool {
-    let toks: Vec<Token> = Lexer::new(stmt).filter(|t| t.kind != Kind::Punct(b';')).collect();
+    let toks: Vec<Token> = Lexer::new(stmt).collect();
+    counts_changes_tokens(stmt, &toks)
+}
+
+fn counts_changes_tokens(stmt: &str, toks: &[Token]) -> bool {
+    let toks: Vec<&Token> = toks.iter().filter(|t| t.kind != Kind::Punct(b';')).collect();
     let Some(head) = toks.first().and_then(|t| word(stmt, t)) else {
         return false;
     };
@@ -123,10 +140,69 @@ pub fn counts_changes(stmt: &str) -> bool {
 /// the node aborts at its next write.
 pub fn has_returning(sql: &str) -> bool {
     let toks: Vec<Token> = Lexer::new(sql).collect();
+    returning_tokens(sql, &toks)
+}
+
+fn returning_tokens(sql: &str, toks: &[Token]) -> bool {
     toks.iter().enumerate().any(|(i, tok)| {
         let is_call = toks.get(i + 1).is_some_and(|next| next.kind == Kind::Punct(b'('));
         !is_call && word(sql, tok).is_some_and(|w| is_any(w, &["RETURNING"]))
     })
+}
+
+/// One statement of SQL text, split and judged once: what every step between a request and
+/// the node needs to know of it, so that none of them reads the text again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    text: String,
+    kind: StatementKind,
+    counts_changes: bool,
+    plain_dml: bool,
+}
+
+impl Statement {
+    /// The statement, without its terminating `;` and surrounding whitespace.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// What kind it is ([`classify`]).
+    pub fn kind(&self) -> StatementKind {
+        self.kind
+    }
+
+    /// Whether SQLite's `changes()` reports on it ([`counts_changes`]).
+    pub fn counts_changes(&self) -> bool {
+        self.counts_changes
+    }
+
+    /// Whether it is a plain INSERT, REPLACE, UPDATE or DELETE without RETURNING
+    /// ([`is_plain_dml`]).
+    pub fn is_plain_dml(&self) -> bool {
+        self.plain_dml
+    }
+
+    /// Whether it holds a block comment, which, left open, would swallow text appended to it.
+    pub fn has_block_comment(&self) -> bool {
+        self.text.contains("/*")
+    }
+}
+
+/// Splits SQL text into statements ([`split_statements`]) and judges each once: one pass over
+/// the text, and one over each statement's tokens.
+pub fn parse(sql: &str) -> Vec<Statement> {
+    split_statements(sql)
+        .into_iter()
+        .map(|text| {
+            let toks: Vec<Token> = Lexer::new(text).collect();
+            Statement {
+                kind: classify_tokens(text, &toks),
+                counts_changes: counts_changes_tokens(text, &toks),
+                plain_dml: plain_dml_tokens(text, &toks),
+                text: text.to_owned(),
+            }
+        })
+        .collect()
 }
 
 /// Keywords that can only appear in a SELECT/VALUES/WITH statement if it (or a CTE) may write.
@@ -362,6 +438,36 @@ impl Iterator for Lexer<'_> {
 mod tests {
     use super::StatementKind::{Empty, Read, Transaction, Write};
     use super::*;
+
+    #[test]
+    fn parse_judges_each_statement_as_the_separate_functions_do() {
+        let texts = [
+            "SELECT 1",
+            "INSERT INTO t VALUES (1); UPDATE t SET x = 2 -- why;\nDELETE FROM t",
+            "  ; ; -- nothing\n",
+            "WITH c AS (SELECT 1) INSERT INTO t SELECT * FROM c",
+            "INSERT INTO t VALUES (1) RETURNING id; SELECT replace('a', 'b', 'c')",
+            "BEGIN; INSERT INTO t VALUES ('a;b'); COMMIT",
+            "CREATE TRIGGER g AFTER INSERT ON t BEGIN UPDATE u SET n = n + 1; END; PRAGMA table_info(t)",
+            "INSERT INTO t VALUES (1) /* open",
+            "PRAGMA wal_checkpoint; EXPLAIN DELETE FROM t; VALUES (1)",
+        ];
+        for text in texts {
+            let parsed = parse(text);
+            let separate = split_statements(text);
+            assert_eq!(parsed.len(), separate.len(), "{text}");
+            for (statement, alone) in parsed.iter().zip(separate) {
+                assert_eq!(statement.text(), alone, "{text}");
+                assert_eq!(statement.kind(), classify(alone), "{alone}");
+                assert_eq!(statement.counts_changes(), counts_changes(alone), "{alone}");
+                assert_eq!(statement.is_plain_dml(), is_plain_dml(alone), "{alone}");
+                assert_eq!(statement.has_block_comment(), alone.contains("/*"), "{alone}");
+            }
+        }
+        let kinds: Vec<_> =
+            parse("BEGIN; INSERT INTO t VALUES (1); SELECT 1; COMMIT").iter().map(Statement::kind).collect();
+        assert_eq!(kinds, [Transaction, Write, Read, Transaction]);
+    }
 
     #[test]
     fn only_inserts_updates_and_deletes_count_changes() {

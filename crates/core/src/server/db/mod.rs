@@ -305,7 +305,19 @@ impl Db {
     /// Runs SQL text that may write (parameters bind to its first statement).
     pub(crate) async fn exec(&self, sql: &str, params: &[Value]) -> Result<dqlite::ExecResult, dqlite::Error> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Exec { sql: sql.to_owned(), params: params.to_vec(), reply }).await?;
+        self.submit(Job::exec(sql, params.to_vec(), reply)).await?;
+        let outcome = answer.await.map_err(|_| abandoned()).and_then(|r| r);
+        self.metrics.record(&outcome);
+        outcome
+    }
+
+    /// [`Db::exec`] of one statement split and judged before (`dqlite::sql::parse`).
+    pub(crate) async fn exec_statement(
+        &self,
+        statement: &dqlite::sql::Statement,
+    ) -> Result<dqlite::ExecResult, dqlite::Error> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::exec_statement(statement, Vec::new(), reply)).await?;
         let outcome = answer.await.map_err(|_| abandoned()).and_then(|r| r);
         self.metrics.record(&outcome);
         outcome

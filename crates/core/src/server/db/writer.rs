@@ -36,12 +36,52 @@ pub(crate) type ExclusiveJob =
 
 /// One request to the queue.
 pub(crate) enum Job {
-    /// SQL text (parameters bind to its first statement).
-    Exec { sql: String, params: Vec<Value>, reply: oneshot::Sender<dqlite::Result<ExecResult>> },
+    /// SQL text (parameters bind to its first statement), with its shape; made by
+    /// [`Job::exec`] or [`Job::exec_statement`].
+    Exec { sql: String, shape: Shape, params: Vec<Value>, reply: oneshot::Sender<dqlite::Result<ExecResult>> },
     /// A closure in the shared transaction; `done` says whether its work was committed.
     Tx { run: TxJob, done: oneshot::Sender<dqlite::Result<()>> },
     /// Exclusive use of the connection, outside any batch.
     Exclusive(ExclusiveJob),
+}
+
+/// What the queue needs to know of a job's SQL text, judged once when the job is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// The text is one statement (or none): it runs alone in autocommit, in one round trip.
+    single: bool,
+    /// One statement that more text may follow in the same EXEC (no block comment, which left
+    /// open would swallow the rest).
+    appendable: bool,
+    /// Appendable and a plain INSERT, REPLACE, UPDATE or DELETE: it can join a merged batch
+    /// (see [`merged_batch`]).
+    plain_dml: bool,
+}
+
+impl Job {
+    /// A job for SQL text, split and judged here.
+    pub(crate) fn exec(sql: &str, params: Vec<Value>, reply: oneshot::Sender<dqlite::Result<ExecResult>>) -> Job {
+        match dqlite::sql::parse(sql).as_slice() {
+            [statement] => Job::exec_statement(statement, params, reply),
+            statements => Job::Exec {
+                sql: sql.to_owned(),
+                shape: Shape { single: statements.is_empty(), ..Shape::default() },
+                params,
+                reply,
+            },
+        }
+    }
+
+    /// A job for one statement judged before (its text alone runs).
+    pub(crate) fn exec_statement(
+        statement: &dqlite::sql::Statement,
+        params: Vec<Value>,
+        reply: oneshot::Sender<dqlite::Result<ExecResult>>,
+    ) -> Job {
+        let appendable = !statement.has_block_comment();
+        let shape = Shape { single: true, appendable, plain_dml: appendable && statement.is_plain_dml() };
+        Job::Exec { sql: statement.text().to_owned(), shape, params, reply }
+    }
 }
 
 /// Runs the queue until every sender is gone.
@@ -225,10 +265,8 @@ impl Reply {
 /// Runs a batch; returns the error if no leader could be found at all.
 async fn run_batch(db: &mut Database, batch: Vec<Job>, queue: &mut Queue, metrics: &Metrics) -> Option<dqlite::Error> {
     // One plain statement alone: autocommit, one round trip.
-    if let [Job::Exec { sql, .. }] = batch.as_slice()
-        && dqlite::sql::split_statements(sql).len() <= 1
-    {
-        let Some(Job::Exec { sql, params, reply }) = batch.into_iter().next() else { return None };
+    if let [Job::Exec { shape: Shape { single: true, .. }, .. }] = batch.as_slice() {
+        let Some(Job::Exec { sql, params, reply, .. }) = batch.into_iter().next() else { return None };
         let result = exec_retrying_busy(db, &sql, &params, metrics).await;
         let outage = result.as_ref().err().filter(|e| matches!(e, dqlite::Error::NoLeader { .. })).cloned();
         let _ = reply.send(result);
@@ -288,13 +326,13 @@ async fn batch_in_transaction(
             break Some(err);
         }
         let (result, reply) = match job {
-            Job::Exec { sql, params, reply } => {
+            Job::Exec { sql, shape, params, reply } => {
                 // One round trip per request: its statement, its RELEASE and the next request's
                 // SAVEPOINT in one EXEC_SQL (parameters bind to the first statement; the
                 // result's counts stay the statement's, as neither RELEASE nor SAVEPOINT
                 // changes them). If the statement fails, the rest does not run.
                 let next = (!jobs.is_empty()).then_some(i + 1);
-                let merged = merged_text(&sql, &savepoint, next.map(|n| format!("job{n}")));
+                let merged = merged_text(&sql, shape, &savepoint, next.map(|n| format!("job{n}")));
                 match tx.exec(merged.as_deref().unwrap_or(&sql), &params).await {
                     Ok(r) if merged.is_some() => {
                         opened = next;
@@ -492,10 +530,10 @@ fn merged_batch(batch: &[Job]) -> Option<String> {
 /// DELETE without parameters (parameters would bind to the first statement only) and without
 /// block comments (one left open would swallow the rest).
 fn mergeable(job: &Job) -> Option<&str> {
-    let Job::Exec { sql, params, .. } = job else { return None };
-    let statements = dqlite::sql::split_statements(sql);
-    let [statement] = statements.as_slice() else { return None };
-    (params.is_empty() && !statement.contains("/*") && dqlite::sql::is_plain_dml(statement)).then_some(*statement)
+    match job {
+        Job::Exec { sql, shape, params, .. } if shape.plain_dml && params.is_empty() => Some(sql),
+        _ => None,
+    }
 }
 
 /// Appends `statement` and the record of its counts as job `i`.
@@ -507,10 +545,8 @@ fn push_merged(text: &mut String, statement: &str, i: usize) {
 /// A request's single statement followed by `RELEASE savepoint` and, when another request
 /// follows, `SAVEPOINT next`; `None` when the text is not one statement that can safely be
 /// followed by more (several statements, or a block comment that could swallow the rest).
-fn merged_text(sql: &str, savepoint: &str, next: Option<String>) -> Option<String> {
-    let statements = dqlite::sql::split_statements(sql);
-    let [statement] = statements.as_slice() else { return None };
-    if statement.contains("/*") {
+fn merged_text(statement: &str, shape: Shape, savepoint: &str, next: Option<String>) -> Option<String> {
+    if !shape.appendable {
         return None;
     }
     // The newline ends a trailing `--` comment.
@@ -587,7 +623,7 @@ mod tests {
 
     fn write(sql: &str, params: Vec<Value>) -> (Job, Answer) {
         let (reply, answer) = oneshot::channel();
-        (Job::Exec { sql: sql.into(), params, reply }, answer)
+        (Job::exec(sql, params, reply), answer)
     }
 
     fn insert(key: &str) -> (Job, Answer) {
@@ -685,7 +721,7 @@ mod tests {
     }
 
     fn exec(sql: &str, params: Vec<Value>) -> Job {
-        Job::Exec { sql: sql.into(), params, reply: tokio::sync::oneshot::channel().0 }
+        Job::exec(sql, params, tokio::sync::oneshot::channel().0)
     }
 
     #[test]
@@ -712,16 +748,25 @@ mod tests {
 
     #[test]
     fn single_statements_carry_their_savepoints() {
+        let merged = |sql: &str, savepoint: &str, next: Option<String>| {
+            let Job::Exec { sql, shape, .. } = exec(sql, vec![]) else { unreachable!("an exec job") };
+            merged_text(&sql, shape, savepoint, next)
+        };
         assert_eq!(
-            merged_text("INSERT INTO t VALUES (?)", "job0", Some("job1".into())).as_deref(),
+            merged("INSERT INTO t VALUES (?)", "job0", Some("job1".into())).as_deref(),
             Some("INSERT INTO t VALUES (?)\n;RELEASE job0;SAVEPOINT job1")
         );
         assert_eq!(
-            merged_text("UPDATE t SET x = 1 -- why;", "job3", None).as_deref(),
+            merged("UPDATE t SET x = 1 -- why;", "job3", None).as_deref(),
             Some("UPDATE t SET x = 1 -- why;\n;RELEASE job3")
         );
-        assert_eq!(merged_text("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", "job0", None), None);
-        assert_eq!(merged_text("INSERT INTO t VALUES (1) /* open", "job0", None), None);
+        assert_eq!(
+            merged("  DELETE FROM t ; ", "job1", None).as_deref(),
+            Some("DELETE FROM t\n;RELEASE job1"),
+            "the statement alone, judged once when the job was made"
+        );
+        assert_eq!(merged("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", "job0", None), None);
+        assert_eq!(merged("INSERT INTO t VALUES (1) /* open", "job0", None), None);
     }
 
     #[test]

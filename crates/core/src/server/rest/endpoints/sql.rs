@@ -1,14 +1,15 @@
 //! `POST /core/internal/sql` (run statements) and `GET /core/internal/sql` (dump).
 //!
-//! Statements are split with a real tokenizer and each goes down the right path (reads as
-//! queries, everything else as writes). A batch without its own BEGIN/COMMIT runs in one
-//! transaction, so it applies entirely or not at all.
+//! The text is split and each statement judged once (`dqlite::sql::parse`); the statements
+//! travel with their kinds down the right path (reads as queries, everything else as writes,
+//! one write into the write queue as it was judged). A batch without its own BEGIN/COMMIT runs
+//! in one transaction, so it applies entirely or not at all.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dqlite::Value;
-use dqlite::sql::{self as sqltext, StatementKind};
+use dqlite::sql::{self as sqltext, Statement, StatementKind};
 
 use crate::api::paths;
 use crate::api::{ReadConsistency, SqlBatch, SqlDump, SqlQuery, SqlResult};
@@ -34,8 +35,9 @@ fn json_value(value: &Value) -> serde_json::Value {
     }
 }
 
-async fn statement(db: &mut impl Runner, sql: &str) -> dqlite::Result<SqlResult> {
-    match sqltext::classify(sql) {
+async fn statement(db: &mut impl Runner, statement: &Statement) -> dqlite::Result<SqlResult> {
+    let sql = statement.text();
+    match statement.kind() {
         StatementKind::Read => {
             let rows = db.query(sql).await?;
             Ok(SqlResult {
@@ -47,10 +49,10 @@ async fn statement(db: &mut impl Runner, sql: &str) -> dqlite::Result<SqlResult>
             })
         }
         _ => {
-            let result = db.exec(sql).await?;
+            let result = db.exec(statement).await?;
             // SQLite's count is the last INSERT, UPDATE or DELETE's: any other statement would
             // report the one before it.
-            let rows_affected = if sqltext::counts_changes(sql) { result.rows_affected } else { 0 };
+            let rows_affected = if statement.counts_changes() { result.rows_affected } else { 0 };
             Ok(SqlResult {
                 kind: "exec".into(),
                 statement: sql.to_owned(),
@@ -65,15 +67,15 @@ async fn statement(db: &mut impl Runner, sql: &str) -> dqlite::Result<SqlResult>
 /// What runs a statement: a plain connection or an open transaction.
 trait Runner {
     async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult>;
-    async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult>;
+    async fn exec(&mut self, statement: &Statement) -> dqlite::Result<dqlite::ExecResult>;
 }
 
 impl Runner for dqlite::Database {
     async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult> {
         self.query_limited(sql, &[], RESULT_LIMITS).await
     }
-    async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult> {
-        dqlite::Database::exec(self, sql, &[]).await
+    async fn exec(&mut self, statement: &Statement) -> dqlite::Result<dqlite::ExecResult> {
+        dqlite::Database::exec(self, statement.text(), &[]).await
     }
 }
 
@@ -81,8 +83,8 @@ impl Runner for dqlite::Transaction<'_> {
     async fn query(&mut self, sql: &str) -> dqlite::Result<dqlite::QueryResult> {
         dqlite::Transaction::query_limited(self, sql, &[], RESULT_LIMITS).await
     }
-    async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult> {
-        dqlite::Transaction::exec(self, sql, &[]).await
+    async fn exec(&mut self, statement: &Statement) -> dqlite::Result<dqlite::ExecResult> {
+        dqlite::Transaction::exec(self, statement.text(), &[]).await
     }
 }
 
@@ -92,14 +94,19 @@ async fn run(state: State, req: Request) -> HandlerResult {
         ReadConsistency::Linearizable => Consistency::Linearizable,
         ReadConsistency::Weak => Consistency::Weak,
     };
-    if req.flag("stream") && streamable(&query.query) {
-        return stream(state, &query.query, consistency).await;
-    }
-    let statements: Vec<String> = sqltext::split_statements(&query.query).into_iter().map(str::to_owned).collect();
+    let statements = Arc::new(sqltext::parse(&query.query));
     if statements.is_empty() {
         return Err(ApiError::bad_request("no SQL statement given"));
     }
-    let kinds: Vec<StatementKind> = statements.iter().map(|s| sqltext::classify(s)).collect();
+    let kinds: Vec<StatementKind> = statements.iter().map(Statement::kind).collect();
+    // One read-only statement asked for with `?stream=1` streams its rows; anything else gets
+    // the ordinary answer (the client tells them apart by content type).
+    if req.flag("stream")
+        && let [read] = statements.as_slice()
+        && read.kind() == StatementKind::Read
+    {
+        return stream(state, &query.query, read.text().to_owned(), consistency).await;
+    }
     let all_reads = kinds.iter().all(|k| *k == StatementKind::Read);
     let own_transaction = kinds.contains(&StatementKind::Transaction);
     let runtime = state.online_runtime()?;
@@ -120,7 +127,7 @@ async fn run(state: State, req: Request) -> HandlerResult {
         && kinds.iter().filter(|k| **k == StatementKind::Transaction).count() == 2
         && kinds.first() == Some(&StatementKind::Transaction)
         && kinds.last() == Some(&StatementKind::Transaction)
-        && statements.first().is_some_and(|s| s.get(..5).is_some_and(|b| b.eq_ignore_ascii_case("BEGIN")));
+        && statements.first().is_some_and(|s| s.text().get(..5).is_some_and(|b| b.eq_ignore_ascii_case("BEGIN")));
     let deadline = std::time::Instant::now() + crate::server::db::BUSY_DEADLINE;
     let mut busy = dqlite::Backoff::new(std::time::Duration::from_millis(2), std::time::Duration::from_millis(50));
     let outcome = loop {
@@ -165,7 +172,7 @@ async fn run(state: State, req: Request) -> HandlerResult {
         Err(err) if err.is_busy() => Err(ApiError::unavailable(format!("the database stayed busy: {err}; try again"))),
         Err(err) if err.is_statement_error() => {
             let index = failed_at.load(Ordering::SeqCst);
-            let sql = statements.get(index).map(String::as_str).unwrap_or_default();
+            let sql = statements.get(index).map(Statement::text).unwrap_or_default();
             let scope =
                 if own_transaction || statements.len() == 1 { "" } else { "; no statement of the batch was applied" };
             let why = if err.is_interrupted() {
@@ -189,19 +196,8 @@ const STREAM_CHUNK: usize = 32 * 1024;
 /// (newline-delimited JSON: `{"columns":[..]}`, one array per row, then `{"rows":N}`, or
 /// `{"error":".."}` if the query fails part-way), so the result is never held whole, by the
 /// daemon or by the client. Errors before the first row are ordinary error responses.
-/// Whether `text` is one read-only statement, whose rows can stream. Anything else asked for
-/// with `?stream=1` gets the ordinary answer (the client tells them apart by content type).
-fn streamable(text: &str) -> bool {
-    let statements = sqltext::split_statements(text);
-    statements.len() == 1 && sqltext::classify(statements[0]) == StatementKind::Read
-}
-
-async fn stream(state: State, text: &str, consistency: Consistency) -> HandlerResult {
-    let Some(sql) = sqltext::split_statements(text).first().copied() else {
-        return Err(ApiError::bad_request("no SQL statement given"));
-    };
+async fn stream(state: State, text: &str, sql: String, consistency: Consistency) -> HandlerResult {
     let runtime = state.online_runtime()?;
-    let sql = (*sql).to_owned();
     let (chunks, body) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let (started_tx, started) = tokio::sync::oneshot::channel::<dqlite::Result<()>>();
     let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
@@ -336,21 +332,21 @@ impl Runner for Queued<'_> {
             })
             .await
     }
-    async fn exec(&mut self, sql: &str) -> dqlite::Result<dqlite::ExecResult> {
-        self.0.exec(sql, &[]).await
+    async fn exec(&mut self, statement: &Statement) -> dqlite::Result<dqlite::ExecResult> {
+        self.0.exec_statement(statement).await
     }
 }
 
 /// Runs the statements in order, recording which one is running (to name it if it fails).
 async fn run_all(
     db: &mut impl Runner,
-    statements: &[String],
+    statements: &[Statement],
     failed_at: &AtomicUsize,
 ) -> dqlite::Result<Vec<SqlResult>> {
     let mut results = Vec::with_capacity(statements.len());
-    for (i, sql) in statements.iter().enumerate() {
+    for (i, one) in statements.iter().enumerate() {
         failed_at.store(i, Ordering::SeqCst);
-        results.push(statement(db, sql).await?);
+        results.push(statement(db, one).await?);
     }
     Ok(results)
 }
