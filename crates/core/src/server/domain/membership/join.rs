@@ -448,6 +448,74 @@ async fn ask_to_join(
     }
 }
 
+/// The software a cluster runs, which a joiner must run too.
+struct Software<'a> {
+    extensions: &'a [String],
+    /// (internal, application) schema versions.
+    schema: (u64, u64),
+}
+
+/// Why the leader refuses a join request before looking at the database.
+#[derive(Debug)]
+enum Refusal {
+    /// A trusted member has the name (said apart: it may be this joiner's own stalled join).
+    NameTaken,
+    Refused(Error),
+}
+
+/// Judges a join request against the cluster's software and the members the leader trusts
+/// (name, address).
+fn judge_request(request: &JoinRequest, ours: &Software<'_>, trusted: &[(&str, &str)]) -> Result<(), Refusal> {
+    if request.extensions != ours.extensions {
+        return Err(Refusal::Refused(Error::invalid(format!(
+            "the joiner's API extensions {:?} differ from the cluster's {:?}; run the same software version",
+            request.extensions, ours.extensions
+        ))));
+    }
+    let theirs = (request.schema_internal_version, request.schema_external_version);
+    if theirs != ours.schema {
+        return Err(Refusal::Refused(Error::invalid(format!(
+            "the joiner's schema versions {theirs:?} differ from the cluster's {:?}; run the same software version",
+            ours.schema
+        ))));
+    }
+    if trusted.iter().any(|(name, _)| *name == request.name) {
+        return Err(Refusal::NameTaken);
+    }
+    if let Some((other, _)) = trusted.iter().find(|(_, address)| *address == request.address) {
+        return Err(Refusal::Refused(Error::conflict(format!(
+            "address {} is already used by member {other:?}",
+            request.address
+        ))));
+    }
+    Ok(())
+}
+
+/// Judges, inside the admission's transaction, whether `row` may be inserted: its name and
+/// address are free, and a token issued for its name has this secret and has not expired by
+/// `now` (the cluster's time). `None`: admitted.
+fn judge_admission(
+    row: &members::MemberRow,
+    existing: &[members::MemberRow],
+    tokens: &[tokens::TokenRow],
+    secret: &str,
+    now: std::time::SystemTime,
+) -> Option<Error> {
+    if existing.iter().any(|m| m.name == row.name || m.address == row.address) {
+        return Some(Error::conflict(format!("member {:?} or address {} already exists", row.name, row.address)));
+    }
+    let token = tokens.iter().find(|t| t.name == row.name);
+    let Some(token) = token.filter(|t| same_secret(&t.secret, secret)) else {
+        return Some(Error::forbidden(
+            "invalid join token: no valid token was issued for this name (it may have been used or revoked)",
+        ));
+    };
+    if token.is_expired(now) {
+        return Some(Error::forbidden("the join token has expired; issue a new one"));
+    }
+    None
+}
+
 /// On any member: admits a joiner that presents a valid token (forwarded to the leader), or
 /// answers a joiner admitted before that comes back. `proven` is the fingerprint of the
 /// certificate the caller presented over TLS, when it reached this member directly.
@@ -483,29 +551,17 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
     }
 
     let settings = state.settings();
-    if request.extensions != settings.api_extensions {
-        return Err(Error::invalid(format!(
-            "the joiner's API extensions {:?} differ from the cluster's {:?}; run the same software version",
-            request.extensions, settings.api_extensions
-        )));
-    }
-    let ours = (settings.internal_schema.len() as u64, settings.external_schema.len() as u64);
-    if (request.schema_internal_version, request.schema_external_version) != ours {
-        return Err(Error::invalid(format!(
-            "the joiner's schema versions {:?} differ from the cluster's {:?}; run the same software version",
-            (request.schema_internal_version, request.schema_external_version),
-            ours
-        )));
-    }
-    let trusted = state.trust().snapshot();
-    if trusted.by_name(&request.name).is_some() {
-        return Err(name_taken(state, &runtime, &request.name).await);
-    }
-    if let Some(other) = trusted.by_address(&request.address) {
-        return Err(Error::conflict(format!(
-            "address {} is already used by member {:?}",
-            request.address, other.member.name
-        )));
+    let ours = Software {
+        extensions: &settings.api_extensions,
+        schema: (settings.internal_schema.len() as u64, settings.external_schema.len() as u64),
+    };
+    let snapshot = state.trust().snapshot();
+    let trusted: Vec<(&str, &str)> =
+        snapshot.iter().map(|e| (e.member.name.as_str(), e.member.address.as_str())).collect();
+    match judge_request(&request, &ours, &trusted) {
+        Ok(()) => {}
+        Err(Refusal::NameTaken) => return Err(name_taken(state, &runtime, &request.name).await),
+        Err(Refusal::Refused(err)) => return Err(err),
     }
 
     let mut row = super::own_row(
@@ -527,21 +583,13 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
             let (row, secret) = (row.clone(), secret.clone());
             Box::pin(async move {
                 let existing = members::list(tx).await?;
-                if existing.iter().any(|m| m.name == row.name || m.address == row.address) {
-                    return Ok(Some(Error::conflict(format!("member {:?} or address {} already exists", row.name, row.address))));
+                let tokens = tokens::list(tx).await?;
+                match judge_admission(&row, &existing, &tokens, &secret, now) {
+                    // The token stays until the join completes (the joiner deletes it with its
+                    // role), so that a join rolled back can be made again with it.
+                    None => members::insert(tx, &row).await.map(|()| None),
+                    refused => Ok(refused),
                 }
-                let token = tokens::list(tx).await?.into_iter().find(|t| t.name == row.name);
-                let Some(token) = token.filter(|t| same_secret(&t.secret, &secret)) else {
-                    return Ok(Some(Error::forbidden(
-                        "invalid join token: no valid token was issued for this name (it may have been used or revoked)",
-                    )));
-                };
-                if token.is_expired(now) {
-                    return Ok(Some(Error::forbidden("the join token has expired; issue a new one")));
-                }
-                // The token stays until the join completes (the joiner deletes it with its
-                // role), so that a join rolled back can be made again with it.
-                members::insert(tx, &row).await.map(|()| None)
             })
         })
         .await?;
@@ -623,4 +671,136 @@ async fn name_taken(state: &State, runtime: &Runtime, name: &str) -> Error {
         ));
     }
     Error::conflict(format!("a member named {name:?} already exists"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn request(name: &str, address: &str) -> JoinRequest {
+        JoinRequest {
+            name: name.into(),
+            address: address.into(),
+            certificate: String::new(),
+            secret: "s3cret".into(),
+            schema_internal_version: 7,
+            schema_external_version: 2,
+            extensions: vec!["notes".into()],
+        }
+    }
+
+    fn row(name: &str, address: &str) -> members::MemberRow {
+        members::MemberRow {
+            name: name.into(),
+            address: address.into(),
+            certificate: String::new(),
+            schema_internal: 7,
+            schema_external: 2,
+            heartbeat: String::new(),
+            role: role::PENDING.into(),
+            api_extensions: Vec::new(),
+        }
+    }
+
+    fn token(name: &str, secret: &str, expiry: &str) -> tokens::TokenRow {
+        tokens::TokenRow { id: 1, name: name.into(), secret: secret.into(), expiry: expiry.into() }
+    }
+
+    /// What a refusal comes to, for comparing: (kind, message); no kind for "name taken".
+    type Outcome = Option<(Option<ErrorKind>, String)>;
+
+    /// What the leader's trust store and its transaction see, and what they should refuse.
+    type AdmissionCase<'a> = (&'a str, Vec<members::MemberRow>, Vec<tokens::TokenRow>, Option<(ErrorKind, &'a str)>);
+
+    fn outcome(result: Result<(), Refusal>) -> Outcome {
+        match result {
+            Ok(()) => None,
+            Err(Refusal::NameTaken) => Some((None, "name taken".into())),
+            Err(Refusal::Refused(err)) => Some((Some(err.kind()), err.message().to_owned())),
+        }
+    }
+
+    #[test]
+    fn a_join_request_is_judged_against_the_clusters_software_and_members() {
+        let extensions = vec!["notes".to_owned()];
+        let ours = Software { extensions: &extensions, schema: (7, 2) };
+        let trusted = [("m1", "10.0.0.1:7000"), ("m2", "10.0.0.2:7000")];
+        let other_software = JoinRequest { extensions: vec![], ..request("m3", "10.0.0.3:7000") };
+        let older_schema = JoinRequest { schema_external_version: 1, ..request("m3", "10.0.0.3:7000") };
+        let cases: Vec<(&str, JoinRequest, Outcome)> = vec![
+            ("a newcomer", request("m3", "10.0.0.3:7000"), None),
+            (
+                "other API extensions",
+                other_software,
+                Some((
+                    Some(ErrorKind::Invalid),
+                    "the joiner's API extensions [] differ from the cluster's [\"notes\"]; run the same software version"
+                        .into(),
+                )),
+            ),
+            (
+                "another schema",
+                older_schema,
+                Some((
+                    Some(ErrorKind::Invalid),
+                    "the joiner's schema versions (7, 1) differ from the cluster's (7, 2); run the same software version"
+                        .into(),
+                )),
+            ),
+            ("a trusted name", request("m2", "10.0.0.3:7000"), Some((None, "name taken".into()))),
+            (
+                "a trusted address",
+                request("m3", "10.0.0.2:7000"),
+                Some((Some(ErrorKind::Conflict), "address 10.0.0.2:7000 is already used by member \"m2\"".into())),
+            ),
+        ];
+        for (what, request, want) in cases {
+            assert_eq!(outcome(judge_request(&request, &ours, &trusted)), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn an_admission_needs_a_free_name_and_address_and_a_live_token_with_its_secret() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let later = clock::format(now + Duration::from_secs(60));
+        let earlier = clock::format(now - Duration::from_secs(60));
+        let newcomer = row("m3", "10.0.0.3:7000");
+        let members = [row("m1", "10.0.0.1:7000")];
+        let invalid = "invalid join token: no valid token was issued for this name (it may have been used or revoked)";
+        let cases: Vec<AdmissionCase> = vec![
+            ("a live token", members.to_vec(), vec![token("m3", "s3cret", &later)], None),
+            ("a token that never expires", members.to_vec(), vec![token("m3", "s3cret", "")], None),
+            ("no token", members.to_vec(), vec![token("m4", "s3cret", &later)], Some((ErrorKind::Forbidden, invalid))),
+            (
+                "another secret",
+                members.to_vec(),
+                vec![token("m3", "s3cre7", &later)],
+                Some((ErrorKind::Forbidden, invalid)),
+            ),
+            (
+                "an expired token",
+                members.to_vec(),
+                vec![token("m3", "s3cret", &earlier)],
+                Some((ErrorKind::Forbidden, "the join token has expired; issue a new one")),
+            ),
+            (
+                "a row with the name (joined meanwhile)",
+                vec![row("m3", "10.0.0.9:7000")],
+                vec![token("m3", "s3cret", &later)],
+                Some((ErrorKind::Conflict, "member \"m3\" or address 10.0.0.3:7000 already exists")),
+            ),
+            (
+                "a row with the address",
+                vec![row("m9", "10.0.0.3:7000")],
+                vec![token("m3", "s3cret", &later)],
+                Some((ErrorKind::Conflict, "member \"m3\" or address 10.0.0.3:7000 already exists")),
+            ),
+        ];
+        for (what, existing, tokens, want) in cases {
+            let got = judge_admission(&newcomer, &existing, &tokens, "s3cret", now);
+            assert_eq!(got.as_ref().map(|e| (e.kind(), e.message())), want, "{what}");
+        }
+    }
 }
