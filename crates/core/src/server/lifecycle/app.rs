@@ -13,7 +13,7 @@ use crate::api::{Control, ServerStatus, SqlBatch, TokenRecord};
 use crate::client::{Client, ClientError};
 use crate::server::db::DbStatus;
 use crate::server::db::schema::{SchemaUpdate, internal_updates};
-use crate::server::domain::membership::{OPEN_TIMEOUT_FOREVER, open_schema, start_background, start_runtime_with};
+use crate::server::domain::membership::{OPEN_TIMEOUT_FOREVER, open_schema, start_runtime_with};
 use crate::server::lifecycle::startup::{self, Files};
 use crate::server::rest::endpoints;
 use crate::server::rest::front::Front;
@@ -279,6 +279,7 @@ impl App {
             metrics: Arc::default(),
             clock: Default::default(),
             resume: |state, node_id| Box::pin(resume(state, node_id)),
+            background: start_background,
         };
         let state = State::new(daemon);
         let socket = state.dir().socket();
@@ -408,6 +409,22 @@ pub(crate) async fn resume(state: State, node_id: u64) {
     }
     start_background(&state, &runtime);
     tracing::info!(name = state.name(), address = state.address(), "member started");
+}
+
+/// Everything after the database is online on every start: heartbeats, the checkpoint
+/// threshold following the node's role, freed memory given back after bursts, and the disk
+/// watch; installed in the daemon as [`State::start_background`] for the domain's bootstrap,
+/// join and move.
+fn start_background(state: &State, runtime: &Arc<crate::server::state::runtime::Runtime>) {
+    runtime.adopt(tokio::spawn(crate::server::domain::heartbeat::run(state.clone(), runtime.stop.clone())));
+    runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
+    runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.metrics().clone())));
+    runtime.adopt(tokio::spawn(crate::server::state::disk::watch(
+        state.clone(),
+        crate::server::state::disk::Paths { raft: state.dir().database_dir(), probe: state.dir().root().to_owned() },
+        runtime.disk.clone(),
+        crate::server::state::runtime::RAFT_SEGMENT_SIZE as u64,
+    )));
 }
 
 /// API extension names: lower-case words joined by single underscores.

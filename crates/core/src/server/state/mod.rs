@@ -67,6 +67,8 @@ pub(crate) struct Daemon {
     pub(crate) clock: clock::Clock,
     /// The life cycle's way back up after a restart of the runtime (see [`State::restart`]).
     pub(crate) resume: Resume,
+    /// The life cycle's start of a runtime's background tasks (see [`State::start_background`]).
+    pub(crate) background: fn(&State, &Arc<Runtime>),
 }
 
 /// Starts an initialised member's runtime with this node id, applying a pending recovery plan
@@ -348,6 +350,13 @@ impl State {
             }
             (state.0.resume)(state, node_id).await;
         });
+    }
+
+    /// Has the life cycle start what runs beside a runtime whose database is online
+    /// (heartbeats, checkpoints following the node's role, memory given back after bursts, the
+    /// disk watch), tied to the runtime's life: after a bootstrap, a join or a move.
+    pub(crate) fn start_background(&self, runtime: &Arc<Runtime>) {
+        (self.0.background)(self, runtime);
     }
 
     /// Asks the daemon to shut down.

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use dqlite::{NodeInfo, Role};
 use tokio::sync::MutexGuard;
 
-use super::{OPEN_TIMEOUT, fan_out, handover, open_database, retry_config_change, start_background, start_runtime};
+use super::{OPEN_TIMEOUT, fan_out, handover, open_database, retry_config_change, start_runtime};
 use crate::api::{ClusterMemberLocal, MemberConfig, MoveMemberRequest, ServerAddress};
 use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members};
@@ -263,7 +263,7 @@ async fn come_online(state: &State, runtime: &Arc<Runtime>) -> Result<(), Error>
             runtime.address
         )));
     }
-    start_background(state, runtime);
+    state.start_background(runtime);
     settle(state, runtime).await
 }
 

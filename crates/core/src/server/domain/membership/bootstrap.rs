@@ -2,7 +2,7 @@
 
 use super::{
     OPEN_TIMEOUT, clean_slate, ensure_server_identity, ensure_uninitialised, hook_failed, open_database, own_row,
-    reset_local, start_background, start_runtime,
+    reset_local, start_runtime,
 };
 use crate::api::{ClusterMemberLocal, Control, role};
 use crate::certs;
@@ -70,6 +70,6 @@ async fn bootstrap_steps(state: &State, control: &Control) -> Result<(), Error> 
     let hooks = state.settings().hooks.clone();
     hooks.post_bootstrap(state, &control.config).await.map_err(|e| hook_failed("PostBootstrap", e))?;
     hooks.on_start(state).await.map_err(|e| hook_failed("OnStart", e))?;
-    start_background(state, &runtime);
+    state.start_background(&runtime);
     Ok(())
 }

@@ -30,8 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     OPEN_TIMEOUT, clean_slate, ensure_server_identity, ensure_uninitialised, fan_out, fault_point, hook_failed,
-    open_database, reset_local, retry_config_change, role_name, stalled, start_background, start_runtime,
-    take_role_on_leader,
+    open_database, reset_local, retry_config_change, role_name, stalled, start_runtime, take_role_on_leader,
 };
 use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role};
 use crate::client::{Client, ClientError};
@@ -367,7 +366,7 @@ async fn join_steps(
         tracing::warn!(error = %err, "the PostJoin hook failed");
     }
     hooks.on_start(state).await.map_err(|e| StepError::Final(hook_failed("OnStart", e)))?;
-    start_background(state, &runtime);
+    state.start_background(&runtime);
     Ok(())
 }
 

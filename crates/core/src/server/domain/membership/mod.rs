@@ -25,7 +25,6 @@ use crate::api::{ClusterMemberLocal, role};
 use crate::certs;
 use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members, schema};
-use crate::server::domain::heartbeat;
 use crate::server::error::{Error, ErrorKind};
 use crate::server::state::State;
 use crate::server::state::runtime::{Runtime, StartError};
@@ -204,20 +203,6 @@ async fn try_open(state: &State, runtime: &Runtime) -> Result<Opened, schema::Sc
         );
     }
     Ok(Opened::Online)
-}
-
-/// Everything after the database is online on every start: heartbeats, the checkpoint
-/// threshold following the node's role, and freed memory given back after bursts.
-pub(crate) fn start_background(state: &State, runtime: &Arc<Runtime>) {
-    runtime.adopt(tokio::spawn(heartbeat::run(state.clone(), runtime.stop.clone())));
-    runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
-    runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.metrics().clone())));
-    runtime.adopt(tokio::spawn(crate::server::state::disk::watch(
-        state.clone(),
-        crate::server::state::disk::Paths { raft: state.dir().database_dir(), probe: state.dir().root().to_owned() },
-        runtime.disk.clone(),
-        crate::server::state::runtime::RAFT_SEGMENT_SIZE as u64,
-    )));
 }
 
 /// Turns this member back into an uninitialised daemon: stops its node and listener, and
