@@ -18,7 +18,7 @@ fn server_layers_point_one_way() {
     assert!(imports.len() > 50, "too few imports found ({}); is the parser still right?", imports.len());
     let mut upward = BTreeMap::<(String, String), BTreeSet<String>>::new();
     let mut hidden = Vec::new();
-    for import in &imports {
+    for import in imports.iter().filter(|i| i.from_part != i.to_part) {
         let Some(from) = rank(&import.from_part) else { continue };
         let Some(to) = rank(&import.to_part) else {
             if import.to_part.starts_with(char::is_uppercase) {
@@ -57,14 +57,67 @@ fn server_layers_point_one_way() {
 }
 
 #[test]
+fn no_module_of_the_server_is_in_an_import_circle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server");
+    let modules: BTreeSet<Vec<String>> = rust_files(&root).iter().map(|f| module_of(&root, f)).collect();
+    // Each import as an arrow between files' modules; a module and the modules it holds (a
+    // folder's `mod.rs` and its files) belong together and are no circle.
+    let mut arrows = BTreeMap::<Vec<String>, BTreeSet<Vec<String>>>::new();
+    for import in imports(&root) {
+        let Some(to) =
+            (1..=import.target.len()).rev().map(|n| import.target[..n].to_vec()).find(|m| modules.contains(m))
+        else {
+            continue;
+        };
+        if !to.starts_with(&import.from) && !import.from.starts_with(&to) {
+            arrows.entry(import.from.clone()).or_default().insert(to);
+        }
+    }
+    let reaches = |from: &Vec<String>, goal: &Vec<String>| {
+        let (mut seen, mut next) = (BTreeSet::new(), vec![from.clone()]);
+        while let Some(at) = next.pop() {
+            for to in arrows.get(&at).into_iter().flatten() {
+                if to == goal {
+                    return true;
+                }
+                if seen.insert(to.clone()) {
+                    next.push(to.clone());
+                }
+            }
+        }
+        false
+    };
+    let circles: Vec<String> = arrows
+        .iter()
+        .flat_map(|(from, tos)| {
+            tos.iter().filter(|to| reaches(to, from)).map(move |to| format!("{} -> {}", from.join("::"), to.join("::")))
+        })
+        .collect();
+    assert!(
+        circles.is_empty(),
+        "imports in a circle (each arrow leads back to where it starts):\n{}",
+        circles.join("\n")
+    );
+}
+
+#[test]
 fn the_parser_sees_each_form_of_import() {
     let src = "use crate::server::db::{members, Db};\nuse super::super::state::State;\n\
                fn f() { crate::server::rest::servers::apply(); let s = \"crate::server::lifecycle\"; }\n\
                // crate::server::lifecycle in a comment\nmod inner { use super::super::super::domain::roles; }\n\
                #[cfg(test)]\nmod tests { use crate::server::lifecycle::app; }\n";
     let found: Vec<String> =
-        paths_in(src, &["server", "domain", "membership"]).into_iter().map(|(part, _)| part).collect();
-    assert_eq!(found, ["db", "state", "rest", "domain"]);
+        paths_in(src, &["server", "domain", "membership"]).into_iter().map(|(target, _)| target.join("::")).collect();
+    assert_eq!(
+        found,
+        [
+            "server::db::members",
+            "server::db::Db",
+            "server::state::State",
+            "server::rest::servers::apply",
+            "server::domain::roles"
+        ]
+    );
 }
 
 /// The layer's index (0 at the top), for a part of the server.
@@ -74,8 +127,12 @@ fn rank(part: &str) -> Option<usize> {
 
 struct Import {
     file: String,
+    /// The importing file's module path, from the crate's root.
+    from: Vec<String>,
     from_part: String,
     to_part: String,
+    /// What it names, from the crate's root.
+    target: Vec<String>,
     path: String,
 }
 
@@ -83,21 +140,36 @@ fn imports(root: &Path) -> Vec<Import> {
     let mut out = Vec::new();
     for file in rust_files(root) {
         let rel = file.strip_prefix(root).expect("under the root").to_string_lossy().into_owned();
-        let mut module: Vec<String> = vec!["server".into()];
-        module.extend(rel.trim_end_matches(".rs").split('/').map(str::to_owned));
-        if module.last().is_some_and(|m| m == "mod") {
-            module.pop();
-        }
+        let module = module_of(root, &file);
         let Some(from_part) = module.get(1).cloned() else { continue };
         let src = std::fs::read_to_string(&file).expect("a readable source file");
         let module: Vec<&str> = module.iter().map(String::as_str).collect();
-        for (to_part, path) in paths_in(&src, &module) {
-            if to_part != from_part {
-                out.push(Import { file: rel.clone(), from_part: from_part.clone(), to_part, path });
-            }
+        for (target, path) in paths_in(&src, &module) {
+            // A name the server re-exports for applications (`crate::server::State`) hides its
+            // layer: it counts as a part of its own, which no layer may use.
+            let Some(to_part) = target.get(1).filter(|_| target[0] == "server").cloned() else { continue };
+            out.push(Import {
+                file: rel.clone(),
+                from: module.iter().map(|s| s.to_string()).collect(),
+                from_part: from_part.clone(),
+                to_part,
+                target,
+                path,
+            });
         }
     }
     out
+}
+
+/// The module path of a file of the server, from the crate's root.
+fn module_of(root: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(root).expect("under the root").to_string_lossy().into_owned();
+    let mut module: Vec<String> = vec!["server".into()];
+    module.extend(rel.trim_end_matches(".rs").split('/').map(str::to_owned));
+    if module.last().is_some_and(|m| m == "mod") {
+        module.pop();
+    }
+    module
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
@@ -114,9 +186,9 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The server parts that the code (not its comments, strings or tests) of a file in `module`
-/// names, each with the path as written.
-fn paths_in(src: &str, module: &[&str]) -> Vec<(String, String)> {
+/// The paths (from the crate's root) that the code (not its comments, strings or tests) of a
+/// file in `module` names, each with the path as written.
+fn paths_in(src: &str, module: &[&str]) -> Vec<(Vec<String>, String)> {
     let code = strip(src);
     let bytes = code.as_bytes();
     let mut found = Vec::new();
@@ -189,23 +261,21 @@ fn paths_in(src: &str, module: &[&str]) -> Vec<(String, String)> {
                 base.extend(&segments[ups..]);
                 base
             };
-            let mut parts = Vec::new();
-            if target.len() >= 2 && target[0] == "server" {
-                // A name the server re-exports for applications (`crate::server::State`) hides
-                // its layer: reported as a part of its own, which no layer may use.
-                parts.push(target[1].to_owned());
-            } else if target == ["server"] && rest[len..].starts_with('{') {
-                // `crate::server::{a::B, c}`: each item names a part.
+            // `a::{b, c::D}`: each item is a path of its own.
+            let mut targets = Vec::new();
+            if rest[len..].starts_with('{') {
                 let close = rest[len..].find('}').map_or(rest.len(), |e| len + e);
                 for item in rest[len + 1..close].split(',') {
-                    let first = item.trim().split("::").next().unwrap_or("");
-                    if !first.is_empty() {
-                        parts.push(first.to_owned());
-                    }
+                    let item: Vec<&str> = item.trim().split("::").filter(|s| !s.is_empty() && *s != "self").collect();
+                    let mut full = target.clone();
+                    full.extend(item);
+                    targets.push(full);
                 }
+            } else {
+                targets.push(target);
             }
-            for part in parts {
-                found.push((part, path.to_owned()));
+            for target in targets {
+                found.push((target.iter().map(|s| s.to_string()).collect(), path.to_owned()));
             }
             i += len;
             continue;
