@@ -42,17 +42,21 @@ fn read_plan(path: &Path) -> Result<Option<RecoveryPlan>, Error> {
 
 /// Checks that `plan` keeps this member, as the node it is, and is otherwise well formed.
 fn check(state: &State, plan: &RecoveryPlan, node_id: u64) -> Result<(), Error> {
-    let me = plan.members.iter().find(|m| m.name == state.name()).ok_or_else(|| {
-        Error::invalid(format!("the recovery plan {} does not keep this member ({})", plan.id, state.name()))
-    })?;
-    if me.id != node_id || me.address != state.address() {
+    judge(plan, &state.name(), &state.address(), node_id)
+}
+
+/// Whether `plan` can be applied by the member `name` at `address`, node `node_id`: it keeps
+/// this member as it is, has a voter, lists nobody twice, gives only the roles a recovery may
+/// give, and every address is one.
+fn judge(plan: &RecoveryPlan, name: &str, address: &str, node_id: u64) -> Result<(), Error> {
+    let me =
+        plan.members.iter().find(|m| m.name == name).ok_or_else(|| {
+            Error::invalid(format!("the recovery plan {} does not keep this member ({name})", plan.id))
+        })?;
+    if me.id != node_id || me.address != address {
         return Err(Error::invalid(format!(
-            "the recovery plan {} names {} as node {} at {}, but this member is node {node_id} at {}",
-            plan.id,
-            me.name,
-            me.id,
-            me.address,
-            state.address()
+            "the recovery plan {} names {} as node {} at {}, but this member is node {node_id} at {address}",
+            plan.id, me.name, me.id, me.address,
         )));
     }
     if !plan.members.iter().any(|m| m.role == role::VOTER) {
@@ -257,4 +261,75 @@ pub(crate) async fn receive(state: &State, sender: Option<&str>, plan: RecoveryP
     // misses it asks again, and a plan already applied is acknowledged).
     state.restart("a recovery plan arrived", NodeToStart::Id(runtime.node_id), Duration::from_millis(200));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RecoveryMember;
+    use crate::server::error::ErrorKind;
+
+    fn member(name: &str, address: &str, id: u64, role: &str) -> RecoveryMember {
+        RecoveryMember { name: name.into(), address: address.into(), id, role: role.into() }
+    }
+
+    fn plan(members: Vec<RecoveryMember>) -> RecoveryPlan {
+        RecoveryPlan {
+            id: "r1".into(),
+            initiator: "m1".into(),
+            created: String::new(),
+            members,
+            removed: vec!["m3".into()],
+        }
+    }
+
+    #[test]
+    fn a_received_plan_is_applied_only_if_it_keeps_this_member_and_makes_sense() {
+        let m1 = || member("m1", "10.0.0.1:7000", 1, role::VOTER);
+        let m2 = || member("m2", "10.0.0.2:7000", 2, role::STAND_BY);
+        let cases: Vec<(&str, RecoveryPlan, Option<&str>)> = vec![
+            ("a good plan", plan(vec![m1(), m2()]), None),
+            (
+                "without this member",
+                plan(vec![member("m2", "10.0.0.2:7000", 2, role::VOTER)]),
+                Some("the recovery plan r1 does not keep this member (m1)"),
+            ),
+            (
+                "this member under another node id",
+                plan(vec![member("m1", "10.0.0.1:7000", 9, role::VOTER)]),
+                Some(
+                    "the recovery plan r1 names m1 as node 9 at 10.0.0.1:7000, but this member is node 1 at 10.0.0.1:7000",
+                ),
+            ),
+            (
+                "this member at another address",
+                plan(vec![member("m1", "10.0.0.9:7000", 1, role::VOTER)]),
+                Some(
+                    "the recovery plan r1 names m1 as node 1 at 10.0.0.9:7000, but this member is node 1 at 10.0.0.1:7000",
+                ),
+            ),
+            (
+                "no voter",
+                plan(vec![member("m1", "10.0.0.1:7000", 1, role::STAND_BY)]),
+                Some("the recovery plan r1 has no voter"),
+            ),
+            (
+                "a member twice",
+                plan(vec![m1(), m2(), member("m4", "10.0.0.2:7000", 4, role::VOTER)]),
+                Some("the recovery plan r1 lists m4 twice"),
+            ),
+            (
+                "a spare",
+                plan(vec![m1(), member("m2", "10.0.0.2:7000", 2, role::SPARE)]),
+                Some("the recovery plan gives m2 the role \"spare\""),
+            ),
+        ];
+        for (what, plan, want) in cases {
+            let got = judge(&plan, "m1", "10.0.0.1:7000", 1);
+            assert_eq!(got.as_ref().err().map(Error::message), want, "{what}");
+            assert!(got.err().is_none_or(|e| e.kind() == ErrorKind::Invalid), "{what}");
+        }
+        let bad_address = plan(vec![m1(), member("m2", "not an address", 2, role::VOTER)]);
+        assert_eq!(judge(&bad_address, "m1", "10.0.0.1:7000", 1).map_err(|e| e.kind()), Err(ErrorKind::Invalid));
+    }
 }
