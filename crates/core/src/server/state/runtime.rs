@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::server::db::Db;
+use crate::server::metrics::Metrics;
 use crate::server::state::State;
 use crate::server::state::http::{Http, Serving};
 use crate::server::state::tunnel;
@@ -101,28 +102,81 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-impl Runtime {
-    /// Binds the member address, starts the HTTPS listener and the dqlite node.
-    /// With `recovery`, the node's raft configuration is forced to it first (quorum recovery).
-    pub(crate) async fn start_with(
+/// What a runtime starts with, read from the daemon once ([`RuntimeConfig::read`]), so that
+/// starting it depends on nothing else.
+pub(crate) struct RuntimeConfig {
+    pub(crate) node_id: u64,
+    pub(crate) address: String,
+    pub(crate) database_dir: std::path::PathBuf,
+    pub(crate) cluster_identity: Identity,
+    pub(crate) server_identity: Identity,
+    pub(crate) failure_domain: u64,
+    pub(crate) network_latency: Duration,
+    /// The trusted members' addresses, where the database client looks for the leader.
+    pub(crate) servers: Vec<String>,
+    /// The raft configuration to force before the node starts (quorum recovery).
+    pub(crate) recovery: Option<Vec<dqlite::NodeInfo>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) http: Arc<dyn Http>,
+}
+
+impl RuntimeConfig {
+    /// This member's configuration for a runtime of node `node_id`.
+    pub(crate) fn read(
         state: &State,
         node_id: u64,
         recovery: Option<Vec<dqlite::NodeInfo>>,
-    ) -> Result<Arc<Runtime>, StartError> {
-        let daemon = &state.0;
-        let address = state.address();
-        let cluster_identity = match daemon.dir.cluster_identity()? {
+    ) -> Result<RuntimeConfig, StartError> {
+        let dir = state.dir();
+        let cluster_identity = match dir.cluster_identity()? {
             Some(identity) => identity,
             None => {
-                let (dir, name) = (&daemon.dir, state.name());
                 let problem = format!("is missing, and so is {}", dir.key_path("cluster").display());
-                return Err(
-                    StateDirError::damaged(dir.cert_path("cluster"), problem, dir.pair_fix("cluster", &name)).into()
-                );
+                let fix = dir.pair_fix("cluster", &state.name());
+                return Err(StateDirError::damaged(dir.cert_path("cluster"), problem, fix).into());
             }
         };
-        let server_identity =
-            daemon.server_identity.read().map(|i| i.clone()).map_err(|_| StartError::MissingIdentity("server"))?;
+        Ok(RuntimeConfig {
+            node_id,
+            address: state.address(),
+            database_dir: dir.database_dir(),
+            cluster_identity,
+            server_identity: state
+                .server_identity()
+                .read()
+                .map(|i| i.clone())
+                .map_err(|_| StartError::MissingIdentity("server"))?,
+            failure_domain: state.config().read().map(|c| c.failure_domain).unwrap_or_default(),
+            network_latency: state.settings().network_latency,
+            servers: state.trust().snapshot().addresses(),
+            recovery,
+            metrics: state.metrics().clone(),
+            http: state.http().clone(),
+        })
+    }
+}
+
+impl Runtime {
+    /// Binds the member address, starts the dqlite node and the HTTPS listener (`serve`: the
+    /// member's API on the bound address, with this TLS configuration). With a recovery
+    /// configuration, the node's raft configuration is forced to it first.
+    pub(crate) async fn start(
+        config: RuntimeConfig,
+        serve: impl FnOnce(TcpListener, Arc<rustls::ServerConfig>) -> Box<dyn Serving>,
+    ) -> Result<Arc<Runtime>, StartError> {
+        let RuntimeConfig {
+            node_id,
+            address,
+            database_dir,
+            cluster_identity,
+            server_identity,
+            failure_domain,
+            network_latency,
+            servers,
+            recovery,
+            metrics,
+            http,
+        } = config;
         let cluster_fingerprint = cluster_identity.fingerprint()?;
         let peer_tls = tls::client_config(Some(&server_identity), vec![cluster_fingerprint.clone()])?;
         let server_tls = tls::server_config(&cluster_identity)?;
@@ -134,16 +188,15 @@ impl Runtime {
         let nonce = random_bytes::<6>().map_err(|source| StartError::Listen { address: address.clone(), source })?;
         let bind_name = format!("@microcluster-{}-{}", std::process::id(), crate::tls::hex(&nonce));
 
-        let failure_domain = daemon.config.read().map(|c| c.failure_domain).unwrap_or_default();
-        let builder = dqlite::Node::builder(node_id, address.clone(), daemon.dir.database_dir())
+        let builder = dqlite::Node::builder(node_id, address.clone(), database_dir)
             .failure_domain(failure_domain)
             .bind_address(bind_name.clone())
-            .network_latency(daemon.settings.network_latency)
+            .network_latency(network_latency)
             // Raft's heartbeat at 3× the latency instead of libdqlite's 1.5×, the election
             // timeout staying 15×: half the idle heartbeats and ticks (most of an idle
             // cluster's CPU, each heartbeat crossing the tunnel on both ends), five per
             // shortest election timeout, and failures detected as fast.
-            .heartbeat_interval(daemon.settings.network_latency * HEARTBEAT_PER_LATENCY)
+            .heartbeat_interval(network_latency * HEARTBEAT_PER_LATENCY)
             // libraft keeps the entries since the last snapshot plus `trailing` in memory, each
             // with the pages it wrote, and a write batch of 16 writers is ~80 KiB: after 60 000
             // such writes a member held ~300 MiB with 1024 + 2048, ~120 MiB with 512 + 512
@@ -156,7 +209,7 @@ impl Runtime {
                 tokio::runtime::Handle::current(),
                 peer_tls.clone(),
                 stop.clone(),
-                daemon.metrics.clone(),
+                metrics.clone(),
             ));
         let node = tokio::task::spawn_blocking(move || -> Result<dqlite::Node, dqlite::NodeError> {
             if !dqlite::pin_allocator_thresholds() {
@@ -173,7 +226,6 @@ impl Runtime {
         .map_err(|e| StartError::Listen { address: address.clone(), source: std::io::Error::other(e.to_string()) })??;
         tracing::info!(library = %dqlite::library(), tuning = tuning(&node), "dqlite node started");
 
-        let servers = daemon.truststore.snapshot().addresses();
         let client_config = dqlite::ClientConfig {
             dial_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
@@ -185,10 +237,12 @@ impl Runtime {
         };
         let client = dqlite::Client::with_dialer(
             servers,
-            tunnel::dialer(address.clone(), bind_name.clone(), peer_tls.clone(), daemon.metrics.clone()),
+            tunnel::dialer(address.clone(), bind_name.clone(), peer_tls.clone(), metrics.clone()),
             client_config,
         );
-        let listener = daemon.http.serve_member(state, tcp, server_tls);
+        let listener = serve(tcp, server_tls);
+        // raft's election timeout is 15 latencies, randomised up to twice that.
+        let db = Db::new(client, address.clone(), network_latency * 30, metrics);
         Ok(Arc::new(Runtime {
             address,
             node_id,
@@ -196,12 +250,11 @@ impl Runtime {
             cluster_identity,
             peer_tls,
             forward_pool: Arc::default(),
-            // raft's election timeout is 15 latencies, randomised up to twice that.
-            db: Db::new(client, state.address(), daemon.settings.network_latency * 30, daemon.metrics.clone()),
+            db,
             bind_name,
             node: Mutex::new(Some(node)),
             listener: tokio::sync::Mutex::new(Some(listener)),
-            http: daemon.http.clone(),
+            http,
             stop_tx,
             stop,
             disk: Arc::default(),

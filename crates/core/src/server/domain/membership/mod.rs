@@ -27,7 +27,7 @@ use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members, schema};
 use crate::server::error::{Error, ErrorKind};
 use crate::server::state::State;
-use crate::server::state::runtime::{Runtime, StartError};
+use crate::server::state::runtime::{Runtime, RuntimeConfig, StartError};
 use crate::tls::{self, Identity};
 
 /// How long to wait for a leader while opening the database during init.
@@ -88,10 +88,12 @@ pub(crate) async fn start_runtime_with(
     node_id: u64,
     recovery: Option<Vec<dqlite::NodeInfo>>,
 ) -> Result<Arc<Runtime>, Error> {
-    let runtime = Runtime::start_with(state, node_id, recovery).await.map_err(|e| match e {
-        StartError::Listen { .. } => Error::wrap(e).with_kind(ErrorKind::Conflict),
-        other => Error::wrap(other),
-    })?;
+    let config = RuntimeConfig::read(state, node_id, recovery).map_err(Error::wrap)?;
+    let runtime =
+        Runtime::start(config, |tcp, tls| state.http().serve_member(state, tcp, tls)).await.map_err(|e| match e {
+            StartError::Listen { .. } => Error::wrap(e).with_kind(ErrorKind::Conflict),
+            other => Error::wrap(other),
+        })?;
     state.install_runtime(runtime.clone());
     // The application's own listeners: a failure leaves that listener off, not the member.
     if let Err(err) = state.http().apply_servers(state, &runtime.cluster_identity).await {
