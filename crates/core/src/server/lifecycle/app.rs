@@ -13,7 +13,7 @@ use crate::api::{Control, ServerStatus, SqlBatch, TokenRecord};
 use crate::client::{Client, ClientError};
 use crate::server::db::DbStatus;
 use crate::server::db::schema::{SchemaUpdate, internal_updates};
-use crate::server::domain::membership::{OPEN_TIMEOUT_FOREVER, open_schema, start_runtime_with};
+use crate::server::lifecycle::member::MemberLifecycle;
 use crate::server::lifecycle::startup::{self, Files};
 use crate::server::rest::endpoints;
 use crate::server::rest::front::Front;
@@ -278,8 +278,7 @@ impl App {
             http: Arc::new(front),
             metrics: Arc::default(),
             clock: Default::default(),
-            resume: |state, node_id| Box::pin(resume(state, node_id)),
-            background: start_background,
+            lifecycle: Arc::new(MemberLifecycle),
         };
         let state = State::new(daemon);
         let socket = state.dir().socket();
@@ -289,18 +288,7 @@ impl App {
             })?;
         tracing::info!(socket = %socket.display(), "control socket ready");
 
-        if crate::server::domain::membership::join_interrupted(&state) {
-            // A join cut short: carried through to its end (joined or undone) before anything else.
-            if initialised.is_some() {
-                state.set_db_status(DbStatus::Starting);
-            }
-            tokio::spawn(crate::server::domain::membership::resume_join(state.clone()));
-        } else if let Some(info) = initialised {
-            state.set_db_status(DbStatus::Starting);
-            tokio::spawn(resume(state.clone(), info.id));
-        } else {
-            tracing::warn!("Database is not yet initialized: waiting for `init` (bootstrap or join)");
-        }
+        MemberLifecycle::boot(&state, initialised);
 
         tokio::select! {
             _ = shutdown_rx.wait_for(|stop| *stop) => {}
@@ -346,85 +334,6 @@ async fn shutdown_sequence(state: &State) {
             tracing::warn!("stopping the database took longer than 10 s");
         }
     }
-}
-
-/// Brings an initialised member back up after a start (or after a recovery plan arrived),
-/// applying a pending recovery plan first.
-pub(crate) async fn resume(state: State, node_id: u64) {
-    let mut _init = state.lock_init().await;
-    let plan = match crate::server::domain::recovery::pending(&state, node_id) {
-        Ok(plan) => plan,
-        Err(err) => return state.fail(format!("cannot apply the recovery plan: {err}")),
-    };
-    let configuration = match plan.as_ref().map(|p| crate::server::domain::recovery::prepare(&state, p)).transpose() {
-        Ok(configuration) => configuration,
-        Err(err) => return state.fail(format!("cannot apply the recovery plan: {err}")),
-    };
-    let mut node_id = node_id;
-    let runtime = loop {
-        match start_runtime_with(&state, node_id, configuration.clone()).await {
-            Ok(runtime) => break runtime,
-            Err(err) if !state.is_shutting_down() => {
-                // A file damaged since the start-up checks fails every retry the same way.
-                if let Err(damaged) = crate::server::lifecycle::startup::check_initialised(state.dir()) {
-                    return state.fail(crate::report::one_line(&damaged));
-                }
-                tracing::warn!(error = %err, "starting the member failed; retrying in 1 s");
-                // Unlocked meanwhile, so `cluster set-address` can move a member whose address is
-                // gone (with a new node id) or a removal can reset it.
-                drop(_init);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                _init = state.lock_init().await;
-                match state.dir().node_info() {
-                    Ok(Some(info)) => node_id = info.id,
-                    _ => return,
-                }
-            }
-            Err(_) => return,
-        }
-    };
-    if let Some(plan) = &plan {
-        crate::server::domain::recovery::applied(&state, plan);
-        crate::server::domain::recovery::hand_out_later(&state, &runtime, plan.clone());
-    }
-    let opened = match open_schema(&state, &runtime, OPEN_TIMEOUT_FOREVER).await {
-        Ok(()) => match &plan {
-            Some(plan) => crate::server::domain::recovery::forget_removed(&state, &runtime, plan).await,
-            None => Ok(()),
-        },
-        Err(err) => Err(err),
-    };
-    if let Err(err) = opened {
-        // A stopped runtime is being restarted (a recovery plan arrived), not a failure.
-        if !state.is_shutting_down() && !runtime.stop.is_fired() {
-            state.fail(format!("the database could not be opened: {err}"));
-        }
-        return;
-    }
-    state.set_db_status(DbStatus::Online);
-    let hooks = state.settings().hooks.clone();
-    if let Err(err) = hooks.on_start(&state).await {
-        state.fail(format!("the OnStart hook failed: {err}"));
-        return;
-    }
-    start_background(&state, &runtime);
-    tracing::info!(name = state.name(), address = state.address(), "member started");
-}
-
-/// Everything after the database is online on every start: heartbeats, the checkpoint
-/// threshold following the node's role, freed memory given back after bursts, and the disk
-/// watch; installed in the daemon as [`State::start_background`] for the domain's bootstrap,
-/// join and move.
-fn start_background(state: &State, runtime: &Arc<crate::server::state::runtime::Runtime>) {
-    runtime.adopt(tokio::spawn(crate::server::domain::heartbeat::run(state.clone(), runtime.stop.clone())));
-    runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
-    runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.metrics().clone())));
-    runtime.adopt(tokio::spawn(crate::server::state::disk::watch(
-        state.clone(),
-        crate::server::state::disk::Paths { raft: state.dir().database_dir(), probe: state.dir().root().to_owned() },
-        runtime.disk.clone(),
-        crate::server::state::runtime::RAFT_SEGMENT_SIZE as u64,
-    )));
 }
 
 /// API extension names: lower-case words joined by single underscores.

@@ -3,4 +3,5 @@
 //! others.
 
 pub(crate) mod app;
+pub(crate) mod member;
 pub(crate) mod startup;

@@ -6,7 +6,9 @@ pub(crate) mod clock;
 pub(crate) mod disk;
 pub(crate) mod hooks;
 pub(crate) mod http;
+pub(crate) mod lifecycle;
 pub(crate) mod runtime;
+pub(crate) mod start;
 pub(crate) mod tunnel;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,16 +67,9 @@ pub(crate) struct Daemon {
     pub(crate) metrics: Arc<crate::server::metrics::Metrics>,
     /// The cluster's time, which every time stamped into or judged from the database uses.
     pub(crate) clock: clock::Clock,
-    /// The life cycle's way back up after a restart of the runtime (see [`State::restart`]).
-    pub(crate) resume: Resume,
-    /// The life cycle's start of a runtime's background tasks (see [`State::start_background`]).
-    pub(crate) background: fn(&State, &Arc<Runtime>),
+    /// Init, resume and reset: the life cycle's, above the layers that ask for them.
+    pub(crate) lifecycle: Arc<dyn lifecycle::Lifecycle>,
 }
-
-/// Starts an initialised member's runtime with this node id, applying a pending recovery plan
-/// and opening the database, then its background tasks: the life cycle's `resume`, which the
-/// layers under it reach through [`State::restart`].
-pub(crate) type Resume = fn(State, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Which node a restarted runtime starts.
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +135,11 @@ impl State {
     /// What is served over HTTP while the member is initialised.
     pub(crate) fn http(&self) -> &Arc<dyn http::Http> {
         &self.0.http
+    }
+
+    /// How the member is initialised, resumed and reset.
+    pub(crate) fn lifecycle(&self) -> &Arc<dyn lifecycle::Lifecycle> {
+        &self.0.lifecycle
     }
 
     /// Serialises init, reset and the start-up of the runtime.
@@ -348,7 +348,8 @@ impl State {
             if let Some(runtime) = runtime {
                 runtime.stop().await;
             }
-            (state.0.resume)(state, node_id).await;
+            let lifecycle = state.0.lifecycle.clone();
+            lifecycle.resume(state, node_id).await;
         });
     }
 
@@ -356,7 +357,7 @@ impl State {
     /// (heartbeats, checkpoints following the node's role, memory given back after bursts, the
     /// disk watch), tied to the runtime's life: after a bootstrap, a join or a move.
     pub(crate) fn start_background(&self, runtime: &Arc<Runtime>) {
-        (self.0.background)(self, runtime);
+        self.0.lifecycle.start_background(self, runtime);
     }
 
     /// Asks the daemon to shut down.

@@ -30,12 +30,13 @@ use std::time::{Duration, Instant};
 use dqlite::{NodeInfo, Role};
 use tokio::sync::MutexGuard;
 
-use super::{OPEN_TIMEOUT, fan_out, handover, open_database, retry_config_change, start_runtime};
+use super::{fan_out, handover, retry_config_change};
 use crate::api::{ClusterMemberLocal, MemberConfig, MoveMemberRequest, ServerAddress};
 use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members};
 use crate::server::error::{Error, ErrorKind};
 use crate::server::state::runtime::Runtime;
+use crate::server::state::start::{OPEN_TIMEOUT, open_database, start_runtime};
 use crate::server::state::{NodeToStart, State};
 use crate::state_dir;
 use crate::{tls, validate};

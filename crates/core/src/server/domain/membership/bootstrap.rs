@@ -1,14 +1,12 @@
 //! Bootstrap: the first member creates the cluster.
 
-use super::{
-    OPEN_TIMEOUT, clean_slate, ensure_server_identity, ensure_uninitialised, hook_failed, open_database, own_row,
-    reset_local, start_runtime,
-};
+use super::{ensure_server_identity, ensure_uninitialised, hook_failed, own_row};
 use crate::api::{ClusterMemberLocal, Control, role};
 use crate::certs;
 use crate::server::db::{members, now};
 use crate::server::error::Error;
 use crate::server::state::State;
+use crate::server::state::start::{OPEN_TIMEOUT, clean_slate, open_database, reset_local, start_runtime};
 use crate::state_dir::NodeInfo;
 use crate::validate;
 

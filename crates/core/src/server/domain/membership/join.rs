@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    OPEN_TIMEOUT, clean_slate, ensure_server_identity, ensure_uninitialised, fan_out, fault_point, hook_failed,
-    open_database, reset_local, retry_config_change, role_name, stalled, start_runtime, take_role_on_leader,
+    ensure_server_identity, ensure_uninitialised, fan_out, fault_point, hook_failed, retry_config_change, role_name,
+    stalled, take_role_on_leader,
 };
 use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role};
 use crate::client::{Client, ClientError};
@@ -39,6 +39,7 @@ use crate::server::error::{Error, ErrorKind};
 use crate::server::state::State;
 use crate::server::state::clock;
 use crate::server::state::runtime::Runtime;
+use crate::server::state::start::{OPEN_TIMEOUT, clean_slate, open_database, reset_local, start_runtime};
 use crate::state_dir::{NodeInfo, read_toml, remove_durable, write_toml};
 use crate::tls::{self, Identity};
 use crate::truststore::TrustEntry;

@@ -20,16 +20,8 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 
 async fn init(state: State, req: Request) -> HandlerResult {
     let control: Control = req.json()?;
-    match (control.bootstrap, control.join_token.is_empty()) {
-        (true, true) => membership::bootstrap(&state, &control).await?,
-        (false, false) => membership::join(&state, &control).await?,
-        (true, false) => {
-            return Err(ApiError::bad_request("give either bootstrap or a join token, not both"));
-        }
-        (false, true) => {
-            return Err(ApiError::bad_request("give either bootstrap or a join token"));
-        }
-    }
+    let lifecycle = state.lifecycle().clone();
+    lifecycle.init(&state, &control).await?;
     Ok(Response::empty())
 }
 

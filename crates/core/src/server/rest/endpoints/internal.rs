@@ -70,16 +70,7 @@ async fn reset(state: State, req: Request) -> HandlerResult {
         return Err(ApiError::not_found(format!("this member is {:?}, not {name:?}", state.name())));
     }
     let epoch = state.epoch();
-    tokio::spawn(async move {
-        let _init = state.lock_init().await;
-        if state.epoch() != epoch || state.name() != name {
-            return;
-        }
-        tracing::info!("removed from the cluster; resetting to an uninitialised member");
-        if let Err(err) = membership::reset_local(&state).await {
-            tracing::error!(error = %err, "resetting after removal");
-        }
-    });
+    tokio::spawn(state.lifecycle().reset(state.clone(), name, epoch));
     Ok(Response::empty())
 }
 
