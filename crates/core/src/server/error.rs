@@ -116,6 +116,21 @@ impl Error {
     }
 }
 
+/// The typed failure of one operation (why a join, a removal or a recovery plan was refused),
+/// which knows its kind; it becomes an [`Error`] with itself as the source, so the message is
+/// its text and a caller can still tell which failure it was.
+pub(crate) trait OperationError: std::error::Error + Send + Sync + 'static {
+    /// Whose the failure is.
+    fn kind(&self) -> ErrorKind;
+}
+
+impl<E: OperationError> From<E> for Error {
+    fn from(err: E) -> Error {
+        let kind = err.kind();
+        Error::wrap(err).with_kind(kind)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)

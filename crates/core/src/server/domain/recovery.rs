@@ -15,7 +15,7 @@ use dqlite::{NodeInfo, Role, Value};
 use crate::api::{RecoveryPlan, RecoveryStatus, role};
 use crate::recovery::PLAN_FILE;
 use crate::server::db::DbStatus;
-use crate::server::error::Error;
+use crate::server::error::{Error, ErrorKind, OperationError};
 use crate::server::state::runtime::Runtime;
 use crate::server::state::{NodeToStart, State};
 
@@ -42,33 +42,76 @@ fn read_plan(path: &Path) -> Result<Option<RecoveryPlan>, Error> {
 
 /// Checks that `plan` keeps this member, as the node it is, and is otherwise well formed.
 fn check(state: &State, plan: &RecoveryPlan, node_id: u64) -> Result<(), Error> {
-    judge(plan, &state.name(), &state.address(), node_id)
+    Ok(judge(plan, &state.name(), &state.address(), node_id)?)
+}
+
+/// Why a member refuses a recovery plan it was handed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RecoveryRefused {
+    #[error("the recovery plan {plan} does not keep this member ({name})")]
+    NotKept { plan: String, name: String },
+    #[error(
+        "the recovery plan {plan} names {name} as node {planned_id} at {planned_address}, but this member is node {id} at {address}"
+    )]
+    OtherNode { plan: String, name: String, planned_id: u64, planned_address: String, id: u64, address: String },
+    #[error("the recovery plan {plan} has no voter")]
+    NoVoter { plan: String },
+    #[error("the recovery plan {plan} gives {name} an invalid address: {source}")]
+    Address { plan: String, name: String, source: crate::validate::InvalidInput },
+    #[error("the recovery plan {plan} lists {name} twice")]
+    Twice { plan: String, name: String },
+    #[error("the recovery plan gives {name} the role {role:?}")]
+    Role { name: String, role: String },
+    #[error("{sender} is not a survivor of recovery {plan}")]
+    NotSurvivor { sender: String, plan: String },
+    #[error("this member's cluster has a leader and its database is online: it has not lost its quorum")]
+    NotLost,
+}
+
+impl OperationError for RecoveryRefused {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            RecoveryRefused::NotSurvivor { .. } => ErrorKind::Forbidden,
+            RecoveryRefused::NotLost => ErrorKind::Conflict,
+            _ => ErrorKind::Invalid,
+        }
+    }
 }
 
 /// Whether `plan` can be applied by the member `name` at `address`, node `node_id`: it keeps
 /// this member as it is, has a voter, lists nobody twice, gives only the roles a recovery may
 /// give, and every address is one.
-fn judge(plan: &RecoveryPlan, name: &str, address: &str, node_id: u64) -> Result<(), Error> {
-    let me =
-        plan.members.iter().find(|m| m.name == name).ok_or_else(|| {
-            Error::invalid(format!("the recovery plan {} does not keep this member ({name})", plan.id))
-        })?;
+fn judge(plan: &RecoveryPlan, name: &str, address: &str, node_id: u64) -> Result<(), RecoveryRefused> {
+    let id = || plan.id.clone();
+    let me = plan
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| RecoveryRefused::NotKept { plan: id(), name: name.to_owned() })?;
     if me.id != node_id || me.address != address {
-        return Err(Error::invalid(format!(
-            "the recovery plan {} names {} as node {} at {}, but this member is node {node_id} at {address}",
-            plan.id, me.name, me.id, me.address,
-        )));
+        return Err(RecoveryRefused::OtherNode {
+            plan: id(),
+            name: me.name.clone(),
+            planned_id: me.id,
+            planned_address: me.address.clone(),
+            id: node_id,
+            address: address.to_owned(),
+        });
     }
     if !plan.members.iter().any(|m| m.role == role::VOTER) {
-        return Err(Error::invalid(format!("the recovery plan {} has no voter", plan.id)));
+        return Err(RecoveryRefused::NoVoter { plan: id() });
     }
     for (i, m) in plan.members.iter().enumerate() {
-        crate::validate::member_address(&m.address).map_err(|e| Error::invalid(e.to_string()))?;
+        crate::validate::member_address(&m.address).map_err(|source| RecoveryRefused::Address {
+            plan: id(),
+            name: m.name.clone(),
+            source,
+        })?;
         if plan.members[..i].iter().any(|o| o.id == m.id || o.address == m.address || o.name == m.name) {
-            return Err(Error::invalid(format!("the recovery plan {} lists {} twice", plan.id, m.name)));
+            return Err(RecoveryRefused::Twice { plan: id(), name: m.name.clone() });
         }
         if m.role != role::VOTER && m.role != role::STAND_BY {
-            return Err(Error::invalid(format!("the recovery plan gives {} the role {:?}", m.name, m.role)));
+            return Err(RecoveryRefused::Role { name: m.name.clone(), role: m.role.clone() });
         }
     }
     Ok(())
@@ -242,16 +285,14 @@ pub(crate) async fn receive(state: &State, sender: Option<&str>, plan: RecoveryP
     if let Some(sender) = sender
         && !plan.members.iter().any(|m| m.name == sender)
     {
-        return Err(Error::forbidden(format!("{sender} is not a survivor of recovery {}", plan.id)));
+        return Err(RecoveryRefused::NotSurvivor { sender: sender.to_owned(), plan: plan.id.clone() }.into());
     }
     check(state, &plan, runtime.node_id)?;
     if read_plan(&state.state_dir().join(APPLIED_FILE))?.is_some_and(|p| p.id == plan.id) {
         return Ok(());
     }
     if state.database_status() == DbStatus::Online && runtime.db.leader().is_some() {
-        return Err(Error::conflict(
-            "this member's cluster has a leader and its database is online: it has not lost its quorum",
-        ));
+        return Err(RecoveryRefused::NotLost.into());
     }
     let text = serde_json::to_vec_pretty(&plan).map_err(Error::wrap)?;
     crate::state_dir::write_atomic(&plan_path(state), &text, 0o600)
@@ -267,7 +308,6 @@ pub(crate) async fn receive(state: &State, sender: Option<&str>, plan: RecoveryP
 mod tests {
     use super::*;
     use crate::api::RecoveryMember;
-    use crate::server::error::ErrorKind;
 
     fn member(name: &str, address: &str, id: u64, role: &str) -> RecoveryMember {
         RecoveryMember { name: name.into(), address: address.into(), id, role: role.into() }
@@ -325,11 +365,13 @@ mod tests {
             ),
         ];
         for (what, plan, want) in cases {
-            let got = judge(&plan, "m1", "10.0.0.1:7000", 1);
+            let got = judge(&plan, "m1", "10.0.0.1:7000", 1).map_err(Error::from);
             assert_eq!(got.as_ref().err().map(Error::message), want, "{what}");
             assert!(got.err().is_none_or(|e| e.kind() == ErrorKind::Invalid), "{what}");
         }
         let bad_address = plan(vec![m1(), member("m2", "not an address", 2, role::VOTER)]);
-        assert_eq!(judge(&bad_address, "m1", "10.0.0.1:7000", 1).map_err(|e| e.kind()), Err(ErrorKind::Invalid));
+        assert!(
+            matches!(judge(&bad_address, "m1", "10.0.0.1:7000", 1), Err(RecoveryRefused::Address { ref name, .. }) if name == "m2")
+        );
     }
 }

@@ -35,7 +35,7 @@ use super::{
 use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role};
 use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members, tokens};
-use crate::server::error::{Error, ErrorKind};
+use crate::server::error::{Error, ErrorKind, OperationError};
 use crate::server::state::State;
 use crate::server::state::clock;
 use crate::server::state::runtime::Runtime;
@@ -455,65 +455,81 @@ struct Software<'a> {
     schema: (u64, u64),
 }
 
-/// Why the leader refuses a join request before looking at the database.
-#[derive(Debug)]
-enum Refusal {
-    /// A trusted member has the name (said apart: it may be this joiner's own stalled join).
-    NameTaken,
-    Refused(Error),
+/// Why the leader refuses to admit a joiner.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum JoinRefused {
+    #[error("the joiner's API extensions {theirs:?} differ from the cluster's {ours:?}; run the same software version")]
+    Extensions { theirs: Vec<String>, ours: Vec<String> },
+    #[error(
+        "the joiner's schema versions {theirs:?} differ from the cluster's {ours:?}; run the same software version"
+    )]
+    Schema { theirs: (u64, u64), ours: (u64, u64) },
+    /// A trusted member has the name (told apart: it may be this joiner's own stalled join).
+    #[error("a member named {0:?} already exists")]
+    NameTaken(String),
+    #[error("address {address} is already used by member {member:?}")]
+    AddressTaken { address: String, member: String },
+    /// Found inside the admission's transaction (joined meanwhile).
+    #[error("member {name:?} or address {address} already exists")]
+    Exists { name: String, address: String },
+    #[error("invalid join token: no valid token was issued for this name (it may have been used or revoked)")]
+    NoToken,
+    #[error("the join token has expired; issue a new one")]
+    TokenExpired,
+}
+
+impl OperationError for JoinRefused {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            JoinRefused::Extensions { .. } | JoinRefused::Schema { .. } => ErrorKind::Invalid,
+            JoinRefused::NameTaken(_) | JoinRefused::AddressTaken { .. } | JoinRefused::Exists { .. } => {
+                ErrorKind::Conflict
+            }
+            JoinRefused::NoToken | JoinRefused::TokenExpired => ErrorKind::Forbidden,
+        }
+    }
 }
 
 /// Judges a join request against the cluster's software and the members the leader trusts
 /// (name, address).
-fn judge_request(request: &JoinRequest, ours: &Software<'_>, trusted: &[(&str, &str)]) -> Result<(), Refusal> {
+fn judge_request(request: &JoinRequest, ours: &Software<'_>, trusted: &[(&str, &str)]) -> Result<(), JoinRefused> {
     if request.extensions != ours.extensions {
-        return Err(Refusal::Refused(Error::invalid(format!(
-            "the joiner's API extensions {:?} differ from the cluster's {:?}; run the same software version",
-            request.extensions, ours.extensions
-        ))));
+        return Err(JoinRefused::Extensions { theirs: request.extensions.clone(), ours: ours.extensions.to_vec() });
     }
     let theirs = (request.schema_internal_version, request.schema_external_version);
     if theirs != ours.schema {
-        return Err(Refusal::Refused(Error::invalid(format!(
-            "the joiner's schema versions {theirs:?} differ from the cluster's {:?}; run the same software version",
-            ours.schema
-        ))));
+        return Err(JoinRefused::Schema { theirs, ours: ours.schema });
     }
     if trusted.iter().any(|(name, _)| *name == request.name) {
-        return Err(Refusal::NameTaken);
+        return Err(JoinRefused::NameTaken(request.name.clone()));
     }
     if let Some((other, _)) = trusted.iter().find(|(_, address)| *address == request.address) {
-        return Err(Refusal::Refused(Error::conflict(format!(
-            "address {} is already used by member {other:?}",
-            request.address
-        ))));
+        return Err(JoinRefused::AddressTaken { address: request.address.clone(), member: (*other).to_owned() });
     }
     Ok(())
 }
 
 /// Judges, inside the admission's transaction, whether `row` may be inserted: its name and
 /// address are free, and a token issued for its name has this secret and has not expired by
-/// `now` (the cluster's time). `None`: admitted.
+/// `now` (the cluster's time).
 fn judge_admission(
     row: &members::MemberRow,
     existing: &[members::MemberRow],
     tokens: &[tokens::TokenRow],
     secret: &str,
     now: std::time::SystemTime,
-) -> Option<Error> {
+) -> Result<(), JoinRefused> {
     if existing.iter().any(|m| m.name == row.name || m.address == row.address) {
-        return Some(Error::conflict(format!("member {:?} or address {} already exists", row.name, row.address)));
+        return Err(JoinRefused::Exists { name: row.name.clone(), address: row.address.clone() });
     }
     let token = tokens.iter().find(|t| t.name == row.name);
     let Some(token) = token.filter(|t| same_secret(&t.secret, secret)) else {
-        return Some(Error::forbidden(
-            "invalid join token: no valid token was issued for this name (it may have been used or revoked)",
-        ));
+        return Err(JoinRefused::NoToken);
     };
     if token.is_expired(now) {
-        return Some(Error::forbidden("the join token has expired; issue a new one"));
+        return Err(JoinRefused::TokenExpired);
     }
-    None
+    Ok(())
 }
 
 /// On any member: admits a joiner that presents a valid token (forwarded to the leader), or
@@ -560,8 +576,8 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
         snapshot.iter().map(|e| (e.member.name.as_str(), e.member.address.as_str())).collect();
     match judge_request(&request, &ours, &trusted) {
         Ok(()) => {}
-        Err(Refusal::NameTaken) => return Err(name_taken(state, &runtime, &request.name).await),
-        Err(Refusal::Refused(err)) => return Err(err),
+        Err(JoinRefused::NameTaken(name)) => return Err(name_taken(state, &runtime, &name).await),
+        Err(refused) => return Err(refused.into()),
     }
 
     let mut row = super::own_row(
@@ -587,14 +603,14 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
                 match judge_admission(&row, &existing, &tokens, &secret, now) {
                     // The token stays until the join completes (the joiner deletes it with its
                     // role), so that a join rolled back can be made again with it.
-                    None => members::insert(tx, &row).await.map(|()| None),
-                    refused => Ok(refused),
+                    Ok(()) => members::insert(tx, &row).await.map(|()| None),
+                    Err(refused) => Ok(Some(refused)),
                 }
             })
         })
         .await?;
-    if let Some(err) = refused {
-        return Err(err);
+    if let Some(refused) = refused {
+        return Err(refused.into());
     }
     fault_point("admit:after-insert", &request.name);
     let answer = trust_and_answer(state, &runtime, &member).await?;
@@ -708,19 +724,8 @@ mod tests {
         tokens::TokenRow { id: 1, name: name.into(), secret: secret.into(), expiry: expiry.into() }
     }
 
-    /// What a refusal comes to, for comparing: (kind, message); no kind for "name taken".
-    type Outcome = Option<(Option<ErrorKind>, String)>;
-
-    /// What the leader's trust store and its transaction see, and what they should refuse.
-    type AdmissionCase<'a> = (&'a str, Vec<members::MemberRow>, Vec<tokens::TokenRow>, Option<(ErrorKind, &'a str)>);
-
-    fn outcome(result: Result<(), Refusal>) -> Outcome {
-        match result {
-            Ok(()) => None,
-            Err(Refusal::NameTaken) => Some((None, "name taken".into())),
-            Err(Refusal::Refused(err)) => Some((Some(err.kind()), err.message().to_owned())),
-        }
-    }
+    /// What the leader's transaction sees, and what it should refuse.
+    type AdmissionCase<'a> = (&'a str, Vec<members::MemberRow>, Vec<tokens::TokenRow>, Result<(), JoinRefused>);
 
     #[test]
     fn a_join_request_is_judged_against_the_clusters_software_and_members() {
@@ -729,35 +734,61 @@ mod tests {
         let trusted = [("m1", "10.0.0.1:7000"), ("m2", "10.0.0.2:7000")];
         let other_software = JoinRequest { extensions: vec![], ..request("m3", "10.0.0.3:7000") };
         let older_schema = JoinRequest { schema_external_version: 1, ..request("m3", "10.0.0.3:7000") };
-        let cases: Vec<(&str, JoinRequest, Outcome)> = vec![
-            ("a newcomer", request("m3", "10.0.0.3:7000"), None),
+        let cases: Vec<(&str, JoinRequest, Result<(), JoinRefused>)> = vec![
+            ("a newcomer", request("m3", "10.0.0.3:7000"), Ok(())),
             (
                 "other API extensions",
                 other_software,
-                Some((
-                    Some(ErrorKind::Invalid),
-                    "the joiner's API extensions [] differ from the cluster's [\"notes\"]; run the same software version"
-                        .into(),
-                )),
+                Err(JoinRefused::Extensions { theirs: vec![], ours: vec!["notes".into()] }),
             ),
-            (
-                "another schema",
-                older_schema,
-                Some((
-                    Some(ErrorKind::Invalid),
-                    "the joiner's schema versions (7, 1) differ from the cluster's (7, 2); run the same software version"
-                        .into(),
-                )),
-            ),
-            ("a trusted name", request("m2", "10.0.0.3:7000"), Some((None, "name taken".into()))),
+            ("another schema", older_schema, Err(JoinRefused::Schema { theirs: (7, 1), ours: (7, 2) })),
+            ("a trusted name", request("m2", "10.0.0.3:7000"), Err(JoinRefused::NameTaken("m2".into()))),
             (
                 "a trusted address",
                 request("m3", "10.0.0.2:7000"),
-                Some((Some(ErrorKind::Conflict), "address 10.0.0.2:7000 is already used by member \"m2\"".into())),
+                Err(JoinRefused::AddressTaken { address: "10.0.0.2:7000".into(), member: "m2".into() }),
             ),
         ];
         for (what, request, want) in cases {
-            assert_eq!(outcome(judge_request(&request, &ours, &trusted)), want, "{what}");
+            assert_eq!(judge_request(&request, &ours, &trusted), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_what_to_do_and_has_its_kind() {
+        let cases = [
+            (
+                JoinRefused::Extensions { theirs: vec![], ours: vec!["notes".into()] },
+                ErrorKind::Invalid,
+                "the joiner's API extensions [] differ from the cluster's [\"notes\"]; run the same software version",
+            ),
+            (
+                JoinRefused::Schema { theirs: (7, 1), ours: (7, 2) },
+                ErrorKind::Invalid,
+                "the joiner's schema versions (7, 1) differ from the cluster's (7, 2); run the same software version",
+            ),
+            (
+                JoinRefused::AddressTaken { address: "10.0.0.2:7000".into(), member: "m2".into() },
+                ErrorKind::Conflict,
+                "address 10.0.0.2:7000 is already used by member \"m2\"",
+            ),
+            (
+                JoinRefused::Exists { name: "m3".into(), address: "10.0.0.3:7000".into() },
+                ErrorKind::Conflict,
+                "member \"m3\" or address 10.0.0.3:7000 already exists",
+            ),
+            (
+                JoinRefused::NoToken,
+                ErrorKind::Forbidden,
+                "invalid join token: no valid token was issued for this name (it may have been used or revoked)",
+            ),
+            (JoinRefused::TokenExpired, ErrorKind::Forbidden, "the join token has expired; issue a new one"),
+        ];
+        for (refused, kind, message) in cases {
+            let err = Error::from(refused.clone());
+            assert_eq!((err.kind(), err.message()), (kind, message));
+            let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<JoinRefused>());
+            assert_eq!(source, Some(&refused), "the typed refusal stays the source");
         }
     }
 
@@ -768,39 +799,29 @@ mod tests {
         let earlier = clock::format(now - Duration::from_secs(60));
         let newcomer = row("m3", "10.0.0.3:7000");
         let members = [row("m1", "10.0.0.1:7000")];
-        let invalid = "invalid join token: no valid token was issued for this name (it may have been used or revoked)";
+        let exists = || Err(JoinRefused::Exists { name: "m3".into(), address: "10.0.0.3:7000".into() });
         let cases: Vec<AdmissionCase> = vec![
-            ("a live token", members.to_vec(), vec![token("m3", "s3cret", &later)], None),
-            ("a token that never expires", members.to_vec(), vec![token("m3", "s3cret", "")], None),
-            ("no token", members.to_vec(), vec![token("m4", "s3cret", &later)], Some((ErrorKind::Forbidden, invalid))),
-            (
-                "another secret",
-                members.to_vec(),
-                vec![token("m3", "s3cre7", &later)],
-                Some((ErrorKind::Forbidden, invalid)),
-            ),
+            ("a live token", members.to_vec(), vec![token("m3", "s3cret", &later)], Ok(())),
+            ("a token that never expires", members.to_vec(), vec![token("m3", "s3cret", "")], Ok(())),
+            ("no token", members.to_vec(), vec![token("m4", "s3cret", &later)], Err(JoinRefused::NoToken)),
+            ("another secret", members.to_vec(), vec![token("m3", "s3cre7", &later)], Err(JoinRefused::NoToken)),
             (
                 "an expired token",
                 members.to_vec(),
                 vec![token("m3", "s3cret", &earlier)],
-                Some((ErrorKind::Forbidden, "the join token has expired; issue a new one")),
+                Err(JoinRefused::TokenExpired),
             ),
             (
                 "a row with the name (joined meanwhile)",
                 vec![row("m3", "10.0.0.9:7000")],
                 vec![token("m3", "s3cret", &later)],
-                Some((ErrorKind::Conflict, "member \"m3\" or address 10.0.0.3:7000 already exists")),
+                exists(),
             ),
-            (
-                "a row with the address",
-                vec![row("m9", "10.0.0.3:7000")],
-                vec![token("m3", "s3cret", &later)],
-                Some((ErrorKind::Conflict, "member \"m3\" or address 10.0.0.3:7000 already exists")),
-            ),
+            ("a row with the address", vec![row("m9", "10.0.0.3:7000")], vec![token("m3", "s3cret", &later)], exists()),
         ];
         for (what, existing, tokens, want) in cases {
             let got = judge_admission(&newcomer, &existing, &tokens, "s3cret", now);
-            assert_eq!(got.as_ref().map(|e| (e.kind(), e.message())), want, "{what}");
+            assert_eq!(got, want, "{what}");
         }
     }
 }

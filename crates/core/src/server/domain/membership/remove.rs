@@ -13,7 +13,7 @@ use super::{fan_out, role_name};
 use crate::api::{RemoveHookRequest, role};
 use crate::client::ClientError;
 use crate::server::db::members;
-use crate::server::error::{Error, ErrorKind};
+use crate::server::error::{Error, ErrorKind, OperationError};
 use crate::server::state::State;
 
 pub(super) fn from_client(what: &str, err: ClientError) -> Error {
@@ -40,11 +40,35 @@ struct Seen {
 #[derive(Debug, Clone, PartialEq)]
 enum Plan {
     /// Refused before anything changed.
-    Refuse(ErrorKind, String),
+    Refuse(RemoveRefused),
     /// The leader itself is leaving: leadership goes to this voter, which does the removal.
     HandOver(dqlite::NodeInfo),
     /// Removed here: the member at `address`, and its dqlite node if it has one.
     Remove { address: String, node: Option<u64> },
+}
+
+/// Why the leader refuses to remove a member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RemoveRefused {
+    #[error("no cluster member named {0:?}")]
+    NoSuchMember(String),
+    #[error("{0:?} is the last member; a cluster cannot remove its last member")]
+    LastMember(String),
+    #[error("{0:?} is still joining (PENDING) and the cluster has fewer than 2 voters; wait for the join to finish")]
+    StillJoining(String),
+    #[error("no other voter can take over leadership; add or promote a member first")]
+    NoOtherVoter,
+}
+
+impl OperationError for RemoveRefused {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            RemoveRefused::NoSuchMember(_) => ErrorKind::NotFound,
+            RemoveRefused::LastMember(_) | RemoveRefused::StillJoining(_) | RemoveRefused::NoOtherVoter => {
+                ErrorKind::Conflict
+            }
+        }
+    }
 }
 
 /// Decides a removal of `name` (`force`: the member is gone for good) from what the leader
@@ -52,33 +76,22 @@ enum Plan {
 fn plan(seen: &Seen, name: &str, force: bool) -> Plan {
     let address = match (seen.rows.iter().find(|(n, _)| n == name), &seen.trusted) {
         (Some((_, address)), _) | (None, Some(address)) => address.clone(),
-        (None, None) => return Plan::Refuse(ErrorKind::NotFound, format!("no cluster member named {name:?}")),
+        (None, None) => return Plan::Refuse(RemoveRefused::NoSuchMember(name.to_owned())),
     };
     if !seen.rows.iter().any(|(n, _)| n != name) {
-        return Plan::Refuse(
-            ErrorKind::Conflict,
-            format!("{name:?} is the last member; a cluster cannot remove its last member"),
-        );
+        return Plan::Refuse(RemoveRefused::LastMember(name.to_owned()));
     }
     let node = seen.nodes.iter().find(|n| n.address == address);
     let voters = seen.nodes.iter().filter(|n| n.role == Some(dqlite::Role::Voter)).count();
     let role_now = node.map_or(role::PENDING, |n| role_name(n.role));
     // A forced removal of a joiner is how a failed join undoes itself, whatever the voters.
     if role_now == role::PENDING && voters < 2 && !force {
-        return Plan::Refuse(
-            ErrorKind::Conflict,
-            format!(
-                "{name:?} is still joining (PENDING) and the cluster has fewer than 2 voters; wait for the join to finish"
-            ),
-        );
+        return Plan::Refuse(RemoveRefused::StillJoining(name.to_owned()));
     }
     if address == seen.leader {
         return match seen.nodes.iter().find(|n| n.role == Some(dqlite::Role::Voter) && n.address != seen.leader) {
             Some(target) => Plan::HandOver(target.clone()),
-            None => Plan::Refuse(
-                ErrorKind::Conflict,
-                "no other voter can take over leadership; add or promote a member first".into(),
-            ),
+            None => Plan::Refuse(RemoveRefused::NoOtherVoter),
         };
     }
     Plan::Remove { address, node: node.map(|n| n.id) }
@@ -141,7 +154,7 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
         nodes: client.cluster().await?,
     };
     let (address, node) = match plan(&seen, name, force) {
-        Plan::Refuse(kind, message) => return Err(Error::new(kind, message)),
+        Plan::Refuse(refused) => return Err(refused.into()),
         Plan::HandOver(target) => {
             client.transfer(target.id).await?;
             tracing::info!(to = target.address, "transferred leadership before removing this member");
@@ -244,7 +257,7 @@ mod tests {
 
     #[test]
     fn each_removal_is_planned_from_what_the_leader_sees() {
-        let conflict = |m: &str| Plan::Refuse(ErrorKind::Conflict, m.to_owned());
+        let refuse = Plan::Refuse;
         let alone = Seen {
             rows: vec![("a".into(), "a:1".into())],
             nodes: vec![node(1, "a:1", Some(dqlite::Role::Voter))],
@@ -266,13 +279,7 @@ mod tests {
         };
         let cases: Vec<(&str, Seen, &str, bool, Plan)> = vec![
             ("a follower", three_voters(), "b", false, Plan::Remove { address: "b:1".into(), node: Some(2) }),
-            (
-                "nobody by that name",
-                three_voters(),
-                "x",
-                false,
-                Plan::Refuse(ErrorKind::NotFound, "no cluster member named \"x\"".into()),
-            ),
+            ("nobody by that name", three_voters(), "x", false, refuse(RemoveRefused::NoSuchMember("x".into()))),
             (
                 "a member only the trust store knows",
                 trusted_only,
@@ -280,29 +287,9 @@ mod tests {
                 false,
                 Plan::Remove { address: "t:1".into(), node: None },
             ),
-            (
-                "the last member",
-                alone.clone(),
-                "a",
-                false,
-                conflict("\"a\" is the last member; a cluster cannot remove its last member"),
-            ),
-            (
-                "the last member, forced",
-                alone,
-                "a",
-                true,
-                conflict("\"a\" is the last member; a cluster cannot remove its last member"),
-            ),
-            (
-                "a joiner with one voter",
-                joining.clone(),
-                "j",
-                false,
-                conflict(
-                    "\"j\" is still joining (PENDING) and the cluster has fewer than 2 voters; wait for the join to finish",
-                ),
-            ),
+            ("the last member", alone.clone(), "a", false, refuse(RemoveRefused::LastMember("a".into()))),
+            ("the last member, forced", alone, "a", true, refuse(RemoveRefused::LastMember("a".into()))),
+            ("a joiner with one voter", joining.clone(), "j", false, refuse(RemoveRefused::StillJoining("j".into()))),
             (
                 "a joiner with one voter, forced (a failed join undone)",
                 joining,
@@ -311,16 +298,36 @@ mod tests {
                 Plan::Remove { address: "j:1".into(), node: None },
             ),
             ("the leader", three_voters(), "a", false, Plan::HandOver(node(2, "b:1", Some(dqlite::Role::Voter)))),
-            (
-                "the leader, the only voter",
-                only_leader_votes,
-                "a",
-                false,
-                conflict("no other voter can take over leadership; add or promote a member first"),
-            ),
+            ("the leader, the only voter", only_leader_votes, "a", false, refuse(RemoveRefused::NoOtherVoter)),
         ];
         for (what, seen, name, force, want) in cases {
             assert_eq!(plan(&seen, name, force), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_refused_removal_says_why_and_what_to_do() {
+        let cases = [
+            (RemoveRefused::NoSuchMember("x".into()), ErrorKind::NotFound, "no cluster member named \"x\""),
+            (
+                RemoveRefused::LastMember("a".into()),
+                ErrorKind::Conflict,
+                "\"a\" is the last member; a cluster cannot remove its last member",
+            ),
+            (
+                RemoveRefused::StillJoining("j".into()),
+                ErrorKind::Conflict,
+                "\"j\" is still joining (PENDING) and the cluster has fewer than 2 voters; wait for the join to finish",
+            ),
+            (
+                RemoveRefused::NoOtherVoter,
+                ErrorKind::Conflict,
+                "no other voter can take over leadership; add or promote a member first",
+            ),
+        ];
+        for (refused, kind, message) in cases {
+            let err = Error::from(refused);
+            assert_eq!((err.kind(), err.message()), (kind, message));
         }
     }
 
