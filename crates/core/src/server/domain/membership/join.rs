@@ -121,6 +121,52 @@ enum Cut {
     Pending(Error),
 }
 
+/// Where a join stood when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Reading `node.toml`, which says whether this is a resumed join.
+    ReadNode,
+    /// Decoding the token.
+    Token,
+    /// Recording this member's name and address.
+    Identity,
+    /// Asking the cluster to admit this member.
+    Admission,
+    /// The steps after the admission: files, node, role, database, hooks (`refused`: a hook
+    /// refused, or the cluster answered what no retry changes).
+    Steps { refused: bool },
+}
+
+/// What becomes of a join that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    /// Nothing: this member keeps what it has for another attempt.
+    Retry,
+    /// Undone on this member only: the cluster holds nothing that is this member's.
+    Here,
+    /// Undone here and in the cluster (its row, dqlite node and trust entries, by a forced
+    /// removal), so no half-joined member is left anywhere.
+    Everywhere,
+}
+
+/// Decides what a join that failed at `stage`, with an error of `kind`, leaves behind. A
+/// `resumed` join (this member holds `node.toml`: the cluster may already count it as a node)
+/// is retried while the failure is the cluster's or this member's passing state; a refusal, or
+/// any failure of a fresh join, undoes it as far as it got.
+fn undo(stage: Stage, kind: ErrorKind, resumed: bool) -> Undo {
+    match stage {
+        Stage::ReadNode => Undo::Retry,
+        Stage::Token => Undo::Here,
+        Stage::Identity if resumed => Undo::Retry,
+        Stage::Identity => Undo::Here,
+        // Refused, the cluster holds no row with this member's certificate.
+        Stage::Admission if resumed && kind.is_member_side() => Undo::Retry,
+        Stage::Admission => Undo::Here,
+        Stage::Steps { refused: false } if resumed && !kind.is_refusal() => Undo::Retry,
+        Stage::Steps { .. } => Undo::Everywhere,
+    }
+}
+
 /// Why the steps after the admission stopped.
 enum StepError {
     /// The cluster or this member could not do a step now: worth another attempt.
@@ -232,24 +278,21 @@ pub(crate) async fn resume(state: State) {
 async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
     let resumed = match state.dir().node_info() {
         Ok(info) => info.map(|i| i.id),
-        Err(err) => return Err(Cut::Pending(Error::wrap(err))),
+        Err(err) => return Err(cut_before_admission(state, Stage::ReadNode, Error::wrap(err), false).await),
     };
     let token = match JoinToken::decode(&control.join_token) {
         Ok(token) => token,
-        Err(err) => return Err(roll_back_here(state, Error::invalid(err.to_string())).await),
+        Err(err) => {
+            let err = Error::invalid(err.to_string());
+            return Err(cut_before_admission(state, Stage::Token, err, resumed.is_some()).await);
+        }
     };
     if let Err(err) = super::record_identity(state, &control.name, &control.address) {
-        return Err(match resumed {
-            Some(_) => Cut::Pending(err),
-            None => roll_back_here(state, err).await,
-        });
+        return Err(cut_before_admission(state, Stage::Identity, err, resumed.is_some()).await);
     }
     let (response, trusted_client, server) = match ask_to_join(state, control, &token, resumed.is_none()).await {
         Ok(admitted) => admitted,
-        Err(err) if resumed.is_some() && err.kind().is_member_side() => return Err(Cut::Pending(err)),
-        // Refused: the cluster holds no row with this member's certificate, so nothing there is
-        // this member's to undo.
-        Err(err) => return Err(roll_back_here(state, err).await),
+        Err(err) => return Err(cut_before_admission(state, Stage::Admission, err, resumed.is_some()).await),
     };
     fault_point("join:after-admit", &control.name);
 
@@ -262,15 +305,23 @@ async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
             tracing::info!(name = control.name, via = response.trusted_member.address, "joined the cluster");
             Ok(())
         }
-        Err(StepError::Transient(err)) if resumed.is_some() => {
-            let runtime = state.take_runtime();
-            if let Some(runtime) = runtime {
-                runtime.stop().await;
+        Err(failed) => {
+            let (err, refused) = match failed {
+                StepError::Transient(err) => (err, false),
+                StepError::Final(err) => (err, true),
+            };
+            match undo(Stage::Steps { refused }, err.kind(), resumed.is_some()) {
+                Undo::Retry => {
+                    let runtime = state.take_runtime();
+                    if let Some(runtime) = runtime {
+                        runtime.stop().await;
+                    }
+                    let reason = format!("finishing an interrupted join: {}", err.message());
+                    state.set_db_status_with(DbStatus::Starting, reason);
+                    return Err(Cut::Pending(err));
+                }
+                Undo::Here | Undo::Everywhere => {}
             }
-            state.set_db_status_with(DbStatus::Starting, format!("finishing an interrupted join: {}", err.message()));
-            Err(Cut::Pending(err))
-        }
-        Err(StepError::Transient(err) | StepError::Final(err)) => {
             tracing::warn!(error = %err, "join failed; undoing it");
             let _ = state.settings().hooks.pre_remove(state, true).await;
             if let Err(reset) = reset_local(state).await {
@@ -282,6 +333,15 @@ async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
             }
             Err(Cut::RolledBack(err))
         }
+    }
+}
+
+/// Ends a join that failed before this member was admitted: left for another attempt, or
+/// undone here (nothing in the cluster is this member's yet).
+async fn cut_before_admission(state: &State, stage: Stage, err: Error, resumed: bool) -> Cut {
+    match undo(stage, err.kind(), resumed) {
+        Undo::Retry => Cut::Pending(err),
+        Undo::Here | Undo::Everywhere => roll_back_here(state, err).await,
     }
 }
 
@@ -751,6 +811,37 @@ mod tests {
         ];
         for (what, request, want) in cases {
             assert_eq!(judge_request(&request, &ours, &trusted), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_failed_join_is_retried_only_when_resumed_and_not_refused_and_otherwise_undone_as_far_as_it_got() {
+        use ErrorKind::{Conflict, Forbidden, Internal, Peer, Unavailable};
+        use Stage::{Admission, Identity, ReadNode, Steps, Token};
+        use Undo::{Everywhere, Here, Retry};
+        // (stage, kind of the failure, resumed, what is undone)
+        let cases = [
+            (ReadNode, Internal, false, Retry),
+            (Token, Internal, false, Here),
+            (Token, Internal, true, Here),
+            (Identity, Internal, false, Here),
+            (Identity, Internal, true, Retry),
+            (Admission, Unavailable, false, Here),
+            (Admission, Unavailable, true, Retry),
+            (Admission, Peer(503), true, Retry),
+            (Admission, Forbidden, true, Here),
+            (Admission, Peer(403), true, Here),
+            (Admission, Conflict, false, Here),
+            (Steps { refused: false }, Unavailable, true, Retry),
+            (Steps { refused: false }, Internal, true, Retry),
+            (Steps { refused: false }, Unavailable, false, Everywhere),
+            (Steps { refused: false }, Forbidden, true, Everywhere),
+            (Steps { refused: false }, Conflict, true, Everywhere),
+            (Steps { refused: true }, Internal, true, Everywhere),
+            (Steps { refused: true }, Internal, false, Everywhere),
+        ];
+        for (stage, kind, resumed, want) in cases {
+            assert_eq!(undo(stage, kind, resumed), want, "{stage:?} {kind:?} resumed={resumed}");
         }
     }
 
