@@ -85,12 +85,12 @@ pub fn sql_statements(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let range = text.as_bytes().as_ptr_range();
     let mut last = range.start;
-    for statement in dqlite::sql::split_statements(text) {
+    for statement in dqlite::sql_text::split_statements(text) {
         let inner = statement.as_bytes().as_ptr_range();
         assert!(inner.start >= last && inner.end <= range.end, "statement outside or out of order");
         last = inner.end;
-        let _ = dqlite::sql::classify(statement);
-        let _ = dqlite::sql::has_returning(statement);
+        let _ = dqlite::sql_text::classify(statement);
+        let _ = dqlite::sql_text::has_returning(statement);
     }
 }
 

@@ -46,7 +46,7 @@ pub mod api;
 pub mod certs;
 pub mod client;
 pub mod raftlog;
-pub mod recovery;
+pub mod recovery_planning;
 pub mod report;
 #[cfg(feature = "server")]
 pub mod server;

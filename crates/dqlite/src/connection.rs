@@ -20,7 +20,7 @@ use crate::proto::{
     File, HEADER_SIZE, Header, NodeInfo, PROTOCOL_VERSION, ProtocolError, Request, Response, Role, RowsEnd, Value,
 };
 use crate::rows::Rows;
-use crate::sql;
+use crate::sql_text;
 
 /// A byte stream a connection can run over: TCP, a unix socket, TLS, an upgraded HTTP stream.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -204,7 +204,7 @@ impl Connection {
         let db = self.db()?;
         match self.roundtrip(&Request::Prepare { db, sql: sql_text.into() }, 0).await? {
             Response::Stmt { id, params, .. } => {
-                Ok(Statement { conn: self.id, id, params, read_only: sql::is_read_only(single), sql: excerpt(single) })
+                Ok(Statement { conn: self.id, id, params, read_only: sql_text::is_read_only(single), sql: excerpt(single) })
             }
             other => Err(self.unexpected("PREPARE", &other)),
         }
@@ -294,7 +294,7 @@ impl Connection {
     pub async fn query_sql(&mut self, sql_text: &str, params: &[Value]) -> Result<Rows<'_>> {
         let single = single_statement("query", sql_text)?;
         refuse_returning(single)?;
-        if !sql::is_read_only(single) {
+        if !sql_text::is_read_only(single) {
             return Err(Error::NotReadOnly { sql: excerpt(single) });
         }
         let db = self.db()?;
@@ -559,7 +559,7 @@ impl Connection {
 }
 
 fn single_statement<'s>(op: &'static str, sql_text: &'s str) -> Result<&'s str> {
-    let statements = sql::split_statements(sql_text);
+    let statements = sql_text::split_statements(sql_text);
     match statements.as_slice() {
         [] => Err(Error::EmptyStatement),
         [one] => Ok(one),
@@ -568,7 +568,7 @@ fn single_statement<'s>(op: &'static str, sql_text: &'s str) -> Result<&'s str> 
 }
 
 fn refuse_returning(sql_text: &str) -> Result<()> {
-    if sql::has_returning(sql_text) {
+    if sql_text::has_returning(sql_text) {
         return Err(Error::Returning { sql: excerpt(sql_text) });
     }
     Ok(())

@@ -18,7 +18,7 @@ use crate::connection::{Connection, ExecResult};
 use crate::error::{Error, Result};
 use crate::proto::Value;
 use crate::rows::{Limits, QueryResult, Rows};
-use crate::sql::{self, StatementKind};
+use crate::sql_text::{self, StatementKind};
 
 /// What one statement produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -235,8 +235,8 @@ impl Database {
     /// first error; statements before it stay applied unless the text opened a transaction.
     pub async fn execute(&mut self, sql_text: &str) -> Result<Vec<Outcome>> {
         let mut outcomes = Vec::new();
-        for statement in sql::split_statements(sql_text) {
-            let outcome = match sql::classify(statement) {
+        for statement in sql_text::split_statements(sql_text) {
+            let outcome = match sql_text::classify(statement) {
                 StatementKind::Empty => continue,
                 StatementKind::Read => Outcome::Rows(self.query(statement, &[]).await?),
                 StatementKind::Write | StatementKind::Transaction => Outcome::Exec(self.exec(statement, &[]).await?),

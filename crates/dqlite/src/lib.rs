@@ -14,7 +14,7 @@
 //! - [`LeaderQuorum`]: confirms with a majority of the voters who leads, so reads are never stale.
 //! - [`Connection`]: one raw connection to one node, one method per protocol request.
 //! - [`proto`]: the wire format itself, without I/O.
-//! - [`sql`]: statement splitting and read-only classification.
+//! - [`sql_text`]: statement splitting and read-only classification.
 //! - [`file`](mod@file): a DUMP as one ordinary SQLite file (backups), and reading such files.
 
 #![warn(missing_docs)]
@@ -33,7 +33,7 @@ mod node;
 pub mod proto;
 mod quorum;
 mod rows;
-pub mod sql;
+pub mod sql_text;
 
 pub use backoff::Backoff;
 pub use client::{Client, ClientConfig};

@@ -7,7 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use microcluster::recovery::{self, MemberState, Survey};
+use microcluster::recovery_planning::{self as recovery, MemberState, Survey};
 
 use crate::format;
 

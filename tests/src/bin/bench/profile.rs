@@ -42,7 +42,7 @@ fn layer(function: &str, object: &str) -> &'static str {
         // ring's assembly (AES-GCM, SHA, field arithmetic) has C names.
         _ if RING_C.iter().any(|p| path.starts_with(p)) => "TLS (rustls, ring)",
         "tracing" | "tracing_core" | "tracing_subscriber" => "logging (tracing)",
-        "dqlite" if path.starts_with("dqlite::sql") => "SQL tokenizer (dqlite::sql)",
+        "dqlite" if path.starts_with("dqlite::sql_text") => "SQL tokenizer (dqlite::sql_text)",
         "dqlite" => "dqlite client (wire encode/decode, connection)",
         "microcluster" | "microd" => "ours: dispatch, handlers, write queue",
         "alloc" | "core" | "std" | "hashbrown" | "bytes" | "__rustc" | "smallvec" => {
@@ -117,8 +117,8 @@ mod tests {
             "HTTP (hyper)"
         );
         assert_eq!(
-            layer("???:<dqlite::sql::Lexer as core::iter::Iterator>::next", "/x/microd"),
-            "SQL tokenizer (dqlite::sql)"
+            layer("???:<dqlite::sql_text::Lexer as core::iter::Iterator>::next", "/x/microd"),
+            "SQL tokenizer (dqlite::sql_text)"
         );
         assert_eq!(
             layer("???:dqlite::connection::Connection::roundtrip", "/x/microd"),

@@ -104,8 +104,8 @@ callgrind_annotate --inclusive=yes "$out" 2>/dev/null | awk -v n="$n" '
     /serve::dispatch::/ { show("microcluster rest::serve::dispatch") }
     /endpoints::sql::run::/ { show("microcluster endpoints::sql::run") }
     /writer::run::/ { show("microcluster write queue (writer::run)") }
-    /dqlite::sql::split_statements/ { show("dqlite::sql::split_statements") }
-    /dqlite::sql::classify/ { show("dqlite::sql::classify") }
+    /dqlite::sql_text::split_statements/ { show("dqlite::sql_text::split_statements") }
+    /dqlite::sql_text::classify/ { show("dqlite::sql_text::classify") }
     /serve::render/ { show("microcluster rest::serve::render (JSON out)") }
     /Request::json/ { show("microcluster rest::Request::json (JSON in)") }
     /tunnel::/ { show("microcluster tunnel (first entry)") }

@@ -311,10 +311,10 @@ impl Db {
         outcome
     }
 
-    /// [`Db::exec`] of one statement split and judged before (`dqlite::sql::parse`).
+    /// [`Db::exec`] of one statement split and judged before (`dqlite::sql_text::parse`).
     pub(crate) async fn exec_statement(
         &self,
-        statement: &dqlite::sql::Statement,
+        statement: &dqlite::sql_text::Statement,
     ) -> Result<dqlite::ExecResult, dqlite::Error> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::exec_statement(statement, Vec::new(), reply)).await?;

@@ -61,7 +61,7 @@ pub(crate) struct Shape {
 impl Job {
     /// A job for SQL text, split and judged here.
     pub(crate) fn exec(sql: &str, params: Vec<Value>, reply: oneshot::Sender<dqlite::Result<ExecResult>>) -> Job {
-        match dqlite::sql::parse(sql).as_slice() {
+        match dqlite::sql_text::parse(sql).as_slice() {
             [statement] => Job::exec_statement(statement, params, reply),
             statements => Job::Exec {
                 sql: sql.to_owned(),
@@ -74,7 +74,7 @@ impl Job {
 
     /// A job for one statement judged before (its text alone runs).
     pub(crate) fn exec_statement(
-        statement: &dqlite::sql::Statement,
+        statement: &dqlite::sql_text::Statement,
         params: Vec<Value>,
         reply: oneshot::Sender<dqlite::Result<ExecResult>>,
     ) -> Job {

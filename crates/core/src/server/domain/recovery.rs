@@ -1,4 +1,4 @@
-//! Quorum-loss recovery, the applying half (the planning half is [`crate::recovery`]).
+//! Quorum-loss recovery, the applying half (the planning half is [`crate::recovery_planning`]).
 //!
 //! A plan in `STATE/recovery.json` is applied when the member's node starts: the database
 //! directory is copied aside, the dropped members leave the trust store, and the node's raft
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dqlite::{NodeInfo, Role, Value};
 
 use crate::api::{RecoveryPlan, RecoveryStatus, role};
-use crate::recovery::PLAN_FILE;
+use crate::recovery_planning::PLAN_FILE;
 use crate::server::db::DbStatus;
 use crate::server::error::{Error, ErrorKind, OperationError};
 use crate::server::state::runtime::Runtime;

@@ -34,7 +34,7 @@ use super::{fan_out, handover, retry_config_change};
 use crate::api::{ClusterMemberLocal, MemberConfig, MoveMemberRequest, ServerAddress};
 use crate::client::{Client, ClientError};
 use crate::server::db::{DbStatus, members};
-use crate::server::error::{Error, ErrorKind};
+use crate::server::error::{Error, ErrorKind, OperationError};
 use crate::server::state::runtime::Runtime;
 use crate::server::state::start::{OPEN_TIMEOUT, open_database, start_runtime};
 use crate::server::state::{NodeToStart, State};
@@ -76,24 +76,149 @@ pub(crate) async fn set_address(state: &State, name: &str, address: &str) -> Res
     to_the_end(async move { change(&state, &address).await }).await
 }
 
+/// What the member sees when asked to move.
+#[derive(Debug, Clone)]
+struct Seen {
+    name: String,
+    /// This member's node id in `node.toml`; none: not initialised.
+    node_id: Option<u64>,
+    /// Another trusted member already at the new address.
+    taken_by: Option<String>,
+    /// Nobody else in the trust store.
+    alone_in_trust: bool,
+    /// This member's runtime, if it runs.
+    running: Option<Running>,
+}
+
+/// A running member's view.
+#[derive(Debug, Clone)]
+struct Running {
+    node_id: u64,
+    /// Its address in `daemon.toml`.
+    address: String,
+    /// Why its database is not online; none when it is.
+    offline: Option<String>,
+    /// Its address in `core_cluster_members`.
+    recorded: Option<String>,
+    /// dqlite's configuration: (id, address) of each node.
+    nodes: Vec<(u64, String)>,
+}
+
+/// Why a member refuses to move.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum MoveRefused {
+    #[error("this member is not initialised; give it its address with `init` instead")]
+    NotInitialised,
+    #[error("address {address} is already used by member {member:?}")]
+    AddressTaken { address: String, member: String },
+    #[error("changing the address needs this member's database online: {0}")]
+    Offline(String),
+}
+
+impl OperationError for MoveRefused {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            MoveRefused::NotInitialised | MoveRefused::AddressTaken { .. } => ErrorKind::Conflict,
+            MoveRefused::Offline(_) => ErrorKind::Unavailable,
+        }
+    }
+}
+
+/// What a move comes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Move {
+    Refuse(MoveRefused),
+    /// Already at the new address everywhere (a repeated command).
+    AlreadyThere,
+    /// The cluster's only node moves alone: the same node, its configuration forced to the new
+    /// address; `running`: restarted here, otherwise by the start-up loop.
+    Alone {
+        node_id: u64,
+        running: bool,
+    },
+    /// Through the cluster (which adds a new node at the new address); `running`: the member
+    /// steps down and restarts there, otherwise the start-up loop starts it there.
+    ThroughCluster {
+        running: bool,
+    },
+}
+
+/// Decides a move of the member to `new` from what it sees.
+fn plan(seen: &Seen, new: &str) -> Move {
+    let Some(node_id) = seen.node_id else { return Move::Refuse(MoveRefused::NotInitialised) };
+    if let Some(member) = &seen.taken_by {
+        return Move::Refuse(MoveRefused::AddressTaken { address: new.to_owned(), member: member.clone() });
+    }
+    let Some(running) = &seen.running else {
+        return match seen.alone_in_trust {
+            true => Move::Alone { node_id, running: false },
+            false => Move::ThroughCluster { running: false },
+        };
+    };
+    if let Some(status) = &running.offline {
+        return Move::Refuse(MoveRefused::Offline(status.clone()));
+    }
+    let mine = |(id, address): &(u64, String)| *id == running.node_id && address == new;
+    if running.address == new && running.recorded.as_deref() == Some(new) && running.nodes.iter().any(mine) {
+        return Move::AlreadyThere;
+    }
+    match running.nodes.iter().all(|(id, _)| *id == running.node_id) {
+        true => Move::Alone { node_id: running.node_id, running: true },
+        false => Move::ThroughCluster { running: true },
+    }
+}
+
+/// Reads what [`plan`] decides from.
+async fn gather(state: &State, new: &str) -> Result<Seen, Error> {
+    let name = state.name();
+    let trusted = state.trust().snapshot();
+    let mut seen = Seen {
+        node_id: state.dir().node_info().map_err(internal)?.map(|info| info.id),
+        taken_by: trusted.by_address(new).filter(|e| e.member.name != name).map(|e| e.member.name.clone()),
+        alone_in_trust: trusted.iter().all(|e| e.member.name == name),
+        running: None,
+        name,
+    };
+    if seen.node_id.is_none() || seen.taken_by.is_some() {
+        return Ok(seen);
+    }
+    let Ok(runtime) = state.runtime() else { return Ok(seen) };
+    let mut running = Running {
+        node_id: runtime.node_id,
+        address: state.address(),
+        offline: state.require_database().err().map(|_| state.database_status_text()),
+        recorded: None,
+        nodes: Vec::new(),
+    };
+    if running.offline.is_none() {
+        running.nodes = runtime.db.client().cluster().await?.into_iter().map(|n| (n.id, n.address)).collect();
+        let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
+        running.recorded = rows.into_iter().find(|r| r.name == seen.name).map(|r| r.address);
+    }
+    seen.running = Some(running);
+    Ok(seen)
+}
+
 async fn change(state: &State, new: &str) -> Result<(), Error> {
     let init = tokio::time::timeout(LOCK_WAIT, state.lock_init()).await.map_err(|_| {
         Error::unavailable("this member is busy starting or changing its membership; try again in a moment")
     })?;
-    let info =
-        state.dir().node_info().map_err(internal)?.ok_or_else(|| {
-            Error::conflict("this member is not initialised; give it its address with `init` instead")
-        })?;
-    let (me, old) = (state.name(), state.address());
-    let trusted = state.trust().snapshot();
-    if let Some(other) = trusted.by_address(new).filter(|e| e.member.name != me) {
-        return Err(Error::conflict(format!("address {new} is already used by member {:?}", other.member.name)));
-    }
-    let alone = trusted.iter().all(|e| e.member.name == me);
-    let Ok(runtime) = state.runtime() else {
-        return move_stopped(state, init, info.id, alone, new).await;
+    let seen = gather(state, new).await?;
+    let old = state.address();
+    let alone = match plan(&seen, new) {
+        Move::Refuse(refused) => return Err(refused.into()),
+        Move::AlreadyThere => return Ok(()),
+        Move::Alone { node_id, running: false } => {
+            return move_stopped(state, init, NextNode::Recovered(node_id), new).await;
+        }
+        Move::ThroughCluster { running: false } => {
+            return move_stopped(state, init, NextNode::Fresh(dqlite::generate_id(new)), new).await;
+        }
+        Move::Alone { running: true, .. } => true,
+        Move::ThroughCluster { running: true } => false,
     };
-    let moved = move_running(state, init, &runtime, &old, new).await;
+    let runtime = state.runtime()?;
+    let moved = move_running(state, init, &runtime, &old, new, alone).await;
     let restarted = !state.runtime().is_ok_and(|now| Arc::ptr_eq(&now, &runtime));
     if moved.is_err() && restarted && state.database_status() != DbStatus::Online && !state.is_shutting_down() {
         // A restart that failed left the member without its database: the start-up loop
@@ -119,19 +244,12 @@ async fn move_running(
     runtime: &Arc<Runtime>,
     old: &str,
     new: &str,
+    alone: bool,
 ) -> Result<(), Error> {
-    state.require_database().map_err(|e| e.context("changing the address needs this member's database online"))?;
-    let client = runtime.db.client().clone();
-    let nodes = client.cluster().await?;
-    let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
-    let recorded = rows.iter().find(|r| r.name == state.name()).map(|r| r.address.as_str());
-    if new == old && recorded == Some(new) && nodes.iter().any(|n| n.id == runtime.node_id && n.address == new) {
-        return Ok(());
-    }
     if new != runtime.address {
         can_listen(new)?;
     }
-    if nodes.iter().all(|n| n.id == runtime.node_id) {
+    if alone {
         let node = NextNode::Recovered(runtime.node_id);
         let moved = match restart(state, new, node).await {
             Ok(moved) => moved,
@@ -196,21 +314,11 @@ async fn move_back(state: &State, old: &str, err: Error, alone: bool) -> Error {
 
 /// A member whose runtime is not running (its start-up loop cannot bind its address): records
 /// the move and lets the start-up loop start it at the new address.
-async fn move_stopped(
-    state: &State,
-    init: MutexGuard<'_, ()>,
-    node_id: u64,
-    alone: bool,
-    new: &str,
-) -> Result<(), Error> {
+async fn move_stopped(state: &State, init: MutexGuard<'_, ()>, node: NextNode, new: &str) -> Result<(), Error> {
     can_listen(new)?;
-    let node = if alone {
-        NextNode::Recovered(node_id)
-    } else {
-        let node_id = dqlite::generate_id(new);
+    if let NextNode::Fresh(node_id) = node {
         ask_cluster(state, new, node_id).await?;
-        NextNode::Fresh(node_id)
-    };
+    }
     prepare(state, new, node).await.map_err(|e| {
         e.context(format!(
             "the cluster expects this member at {new} now, but it could not switch; run the command again"
@@ -627,6 +735,85 @@ mod tests {
 
     fn node(id: u64, role: Role) -> NodeInfo {
         NodeInfo { id, address: format!("127.0.0.1:{id}"), role: Some(role) }
+    }
+
+    fn seen() -> Seen {
+        Seen {
+            name: "m2".into(),
+            node_id: Some(2),
+            taken_by: None,
+            alone_in_trust: false,
+            running: Some(Running {
+                node_id: 2,
+                address: "10.0.0.2:7000".into(),
+                offline: None,
+                recorded: Some("10.0.0.2:7000".into()),
+                nodes: vec![(1, "10.0.0.1:7000".into()), (2, "10.0.0.2:7000".into())],
+            }),
+        }
+    }
+
+    fn running(change: impl FnOnce(&mut Running)) -> Seen {
+        let mut seen = seen();
+        if let Some(running) = seen.running.as_mut() {
+            change(running);
+        }
+        seen
+    }
+
+    #[test]
+    fn each_move_is_planned_from_what_the_member_sees() {
+        let new = "10.0.0.9:7000";
+        let here = "10.0.0.2:7000";
+        let stopped = Seen { running: None, ..seen() };
+        let cases: Vec<(&str, Seen, &str, Move)> = vec![
+            ("a running member of two", seen(), new, Move::ThroughCluster { running: true }),
+            ("not initialised", Seen { node_id: None, ..seen() }, new, Move::Refuse(MoveRefused::NotInitialised)),
+            (
+                "an address another member has",
+                Seen { taken_by: Some("m1".into()), ..seen() },
+                new,
+                Move::Refuse(MoveRefused::AddressTaken { address: new.into(), member: "m1".into() }),
+            ),
+            (
+                "the database offline",
+                running(|r| r.offline = Some("Database is waiting for a leader".into())),
+                new,
+                Move::Refuse(MoveRefused::Offline("Database is waiting for a leader".into())),
+            ),
+            ("already there (the same command again)", seen(), here, Move::AlreadyThere),
+            (
+                "its row still at another address (a move cut short)",
+                running(|r| r.recorded = Some("10.0.0.8:7000".into())),
+                here,
+                Move::ThroughCluster { running: true },
+            ),
+            (
+                "its node still at another address",
+                running(|r| r.nodes = vec![(1, "10.0.0.1:7000".into()), (2, "10.0.0.8:7000".into())]),
+                here,
+                Move::ThroughCluster { running: true },
+            ),
+            (
+                "the cluster's only node",
+                running(|r| r.nodes = vec![(2, here.into())]),
+                new,
+                Move::Alone { node_id: 2, running: true },
+            ),
+            ("stopped, with others", stopped.clone(), new, Move::ThroughCluster { running: false }),
+            (
+                "stopped and alone",
+                Seen { alone_in_trust: true, ..stopped },
+                new,
+                Move::Alone { node_id: 2, running: false },
+            ),
+        ];
+        for (what, seen, to, want) in cases {
+            assert_eq!(plan(&seen, to), want, "{what}");
+        }
+        let offline = Error::from(MoveRefused::Offline("Database is offline".into()));
+        assert_eq!(offline.kind(), ErrorKind::Unavailable);
+        assert_eq!(offline.message(), "changing the address needs this member's database online: Database is offline");
     }
 
     #[test]

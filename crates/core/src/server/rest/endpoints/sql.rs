@@ -1,6 +1,6 @@
 //! `POST /core/internal/sql` (run statements) and `GET /core/internal/sql` (dump).
 //!
-//! The text is split and each statement judged once (`dqlite::sql::parse`); the statements
+//! The text is split and each statement judged once (`dqlite::sql_text::parse`); the statements
 //! travel with their kinds down the right path (reads as queries, everything else as writes,
 //! one write into the write queue as it was judged). A batch without its own BEGIN/COMMIT runs
 //! in one transaction, so it applies entirely or not at all.
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dqlite::Value;
-use dqlite::sql::{self as sqltext, Statement, StatementKind};
+use dqlite::sql_text::{self, Statement, StatementKind};
 
 use crate::api::paths;
 use crate::api::{ReadConsistency, SqlBatch, SqlDump, SqlQuery, SqlResult};
@@ -94,7 +94,7 @@ async fn run(state: State, req: Request) -> HandlerResult {
         ReadConsistency::Linearizable => Consistency::Linearizable,
         ReadConsistency::Weak => Consistency::Weak,
     };
-    let statements = Arc::new(sqltext::parse(&query.query));
+    let statements = Arc::new(sql_text::parse(&query.query));
     if statements.is_empty() {
         return Err(ApiError::bad_request("no SQL statement given"));
     }
