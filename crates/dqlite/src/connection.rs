@@ -203,9 +203,13 @@ impl Connection {
         refuse_returning(single)?;
         let db = self.db()?;
         match self.roundtrip(&Request::Prepare { db, sql: sql_text.into() }, 0).await? {
-            Response::Stmt { id, params, .. } => {
-                Ok(Statement { conn: self.id, id, params, read_only: sql_text::is_read_only(single), sql: excerpt(single) })
-            }
+            Response::Stmt { id, params, .. } => Ok(Statement {
+                conn: self.id,
+                id,
+                params,
+                read_only: sql_text::is_read_only(single),
+                sql: excerpt(single),
+            }),
             other => Err(self.unexpected("PREPARE", &other)),
         }
     }
