@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dqlite::{Client, Database, LeaderQuorum, QueryResult, Transaction, TxFuture, Value};
+use dqlite::{Database, LeaderQuorum, QueryResult, Transaction, TxFuture, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 pub(crate) use writer::BUSY_DEADLINE;
 use writer::Job;
@@ -136,7 +136,7 @@ pub(crate) enum Consistency {
 /// connections, and a watcher that tells them when leadership moves.
 #[derive(Debug)]
 pub(crate) struct Db {
-    client: Client,
+    client: dqlite::Client,
     jobs: mpsc::Sender<Job>,
     readers: tokio::sync::Mutex<Vec<Database>>,
     reader_slots: tokio::sync::Semaphore,
@@ -168,7 +168,12 @@ impl Drop for Db {
 impl Db {
     /// Starts the queue and the leader watcher; `own_address` is this member's node.
     /// `election_wait` is the longest a normal election takes (twice raft's election timeout).
-    pub(crate) fn new(client: Client, own_address: String, election_wait: Duration, metrics: Arc<Metrics>) -> Db {
+    pub(crate) fn new(
+        client: dqlite::Client,
+        own_address: String,
+        election_wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Db {
         let (leader_tx, leader) = watch::channel(None);
         let (jobs, queue) = mpsc::channel(1024);
         let database = || {
@@ -205,7 +210,7 @@ impl Db {
     }
 
     /// The dqlite client (leader discovery, membership requests).
-    pub(crate) fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &dqlite::Client {
         &self.client
     }
 
@@ -493,7 +498,7 @@ struct Watch {
 
 /// Asks this member's own node who leads (only voters and stand-bys know): every
 /// [`LEADER_POLL`] while the member serves requests, every [`IDLE_LEADER_POLL`] otherwise.
-async fn watch_leader(client: Client, own_address: String, watch: Watch, metrics: Arc<Metrics>) {
+async fn watch_leader(client: dqlite::Client, own_address: String, watch: Watch, metrics: Arc<Metrics>) {
     let Watch { leader, seen: seen_leader, activity } = watch;
     let (mut conn, mut last_known) = (None, None);
     loop {
