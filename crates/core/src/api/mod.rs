@@ -14,6 +14,8 @@ pub use types::*;
 /// pattern here as it is (`{name}` marks a parameter) and the client fills them in
 /// ([`paths::fill`]), so the two cannot drift apart; [`paths::ALL`] lists every route.
 pub mod paths {
+    /// The API versions (`["/1.0"]`, as microcluster answers; untrusted allowed).
+    pub const ROOT: &str = "/";
     /// Bootstrap or join (unix socket only).
     pub const CONTROL: &str = "/core/control";
     /// Stop the daemon (unix socket only).
@@ -74,6 +76,7 @@ pub mod paths {
 
     /// Every route of the core API.
     pub const ALL: &[&str] = &[
+        ROOT,
         CONTROL,
         SHUTDOWN,
         CONTROL_TOKENS,

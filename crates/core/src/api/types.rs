@@ -2,7 +2,17 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A list or map that Go's encoding/json writes as `null` when it is nil: read as empty, so a
+/// client written in Go (microcluster's own, for example) is understood.
+fn null_is_empty<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
 
 /// `POST /core/control`: bootstrap a new cluster or join one with a token.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -19,7 +29,7 @@ pub struct Control {
     /// This member's name.
     pub name: String,
     /// Passed to the PreInit, PostBootstrap, PreJoin and PostJoin hooks.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub config: BTreeMap<String, String>,
 }
 
@@ -35,7 +45,7 @@ pub struct ServerStatus {
     /// Whether the database is open.
     pub ready: bool,
     /// API extensions this daemon supports.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub extensions: Vec<String>,
     /// Database status text, e.g. "Database is online".
     #[serde(default)]
@@ -70,9 +80,22 @@ pub struct TokenRecord {
     pub name: String,
     /// The token string.
     pub token: String,
-    /// RFC 3339 expiry time, or empty when it never expires.
-    #[serde(default)]
+    /// RFC 3339 expiry time, or empty when it never expires (on the wire, Go's zero time
+    /// [`NEVER_EXPIRES`], as microcluster writes it; read back as empty).
+    #[serde(default, serialize_with = "never_as_zero_time", deserialize_with = "zero_time_as_never")]
     pub expires_at: String,
+}
+
+/// How microcluster (Go's zero `time.Time`) writes the expiry of a token that never expires.
+pub const NEVER_EXPIRES: &str = "0001-01-01T00:00:00Z";
+
+fn never_as_zero_time<S: serde::Serializer>(expiry: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(if expiry.is_empty() { NEVER_EXPIRES } else { expiry })
+}
+
+fn zero_time_as_never<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let expiry: Option<String> = Option::deserialize(deserializer)?;
+    Ok(expiry.filter(|e| e != NEVER_EXPIRES).unwrap_or_default())
 }
 
 /// What a join token carries (base64 of this, as JSON).
@@ -160,7 +183,7 @@ pub struct ClusterMember {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub status_reason: String,
     /// API extensions the member runs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub extensions: Vec<String>,
     /// SHA-256 fingerprint of the certificate.
     #[serde(default)]
@@ -197,7 +220,7 @@ pub struct JoinRequest {
     #[serde(default)]
     pub schema_external_version: u64,
     /// API extensions of the joiner's binary.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub extensions: Vec<String>,
 }
 
@@ -265,11 +288,11 @@ pub struct SqlResult {
     #[serde(default)]
     pub statement: String,
     /// Column names (reads).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub columns: Vec<String>,
     /// Rows (reads): integers and floats as numbers, text as strings, NULL as null, blobs as
     /// `x'..'` hex strings.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub rows: Vec<Vec<serde_json::Value>>,
     /// Rows changed (writes).
     #[serde(default)]
@@ -406,7 +429,7 @@ pub struct HeartbeatRequest {
     /// Every member's clock offset from the cluster's time by name, as the leader measured it
     /// (in an earlier round). Sent only to members whose answers carry their time: older
     /// software refuses fields it does not know.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "null_is_empty", skip_serializing_if = "BTreeMap::is_empty")]
     pub clocks: BTreeMap<String, ClockOffset>,
 }
 
@@ -486,7 +509,7 @@ pub struct MemberConfig {
     /// Member address.
     pub address: String,
     /// Additional listeners' addresses.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub servers: BTreeMap<String, ServerAddress>,
 }
 
@@ -582,4 +605,42 @@ pub struct MoveMemberRequest {
     pub address: String,
     /// The id of the member's new dqlite node.
     pub node_id: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn what_a_go_client_sends_is_understood() {
+        // Go's encoding/json writes a nil map as null (microcluster's `NewCluster(.., nil)`).
+        let control: Control = serde_json::from_str(
+            r#"{"bootstrap":true,"config":null,"join_token":"","address":"10.0.0.1:9000","name":"m1"}"#,
+        )
+        .unwrap();
+        assert!(control.config.is_empty() && control.bootstrap);
+        let request: JoinRequest = serde_json::from_value(serde_json::json!({
+            "name": "m2", "address": "10.0.0.2:9000", "certificate": "", "secret": "s",
+            "schema_internal_version": 1, "schema_external_version": 0, "extensions": null,
+        }))
+        .unwrap();
+        assert!(request.extensions.is_empty());
+    }
+
+    #[test]
+    fn a_token_that_never_expires_is_written_as_go_writes_it_and_read_back_as_never() {
+        let never = TokenRecord { name: "m2".into(), token: "t".into(), expires_at: String::new() };
+        let wire = serde_json::to_value(&never).unwrap();
+        assert_eq!(wire["expires_at"], NEVER_EXPIRES);
+        assert_eq!(serde_json::from_value::<TokenRecord>(wire).unwrap(), never);
+        let dated = TokenRecord { expires_at: "2026-12-07T10:00:00Z".into(), ..never.clone() };
+        assert_eq!(serde_json::from_value::<TokenRecord>(serde_json::to_value(&dated).unwrap()).unwrap(), dated);
+        // Older members wrote an empty string; null is read as never too.
+        let old: TokenRecord = serde_json::from_str(r#"{"name":"m2","token":"t","expires_at":""}"#).unwrap();
+        assert_eq!(old, never);
+        let null: TokenRecord = serde_json::from_str(r#"{"name":"m2","token":"t","expires_at":null}"#).unwrap();
+        assert_eq!(null, never);
+    }
 }

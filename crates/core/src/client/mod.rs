@@ -5,10 +5,12 @@
 
 mod pool;
 mod transport;
+mod upgraded;
 
 /// Percent-encodes a path segment (kept here for callers of earlier versions).
 pub use crate::api::paths::encode_segment;
 pub use pool::Pool;
+pub use upgraded::Upgraded;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -251,6 +253,68 @@ impl Client {
         let options = self.options(self.notification, "application/json", MAX_RESPONSE);
         let (status, _, body) = self.send(method, path, body, options).await?;
         Ok((status, body))
+    }
+
+    /// Sends a request and returns once the answer's head arrived, its body to be read piece
+    /// by piece as the member sends it ([`Streamed::chunk`]): for an endpoint that streams (a
+    /// watch, server-sent events) or serves a large file. An error status is read whole and
+    /// returned as the error. The client's deadline applies to the head and to each wait for
+    /// more of the body, not to the whole body.
+    pub async fn open(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Streamed, ClientError> {
+        let options = self.options(self.notification, "application/json", MAX_RESPONSE);
+        let open = tokio::time::timeout(self.timeout, transport::open(&self.target, method, path, body, options))
+            .await
+            .map_err(|_| ClientError::Timeout { target: self.target(), after: self.timeout })??;
+        let transport::Open { response, driver } = open;
+        let (parts, body) = response.into_parts();
+        if !parts.status.is_success() {
+            let bytes = http_body_util::Limited::new(body, MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| self.decode(format!("reading the body: {e}")))?
+                .to_bytes();
+            return Err(self.metadata::<serde_json::Value>(parts.status, &bytes).err().unwrap_or(ClientError::Api {
+                status: parts.status,
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            }));
+        }
+        Ok(Streamed {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            timeout: self.timeout,
+            target: self.target(),
+            _driver: driver,
+        })
+    }
+
+    /// Asks the member to switch the connection to `protocol` at `path` (the handler answers
+    /// `101 Switching Protocols`), and returns the connection as a byte stream.
+    pub async fn upgrade(&self, path: &str, protocol: &str) -> Result<Upgraded, ClientError> {
+        let options = self.options(self.notification, "application/json", MAX_RESPONSE);
+        let open = transport::open_with(&self.target, Method::GET, path, None, options, Some(protocol));
+        let open = tokio::time::timeout(self.timeout, open)
+            .await
+            .map_err(|_| ClientError::Timeout { target: self.target(), after: self.timeout })??;
+        let transport::Open { response, driver } = open;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| self.decode(format!("reading the body: {e}")))?
+                .to_bytes();
+            return Err(self
+                .metadata::<serde_json::Value>(status, &bytes)
+                .err()
+                .unwrap_or_else(|| self.decode(format!("HTTP {status} instead of switching to {protocol:?}"))));
+        }
+        let upgraded = tokio::time::timeout(self.timeout, hyper::upgrade::on(response))
+            .await
+            .map_err(|_| ClientError::Timeout { target: self.target(), after: self.timeout })?
+            .map_err(|source| ClientError::Http { target: self.target(), source })?;
+        drop(driver);
+        Ok(Upgraded::new(upgraded))
     }
 
     async fn send(
@@ -646,6 +710,53 @@ impl LineBuffer {
 }
 
 /// HTTP methods, for [`Client::query`].
+/// An answer whose body arrives piece by piece ([`Client::open`]); the connection lives as
+/// long as this does.
+pub struct Streamed {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    body: hyper::body::Incoming,
+    timeout: Duration,
+    target: String,
+    _driver: transport::Driver,
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed").field("status", &self.status).field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl Streamed {
+    /// The answer's (success) status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// A header of the answer, if it has it and it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The next piece of the body as the member sent it; `None` once the body ended.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        loop {
+            let frame = tokio::time::timeout(self.timeout, self.body.frame())
+                .await
+                .map_err(|_| ClientError::Timeout { target: self.target.clone(), after: self.timeout })?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(source)) => return Err(ClientError::Http { target: self.target.clone(), source }),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub use hyper::Method;
 
 /// The API's role and status strings, re-exported for callers formatting output.

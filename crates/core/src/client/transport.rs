@@ -61,16 +61,29 @@ pub(super) async fn open(
     body: Option<Bytes>,
     options: Options,
 ) -> Result<Open, ClientError> {
+    open_with(target, method, path, body, options, None).await
+}
+
+/// [`open`], asking to switch to `protocol` (`Connection: Upgrade`) when one is given.
+pub(super) async fn open_with(
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+    options: Options,
+    upgrade: Option<&str>,
+) -> Result<Open, ClientError> {
     let name = target.to_string();
     let connect_err = |source| ClientError::Connect { target: name.clone(), source };
+    let exchange = Exchange { method, path, body, options, name: &name, upgrade };
     match target {
         Target::Unix(path_buf) => {
             let stream = UnixStream::connect(path_buf).await.map_err(connect_err)?;
-            exchange(stream, "localhost", method, path, body, options, &name).await
+            exchange.run(stream, "localhost").await
         }
         Target::Https { address, tls } => {
             let stream = connect_tls(address, tls, options, &name).await?;
-            exchange(stream, address, method, path, body, options, &name).await
+            exchange.run(stream, address).await
         }
     }
 }
@@ -112,7 +125,7 @@ where
         .await
         .map_err(|source| ClientError::Http { target: name.to_owned(), source })?;
     let driver = tokio::spawn(async move {
-        if let Err(err) = connection.await {
+        if let Err(err) = connection.with_upgrades().await {
             tracing::debug!(error = %err, "client connection closed");
         }
     });
@@ -195,21 +208,37 @@ pub(super) async fn send_pooled(
     Ok(answer)
 }
 
-async fn exchange<S>(
-    stream: S,
-    host: &str,
+/// One request on a fresh connection.
+struct Exchange<'a> {
     method: Method,
-    path: &str,
+    path: &'a str,
     body: Option<Bytes>,
     options: Options,
-    name: &str,
-) -> Result<Open, ClientError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, driver) = handshake(stream, name).await?;
-    let request = request(host, method, path, body, options, name)?;
-    let response =
-        sender.send_request(request).await.map_err(|source| ClientError::Http { target: name.to_owned(), source })?;
-    Ok(Open { response, driver })
+    name: &'a str,
+    /// The protocol to switch to, if any.
+    upgrade: Option<&'a str>,
+}
+
+impl Exchange<'_> {
+    async fn run<S>(self, stream: S, host: &str) -> Result<Open, ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let name = self.name;
+        let (mut sender, driver) = handshake(stream, name).await?;
+        let mut request = request(host, self.method, self.path, self.body, self.options, name)?;
+        if let Some(protocol) = self.upgrade {
+            let protocol = hyper::header::HeaderValue::from_str(protocol).map_err(|e| ClientError::Decode {
+                target: name.to_owned(),
+                reason: format!("invalid protocol name {protocol:?}: {e}"),
+            })?;
+            request.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+            request.headers_mut().insert(hyper::header::UPGRADE, protocol);
+        }
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| ClientError::Http { target: name.to_owned(), source })?;
+        Ok(Open { response, driver })
+    }
 }

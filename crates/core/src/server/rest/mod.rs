@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use hyper::header::HeaderValue;
 use hyper::header::USER_AGENT;
 use hyper::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
@@ -25,6 +26,7 @@ pub(crate) use router::Routes;
 pub(crate) use serve::Listener;
 
 use crate::client::NOTIFICATION_USER_AGENT;
+pub use crate::client::Upgraded;
 use crate::server::error::{Error, ErrorKind};
 use crate::server::state::State;
 
@@ -191,16 +193,62 @@ impl Request {
         !matches!(self.trust, Trust::Untrusted(_))
     }
 
-    /// The HTTP upgrade of this request, once (for protocol switches such as the dqlite tunnel).
-    pub(crate) fn take_upgrade(&mut self) -> Option<hyper::upgrade::OnUpgrade> {
-        self.upgrade.take()
+    /// The connection of a request that asks to switch protocols (`Connection: Upgrade`), once:
+    /// usable after the handler answered [`Response::upgrade`].
+    pub fn take_upgrade(&mut self) -> Option<Upgrade> {
+        self.upgrade.take().map(Upgrade)
     }
 }
 
-/// A handler's answer.
+/// A connection that switches to another protocol once the `101` answer is out.
+#[derive(Debug)]
+pub struct Upgrade(hyper::upgrade::OnUpgrade);
+
+impl Upgrade {
+    /// Waits until the answer is out and returns the connection as a byte stream.
+    pub async fn connection(self) -> Result<Upgraded, ApiError> {
+        self.0
+            .await
+            .map(Upgraded::new)
+            .map_err(|e| ApiError::bad_request(format!("the connection could not switch protocols: {e}")))
+    }
+}
+
+/// A handler's answer: the JSON envelope ([`Response::sync`], [`Response::empty`]), a body of
+/// its own ([`Response::raw`], [`Response::file`]), a body streamed as it is produced
+/// ([`Response::stream`], [`Response::channel`]), or a switch to another protocol
+/// ([`Response::upgrade`], with [`Request::take_upgrade`]); with a success status and headers of
+/// the handler's choosing.
+///
+/// ```
+/// use microcluster::server::rest::{HandlerResult, Request, Response};
+/// use microcluster::State;
+///
+/// // Server-sent events: one line per change, for as long as the client listens.
+/// async fn watch(_state: State, _req: Request) -> HandlerResult {
+///     let (response, events) = Response::channel("text/event-stream", 16);
+///     tokio::spawn(async move {
+///         for n in 0..3 {
+///             if events.send(format!("data: change {n}\n\n").into()).await.is_err() {
+///                 return; // the client went away
+///             }
+///         }
+///     });
+///     Ok(response.with_header("cache-control", "no-store")?)
+/// }
+///
+/// // A created resource: 201 with a location.
+/// async fn create(_state: State, _req: Request) -> HandlerResult {
+///     Ok(Response::sync("created")?.with_status(201)?.with_header("location", "/1.0/things/a")?)
+/// }
+/// # let _ = (watch, create);
+/// ```
 #[derive(Debug)]
 pub struct Response {
     pub(crate) inner: ResponseKind,
+    /// The success status, when not the kind's own.
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) headers: HeaderMap,
 }
 
 #[derive(Debug)]
@@ -211,56 +259,144 @@ pub(crate) enum ResponseKind {
     /// An answer from another member, passed through unchanged.
     Forwarded { status: StatusCode, body: Bytes },
     /// `101 Switching Protocols` to this protocol.
-    Upgrade(&'static str),
+    Upgrade(HeaderValue),
     /// `200` with a body streamed chunk by chunk (it ends when the sender is dropped).
-    Stream { content_type: &'static str, chunks: tokio::sync::mpsc::Receiver<Bytes> },
+    Stream { content_type: HeaderValue, chunks: tokio::sync::mpsc::Receiver<Bytes> },
     /// `200` with a body that is not the JSON envelope (e.g. Prometheus text).
-    Raw {
-        content_type: &'static str,
-        body: Bytes,
-        /// Extra headers (names in lower case).
-        headers: Vec<(&'static str, String)>,
-    },
+    Raw { content_type: HeaderValue, body: Bytes },
 }
 
+/// A content type (or protocol name) as a header value; one that cannot be (a control
+/// character) is sent as `application/octet-stream`, which is what the body then is to a client.
+fn header_value(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static("application/octet-stream"))
+}
+
+/// Size of the pieces a file is sent in.
+const FILE_CHUNK: usize = 64 * 1024;
+
 impl Response {
+    fn of(inner: ResponseKind) -> Response {
+        Response { inner, status: None, headers: HeaderMap::new() }
+    }
+
     /// A result, serialised into the envelope's `metadata`.
     pub fn sync(value: impl Serialize) -> Result<Response, ApiError> {
         let body = serde_json::to_vec(&crate::api::Envelope::sync(value))
             .map_err(|e| ApiError::internal(format!("encoding the response: {e}")))?;
-        Ok(Response { inner: ResponseKind::Sync(body.into()) })
+        Ok(Response::of(ResponseKind::Sync(body.into())))
     }
 
     /// An empty result (`metadata: {}`).
     pub fn empty() -> Response {
         let body = serde_json::to_vec(&crate::api::Envelope::sync(serde_json::Map::new())).unwrap_or_default();
-        Response { inner: ResponseKind::Sync(body.into()) }
+        Response::of(ResponseKind::Sync(body.into()))
     }
 
     pub(crate) fn forwarded(status: StatusCode, body: Bytes) -> Response {
-        Response { inner: ResponseKind::Forwarded { status, body } }
+        Response::of(ResponseKind::Forwarded { status, body })
     }
 
-    pub(crate) fn upgrade(protocol: &'static str) -> Response {
-        Response { inner: ResponseKind::Upgrade(protocol) }
+    /// `101 Switching Protocols` to `protocol` (the request's `Upgrade` header names what the
+    /// client asks for). The handler takes the connection with [`Request::take_upgrade`] before
+    /// answering and uses it once the answer is out, on a task of its own:
+    ///
+    /// ```
+    /// use microcluster::server::rest::{ApiError, HandlerResult, Request, Response};
+    /// use microcluster::State;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// // An echo over a raw byte stream (`Upgrade: echo`).
+    /// async fn echo(_state: State, mut req: Request) -> HandlerResult {
+    ///     let upgrade = req.take_upgrade().ok_or_else(|| ApiError::bad_request("cannot upgrade"))?;
+    ///     tokio::spawn(async move {
+    ///         let Ok(mut io) = upgrade.connection().await else { return };
+    ///         let mut buf = [0u8; 1024];
+    ///         while let Ok(n @ 1..) = io.read(&mut buf).await {
+    ///             if io.write_all(&buf[..n]).await.is_err() {
+    ///                 return;
+    ///             }
+    ///         }
+    ///     });
+    ///     Ok(Response::upgrade("echo"))
+    /// }
+    /// # let _ = echo;
+    /// ```
+    pub fn upgrade(protocol: &str) -> Response {
+        Response::of(ResponseKind::Upgrade(header_value(protocol)))
     }
 
     /// `200` with `body` as it is, outside the envelope.
-    pub(crate) fn raw(content_type: &'static str, body: impl Into<Bytes>) -> Response {
-        Response { inner: ResponseKind::Raw { content_type, body: body.into(), headers: Vec::new() } }
+    pub fn raw(content_type: &str, body: impl Into<Bytes>) -> Response {
+        Response::of(ResponseKind::Raw { content_type: header_value(content_type), body: body.into() })
     }
 
-    /// `200` with a body that the sender side of `chunks` streams.
-    pub(crate) fn stream(content_type: &'static str, chunks: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
-        Response { inner: ResponseKind::Stream { content_type, chunks } }
+    /// `200` with a body the sender side of `chunks` streams; it ends when every sender is
+    /// dropped. A client that goes away closes the receiver, so a send fails: stop then.
+    pub fn stream(content_type: &str, chunks: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
+        Response::of(ResponseKind::Stream { content_type: header_value(content_type), chunks })
     }
 
-    /// Adds a header to a raw response (other kinds carry none of their own).
-    pub(crate) fn with_header(mut self, name: &'static str, value: String) -> Response {
-        if let ResponseKind::Raw { headers, .. } = &mut self.inner {
-            headers.push((name, value));
+    /// [`Response::stream`] with a new channel holding up to `capacity` chunks not yet sent:
+    /// the response, and the sender to write the body with.
+    pub fn channel(content_type: &str, capacity: usize) -> (Response, tokio::sync::mpsc::Sender<Bytes>) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(capacity.max(1));
+        (Response::stream(content_type, receiver), sender)
+    }
+
+    /// `200` with the file at `path` as the body, read and sent piece by piece (the file is
+    /// never held whole in memory). A missing file is a 404, one that cannot be read a 500.
+    pub async fn file(path: impl AsRef<std::path::Path>, content_type: &str) -> Result<Response, ApiError> {
+        use tokio::io::AsyncReadExt;
+        let path = path.as_ref().to_owned();
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ApiError::not_found(format!("{} does not exist", path.display())),
+            _ => ApiError::internal(format!("opening {}: {e}", path.display())),
+        })?;
+        let (response, chunks) = Response::channel(content_type, 4);
+        tokio::spawn(async move {
+            loop {
+                let mut buf = bytes::BytesMut::with_capacity(FILE_CHUNK);
+                match file.read_buf(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        if chunks.send(buf.freeze()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        // The status is out already: the body ends short, which the client sees.
+                        tracing::warn!(file = %path.display(), error = %err, "reading a file being sent");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(response)
+    }
+
+    /// The same answer with this success status (`200`-`299`, e.g. `201 Created` or `202
+    /// Accepted`) instead of `200`; the envelope is unchanged. Other statuses are errors, which
+    /// a handler returns as [`ApiError`]s.
+    pub fn with_status(mut self, status: u16) -> Result<Response, ApiError> {
+        match StatusCode::from_u16(status) {
+            Ok(status) if status.is_success() => {
+                self.status = Some(status);
+                Ok(self)
+            }
+            _ => Err(ApiError::internal(format!("{status} is not a success status; return an ApiError instead"))),
         }
-        self
+    }
+
+    /// The same answer with this header added (one of the same name the framework sets, such
+    /// as `content-type`, is replaced).
+    pub fn with_header(mut self, name: &str, value: &str) -> Result<Response, ApiError> {
+        let name = hyper::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| ApiError::internal(format!("invalid response header name {name:?}: {e}")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|e| ApiError::internal(format!("invalid value for response header {name}: {e}")))?;
+        self.headers.append(name, value);
+        Ok(self)
     }
 }
 

@@ -504,36 +504,54 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> hyper::Response<
 }
 
 fn render(result: HandlerResult) -> hyper::Response<Body> {
-    match result {
-        Ok(Response { inner: ResponseKind::Sync(body) }) => json_response(StatusCode::OK, body),
-        Ok(Response { inner: ResponseKind::Forwarded { status, body } }) => json_response(status, body),
-        Ok(Response { inner: ResponseKind::Raw { content_type, body, headers } }) => {
+    let Response { inner, status, headers } = match result {
+        Ok(response) => response,
+        Err(err) => {
+            let body = serde_json::to_vec(&Envelope::error(err.status().as_u16(), err.message())).unwrap_or_default();
+            return json_response(err.status(), body);
+        }
+    };
+    let mut response = match inner {
+        ResponseKind::Sync(body) => json_response(StatusCode::OK, body),
+        ResponseKind::Forwarded { status, body } => return json_response(status, body),
+        ResponseKind::Raw { content_type, body } => {
             let mut response = hyper::Response::new(Full::new(body).boxed());
-            response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
-            for (name, value) in headers {
-                if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
-                    response.headers_mut().insert(name, value);
-                }
-            }
+            response.headers_mut().insert(CONTENT_TYPE, content_type);
             response
         }
-        Ok(Response { inner: ResponseKind::Stream { content_type, chunks } }) => {
+        ResponseKind::Stream { content_type, chunks } => {
             let mut response = hyper::Response::new(ChannelBody(chunks).boxed());
-            response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+            response.headers_mut().insert(CONTENT_TYPE, content_type);
             response
         }
-        Ok(Response { inner: ResponseKind::Upgrade(protocol) }) => {
+        ResponseKind::Upgrade(protocol) => {
             let mut response = hyper::Response::new(Full::new(Bytes::new()).boxed());
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             response.headers_mut().insert(CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
-            response.headers_mut().insert(UPGRADE, hyper::header::HeaderValue::from_static(protocol));
+            response.headers_mut().insert(UPGRADE, protocol);
             response
         }
-        Err(err) => {
-            let body = serde_json::to_vec(&Envelope::error(err.status().as_u16(), err.message())).unwrap_or_default();
-            json_response(err.status(), body)
-        }
+    };
+    if let Some(status) = status.filter(|_| response.status() == StatusCode::OK) {
+        *response.status_mut() = status;
     }
+    let mut last = None;
+    for (name, value) in headers {
+        // `HeaderMap`'s iteration names a header once, before all its values.
+        let name = match name {
+            Some(name) => {
+                response.headers_mut().remove(&name);
+                last = Some(name.clone());
+                name
+            }
+            None => match &last {
+                Some(name) => name.clone(),
+                None => continue,
+            },
+        };
+        response.headers_mut().append(name, value);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ async fn take(state: State, req: Request) -> HandlerResult {
     let taken = backup::take(&state, req.flag("verify")).await?;
     let summary = serde_json::to_string(&taken.summary)
         .map_err(|e| ApiError::internal(format!("encoding the backup summary: {e}")))?;
-    Ok(Response::raw("application/vnd.sqlite3", taken.bytes).with_header(BACKUP_SUMMARY_HEADER, ascii_json(&summary)))
+    Response::raw("application/vnd.sqlite3", taken.bytes).with_header(BACKUP_SUMMARY_HEADER, &ascii_json(&summary))
 }
 
 async fn restore(state: State, req: Request) -> HandlerResult {

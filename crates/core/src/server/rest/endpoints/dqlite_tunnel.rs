@@ -1,7 +1,6 @@
 //! `POST /core/internal/database` with `Upgrade: dqlite`: the inbound end of the dqlite tunnel.
 
 use hyper::header::UPGRADE;
-use hyper_util::rt::TokioIo;
 
 use crate::api::DQLITE_UPGRADE;
 use crate::api::paths;
@@ -27,9 +26,9 @@ async fn upgrade(state: State, mut req: Request) -> HandlerResult {
     let on_upgrade = req.take_upgrade().ok_or_else(|| ApiError::bad_request("the connection cannot be upgraded"))?;
     let (bind_name, stop) = (runtime.bind_name.clone(), runtime.stop.clone());
     tokio::spawn(async move {
-        match on_upgrade.await {
+        match on_upgrade.connection().await {
             Ok(upgraded) => {
-                if let Err(err) = tunnel::serve_inbound(TokioIo::new(upgraded), &bind_name, stop).await {
+                if let Err(err) = tunnel::serve_inbound(upgraded, &bind_name, stop).await {
                     tracing::debug!(error = %err, "dqlite tunnel closed");
                 }
             }

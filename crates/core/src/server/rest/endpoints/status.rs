@@ -1,4 +1,4 @@
-//! `GET /core/1.0` (who is this) and `GET /core/1.0/ready`.
+//! `GET /` (the API versions), `GET /core/1.0` (who is this) and `GET /core/1.0/ready`.
 
 use crate::api::paths;
 use crate::api::{Readiness, ServerStatus};
@@ -8,10 +8,17 @@ use crate::server::state::State;
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
+        Endpoint::new(paths::ROOT)
+            .get(Action::new(versions).allow_untrusted().allowed_before_init().allowed_during_shutdown()),
         Endpoint::new(paths::STATUS)
             .get(Action::new(status).allow_untrusted().allowed_before_init().allowed_during_shutdown()),
         Endpoint::new(paths::READY).get(Action::new(ready).allowed_before_init()),
     ]
+}
+
+/// What microcluster answers on every listener, for clients that ask before anything else.
+async fn versions(_state: State, _req: Request) -> HandlerResult {
+    Response::sync(["/1.0"])
 }
 
 async fn status(state: State, _req: Request) -> HandlerResult {
