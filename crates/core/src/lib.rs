@@ -57,7 +57,7 @@ pub mod validate;
 
 #[cfg(feature = "server")]
 pub use server::{
-    App, AppError, Args, ConnectionLimits, DaemonArgs, DbStatus, Error, ErrorKind, HookError, HookFuture, Hooks,
-    InitConfig, NoHooks, SchemaUpdate, Server, State,
+    App, AppError, Args, Cluster, ConnectionLimits, DaemonArgs, DbStatus, Error, ErrorKind, HookError, HookFuture,
+    Hooks, INTERNAL_EXTENSIONS, InitConfig, NoHooks, SchemaUpdate, Server, State,
 };
 pub use state_dir::StateDirError;

@@ -1,9 +1,10 @@
 //! The example application, written the way any user of the library would: two tables, two
 //! API extensions, an `extended` endpoint that greets every other member, and hooks that log.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use microcluster::api::{ClusterMemberLocal, MemberConfig};
+use microcluster::api::{ClusterMemberLocal, MemberConfig, RoleStatus};
 use microcluster::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Resources, Response};
 use microcluster::{DaemonArgs, HookFuture, Hooks, InitConfig, SchemaUpdate, Server, State};
 use serde::{Deserialize, Serialize};
@@ -175,8 +176,14 @@ impl Hooks for LoggingHooks {
     fn post_remove<'a>(&'a self, state: &'a State, force: bool) -> HookFuture<'a> {
         logged(state, "post-remove", format!("force={force}"))
     }
-    fn on_heartbeat<'a>(&'a self, state: &'a State) -> HookFuture<'a> {
-        logged(state, "on-heartbeat", String::new())
+    fn on_heartbeat<'a>(&'a self, state: &'a State, roles: &'a BTreeMap<String, RoleStatus>) -> HookFuture<'a> {
+        // The role changes of the round, e.g. `m2:stand-by->voter`.
+        let changes: Vec<String> =
+            roles.iter().filter(|(_, s)| s.changed()).map(|(name, s)| format!("{name}:{}->{}", s.old, s.new)).collect();
+        logged(state, "on-heartbeat", changes.join(" "))
+    }
+    fn on_daemon_start<'a>(&'a self, state: &'a State) -> HookFuture<'a> {
+        logged(state, "on-daemon-start", String::new())
     }
     fn on_daemon_config_update<'a>(&'a self, state: &'a State, config: &'a MemberConfig) -> HookFuture<'a> {
         logged(state, "on-daemon-config-update", format!("{} {:?}", config.name, config.servers))

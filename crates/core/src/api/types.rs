@@ -402,6 +402,23 @@ pub struct RemoveHookRequest {
     pub force: bool,
 }
 
+/// A member's role before and after a heartbeat round, as the OnHeartbeat hook sees it (the
+/// same when the round changed nothing for it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleStatus {
+    /// The role recorded before the round.
+    pub old: String,
+    /// The role after the round.
+    pub new: String,
+}
+
+impl RoleStatus {
+    /// Whether the round changed this member's role.
+    pub fn changed(&self) -> bool {
+        self.old != self.new
+    }
+}
+
 /// Body of the on-new-member hook call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewMemberHookRequest {

@@ -147,6 +147,8 @@ pub struct Client {
     connect_timeout: Option<Duration>,
     pool: Option<Arc<Pool>>,
     notification: bool,
+    /// The member that should answer (`?target=NAME`), when not the one this client reaches.
+    member: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -164,6 +166,7 @@ impl Client {
             connect_timeout: None,
             pool: None,
             notification: false,
+            member: None,
         }
     }
 
@@ -176,6 +179,25 @@ impl Client {
             connect_timeout: None,
             pool: None,
             notification: false,
+            member: None,
+        }
+    }
+
+    /// Has member `name` answer every request (`?target=NAME`): the member this client
+    /// reaches forwards it there, for endpoints that allow it (`Action::proxy_target`).
+    pub fn use_target(mut self, name: &str) -> Client {
+        self.member = Some(name.to_owned());
+        self
+    }
+
+    /// `path` with the `?target=` of [`Client::use_target`], if any.
+    fn targeted<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
+        match &self.member {
+            None => std::borrow::Cow::Borrowed(path),
+            Some(name) => {
+                let separator = if path.contains('?') { '&' } else { '?' };
+                std::borrow::Cow::Owned(format!("{path}{separator}target={}", encode_segment(name)))
+            }
         }
     }
 
@@ -261,6 +283,7 @@ impl Client {
     /// returned as the error. The client's deadline applies to the head and to each wait for
     /// more of the body, not to the whole body.
     pub async fn open(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Streamed, ClientError> {
+        let path = &*self.targeted(path);
         let options = self.options(self.notification, "application/json", MAX_RESPONSE);
         let open = tokio::time::timeout(self.timeout, transport::open(&self.target, method, path, body, options))
             .await
@@ -291,6 +314,7 @@ impl Client {
     /// Asks the member to switch the connection to `protocol` at `path` (the handler answers
     /// `101 Switching Protocols`), and returns the connection as a byte stream.
     pub async fn upgrade(&self, path: &str, protocol: &str) -> Result<Upgraded, ClientError> {
+        let path = &*self.targeted(path);
         let options = self.options(self.notification, "application/json", MAX_RESPONSE);
         let open = transport::open_with(&self.target, Method::GET, path, None, options, Some(protocol));
         let open = tokio::time::timeout(self.timeout, open)
@@ -324,6 +348,7 @@ impl Client {
         body: Option<Bytes>,
         options: transport::Options,
     ) -> Result<transport::Answer, ClientError> {
+        let path = &*self.targeted(path);
         let exchange = async {
             match (&self.target, &self.pool) {
                 (Target::Https { address, tls }, Some(pool)) => {

@@ -31,5 +31,5 @@ pub use error::{Error, ErrorKind};
 pub use lifecycle::app::{App, AppError, Args, DaemonArgs};
 pub use rest::ConnectionLimits;
 pub use rest::servers::Server;
-pub use state::State;
 pub use state::hooks::{HookError, HookFuture, Hooks, InitConfig, NoHooks};
+pub use state::{Cluster, INTERNAL_EXTENSIONS, State};

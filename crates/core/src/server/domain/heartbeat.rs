@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::api::{ClockOffset, ClusterMemberLocal, HeartbeatRequest, HeartbeatResponse};
+use crate::api::{ClockOffset, ClusterMemberLocal, HeartbeatRequest, HeartbeatResponse, RoleStatus};
 use crate::server::db::{DbStatus, members, tokens};
 use crate::server::domain::membership::{recorded_role, stalled};
 use crate::server::domain::roles::{self, Placement, Targets};
@@ -282,12 +282,25 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
         }
     }
 
+    let after = client.cluster().await.unwrap_or(nodes);
+    let statuses = role_statuses(&rows, &after);
     let hooks = state.settings().hooks.clone();
-    if let Err(err) = hooks.on_heartbeat(state).await {
+    if let Err(err) = hooks.on_heartbeat(state, &statuses).await {
         tracing::warn!(error = %err, "the OnHeartbeat hook failed");
     }
     timer.succeeded();
     Ok(())
+}
+
+/// Each member's role as the round found it recorded, and as it is after the round (dqlite's,
+/// as the round records it), by name.
+fn role_statuses(rows: &[members::MemberRow], nodes: &[dqlite::NodeInfo]) -> BTreeMap<String, RoleStatus> {
+    rows.iter()
+        .map(|row| {
+            let node = nodes.iter().find(|n| n.address == row.address).map(|n| n.role);
+            (row.name.clone(), RoleStatus { old: row.role.clone(), new: recorded_role(&row.role, node).to_owned() })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -310,6 +323,30 @@ mod tests {
 
     fn node(address: &str, role: Option<dqlite::Role>) -> dqlite::NodeInfo {
         dqlite::NodeInfo { id: dqlite::generate_id(address), address: address.to_owned(), role }
+    }
+
+    #[test]
+    fn the_heartbeat_hook_sees_each_members_role_before_and_after_the_round() {
+        let rows = [row("a", role::VOTER), row("b", role::STAND_BY), row("j", role::PENDING), row("gone", role::SPARE)];
+        let nodes = [
+            node("a", Some(dqlite::Role::Voter)),
+            node("b", Some(dqlite::Role::Voter)),
+            node("j", Some(dqlite::Role::Spare)),
+        ];
+        let statuses = role_statuses(&rows, &nodes);
+        let seen: Vec<(&str, &str, &str, bool)> =
+            statuses.iter().map(|(name, s)| (name.as_str(), s.old.as_str(), s.new.as_str(), s.changed())).collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", role::VOTER, role::VOTER, false),
+                ("b", role::STAND_BY, role::VOTER, true),
+                // A joiner whose node is still a spare stays PENDING; a row without a node
+                // keeps what it has.
+                ("gone", role::SPARE, role::SPARE, false),
+                ("j", role::PENDING, role::PENDING, false),
+            ]
+        );
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct DaemonArgs {
     pub failure_domain: Option<u64>,
     /// Connections each listener holds and the timeouts that close them.
     pub connections: ConnectionLimits,
+    /// The signals that stop the daemon (SIGTERM and SIGINT by default; empty: none, for an
+    /// application that handles signals itself and stops the daemon with
+    /// [`App::start_until`]).
+    pub shutdown_signals: Vec<tokio::signal::unix::SignalKind>,
 }
 
 impl std::fmt::Debug for DaemonArgs {
@@ -85,6 +89,10 @@ impl Default for DaemonArgs {
             statement_timeout: Some(Duration::from_secs(5)),
             failure_domain: None,
             connections: ConnectionLimits::default(),
+            shutdown_signals: vec![
+                tokio::signal::unix::SignalKind::terminate(),
+                tokio::signal::unix::SignalKind::interrupt(),
+            ],
         }
     }
 }
@@ -194,6 +202,36 @@ impl App {
         self.local_client().revoke_token(name).await
     }
 
+    /// The cluster's members, with their roles and status (`microctl cluster list`).
+    pub async fn cluster_members(&self) -> Result<Vec<crate::api::ClusterMember>, ClientError> {
+        self.local_client().cluster_members().await
+    }
+
+    /// Removes member `name` from the cluster (`force`: it is gone for good; its PreRemove
+    /// hook's failure and its absence do not stop the removal).
+    pub async fn remove_cluster_member(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        self.local_client().with_timeout(Duration::from_secs(120)).remove_member(name, force).await
+    }
+
+    /// Stops this member's daemon, as SIGTERM does.
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        self.local_client().shutdown().await
+    }
+
+    /// A mutual-TLS client of the server at `address` whose certificate is `cert_pem` (pinned:
+    /// no other is accepted), authenticated with this member's certificate: for a member of
+    /// another cluster, or an application's listener with a certificate of its own.
+    pub fn remote_client_with_cert(&self, address: &str, cert_pem: &str) -> Result<Client, AppError> {
+        let dir = StateDir::open(&self.state_dir)?;
+        let identity =
+            dir.server_identity()?.ok_or_else(|| AppError::Invalid("this member has no certificate yet".into()))?;
+        let fingerprint = crate::tls::fingerprint_pem(cert_pem)
+            .map_err(|e| AppError::Invalid(format!("the server certificate: {e}")))?;
+        let config = crate::tls::client_config(Some(&identity), vec![fingerprint])
+            .map_err(|e| AppError::Invalid(e.to_string()))?;
+        Ok(Client::https(address, config))
+    }
+
     /// A mutual-TLS client of the member at `address`, authenticated with this member's
     /// certificate (the member must be initialised).
     pub fn remote_client(&self, address: &str) -> Result<Client, AppError> {
@@ -214,8 +252,36 @@ impl App {
         self.local_client().sql(query).await
     }
 
-    /// Runs the daemon until SIGINT, SIGTERM or `POST /core/control/shutdown`.
+    /// Runs the daemon until one of [`DaemonArgs::shutdown_signals`] (SIGTERM, SIGINT) or
+    /// `POST /core/control/shutdown`.
     pub async fn start(&self, args: DaemonArgs) -> Result<(), AppError> {
+        self.start_until(args, std::future::pending()).await
+    }
+
+    /// [`App::start`], also stopping (with the same orderly shutdown) when `stop` completes:
+    /// for an application that embeds the daemon and decides itself when it ends.
+    ///
+    /// ```no_run
+    /// use microcluster::{App, Args, DaemonArgs};
+    ///
+    /// # async fn run() -> Result<(), microcluster::AppError> {
+    /// let app = App::new(Args { state_dir: "/var/lib/myapp".into() });
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let daemon = tokio::spawn(async move {
+    ///     let args = DaemonArgs { shutdown_signals: Vec::new(), ..DaemonArgs::default() };
+    ///     app.start_until(args, async move { let _ = stopped.await; }).await
+    /// });
+    /// // ... later, from anywhere:
+    /// let _ = stop.send(());
+    /// daemon.await.expect("the daemon task")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start_until(
+        &self,
+        args: DaemonArgs,
+        stop: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), AppError> {
         crate::server::rest::servers::validate(&args.servers).map_err(AppError::Invalid)?;
         for ext in &args.api_extensions {
             if !valid_extension(ext) {
@@ -288,12 +354,23 @@ impl App {
             })?;
         tracing::info!(socket = %socket.display(), "control socket ready");
 
-        MemberLifecycle::boot(&state, initialised);
+        if let Err(err) = MemberLifecycle::boot(&state, initialised).await {
+            state.request_shutdown();
+            control.stop().await;
+            return Err(AppError::Invalid(err.to_string()));
+        }
 
+        let signals = args.shutdown_signals.iter().map(|kind| Box::pin(signal(*kind)));
+        let any_signal = async move {
+            match signals.len() {
+                0 => std::future::pending().await,
+                _ => futures_select_all(signals.collect()).await,
+            }
+        };
         tokio::select! {
             _ = shutdown_rx.wait_for(|stop| *stop) => {}
-            _ = signal(tokio::signal::unix::SignalKind::terminate()) => tracing::info!("SIGTERM received"),
-            _ = signal(tokio::signal::unix::SignalKind::interrupt()) => tracing::info!("SIGINT received"),
+            kind = any_signal => tracing::info!(signal = kind, "signal received"),
+            () = stop => tracing::info!("stop requested by the application"),
         }
         shutdown_sequence(&state).await;
         control.stop().await;
@@ -305,16 +382,31 @@ impl App {
     }
 }
 
-async fn signal(kind: tokio::signal::unix::SignalKind) {
+/// Resolves when `kind` arrives (never, if it cannot be listened for), with its number.
+async fn signal(kind: tokio::signal::unix::SignalKind) -> i32 {
     match tokio::signal::unix::signal(kind) {
         Ok(mut stream) => {
             stream.recv().await;
         }
         Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for a signal");
+            tracing::warn!(signal = kind.as_raw_value(), error = %err, "cannot listen for a signal");
             std::future::pending::<()>().await;
         }
     }
+    kind.as_raw_value()
+}
+
+/// The first of `futures` to complete.
+async fn futures_select_all<F: std::future::Future<Output = i32> + Unpin>(mut futures: Vec<F>) -> i32 {
+    std::future::poll_fn(move |cx| {
+        for future in futures.iter_mut() {
+            if let std::task::Poll::Ready(value) = std::pin::Pin::new(future).poll(cx) {
+                return std::task::Poll::Ready(value);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Stops everything in reverse order of start-up, bounded in time.

@@ -22,10 +22,15 @@ use crate::state_dir::NodeInfo;
 pub(crate) struct MemberLifecycle;
 
 impl MemberLifecycle {
-    /// What a daemon starting with this state directory does first: carries a join cut short
-    /// through to its end (joined or undone) before anything else, resumes an initialised
-    /// member, or waits for `init`.
-    pub(crate) fn boot(state: &State, initialised: Option<NodeInfo>) {
+    /// What a daemon starting with this state directory does first: runs the OnDaemonStart
+    /// hook, then carries a join cut short through to its end (joined or undone) before
+    /// anything else, resumes an initialised member, or waits for `init`.
+    pub(crate) async fn boot(state: &State, initialised: Option<NodeInfo>) -> Result<(), Error> {
+        let hooks = state.settings().hooks.clone();
+        hooks
+            .on_daemon_start(state)
+            .await
+            .map_err(|e| Error::internal(format!("the OnDaemonStart hook failed: {e}")))?;
         if membership::join_interrupted(state) {
             if initialised.is_some() {
                 state.set_db_status(DbStatus::Starting);
@@ -37,6 +42,7 @@ impl MemberLifecycle {
         } else {
             tracing::warn!("Database is not yet initialized: waiting for `init` (bootstrap or join)");
         }
+        Ok(())
     }
 }
 

@@ -436,7 +436,10 @@ pub struct Action {
     pub(crate) allowed_during_upgrade: bool,
     pub(crate) proxy_target: bool,
     pub(crate) max_body: usize,
+    pub(crate) access: Option<Arc<AccessFn>>,
 }
+
+type AccessFn = dyn Fn(&State, &Request) -> Result<(), ApiError> + Send + Sync;
 
 impl std::fmt::Debug for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -465,7 +468,41 @@ impl Action {
             allowed_during_upgrade: false,
             proxy_target: false,
             max_body: MAX_REQUEST_BODY,
+            access: None,
         }
+    }
+
+    /// Decides who may call it, beyond the built-in rule (a trusted member or the control
+    /// socket, unless [`Action::allow_untrusted`]): `check` sees the request (its [`Trust`],
+    /// headers, query, body) before the handler and refuses with the error it returns (a
+    /// `403` usually). It runs on the member that received the request, before `?target=`
+    /// forwards it.
+    ///
+    /// ```
+    /// use microcluster::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response, Trust};
+    /// use microcluster::State;
+    ///
+    /// async fn reboot(_state: State, _req: Request) -> HandlerResult {
+    ///     Ok(Response::empty())
+    /// }
+    ///
+    /// // Only from the control socket (an operator on the machine), never from another member.
+    /// fn operators_only(_state: &State, req: &Request) -> Result<(), ApiError> {
+    ///     match req.trust {
+    ///         Trust::Unix => Ok(()),
+    ///         _ => Err(ApiError::forbidden("only an operator on this machine may do this")),
+    ///     }
+    /// }
+    ///
+    /// let endpoint = Endpoint::new("reboot").post(Action::new(reboot).access(operators_only));
+    /// # let _ = endpoint;
+    /// ```
+    pub fn access<F>(mut self, check: F) -> Action
+    where
+        F: Fn(&State, &Request) -> Result<(), ApiError> + Send + Sync + 'static,
+    {
+        self.access = Some(Arc::new(check));
+        self
     }
 
     /// Lets callers without a trusted certificate in (the handler must check them itself).
@@ -510,13 +547,21 @@ impl Action {
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub(crate) path: String,
+    pub(crate) aliases: Vec<String>,
     pub(crate) actions: Vec<(Method, Action)>,
 }
 
 impl Endpoint {
     /// An endpoint at `path` below its resources' prefix; `{name}` segments are parameters.
     pub fn new(path: impl Into<String>) -> Endpoint {
-        Endpoint { path: path.into(), actions: Vec::new() }
+        Endpoint { path: path.into(), aliases: Vec::new(), actions: Vec::new() }
+    }
+
+    /// Serves the same actions at `path` too (below the same prefix; its parameters should be
+    /// named as the endpoint's), e.g. the old name of a renamed endpoint.
+    pub fn alias(mut self, path: impl Into<String>) -> Endpoint {
+        self.aliases.push(path.into());
+        self
     }
 
     /// Handles `method` with `action`.

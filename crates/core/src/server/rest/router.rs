@@ -35,8 +35,10 @@ impl Routes {
     pub(crate) fn new(resources: &[Resources]) -> Routes {
         let mut routes = Vec::new();
         for res in resources {
-            for endpoint in &res.endpoints {
-                let full = format!("{}/{}", res.prefix, endpoint.path.trim_matches('/'));
+            for (endpoint, path) in
+                res.endpoints.iter().flat_map(|e| std::iter::once(&e.path).chain(&e.aliases).map(move |p| (e, p)))
+            {
+                let full = format!("{}/{}", res.prefix, path.trim_matches('/'));
                 let pattern = full
                     .split('/')
                     .filter(|s| !s.is_empty())
@@ -140,6 +142,25 @@ mod tests {
         assert!(matches!(routes.find(&Method::GET, "/core/1.0/cluster/mc3"), Match::MethodNotAllowed));
         assert!(matches!(routes.find(&Method::GET, "/core/1.0/cluster/a/b"), Match::NotFound));
         assert!(matches!(routes.find(&Method::DELETE, "/core/1.0/cluster/%zz"), Match::NotFound));
+    }
+
+    #[test]
+    fn an_alias_serves_the_same_actions_under_its_own_route() {
+        let routes = Routes::new(&[Resources::new(
+            "1.0",
+            vec![Endpoint::new("notes/{name}").alias("memos/{name}").get(action()), Endpoint::new("/").get(action())],
+        )]);
+        for (path, route) in [("/1.0/notes/a", "/1.0/notes/{name}"), ("/1.0/memos/a", "/1.0/memos/{name}")] {
+            match routes.find(&Method::GET, path) {
+                Match::Found(_, params, found) => {
+                    assert_eq!((params, found), (vec![("name".to_owned(), "a".to_owned())], route));
+                }
+                _ => panic!("no match for {path}"),
+            }
+        }
+        assert!(matches!(routes.find(&Method::POST, "/1.0/memos/a"), Match::MethodNotAllowed));
+        let root = Routes::new(&[Resources::new("", vec![Endpoint::new("/").get(action())])]);
+        assert!(matches!(root.find(&Method::GET, "/"), Match::Found(_, _, "/")));
     }
 
     #[test]

@@ -464,6 +464,9 @@ async fn handle<'r>(
         params,
         upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
     };
+    if let Some(check) = &action.access {
+        check(&state, &request)?;
+    }
     if action.proxy_target
         && let Some(target) = request.query("target").map(str::to_owned)
         && target != state.name()

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::api::{ClusterMemberLocal, MemberConfig};
+use crate::api::{ClusterMemberLocal, MemberConfig, RoleStatus};
 use crate::server::state::State;
 
 /// What a hook returns on failure (any error type).
@@ -40,17 +40,20 @@ fn done<'a>() -> HookFuture<'a> {
 ///
 /// | hook | runs on | when | on error |
 /// |---|---|---|---|
-/// | `pre_init` | the member being initialised | before anything is written | init fails, nothing changed |
+/// | `on_daemon_start` | every member | each daemon start, initialised or not, before it resumes or waits for init (no database yet) | the daemon stops with the error |
+/// | `pre_init` | the member being initialised | before anything is written (its name and address are set) | init fails, nothing changed |
 /// | `post_bootstrap` | the bootstrapping member | after the database exists | bootstrap undone |
-/// | `pre_join` | the joiner | after its database is up | join undone |
-/// | `on_new_member` | every existing member | after the joiner's `pre_join` | logged |
-/// | `post_join` | the joiner | after `on_new_member` everywhere | logged |
-/// | `on_start` | every member | each start once the database is up (after bootstrap or join the first time) | start fails |
+/// | `pre_join` | the joiner | after its database is up | join undone everywhere |
+/// | `on_new_member` | every existing member | after the joiner's `pre_join` | join undone everywhere (a member that cannot be reached or is not ready is skipped) |
+/// | `post_join` | the joiner | after `on_new_member` everywhere | join undone everywhere |
+/// | `on_start` | every member | each start once the database is up (after bootstrap or join the first time) | the daemon stops (a bootstrap or join it ends is undone) |
 /// | `pre_remove` | the member leaving | before it is removed | removal refused (unless forced) |
-/// | `post_remove` | every remaining member | after a removal | logged |
-/// | `on_heartbeat` | the leader | after each heartbeat round | logged |
-/// | `on_daemon_config_update` | every other member | after a member changed its listeners or its address | logged |
-/// | `on_stop` | every member | during shutdown | logged |
+/// | `post_remove` | the member that removed it, then every other member left | after a removal | the removal stands; the error is returned to the caller |
+/// | `on_heartbeat` | the leader | after each heartbeat round, with each member's role before and after it | logged |
+/// | `on_daemon_config_update` | every other member | after a member changed its listeners (`PUT /core/1.0/daemon/servers`) or its address | the change stands; the error is returned to the caller of the listener change (a member that cannot be reached is skipped); logged after an address change |
+/// | `on_stop` | every member | during shutdown, for 5 s at most | logged |
+///
+/// Tasks a hook starts that should last until the daemon stops wait on [`State::stopping`].
 pub trait Hooks: Send + Sync + 'static {
     /// Before bootstrap or join.
     fn pre_init<'a>(&'a self, _state: &'a State, _bootstrap: bool, _config: &'a InitConfig) -> HookFuture<'a> {
@@ -92,8 +95,17 @@ pub trait Hooks: Send + Sync + 'static {
         done()
     }
 
-    /// On the leader after each heartbeat round.
-    fn on_heartbeat<'a>(&'a self, _state: &'a State) -> HookFuture<'a> {
+    /// On the leader after each heartbeat round, with every member's role before and after
+    /// it, by name.
+    fn on_heartbeat<'a>(&'a self, _state: &'a State, _roles: &'a BTreeMap<String, RoleStatus>) -> HookFuture<'a> {
+        done()
+    }
+
+    /// Each time the daemon starts, initialised or not, once its control socket serves and
+    /// before it resumes its membership or waits for `init`: for work that does not need the
+    /// database (a pre-init discovery service, say). Tasks it starts can end with
+    /// [`State::stopping`].
+    fn on_daemon_start<'a>(&'a self, _state: &'a State) -> HookFuture<'a> {
         done()
     }
 

@@ -80,6 +80,93 @@ pub(crate) enum NodeToStart {
     Id(u64),
 }
 
+/// The core's own API extensions, in microcluster's names: applications declare theirs at
+/// run time, and the core's endpoints are under `/core`.
+pub const INTERNAL_EXTENSIONS: &[&str] = &["internal:runtime_extension_v1", "internal:rename_core_endpoints"];
+
+/// The other members of the cluster, each with a client ([`State::cluster`]).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    members: Vec<(ClusterMemberLocal, Client)>,
+}
+
+impl Cluster {
+    /// The members and their clients.
+    pub fn members(&self) -> &[(ClusterMemberLocal, Client)] {
+        &self.members
+    }
+
+    /// Runs `call` with each member's client: one after the other, or all at once
+    /// (`concurrent`); returns each member's name with what its call returned, in the members'
+    /// order. Unlike microcluster's, it does not stop at the first failure: every member is
+    /// asked and every answer kept, and the caller decides what a failure means.
+    ///
+    /// ```
+    /// use microcluster::{Error, State};
+    ///
+    /// // Ask every other member for its status, all at once; fail if one cannot answer.
+    /// async fn versions(state: &State) -> Result<Vec<(String, String)>, Error> {
+    ///     let answers = state.cluster(false)?.query(true, |client| async move { client.status().await }).await;
+    ///     answers
+    ///         .into_iter()
+    ///         .map(|(name, status)| match status {
+    ///             Ok(status) => Ok((name, status.version)),
+    ///             Err(err) => Err(Error::unavailable(format!("{name}: {err}"))),
+    ///         })
+    ///         .collect()
+    /// }
+    /// # let _ = versions;
+    /// ```
+    pub async fn query<T, F, Fut>(
+        &self,
+        concurrent: bool,
+        call: F,
+    ) -> Vec<(String, Result<T, crate::client::ClientError>)>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::client::ClientError>>,
+    {
+        let calls = self.members.iter().map(|(member, client)| {
+            let answer = call(client.clone());
+            async move { (member.name.clone(), answer.await) }
+        });
+        if concurrent {
+            let mut set = Vec::new();
+            for call in calls {
+                set.push(Box::pin(call));
+            }
+            join_all(set).await
+        } else {
+            let mut answers = Vec::new();
+            for call in calls {
+                answers.push(call.await);
+            }
+            answers
+        }
+    }
+}
+
+/// Every future's output, in order, the futures run at once on the caller's task.
+async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(move |cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match std::pin::Pin::new(future).poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        match pending {
+            true => std::task::Poll::Pending,
+            false => std::task::Poll::Ready(outputs.iter_mut().filter_map(Option::take).collect()),
+        }
+    })
+    .await
+}
+
 /// A handle on the daemon, given to endpoint handlers and hooks; cheap to clone.
 #[derive(Clone)]
 pub struct State(Arc<Daemon>);
@@ -194,9 +281,55 @@ impl State {
         *self.0.db_status.borrow()
     }
 
-    /// Whether this binary declares API extension `name`.
+    /// Whether this binary declares API extension `name`, or the core has it (`internal:…`:
+    /// [`INTERNAL_EXTENSIONS`], the names microcluster gives the same behaviour).
     pub fn has_extension(&self, name: &str) -> bool {
-        self.0.settings.api_extensions.iter().any(|e| e == name)
+        INTERNAL_EXTENSIONS.contains(&name) || self.0.settings.api_extensions.iter().any(|e| e == name)
+    }
+
+    /// This member's own certificate and key (what it presents to other members).
+    pub fn server_cert(&self) -> Identity {
+        self.0.server_identity.read().map(|i| i.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The cluster's certificate and key (what every member serves its API with), once the
+    /// member is initialised.
+    pub fn cluster_cert(&self) -> Result<Identity, Error> {
+        Ok(self.runtime()?.cluster_identity.clone())
+    }
+
+    /// The application's own listeners (the servers that are not part of the core API), by
+    /// name, with the address each listens on (empty: not listening).
+    pub fn extension_servers(&self) -> std::collections::BTreeMap<String, String> {
+        self.0.http.wanted_servers(self)
+    }
+
+    /// The address of the dqlite leader, asked of the cluster.
+    pub async fn leader_address(&self) -> Result<String, Error> {
+        Ok(self.online_runtime()?.db.client().leader().await?.address)
+    }
+
+    /// dqlite's configuration: every node's id, address and role (voter, stand-by, spare).
+    pub async fn dqlite_nodes(&self) -> Result<Vec<dqlite::NodeInfo>, Error> {
+        Ok(self.online_runtime()?.db.client().cluster().await?)
+    }
+
+    /// Clients of every other member, to ask them all something ([`Cluster::query`]);
+    /// `notification`: marked so that receivers do not pass the request on again.
+    pub fn cluster(&self, notification: bool) -> Result<Cluster, Error> {
+        let runtime = self.runtime()?;
+        let me = self.name();
+        let members = self
+            .members()
+            .into_iter()
+            .filter(|m| m.name != me)
+            .map(|m| {
+                let client = Client::https(m.address.clone(), runtime.peer_tls.clone());
+                let client = if notification { client.as_notification() } else { client };
+                (m, client)
+            })
+            .collect();
+        Ok(Cluster { members })
     }
 
     /// The members this member trusts (itself included).
@@ -269,6 +402,14 @@ impl State {
             .ok()
             .and_then(|r| r.clone())
             .ok_or_else(|| Error::unavailable(DbStatus::NotInitialized.text()))
+    }
+
+    /// Resolves when the daemon begins to shut down: what a task started by a hook or a
+    /// handler waits on to end in time (microcluster hands hooks a context that lives until
+    /// then).
+    pub async fn stopping(&self) {
+        let mut shutdown = self.0.shutdown.subscribe();
+        let _ = shutdown.wait_for(|stop| *stop).await;
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ensure_server_identity, ensure_uninitialised, fan_out, fault_point, hook_failed, retry_config_change, role_name,
-    stalled, take_role_on_leader,
+    ensure_server_identity, ensure_uninitialised, fan_out, fault_point, hook_failed, hook_on_members,
+    retry_config_change, role_name, stalled, take_role_on_leader,
 };
 use crate::api::{ClusterMemberLocal, Control, JoinRequest, JoinResponse, JoinToken, NewMemberHookRequest, role};
 use crate::client::{Client, ClientError};
@@ -324,12 +324,14 @@ async fn carry_through(state: &State, control: &Control) -> Result<(), Cut> {
             }
             tracing::warn!(error = %err, "join failed; undoing it");
             let _ = state.settings().hooks.pre_remove(state, true).await;
-            if let Err(reset) = reset_local(state).await {
-                tracing::error!(error = %reset, "resetting after the failed join");
-            }
+            // The cluster forgets this member while its node still runs: a joiner that became a
+            // voter of a cluster of one must be there to vote its own removal through.
             let trusted_client = trusted_client.with_timeout(Duration::from_secs(60));
             if let Err(remove) = trusted_client.remove_member(&control.name, true).await {
                 tracing::error!(error = %remove, "asking the cluster to forget this member after the failed join");
+            }
+            if let Err(reset) = reset_local(state).await {
+                tracing::error!(error = %reset, "resetting after the failed join");
             }
             Err(Cut::RolledBack(err))
         }
@@ -413,19 +415,11 @@ async fn join_steps(
 
     let hooks = state.settings().hooks.clone();
     hooks.pre_join(state, &control.config).await.map_err(|e| StepError::Final(hook_failed("PreJoin", e)))?;
+    // A member that refuses the newcomer undoes the join, as a failing PostJoin does.
     let notice = NewMemberHookRequest { new_member: me };
-    let failures = fan_out(state.peer_clients()?, |c| {
-        let notice = notice.clone();
-        async move { c.run_hook("on-new-member", &notice).await }
-    })
-    .await;
-    for (name, err) in failures {
-        tracing::warn!(member = name, error = %err, "the OnNewMember hook failed");
-    }
+    hook_on_members(state.peer_clients()?, "on-new-member", &notice).await.map_err(StepError::Final)?;
     fault_point("join:before-post-join", &control.name);
-    if let Err(err) = hooks.post_join(state, &control.config).await {
-        tracing::warn!(error = %err, "the PostJoin hook failed");
-    }
+    hooks.post_join(state, &control.config).await.map_err(|e| StepError::Final(hook_failed("PostJoin", e)))?;
     hooks.on_start(state).await.map_err(|e| StepError::Final(hook_failed("OnStart", e)))?;
     state.start_background(&runtime);
     Ok(())

@@ -200,6 +200,36 @@ where
     failures
 }
 
+/// Runs hook `hook` (its wire name, e.g. `on-new-member`) on each of `clients` at once. A
+/// member whose hook failed (it answered with an error) fails the call, naming it; a member
+/// that could not be reached, or is not ready (`503`), is only logged: it may be down, and a
+/// member that is down must not stop the cluster from changing.
+pub(crate) async fn hook_on_members<B>(
+    clients: Vec<(ClusterMemberLocal, Client)>,
+    hook: &'static str,
+    body: &B,
+) -> Result<(), Error>
+where
+    B: serde::Serialize + Clone + Send + Sync + 'static,
+{
+    let mut failed = Vec::new();
+    for (member, err) in fan_out(clients, |c| {
+        let body = body.clone();
+        async move { c.run_hook(hook, &body).await }
+    })
+    .await
+    {
+        match err.status() {
+            Some(status) if status != hyper::StatusCode::SERVICE_UNAVAILABLE => failed.push(format!("{member}: {err}")),
+            _ => tracing::warn!(member, error = %err, hook, "a member could not run a hook; going on without it"),
+        }
+    }
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(Error::internal(format!("the {hook} hook failed on {}", failed.join("; ")))),
+    }
+}
+
 /// The role string stored for a dqlite role.
 pub(crate) fn role_name(role: Option<dqlite::Role>) -> &'static str {
     match role {

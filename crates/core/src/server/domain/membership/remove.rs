@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::{fan_out, role_name};
+use super::role_name;
 use crate::api::{RemoveHookRequest, role};
 use crate::client::ClientError;
 use crate::server::db::members;
@@ -121,6 +121,9 @@ enum OnFailure {
     Stop,
     /// Logged; the removal goes on.
     Warn,
+    /// The removal goes on and is done, then the step's error is returned (the caller learns
+    /// that, say, an application hook failed, with nothing left to undo).
+    Report,
 }
 
 /// The steps of a removal and what a failure of each does. Without `force`, the removal stops
@@ -134,7 +137,7 @@ fn steps(force: bool) -> [(Step, OnFailure); 6] {
         (Step::RemoveNode, unless_forced),
         (Step::Distrust, OnFailure::Stop),
         (Step::ResetMember, OnFailure::Warn),
-        (Step::PostRemove, OnFailure::Warn),
+        (Step::PostRemove, OnFailure::Report),
     ]
 }
 
@@ -167,6 +170,7 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
     // A forced removal is for members that are gone: do not wait long for them.
     let victim_timeout = Duration::from_secs(if force { 5 } else { 30 });
     let target = state.member_client(&address)?.with_timeout(victim_timeout);
+    let mut reported = None;
     for (step, on_failure) in steps(force) {
         let outcome = match step {
             Step::PreRemove => target.run_hook("pre-remove", &body).await.map_err(|err| {
@@ -201,10 +205,14 @@ pub(crate) async fn remove(state: &State, name: &str, force: bool) -> Result<(),
             (Err(err), OnFailure::Warn) => {
                 tracing::warn!(member = name, ?step, error = %err, "a removal step failed; going on")
             }
+            (Err(err), OnFailure::Report) => reported = reported.or(Some(err)),
         }
     }
     tracing::info!(member = name, force, "removed a member");
-    Ok(())
+    match reported {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }
 
 /// Asks the member at `address` (the leader) to do the removal.
@@ -217,21 +225,14 @@ async fn forward(state: &State, address: &str, name: &str, force: bool, what: &s
         .map_err(|e| from_client(what, e))
 }
 
-/// PostRemove here, then on every member left (their failures are logged; this member's is
-/// returned, after the others ran).
+/// PostRemove here, then on every member left; a failure (here first, then the others') is
+/// returned after all ran. The member stays removed: the removal is done by then.
 async fn post_remove(state: &State, body: &RemoveHookRequest) -> Result<(), Error> {
     let remaining = state.peer_clients()?;
     let hooks = state.settings().hooks.clone();
     let here = hooks.post_remove(state, body.force).await.map_err(|err| super::hook_failed("PostRemove", err));
-    for (member, err) in fan_out(remaining, |c| {
-        let body = body.clone();
-        async move { c.run_hook("post-remove", &body).await }
-    })
-    .await
-    {
-        tracing::warn!(member, error = %err, "the PostRemove hook failed on a member");
-    }
-    here
+    let there = super::hook_on_members(remaining, "post-remove", body).await;
+    here.and(there).map_err(|e| e.context("the member was removed, but"))
 }
 
 #[cfg(test)]
@@ -333,10 +334,10 @@ mod tests {
 
     #[test]
     fn a_failed_step_stops_the_removal_unless_forced_until_the_member_is_distrusted() {
-        use OnFailure::{Stop, Warn};
+        use OnFailure::{Report, Stop, Warn};
         let order =
             [Step::PreRemove, Step::DeleteRow, Step::RemoveNode, Step::Distrust, Step::ResetMember, Step::PostRemove];
-        let cases = [(false, [Stop, Stop, Stop, Stop, Warn, Warn]), (true, [Warn, Stop, Warn, Stop, Warn, Warn])];
+        let cases = [(false, [Stop, Stop, Stop, Stop, Warn, Report]), (true, [Warn, Stop, Warn, Stop, Warn, Report])];
         for (force, policy) in cases {
             let steps = steps(force);
             assert_eq!(steps.map(|(s, _)| s), order, "the order, force={force}");

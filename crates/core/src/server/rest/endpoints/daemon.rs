@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::api::paths;
 use crate::api::{MemberConfig, ServerAddress};
-use crate::server::domain::membership::fan_out;
+use crate::server::domain::membership::hook_on_members;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response};
 use crate::server::state::State;
 use crate::state_dir::ServerConfig;
@@ -58,14 +58,9 @@ async fn put(state: State, req: Request) -> HandlerResult {
     }
     if !req.is_notification() {
         let update = MemberConfig { name: config.name.clone(), address: config.address.clone(), servers: view(&state) };
-        for (member, err) in fan_out(state.peer_clients()?, |c| {
-            let update = update.clone();
-            async move { c.run_hook("on-daemon-config-update", &update).await }
-        })
-        .await
-        {
-            tracing::warn!(member, error = %err, "the OnDaemonConfigUpdate hook failed on a member");
-        }
+        hook_on_members(state.peer_clients()?, "on-daemon-config-update", &update)
+            .await
+            .map_err(|e| e.context("the listeners changed here, but"))?;
     }
     Ok(Response::empty())
 }
