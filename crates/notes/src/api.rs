@@ -11,6 +11,8 @@
 //! | `GET /1.0/members-file` | this member's `members.conf` (see `hooks`), served from disk |
 //! | `GET /1.0/fleet` | every other member's version, asked of them all at once |
 //! | `GET /1.0/echo` with `Upgrade: echo` | the connection switches to an echo of what the client writes |
+//! | `GET /1.0/discovery` | whether this member is initialised yet: on the pre-init address before init, on the member's address after |
+//! | `GET /1.0/beacon` (its own listener) | the same, from the daemon's start on |
 
 use std::time::Duration;
 
@@ -19,8 +21,28 @@ use microcluster::{Server, State};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The API, part of the core's listeners (the cluster address and the control socket).
-pub(crate) fn server() -> Server {
+/// The API, part of the core's listeners (the cluster address and the control socket); the
+/// discovery endpoint, served before init too; the beacon on `beacon`, a listener of its own.
+pub(crate) fn servers(beacon: Option<String>) -> Vec<Server> {
+    let early = || Action::new(discovery).allow_untrusted().allowed_before_init();
+    let discovery =
+        Server::core("discovery", vec![Resources::new("1.0", vec![Endpoint::new("discovery").get(early())])])
+            .pre_init();
+    let mut beacon_server =
+        Server::listener("beacon", vec![Resources::new("1.0", vec![Endpoint::new("beacon").get(early())])]).pre_init();
+    if let Some(address) = beacon {
+        beacon_server = beacon_server.default_address(address);
+    }
+    vec![api(), discovery, beacon_server]
+}
+
+/// What a member tells a peer looking for members: whether it is part of a cluster yet.
+async fn discovery(state: State, _req: Request) -> HandlerResult {
+    let initialised = state.database_status() != microcluster::DbStatus::NotInitialized;
+    Response::sync(serde_json::json!({"name": state.name(), "version": state.version(), "initialised": initialised}))
+}
+
+fn api() -> Server {
     let endpoints = vec![
         Endpoint::new("notes").get(Action::new(list).allow_untrusted()),
         Endpoint::new("notes/{name}")

@@ -9,7 +9,10 @@
 //!   (the control socket) may make;
 //! - its own schema, in three updates (`schema`);
 //! - hooks that do real work (`hooks`): every member keeps a file listing the cluster's
-//!   members in step with the membership.
+//!   members in step with the membership;
+//! - endpoints served before the member is initialised, for a peer looking for members to
+//!   form a cluster with: `GET /1.0/discovery` on the pre-init address (`--pre-init-address`,
+//!   then on the member's address), and a beacon on a listener of its own (`--beacon`).
 //!
 //! Run a member with `notesd --state-dir DIR`, initialise it with `microctl --state-dir DIR
 //! init ...` as any member, and use the API through the control socket or the member's address.
@@ -37,6 +40,13 @@ struct Cli {
     /// Log at debug level.
     #[arg(long)]
     debug: bool,
+    /// Serve the discovery endpoint (and the core API's status) here before the member is
+    /// initialised, over HTTPS with the member's own certificate.
+    #[arg(long, value_name = "IP:PORT")]
+    pre_init_address: Option<String>,
+    /// Serve the beacon, a listener of its own, here, from the daemon's start on.
+    #[arg(long, value_name = "IP:PORT")]
+    beacon: Option<String>,
 }
 
 #[tokio::main]
@@ -50,7 +60,8 @@ async fn main() -> anyhow::Result<()> {
         api_extensions: vec!["notes".into(), "notes_watch".into()],
         extensions_schema: schema::updates(),
         hooks: Arc::new(hooks::MembersFile),
-        servers: vec![api::server()],
+        servers: api::servers(cli.beacon),
+        pre_init_address: cli.pre_init_address,
         ..DaemonArgs::default()
     };
     App::new(Args { state_dir: cli.state_dir }).start(daemon).await?;

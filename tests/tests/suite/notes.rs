@@ -126,3 +126,60 @@ fn a_service_ported_from_go_microcluster_runs_on_the_library() {
         });
     }
 }
+
+/// An HTTPS client that accepts only the certificate in `member`'s state directory file
+/// `file` (`server.crt` before init, `cluster.crt` after), presenting none of its own.
+fn pinned(member: &Member, file: &str, address: &str) -> Client {
+    let pem = std::fs::read_to_string(member.dir.join(file)).unwrap();
+    let fingerprint = microcluster::tls::fingerprint_pem(&pem).unwrap();
+    let tls = microcluster::tls::client_config(None, vec![fingerprint]).unwrap();
+    Client::https(address, tls).with_timeout(Duration::from_secs(10))
+}
+
+#[test]
+fn a_service_answers_peers_before_it_is_initialised() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let notesd = binaries().dir.join("notesd");
+    let mut member = Member::new("m1");
+    let beacon = microcluster_tests::free_address();
+    member.binary = Some(notesd);
+    member.args.extend(["--pre-init-address".into(), member.address.clone(), "--beacon".into(), beacon.clone()]);
+    member.start();
+
+    // Before init: the discovery endpoint and the core API's status on the pre-init address,
+    // the beacon on its own, both with the member's own certificate; nobody is trusted yet.
+    let early = pinned(&member, "server.crt", &member.address);
+    let found: serde_json::Value = rt.block_on(early.query(Method::GET, "/1.0/discovery", None::<&()>)).unwrap();
+    assert_eq!(found["initialised"], false, "{found}");
+    let status: serde_json::Value = rt.block_on(early.query(Method::GET, "/core/1.0", None::<&()>)).unwrap();
+    assert_eq!(status["ready"], false, "{status}");
+    let notes = rt.block_on(early.raw(Method::GET, "/1.0/notes", None)).unwrap();
+    assert_eq!(notes.0, StatusCode::NOT_FOUND, "only what is marked pre-init is served before init");
+    let beaconed: serde_json::Value =
+        rt.block_on(pinned(&member, "server.crt", &beacon).query(Method::GET, "/1.0/beacon", None::<&()>)).unwrap();
+    assert_eq!(beaconed["initialised"], false, "{beaconed}");
+
+    // Initialised at the pre-init address itself: the same endpoint, now with the cluster's
+    // certificate, and the beacon restarted with it.
+    member.bootstrap();
+    member.wait_ready(Duration::from_secs(30));
+    let found = wait_until("discovery on the member's address", Duration::from_secs(10), || {
+        rt.block_on(pinned(&member, "cluster.crt", &member.address).query::<serde_json::Value>(
+            Method::GET,
+            "/1.0/discovery",
+            None::<&()>,
+        ))
+        .ok()
+    });
+    assert_eq!((found["initialised"].as_bool(), found["name"].as_str()), (Some(true), Some("m1")), "{found}");
+    let beaconed = wait_until("the beacon with the cluster's certificate", Duration::from_secs(10), || {
+        rt.block_on(pinned(&member, "cluster.crt", &beacon).query::<serde_json::Value>(
+            Method::GET,
+            "/1.0/beacon",
+            None::<&()>,
+        ))
+        .ok()
+    });
+    assert_eq!(beaconed["initialised"], true, "{beaconed}");
+    assert!(rt.block_on(pinned(&member, "server.crt", &beacon).raw(Method::GET, "/1.0/beacon", None)).is_err());
+}

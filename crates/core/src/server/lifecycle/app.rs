@@ -16,7 +16,7 @@ use crate::server::db::schema::{SchemaUpdate, internal_updates};
 use crate::server::lifecycle::member::MemberLifecycle;
 use crate::server::lifecycle::startup::{self, Files};
 use crate::server::rest::endpoints;
-use crate::server::rest::front::Front;
+use crate::server::rest::front::{Front, PreInit};
 use crate::server::rest::servers::{Listeners, Server};
 use crate::server::rest::{ConnectionLimits, Listener, Routes, open_file_limit};
 use crate::server::state::hooks::{Hooks, NoHooks};
@@ -63,6 +63,11 @@ pub struct DaemonArgs {
     /// application that handles signals itself and stops the daemon with
     /// [`App::start_until`]).
     pub shutdown_signals: Vec<tokio::signal::unix::SignalKind>,
+    /// Where the member serves, over HTTPS with its own certificate, while it is not
+    /// initialised: the core API's status and the core servers marked
+    /// [`Server::pre_init`] (`None`: nothing before init). It may be the address the member
+    /// is then initialised with.
+    pub pre_init_address: Option<String>,
 }
 
 impl std::fmt::Debug for DaemonArgs {
@@ -93,6 +98,7 @@ impl Default for DaemonArgs {
                 tokio::signal::unix::SignalKind::terminate(),
                 tokio::signal::unix::SignalKind::interrupt(),
             ],
+            pre_init_address: None,
         }
     }
 }
@@ -283,6 +289,10 @@ impl App {
         stop: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), AppError> {
         crate::server::rest::servers::validate(&args.servers).map_err(AppError::Invalid)?;
+        if let Some(address) = &args.pre_init_address {
+            crate::validate::member_address(address)
+                .map_err(|e| AppError::Invalid(format!("the pre-init address: {e}")))?;
+        }
         for ext in &args.api_extensions {
             if !valid_extension(ext) {
                 return Err(AppError::Invalid(format!(
@@ -312,11 +322,19 @@ impl App {
             }
         }
         let limits = args.connections.resolve(open_file_limit());
+        let pre_init = args.pre_init_address.as_ref().map(|address| {
+            let mut early = endpoints::shared();
+            for server in args.servers.iter().filter(|s| s.core_api && s.pre_init) {
+                early.extend(server.resources.iter().cloned());
+            }
+            PreInit { address: address.clone(), routes: Arc::new(Routes::new(&early)), running: Default::default() }
+        });
         let front = Front {
             core_routes: Arc::new(Routes::new(&shared)),
             limits,
             servers: args.servers.clone(),
             listeners: Listeners::default(),
+            pre_init,
         };
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let daemon = Daemon {

@@ -40,6 +40,7 @@ impl MemberLifecycle {
             state.set_db_status(DbStatus::Starting);
             tokio::spawn(resume(state.clone(), info.id));
         } else {
+            state.http().serve_before_init(state).await;
             tracing::warn!("Database is not yet initialized: waiting for `init` (bootstrap or join)");
         }
         Ok(())
@@ -49,12 +50,21 @@ impl MemberLifecycle {
 impl Lifecycle for MemberLifecycle {
     fn init<'a>(&'a self, state: &'a State, control: &'a Control) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            match (control.bootstrap, control.join_token.is_empty()) {
-                (true, true) => membership::bootstrap(state, control).await,
-                (false, false) => membership::join(state, control).await,
-                (true, false) => Err(Error::invalid("give either bootstrap or a join token, not both")),
-                (false, true) => Err(Error::invalid("give either bootstrap or a join token")),
+            let init = match (control.bootstrap, control.join_token.is_empty()) {
+                (true, false) => return Err(Error::invalid("give either bootstrap or a join token, not both")),
+                (false, true) => return Err(Error::invalid("give either bootstrap or a join token")),
+                (bootstrap, _) => bootstrap,
+            };
+            // The member's address may be the pre-init one.
+            state.http().stop_before_init().await;
+            let result = match init {
+                true => membership::bootstrap(state, control).await,
+                false => membership::join(state, control).await,
+            };
+            if result.is_err() && matches!(state.dir().node_info(), Ok(None)) {
+                state.http().serve_before_init(state).await;
             }
+            result
         })
     }
 
@@ -72,6 +82,7 @@ impl Lifecycle for MemberLifecycle {
             if let Err(err) = reset_local(&state).await {
                 tracing::error!(error = %err, "resetting after removal");
             }
+            state.http().serve_before_init(&state).await;
         })
     }
 

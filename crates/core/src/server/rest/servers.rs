@@ -37,6 +37,7 @@ pub struct Server {
     pub(crate) default_address: Option<String>,
     pub(crate) dedicated_certificate: bool,
     pub(crate) plain_http: bool,
+    pub(crate) pre_init: bool,
 }
 
 impl Server {
@@ -50,6 +51,7 @@ impl Server {
             default_address: None,
             dedicated_certificate: false,
             plain_http: false,
+            pre_init: false,
         }
     }
 
@@ -83,6 +85,19 @@ impl Server {
     /// callers. For public-facing APIs behind a proxy or on loopback.
     pub fn plain_http(mut self) -> Server {
         self.plain_http = true;
+        self
+    }
+
+    /// Serves it before the member is initialised too: a listener of its own starts at daemon
+    /// start (with the member's own certificate until the cluster's exists, then with the
+    /// cluster's); a core server is served on [`DaemonArgs::pre_init_address`] until init,
+    /// then on the member's address. Before init no member is trusted yet, so its actions
+    /// must allow untrusted callers (and be allowed before init) to answer; a discovery
+    /// service, for instance.
+    ///
+    /// [`DaemonArgs::pre_init_address`]: crate::DaemonArgs::pre_init_address
+    pub fn pre_init(mut self) -> Server {
+        self.pre_init = true;
         self
     }
 
@@ -127,17 +142,18 @@ pub(crate) fn validate(servers: &[Server]) -> Result<(), String> {
     Ok(())
 }
 
-/// The listeners of servers that have their own, by name: (address, listener).
+/// The listeners of servers that have their own, by name: (address, the fingerprint of the
+/// certificate it presents, listener).
 #[derive(Debug, Default)]
 pub(crate) struct Listeners {
-    running: tokio::sync::Mutex<BTreeMap<String, (String, Listener)>>,
+    running: tokio::sync::Mutex<BTreeMap<String, (String, String, Listener)>>,
 }
 
 impl Listeners {
     /// Stops them all.
     pub(crate) async fn stop(&self) {
         let running = std::mem::take(&mut *self.running.lock().await);
-        for (_, (_, listener)) in running {
+        for (_, (_, _, listener)) in running {
             listener.stop().await;
         }
     }
@@ -159,8 +175,10 @@ pub(crate) fn wanted(state: &State, servers: &[Server]) -> BTreeMap<String, Stri
         .collect()
 }
 
-/// Starts, moves and stops listeners until they match [`wanted`]. Listeners whose address did
-/// not change keep running; a listener that cannot bind is reported and left off.
+/// Starts, moves and stops listeners until they match [`wanted`]. Listeners whose address and
+/// certificate did not change keep running; a listener that cannot bind is reported and left
+/// off. `cluster` is the certificate they present unless they have their own (the member's
+/// own before init).
 pub(crate) async fn apply(
     state: &State,
     servers: &[Server],
@@ -173,10 +191,11 @@ pub(crate) async fn apply(
     let mut errors = Vec::new();
     for server in servers.iter().filter(|s| !s.core_api) {
         let address = wanted.get(&server.name).cloned().unwrap_or_default();
-        if running.get(&server.name).is_some_and(|(current, _)| *current == address) {
+        let presents = presented(server, cluster);
+        if running.get(&server.name).is_some_and(|(current, cert, _)| *current == address && *cert == presents) {
             continue;
         }
-        if let Some((_, old)) = running.remove(&server.name) {
+        if let Some((_, _, old)) = running.remove(&server.name) {
             old.stop().await;
             tracing::info!(server = server.name, "listener stopped");
         }
@@ -186,7 +205,7 @@ pub(crate) async fn apply(
         match start(state, server, limits, &address, cluster).await {
             Ok(listener) => {
                 tracing::info!(server = server.name, address, "listener started");
-                running.insert(server.name.clone(), (address, listener));
+                running.insert(server.name.clone(), (address, presents, listener));
             }
             Err(err) => errors.push(format!("{}: {err}", server.name)),
         }
@@ -220,6 +239,16 @@ async fn start(
     };
     let config = tls::server_config(&identity).map_err(|e| e.to_string())?;
     Ok(Listener::tls(tcp, config, state.clone(), routes, limits))
+}
+
+/// What a listener of `server` presents, as a fingerprint: what tells a listener to restart
+/// when the certificate changes (the member's own before init, the cluster's after).
+fn presented(server: &Server, cluster: &Identity) -> String {
+    match (server.plain_http, server.dedicated_certificate) {
+        (true, _) => String::new(),
+        (false, true) => format!("dedicated:{}", server.name),
+        (false, false) => cluster.fingerprint().unwrap_or_default(),
+    }
 }
 
 /// `certificates/NAME.crt` and `.key`, generated on first use.

@@ -30,6 +30,16 @@ pub(crate) trait Http: Send + Sync {
     /// Stops the application's own listeners.
     fn stop_servers(&self) -> BoxFuture<'_, ()>;
 
+    /// Serves what the application wants served while the member is not initialised: its
+    /// own listeners marked pre-init (with the member's own certificate) and, on the pre-init
+    /// address, the core API with the core servers marked pre-init. What cannot listen is
+    /// reported and left off.
+    fn serve_before_init<'a>(&'a self, state: &'a State) -> BoxFuture<'a, ()>;
+
+    /// Stops the pre-init address's listener (init is about to serve the member's address,
+    /// which may be the same).
+    fn stop_before_init(&self) -> BoxFuture<'_, ()>;
+
     /// Where each of the application's own listeners should be, by name, from `daemon.toml`
     /// and the defaults (empty: not listening).
     fn wanted_servers(&self, state: &State) -> BTreeMap<String, String>;
