@@ -84,7 +84,8 @@ fn render(summary: &BackupSummary, what: &str, format: Format) -> String {
         json: serde_json::to_value(summary).unwrap_or_default(),
     };
     match format {
-        Format::Table => {
+        // The people's formats: a line of totals, then the table.
+        Format::Table | Format::Compact => {
             let verified = if summary.verified { ", verified by restoring and comparing" } else { "" };
             format!(
                 "{what}: {} tables, {} rows, {} bytes, schema {}/{}, sha256 {}{verified}\n{}",
@@ -136,5 +137,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&render(&summary, "", Format::Json)).unwrap();
         assert_eq!(json["checksum"], "ab");
         assert_eq!(render(&summary, "", Format::Csv), "table,rows\nt,2\n");
+        let compact = render(&summary, "backed up to x", Format::Compact);
+        assert!(compact.ends_with(", verified by restoring and comparing\nTABLE  ROWS\nt      2\n"), "{compact}");
     }
 }

@@ -15,8 +15,9 @@ pub(crate) async fn run(client: &Client, repair: bool, format: Format) -> anyhow
     let what = if repair { "running the doctor" } else { "running the doctor's checks" };
     let report = client.doctor(repair).await.context(what)?;
     let listing = listing(&report);
-    // The summary follows a table; other formats stay parseable, so it goes to stderr there.
-    if format == Format::Table {
+    // The summary follows a table (bordered or compact); other formats stay parseable, so it
+    // goes to stderr there.
+    if matches!(format, Format::Table | Format::Compact) {
         crate::emit(&format!("{}{}\n", listing.render(format), summary(&report)))?;
     } else {
         crate::emit(&listing.render(format))?;

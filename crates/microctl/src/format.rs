@@ -1,5 +1,5 @@
-//! Rendering lists for people (ASCII tables exactly like microcluster's example CLI) and for
-//! programs (JSON, YAML, CSV).
+//! Rendering lists for people (ASCII tables exactly like microcluster's example CLI, or compact
+//! ones without borders) and for programs (JSON, YAML, CSV).
 //!
 //! A [`Listing`] carries each view separately because they differ on purpose: the table shows
 //! short, human columns (e.g. a truncated fingerprint), JSON is the API's own objects, and
@@ -19,6 +19,9 @@ pub(crate) enum Format {
     Yaml,
     /// Comma-separated values with a header line.
     Csv,
+    /// The table without borders or separators (like LXD's `compact`): a header row, then one
+    /// row per item, each column left-aligned and two spaces from the next.
+    Compact,
 }
 
 /// comfy-table's 19 border characters, in its preset order: left/right borders `|`, top/bottom
@@ -50,6 +53,7 @@ impl Listing {
             Format::Json => format!("{:#}\n", self.json),
             Format::Yaml => yaml(&self.keys, &self.records),
             Format::Csv => csv(&self.keys, &self.records),
+            Format::Compact => compact(&self.header, &self.cells),
         }
     }
 }
@@ -76,6 +80,31 @@ pub(crate) fn table(header: &[String], rows: &[Vec<String>]) -> String {
     }
     format!("{table}\n")
 }
+
+/// A table without borders, rules or column separators, ending in a newline: the header row,
+/// then one row per item, every column left-aligned and padded to its widest cell, two spaces
+/// between columns and no trailing spaces. LXD's `compact` (Go's tablewriter with borders,
+/// header line and separators off) also has no borders; it centres the titles and indents every
+/// line, which only costs a `column`/`awk` reader.
+pub(crate) fn compact(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .force_no_tty();
+    table.set_header(header.iter().map(|title| Cell::new(title).set_alignment(CellAlignment::Left)));
+    for row in rows {
+        table.add_row(row.iter().map(Cell::new));
+    }
+    let last = header.len().saturating_sub(1);
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i < last { COMPACT_GAP } else { 0 }));
+    }
+    format!("{}\n", table.trim_fmt())
+}
+
+/// Spaces between two columns of a compact table.
+const COMPACT_GAP: u16 = 2;
 
 /// Width of the widest line of a cell (comfy-table splits cells on newlines).
 fn display_width(s: &str) -> usize {
@@ -195,6 +224,45 @@ mod tests {
             table(&s(&["count(*)"]), &[s(&["3"])]),
             "+----------+\n| count(*) |\n+----------+\n| 3        |\n+----------+\n"
         );
+    }
+
+    #[test]
+    fn compact_tables_have_no_borders_and_no_trailing_spaces() {
+        assert_eq!(
+            compact(
+                &s(&["NAME", "ADDRESS", "ROLE"]),
+                &[s(&["mc1", "127.0.0.1:9001", "voter"]), s(&["mc22", "10.0.0.2:9002", "stand-by"])]
+            ),
+            "NAME  ADDRESS         ROLE\n\
+             mc1   127.0.0.1:9001  voter\n\
+             mc22  10.0.0.2:9002   stand-by\n"
+        );
+        // No rows: the header alone.
+        assert_eq!(compact(&s(&["NAME", "TOKEN"]), &[]), "NAME  TOKEN\n");
+        // An empty cell keeps the columns aligned; an empty last cell leaves no trailing spaces.
+        assert_eq!(
+            compact(&s(&["NAME", "ADDRESS", "N"]), &[s(&["off", "", "1"]), s(&["a", "b", ""])]),
+            "NAME  ADDRESS  N\noff            1\na     b\n"
+        );
+        // A cell of several lines continues under its column.
+        assert_eq!(compact(&s(&["id", "body"]), &[s(&["1", "one;\ntwo"])]), "id  body\n1   one;\n    two\n");
+        // A header wider than its cells sets the width; one column has no gap at all.
+        assert_eq!(compact(&s(&["count(*)"]), &[s(&["3"])]), "count(*)\n3\n");
+    }
+
+    #[test]
+    fn every_format_renders_a_listing() {
+        let listing = Listing {
+            header: s(&["NAME", "ADDRESS"]),
+            cells: vec![s(&["mc1", "127.0.0.1:9001"])],
+            keys: vec!["name", "address"],
+            records: vec![vec![json!("mc1"), json!("127.0.0.1:9001")]],
+            json: json!([{"name": "mc1", "address": "127.0.0.1:9001"}]),
+        };
+        assert_eq!(listing.render(Format::Compact), "NAME  ADDRESS\nmc1   127.0.0.1:9001\n");
+        assert!(listing.render(Format::Table).starts_with("+------+----------------+\n"));
+        assert_eq!(listing.render(Format::Csv), "name,address\nmc1,127.0.0.1:9001\n");
+        assert_eq!(listing.render(Format::Yaml), "- name: \"mc1\"\n  address: \"127.0.0.1:9001\"\n");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! This file is the command line (clap) and a dispatch of each command to the typed client and
 //! a module: printing lives in [`format`](mod@format), [`listings`] and [`sql`], the SQL shell in
-//! [`shell`], completions and man pages in [`docs`], and failures become one line on stderr and
+//! [`shell`], the members read from this member's own files (`cluster list --local`) in
+//! [`local`], completions and man pages in [`docs`], and failures become one line on stderr and
 //! a stable exit code in [`exit`].
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ mod doctor;
 mod exit;
 mod format;
 mod listings;
+mod local;
 mod recover;
 mod shell;
 mod sql;
@@ -35,6 +37,10 @@ use microcluster::tls;
 /// Joining waits for the database to replicate to the new member, and removal for the member to
 /// be demoted and reset, so both get far longer than the client's default deadline.
 const SLOW_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a connection to another member may take to open (an address nobody answers at
+/// would otherwise hold the command for the whole request deadline).
+const REMOTE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The start of `microctl --help`'s closing text; the exit codes follow.
 const EXAMPLE: &str = "Example (the tutorial's three-member cluster):
@@ -211,8 +217,28 @@ enum TokensCommand {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// List members with their role and status.
+    /// List members with their role and status, locally or through the member at ADDRESS.
+    ///
+    /// Without ADDRESS the member behind --state-dir answers over its control socket; with it,
+    /// the member at ADDRESS answers over mutual TLS, authenticated with the certificates in
+    /// --state-dir (this member must be initialised). `--local` asks no daemon at all.
+    #[command(after_help = "Examples:
+  microctl cluster list
+  microctl cluster list 127.0.0.1:9002          (through another member)
+  microctl cluster list --local -f compact      (from this member's files; the daemon may be stopped)")]
     List {
+        /// Ask the member at this address (ip:port, or host:port) instead of this member's control
+        /// socket.
+        #[arg(value_name = "ADDRESS", value_parser = parse_remote_address, conflicts_with = "local")]
+        address: Option<String>,
+        /// List from this member's own files: no database query, no daemon needed.
+        ///
+        /// Prints ID, NAME, ADDRESS and ROLE: the last raft configuration in STATE/database
+        /// (where Go microcluster reads its dqlite node store, cluster.yaml) with the names in
+        /// STATE/truststore. Fails on a member that is not initialised. With the daemon running
+        /// it may lag a configuration change that is under way.
+        #[arg(short, long)]
+        local: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -320,6 +346,23 @@ fn parse_expiry(text: &str) -> Result<Expiry, String> {
     Ok(Expiry(Some(duration).filter(|d| !d.is_zero())))
 }
 
+/// Another member's address: `ip:port` (`[v6]:port`) or `host:port`, with a port that is not 0.
+fn parse_remote_address(text: &str) -> Result<String, String> {
+    let bad = |why: &str| Err(format!("{why}: expected ip:port, e.g. 10.0.0.1:9001"));
+    if let Ok(address) = text.parse::<std::net::SocketAddr>() {
+        return if address.port() == 0 { bad("the port must not be 0") } else { Ok(text.to_owned()) };
+    }
+    let Some((host, port)) = text.rsplit_once(':') else { return bad("no port") };
+    if host.is_empty() || host.contains([':', '/', '[', ']']) || host.chars().any(char::is_whitespace) {
+        return bad("not a host or an IP address");
+    }
+    match port.parse::<u16>() {
+        Ok(0) => bad("the port must not be 0"),
+        Ok(_) => Ok(text.to_owned()),
+        Err(_) => bad("the port is not a number from 1 to 65535"),
+    }
+}
+
 fn parse_config(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
@@ -357,7 +400,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(TokensCommand::Revoke { name }) => {
             client.revoke_token(&name).await.with_context(|| format!("revoking the token for {name}"))?;
         }
-        Command::Cluster(ClusterCommand::List { format }) => {
+        Command::Cluster(ClusterCommand::List { local: true, format, .. }) => {
+            let members = local::members(dir).context("listing the members from this member's files")?;
+            emit(&local::listing(&members).render(format))?;
+        }
+        Command::Cluster(ClusterCommand::List { address: Some(address), format, .. }) => {
+            let members = remote_client(dir, &address)?
+                .with_connect_timeout(REMOTE_CONNECT_TIMEOUT)
+                .cluster_members()
+                .await
+                .with_context(|| format!("listing the members through {address}"))?;
+            emit(&listings::members(&members).render(format))?;
+        }
+        Command::Cluster(ClusterCommand::List { address: None, format, .. }) => {
             emit(&listings::members(&client.cluster_members().await?).render(format))?;
         }
         Command::Cluster(ClusterCommand::Remove { name, force }) => {
@@ -555,13 +610,38 @@ mod tests {
     #[test]
     fn every_list_takes_a_format() {
         for list in [&["cluster", "list"][..], &["tokens", "list"], &["servers", "list"], &["sql", "SELECT 1"]] {
-            for format in ["table", "json", "yaml", "csv"] {
+            for format in ["table", "json", "yaml", "csv", "compact"] {
                 let args: Vec<&str> = list.iter().copied().chain(["-f", format]).collect();
                 assert!(parse(&args).is_ok(), "{args:?}");
             }
             let args: Vec<&str> = list.iter().copied().chain(["--format", "xml"]).collect();
             assert!(parse(&args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn cluster_list_takes_an_address_or_local() {
+        let list = |args: &[&str]| {
+            let cli = parse(&[&["cluster", "list"][..], args].concat())?;
+            let Command::Cluster(ClusterCommand::List { address, local, format }) = cli.command else {
+                panic!("not cluster list")
+            };
+            Ok::<_, clap::Error>((address, local, format))
+        };
+        assert_eq!(list(&[]).unwrap(), (None, false, Format::Table));
+        assert_eq!(list(&["127.0.0.1:9002"]).unwrap(), (Some("127.0.0.1:9002".into()), false, Format::Table));
+        assert_eq!(list(&["[::1]:9002", "-f", "json"]).unwrap(), (Some("[::1]:9002".into()), false, Format::Json));
+        assert_eq!(list(&["node2.example.com:9002"]).unwrap().0.as_deref(), Some("node2.example.com:9002"));
+        assert_eq!(list(&["-l", "-f", "compact"]).unwrap(), (None, true, Format::Compact));
+        assert_eq!(list(&["--local"]).unwrap(), (None, true, Format::Table));
+        // An address and --local contradict each other; a malformed address is a usage error.
+        for bad in [&["127.0.0.1:9002", "--local"][..], &["127.0.0.1"], &["127.0.0.1:0"], &[":9001"], &["a:b"]] {
+            let err = list(bad).unwrap_err();
+            assert_eq!(err.exit_code(), Code::Usage as i32, "{bad:?}");
+        }
+        let err = list(&["127.0.0.1"]).unwrap_err().to_string();
+        assert!(err.contains("expected ip:port"), "{err}");
+        assert!(list(&["127.0.0.1:9002", "127.0.0.1:9003"]).is_err());
     }
 
     #[test]

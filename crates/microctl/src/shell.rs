@@ -33,7 +33,7 @@ const HELP: &str = "\
 .exit, .quit        leave the shell (or Ctrl-D)
 .help               this text
 .leader             the dqlite leader's name and address
-.mode [FORMAT]      show or set the output format: table, json, yaml or csv
+.mode [FORMAT]      show or set the output format: table, compact, json, yaml or csv
 .schema [TABLE]     the schema of the database, or of one table
 .tables             the names of the tables
 SQL statements end with ';' and may span lines; each line's complete statements run as one
@@ -195,7 +195,7 @@ impl Shell<'_> {
             ".mode" if arg.is_empty() => emit(&format!("{}\n", format_name(self.format)))?,
             ".mode" => {
                 self.format = clap::ValueEnum::from_str(arg, true)
-                    .map_err(|_| anyhow::anyhow!("unknown mode {arg:?}: use table, json, yaml or csv"))?;
+                    .map_err(|_| anyhow::anyhow!("unknown mode {arg:?}: use table, compact, json, yaml or csv"))?;
             }
             _ => bail!("unknown command {name:?}: .help lists the commands"),
         }
@@ -379,5 +379,8 @@ mod tests {
     fn modes_have_their_names() {
         assert_eq!(format_name(Format::Csv), "csv");
         assert_eq!(format_name(Format::Table), "table");
+        assert_eq!(format_name(Format::Compact), "compact");
+        let mode: Format = clap::ValueEnum::from_str("compact", true).unwrap();
+        assert_eq!(mode, Format::Compact);
     }
 }

@@ -43,12 +43,14 @@ fn parse(text: String) -> anyhow::Result<Request> {
     })
 }
 
-/// A batch's results in `format`: [`render`] for tables; the API's own object in JSON; a YAML
+/// A batch's results in `format`: [`render`] for tables (with compact tables for `compact`); the
+/// API's own object in JSON; a YAML
 /// list of results; CSV with one table per result (NULL is an empty field) (a write's is `rows_affected`), separated by
 /// blank lines.
 pub(crate) fn render_as(batch: &SqlBatch, format: Format) -> String {
     match format {
         Format::Table => render(batch),
+        Format::Compact => render_with(batch, format::compact),
         Format::Json => format!("{:#}\n", serde_json::json!(batch)),
         Format::Yaml => {
             let keys = ["type", "statement", "columns", "rows", "rows_affected"];
@@ -88,6 +90,11 @@ pub(crate) fn render_as(batch: &SqlBatch, format: Format) -> String {
 /// Reads become tables, writes `Rows affected: N`; with several statements each result is
 /// headed `=> Query i:` and separated by a blank line.
 pub(crate) fn render(batch: &SqlBatch) -> String {
+    render_with(batch, format::table)
+}
+
+/// [`render`] with another kind of table.
+fn render_with(batch: &SqlBatch, table: fn(&[String], &[Vec<String>]) -> String) -> String {
     let many = batch.results.len() > 1;
     let mut out = String::new();
     for (i, result) in batch.results.iter().enumerate() {
@@ -99,7 +106,7 @@ pub(crate) fn render(batch: &SqlBatch) -> String {
         }
         if result.kind == "select" {
             let rows: Vec<Vec<String>> = result.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
-            out.push_str(&format::table(&result.columns, &rows));
+            out.push_str(&table(&result.columns, &rows));
         } else {
             out.push_str(&format!("Rows affected: {}\n", result.rows_affected));
         }
@@ -242,6 +249,16 @@ mod tests {
              rows_affected: 0\n"
         );
         assert_eq!(render_as(&batch, Format::Table), render(&batch));
+        assert_eq!(
+            render_as(&batch, Format::Compact),
+            "=> Query 1:\n\
+             Rows affected: 2\n\
+             \n\
+             => Query 2:\n\
+             a     b\n\
+             NULL  x,y\n\
+             1     2.5\n"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! microctl as operators and scripts use it: every list in every `--format`, the stable exit
-//! codes (0 success, 1 failed request, 2 usage, 3 unreachable, 4 timed out), shell completions
-//! and man pages, and the SQL shell driven through standard input.
+//! microctl as operators and scripts use it: every list in every `--format` (`cluster list`
+//! through another member or from local files is in `cli_cluster_list`), the stable exit codes
+//! (0 success, 1 failed request, 2 usage, 3 unreachable, 4 timed out), shell completions and man
+//! pages, and the SQL shell driven through standard input.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -125,6 +126,10 @@ fn lists_in_every_format_and_failed_requests() {
         assert!(keys.iter().all(|k| header.contains(&(*k).to_owned())), "{list:?}: {header:?}");
         let yaml = yaml_records(&run("yaml"));
         assert_eq!(yaml.len(), rows, "{list:?}");
+        // Compact: the table's header and rows without borders or rules.
+        let compact = run("compact");
+        assert!(compact.starts_with("NAME ") && compact.lines().count() == rows + 1, "{list:?}:\n{compact}");
+        assert!(compact.lines().all(|l| !l.starts_with(['+', '|']) && !l.ends_with(['|', ' '])), "{compact}");
         assert!(yaml.iter().all(|r| keys.iter().all(|k| r.contains_key(*k))), "{list:?}: {yaml:?}");
         // JSON is the API's own objects: a list, except the servers' map of name to address.
         let names: Vec<&str> = match &json {
