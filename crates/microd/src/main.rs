@@ -117,6 +117,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             header_timeout: settings.http_header_timeout,
             idle_timeout: settings.http_idle_timeout,
             max_connections: settings.max_connections,
+            ..ConnectionLimits::default()
         },
         ..extension::daemon_args()
     };

@@ -8,7 +8,7 @@
 //! | `PUT /1.0/notes/{name}` | writes a note (the body): `201 Created` with its location when new |
 //! | `DELETE /1.0/notes/{name}` | deletes a note: operators only (the control socket) |
 //! | `GET /1.0/watch[?after=ID]` | the changes after change `ID`, as server-sent events, for as long as the client listens |
-//! | `GET /1.0/members-file` | this member's `members.conf` (see `hooks`), served from disk |
+//! | `GET /1.0/members-file[?target=NAME]` | this member's (or member NAME's) `members.conf` (see `hooks`), served from disk |
 //! | `GET /1.0/fleet` | every other member's version, asked of them all at once |
 //! | `GET /1.0/echo` with `Upgrade: echo` | the connection switches to an echo of what the client writes |
 //! | `GET /1.0/discovery` | whether this member is initialised yet: on the pre-init address before init, on the member's address after |
@@ -51,7 +51,7 @@ fn api() -> Server {
             .put(Action::new(write))
             .delete(Action::new(delete).access(operators_only)),
         Endpoint::new("watch").get(Action::new(watch)),
-        Endpoint::new("members-file").get(Action::new(members_file)),
+        Endpoint::new("members-file").get(Action::new(members_file).proxy_target()),
         Endpoint::new("fleet").get(Action::new(fleet)),
         Endpoint::new("echo").get(Action::new(echo)),
     ];

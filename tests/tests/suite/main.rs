@@ -8,6 +8,7 @@ mod cli;
 mod cli_cluster_list;
 mod clocks;
 mod doctor;
+mod embedding;
 mod faults;
 mod frozen_leader;
 mod full_disk;

@@ -65,6 +65,17 @@ fn a_service_ported_from_go_microcluster_runs_on_the_library() {
         }
     }
 
+    // Another member's file, through this one (`?target=`): passed on as the target sent it.
+    let mut theirs = rt.block_on(m1.clone().use_target("m2").open(Method::GET, "/1.0/members-file", None)).unwrap();
+    assert_eq!(theirs.header("content-type"), Some("text/plain; charset=utf-8"));
+    let mut text = Vec::new();
+    while let Some(chunk) = rt.block_on(theirs.chunk()).unwrap() {
+        text.extend_from_slice(&chunk);
+    }
+    assert_eq!(String::from_utf8(text).unwrap(), members_file(&rt, &cluster.members[1]));
+    let nobody = rt.block_on(m1.clone().use_target("m9").raw(Method::GET, "/1.0/members-file", None)).unwrap();
+    assert_eq!(nobody.0, StatusCode::NOT_FOUND);
+
     // A watch through m3 sees what is written through m2.
     let m2 = socket_client(&cluster.members[1]);
     let m3 = socket_client(&cluster.members[2]);

@@ -758,6 +758,11 @@ impl Streamed {
         self.status
     }
 
+    /// The answer's headers.
+    pub fn headers(&self) -> &hyper::HeaderMap {
+        &self.headers
+    }
+
     /// A header of the answer, if it has it and it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())

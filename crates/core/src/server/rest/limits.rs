@@ -71,7 +71,15 @@ pub struct ConnectionLimits {
     /// share of the process's open-file limit, at most 8192. Either way never more than that
     /// share allows.
     pub max_connections: Option<usize>,
+    /// At shutdown (or when a listener moves), how long requests under way get to finish
+    /// before their connections are closed; new requests are refused meanwhile. Zero closes
+    /// them at once. See [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Duration,
 }
+
+/// One second: a write under way is committed or refused in well under that, and a shutdown
+/// is not held up by a client that keeps a connection busy.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Default for ConnectionLimits {
     fn default() -> ConnectionLimits {
@@ -79,6 +87,7 @@ impl Default for ConnectionLimits {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -97,6 +106,7 @@ impl ConnectionLimits {
         Limits {
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
+            drain_timeout: self.drain_timeout,
             tcp,
             strangers: (tcp / 4).max(8),
             unix: (budget / 8).clamp(MIN_UNIX, MAX_UNIX),
@@ -110,6 +120,7 @@ impl ConnectionLimits {
 pub(crate) struct Limits {
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// Connections per TCP listener.
     pub(crate) tcp: usize,
     /// Of which strangers: handshakes in progress, untrusted or no certificates, plain HTTP.

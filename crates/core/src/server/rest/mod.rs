@@ -20,7 +20,7 @@ use hyper::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use limits::{ConnectionLimits, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
+pub use limits::{ConnectionLimits, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 pub(crate) use limits::{Limits, open_file_limit};
 pub(crate) use router::Routes;
 pub(crate) use serve::Listener;

@@ -365,7 +365,7 @@ async fn serve_connection<S>(
                 _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
             }
             conn.inner().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            let _ = tokio::time::timeout(gate.limits.drain_timeout, conn).await;
         }
     }
 }
@@ -492,11 +492,30 @@ async fn forward(
     let client = state.member_client(&member.address)?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let body = (!body.is_empty()).then_some(body);
-    let (status, body) = client
-        .raw(method.clone(), path, body)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("forwarding to {target}: {e}")))?;
-    Ok(Response::forwarded(status, body))
+    let mut answer = match client.open(method.clone(), path, body).await {
+        Ok(answer) => answer,
+        Err(crate::client::ClientError::Api { status, message }) => return Err(ApiError::new(status, message)),
+        Err(err) => return Err(ApiError::unavailable(format!("forwarding to {target}: {err}"))),
+    };
+    // Passed on as it comes (a file, a stream of events), with the target's status and headers.
+    let content_type = answer.header("content-type").unwrap_or("application/json").to_owned();
+    let (mut response, chunks) = Response::channel(&content_type, 8);
+    for (name, value) in answer.headers() {
+        if !matches!(name.as_str(), "content-type" | "content-length" | "transfer-encoding" | "connection") {
+            response.headers.append(name.clone(), value.clone());
+        }
+    }
+    if answer.status() != StatusCode::OK {
+        response = response.with_status(answer.status().as_u16())?;
+    }
+    tokio::spawn(async move {
+        while let Ok(Some(chunk)) = answer.chunk().await {
+            if chunks.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(response)
 }
 
 fn json_response(status: StatusCode, body: impl Into<Bytes>) -> hyper::Response<Body> {
