@@ -11,6 +11,7 @@
 //! | `GET /1.0/members-file[?target=NAME]` | this member's (or member NAME's) `members.conf` (see `hooks`), served from disk |
 //! | `GET /1.0/fleet` | every other member's version, asked of them all at once |
 //! | `GET /1.0/echo` with `Upgrade: echo` | the connection switches to an echo of what the client writes |
+//! | `GET /1.0/about` | what this member knows of itself and its cluster: certificates' fingerprints, leader, dqlite nodes, listeners, extensions |
 //! | `GET /1.0/discovery` | whether this member is initialised yet: on the pre-init address before init, on the member's address after |
 //! | `GET /1.0/beacon` (its own listener) | the same, from the daemon's start on |
 
@@ -54,6 +55,7 @@ fn api() -> Server {
         Endpoint::new("members-file").get(Action::new(members_file).proxy_target()),
         Endpoint::new("fleet").get(Action::new(fleet)),
         Endpoint::new("echo").get(Action::new(echo)),
+        Endpoint::new("about").get(Action::new(about)),
     ];
     Server::core("notes", vec![Resources::new("1.0", endpoints)]).serve_unix()
 }
@@ -199,6 +201,27 @@ async fn fleet(state: State, _req: Request) -> HandlerResult {
         })
         .collect();
     Response::sync(fleet)
+}
+
+/// What the member knows of itself and of its cluster, from the `State`.
+async fn about(state: State, _req: Request) -> HandlerResult {
+    let fingerprint = |identity: microcluster::tls::Identity| identity.fingerprint().unwrap_or_default();
+    let nodes: Vec<serde_json::Value> = state
+        .dqlite_nodes()
+        .await?
+        .into_iter()
+        .map(|n| serde_json::json!({"id": n.id.to_string(), "address": n.address, "role": format!("{:?}", n.role)}))
+        .collect();
+    Response::sync(serde_json::json!({
+        "server_cert": fingerprint(state.server_cert()),
+        "cluster_cert": fingerprint(state.cluster_cert()?),
+        "leader": state.leader_address().await?,
+        "nodes": nodes,
+        "listeners": state.extension_servers(),
+        "runtime_extensions": state.has_extension("internal:runtime_extension_v1"),
+        "notes_watch": state.has_extension("notes_watch"),
+        "unknown_extension": state.has_extension("internal:no_such_thing"),
+    }))
 }
 
 /// `Upgrade: echo`: the connection then carries back whatever the client writes.

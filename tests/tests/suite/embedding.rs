@@ -1,14 +1,17 @@
 //! The daemon embedded in an application's own process, as a library user runs it: started
 //! with `App::start_until`, driven with `App`'s calls, and stopped from code, without
-//! signals; requests under way at the stop get `drain_timeout` to finish.
+//! signals; requests under way at the stop get `drain_timeout` to finish, and a task a hook
+//! started ends with `State::stopping`.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use microcluster::client::{Client, Method};
 use microcluster::server::rest::{Action, Endpoint, HandlerResult, Request, Resources, Response};
-use microcluster::{App, Args, ConnectionLimits, DaemonArgs, Server, State};
+use microcluster::{App, Args, ConnectionLimits, DaemonArgs, HookFuture, Hooks, Server, State};
 use microcluster_tests::free_address;
 
 /// Answers after 1.5 s.
@@ -17,13 +20,30 @@ async fn slow(_state: State, _req: Request) -> HandlerResult {
     Response::sync("done")
 }
 
-fn args(drain_timeout: Duration) -> DaemonArgs {
+/// Starts a task at each start that writes `marker` when the daemon begins to stop.
+struct UntilStopping {
+    marker: PathBuf,
+}
+
+impl Hooks for UntilStopping {
+    fn on_start<'a>(&'a self, state: &'a State) -> HookFuture<'a> {
+        let (state, marker) = (state.clone(), self.marker.clone());
+        tokio::spawn(async move {
+            state.stopping().await;
+            let _ = std::fs::write(marker, "stopping");
+        });
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn args(drain_timeout: Duration, marker: PathBuf) -> DaemonArgs {
     let slow = Endpoint::new("slow").get(Action::new(slow));
     DaemonArgs {
         shutdown_signals: Vec::new(),
         heartbeat_interval: Duration::from_secs(1),
         connections: ConnectionLimits { drain_timeout, ..ConnectionLimits::default() },
         servers: vec![Server::core("embedded", vec![Resources::new("1.0", vec![slow])]).serve_unix()],
+        hooks: Arc::new(UntilStopping { marker }),
         ..DaemonArgs::default()
     }
 }
@@ -36,8 +56,9 @@ fn run(
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), microcluster::AppError>>) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = App::new(Args { state_dir: dir.to_owned() });
+    let app_dir = dir.to_owned();
     let daemon = rt.spawn(async move {
-        app.start_until(args(drain_timeout), async move {
+        app.start_until(args(drain_timeout, dir_marker(&app_dir)), async move {
             let _ = stopped.await;
         })
         .await
@@ -53,6 +74,11 @@ fn run(
         panic!("the embedded daemon's socket never answered");
     });
     (stop, daemon)
+}
+
+/// Where the hook's task writes when the daemon stops.
+fn dir_marker(dir: &std::path::Path) -> PathBuf {
+    dir.with_file_name("stopping")
 }
 
 /// Starts the slow request, stops the daemon while it runs, and returns its outcome.
@@ -86,8 +112,11 @@ fn an_embedded_daemon_is_driven_and_stopped_from_code_and_drains_its_requests() 
     let cluster_pem = std::fs::read_to_string(dir.join("cluster.crt")).unwrap();
     let remote = app.remote_client_with_cert(&address, &cluster_pem).unwrap();
     assert_eq!(rt.block_on(remote.status()).unwrap().name, "e1");
-    // Stopped from code while a request runs: it is answered within the drain time.
+    // Stopped from code while a request runs: it is answered within the drain time, and the
+    // task the start hook left running saw the stop.
+    assert!(!dir_marker(&dir).exists());
     assert_eq!(stop_during_a_request(&rt, &dir, stop, daemon).unwrap(), "done");
+    assert_eq!(std::fs::read_to_string(dir_marker(&dir)).unwrap(), "stopping");
     assert!(
         !dir.join("control.socket").exists()
             || std::os::unix::net::UnixStream::connect(dir.join("control.socket")).is_err()

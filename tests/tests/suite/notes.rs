@@ -100,6 +100,21 @@ fn a_service_ported_from_go_microcluster_runs_on_the_library() {
     let note: serde_json::Value = rt.block_on(m1.query(Method::GET, "/1.0/memos/plan", None::<&()>)).unwrap();
     assert_eq!((note["body"].as_str(), note["written_by"].as_str()), (Some("second"), Some("m2")));
 
+    // What a handler learns from the State.
+    let about: serde_json::Value = rt.block_on(m2.query(Method::GET, "/1.0/about", None::<&()>)).unwrap();
+    let fingerprint_of =
+        |file: &std::path::Path| microcluster::tls::fingerprint_pem(&std::fs::read_to_string(file).unwrap()).unwrap();
+    assert_eq!(about["server_cert"], fingerprint_of(&cluster.members[1].dir.join("server.crt")), "{about}");
+    assert_eq!(about["cluster_cert"], fingerprint_of(&cluster.members[1].dir.join("cluster.crt")), "{about}");
+    assert!(cluster.members.iter().any(|m| about["leader"] == m.address), "{about}");
+    assert_eq!(about["nodes"].as_array().map(Vec::len), Some(3), "{about}");
+    assert_eq!(about["listeners"]["beacon"], "", "no beacon address was given: {about}");
+    assert_eq!(
+        (&about["runtime_extensions"], &about["notes_watch"], &about["unknown_extension"]),
+        (&serde_json::json!(true), &serde_json::json!(true), &serde_json::json!(false)),
+        "{about}"
+    );
+
     // Every other member asked at once.
     let fleet: serde_json::Value = rt.block_on(m1.query(Method::GET, "/1.0/fleet", None::<&()>)).unwrap();
     assert_eq!(fleet.as_object().unwrap().keys().collect::<Vec<_>>(), ["m2", "m3"], "{fleet}");

@@ -282,6 +282,19 @@ impl Client {
     /// watch, server-sent events) or serves a large file. An error status is read whole and
     /// returned as the error. The client's deadline applies to the head and to each wait for
     /// more of the body, not to the whole body.
+    ///
+    /// ```no_run
+    /// use microcluster::client::{Client, Method};
+    ///
+    /// # async fn watch() -> Result<(), microcluster::client::ClientError> {
+    /// let client = Client::unix("/var/lib/notesd/control.socket");
+    /// let mut events = client.open(Method::GET, "/1.0/watch", None).await?;
+    /// while let Some(chunk) = events.chunk().await? {
+    ///     print!("{}", String::from_utf8_lossy(&chunk));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn open(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Streamed, ClientError> {
         let path = &*self.targeted(path);
         let options = self.options(self.notification, "application/json", MAX_RESPONSE);

@@ -559,6 +559,19 @@ impl Endpoint {
 
     /// Serves the same actions at `path` too (below the same prefix; its parameters should be
     /// named as the endpoint's), e.g. the old name of a renamed endpoint.
+    ///
+    /// ```
+    /// use microcluster::server::rest::{Action, Endpoint, HandlerResult, Request, Response};
+    /// use microcluster::State;
+    ///
+    /// async fn show(_state: State, req: Request) -> HandlerResult {
+    ///     Response::sync(req.param("name")?)
+    /// }
+    ///
+    /// // `/1.0/instances/{name}`, still answered at its old path `/1.0/vms/{name}`.
+    /// let endpoint = Endpoint::new("instances/{name}").alias("vms/{name}").get(Action::new(show));
+    /// # let _ = endpoint;
+    /// ```
     pub fn alias(mut self, path: impl Into<String>) -> Endpoint {
         self.aliases.push(path.into());
         self

@@ -95,6 +95,24 @@ impl Server {
     /// must allow untrusted callers (and be allowed before init) to answer; a discovery
     /// service, for instance.
     ///
+    /// ```
+    /// use microcluster::server::rest::{Action, Endpoint, HandlerResult, Request, Resources, Response};
+    /// use microcluster::{DaemonArgs, Server, State};
+    ///
+    /// // Tells a peer looking for members whether this one is part of a cluster yet.
+    /// async fn hello(state: State, _req: Request) -> HandlerResult {
+    ///     Response::sync(state.database_status() != microcluster::DbStatus::NotInitialized)
+    /// }
+    ///
+    /// let hello = Endpoint::new("hello").get(Action::new(hello).allow_untrusted().allowed_before_init());
+    /// let args = DaemonArgs {
+    ///     servers: vec![Server::core("discovery", vec![Resources::new("1.0", vec![hello])]).pre_init()],
+    ///     pre_init_address: Some("10.0.0.1:9000".into()),
+    ///     ..DaemonArgs::default()
+    /// };
+    /// # let _ = args;
+    /// ```
+    ///
     /// [`DaemonArgs::pre_init_address`]: crate::DaemonArgs::pre_init_address
     pub fn pre_init(mut self) -> Server {
         self.pre_init = true;

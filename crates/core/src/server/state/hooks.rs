@@ -44,13 +44,13 @@ fn done<'a>() -> HookFuture<'a> {
 /// | `pre_init` | the member being initialised | before anything is written (its name and address are set) | init fails, nothing changed |
 /// | `post_bootstrap` | the bootstrapping member | after the database exists | bootstrap undone |
 /// | `pre_join` | the joiner | after its database is up | join undone everywhere |
-/// | `on_new_member` | every existing member | after the joiner's `pre_join` | join undone everywhere (a member that cannot be reached or is not ready is skipped) |
+/// | `on_new_member` | every existing member | after the joiner's `pre_join` | join undone everywhere (a member that cannot run it, being unreachable, not ready or still joining itself, is skipped) |
 /// | `post_join` | the joiner | after `on_new_member` everywhere | join undone everywhere |
 /// | `on_start` | every member | each start once the database is up (after bootstrap or join the first time) | the daemon stops (a bootstrap or join it ends is undone) |
 /// | `pre_remove` | the member leaving | before it is removed | removal refused (unless forced) |
 /// | `post_remove` | the member that removed it, then every other member left | after a removal | the removal stands; the error is returned to the caller |
 /// | `on_heartbeat` | the leader | after each heartbeat round, with each member's role before and after it | logged |
-/// | `on_daemon_config_update` | every other member | after a member changed its listeners (`PUT /core/1.0/daemon/servers`) or its address | the change stands; the error is returned to the caller of the listener change (a member that cannot be reached is skipped); logged after an address change |
+/// | `on_daemon_config_update` | every other member | after a member changed its listeners (`PUT /core/1.0/daemon/servers`) or its address | the change stands; the error is returned to the caller of the listener change (a member that cannot run it is skipped); logged after an address change |
 /// | `on_stop` | every member | during shutdown, for 5 s at most | logged |
 ///
 /// Tasks a hook starts that should last until the daemon stops wait on [`State::stopping`].

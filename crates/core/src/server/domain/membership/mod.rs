@@ -201,9 +201,11 @@ where
 }
 
 /// Runs hook `hook` (its wire name, e.g. `on-new-member`) on each of `clients` at once. A
-/// member whose hook failed (it answered with an error) fails the call, naming it; a member
-/// that could not be reached, or is not ready (`503`), is only logged: it may be down, and a
-/// member that is down must not stop the cluster from changing.
+/// member whose hook ran and failed (it answers `500` with the hook's error) fails the call,
+/// naming it. A member that could not run it is only logged: one that cannot be reached or is
+/// not ready (`503`), or that does not trust this member yet (`403`: itself still joining,
+/// it learns of newer members from the next heartbeat); a member that is down or behind must
+/// not stop the cluster from changing.
 pub(crate) async fn hook_on_members<B>(
     clients: Vec<(ClusterMemberLocal, Client)>,
     hook: &'static str,
@@ -220,7 +222,7 @@ where
     .await
     {
         match err.status() {
-            Some(status) if status != hyper::StatusCode::SERVICE_UNAVAILABLE => failed.push(format!("{member}: {err}")),
+            Some(hyper::StatusCode::INTERNAL_SERVER_ERROR) => failed.push(format!("{member}: {err}")),
             _ => tracing::warn!(member, error = %err, hook, "a member could not run a hook; going on without it"),
         }
     }

@@ -133,6 +133,7 @@ async fn run_hook(state: State, req: Request) -> HandlerResult {
             return Err(ApiError::not_found(format!("no remotely callable hook named {other:?}")));
         }
     };
+    // `500` says the hook ran and failed, which the caller tells apart from not running it.
     result.map_err(|e| ApiError::internal(format!("the {hook} hook failed: {e}")))?;
     Ok(Response::empty())
 }
