@@ -126,4 +126,21 @@ fn an_embedded_daemon_is_driven_and_stopped_from_code_and_drains_its_requests() 
     let (stop, daemon) = run(&rt, &dir, Duration::ZERO);
     let cut = stop_during_a_request(&rt, &dir, stop, daemon);
     assert!(cut.is_err(), "{cut:?}");
+
+    // The App's own calls: a removal the cluster refuses comes back as the refusal, and
+    // `shutdown` stops the daemon as SIGTERM would.
+    let (_stop, daemon) = run(&rt, &dir, Duration::from_secs(1));
+    rt.block_on(async {
+        for _ in 0..100 {
+            if app.cluster_members().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let refused = rt.block_on(app.remove_cluster_member("e1", false)).unwrap_err();
+    assert_eq!(refused.status(), Some(microcluster::client::StatusCode::CONFLICT), "{refused}");
+    assert!(refused.to_string().contains("last member"), "{refused}");
+    rt.block_on(app.shutdown()).unwrap();
+    rt.block_on(daemon).unwrap().unwrap();
 }
