@@ -15,6 +15,7 @@ mod exit;
 mod format;
 mod listings;
 mod local;
+mod monitoring;
 mod recover;
 mod shell;
 mod sql;
@@ -113,6 +114,9 @@ enum Command {
     /// Manage join tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Manage monitoring credentials: certificates that may read metrics and status only.
+    #[command(subcommand)]
+    Monitoring(MonitoringCommand),
     /// Manage cluster members.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -211,6 +215,31 @@ enum TokensCommand {
     /// Revoke a join token.
     Revoke {
         /// The member name it was issued for.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MonitoringCommand {
+    /// Issue a credential (e.g. for Prometheus): writes NAME.crt and NAME.key (0600) into
+    /// --out, the only copy of its key. It may read every member's `GET /core/1.0/metrics` and
+    /// status over HTTPS, and is refused everything else.
+    Add {
+        /// What it is for, a host-name-like word (e.g. prometheus).
+        name: String,
+        /// Where to write NAME.crt and NAME.key.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
+    /// List the credentials.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Revoke a credential: every member refuses it from then on.
+    Revoke {
+        /// Its name.
         name: String,
     },
 }
@@ -399,6 +428,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tokens(TokensCommand::Revoke { name }) => {
             client.revoke_token(&name).await.with_context(|| format!("revoking the token for {name}"))?;
+        }
+        Command::Monitoring(MonitoringCommand::Add { name, out }) => {
+            let credential =
+                client.add_monitor(&name).await.with_context(|| format!("issuing the monitoring credential {name}"))?;
+            let (cert, key) = monitoring::write(&credential, &out)?;
+            emit(&format!(
+                "{}
+{}
+",
+                cert.display(),
+                key.display()
+            ))?;
+        }
+        Command::Monitoring(MonitoringCommand::List { format }) => {
+            emit(&monitoring::listing(&client.monitors().await?).render(format))?;
+        }
+        Command::Monitoring(MonitoringCommand::Revoke { name }) => {
+            client.revoke_monitor(&name).await.with_context(|| format!("revoking the monitoring credential {name}"))?;
         }
         Command::Cluster(ClusterCommand::List { local: true, format, .. }) => {
             let members = local::members(dir).context("listing the members from this member's files")?;

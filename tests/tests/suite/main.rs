@@ -25,6 +25,7 @@ mod limits;
 mod membership;
 mod memory;
 mod metrics;
+mod monitoring;
 mod notes;
 mod operator;
 mod partition;

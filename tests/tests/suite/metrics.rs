@@ -173,7 +173,7 @@ fn metrics_follow_requests_writes_members_heartbeats_and_leader_changes() {
         let body = scrape(m1);
         let total = value(&body, "microcluster_members", &[]);
         let voters = value(&body, "microcluster_members", &[("role", "voter")]);
-        let online = value(&body, "microcluster_members", &[("status", "ONLINE")]);
+        let online = value(&body, "microcluster_members", &[("status", "online")]);
         (total == 3.0 && voters == 3.0 && online == 3.0).then_some(())
     });
 

@@ -68,6 +68,7 @@ fn tutorial_steps_2_to_6() {
          | schemas              |\n\
          | core_cluster_members |\n\
          | core_token_records   |\n\
+         | core_monitors        |\n\
          | extended_table       |\n\
          | some_other_table     |\n\
          +----------------------+\n"

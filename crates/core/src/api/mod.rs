@@ -71,6 +71,12 @@ pub mod paths {
     pub const INTERNAL_HEARTBEAT: &str = "/core/internal/heartbeat";
     /// Quorum recovery between members: GET a member's log position, POST it a plan.
     pub const INTERNAL_RECOVERY: &str = "/core/internal/recovery";
+    /// Issue (POST) and list (GET) monitoring credentials (unix socket only).
+    pub const CONTROL_MONITORS: &str = "/core/control/monitors";
+    /// Revoke a monitoring credential by name (unix socket only).
+    pub const CONTROL_MONITOR: &str = "/core/control/monitors/{name}";
+    /// Tells a member that the monitoring credentials changed (it reads them again).
+    pub const INTERNAL_MONITORS: &str = "/core/internal/monitors";
     /// Header of a backup download carrying its summary (JSON).
     pub const BACKUP_SUMMARY_HEADER: &str = "x-microcluster-backup";
 
@@ -104,6 +110,9 @@ pub mod paths {
         INTERNAL_HOOK,
         INTERNAL_HEARTBEAT,
         INTERNAL_RECOVERY,
+        CONTROL_MONITORS,
+        CONTROL_MONITOR,
+        INTERNAL_MONITORS,
     ];
 
     /// `pattern` with each `{parameter}` replaced, in order, by the next of `params`,

@@ -73,6 +73,38 @@ pub struct TokenRequest {
     pub expire_after: u64,
 }
 
+/// `POST /core/control/monitors`: a monitoring credential for `name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorRequest {
+    /// What the credential is for (e.g. `prometheus`): a host-name-like word.
+    pub name: String,
+}
+
+/// A monitoring credential as issued: the only time its private key is seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorCredential {
+    /// Its name.
+    pub name: String,
+    /// SHA-256 of the certificate, hex.
+    pub fingerprint: String,
+    /// The client certificate, PEM.
+    pub certificate: String,
+    /// Its private key, PEM.
+    pub key: String,
+}
+
+/// A monitoring credential, as `GET /core/control/monitors` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorRecord {
+    /// Its name.
+    pub name: String,
+    /// SHA-256 of the certificate, hex.
+    pub fingerprint: String,
+    /// When it was issued, RFC 3339 in the cluster's time.
+    pub created: String,
+}
+
 /// An outstanding join token, as `GET /core/control/tokens` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -448,6 +480,11 @@ pub struct HeartbeatRequest {
     /// software refuses fields it does not know.
     #[serde(default, deserialize_with = "null_is_empty", skip_serializing_if = "BTreeMap::is_empty")]
     pub clocks: BTreeMap<String, ClockOffset>,
+    /// The monitoring credentials' fingerprints by name, as the leader read them: a member
+    /// that holds others reads them again from the database. Absent from leaders whose
+    /// database has no credentials table yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitors: Option<BTreeMap<String, String>>,
 }
 
 /// A member's clock minus the cluster's time.

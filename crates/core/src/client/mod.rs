@@ -465,6 +465,27 @@ impl Client {
         self.query(Method::GET, paths::CONTROL_TOKENS, None::<&()>).await
     }
 
+    /// `POST /core/control/monitors`: issues a monitoring credential (a client certificate and
+    /// its key, which only this answer carries) that may read the members' metrics and status.
+    pub async fn add_monitor(&self, name: &str) -> Result<api::MonitorCredential, ClientError> {
+        self.query(Method::POST, paths::CONTROL_MONITORS, Some(&api::MonitorRequest { name: name.to_owned() })).await
+    }
+
+    /// `GET /core/control/monitors`.
+    pub async fn monitors(&self) -> Result<Vec<api::MonitorRecord>, ClientError> {
+        self.query(Method::GET, paths::CONTROL_MONITORS, None::<&()>).await
+    }
+
+    /// `DELETE /core/control/monitors/{name}`: the credential is refused from then on.
+    pub async fn revoke_monitor(&self, name: &str) -> Result<(), ClientError> {
+        self.empty(Method::DELETE, &paths::fill(paths::CONTROL_MONITOR, &[name]), None::<&()>).await
+    }
+
+    /// `POST /core/internal/monitors`: tells a member that the credentials changed.
+    pub async fn refresh_monitors(&self) -> Result<(), ClientError> {
+        self.empty(Method::POST, paths::INTERNAL_MONITORS, None::<&()>).await
+    }
+
     /// `DELETE /core/1.0/tokens/{name}`.
     pub async fn revoke_token(&self, name: &str) -> Result<(), ClientError> {
         self.empty(Method::DELETE, &paths::fill(paths::TOKEN, &[name]), None::<&()>).await

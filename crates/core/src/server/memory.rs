@@ -68,6 +68,31 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(utime.saturating_add(stime).saturating_mul(TICK_MS)))
 }
 
+/// The CPU time this process has used, for the metrics endpoint.
+pub(crate) fn cpu_seconds() -> Option<f64> {
+    cpu_time().map(|t| t.as_secs_f64())
+}
+
+/// When this process started, in seconds since the Unix epoch: its start in clock ticks after
+/// boot (`/proc/self/stat`, field 22) plus the boot time (`/proc/stat`, `btime`).
+pub(crate) fn start_time_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let ticks: u64 = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().nth(19)?.parse().ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(boot as f64 + (ticks.saturating_mul(TICK_MS)) as f64 / 1000.0)
+}
+
+/// How many file descriptors this process has open (`/proc/self/fd`).
+pub(crate) fn open_fds() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}
+
 /// The process's resident set size, from `/proc/self/status` (`VmRSS: N kB`).
 pub(crate) fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -127,14 +152,27 @@ mod tests {
     }
 
     #[test]
+    fn reads_this_process_start_time_and_open_files() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let started = start_time_seconds().expect("the start time of this process");
+        assert!(started > 1.5e9 && started <= now + 1.0, "started at {started}, now is {now}");
+        assert!(open_fds().is_some_and(|n| n >= 3));
+    }
+
+    #[test]
     fn reads_this_process_cpu_time() {
+        // Works until the process's CPU time moved on 30 ms: on a loaded machine the wall
+        // time that takes is not known, so a deadline only stops a reading that never moves.
         let first = cpu_time().expect("the CPU time of this process");
         let started = Instant::now();
         let mut x = 0u64;
-        while started.elapsed() < Duration::from_millis(60) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        let mut second = first;
+        while second < first + Duration::from_millis(30) && started.elapsed() < Duration::from_secs(30) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            second = cpu_time().expect("the CPU time of this process");
         }
-        let second = cpu_time().expect("the CPU time of this process");
-        assert!(second >= first + Duration::from_millis(30), "{first:?} then {second:?} after 60 ms of work");
+        assert!(second >= first + Duration::from_millis(30), "{first:?} then {second:?} after 30 s of work");
     }
 }

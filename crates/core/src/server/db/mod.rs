@@ -8,6 +8,7 @@
 pub(crate) mod bursts;
 pub(crate) mod dump;
 pub(crate) mod members;
+pub(crate) mod monitors;
 pub(crate) mod schema;
 pub(crate) mod tokens;
 mod writer;

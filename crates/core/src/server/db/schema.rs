@@ -81,8 +81,9 @@ impl SchemaUpdate {
 
 /// The core tables, as internal updates.
 pub(crate) fn internal_updates() -> Vec<SchemaUpdate> {
-    vec![SchemaUpdate::sql(
-        "CREATE TABLE core_cluster_members (
+    vec![
+        SchemaUpdate::sql(
+            "CREATE TABLE core_cluster_members (
   id               INTEGER   PRIMARY KEY AUTOINCREMENT NOT NULL,
   name             TEXT      NOT NULL,
   address          TEXT      NOT NULL,
@@ -104,7 +105,20 @@ CREATE TABLE core_token_records (
   UNIQUE(name),
   UNIQUE(secret)
 );",
-    )]
+        ),
+        // Monitoring credentials (`microctl monitoring add`): certificates that may read
+        // metrics and status only.
+        SchemaUpdate::sql(
+            "CREATE TABLE core_monitors (
+  id           INTEGER   PRIMARY KEY AUTOINCREMENT NOT NULL,
+  name         TEXT      NOT NULL,
+  fingerprint  TEXT      NOT NULL,
+  created      DATETIME  NOT NULL,
+  UNIQUE(name),
+  UNIQUE(fingerprint)
+)",
+        ),
+    ]
 }
 
 /// Creates `schemas`. The throw-away first table makes SQLite create `sqlite_sequence` before

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::api::{ClockOffset, ClusterMemberLocal, HeartbeatRequest, HeartbeatResponse, RoleStatus};
-use crate::server::db::{DbStatus, members, tokens};
+use crate::server::db::{DbStatus, members, monitors, tokens};
 use crate::server::domain::membership::{recorded_role, stalled};
 use crate::server::domain::roles::{self, Placement, Targets};
 use crate::server::error::Error;
@@ -166,6 +166,18 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
     let timer = state.metrics().heartbeat_round();
     let nodes = client.cluster().await?;
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
+    // The leader's own set is read each round; the members compare theirs with it.
+    let monitors = match runtime.db.read(|tx| Box::pin(monitors::list(tx))).await {
+        Ok(rows) => {
+            let _serial = state.lock_monitors().await;
+            state.set_monitors(rows.iter().map(|r| (r.fingerprint.clone(), r.name.clone())).collect());
+            Some(rows.into_iter().map(|r| (r.name, r.fingerprint)).collect())
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "reading the monitoring credentials");
+            None
+        }
+    };
     let clocks: BTreeMap<String, ClockOffset> =
         clock_offsets(state).into_iter().map(|(name, offset)| (name, offset.into())).collect();
     let request = HeartbeatRequest {
@@ -179,6 +191,7 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
             })
             .collect(),
         clocks: BTreeMap::new(),
+        monitors,
     };
 
     let deadline = probe_timeout(state.settings().heartbeat);

@@ -363,6 +363,8 @@ impl App {
             metrics: Arc::default(),
             clock: Default::default(),
             lifecycle: Arc::new(MemberLifecycle),
+            monitors: RwLock::default(),
+            monitors_lock: tokio::sync::Mutex::new(()),
         };
         let state = State::new(daemon);
         let socket = state.dir().socket();

@@ -145,6 +145,9 @@ async fn resume(state: State, node_id: u64) {
         return;
     }
     state.set_db_status(DbStatus::Online);
+    if let Err(err) = crate::server::domain::monitors::refresh(&state).await {
+        tracing::warn!(error = %err, "reading the monitoring credentials; the next heartbeat brings them");
+    }
     let hooks = state.settings().hooks.clone();
     if let Err(err) = hooks.on_start(&state).await {
         state.fail(format!("the OnStart hook failed: {err}"));

@@ -124,6 +124,9 @@ pub enum Trust {
     Unix,
     /// Over TLS with the certificate of this trusted member.
     Member(String),
+    /// Over TLS with this monitoring credential (`microctl monitoring add`): it may call the
+    /// actions that allow untrusted callers and those [`Action::readable_by_monitors`].
+    Monitor(String),
     /// Over TLS with an unknown certificate (fingerprint), or none.
     Untrusted(Option<String>),
 }
@@ -190,7 +193,7 @@ impl Request {
 
     /// Whether the caller is trusted (control socket or a trusted member).
     pub fn is_trusted(&self) -> bool {
-        !matches!(self.trust, Trust::Untrusted(_))
+        matches!(self.trust, Trust::Unix | Trust::Member(_))
     }
 
     /// The connection of a request that asks to switch protocols (`Connection: Upgrade`), once:
@@ -437,6 +440,7 @@ pub struct Action {
     pub(crate) proxy_target: bool,
     pub(crate) max_body: usize,
     pub(crate) access: Option<Arc<AccessFn>>,
+    pub(crate) readable_by_monitors: bool,
 }
 
 type AccessFn = dyn Fn(&State, &Request) -> Result<(), ApiError> + Send + Sync;
@@ -469,7 +473,15 @@ impl Action {
             proxy_target: false,
             max_body: MAX_REQUEST_BODY,
             access: None,
+            readable_by_monitors: false,
         }
+    }
+
+    /// Lets monitoring credentials call it too (they read; give it only to actions that
+    /// change nothing), besides trusted members and the control socket.
+    pub fn readable_by_monitors(mut self) -> Action {
+        self.readable_by_monitors = true;
+        self
     }
 
     /// Decides who may call it, beyond the built-in rule (a trusted member or the control

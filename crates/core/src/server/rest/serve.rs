@@ -419,17 +419,28 @@ async fn handle<'r>(
     };
     let trust = match peer {
         Peer::Unix => Trust::Unix,
-        Peer::Tls(Some(fp)) => match state.trusted_member(&fp) {
-            Some(name) => Trust::Member(name),
-            None => Trust::Untrusted(Some(fp)),
+        Peer::Tls(Some(fp)) => match (state.trusted_member(&fp), state.monitor(&fp)) {
+            (Some(name), _) => Trust::Member(name),
+            (None, Some(name)) => Trust::Monitor(name),
+            (None, None) => Trust::Untrusted(Some(fp)),
         },
         Peer::Tls(None) => Trust::Untrusted(None),
     };
     if state.is_shutting_down() && !action.allowed_during_shutdown {
         return Err(ApiError::unavailable("Daemon is shutting down"));
     }
-    if matches!(trust, Trust::Untrusted(_)) && !action.allow_untrusted {
-        return Err(ApiError::forbidden("not authorized: this endpoint needs a trusted member certificate"));
+    let allowed = match &trust {
+        Trust::Unix | Trust::Member(_) => true,
+        Trust::Monitor(_) => action.allow_untrusted || action.readable_by_monitors,
+        Trust::Untrusted(_) => action.allow_untrusted,
+    };
+    if !allowed {
+        return Err(match trust {
+            Trust::Monitor(name) => ApiError::forbidden(format!(
+                "not authorized: {name:?} is a monitoring credential, which may read metrics and status only"
+            )),
+            _ => ApiError::forbidden("not authorized: this endpoint needs a trusted member certificate"),
+        });
     }
     let upgrading = state.database_status() == crate::server::db::DbStatus::WaitingUpgrade;
     let allowed_now = action.allowed_before_init || (upgrading && action.allowed_during_upgrade);

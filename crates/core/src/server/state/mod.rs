@@ -69,6 +69,10 @@ pub(crate) struct Daemon {
     pub(crate) clock: clock::Clock,
     /// Init, resume and reset: the life cycle's, above the layers that ask for them.
     pub(crate) lifecycle: Arc<dyn lifecycle::Lifecycle>,
+    /// The monitoring credentials' fingerprints, with their names.
+    pub(crate) monitors: RwLock<std::collections::BTreeMap<String, String>>,
+    /// Serialises reading them again (`domain::monitors::refresh`).
+    pub(crate) monitors_lock: tokio::sync::Mutex<()>,
 }
 
 /// Which node a restarted runtime starts.
@@ -414,6 +418,28 @@ impl State {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         *self.0.shutdown.borrow()
+    }
+
+    /// The monitoring credential with this certificate fingerprint.
+    pub(crate) fn monitor(&self, fingerprint: &str) -> Option<String> {
+        self.0.monitors.read().ok().and_then(|m| m.get(fingerprint).cloned())
+    }
+
+    /// The monitoring credentials this member knows: fingerprint → name.
+    pub(crate) fn monitors(&self) -> std::collections::BTreeMap<String, String> {
+        self.0.monitors.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the monitoring credentials this member knows.
+    pub(crate) fn set_monitors(&self, monitors: std::collections::BTreeMap<String, String>) {
+        if let Ok(mut slot) = self.0.monitors.write() {
+            *slot = monitors;
+        }
+    }
+
+    /// Serialises reading the monitoring credentials again.
+    pub(crate) async fn lock_monitors(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.monitors_lock.lock().await
     }
 
     /// The trusted member with this certificate fingerprint.

@@ -57,7 +57,7 @@ async fn join(state: State, req: Request) -> HandlerResult {
     let proven = match &req.trust {
         Trust::Member(name) => state.trust().snapshot().by_name(name).map(|e| e.fingerprint.clone()),
         Trust::Untrusted(fingerprint) => fingerprint.clone(),
-        Trust::Unix => None,
+        Trust::Unix | Trust::Monitor(_) => None,
     };
     Response::sync(membership::admit(&state, request, proven.as_deref()).await?)
 }
@@ -149,5 +149,8 @@ async fn heartbeat(state: State, req: Request) -> HandlerResult {
     }
     beat::sync_truststore(&state, &request.leader, &request.members);
     beat::learn_clocks(&state, &request.clocks);
+    if let Some(monitors) = &request.monitors {
+        crate::server::domain::monitors::check(&state, monitors);
+    }
     Response::sync(beat::report(&state))
 }

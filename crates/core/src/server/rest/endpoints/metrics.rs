@@ -17,14 +17,25 @@ use crate::server::metrics::{CONTENT_TYPE, Exposition, Kind};
 use crate::server::rest::{Action, Endpoint, HandlerResult, Request, Response};
 use crate::server::state::State;
 
+/// A label value as every label value here is spelled: lower case, words joined by `_` (the
+/// API's `stand-by` and `ONLINE` become `stand_by` and `online`).
+fn label(value: &str) -> String {
+    value.to_ascii_lowercase().replace('-', "_")
+}
+
 /// Longest the members gauge waits for the database (e.g. during an election): a scrape
 /// without it is better than a scrape that times out.
 const MEMBERS_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
-        Endpoint::new(paths::METRICS)
-            .get(Action::new(metrics).allowed_before_init().allowed_during_upgrade().allowed_during_shutdown()),
+        Endpoint::new(paths::METRICS).get(
+            Action::new(metrics)
+                .allowed_before_init()
+                .allowed_during_upgrade()
+                .allowed_during_shutdown()
+                .readable_by_monitors(),
+        ),
     ]
 }
 
@@ -95,9 +106,10 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
     out.family(
         "microcluster_members",
         Kind::Gauge,
-        "Cluster members by role and status, from the database: the role the leader last recorded, and ONLINE \
-         if the leader's last heartbeat reached the member within two intervals and a second (in the cluster's \
-         time), UNREACHABLE if not, PENDING while joining. Absent when the database cannot be read.",
+        "Cluster members by role (voter, stand_by, spare, pending) and status, from the database: the role the \
+         leader last recorded, and online if the leader's last heartbeat reached the member within two intervals \
+         and a second (in the cluster's time), unreachable if not, pending while joining. Absent when the \
+         database cannot be read.",
     );
     if let Some(runtime) = runtime.filter(|_| matches!(current, DbStatus::Online | DbStatus::WaitingUpgrade)) {
         let read = runtime.db.query("SELECT role, heartbeat FROM core_cluster_members", &[]);
@@ -113,7 +125,8 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
                     *counts.entry((member_role, status)).or_default() += 1;
                 }
                 for ((member_role, status), count) in counts {
-                    out.sample("microcluster_members", &[("role", &member_role), ("status", status)], count);
+                    let labels = [("role", label(&member_role)), ("status", label(status))];
+                    out.sample("microcluster_members", &labels.each_ref().map(|(k, v)| (*k, v.as_str())), count);
                 }
             }
             Ok(Err(err)) => tracing::debug!(error = %err, "metrics: cannot read the members"),
@@ -137,9 +150,23 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
 
     state.metrics().render(&mut out);
 
-    if let Some(bytes) = crate::server::memory::resident_bytes() {
-        out.family("microcluster_process_resident_memory_bytes", Kind::Gauge, "Resident memory of the daemon process.");
-        out.sample("microcluster_process_resident_memory_bytes", &[], bytes);
+    // The process's own, under the names Prometheus's client libraries give them.
+    use crate::server::memory;
+    if let Some(bytes) = memory::resident_bytes() {
+        out.family("process_resident_memory_bytes", Kind::Gauge, "Resident memory size in bytes.");
+        out.sample("process_resident_memory_bytes", &[], bytes);
+    }
+    if let Some(seconds) = memory::cpu_seconds() {
+        out.family("process_cpu_seconds_total", Kind::Counter, "Total user and system CPU time spent in seconds.");
+        out.sample("process_cpu_seconds_total", &[], seconds);
+    }
+    if let Some(seconds) = memory::start_time_seconds() {
+        out.family("process_start_time_seconds", Kind::Gauge, "Start time of the process since unix epoch in seconds.");
+        out.sample("process_start_time_seconds", &[], seconds);
+    }
+    if let Some(fds) = memory::open_fds() {
+        out.family("process_open_fds", Kind::Gauge, "Number of open file descriptors.");
+        out.sample("process_open_fds", &[], fds);
     }
     Ok(Response::raw(CONTENT_TYPE, out.finish()))
 }

@@ -8,6 +8,7 @@ mod doctor;
 mod dqlite_tunnel;
 mod internal;
 mod metrics;
+mod monitors;
 mod recovery;
 mod sql;
 mod status;
@@ -16,7 +17,7 @@ use crate::server::rest::Resources;
 
 /// Endpoints served only on the control socket.
 pub(crate) fn control() -> Resources {
-    Resources::new("", control::endpoints())
+    Resources::new("", [control::endpoints(), monitors::control()].concat())
 }
 
 /// Endpoints served on the control socket and the member's HTTPS address.
@@ -32,6 +33,7 @@ pub(crate) fn shared() -> Vec<Resources> {
         dqlite_tunnel::endpoints(),
         sql::endpoints(),
         recovery::endpoints(),
+        monitors::internal(),
     ];
     // Every path is whole (`api::paths`), so the group needs no prefix of its own.
     vec![Resources::new("", endpoints.concat())]

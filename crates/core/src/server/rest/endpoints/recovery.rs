@@ -24,7 +24,7 @@ async fn receive(state: State, req: Request) -> HandlerResult {
     let plan: RecoveryPlan = req.json()?;
     let sender = match &req.trust {
         Trust::Member(name) => Some(name.as_str()),
-        Trust::Unix | Trust::Untrusted(_) => None,
+        Trust::Unix | Trust::Monitor(_) | Trust::Untrusted(_) => None,
     };
     recovery::receive(&state, sender, plan).await?;
     Ok(Response::empty())
