@@ -218,7 +218,25 @@ impl TrustStore {
             certificate: entry.member.certificate.clone(),
         };
         self.removed.lock().unwrap_or_else(PoisonError::into_inner).remove(&entry.member.name);
+        let before = self.snapshot().by_name(&entry.member.name).map(|e| e.member.clone());
         write_toml(&self.path(&entry.member.name), &file, 0o644)?;
+        match before {
+            None => tracing::info!(
+                target: "audit",
+                member = entry.member.name,
+                address = entry.member.address,
+                fingerprint = entry.fingerprint,
+                "trusts a member"
+            ),
+            Some(before) if before != entry.member => tracing::info!(
+                target: "audit",
+                member = entry.member.name,
+                address = entry.member.address,
+                fingerprint = entry.fingerprint,
+                "trusts a member's new address or certificate"
+            ),
+            Some(_) => {}
+        }
         self.update(|current| {
             let others = current.iter().filter(|e| e.member.name != entry.member.name).cloned();
             Members::build(others.chain(std::iter::once(entry.clone())))
@@ -235,7 +253,9 @@ impl TrustStore {
             return Ok(false);
         }
         remove_durable(&self.path(name))?;
+        let fingerprint = self.snapshot().by_name(name).map(|e| e.fingerprint.clone()).unwrap_or_default();
         self.update(|current| Members::build(current.iter().filter(|e| e.member.name != name).cloned()));
+        tracing::info!(target: "audit", member = name, fingerprint, "no longer trusts a member");
         self.removed.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned(), std::time::Instant::now());
         Ok(true)
     }
@@ -243,7 +263,11 @@ impl TrustStore {
     /// Forgets every member (the files are removed by the state directory's reset).
     pub(crate) fn clear(&self) {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let forgotten = self.snapshot().iter().count();
         self.update(|_| Members::default());
+        if forgotten > 0 {
+            tracing::info!(target: "audit", members = forgotten, "no longer trusts any member (reset)");
+        }
     }
 
     /// How long ago `name`'s entry was written (`None`: no entry, or no time for it).

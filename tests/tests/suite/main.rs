@@ -2,6 +2,7 @@
 //! loopback addresses of their own, in temporary state directories, and stops them. Run one
 //! module with a filter: `cargo test -p microcluster-tests --test suite -- faults::`.
 
+mod audit;
 mod backup;
 mod bad_input;
 mod cli;

@@ -54,7 +54,9 @@ pub(crate) async fn run(state: State, mut stop: ShutdownSignal) {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.fired() => return,
         }
-        if let Err(err) = round(&state).await {
+        // What a round changes (a stalled join rolled back) is logged as this member's doing.
+        let span = tracing::info_span!("heartbeat", caller = "this member's heartbeat round");
+        if let Err(err) = tracing::Instrument::instrument(round(&state), span).await {
             tracing::debug!(error = %err, "heartbeat round skipped");
         }
     }

@@ -417,6 +417,10 @@ async fn handle<'r>(
         }
         Match::NotFound => return Err(ApiError::not_found(format!("no such endpoint: {path}"))),
     };
+    let peer_fingerprint = match (&peer, &parts.method) {
+        (_, &hyper::Method::GET | &hyper::Method::HEAD) | (Peer::Unix, _) => None,
+        (Peer::Tls(fp), _) => fp.clone(),
+    };
     let trust = match peer {
         Peer::Unix => Trust::Unix,
         Peer::Tls(Some(fp)) => match (state.trusted_member(&fp), state.monitor(&fp)) {
@@ -484,7 +488,29 @@ async fn handle<'r>(
     {
         return forward(&state, &target, &parts.method, &parts.uri, request.body).await;
     }
-    (action.handler)(state, request).await
+    if matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD) {
+        return (action.handler)(state, request).await;
+    }
+    // Whatever a request that may change something changes is logged under its caller: the
+    // audit lines of trust changes say who asked (`target: "audit"`).
+    let span = tracing::info_span!("request", caller = %Caller(&request.trust, &peer_fingerprint));
+    tracing::Instrument::instrument((action.handler)(state, request), span).await
+}
+
+/// Who sent a request, for the log: how it came, and the certificate it presented.
+struct Caller<'a>(&'a Trust, &'a Option<String>);
+
+impl std::fmt::Display for Caller<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.0, self.1) {
+            (Trust::Unix, _) => f.write_str("the control socket"),
+            (Trust::Member(name), Some(fp)) => write!(f, "member {name} (certificate {fp})"),
+            (Trust::Monitor(name), Some(fp)) => write!(f, "monitoring credential {name} (certificate {fp})"),
+            (Trust::Untrusted(Some(fp)), _) => write!(f, "an untrusted certificate {fp}"),
+            (Trust::Member(name) | Trust::Monitor(name), None) => f.write_str(name),
+            (Trust::Untrusted(None), _) => f.write_str("a client without a certificate"),
+        }
+    }
 }
 
 /// Forwards a request to the member named `target` and passes its answer through.

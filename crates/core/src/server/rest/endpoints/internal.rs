@@ -70,7 +70,9 @@ async fn reset(state: State, req: Request) -> HandlerResult {
         return Err(ApiError::not_found(format!("this member is {:?}, not {name:?}", state.name())));
     }
     let epoch = state.epoch();
-    tokio::spawn(state.lifecycle().reset(state.clone(), name, epoch));
+    // Logged as the request's doing (its caller: the member that removed this one).
+    let reset = state.lifecycle().reset(state.clone(), name, epoch);
+    tokio::spawn(tracing::Instrument::in_current_span(reset));
     Ok(Response::empty())
 }
 
