@@ -43,6 +43,16 @@ mod tests {
     use crate::tls;
 
     #[test]
+    fn a_generated_certificates_expiry_reads_back_ten_years_ahead() {
+        let identity = generate("m1", &[]).expect("a certificate");
+        let now = std::time::SystemTime::now();
+        let days = tls::days_left_pem(&identity.cert_pem, now).expect("its expiry");
+        assert!((3649..=3650).contains(&days), "{days} days left");
+        let later = now + std::time::Duration::from_secs(3651 * 86_400);
+        assert!(tls::days_left_pem(&identity.cert_pem, later).expect("its expiry") < 0);
+    }
+
+    #[test]
     fn generated_certificates_carry_the_name_and_work_for_tls() {
         let id = generate("mc1", &["127.0.0.1".into()]).unwrap();
         let der = tls::parse_cert(&id.cert_pem, "test").unwrap();

@@ -129,6 +129,7 @@ mod tests {
             leader: true,
             clock_offset: Some(0.002),
             clock_skewed: false,
+            certificate_days_left: Some(3650),
         }
     }
 

@@ -216,3 +216,55 @@ fn short_lived_tokens_expire_by_the_clusters_time() {
     lead(&cluster, "m1");
     refused("m6", &through_skewed);
 }
+
+/// A member whose clock has come to 10 days before its certificates expire (libfaketime ten
+/// years less a few days ahead, the certificates made before): its log warns of both, `cluster
+/// list` shows the days left, `doctor` reports them as problems, the metrics say when.
+#[test]
+fn certificates_near_their_expiry_are_warned_of_listed_and_reported() {
+    let library = match faketime() {
+        Ok(library) => library,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let mut member = Member::new("m1");
+    member.start().bootstrap();
+    let days = |member: &Member| member.member("m1")["certificate_days_left"].as_i64().unwrap();
+    assert!((3649..=3650).contains(&days(&member)), "a new certificate has ten years");
+    member.signal("TERM");
+    assert!(member.wait_exit(Duration::from_secs(15)).is_some());
+
+    member.env = skewed_env(&library)
+        .into_iter()
+        .map(|(k, v)| if k == "FAKETIME" { (k, "+3640d".to_owned()) } else { (k, v) })
+        .collect();
+    member.start();
+    member.wait_ready(Duration::from_secs(30));
+    let left = days(&member);
+    assert!((8..=10).contains(&left), "{left} days left by the member's clock");
+    let log = wait_until("the expiry warnings", Duration::from_secs(10), || {
+        let log = member.log();
+        (log.contains("this member's certificate expires in") && log.contains("the cluster certificate expires in"))
+            .then_some(log)
+    });
+    assert!(log.contains("renew it before then"), "{log}");
+    let doctor = member.ctl(&["doctor", "--check", "--format", "json"]);
+    assert!(!doctor.success, "certificates about to expire are problems: {doctor:?}");
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
+    let expiring: Vec<&serde_json::Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "certificate" && c["status"] == "PROBLEM")
+        .collect();
+    assert_eq!(expiring.len(), 2, "{report}");
+    let socket = member.dir.join("control.socket");
+    let scrape = Command::new("curl")
+        .args(["-s", "--unix-socket", socket.to_str().unwrap(), "http://localhost/core/1.0/metrics"])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&scrape.stdout);
+    for certificate in ["server", "cluster"] {
+        let series = format!("microcluster_certificate_expiry_timestamp_seconds{{certificate=\"{certificate}\"}}");
+        assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
+    }
+}

@@ -231,6 +231,10 @@ pub struct ClusterMember {
     /// uncertainty; `status_reason` then says so and what to do.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub clock_skewed: bool,
+    /// Whole days until its certificate expires (negative once it has), by the answering
+    /// member's clock; absent if it cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_days_left: Option<i64>,
 }
 
 /// `POST /core/internal/cluster`: a new member asks to join.

@@ -4,6 +4,7 @@
 //! with [`crate::server::error::Error`]; the REST layer turns that into statuses.
 
 pub(crate) mod backup;
+pub(crate) mod certificates;
 pub(crate) mod doctor;
 pub(crate) mod heartbeat;
 pub(crate) mod membership;

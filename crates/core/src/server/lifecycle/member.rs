@@ -161,6 +161,7 @@ async fn resume(state: State, node_id: u64) {
 /// threshold following the node's role, freed memory given back after bursts, and the disk
 /// watch.
 fn start_background(state: &State, runtime: &Arc<Runtime>) {
+    runtime.adopt(tokio::spawn(crate::server::domain::certificates::watch(state.clone(), runtime.stop.clone())));
     runtime.adopt(tokio::spawn(crate::server::domain::heartbeat::run(state.clone(), runtime.stop.clone())));
     runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
     runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.metrics().clone())));

@@ -23,6 +23,7 @@ use hyper::StatusCode;
 use crate::api::{ClusterMemberLocal, DoctorCheck, DoctorReport, doctor_status, role};
 use crate::client::ClientError;
 use crate::server::db::members;
+use crate::server::domain::certificates;
 use crate::server::domain::membership::{recorded_role, retry_config_change, role_name, stalled};
 use crate::server::error::Error;
 use crate::server::state::State;
@@ -190,12 +191,37 @@ fn finding(check: &'static str, member: &str, outcome: Outcome, detail: String) 
 pub(crate) async fn run(state: &State, repair: bool) -> Result<DoctorReport, Error> {
     let runtime = state.online_runtime()?;
     let view = gather(state, &runtime).await?;
-    let checks = apply(state, &runtime, plan(&view), repair).await;
+    let mut checks = apply(state, &runtime, plan(&view), repair).await;
+    let certificates: Vec<(String, String)> =
+        view.rows.iter().map(|r| (r.member.name.clone(), r.member.certificate.clone())).collect();
+    let cluster = state.cluster_cert().ok().map(|c| c.cert_pem);
+    checks.extend(certificate_checks(&certificates, cluster.as_deref(), SystemTime::now()));
     let count = |status: &str| checks.iter().filter(|c| c.status == status).count() as u64;
     let (problems, repaired, skipped) =
         (count(doctor_status::PROBLEM), count(doctor_status::REPAIRED), count(doctor_status::SKIPPED));
     tracing::info!(problems, repaired, skipped, repair, "doctor: checked the membership");
     Ok(DoctorReport { leader: view.leader, repair, checks, problems, repaired, skipped })
+}
+
+/// How long each member's certificate (name, PEM) and the cluster's have left: OK, or a
+/// PROBLEM from `certificates::WARN_DAYS` before the expiry (and once expired).
+fn certificate_checks(members: &[(String, String)], cluster: Option<&str>, now: SystemTime) -> Vec<DoctorCheck> {
+    let cluster = cluster.map(|pem| ("cluster".to_owned(), "the cluster certificate".to_owned(), pem));
+    members
+        .iter()
+        .map(|(name, pem)| (name.clone(), format!("{name}'s certificate"), pem.as_str()))
+        .chain(cluster)
+        .map(|(member, what, pem)| {
+            let (status, detail) = match tls::days_left_pem(pem, now) {
+                Ok(days) => match certificates::warning(&what, days) {
+                    None => (doctor_status::OK, format!("{what} expires in {days} days")),
+                    Some(warning) => (doctor_status::PROBLEM, warning),
+                },
+                Err(err) => (doctor_status::PROBLEM, format!("cannot read when {what} expires: {err}")),
+            };
+            DoctorCheck { check: "certificate".into(), member, status: status.into(), detail }
+        })
+        .collect()
 }
 
 /// Reads the three views: dqlite's configuration and the rows here, and every other member's
@@ -412,5 +438,31 @@ fn changed_one(rows: u64) -> Result<(), String> {
     match rows {
         0 => Err("the row changed meanwhile; run the doctor again".into()),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_are_a_problem_from_thirty_days_before_they_expire() {
+        let pem = crate::certs::generate("m1", &[]).expect("a certificate").cert_pem;
+        let members = [("m1".to_owned(), pem.clone()), ("m2".to_owned(), "not a certificate".to_owned())];
+        let seen = |now: SystemTime| -> Vec<(String, String, String)> {
+            certificate_checks(&members, Some(&pem), now).into_iter().map(|c| (c.member, c.status, c.detail)).collect()
+        };
+        let now = SystemTime::now();
+        let today = seen(now);
+        assert_eq!(today.len(), 3);
+        assert_eq!((today[0].0.as_str(), today[0].1.as_str()), ("m1", doctor_status::OK));
+        assert!(today[0].2.starts_with("m1's certificate expires in 36"), "{today:?}");
+        assert_eq!((today[1].0.as_str(), today[1].1.as_str()), ("m2", doctor_status::PROBLEM));
+        assert!(today[1].2.starts_with("cannot read when m2's certificate expires"), "{today:?}");
+        assert_eq!((today[2].0.as_str(), today[2].1.as_str()), ("cluster", doctor_status::OK));
+        let near = seen(now + Duration::from_secs(3640 * 86_400));
+        assert_eq!(near[0].1, doctor_status::PROBLEM);
+        assert!(near[0].2.contains("expires in 9 days") || near[0].2.contains("expires in 10 days"), "{near:?}");
+        assert!(near[2].2.starts_with("the cluster certificate expires in"), "{near:?}");
     }
 }

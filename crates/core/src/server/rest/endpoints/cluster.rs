@@ -144,6 +144,7 @@ async fn list(state: State, _req: Request) -> HandlerResult {
             let is_leader = leader.as_deref() == Some(row.address.as_str());
             ClusterMember {
                 fingerprint: crate::tls::fingerprint_pem(&row.certificate).unwrap_or_default(),
+                certificate_days_left: crate::tls::days_left_pem(&row.certificate, std::time::SystemTime::now()).ok(),
                 local: ClusterMemberLocal { name: row.name, address: row.address, certificate: row.certificate },
                 role,
                 schema_internal_version: row.schema_internal,

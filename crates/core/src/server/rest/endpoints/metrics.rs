@@ -150,6 +150,25 @@ async fn metrics(state: State, _req: Request) -> HandlerResult {
 
     state.metrics().render(&mut out);
 
+    out.family(
+        "microcluster_certificate_expiry_timestamp_seconds",
+        Kind::Gauge,
+        "When this member's certificates expire, in seconds since the Unix epoch: its own (server) and, once \
+         initialised, the cluster's.",
+    );
+    for (label, pem) in
+        [("server", Some(state.server_cert().cert_pem)), ("cluster", state.cluster_cert().ok().map(|c| c.cert_pem))]
+    {
+        let expiry = pem.and_then(|pem| crate::tls::not_after_pem(&pem).ok());
+        if let Some(seconds) = expiry.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+            out.sample(
+                "microcluster_certificate_expiry_timestamp_seconds",
+                &[("certificate", label)],
+                seconds.as_secs(),
+            );
+        }
+    }
+
     // The process's own, under the names Prometheus's client libraries give them.
     use crate::server::memory;
     if let Some(bytes) = memory::resident_bytes() {
