@@ -423,10 +423,12 @@ async fn handle<'r>(
     };
     let trust = match peer {
         Peer::Unix => Trust::Unix,
-        Peer::Tls(Some(fp)) => match (state.trusted_member(&fp), state.monitor(&fp)) {
-            (Some(name), _) => Trust::Member(name),
-            (None, Some(name)) => Trust::Monitor(name),
-            (None, None) => Trust::Untrusted(Some(fp)),
+        Peer::Tls(Some(fp)) => match state.trusted_member(&fp) {
+            Some(name) => Trust::Member(name),
+            None => match state.monitor(&fp) {
+                Some(name) => Trust::Monitor(name),
+                None => Trust::Untrusted(Some(fp)),
+            },
         },
         Peer::Tls(None) => Trust::Untrusted(None),
     };
