@@ -17,6 +17,7 @@ const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_NETWORK_LATENCY: Duration = Duration::from_millis(40);
 const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = microcluster::server::rest::DEFAULT_HEADER_TIMEOUT;
 const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = microcluster::server::rest::DEFAULT_IDLE_TIMEOUT;
+const DEFAULT_HTTP_DRAIN_TIMEOUT: Duration = microcluster::server::rest::DEFAULT_DRAIN_TIMEOUT;
 
 /// Every key the file may hold, in the order `config/microd.toml` documents them.
 const KEYS: &[&str] = &[
@@ -28,6 +29,7 @@ const KEYS: &[&str] = &[
     "failure_domain",
     "http_header_timeout",
     "http_idle_timeout",
+    "http_drain_timeout",
     "max_connections",
     "log_level",
     "log_format",
@@ -86,6 +88,8 @@ pub(crate) struct Config {
     pub(crate) http_header_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "http_timeout")]
     pub(crate) http_idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "drain_timeout")]
+    pub(crate) http_drain_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "max_connections")]
     pub(crate) max_connections: Option<usize>,
     pub(crate) log_level: Option<LogLevel>,
@@ -104,6 +108,7 @@ impl Config {
             failure_domain: self.failure_domain.or(other.failure_domain),
             http_header_timeout: self.http_header_timeout.or(other.http_header_timeout),
             http_idle_timeout: self.http_idle_timeout.or(other.http_idle_timeout),
+            http_drain_timeout: self.http_drain_timeout.or(other.http_drain_timeout),
             max_connections: self.max_connections.or(other.max_connections),
             log_level: self.log_level.or(other.log_level),
             log_format: self.log_format.or(other.log_format),
@@ -124,6 +129,7 @@ pub(crate) struct Settings {
     pub(crate) failure_domain: Option<u64>,
     pub(crate) http_header_timeout: Duration,
     pub(crate) http_idle_timeout: Duration,
+    pub(crate) http_drain_timeout: Duration,
     /// `None`: derived from the open-file limit.
     pub(crate) max_connections: Option<usize>,
     pub(crate) log_level: LogLevel,
@@ -143,6 +149,7 @@ impl Settings {
             failure_domain: c.failure_domain,
             http_header_timeout: c.http_header_timeout.unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT),
             http_idle_timeout: c.http_idle_timeout.unwrap_or(DEFAULT_HTTP_IDLE_TIMEOUT),
+            http_drain_timeout: c.http_drain_timeout.unwrap_or(DEFAULT_HTTP_DRAIN_TIMEOUT),
             max_connections: c.max_connections,
             log_level: c.log_level.unwrap_or(LogLevel::Warn),
             log_format: c.log_format.unwrap_or(LogFormat::Text),
@@ -219,6 +226,15 @@ pub(crate) fn parse_http_timeout(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--http-drain-timeout` / `http_drain_timeout`: 0 (close at once) to 1 min.
+pub(crate) fn parse_drain_timeout(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text, "1s, 5s, 0s")?;
+    if d > Duration::from_secs(60) {
+        return Err(format!("{text:?} is out of range: the drain timeout is between 0s and 1m"));
+    }
+    Ok(d)
+}
+
 /// `--max-connections` / `max_connections`: 32 to 1 000 000.
 pub(crate) fn parse_max_connections(text: &str) -> Result<usize, String> {
     let n: usize = text.parse().map_err(|_| format!("invalid number {text:?}"))?;
@@ -270,6 +286,10 @@ fn http_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     duration_with(d, parse_http_timeout)
 }
 
+fn drain_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_with(d, parse_drain_timeout)
+}
+
 fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     let n = usize::deserialize(d)?;
     check_max_connections(n).map(Some).map_err(serde::de::Error::custom)
@@ -313,6 +333,7 @@ mod tests {
             failure_domain,
             http_header_timeout,
             http_idle_timeout,
+            http_drain_timeout,
             max_connections,
             log_level,
             log_format,
@@ -326,6 +347,7 @@ mod tests {
             failure_domain.is_some(),
             http_header_timeout.is_some(),
             http_idle_timeout.is_some(),
+            http_drain_timeout.is_some(),
             max_connections.is_some(),
             log_level.is_some(),
             log_format.is_some(),
@@ -373,6 +395,7 @@ mod tests {
             ("failure_domain = -1", "key failure_domain: invalid value: integer `-1`"),
             ("http_header_timeout = \"0s\"", "key http_header_timeout: \"0s\" is out of range"),
             ("http_idle_timeout = \"2h\"", "key http_idle_timeout: \"2h\" is out of range"),
+            ("http_drain_timeout = \"2m\"", "key http_drain_timeout: \"2m\" is out of range"),
             ("max_connections = 10", "key max_connections: 10 is out of range"),
             ("max_connections = \"many\"", "key max_connections: invalid type: string"),
             ("socket_group = 5", "key socket_group: invalid type: integer `5`"),

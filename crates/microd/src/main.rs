@@ -56,6 +56,10 @@ struct Cli {
     /// default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = config::parse_http_timeout)]
     http_idle_timeout: Option<Duration>,
+    /// At shutdown, how long requests under way get to finish before their connections close
+    /// [key: http_drain_timeout; default: 1s; 0s: at once].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_drain_timeout)]
+    http_drain_timeout: Option<Duration>,
     /// Most connections one TCP listener holds, a quarter of them for untrusted clients
     /// [key: max_connections; default: from the open-file limit, at most 8192].
     #[arg(long, value_name = "N", value_parser = config::parse_max_connections)]
@@ -90,6 +94,7 @@ impl Cli {
             failure_domain: self.failure_domain,
             http_header_timeout: self.http_header_timeout,
             http_idle_timeout: self.http_idle_timeout,
+            http_drain_timeout: self.http_drain_timeout,
             max_connections: self.max_connections,
             log_level: self.log_level.or(verbosity),
             log_format: self.log_format,
@@ -117,7 +122,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             header_timeout: settings.http_header_timeout,
             idle_timeout: settings.http_idle_timeout,
             max_connections: settings.max_connections,
-            ..ConnectionLimits::default()
+            drain_timeout: settings.http_drain_timeout,
         },
         ..extension::daemon_args()
     };
