@@ -28,7 +28,7 @@ use summary::{compare, summarize_db, summarize_file};
 pub(crate) const MAX_BACKUP: usize = dqlite::DEFAULT_MAX_MESSAGE as usize;
 
 /// Tables that belong to the cluster, not to the application: kept in a backup, never restored.
-const CORE_TABLES: [&str; 3] = ["schemas", "core_cluster_members", "core_token_records"];
+const CORE_TABLES: [&str; 4] = ["schemas", "core_cluster_members", "core_token_records", "core_monitors"];
 /// dqlite's limit on parameters per statement.
 const MAX_PARAMS: usize = 255;
 
@@ -323,7 +323,7 @@ pub(super) mod tests {
 
     #[test]
     fn core_tables_are_never_restored() {
-        for name in ["schemas", "core_cluster_members", "core_token_records", "sqlite_sequence"] {
+        for name in ["schemas", "core_cluster_members", "core_token_records", "core_monitors", "sqlite_sequence"] {
             assert!(!application_table(name), "{name}");
         }
         assert!(application_table("extended_table"));
