@@ -168,16 +168,20 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
     let timer = state.metrics().heartbeat_round();
     let nodes = client.cluster().await?;
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
-    // The leader's own set is read each round; the members compare theirs with it.
-    let monitors = match runtime.db.read(|tx| Box::pin(monitors::list(tx))).await {
-        Ok(rows) => {
-            let _serial = state.lock_monitors().await;
-            state.set_monitors(rows.iter().map(|r| (r.fingerprint.clone(), r.name.clone())).collect());
-            Some(rows.into_iter().map(|r| (r.name, r.fingerprint)).collect())
-        }
-        Err(err) => {
-            tracing::debug!(error = %err, "reading the monitoring credentials");
-            None
+    // The leader's own set is read each round (under the same lock as every other reading of
+    // it, so that a revocation read meanwhile is not overwritten by this older read); the
+    // members compare theirs with it.
+    let monitors = {
+        let _serial = state.lock_monitors().await;
+        match runtime.db.read(|tx| Box::pin(monitors::list(tx))).await {
+            Ok(rows) => {
+                state.set_monitors(rows.iter().map(|r| (r.fingerprint.clone(), r.name.clone())).collect());
+                Some(rows.into_iter().map(|r| (r.name, r.fingerprint)).collect())
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "reading the monitoring credentials");
+                None
+            }
         }
     };
     let clocks: BTreeMap<String, ClockOffset> =
