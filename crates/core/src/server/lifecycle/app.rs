@@ -241,16 +241,10 @@ impl App {
     /// A mutual-TLS client of the member at `address`, authenticated with this member's
     /// certificate (the member must be initialised).
     pub fn remote_client(&self, address: &str) -> Result<Client, AppError> {
-        let dir = StateDir::open(&self.state_dir)?;
-        let identity =
-            dir.server_identity()?.ok_or_else(|| AppError::Invalid("this member has no certificate yet".into()))?;
-        let cluster = dir
+        let cluster = StateDir::open(&self.state_dir)?
             .cluster_identity()?
             .ok_or_else(|| AppError::Invalid("this member is not initialised (no cluster certificate)".into()))?;
-        let fingerprint = cluster.fingerprint().map_err(|e| AppError::Invalid(e.to_string()))?;
-        let config = crate::tls::client_config(Some(&identity), vec![fingerprint])
-            .map_err(|e| AppError::Invalid(e.to_string()))?;
-        Ok(Client::https(address, config))
+        self.remote_client_with_cert(address, &cluster.cert_pem)
     }
 
     /// Runs SQL on the cluster database.
