@@ -17,6 +17,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 
+mod endorsement;
+mod live;
+
+pub use endorsement::{Endorsement, endorse, follow as follow_endorsements, verify as verify_endorsement};
+pub use live::{LiveClient, LiveIdentity, Pins, Sessions, live_client_config, live_server_config};
+
 /// A certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -270,7 +276,7 @@ impl Identity {
 /// Accepts a server whose certificate has one of the pinned fingerprints.
 #[derive(Debug)]
 struct PinnedServer {
-    fingerprints: Vec<String>,
+    pins: Arc<Pins>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -284,7 +290,7 @@ impl ServerCertVerifier for PinnedServer {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let seen = fingerprint(end_entity);
-        if self.fingerprints.iter().any(|f| f.eq_ignore_ascii_case(&seen)) {
+        if self.pins.contains(&seen) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!("server certificate {seen} is not the expected cluster certificate")))
@@ -369,7 +375,7 @@ pub fn client_config(
     server_fingerprints: Vec<String>,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServer { fingerprints: server_fingerprints, provider: provider.clone() });
+    let verifier = Arc::new(PinnedServer { pins: Pins::new(server_fingerprints), provider: provider.clone() });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
