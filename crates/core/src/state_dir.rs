@@ -361,6 +361,91 @@ impl StateDir {
         write_atomic(&self.cert_path(which), id.cert_pem.as_bytes(), 0o644)
     }
 
+    /// The pair a rotation keeps for `which` (`server`, `cluster` or `certificates/NAME`) until
+    /// its switch: `which.next.crt` and `.key`.
+    #[cfg(feature = "server")]
+    pub(crate) fn next_identity(&self, which: &str) -> Result<Option<Identity>, StateDirError> {
+        match self.pair(&format!("{which}.next"))? {
+            Pair::Usable(id) => Ok(Some(id)),
+            Pair::Absent | Pair::Damaged { .. } => Ok(None),
+        }
+    }
+
+    /// Keeps `id` as `which`'s next pair.
+    #[cfg(feature = "server")]
+    pub(crate) fn set_next_identity(&self, which: &str, id: &Identity) -> Result<(), StateDirError> {
+        self.set_identity(&format!("{which}.next"), id)
+    }
+
+    /// Forgets `which`'s next pair.
+    #[cfg(feature = "server")]
+    pub(crate) fn remove_next_identity(&self, which: &str) -> Result<(), StateDirError> {
+        let next = format!("{which}.next");
+        remove_durable(&self.cert_path(&next))?;
+        remove_durable(&self.key_path(&next))
+    }
+
+    /// Makes `which`'s next pair the current one (the key first, as [`StateDir::set_identity`]
+    /// does), then forgets it; `None` when there is none. A switch cut short between the two
+    /// files is finished by [`StateDir::finish_switch`] at the next start.
+    #[cfg(feature = "server")]
+    pub(crate) fn switch_identity(&self, which: &str) -> Result<Option<Identity>, StateDirError> {
+        let Some(next) = self.next_identity(which)? else { return Ok(None) };
+        self.set_identity(which, &next)?;
+        self.remove_next_identity(which)?;
+        Ok(Some(next))
+    }
+
+    /// Finishes a switch of `which` that a crash cut short: the next key is already the current
+    /// one but the certificate is still the old one. Anything else is left alone (a next pair
+    /// that was never switched to is only a rotation that did not finish).
+    #[cfg(feature = "server")]
+    pub(crate) fn finish_switch(&self, which: &str) -> Result<(), StateDirError> {
+        let Some(next) = self.next_identity(which)? else { return Ok(()) };
+        let key = read_optional(&self.key_path(which))?;
+        if key.as_deref() == Some(next.key_pem.as_str()) {
+            tracing::warn!(pair = which, "finishing a certificate switch that was cut short");
+            write_atomic(&self.cert_path(which), next.cert_pem.as_bytes(), 0o644)?;
+            self.remove_next_identity(which)?;
+        }
+        Ok(())
+    }
+
+    /// `cluster.endorsements`: how the cluster certificate came to be what it is (each
+    /// replacement signed by the key it replaced), for members that missed a rotation.
+    #[cfg(feature = "server")]
+    pub(crate) fn endorsements(&self) -> Result<Vec<crate::tls::Endorsement>, StateDirError> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            endorsement: Vec<crate::tls::Endorsement>,
+        }
+        Ok(read_toml::<File>(&self.root.join("cluster.endorsements"))?.map(|f| f.endorsement).unwrap_or_default())
+    }
+
+    /// Records the cluster certificate's replacements (the last [`ENDORSEMENTS_KEPT`]).
+    #[cfg(feature = "server")]
+    pub(crate) fn set_endorsements(&self, chain: &[crate::tls::Endorsement]) -> Result<(), StateDirError> {
+        #[derive(serde::Serialize)]
+        struct File<'a> {
+            endorsement: &'a [crate::tls::Endorsement],
+        }
+        let kept = &chain[chain.len().saturating_sub(ENDORSEMENTS_KEPT)..];
+        write_toml(&self.root.join("cluster.endorsements"), &File { endorsement: kept }, 0o644)
+    }
+
+    /// `cluster.ca`: the CA that members' certificates must be issued by (none: pinning only).
+    pub(crate) fn cluster_ca(&self) -> Result<Option<String>, StateDirError> {
+        read_optional(&self.root.join("cluster.ca"))
+    }
+
+    /// Sets (or, empty, removes) the CA members' certificates must be issued by.
+    #[cfg(feature = "server")]
+    pub(crate) fn set_cluster_ca(&self, pem: &str) -> Result<(), StateDirError> {
+        let path = self.root.join("cluster.ca");
+        if pem.is_empty() { remove_durable(&path) } else { write_atomic(&path, pem.as_bytes(), 0o644) }
+    }
+
     /// Where the database directory goes while a reset removes it.
     #[cfg(feature = "server")]
     fn removing_dir(&self) -> PathBuf {
@@ -419,6 +504,11 @@ impl StateDir {
         remove_dir_optional(&self.removing_dir())
     }
 }
+
+/// How many replacements of the cluster certificate a member keeps the endorsements of: a
+/// member away for more rotations than that is rejoined by hand.
+#[cfg(feature = "server")]
+pub(crate) const ENDORSEMENTS_KEPT: usize = 16;
 
 /// Creates a directory (and parents) with `mode`, and tightens the mode if it already existed.
 /// Each directory it creates is made durable in its parent.

@@ -21,7 +21,9 @@ mod endorsement;
 mod live;
 
 pub use endorsement::{Endorsement, endorse, follow as follow_endorsements, verify as verify_endorsement};
-pub use live::{LiveClient, LiveIdentity, Pins, Sessions, live_client_config, live_server_config};
+pub use live::{
+    LiveClient, LiveIdentity, Pins, Presented, Sessions, live_client_config, live_server_config, recording_client_config,
+};
 
 /// A certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,27 @@ pub fn parse_cert(pem: &str, what: &str) -> Result<CertificateDer<'static>, TlsE
 pub fn fingerprint_pem(pem: &str) -> Result<String, TlsError> {
     Ok(fingerprint(&parse_cert(pem, "certificate")?))
 }
+
+/// The fingerprints of every certificate in PEM text (at least one, at most
+/// [`MAX_CERTIFICATES`]), in order.
+pub fn fingerprints_pem(pem: &str) -> Result<Vec<String>, TlsError> {
+    let mut fingerprints = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|_| TlsError::NoCertificate { what: "certificate".into() })?;
+        if fingerprints.len() == MAX_CERTIFICATES {
+            return Err(TlsError::Invalid(format!("more than {MAX_CERTIFICATES} certificates in one entry")));
+        }
+        fingerprints.push(fingerprint(&cert));
+    }
+    if fingerprints.is_empty() {
+        return Err(TlsError::NoCertificate { what: "certificate".into() });
+    }
+    Ok(fingerprints)
+}
+
+/// How many certificates a member's entry may hold: its own, and its next one during a
+/// rotation.
+pub const MAX_CERTIFICATES: usize = 2;
 
 /// When the certificate in PEM text stops being valid (its `notAfter`).
 pub fn not_after_pem(pem: &str) -> Result<std::time::SystemTime, TlsError> {

@@ -44,8 +44,11 @@ pub(crate) enum TrustError {
 pub(crate) struct TrustEntry {
     /// Name, address and certificate PEM.
     pub(crate) member: ClusterMemberLocal,
-    /// SHA-256 of the certificate.
+    /// SHA-256 of the certificate (the first, while a new one is being rolled out).
     pub(crate) fingerprint: String,
+    /// SHA-256 of every certificate the entry holds: two while the member's certificate is
+    /// being replaced (the old one first), so that either is accepted during the switch.
+    pub(crate) fingerprints: Vec<String>,
 }
 
 impl TrustEntry {
@@ -54,8 +57,14 @@ impl TrustEntry {
         let invalid = |reason: String| TrustError::Invalid { name: member.name.clone(), reason };
         validate::member_name(&member.name).map_err(|e| invalid(e.to_string()))?;
         validate::member_address(&member.address).map_err(|e| invalid(e.to_string()))?;
-        let fingerprint = tls::fingerprint_pem(&member.certificate).map_err(|e| invalid(e.to_string()))?;
-        Ok(TrustEntry { member, fingerprint })
+        let fingerprints = tls::fingerprints_pem(&member.certificate).map_err(|e| invalid(e.to_string()))?;
+        let fingerprint = fingerprints.first().cloned().unwrap_or_default();
+        Ok(TrustEntry { member, fingerprint, fingerprints })
+    }
+
+    /// Whether the entry holds the certificate with this fingerprint.
+    pub(crate) fn holds(&self, fingerprint: &str) -> bool {
+        self.fingerprints.iter().any(|f| f.eq_ignore_ascii_case(fingerprint))
     }
 }
 
@@ -79,7 +88,10 @@ impl Members {
     fn build(entries: impl IntoIterator<Item = TrustEntry>) -> Members {
         let by_name: BTreeMap<_, _> = entries.into_iter().map(|e| (e.member.name.clone(), e)).collect();
         #[cfg(feature = "server")]
-        let by_fingerprint = by_name.values().map(|e| (e.fingerprint.clone(), e.member.name.clone())).collect();
+        let by_fingerprint = by_name
+            .values()
+            .flat_map(|e| e.fingerprints.iter().map(|f| (f.clone(), e.member.name.clone())))
+            .collect();
         Members {
             by_name,
             #[cfg(feature = "server")]

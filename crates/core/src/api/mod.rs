@@ -77,6 +77,17 @@ pub mod paths {
     pub const CONTROL_MONITOR: &str = "/core/control/monitors/{name}";
     /// Tells a member that the monitoring credentials changed (it reads them again).
     pub const INTERNAL_MONITORS: &str = "/core/internal/monitors";
+    /// Replace certificates (`POST`).
+    pub const CLUSTER_CERTIFICATES: &str = "/core/1.0/cluster/certificates";
+    /// Install a supplied certificate (`PUT`, microcluster's): `cluster` or a member's name.
+    pub const CLUSTER_CERTIFICATE: &str = "/core/1.0/cluster/certificates/{name}";
+    /// A rotation's first step on each member (`POST`), and what a member that missed one
+    /// catches up from (`GET`).
+    pub const INTERNAL_CERTIFICATES: &str = "/core/internal/certificates";
+    /// A rotation's switch to the next certificates (`POST`).
+    pub const INTERNAL_CERTIFICATES_SWITCH: &str = "/core/internal/certificates/switch";
+    /// A rotation's end: accept only the current cluster certificate (`POST`).
+    pub const INTERNAL_CERTIFICATES_FINISH: &str = "/core/internal/certificates/finish";
     /// Header of a backup download carrying its summary (JSON).
     pub const BACKUP_SUMMARY_HEADER: &str = "x-microcluster-backup";
 
@@ -113,6 +124,11 @@ pub mod paths {
         CONTROL_MONITORS,
         CONTROL_MONITOR,
         INTERNAL_MONITORS,
+        CLUSTER_CERTIFICATES,
+        CLUSTER_CERTIFICATE,
+        INTERNAL_CERTIFICATES,
+        INTERNAL_CERTIFICATES_SWITCH,
+        INTERNAL_CERTIFICATES_FINISH,
     ];
 
     /// `pattern` with each `{parameter}` replaced, in order, by the next of `params`,

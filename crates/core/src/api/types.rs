@@ -665,6 +665,119 @@ pub struct MoveMemberRequest {
     pub node_id: u64,
 }
 
+/// A certificate and its private key, as PEM (microcluster's `KeyPair`), and the CA that
+/// issued it, if it should be required of members from now on.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPair {
+    /// The certificate, PEM.
+    pub cert: String,
+    /// Its private key, PEM.
+    pub key: String,
+    /// PEM of the CA certificate(s): with the cluster's pair, every member's certificate must
+    /// be issued by it from then on, besides being pinned. Empty: no CA.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca: String,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPair").field("cert", &self.cert).field("ca", &self.ca).finish_non_exhaustive()
+    }
+}
+
+/// `POST /core/1.0/cluster/certificates`: which certificates to replace. Nothing named means
+/// every one: the cluster's, every member's own and every extension server's dedicated one.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatesRotate {
+    /// The cluster certificate (what every member's listener presents).
+    #[serde(default)]
+    pub cluster: bool,
+    /// Members whose own certificate to replace.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Extension servers whose dedicated certificate to replace, on every member.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Pairs to install instead of new ones, by what they replace: `cluster` or a member's
+    /// name (each also counts as named above).
+    #[serde(default)]
+    pub supplied: BTreeMap<String, KeyPair>,
+}
+
+/// What a rotation replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CertificatesRotated {
+    /// The new cluster certificate's fingerprint, if it was replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Each member whose own certificate was replaced, with the new fingerprint.
+    #[serde(default)]
+    pub members: BTreeMap<String, String>,
+    /// Each `member/server` whose dedicated certificate was replaced, with the new fingerprint.
+    #[serde(default)]
+    pub servers: BTreeMap<String, String>,
+    /// Members that took no part (unreachable, or they failed a step), with why: each catches up
+    /// by itself once it can reach the others again.
+    #[serde(default)]
+    pub skipped: BTreeMap<String, String>,
+    /// How long the rotation took, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// `POST /core/internal/certificates`: make ready to switch (keep the next pairs, and accept
+/// the next cluster certificate besides the current one).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatesPrepare {
+    /// The next cluster certificate and key, with the current key's endorsement of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<NextCluster>,
+    /// Whether the member replaces its own certificate.
+    #[serde(default)]
+    pub server: bool,
+    /// The pair to replace it with (none: the member makes one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_pair: Option<KeyPair>,
+    /// Extension servers whose dedicated certificate the member replaces.
+    #[serde(default)]
+    pub servers: Vec<String>,
+}
+
+/// The next cluster certificate as passed to every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextCluster {
+    /// Certificate and key (and the CA members' certificates must come from, if any).
+    pub pair: KeyPair,
+    /// The current cluster key's signature of the certificate.
+    pub endorsement: crate::tls::Endorsement,
+}
+
+/// A member's answer to [`CertificatesPrepare`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CertificatesPrepared {
+    /// Its next certificate, PEM, if it replaces its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The next dedicated certificates' fingerprints, by server.
+    #[serde(default)]
+    pub servers: BTreeMap<String, String>,
+}
+
+/// `GET /core/internal/certificates`: what a member that missed a rotation needs to catch up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificatesCurrent {
+    /// The cluster certificate and key.
+    pub cluster: KeyPair,
+    /// How the cluster certificate got there: each replacement signed by the key it replaced.
+    #[serde(default)]
+    pub endorsements: Vec<crate::tls::Endorsement>,
+    /// The trusted members, with their certificates.
+    pub members: Vec<ClusterMemberLocal>,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

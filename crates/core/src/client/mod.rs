@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    self, BackupSummary, ClusterMember, ClusterMemberLocal, Control, DoctorReport, Envelope, HeartbeatRequest,
+    self, BackupSummary, CertificatesCurrent, CertificatesPrepare, CertificatesPrepared, CertificatesRotate, CertificatesRotated, KeyPair, ClusterMember, ClusterMemberLocal, Control, DoctorReport, Envelope, HeartbeatRequest,
     HeartbeatResponse, JoinRequest, JoinResponse, RecoveryPlan, RecoveryStatus, ResponseType, RoleRequest,
     ServerAddress, ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest, TransferLeaderRequest, paths,
 };
@@ -641,6 +641,37 @@ impl Client {
     /// `POST /core/internal/truststore`: trust a member.
     pub async fn add_trust(&self, member: &ClusterMemberLocal) -> Result<(), ClientError> {
         self.empty(Method::POST, paths::INTERNAL_TRUSTSTORE, Some(member)).await
+    }
+
+    /// `POST /core/1.0/cluster/certificates`: replace certificates across the cluster.
+    pub async fn rotate_certificates(&self, request: &CertificatesRotate) -> Result<CertificatesRotated, ClientError> {
+        self.query(Method::POST, paths::CLUSTER_CERTIFICATES, Some(request)).await
+    }
+
+    /// `PUT /core/1.0/cluster/certificates/{name}`: install a supplied pair as the cluster's
+    /// certificate (`cluster`) or a member's own (its name).
+    pub async fn set_certificate(&self, name: &str, pair: &KeyPair) -> Result<CertificatesRotated, ClientError> {
+        self.query(Method::PUT, &paths::fill(paths::CLUSTER_CERTIFICATE, &[name]), Some(pair)).await
+    }
+
+    /// `POST /core/internal/certificates`: a rotation's first step on a member.
+    pub async fn prepare_certificates(&self, request: &CertificatesPrepare) -> Result<CertificatesPrepared, ClientError> {
+        self.query(Method::POST, paths::INTERNAL_CERTIFICATES, Some(request)).await
+    }
+
+    /// `POST /core/internal/certificates/switch`: a rotation's switch on a member.
+    pub async fn switch_certificates(&self) -> Result<(), ClientError> {
+        self.empty(Method::POST, paths::INTERNAL_CERTIFICATES_SWITCH, None::<&()>).await
+    }
+
+    /// `POST /core/internal/certificates/finish`: a rotation's end on a member.
+    pub async fn finish_certificates(&self) -> Result<(), ClientError> {
+        self.empty(Method::POST, paths::INTERNAL_CERTIFICATES_FINISH, None::<&()>).await
+    }
+
+    /// `GET /core/internal/certificates`: the cluster's certificates, to catch up with.
+    pub async fn current_certificates(&self) -> Result<CertificatesCurrent, ClientError> {
+        self.query(Method::GET, paths::INTERNAL_CERTIFICATES, None::<&()>).await
     }
 
     /// `DELETE /core/internal/truststore/{name}`: stop trusting a member.

@@ -49,6 +49,12 @@ impl Pool {
         Some((conn.sender, conn.driver))
     }
 
+    /// Closes every idle connection (after this member's certificate changed, they would go on
+    /// proving the old one).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
     /// Keeps a connection whose last response was read in full.
     pub(super) fn put(&self, address: &str, sender: SendRequest<Full<Bytes>>, driver: Driver) {
         if sender.is_closed() {

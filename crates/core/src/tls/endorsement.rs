@@ -77,27 +77,29 @@ pub fn verify(signer_cert_pem: &str, endorsement: &Endorsement) -> bool {
         .any(|algorithm| signer.verify_signature(*algorithm, &message, &signature).is_ok())
 }
 
-/// The certificate `chain` leads to from `start` (the PEM of a certificate this member holds):
-/// each link from the one `start` signed on must be signed by the certificate before it.
-/// `start` itself when it is already the last; `None` when no link starts from it or a link
-/// is broken.
-pub fn follow(start: &str, chain: &[Endorsement]) -> Option<String> {
-    let start_fingerprint = super::fingerprint_pem(start).ok()?;
-    if chain
-        .last()
-        .is_some_and(|last| super::fingerprint_pem(&last.certificate).ok().as_deref() == Some(&start_fingerprint))
-    {
-        return Some(start.to_owned());
+/// Whether `chain` leads from `start` (the PEM of a certificate this member holds) to the
+/// certificate with fingerprint `target`: every link from the one `start` signed to the one
+/// that names `target` must be signed by the certificate before it. `start` itself leads to
+/// itself.
+pub fn follow(start: &str, chain: &[Endorsement], target: &str) -> bool {
+    let Ok(start_fingerprint) = super::fingerprint_pem(start) else { return false };
+    if start_fingerprint.eq_ignore_ascii_case(target) {
+        return true;
     }
-    let first = chain.iter().position(|e| e.previous.eq_ignore_ascii_case(&start_fingerprint))?;
+    let Some(first) = chain.iter().position(|e| e.previous.eq_ignore_ascii_case(&start_fingerprint)) else {
+        return false;
+    };
     let mut signer = start.to_owned();
     for link in &chain[first..] {
         if !verify(&signer, link) {
-            return None;
+            return false;
+        }
+        if super::fingerprint_pem(&link.certificate).is_ok_and(|f| f.eq_ignore_ascii_case(target)) {
+            return true;
         }
         signer = link.certificate.clone();
     }
-    Some(signer)
+    false
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -134,11 +136,15 @@ mod tests {
 
         let bc = endorse(&b, &c.cert_pem).unwrap();
         let chain = vec![ab.clone(), bc.clone()];
-        assert_eq!(follow(&a.cert_pem, &chain), Some(c.cert_pem.clone()));
-        assert_eq!(follow(&b.cert_pem, &chain), Some(c.cert_pem.clone()));
-        assert_eq!(follow(&c.cert_pem, &chain), Some(c.cert_pem.clone()), "already there");
+        let (fb, fc) = (b.fingerprint().unwrap(), c.fingerprint().unwrap());
+        assert!(follow(&a.cert_pem, &chain, &fc));
+        assert!(follow(&a.cert_pem, &chain, &fb), "part of the way");
+        assert!(follow(&b.cert_pem, &chain, &fc));
+        assert!(follow(&c.cert_pem, &chain, &fc), "already there");
+        assert!(!follow(&c.cert_pem, &chain, &fb), "never backwards");
         let d = certs::generate("d", &[]).unwrap();
-        assert_eq!(follow(&d.cert_pem, &chain), None, "from a certificate never in the chain");
-        assert_eq!(follow(&a.cert_pem, &[ab, forged]), None, "a broken link");
+        assert!(!follow(&d.cert_pem, &chain, &fc), "from a certificate never in the chain");
+        assert!(!follow(&a.cert_pem, &chain, &d.fingerprint().unwrap()), "to one it never reaches");
+        assert!(!follow(&a.cert_pem, &[ab, forged], &fc), "a broken link");
     }
 }

@@ -196,6 +196,79 @@ pub fn live_server_config(identity: Arc<LiveIdentity>) -> Result<Arc<rustls::Ser
     Ok(Arc::new(config))
 }
 
+/// The server certificate a [`recording_client_config`] client was shown, as a fingerprint.
+#[derive(Debug, Default)]
+pub struct Presented(std::sync::Mutex<Option<String>>);
+
+impl Presented {
+    /// The fingerprint of the certificate the last handshake was shown.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Accepts any server certificate whose key signs the handshake, and records it: for a member
+/// that missed a rotation, which must learn what the others present before it can judge it.
+#[derive(Debug)]
+struct Recording {
+    presented: Arc<Presented>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.presented.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(super::fingerprint(end_entity));
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client that presents `identity`, accepts whatever server certificate it is shown and
+/// records it (see [`Presented`]); it never resumes a session, so every connection shows one.
+/// Nothing it receives may be trusted before the recorded certificate has been judged.
+pub fn recording_client_config(
+    identity: Arc<LiveIdentity>,
+) -> Result<(Arc<rustls::ClientConfig>, Arc<Presented>), TlsError> {
+    let provider = provider();
+    let presented = Arc::new(Presented::default());
+    let verifier = Arc::new(Recording { presented: presented.clone(), provider: provider.clone() });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(identity);
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok((Arc::new(config), presented))
+}
+
 #[cfg(all(test, feature = "server"))]
 mod tests {
     use super::*;

@@ -65,6 +65,13 @@ pub(crate) async fn delete(tx: &mut Transaction<'_>, name: &str) -> dqlite::Resu
     Ok(result.rows_affected > 0)
 }
 
+/// Records the certificate (or, during a rotation, the two) a member is known by.
+pub(crate) async fn set_certificate(tx: &mut Transaction<'_>, name: &str, certificate: &str) -> dqlite::Result<()> {
+    tx.exec("UPDATE core_cluster_members SET certificate = ? WHERE name = ?", &[certificate.into(), name.into()])
+        .await
+        .map(drop)
+}
+
 /// Records a member's new address.
 pub(crate) async fn set_address(tx: &mut Transaction<'_>, name: &str, address: &str) -> dqlite::Result<()> {
     tx.exec("UPDATE core_cluster_members SET address = ? WHERE name = ?", &[address.into(), name.into()])

@@ -11,3 +11,4 @@ pub(crate) mod membership;
 pub(crate) mod monitors;
 pub(crate) mod recovery;
 pub(crate) mod roles;
+pub(crate) mod rotation;

@@ -163,6 +163,11 @@ async fn resume(state: State, node_id: u64) {
 fn start_background(state: &State, runtime: &Arc<Runtime>) {
     runtime.adopt(tokio::spawn(crate::server::domain::certificates::watch(state.clone(), runtime.stop.clone())));
     runtime.adopt(tokio::spawn(crate::server::domain::heartbeat::run(state.clone(), runtime.stop.clone())));
+    runtime.adopt(tokio::spawn(crate::server::domain::rotation::catch_up_when_cut_off(
+        state.clone(),
+        Arc::downgrade(runtime),
+        runtime.stop.clone(),
+    )));
     runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
     runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.metrics().clone())));
     runtime.adopt(tokio::spawn(crate::server::state::disk::watch(

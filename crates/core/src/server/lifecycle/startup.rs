@@ -37,6 +37,9 @@ pub(crate) fn load(dir: &StateDir) -> Result<Files, StateDirError> {
 
 fn load_files(dir: &StateDir) -> Result<Files, StateDirError> {
     dir.finish_reset()?;
+    // A certificate rotation cut short between writing a pair's key and its certificate.
+    dir.finish_switch("server")?;
+    dir.finish_switch("cluster")?;
     let node = node_info(dir)?;
     let truststore = TrustStore::load(dir.truststore_dir())?;
     let server = dir.pair("server")?;
@@ -207,7 +210,9 @@ fn initialised(
     let fingerprint = server
         .fingerprint()
         .map_err(|e| StateDirError::damaged(dir.cert_path("server"), e.to_string(), fix("server")))?;
-    if entry.fingerprint != fingerprint {
+    // Either of two while a rotation is under way (the member may stop between its switch and
+    // the cluster's dropping the old certificate).
+    if !entry.holds(&fingerprint) {
         return Err(StateDirError::damaged(
             dir.cert_path("server"),
             format!(

@@ -41,6 +41,10 @@ impl Http for Front {
         Box::pin(servers::apply(state, &self.servers, self.limits, &self.listeners, cluster))
     }
 
+    fn dedicated_servers(&self) -> Vec<String> {
+        self.servers.iter().filter(|s| s.dedicated_certificate && !s.plain_http).map(|s| s.name.clone()).collect()
+    }
+
     fn stop_servers(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.listeners.stop())
     }

@@ -160,11 +160,11 @@ pub(crate) fn validate(servers: &[Server]) -> Result<(), String> {
     Ok(())
 }
 
-/// The listeners of servers that have their own, by name: (address, the fingerprint of the
-/// certificate it presents, listener).
+/// The listeners of servers that have their own, by name: (address, the certificate it
+/// presents (none: plain HTTP), listener).
 #[derive(Debug, Default)]
 pub(crate) struct Listeners {
-    running: tokio::sync::Mutex<BTreeMap<String, (String, String, Listener)>>,
+    running: tokio::sync::Mutex<BTreeMap<String, (String, Option<Arc<tls::LiveIdentity>>, Listener)>>,
 }
 
 impl Listeners {
@@ -193,8 +193,9 @@ pub(crate) fn wanted(state: &State, servers: &[Server]) -> BTreeMap<String, Stri
         .collect()
 }
 
-/// Starts, moves and stops listeners until they match [`wanted`]. Listeners whose address and
-/// certificate did not change keep running; a listener that cannot bind is reported and left
+/// Starts, moves and stops listeners until they match [`wanted`]. Listeners whose address did
+/// not change keep running, and present a changed certificate from their next handshake on
+/// (connections already open keep theirs); a listener that cannot bind is reported and left
 /// off. `cluster` is the certificate they present unless they have their own (the member's
 /// own before init).
 pub(crate) async fn apply(
@@ -209,8 +210,21 @@ pub(crate) async fn apply(
     let mut errors = Vec::new();
     for server in servers.iter().filter(|s| !s.core_api) {
         let address = wanted.get(&server.name).cloned().unwrap_or_default();
-        let presents = presented(server, cluster);
-        if running.get(&server.name).is_some_and(|(current, cert, _)| *current == address && *cert == presents) {
+        if let Some((current, presents, _)) = running.get(&server.name)
+            && *current == address
+        {
+            if let Some(live) = presents {
+                match presented(state, server, cluster) {
+                    Ok(identity) if identity.fingerprint().ok().as_deref() != Some(live.fingerprint().as_str()) => {
+                        match live.replace(&identity) {
+                            Ok(()) => tracing::info!(server = server.name, "listener presents a new certificate"),
+                            Err(err) => errors.push(format!("{}: {err}", server.name)),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => errors.push(format!("{}: {err}", server.name)),
+                }
+            }
             continue;
         }
         if let Some((_, _, old)) = running.remove(&server.name) {
@@ -221,7 +235,7 @@ pub(crate) async fn apply(
             continue;
         }
         match start(state, server, limits, &address, cluster).await {
-            Ok(listener) => {
+            Ok((listener, presents)) => {
                 tracing::info!(server = server.name, address, "listener started");
                 running.insert(server.name.clone(), (address, presents, listener));
             }
@@ -241,31 +255,28 @@ async fn start(
     limits: Limits,
     address: &str,
     cluster: &Identity,
-) -> Result<Listener, String> {
+) -> Result<(Listener, Option<Arc<tls::LiveIdentity>>), String> {
     if address == state.address() {
         return Err(format!("{address} is the member's own address"));
     }
     let tcp = TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let routes = Arc::new(Routes::new(&server.resources));
     if server.plain_http {
-        return Ok(Listener::plain(tcp, state.clone(), routes, limits));
+        return Ok((Listener::plain(tcp, state.clone(), routes, limits), None));
     }
-    let identity = if server.dedicated_certificate {
-        dedicated_identity(state, &server.name).map_err(|e| e.to_string())?
-    } else {
-        cluster.clone()
-    };
-    let config = tls::server_config(&identity).map_err(|e| e.to_string())?;
-    Ok(Listener::tls(tcp, config, state.clone(), routes, limits))
+    let identity = presented(state, server, cluster)?;
+    let live = tls::LiveIdentity::new(&identity).map_err(|e| e.to_string())?;
+    let config = tls::live_server_config(live.clone()).map_err(|e| e.to_string())?;
+    Ok((Listener::tls(tcp, config, state.clone(), routes, limits), Some(live)))
 }
 
-/// What a listener of `server` presents, as a fingerprint: what tells a listener to restart
-/// when the certificate changes (the member's own before init, the cluster's after).
-fn presented(server: &Server, cluster: &Identity) -> String {
-    match (server.plain_http, server.dedicated_certificate) {
-        (true, _) => String::new(),
-        (false, true) => format!("dedicated:{}", server.name),
-        (false, false) => cluster.fingerprint().unwrap_or_default(),
+/// What a TLS listener of `server` presents: its dedicated certificate, or `cluster` (the
+/// member's own before init, the cluster's after).
+fn presented(state: &State, server: &Server, cluster: &Identity) -> Result<Identity, String> {
+    if server.dedicated_certificate {
+        dedicated_identity(state, &server.name).map_err(|e| e.to_string())
+    } else {
+        Ok(cluster.clone())
     }
 }
 

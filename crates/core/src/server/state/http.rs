@@ -40,6 +40,9 @@ pub(crate) trait Http: Send + Sync {
     /// which may be the same).
     fn stop_before_init(&self) -> BoxFuture<'_, ()>;
 
+    /// The application's servers that present a certificate of their own.
+    fn dedicated_servers(&self) -> Vec<String>;
+
     /// Where each of the application's own listeners should be, by name, from `daemon.toml`
     /// and the defaults (empty: not listening).
     fn wanted_servers(&self, state: &State) -> BTreeMap<String, String>;

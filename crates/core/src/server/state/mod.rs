@@ -299,7 +299,7 @@ impl State {
     /// The cluster's certificate and key (what every member serves its API with), once the
     /// member is initialised.
     pub fn cluster_cert(&self) -> Result<Identity, Error> {
-        Ok(self.runtime()?.cluster_identity.clone())
+        Ok(self.runtime()?.cluster_identity())
     }
 
     /// The application's own listeners (the servers that are not part of the core API), by

@@ -72,9 +72,11 @@ const HEARTBEAT_PER_LATENCY: u32 = 3;
 pub(crate) struct Runtime {
     pub(crate) address: String,
     pub(crate) node_id: u64,
-    pub(crate) cluster_fingerprint: String,
-    pub(crate) cluster_identity: Identity,
-    /// Client TLS to peers: our server certificate, their cluster certificate pinned.
+    /// The certificates this member presents, and the cluster certificates it accepts, as
+    /// they are now (a rotation replaces them while everything runs).
+    pub(crate) certs: Certs,
+    /// Client TLS to peers: our server certificate, their cluster certificate pinned (both
+    /// followed from [`Runtime::certs`] at each handshake).
     pub(crate) peer_tls: Arc<rustls::ClientConfig>,
     /// Kept-alive connections for the writes this member passes to the leader.
     pub(crate) forward_pool: Arc<crate::client::Pool>,
@@ -91,6 +93,8 @@ pub(crate) struct Runtime {
     /// Whether the node can write its raft log (see [`crate::server::state::disk`]).
     pub(crate) disk: Arc<crate::server::state::disk::Watched>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// When a leader's heartbeat last arrived (or the runtime started).
+    heard: Mutex<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -100,6 +104,17 @@ impl std::fmt::Debug for Runtime {
             .field("node_id", &self.node_id)
             .finish_non_exhaustive()
     }
+}
+
+/// The certificates a running member uses, replaceable while it runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Certs {
+    /// The cluster certificate its listeners present.
+    pub(crate) cluster: Arc<tls::LiveIdentity>,
+    /// Its own certificate, presented to other members.
+    pub(crate) server: Arc<tls::LiveIdentity>,
+    /// What it connects to other members with: the cluster certificates it accepts.
+    pub(crate) peer: tls::LiveClient,
 }
 
 /// What a runtime starts with, read from the daemon once ([`RuntimeConfig::read`]), so that
@@ -157,6 +172,16 @@ impl RuntimeConfig {
 }
 
 impl Runtime {
+    /// The fingerprint of the cluster certificate this member presents.
+    pub(crate) fn cluster_fingerprint(&self) -> String {
+        self.certs.cluster.fingerprint()
+    }
+
+    /// The cluster certificate and key this member presents.
+    pub(crate) fn cluster_identity(&self) -> Identity {
+        self.certs.cluster.identity()
+    }
+
     /// Binds the member address, starts the dqlite node and the HTTPS listener (`serve`: the
     /// member's API on the bound address, with this TLS configuration). With a recovery
     /// configuration, the node's raft configuration is forced to it first.
@@ -177,9 +202,11 @@ impl Runtime {
             metrics,
             http,
         } = config;
-        let cluster_fingerprint = cluster_identity.fingerprint()?;
-        let peer_tls = tls::client_config(Some(&server_identity), vec![cluster_fingerprint.clone()])?;
-        let server_tls = tls::server_config(&cluster_identity)?;
+        let cluster = tls::LiveIdentity::new(&cluster_identity)?;
+        let server = tls::LiveIdentity::new(&server_identity)?;
+        let peer = tls::live_client_config(Some(server.clone()), tls::Pins::new(vec![cluster.fingerprint()]))?;
+        let peer_tls = peer.config.clone();
+        let server_tls = tls::live_server_config(cluster.clone())?;
 
         let tcp = TcpListener::bind(&address)
             .await
@@ -246,8 +273,7 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             address,
             node_id,
-            cluster_fingerprint,
-            cluster_identity,
+            certs: Certs { cluster, server, peer },
             peer_tls,
             forward_pool: Arc::default(),
             db,
@@ -259,6 +285,7 @@ impl Runtime {
             stop,
             disk: Arc::default(),
             tasks: Mutex::new(Vec::new()),
+            heard: Mutex::new(std::time::Instant::now()),
         }))
     }
 
@@ -304,6 +331,18 @@ impl Runtime {
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.push(task);
         }
+    }
+
+    /// Notes that a leader's heartbeat arrived.
+    pub(crate) fn hear_from_leader(&self) {
+        if let Ok(mut heard) = self.heard.lock() {
+            *heard = std::time::Instant::now();
+        }
+    }
+
+    /// How long since a leader's heartbeat arrived (or the runtime started).
+    pub(crate) fn heard_from_leader(&self) -> Duration {
+        self.heard.lock().map(|h| h.elapsed()).unwrap_or_default()
     }
 
     /// Points the database client at the current members.

@@ -33,7 +33,7 @@ pub(crate) async fn start_runtime_with(
         })?;
     state.install_runtime(runtime.clone());
     // The application's own listeners: a failure leaves that listener off, not the member.
-    if let Err(err) = state.http().apply_servers(state, &runtime.cluster_identity).await {
+    if let Err(err) = state.http().apply_servers(state, &runtime.cluster_identity()).await {
         tracing::warn!(error = %err, "additional listeners");
     }
     Ok(runtime)

@@ -605,7 +605,7 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
     // The same joiner again (restarted, or its answer lost): it proved over TLS that it holds
     // the key of the certificate its row records, which is all its first admission
     // established, so no token is needed and any member can answer.
-    if proven.is_some_and(|fp| fp.eq_ignore_ascii_case(&entry.fingerprint))
+    if proven.is_some_and(|fp| entry.holds(fp))
         && let Some(answer) = readmit(state, &runtime, &member).await?
     {
         return Ok(answer);
@@ -721,8 +721,8 @@ async fn trust_and_answer(
         .map(|e| e.member.clone())
         .ok_or_else(|| Error::internal("this member is missing from its own trust store"))?;
     Ok(JoinResponse {
-        cluster_cert: runtime.cluster_identity.cert_pem.clone(),
-        cluster_key: runtime.cluster_identity.key_pem.clone(),
+        cluster_cert: runtime.cluster_identity().cert_pem.clone(),
+        cluster_key: runtime.cluster_identity().key_pem.clone(),
         cluster_members: state.members(),
         trusted_member,
     })

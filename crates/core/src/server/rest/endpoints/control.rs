@@ -91,7 +91,7 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
             request.name
         )));
     }
-    Response::sync(token_string(&state, &secret, &runtime.cluster_fingerprint))
+    Response::sync(token_string(&state, &secret, &runtime.cluster_fingerprint()))
 }
 
 async fn list_tokens(state: State, _req: Request) -> HandlerResult {
@@ -102,7 +102,7 @@ async fn list_tokens(state: State, _req: Request) -> HandlerResult {
         .into_iter()
         .filter(|t| !t.is_expired(now))
         .map(|t| TokenRecord {
-            token: token_string(&state, &t.secret, &runtime.cluster_fingerprint),
+            token: token_string(&state, &t.secret, &runtime.cluster_fingerprint()),
             name: t.name,
             expires_at: t.expiry,
         })

@@ -50,10 +50,10 @@ async fn put(state: State, req: Request) -> HandlerResult {
     let mut config = previous.clone();
     config.servers = wanted.iter().map(|(n, e)| (n.clone(), ServerConfig { address: e.address.clone() })).collect();
     save(&state, &config)?;
-    if let Err(err) = state.http().apply_servers(&state, &runtime.cluster_identity).await {
+    if let Err(err) = state.http().apply_servers(&state, &runtime.cluster_identity()).await {
         // Put back what ran before, so a typo cannot leave the member without its listeners.
         save(&state, &previous)?;
-        let _ = state.http().apply_servers(&state, &runtime.cluster_identity).await;
+        let _ = state.http().apply_servers(&state, &runtime.cluster_identity()).await;
         return Err(err.into());
     }
     if !req.is_notification() {

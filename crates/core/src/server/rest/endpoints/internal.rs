@@ -142,7 +142,7 @@ async fn run_hook(state: State, req: Request) -> HandlerResult {
 
 /// A leader's heartbeat: sync the trust store from it and report what this member runs.
 async fn heartbeat(state: State, req: Request) -> HandlerResult {
-    state.runtime()?;
+    state.runtime()?.hear_from_leader();
     let request: HeartbeatRequest = req.json()?;
     if let Trust::Member(sender) = &req.trust
         && *sender != request.leader

@@ -1,6 +1,7 @@
 //! The core API's endpoints, one resource group per file.
 
 mod backup;
+mod certificates;
 mod cluster;
 mod control;
 mod daemon;
@@ -34,6 +35,7 @@ pub(crate) fn shared() -> Vec<Resources> {
         sql::endpoints(),
         recovery::endpoints(),
         monitors::internal(),
+        certificates::endpoints(),
     ];
     // Every path is whole (`api::paths`), so the group needs no prefix of its own.
     vec![Resources::new("", endpoints.concat())]
