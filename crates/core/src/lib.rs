@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cert_check;
 #[cfg(feature = "server")]
 pub mod certs;
 pub mod client;
