@@ -434,11 +434,6 @@ impl StateDir {
         write_toml(&self.root.join("cluster.endorsements"), &File { endorsement: kept }, 0o644)
     }
 
-    /// `cluster.ca`: the CA that members' certificates must be issued by (none: pinning only).
-    pub(crate) fn cluster_ca(&self) -> Result<Option<String>, StateDirError> {
-        read_optional(&self.root.join("cluster.ca"))
-    }
-
     /// Sets (or, empty, removes) the CA members' certificates must be issued by.
     #[cfg(feature = "server")]
     pub(crate) fn set_cluster_ca(&self, pem: &str) -> Result<(), StateDirError> {

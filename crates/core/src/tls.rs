@@ -22,7 +22,8 @@ mod live;
 
 pub use endorsement::{Endorsement, endorse, follow as follow_endorsements, verify as verify_endorsement};
 pub use live::{
-    LiveClient, LiveIdentity, Pins, Presented, Sessions, live_client_config, live_server_config, recording_client_config,
+    LiveClient, LiveIdentity, Pins, Presented, Sessions, live_client_config, live_server_config,
+    recording_client_config,
 };
 
 /// A certificate or key could not be used.
@@ -179,6 +180,10 @@ mod der {
     pub(super) fn time(bytes: &[u8]) -> Option<SystemTime> {
         let (tag, content, _) = any(bytes)?;
         let text = std::str::from_utf8(content).ok()?.strip_suffix('Z')?;
+        // Digits only: slicing text with other characters could cut one in half.
+        if !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
         let (year, rest) = match (tag, text.len()) {
             (UTC_TIME, 12) => {
                 let yy: i64 = text[..2].parse().ok()?;
@@ -225,6 +230,8 @@ mod der {
             assert_eq!(at(UTC_TIME, "701301000000Z"), None, "month 13");
             assert_eq!(at(UTC_TIME, "7001010000Z"), None, "too short");
             assert_eq!(at(0x04, "700101000000Z"), None, "not a time");
+            assert_eq!(at(UTC_TIME, "1é345678901Z"), None, "not digits (a character cut in half before)");
+            assert_eq!(at(GENERALIZED_TIME, "2024022912000é"), None);
         }
 
         #[test]

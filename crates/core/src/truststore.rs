@@ -82,21 +82,55 @@ pub(crate) struct Members {
     by_name: BTreeMap<String, TrustEntry>,
     #[cfg(feature = "server")]
     by_fingerprint: HashMap<String, String>,
+    /// The CA members' certificates must be issued by, if the cluster requires one.
+    #[cfg(feature = "server")]
+    ca: Option<Arc<String>>,
 }
 
 impl Members {
     fn build(entries: impl IntoIterator<Item = TrustEntry>) -> Members {
         let by_name: BTreeMap<_, _> = entries.into_iter().map(|e| (e.member.name.clone(), e)).collect();
         #[cfg(feature = "server")]
-        let by_fingerprint = by_name
-            .values()
-            .flat_map(|e| e.fingerprints.iter().map(|f| (f.clone(), e.member.name.clone())))
-            .collect();
+        let by_fingerprint =
+            by_name.values().flat_map(|e| e.fingerprints.iter().map(|f| (f.clone(), e.member.name.clone()))).collect();
         Members {
             by_name,
             #[cfg(feature = "server")]
             by_fingerprint,
+            #[cfg(feature = "server")]
+            ca: None,
         }
+    }
+
+    /// The same members, trusted by a certificate only if `ca` (when given) issued it: a
+    /// member is then known by name still, but its requests are refused.
+    #[cfg(feature = "server")]
+    fn with_ca(self, ca: Option<Arc<String>>) -> Members {
+        let Some(ca_pem) = &ca else { return Members { ca, ..self } };
+        let now = std::time::SystemTime::now();
+        let mut by_fingerprint = HashMap::new();
+        for entry in self.by_name.values() {
+            for pem in certificates(&entry.member.certificate) {
+                let purpose = crate::cert_check::Purpose::Member(&entry.member.name);
+                let Ok(fingerprint) = tls::fingerprint_pem(pem) else { continue };
+                if crate::cert_check::chains_to(pem, ca_pem, purpose, now) {
+                    by_fingerprint.insert(fingerprint, entry.member.name.clone());
+                } else {
+                    tracing::warn!(
+                        member = entry.member.name,
+                        fingerprint,
+                        "a member's certificate is not issued by the cluster's CA (cluster.ca): its requests are refused"
+                    );
+                }
+            }
+        }
+        Members { by_name: self.by_name, by_fingerprint, ca }
+    }
+
+    /// The CA members' certificates must be issued by (PEM), if any.
+    #[cfg(feature = "server")]
+    pub(crate) fn ca(&self) -> Option<&str> {
+        self.ca.as_deref().map(String::as_str)
     }
 
     /// The member whose certificate has this fingerprint.
@@ -127,6 +161,19 @@ impl Members {
     pub(crate) fn addresses(&self) -> Vec<String> {
         self.by_name.values().map(|e| e.member.address.clone()).collect()
     }
+}
+
+/// Each certificate in PEM text, as PEM text of its own.
+#[cfg(feature = "server")]
+fn certificates(pem: &str) -> impl Iterator<Item = &str> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut rest = pem;
+    std::iter::from_fn(move || {
+        let end = rest.find(END)? + END.len();
+        let (one, after) = rest.split_at(end);
+        rest = after;
+        Some(one.trim_start())
+    })
 }
 
 /// The trust entries in `dir` (none if it does not exist). An entry that cannot be read stops
@@ -172,9 +219,14 @@ pub(crate) struct TrustStore {
 #[cfg(feature = "server")]
 impl TrustStore {
     /// Loads the store from `dir` (see [`read`]).
+    /// The CA, if any, is `cluster.ca` beside `dir` (see [`TrustStore::set_ca`]).
     pub(crate) fn load(dir: impl Into<PathBuf>) -> Result<TrustStore, StateDirError> {
         let dir = dir.into();
-        let members = read(&dir)?;
+        let ca = match dir.parent() {
+            Some(root) => crate::state_dir::read_optional(&root.join("cluster.ca"))?.map(Arc::new),
+            None => None,
+        };
+        let members = read(&dir)?.with_ca(ca);
         Ok(TrustStore {
             dir,
             current: RwLock::new(Arc::new(members)),
@@ -192,7 +244,9 @@ impl TrustStore {
     /// admissions on the leader would otherwise each build on the same old snapshot, and all
     /// but one newcomer would be dropped (then refused on the dqlite tunnel).
     fn update(&self, change: impl FnOnce(&Members) -> Members) {
-        let next = Arc::new(change(&self.snapshot()));
+        let current = self.snapshot();
+        let ca = current.ca.clone();
+        let next = Arc::new(change(&current).with_ca(ca));
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
     }
 
@@ -254,6 +308,15 @@ impl TrustStore {
             Members::build(others.chain(std::iter::once(entry.clone())))
         });
         Ok(entry)
+    }
+
+    /// Requires members' certificates to be issued by `ca` (PEM) from now on, or (`None`) stops
+    /// requiring it. The caller keeps `cluster.ca` on disk.
+    pub(crate) fn set_ca(&self, ca: Option<String>) {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries: Vec<TrustEntry> = self.snapshot().iter().cloned().collect();
+        let next = Arc::new(Members::build(entries).with_ca(ca.map(Arc::new)));
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
     }
 
     /// Stops trusting a member; false if it was not trusted.

@@ -7,6 +7,7 @@
 //! a stable exit code in [`exit`].
 #![forbid(unsafe_code)]
 
+mod certificates;
 mod complete;
 mod database;
 mod docs;
@@ -31,7 +32,7 @@ use anyhow::{Context, anyhow};
 use clap::{ArgGroup, CommandFactory, Parser, Subcommand};
 use exit::Code;
 use format::Format;
-use microcluster::api::{Control, ServerAddress};
+use microcluster::api::{CertificatesRotate, Control, ServerAddress};
 use microcluster::client::{Client, Method};
 use microcluster::tls;
 
@@ -309,6 +310,83 @@ enum ClusterCommand {
         /// Its new address, ip:port.
         address: String,
     },
+    /// Replace certificates while the cluster runs.
+    #[command(subcommand)]
+    Certificates(CertificatesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertificatesCommand {
+    /// Replace certificates with new ones, on every member, without stopping anything.
+    ///
+    /// With no option, every certificate: the cluster certificate (what every member's address
+    /// presents), each member's own (what it proves itself with to the others) and each
+    /// extension server's dedicated one. Members trust the new certificates before anyone
+    /// presents them, connections already open finish with the old ones, and afterwards the old
+    /// ones are refused. A member that cannot be reached keeps its certificates and catches up
+    /// by itself when it is back. Join tokens issued before carry the old cluster certificate's
+    /// fingerprint: hand out the new text from `microctl tokens list`.
+    #[command(after_help = "Examples:
+  microctl cluster certificates rotate                 (everything)
+  microctl cluster certificates rotate --cluster       (the cluster certificate only)
+  microctl cluster certificates rotate --member m2     (m2's own certificate)")]
+    Rotate {
+        /// The cluster certificate.
+        #[arg(long)]
+        cluster: bool,
+        /// A member's own certificate (repeatable).
+        #[arg(long = "member", value_name = "NAME")]
+        members: Vec<String>,
+        /// An extension server's dedicated certificate, on every member (repeatable).
+        #[arg(long = "server", value_name = "NAME")]
+        servers: Vec<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Install a certificate and key from files: the cluster's (NAME `cluster`) or a member's.
+    ///
+    /// The pair is checked here and again by the cluster before anything changes (key type,
+    /// that the key is the certificate's, validity, key usage, and for a member that the
+    /// certificate names it); then it replaces the current one as `rotate` does.
+    #[command(after_help = "Examples:
+  microctl cluster certificates set cluster --cert cluster.pem --key cluster.key
+  microctl cluster certificates set m2 --cert m2.pem --key m2.key")]
+    Set {
+        /// `cluster`, or the member's name.
+        name: String,
+        /// The certificate, PEM.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Its private key, PEM.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// With `cluster`: a CA (PEM) that must have issued every member's certificate from now
+        /// on (as `ca set` does).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Require members' certificates to be issued by a CA, besides being pinned (or stop).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// From now on, a member's certificate is trusted only if this CA issued it.
+    ///
+    /// Every member's certificate must be issued by it already (install them first with
+    /// `microctl cluster certificates set NAME`); afterwards `rotate` cannot make member
+    /// certificates itself, and a joiner needs one the CA issued.
+    Set {
+        /// The CA certificate(s), PEM.
+        file: PathBuf,
+    },
+    /// Stop requiring a CA: pinning alone, as before.
+    Clear,
 }
 
 #[derive(Debug, Subcommand)]
@@ -482,6 +560,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .set_member_address(&name, &address)
                 .await
                 .with_context(|| format!("changing the address of member {name} to {address}"))?;
+        }
+        Command::Cluster(ClusterCommand::Certificates(CertificatesCommand::Rotate {
+            cluster,
+            members,
+            servers,
+            format,
+        })) => {
+            let request = CertificatesRotate { cluster, members, servers, ..CertificatesRotate::default() };
+            let rotated = client
+                .with_timeout(SLOW_TIMEOUT)
+                .rotate_certificates(&request)
+                .await
+                .context("replacing certificates")?;
+            emit(&certificates::listing(&rotated).render(format))?;
+        }
+        Command::Cluster(ClusterCommand::Certificates(CertificatesCommand::Set { name, cert, key, ca, format })) => {
+            let pair = certificates::read_pair(&name, &cert, &key, ca.as_deref())?;
+            let rotated = client
+                .with_timeout(SLOW_TIMEOUT)
+                .set_certificate(&name, &pair)
+                .await
+                .with_context(|| format!("installing the certificate for {name}"))?;
+            emit(&certificates::listing(&rotated).render(format))?;
+        }
+        Command::Cluster(ClusterCommand::Certificates(CertificatesCommand::Ca(command))) => {
+            let ca = match command {
+                CaCommand::Set { file } => certificates::read_ca(&file)?,
+                CaCommand::Clear => String::new(),
+            };
+            let pair = microcluster::api::KeyPair { ca, ..Default::default() };
+            let rotated = client
+                .with_timeout(SLOW_TIMEOUT)
+                .set_certificate("ca", &pair)
+                .await
+                .context("changing the CA members' certificates must be issued by")?;
+            emit(&certificates::listing(&rotated).render(Format::Table))?;
         }
         Command::Servers(ServersCommand::List { format }) => {
             emit(&listings::servers(&client.servers().await?).render(format))?;

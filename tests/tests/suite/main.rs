@@ -32,6 +32,7 @@ mod operator;
 mod partition;
 mod power_loss;
 mod recover;
+mod rotation;
 mod set_address;
 mod state_files;
 mod tls;

@@ -704,6 +704,11 @@ pub struct CertificatesRotate {
     /// name (each also counts as named above).
     #[serde(default)]
     pub supplied: BTreeMap<String, KeyPair>,
+    /// A CA (PEM) that every member's certificate must be issued by from now on, besides being
+    /// pinned; empty: stop requiring one. Every member's certificate (as it will be) must be
+    /// issued by it already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// What a rotation replaced.
@@ -722,6 +727,9 @@ pub struct CertificatesRotated {
     /// by itself once it can reach the others again.
     #[serde(default)]
     pub skipped: BTreeMap<String, String>,
+    /// Whether members' certificates must now be issued by a CA (set when it changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<bool>,
     /// How long the rotation took, in milliseconds.
     pub duration_ms: u64,
 }
@@ -743,6 +751,9 @@ pub struct CertificatesPrepare {
     /// Extension servers whose dedicated certificate the member replaces.
     #[serde(default)]
     pub servers: Vec<String>,
+    /// The CA members' certificates must be issued by from now on (empty: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// The next cluster certificate as passed to every member.
@@ -776,6 +787,9 @@ pub struct CertificatesCurrent {
     pub endorsements: Vec<crate::tls::Endorsement>,
     /// The trusted members, with their certificates.
     pub members: Vec<ClusterMemberLocal>,
+    /// The CA members' certificates must be issued by (empty: none).
+    #[serde(default)]
+    pub ca: String,
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    self, BackupSummary, CertificatesCurrent, CertificatesPrepare, CertificatesPrepared, CertificatesRotate, CertificatesRotated, KeyPair, ClusterMember, ClusterMemberLocal, Control, DoctorReport, Envelope, HeartbeatRequest,
-    HeartbeatResponse, JoinRequest, JoinResponse, RecoveryPlan, RecoveryStatus, ResponseType, RoleRequest,
+    self, BackupSummary, CertificatesCurrent, CertificatesPrepare, CertificatesPrepared, CertificatesRotate,
+    CertificatesRotated, ClusterMember, ClusterMemberLocal, Control, DoctorReport, Envelope, HeartbeatRequest,
+    HeartbeatResponse, JoinRequest, JoinResponse, KeyPair, RecoveryPlan, RecoveryStatus, ResponseType, RoleRequest,
     ServerAddress, ServerStatus, SqlBatch, SqlDump, SqlQuery, TokenRecord, TokenRequest, TransferLeaderRequest, paths,
 };
 use std::collections::BTreeMap;
@@ -655,7 +656,10 @@ impl Client {
     }
 
     /// `POST /core/internal/certificates`: a rotation's first step on a member.
-    pub async fn prepare_certificates(&self, request: &CertificatesPrepare) -> Result<CertificatesPrepared, ClientError> {
+    pub async fn prepare_certificates(
+        &self,
+        request: &CertificatesPrepare,
+    ) -> Result<CertificatesPrepared, ClientError> {
         self.query(Method::POST, paths::INTERNAL_CERTIFICATES, Some(request)).await
     }
 

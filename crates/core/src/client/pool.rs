@@ -24,12 +24,15 @@ struct Idle {
     sender: SendRequest<Full<Bytes>>,
     driver: Driver,
     since: Instant,
+    generation: u64,
 }
 
 /// Idle connections by member address.
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// Bumped by [`Pool::clear`]: a connection made before is not kept when it comes back.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -41,29 +44,39 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// The most recently used open connection to `address`, if any (stale ones are dropped).
-    pub(super) fn take(&self, address: &str) -> Option<(SendRequest<Full<Bytes>>, Driver)> {
+    pub(super) fn take(&self, address: &str) -> Option<(SendRequest<Full<Bytes>>, Driver, u64)> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let conns = idle.get_mut(address)?;
         conns.retain(|c| c.since.elapsed() < MAX_IDLE_TIME && !c.sender.is_closed());
         let conn = conns.pop()?;
-        Some((conn.sender, conn.driver))
+        Some((conn.sender, conn.driver, conn.generation))
     }
 
-    /// Closes every idle connection (after this member's certificate changed, they would go on
-    /// proving the old one).
+    /// What a connection made now belongs to (see [`Pool::clear`]).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Closes every idle connection, and every busy one once its request is answered (after
+    /// this member's certificate changed, they would go on proving the old one).
     pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        idle.clear();
     }
 
     /// Keeps a connection whose last response was read in full.
-    pub(super) fn put(&self, address: &str, sender: SendRequest<Full<Bytes>>, driver: Driver) {
+    pub(super) fn put(&self, address: &str, sender: SendRequest<Full<Bytes>>, driver: Driver, generation: u64) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if generation != self.generation() {
+            return;
+        }
         let conns = idle.entry(address.to_owned()).or_default();
         if conns.len() < MAX_IDLE {
-            conns.push(Idle { sender, driver, since: Instant::now() });
+            conns.push(Idle { sender, driver, since: Instant::now(), generation });
         }
     }
 }

@@ -184,14 +184,14 @@ pub(super) async fn send_pooled(
     let name = address.to_owned();
     let http_err = |source| ClientError::Http { target: name.clone(), source };
     let mut unsent = request(address, method, path, body, options, &name)?;
-    while let Some((mut sender, driver)) = pool.take(address) {
+    while let Some((mut sender, driver, generation)) = pool.take(address) {
         if sender.ready().await.is_err() {
             continue;
         }
         match sender.try_send_request(unsent).await {
             Ok(response) => {
                 let answer = read_body(response, options.limit, &name).await?;
-                pool.put(address, sender, driver);
+                pool.put(address, sender, driver, generation);
                 return Ok(answer);
             }
             Err(mut err) => match err.take_message() {
@@ -200,11 +200,12 @@ pub(super) async fn send_pooled(
             },
         }
     }
+    let generation = pool.generation();
     let stream = connect_tls(address, tls, options, &name).await?;
     let (mut sender, driver) = handshake(stream, &name).await?;
     let response = sender.send_request(unsent).await.map_err(http_err)?;
     let answer = read_body(response, options.limit, &name).await?;
-    pool.put(address, sender, driver);
+    pool.put(address, sender, driver, generation);
     Ok(answer)
 }
 

@@ -27,6 +27,7 @@ use crate::api::{
     CertificatesCurrent, CertificatesPrepare, CertificatesPrepared, CertificatesRotate, CertificatesRotated,
     ClusterMemberLocal, KeyPair, NextCluster,
 };
+use crate::cert_check::{self, Purpose, Supplied};
 use crate::certs;
 use crate::client::Client;
 use crate::server::db::members;
@@ -53,6 +54,13 @@ pub(crate) enum RotateRefused {
     NotReplaceable(String),
     #[error("the supplied pair for {what} cannot be used: {problem}")]
     BadPair { what: String, problem: String },
+    #[error("the CA cannot be used: {0}")]
+    BadCa(String),
+    #[error(
+        "the certificates of {0} are not issued by that CA: give each one a certificate it issued first \
+         (`microctl cluster certificates set NAME --cert FILE --key FILE`), then require the CA"
+    )]
+    NotIssuedByCa(String),
     #[error(
         "this cluster requires members' certificates issued by its CA (cluster.ca): {0:?} cannot be given a \
          new certificate made here; supply one with `microctl cluster certificates set {0} --cert FILE --key FILE`"
@@ -89,8 +97,11 @@ pub(crate) fn plan(
     dedicated: &[String],
     requires_ca: bool,
 ) -> Result<Plan, RotateRefused> {
-    let everything =
-        !request.cluster && request.members.is_empty() && request.servers.is_empty() && request.supplied.is_empty();
+    let everything = !request.cluster
+        && request.members.is_empty()
+        && request.servers.is_empty()
+        && request.supplied.is_empty()
+        && request.ca.is_none();
     let mut plan = Plan::default();
     if everything || request.cluster || request.supplied.contains_key("cluster") {
         plan.cluster = Some(request.supplied.get("cluster").cloned());
@@ -129,9 +140,22 @@ pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result
     let runtime = state.online_runtime()?;
     let trusted = state.members();
     let names: Vec<String> = trusted.iter().map(|m| m.name.clone()).collect();
-    let requires_ca = state.dir().cluster_ca().map_err(Error::wrap)?.is_some();
-    let plan = plan(&request, &names, &state.http().dedicated_servers(), requires_ca)?;
-    check_supplied(&plan)?;
+    let mut request = request;
+    // microcluster's way: the CA comes with the cluster's pair.
+    if let Some(pair) = request.supplied.get_mut("cluster")
+        && !pair.ca.is_empty()
+    {
+        request.ca = Some(std::mem::take(&mut pair.ca));
+    }
+    let ca = match &request.ca {
+        Some(ca) => (!ca.is_empty()).then(|| ca.clone()),
+        None => state.trust().snapshot().ca().map(str::to_owned),
+    };
+    let plan = plan(&request, &names, &state.http().dedicated_servers(), ca.is_some())?;
+    check_supplied(&plan, ca.as_deref())?;
+    if let Some(ca) = request.ca.as_deref().filter(|ca| !ca.is_empty()) {
+        issued_by(ca, &trusted, &plan)?;
+    }
 
     let next_cluster = match &plan.cluster {
         None => None,
@@ -161,6 +185,7 @@ pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result
                 server: plan.members.contains_key(&m.name),
                 server_pair: plan.members.get(&m.name).cloned().flatten(),
                 servers: plan.servers.clone(),
+                ca: request.ca.clone(),
             };
             (m.name.clone(), request)
         })
@@ -205,11 +230,14 @@ pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result
         .collect();
     if let Err(err) = record_and_trust(state, &runtime, &trusted, &taking_part, &both).await {
         tracing::warn!(error = %err, "certificate rotation: abandoned before any switch");
-        let old: Vec<ClusterMemberLocal> = trusted.iter().filter(|m| next_certs.contains_key(&m.name)).cloned().collect();
+        let old: Vec<ClusterMemberLocal> =
+            trusted.iter().filter(|m| next_certs.contains_key(&m.name)).cloned().collect();
         let _ = record_and_trust(state, &runtime, &trusted, &taking_part, &old).await;
         finish_everywhere(state, &runtime, &trusted, &taking_part).await;
-        return Err(err.context("rotating certificates: the next certificates could not be trusted everywhere, so \
-                                nothing was switched; run it again"));
+        return Err(err.context(
+            "rotating certificates: the next certificates could not be trusted everywhere, so \
+                                nothing was switched; run it again",
+        ));
     }
 
     // 2. Switch.
@@ -264,6 +292,9 @@ pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result
         rotated.cluster = Some(runtime.cluster_fingerprint());
     }
     rotated.servers.retain(|key, _| key.split('/').next().is_some_and(|m| now_presenting.contains(m)));
+    if let Some(ca) = &request.ca {
+        rotated.ca = Some(!ca.is_empty());
+    }
     rotated.duration_ms = started.elapsed().as_millis() as u64;
     tracing::info!(
         target: "audit",
@@ -276,25 +307,48 @@ pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result
     Ok(rotated)
 }
 
-/// Refuses a supplied pair that would fail later: a key that is not the certificate's, or a
-/// member's certificate that does not name it.
-fn check_supplied(plan: &Plan) -> Result<(), RotateRefused> {
-    let bad = |what: &str, problem: String| RotateRefused::BadPair { what: what.to_owned(), problem };
+/// Refuses a supplied pair that would fail later (`cert_check`: key type, the key is the
+/// certificate's, validity, usage, a member's name, and the CA if one is required).
+fn check_supplied(plan: &Plan, ca: Option<&str>) -> Result<(), RotateRefused> {
+    let check = |what: &str, purpose: Purpose<'_>, pair: &KeyPair, ca: Option<&str>| {
+        cert_check::check_pair(
+            purpose,
+            Supplied { path: "the certificate", pem: &pair.cert },
+            Supplied { path: "the key", pem: &pair.key },
+            ca.map(|pem| Supplied { path: "the CA", pem }),
+            std::time::SystemTime::now(),
+        )
+        .map(drop)
+        .map_err(|e| RotateRefused::BadPair { what: what.to_owned(), problem: e.to_string() })
+    };
     if let Some(Some(pair)) = &plan.cluster {
-        Identity { cert_pem: pair.cert.clone(), key_pem: pair.key.clone() }
-            .check()
-            .map_err(|e| bad("the cluster", e.to_string()))?;
+        check("the cluster", Purpose::Cluster, pair, None)?;
     }
     for (name, pair) in &plan.members {
-        let Some(pair) = pair else { continue };
-        let identity = Identity { cert_pem: pair.cert.clone(), key_pem: pair.key.clone() };
-        identity.check().map_err(|e| bad(name, e.to_string()))?;
-        let der = tls::parse_cert(&pair.cert, "certificate").map_err(|e| bad(name, e.to_string()))?;
-        if !tls::cert_has_dns_name(&der, name).unwrap_or(false) {
-            return Err(bad(name, format!("the certificate does not name {name:?} as a DNS subject alternative name")));
+        if let Some(pair) = pair {
+            check(name, Purpose::Member(name), pair, ca)?;
         }
     }
     Ok(())
+}
+
+/// Refuses a CA that has not issued every member's certificate as it will be after the
+/// rotation (a member it did not issue would be refused by all the others).
+fn issued_by(ca: &str, trusted: &[ClusterMemberLocal], plan: &Plan) -> Result<(), RotateRefused> {
+    let now = std::time::SystemTime::now();
+    cert_check::check_ca(Supplied { path: "the CA", pem: ca }, now).map_err(|e| RotateRefused::BadCa(e.to_string()))?;
+    let not_issued: Vec<&str> = trusted
+        .iter()
+        .filter(|m| {
+            let certificate = match plan.members.get(&m.name) {
+                Some(Some(pair)) => pair.cert.as_str(),
+                _ => m.certificate.as_str(),
+            };
+            !cert_check::chains_to(certificate, ca, Purpose::Member(&m.name), now)
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+    if not_issued.is_empty() { Ok(()) } else { Err(RotateRefused::NotIssuedByCa(not_issued.join(", "))) }
 }
 
 /// Runs `step` for every trusted member at once: here (`None`) for this member, through a
@@ -388,7 +442,12 @@ async fn record_and_trust(
 }
 
 /// Tells every member in `on` that the rotation is over (see [`finish`]).
-async fn finish_everywhere(state: &State, runtime: &Arc<Runtime>, trusted: &[ClusterMemberLocal], on: &BTreeSet<String>) {
+async fn finish_everywhere(
+    state: &State,
+    runtime: &Arc<Runtime>,
+    trusted: &[ClusterMemberLocal],
+    on: &BTreeSet<String>,
+) {
     let outcomes = on_every_member(state, runtime, trusted, |state, runtime, client, name| {
         let part = on.contains(&name);
         async move {
@@ -445,6 +504,11 @@ pub(crate) fn prepare(
         identity.check().map_err(|e| Error::invalid(format!("the next member certificate: {e}")))?;
         dir.set_next_identity("server", &identity).map_err(Error::wrap)?;
         answer.server = Some(identity.cert_pem);
+    }
+    if let Some(ca) = &request.ca {
+        dir.set_cluster_ca(ca).map_err(Error::wrap)?;
+        state.trust().set_ca((!ca.is_empty()).then(|| ca.clone()));
+        tracing::info!(target: "audit", required = !ca.is_empty(), "members' certificates must be issued by the cluster's CA");
     }
     let dedicated = state.http().dedicated_servers();
     for server in request.servers.iter().filter(|s| dedicated.contains(s)) {
@@ -508,6 +572,7 @@ pub(crate) fn current(state: &State, runtime: &Runtime) -> Result<CertificatesCu
         cluster: KeyPair { cert: cluster.cert_pem, key: cluster.key_pem, ca: String::new() },
         endorsements: state.dir().endorsements().map_err(Error::wrap)?,
         members: state.members(),
+        ca: state.trust().snapshot().ca().unwrap_or_default().to_owned(),
     })
 }
 
@@ -562,10 +627,18 @@ pub(crate) async fn catch_up(state: &State, runtime: &Runtime) -> Result<bool, E
 }
 
 /// Takes what member `from` answered, once judged: `shown` is the certificate it presented.
-fn adopt(state: &State, runtime: &Runtime, from: &str, shown: &str, current: CertificatesCurrent) -> Result<bool, Error> {
+fn adopt(
+    state: &State,
+    runtime: &Runtime,
+    from: &str,
+    shown: &str,
+    current: CertificatesCurrent,
+) -> Result<bool, Error> {
     let claimed = tls::fingerprint_pem(&current.cluster.cert).map_err(Error::wrap)?;
     if !claimed.eq_ignore_ascii_case(shown) {
-        return Err(Error::forbidden(format!("{from} presented {shown} but named {claimed} as the cluster certificate")));
+        return Err(Error::forbidden(format!(
+            "{from} presented {shown} but named {claimed} as the cluster certificate"
+        )));
     }
     let mine = runtime.cluster_identity();
     let mut changed = false;
@@ -581,6 +654,11 @@ fn adopt(state: &State, runtime: &Runtime, from: &str, shown: &str, current: Cer
         runtime.certs.cluster.replace(&identity).map_err(Error::wrap)?;
         runtime.certs.peer.pins.set(vec![claimed.clone()]);
         tracing::info!(target: "audit", fingerprint = claimed, from, "took the cluster certificate a rotation replaced");
+        changed = true;
+    }
+    if state.trust().snapshot().ca().unwrap_or_default() != current.ca {
+        state.dir().set_cluster_ca(&current.ca).map_err(Error::wrap)?;
+        state.trust().set_ca((!current.ca.is_empty()).then(|| current.ca.clone()));
         changed = true;
     }
     let trusted = state.trust().snapshot();
@@ -616,6 +694,7 @@ mod tests {
             members: named.iter().map(|s| s.to_string()).collect(),
             servers: servers.iter().map(|s| s.to_string()).collect(),
             supplied: supplied.iter().map(|s| (s.to_string(), pair(s))).collect(),
+            ca: None,
         };
         let all = |supplied: Option<KeyPair>| -> BTreeMap<String, Option<KeyPair>> {
             members.iter().map(|m| (m.clone(), supplied.clone())).collect()
@@ -629,7 +708,12 @@ mod tests {
                 false,
                 Ok(Plan { cluster: Some(None), members: all(None), servers: dedicated.clone() }),
             ),
-            ("the cluster's only", request(true, &[], &[], &[]), false, Ok(Plan { cluster: Some(None), ..Plan::default() })),
+            (
+                "the cluster's only",
+                request(true, &[], &[], &[]),
+                false,
+                Ok(Plan { cluster: Some(None), ..Plan::default() }),
+            ),
             (
                 "one member",
                 request(false, &["m2"], &[], &[]),
@@ -654,7 +738,12 @@ mod tests {
                 false,
                 Ok(Plan { members: one("m3", Some(pair("m3"))), ..Plan::default() }),
             ),
-            ("an unknown member", request(false, &["m9"], &[], &[]), false, Err(RotateRefused::NoSuchMember("m9".into()))),
+            (
+                "an unknown member",
+                request(false, &["m9"], &[], &[]),
+                false,
+                Err(RotateRefused::NoSuchMember("m9".into())),
+            ),
             (
                 "a pair for something that is neither",
                 request(false, &[], &[], &["public"]),

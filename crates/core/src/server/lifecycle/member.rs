@@ -126,6 +126,7 @@ async fn resume(state: State, node_id: u64) {
             Err(_) => return,
         }
     };
+    watch_for_missed_rotations(&state, &runtime);
     if let Some(plan) = &plan {
         recovery::applied(&state, plan);
         recovery::hand_out_later(&state, &runtime, plan.clone());
@@ -157,17 +158,26 @@ async fn resume(state: State, node_id: u64) {
     tracing::info!(name = state.name(), address = state.address(), "member started");
 }
 
+/// Starts catching up with certificate rotations missed while away, once per runtime: before
+/// the database opens (a member that missed one cannot reach the others to open it).
+fn watch_for_missed_rotations(state: &State, runtime: &Arc<Runtime>) {
+    if runtime.catch_up_started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    runtime.adopt(tokio::spawn(crate::server::domain::rotation::catch_up_when_cut_off(
+        state.clone(),
+        Arc::downgrade(runtime),
+        runtime.stop.clone(),
+    )));
+}
+
 /// Everything after the database is online on every start: heartbeats, the checkpoint
 /// threshold following the node's role, freed memory given back after bursts, and the disk
 /// watch.
 fn start_background(state: &State, runtime: &Arc<Runtime>) {
     runtime.adopt(tokio::spawn(crate::server::domain::certificates::watch(state.clone(), runtime.stop.clone())));
     runtime.adopt(tokio::spawn(crate::server::domain::heartbeat::run(state.clone(), runtime.stop.clone())));
-    runtime.adopt(tokio::spawn(crate::server::domain::rotation::catch_up_when_cut_off(
-        state.clone(),
-        Arc::downgrade(runtime),
-        runtime.stop.clone(),
-    )));
+    watch_for_missed_rotations(state, runtime);
     runtime.adopt(tokio::spawn(runtime.checkpoints_follow_role()));
     runtime.adopt(tokio::spawn(crate::server::memory::release_when_quiet(state.metrics().clone())));
     runtime.adopt(tokio::spawn(crate::server::state::disk::watch(

@@ -160,18 +160,26 @@ pub(crate) fn validate(servers: &[Server]) -> Result<(), String> {
     Ok(())
 }
 
-/// The listeners of servers that have their own, by name: (address, the certificate it
-/// presents (none: plain HTTP), listener).
+/// The listeners of servers that have their own, by name.
 #[derive(Debug, Default)]
 pub(crate) struct Listeners {
-    running: tokio::sync::Mutex<BTreeMap<String, (String, Option<Arc<tls::LiveIdentity>>, Listener)>>,
+    running: tokio::sync::Mutex<BTreeMap<String, Running>>,
+}
+
+/// A listener of a server that has its own.
+#[derive(Debug)]
+struct Running {
+    address: String,
+    /// The certificate it presents (none: plain HTTP).
+    presents: Option<Arc<tls::LiveIdentity>>,
+    listener: Listener,
 }
 
 impl Listeners {
     /// Stops them all.
     pub(crate) async fn stop(&self) {
         let running = std::mem::take(&mut *self.running.lock().await);
-        for (_, (_, _, listener)) in running {
+        for (_, Running { listener, .. }) in running {
             listener.stop().await;
         }
     }
@@ -210,7 +218,7 @@ pub(crate) async fn apply(
     let mut errors = Vec::new();
     for server in servers.iter().filter(|s| !s.core_api) {
         let address = wanted.get(&server.name).cloned().unwrap_or_default();
-        if let Some((current, presents, _)) = running.get(&server.name)
+        if let Some(Running { address: current, presents, .. }) = running.get(&server.name)
             && *current == address
         {
             if let Some(live) = presents {
@@ -227,7 +235,7 @@ pub(crate) async fn apply(
             }
             continue;
         }
-        if let Some((_, _, old)) = running.remove(&server.name) {
+        if let Some(Running { listener: old, .. }) = running.remove(&server.name) {
             old.stop().await;
             tracing::info!(server = server.name, "listener stopped");
         }
@@ -237,7 +245,7 @@ pub(crate) async fn apply(
         match start(state, server, limits, &address, cluster).await {
             Ok((listener, presents)) => {
                 tracing::info!(server = server.name, address, "listener started");
-                running.insert(server.name.clone(), (address, presents, listener));
+                running.insert(server.name.clone(), Running { address, presents, listener });
             }
             Err(err) => errors.push(format!("{}: {err}", server.name)),
         }

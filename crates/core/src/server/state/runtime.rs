@@ -95,6 +95,8 @@ pub(crate) struct Runtime {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// When a leader's heartbeat last arrived (or the runtime started).
     heard: Mutex<std::time::Instant>,
+    /// Whether the watch for missed certificate rotations runs (it starts once per runtime).
+    pub(crate) catch_up_started: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -286,6 +288,7 @@ impl Runtime {
             disk: Arc::default(),
             tasks: Mutex::new(Vec::new()),
             heard: Mutex::new(std::time::Instant::now()),
+            catch_up_started: false.into(),
         }))
     }
 

@@ -601,6 +601,21 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
     if !tls::cert_has_dns_name(&cert, &request.name).map_err(|e| Error::invalid(e.to_string()))? {
         return Err(Error::forbidden(format!("the joiner's certificate does not name {:?}", request.name)));
     }
+    // Admitted, it would be refused by everyone: say why now.
+    if let Some(ca) = state.trust().snapshot().ca()
+        && !crate::cert_check::chains_to(
+            &request.certificate,
+            ca,
+            crate::cert_check::Purpose::Member(&request.name),
+            std::time::SystemTime::now(),
+        )
+    {
+        return Err(Error::forbidden(format!(
+            "this cluster requires members' certificates issued by its CA (cluster.ca), and {:?}'s is not: put a \
+             certificate and key the CA issued for it in its state directory (server.crt, server.key) before it joins",
+            request.name
+        )));
+    }
 
     // The same joiner again (restarted, or its answer lost): it proved over TLS that it holds
     // the key of the certificate its row records, which is all its first admission

@@ -22,16 +22,24 @@ async fn rotate(state: State, req: Request) -> HandlerResult {
     Response::sync(rotation::rotate(&state, request).await?)
 }
 
-/// `name`: `cluster` or a member's name.
+/// `name`: `cluster` (its `ca`, if any, is then required of members, as microcluster does), a
+/// member's name, or `ca` (only its `ca`: required from now on, or, empty, no longer).
 async fn install(state: State, req: Request) -> HandlerResult {
     let name = req.param("name")?.to_owned();
     let pair: KeyPair = req.json()?;
-    if !pair.ca.is_empty() {
-        return Err(ApiError::bad_request(
-            "a CA is not set with a certificate here: set it on its own (`microctl cluster certificates ca set FILE`)",
-        ));
-    }
-    let request = CertificatesRotate { supplied: [(name, pair)].into(), ..CertificatesRotate::default() };
+    let request = match name.as_str() {
+        "ca" if pair.cert.is_empty() && pair.key.is_empty() => {
+            CertificatesRotate { ca: Some(pair.ca), ..CertificatesRotate::default() }
+        }
+        "ca" => return Err(ApiError::bad_request("`ca` takes only a CA (`ca`), no certificate or key")),
+        "cluster" => CertificatesRotate { supplied: [(name, pair)].into(), ..CertificatesRotate::default() },
+        _ if !pair.ca.is_empty() => {
+            return Err(ApiError::bad_request(
+                "a CA comes with the cluster's certificate (`cluster`) or on its own (`ca`), not with a member's",
+            ));
+        }
+        _ => CertificatesRotate { supplied: [(name, pair)].into(), ..CertificatesRotate::default() },
+    };
     Response::sync(rotation::rotate(&state, request).await?)
 }
 

@@ -1,0 +1,296 @@
+//! Certificates replaced while the cluster runs (`microctl cluster certificates rotate|set`):
+//! under writes, nothing acknowledged is lost and the pause is measured; afterwards the old
+//! keys are refused; a member that was down catches up by itself; supplied files are checked
+//! before anything changes.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use microcluster::client::{Client, Method, StatusCode};
+use microcluster::tls::{self, Identity};
+use microcluster_tests::checker::{self, Checker};
+use microcluster_tests::{Cluster, Member, wait_until};
+
+fn pair(dir: &Path, which: &str) -> Identity {
+    Identity {
+        cert_pem: std::fs::read_to_string(dir.join(format!("{which}.crt"))).unwrap(),
+        key_pem: std::fs::read_to_string(dir.join(format!("{which}.key"))).unwrap(),
+    }
+}
+
+fn fingerprint(dir: &Path, which: &str) -> String {
+    pair(dir, which).fingerprint().unwrap()
+}
+
+/// What `GET /core/1.0/cluster` answers over HTTPS to a client presenting `identity` and
+/// pinning `cluster`: the status, or `None` when the client refuses the server.
+fn ask(member: &Member, identity: &Identity, cluster: &str) -> Option<StatusCode> {
+    let config = tls::client_config(Some(identity), vec![cluster.to_owned()]).unwrap();
+    let client = Client::https(member.address.clone(), config).with_timeout(Duration::from_secs(5));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    match runtime.block_on(client.raw(Method::GET, "/core/1.0/cluster", None)) {
+        Ok((status, _)) => Some(status),
+        Err(err) if err.is_unreachable() => None,
+        Err(err) => panic!("asking {}: {err}", member.name),
+    }
+}
+
+fn all_online(observer: &Member, names: &[&str], timeout: Duration) {
+    wait_until(&format!("{names:?} ONLINE as {} sees them", observer.name), timeout, || {
+        let members = observer.members();
+        names.iter().all(|n| members.iter().any(|m| m["name"] == *n && m["status"] == "ONLINE")).then_some(())
+    });
+}
+
+fn rotate(member: &Member, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["cluster", "certificates", "rotate", "--format", "json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&member.ctl_ok(&all)).unwrap()
+}
+
+#[test]
+fn every_certificate_is_replaced_under_writes_and_the_old_keys_are_refused() {
+    let cluster = Cluster::form(3);
+    let m = &cluster.members;
+    let old_cluster = pair(&m[0].dir, "cluster");
+    let old_servers: Vec<Identity> = m.iter().map(|m| pair(&m.dir, "server")).collect();
+    let old_cluster_fp = old_cluster.fingerprint().unwrap();
+
+    checker::create_table(&m[0].socket()).unwrap();
+    let checker = Checker::start((0..4).map(|w| m[w % 3].socket()).collect());
+    checker.writes_flow(50, Duration::from_secs(30));
+    checker.measure_pauses();
+
+    let started = std::time::Instant::now();
+    let rotated = rotate(&m[0], &[]);
+    let took = started.elapsed();
+    // Writes go on after it, and the longest gap between acknowledgements is measured.
+    checker.writes_flow(100, Duration::from_secs(30));
+    let pause = checker.longest_pause();
+    eprintln!(
+        "rotation of every certificate: {took:?}, longest pause between acknowledged writes {pause:?}; {rotated}"
+    );
+    assert!(rotated["skipped"].as_object().unwrap().is_empty(), "{rotated}");
+    assert_eq!(rotated["members"].as_object().unwrap().len(), 3, "{rotated}");
+    let new_cluster_fp = rotated["cluster"].as_str().unwrap().to_owned();
+    assert_ne!(new_cluster_fp, old_cluster_fp);
+    assert!(pause < Duration::from_secs(5), "writes paused {pause:?} during the rotation");
+
+    for (member, old) in m.iter().zip(&old_servers) {
+        assert_eq!(fingerprint(&member.dir, "cluster"), new_cluster_fp, "{}'s cluster.crt", member.name);
+        let now = pair(&member.dir, "server");
+        assert_ne!(now.fingerprint().unwrap(), old.fingerprint().unwrap(), "{}'s server.crt", member.name);
+        assert_eq!(rotated["members"][&member.name], now.fingerprint().unwrap());
+        assert!(!member.dir.join("server.next.crt").exists() && !member.dir.join("cluster.next.crt").exists());
+    }
+    all_online(&m[0], &["m1", "m2", "m3"], Duration::from_secs(30));
+    all_online(&m[2], &["m1", "m2", "m3"], Duration::from_secs(30));
+
+    // The new certificates work; the old ones are refused everywhere.
+    let new_m2 = pair(&m[1].dir, "server");
+    for member in m {
+        assert_eq!(ask(member, &new_m2, &new_cluster_fp), Some(StatusCode::OK), "{}", member.name);
+        assert_eq!(
+            ask(member, &old_servers[1], &new_cluster_fp),
+            Some(StatusCode::FORBIDDEN),
+            "{} must refuse m2's old certificate",
+            member.name
+        );
+        assert_eq!(ask(member, &new_m2, &old_cluster_fp), None, "{} presents the old cluster certificate", member.name);
+    }
+    // The trust stores hold one certificate per member again.
+    let listed: Vec<serde_json::Value> = m[0].members();
+    for entry in &listed {
+        let certificate = entry["certificate"].as_str().unwrap();
+        assert_eq!(certificate.matches("BEGIN CERTIFICATE").count(), 1, "{}", entry["name"]);
+    }
+    // A token issued now carries the new fingerprint.
+    let token = m[0].ctl_ok(&["tokens", "add", "m4"]);
+    let decoded = microcluster::api::JoinToken::decode(token.trim()).unwrap();
+    assert_eq!(decoded.fingerprint, new_cluster_fp);
+
+    let history = checker.stop();
+    let summary = checker::verify(&m[0].socket(), &history, true).unwrap();
+    eprintln!("writes: {summary}; failed: {:?}", history.failures);
+    let audit = m[0].log();
+    assert!(audit.contains("replaced certificates"), "the rotation is an audit line");
+}
+
+#[test]
+fn a_member_down_during_a_rotation_catches_up_when_it_returns() {
+    let mut cluster = Cluster::form(3);
+    let old_m3 = fingerprint(&cluster.members[2].dir, "server");
+    let m3 = &mut cluster.members[2];
+    m3.signal("TERM");
+    assert!(m3.wait_exit(Duration::from_secs(30)).is_some(), "m3 did not stop");
+
+    let rotated = rotate(&cluster.members[0], &[]);
+    eprintln!("with m3 down: {rotated}");
+    assert!(rotated["skipped"]["m3"].is_string(), "{rotated}");
+    assert_eq!(rotated["members"].as_object().unwrap().len(), 2, "{rotated}");
+    let new_cluster_fp = rotated["cluster"].as_str().unwrap().to_owned();
+    // Once more, so that m3 must follow two replacements of the cluster certificate.
+    let rotated = rotate(&cluster.members[0], &["--cluster"]);
+    let newest = rotated["cluster"].as_str().unwrap().to_owned();
+    assert_ne!(newest, new_cluster_fp);
+
+    cluster.members[2].start();
+    let m3 = &cluster.members[2];
+    all_online(&cluster.members[0], &["m1", "m2", "m3"], Duration::from_secs(90));
+    all_online(m3, &["m1", "m2", "m3"], Duration::from_secs(30));
+    assert_eq!(fingerprint(&m3.dir, "cluster"), newest, "m3 took the newest cluster certificate");
+    assert_eq!(fingerprint(&m3.dir, "server"), old_m3, "m3's own certificate was left as it was");
+    assert!(m3.log().contains("caught up with a certificate rotation"), "m3 says how it caught up");
+    m3.ctl_ok(&["sql", "CREATE TABLE IF NOT EXISTS after_rotation (x)"]);
+    m3.ctl_ok(&["sql", "INSERT INTO after_rotation VALUES (3)"]);
+
+    // Now it is back, its own certificate can be replaced too.
+    let rotated = rotate(&cluster.members[0], &["--member", "m3"]);
+    assert!(rotated["members"]["m3"].is_string(), "{rotated}");
+    assert_ne!(fingerprint(&m3.dir, "server"), old_m3);
+    all_online(m3, &["m1", "m2", "m3"], Duration::from_secs(30));
+}
+
+#[test]
+fn supplied_files_are_checked_before_anything_changes() {
+    let cluster = Cluster::form(2);
+    let m1 = &cluster.members[0];
+    let scratch = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = scratch.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let before = (fingerprint(&m1.dir, "cluster"), fingerprint(&cluster.members[1].dir, "server"));
+
+    // A member certificate that does not name the member.
+    let stranger = microcluster::certs::generate("someone-else", &[]).unwrap();
+    let (cert, key) = (write("m2.crt", &stranger.cert_pem), write("m2.key", &stranger.key_pem));
+    let out = m1.ctl(&["cluster", "certificates", "set", "m2", "--cert", &cert, "--key", &key]);
+    assert!(!out.success);
+    assert!(out.stderr.contains(&cert) && out.stderr.contains("does not name the member"), "{}", out.stderr);
+    // Files swapped.
+    let out = m1.ctl(&["cluster", "certificates", "set", "cluster", "--cert", &key, "--key", &cert]);
+    assert!(!out.success);
+    assert!(out.stderr.contains(&key) && out.stderr.contains("private key"), "{}", out.stderr);
+    // A key that is not the certificate's.
+    let other = microcluster::certs::generate("m2", &[]).unwrap();
+    let wrong_key = write("other.key", &other.key_pem);
+    let out = m1.ctl(&["cluster", "certificates", "set", "cluster", "--cert", &cert, "--key", &wrong_key]);
+    assert!(!out.success);
+    assert!(out.stderr.contains(&wrong_key) && out.stderr.contains("is not the private key"), "{}", out.stderr);
+    // Through the API directly (no check in microctl): refused by the cluster too, unchanged.
+    let bad = microcluster::api::KeyPair {
+        cert: stranger.cert_pem.clone(),
+        key: stranger.key_pem.clone(),
+        ca: String::new(),
+    };
+    let body = serde_json::to_string(&bad).unwrap();
+    let (status, answer) =
+        checker::unix_request(&m1.socket(), "PUT", "/core/1.0/cluster/certificates/m2", &body, Duration::from_secs(30))
+            .unwrap();
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("does not name"), "{answer}");
+    assert_eq!((fingerprint(&m1.dir, "cluster"), fingerprint(&cluster.members[1].dir, "server")), before);
+
+    // Good pairs are installed: a member's and the cluster's.
+    let (cert, key) = (write("m2-good.crt", &other.cert_pem), write("m2-good.key", &other.key_pem));
+    m1.ctl_ok(&["cluster", "certificates", "set", "m2", "--cert", &cert, "--key", &key]);
+    assert_eq!(fingerprint(&cluster.members[1].dir, "server"), other.fingerprint().unwrap());
+    let company = microcluster::certs::generate("cluster.example", &[]).unwrap();
+    let (cert, key) = (write("cluster.crt", &company.cert_pem), write("cluster.key", &company.key_pem));
+    m1.ctl_ok(&["cluster", "certificates", "set", "cluster", "--cert", &cert, "--key", &key]);
+    for member in &cluster.members {
+        assert_eq!(fingerprint(&member.dir, "cluster"), company.fingerprint().unwrap(), "{}", member.name);
+    }
+    all_online(m1, &["m1", "m2"], Duration::from_secs(30));
+    all_online(&cluster.members[1], &["m1", "m2"], Duration::from_secs(30));
+}
+
+/// A CA and certificates it issues, for the test.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        params.distinguished_name.push(rcgen::DnType::CommonName, "test CA");
+        Ca { cert: params.self_signed(&key).unwrap(), key }
+    }
+
+    /// A member certificate for `name`, issued by this CA.
+    fn issue(&self, name: &str) -> Identity {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Identity { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+}
+
+#[test]
+fn a_ca_once_required_must_have_issued_every_members_certificate() {
+    let cluster = Cluster::form(2);
+    let (m1, m2) = (&cluster.members[0], &cluster.members[1]);
+    let scratch = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = scratch.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca = Ca::new();
+    let ca_file = write("ca.pem", &ca.cert.pem());
+
+    // The members' certificates are self-signed: the CA is refused, nothing changes.
+    let out = m1.ctl(&["cluster", "certificates", "ca", "set", &ca_file]);
+    assert!(!out.success);
+    assert!(out.stderr.contains("m1, m2 are not issued by that CA"), "{}", out.stderr);
+    assert!(!m1.dir.join("cluster.ca").exists() && !m2.dir.join("cluster.ca").exists());
+    // A member certificate given as the CA is refused by microctl, naming the file.
+    let not_a_ca = write("not-a-ca.pem", &pair(&m1.dir, "server").cert_pem);
+    let out = m1.ctl(&["cluster", "certificates", "ca", "set", &not_a_ca]);
+    assert!(!out.success && out.stderr.contains(&not_a_ca) && out.stderr.contains("not a CA"), "{}", out.stderr);
+
+    // Certificates the CA issued first, then the CA.
+    for member in [m1, m2] {
+        let issued = ca.issue(&member.name);
+        let (cert, key) = (
+            write(&format!("{}.crt", member.name), &issued.cert_pem),
+            write(&format!("{}.key", member.name), &issued.key_pem),
+        );
+        m1.ctl_ok(&["cluster", "certificates", "set", &member.name, "--cert", &cert, "--key", &key]);
+        assert_eq!(fingerprint(&member.dir, "server"), issued.fingerprint().unwrap());
+    }
+    let out = m1.ctl_ok(&["cluster", "certificates", "ca", "set", &ca_file]);
+    assert!(out.contains("required"), "{out}");
+    for member in [m1, m2] {
+        assert_eq!(std::fs::read_to_string(member.dir.join("cluster.ca")).unwrap(), ca.cert.pem(), "{}", member.name);
+    }
+    all_online(m1, &["m1", "m2"], Duration::from_secs(30));
+    m2.ctl_ok(&["sql", "CREATE TABLE IF NOT EXISTS with_ca (x)"]);
+    m2.ctl_ok(&["sql", "INSERT INTO with_ca VALUES (1)"]);
+
+    // A certificate made here would not be the CA's: refused.
+    let out = m1.ctl(&["cluster", "certificates", "rotate", "--member", "m2"]);
+    assert!(!out.success && out.stderr.contains("requires members' certificates issued by its CA"), "{}", out.stderr);
+    // The cluster certificate is not a member's: it may still be replaced.
+    m1.ctl_ok(&["cluster", "certificates", "rotate", "--cluster"]);
+    // A joiner with a self-signed certificate is refused, saying why.
+    let mut m3 = Member::new("m3");
+    m3.start();
+    let token = m1.ctl_ok(&["tokens", "add", "m3"]);
+    let out = m3.ctl(&["init", "m3", &m3.address, "--token", token.trim()]);
+    assert!(!out.success && out.stderr.contains("issued by its CA"), "{}", out.stderr);
+    all_online(m2, &["m1", "m2"], Duration::from_secs(30));
+
+    // Cleared: pinning alone again.
+    let out = m1.ctl_ok(&["cluster", "certificates", "ca", "clear"]);
+    assert!(out.contains("not required"), "{out}");
+    assert!(!m1.dir.join("cluster.ca").exists() && !m2.dir.join("cluster.ca").exists());
+}
