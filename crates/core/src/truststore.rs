@@ -63,6 +63,7 @@ impl TrustEntry {
     }
 
     /// Whether the entry holds the certificate with this fingerprint.
+    #[cfg(feature = "server")]
     pub(crate) fn holds(&self, fingerprint: &str) -> bool {
         self.fingerprints.iter().any(|f| f.eq_ignore_ascii_case(fingerprint))
     }
