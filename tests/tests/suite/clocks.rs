@@ -246,7 +246,7 @@ fn certificates_near_their_expiry_are_warned_of_listed_and_reported() {
         (log.contains("this member's certificate expires in") && log.contains("the cluster certificate expires in"))
             .then_some(log)
     });
-    assert!(log.contains("renew it before then"), "{log}");
+    assert!(log.contains("replace it before then (microctl cluster certificates rotate)"), "{log}");
     let doctor = member.ctl(&["doctor", "--check", "--format", "json"]);
     assert!(!doctor.success, "certificates about to expire are problems: {doctor:?}");
     let report: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
@@ -267,4 +267,17 @@ fn certificates_near_their_expiry_are_warned_of_listed_and_reported() {
         let series = format!("microcluster_certificate_expiry_timestamp_seconds{{certificate=\"{certificate}\"}}");
         assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
     }
+
+    // `rotate` renews: ten years again from the member's clock, and the doctor is content.
+    member.ctl_ok(&["cluster", "certificates", "rotate"]);
+    assert!((3649..=3650).contains(&days(&member)), "{} days left after the rotation", days(&member));
+    let doctor = member.ctl(&["doctor", "--check", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
+    let problems: Vec<&serde_json::Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "certificate" && c["status"] != "OK")
+        .collect();
+    assert!(problems.is_empty(), "{report}");
 }

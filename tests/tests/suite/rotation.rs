@@ -294,3 +294,95 @@ fn a_ca_once_required_must_have_issued_every_members_certificate() {
     assert!(out.contains("not required"), "{out}");
     assert!(!m1.dir.join("cluster.ca").exists() && !m2.dir.join("cluster.ca").exists());
 }
+
+async fn hello(
+    _state: microcluster::State,
+    _req: microcluster::server::rest::Request,
+) -> microcluster::server::rest::HandlerResult {
+    microcluster::server::rest::Response::sync("hello")
+}
+
+/// The answer of `GET /1.0/hello` on an extension listener to a client pinning `fingerprint`,
+/// or `None` when the client refuses what the listener presents.
+fn hello_from(rt: &tokio::runtime::Runtime, address: &str, fingerprint: &str) -> Option<String> {
+    let client = Client::https(address, tls::client_config(None, vec![fingerprint.to_owned()]).unwrap())
+        .with_timeout(Duration::from_secs(5));
+    match rt.block_on(client.query::<String>(Method::GET, "/1.0/hello", None::<&()>)) {
+        Ok(answer) => Some(answer),
+        Err(err) if err.is_unreachable() => None,
+        Err(err) => panic!("{address}: {err}"),
+    }
+}
+
+#[test]
+fn extension_listeners_present_their_new_certificates_without_a_restart() {
+    use microcluster::server::rest::{Action, Endpoint, Resources};
+    use microcluster::{App, Args, DaemonArgs, Server};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let (address, dedicated, shared) =
+        (microcluster_tests::free_address(), microcluster_tests::free_address(), microcluster_tests::free_address());
+    let resources =
+        || vec![Resources::new("1.0", vec![Endpoint::new("hello").get(Action::new(hello).allow_untrusted())])];
+    let args = DaemonArgs {
+        shutdown_signals: Vec::new(),
+        heartbeat_interval: Duration::from_secs(1),
+        servers: vec![
+            Server::listener("public", resources()).default_address(dedicated.clone()).dedicated_certificate(),
+            Server::listener("shared", resources()).default_address(shared.clone()),
+        ],
+        ..DaemonArgs::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = App::new(Args { state_dir: dir.clone() });
+    let daemon = rt.spawn({
+        let app = App::new(Args { state_dir: dir.clone() });
+        async move {
+            app.start_until(args, async move {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    rt.block_on(async {
+        for _ in 0..200 {
+            if tokio::net::UnixStream::connect(dir.join("control.socket")).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the daemon's socket never answered");
+    });
+    rt.block_on(app.new_cluster("e1", &address, Default::default())).unwrap();
+    let (old_dedicated, old_cluster) = (fingerprint(&dir, "certificates/public"), fingerprint(&dir, "cluster"));
+    wait_until("the listeners", Duration::from_secs(30), || hello_from(&rt, &dedicated, &old_dedicated));
+    assert_eq!(hello_from(&rt, &shared, &old_cluster).as_deref(), Some("hello"));
+
+    let control = Client::unix(dir.join("control.socket")).with_timeout(Duration::from_secs(60));
+    let rotated = rt.block_on(control.rotate_certificates(&Default::default())).unwrap();
+    let new_dedicated = fingerprint(&dir, "certificates/public");
+    assert_eq!(rotated.servers.get("e1/public"), Some(&new_dedicated), "{rotated:?}");
+    assert_ne!(new_dedicated, old_dedicated);
+    let new_cluster = rotated.cluster.clone().unwrap();
+    // The same listeners, now presenting the new certificates; the old ones are gone.
+    assert_eq!(hello_from(&rt, &dedicated, &new_dedicated).as_deref(), Some("hello"));
+    assert_eq!(hello_from(&rt, &dedicated, &old_dedicated), None);
+    assert_eq!(hello_from(&rt, &shared, &new_cluster).as_deref(), Some("hello"));
+    assert_eq!(hello_from(&rt, &shared, &old_cluster), None);
+    // Rotating it alone.
+    let only = microcluster::api::CertificatesRotate { servers: vec!["public".into()], ..Default::default() };
+    let rotated = rt.block_on(control.rotate_certificates(&only)).unwrap();
+    assert!(rotated.cluster.is_none() && rotated.members.is_empty(), "{rotated:?}");
+    assert_ne!(fingerprint(&dir, "certificates/public"), new_dedicated);
+    let unknown = microcluster::api::CertificatesRotate { servers: vec!["shared".into()], ..Default::default() };
+    let refused = rt.block_on(control.rotate_certificates(&unknown)).unwrap_err();
+    assert!(
+        refused.to_string().contains("no extension server called \"shared\" has a dedicated certificate"),
+        "{refused}"
+    );
+
+    stop.send(()).unwrap();
+    rt.block_on(daemon).unwrap().unwrap();
+}

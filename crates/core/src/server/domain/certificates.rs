@@ -16,7 +16,7 @@ const LOOK_EVERY: Duration = Duration::from_secs(6 * 3600);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expiry {
     Fine,
-    /// Within [`WARN_DAYS`]: renew it.
+    /// Within [`WARN_DAYS`]: replace it.
     Soon(i64),
     Expired,
 }
@@ -35,8 +35,10 @@ pub(crate) fn judge(days_left: i64) -> Expiry {
 pub(crate) fn warning(what: &str, days_left: i64) -> Option<String> {
     match judge(days_left) {
         Expiry::Fine => None,
-        Expiry::Soon(days) => Some(format!("{what} expires in {days} days: renew it before then")),
-        Expiry::Expired => Some(format!("{what} has expired: members refuse it; replace it")),
+        Expiry::Soon(days) => Some(format!(
+            "{what} expires in {days} days: replace it before then (microctl cluster certificates rotate)"
+        )),
+        Expiry::Expired => Some(format!("{what} has expired: replace it (microctl cluster certificates rotate)")),
     }
 }
 
@@ -90,7 +92,7 @@ mod tests {
         assert_eq!(warning("m2's certificate", 31), None);
         assert_eq!(
             warning("m2's certificate", 12).as_deref(),
-            Some("m2's certificate expires in 12 days: renew it before then")
+            Some("m2's certificate expires in 12 days: replace it before then (microctl cluster certificates rotate)")
         );
         assert!(warning("the cluster certificate", -3).is_some_and(|w| w.contains("has expired")));
     }
