@@ -65,10 +65,10 @@ pub struct History {
     pub attempted: BTreeMap<u64, u64>,
     /// Why writes failed, and how often.
     pub failures: BTreeMap<String, usize>,
-    /// When the last write was acknowledged (by any writer).
-    pub last_acknowledged: Option<std::time::Instant>,
-    /// The longest time between two acknowledgements (by any writers), since the writers
-    /// started or [`Checker::measure_pauses`] was last called.
+    /// When each writer's last write was acknowledged.
+    pub last_acknowledged: BTreeMap<u64, std::time::Instant>,
+    /// The longest time a writer waited between two of its acknowledged writes, since the
+    /// writers started or [`Checker::measure_pauses`] was last called.
     pub longest_pause: Duration,
 }
 
@@ -134,18 +134,18 @@ impl Checker {
         start.elapsed()
     }
 
-    /// Measures the longest pause between acknowledged writes from now on.
+    /// Measures the longest pause between a writer's acknowledged writes from now on.
     pub fn measure_pauses(&self) {
         if let Ok(mut h) = self.history.lock() {
             h.longest_pause = Duration::ZERO;
         }
     }
 
-    /// The longest pause between acknowledged writes since [`Checker::measure_pauses`], the
-    /// time since the last acknowledgement included.
+    /// The longest any writer waited between two of its acknowledged writes since
+    /// [`Checker::measure_pauses`], the time since each one's last acknowledgement included.
     pub fn longest_pause(&self) -> Duration {
         let h = self.history();
-        let since_last = h.last_acknowledged.map(|t| t.elapsed()).unwrap_or_default();
+        let since_last = h.last_acknowledged.values().map(|t| t.elapsed()).max().unwrap_or_default();
         h.longest_pause.max(since_last)
     }
 
@@ -174,10 +174,9 @@ fn write_loop(writer: u64, sockets: &[PathBuf], stop: &AtomicBool, history: &Mut
             Ok((200, _)) => {
                 h.acknowledged.entry(writer).or_default().insert(seq);
                 let now = std::time::Instant::now();
-                if let Some(last) = h.last_acknowledged {
+                if let Some(last) = h.last_acknowledged.insert(writer, now) {
                     h.longest_pause = h.longest_pause.max(now.duration_since(last));
                 }
-                h.last_acknowledged = Some(now);
             }
             other => {
                 let why = match other {

@@ -69,7 +69,7 @@ fn every_certificate_is_replaced_under_writes_and_the_old_keys_are_refused() {
     checker.writes_flow(100, Duration::from_secs(30));
     let pause = checker.longest_pause();
     eprintln!(
-        "rotation of every certificate: {took:?}, longest pause between acknowledged writes {pause:?}; {rotated}"
+        "rotation of every certificate: {took:?}, longest a writer waited between two acknowledged writes {pause:?}; {rotated}"
     );
     assert!(rotated["skipped"].as_object().unwrap().is_empty(), "{rotated}");
     assert_eq!(rotated["members"].as_object().unwrap().len(), 3, "{rotated}");
