@@ -600,6 +600,24 @@ fn eku_names(ids: &[u8]) -> String {
     if names.is_empty() { "none".to_owned() } else { names.join(", ") }
 }
 
+/// The DNS names (subject alternative names) of the first certificate in PEM text, at most 16;
+/// none if it cannot be read. A new cluster certificate carries the old one's, so that clients
+/// checking a name (Prometheus's `server_name`) go on working.
+pub fn dns_names(cert_pem: &str) -> Vec<String> {
+    const MOST: usize = 16;
+    let Ok(der) = crate::tls::parse_cert(cert_pem, "certificate") else { return Vec::new() };
+    let Some(fields) = read_fields(der.as_ref()) else { return Vec::new() };
+    fields
+        .san
+        .and_then(der::elements)
+        .into_iter()
+        .flatten()
+        .filter(|(tag, name)| *tag == der::DNS_NAME && !name.is_empty() && name.iter().all(|b| b.is_ascii_graphic()))
+        .map(|(_, name)| String::from_utf8_lossy(name).into_owned())
+        .take(MOST)
+        .collect()
+}
+
 /// The names a certificate carries, for a message about a missing one.
 fn names_it_has(fields: &Fields<'_>) -> String {
     const SHOWN: usize = 8;

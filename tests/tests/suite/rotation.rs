@@ -264,8 +264,8 @@ fn a_ca_once_required_must_have_issued_every_members_certificate() {
             write(&format!("{}.crt", member.name), &issued.cert_pem),
             write(&format!("{}.key", member.name), &issued.key_pem),
         );
-        m1.ctl_ok(&["cluster", "certificates", "set", &member.name, "--cert", &cert, "--key", &key]);
-        assert_eq!(fingerprint(&member.dir, "server"), issued.fingerprint().unwrap());
+        let out = m1.ctl_ok(&["cluster", "certificates", "set", &member.name, "--cert", &cert, "--key", &key]);
+        assert_eq!(fingerprint(&member.dir, "server"), issued.fingerprint().unwrap(), "{out}");
     }
     let out = m1.ctl_ok(&["cluster", "certificates", "ca", "set", &ca_file]);
     assert!(out.contains("required"), "{out}");

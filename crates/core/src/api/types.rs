@@ -769,6 +769,10 @@ pub struct NextCluster {
 /// A member's answer to [`CertificatesPrepare`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CertificatesPrepared {
+    /// The certificate it presents now, PEM (what it is known by until the switch, whatever its
+    /// row says after a rotation that did not finish).
+    #[serde(default)]
+    pub current: String,
     /// Its next certificate, PEM, if it replaces its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,

@@ -106,23 +106,50 @@ impl Pins {
 /// A client's resumable sessions, which can be forgotten at once: a session resumed after the
 /// client's certificate changed would still prove the old certificate to the server.
 #[derive(Debug)]
-pub struct Sessions(RwLock<Arc<ClientSessionMemoryCache>>);
+pub struct Sessions {
+    cache: RwLock<Arc<ClientSessionMemoryCache>>,
+    /// Until when no new session is kept: a connection made with the old certificate may hand
+    /// over its session only after [`Sessions::forget`] ran (a server sends its tickets after
+    /// the handshake, and the client reads them with its first answer).
+    quiet_until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long after [`Sessions::forget`] no session is kept.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sessions remembered per client configuration (rustls' default).
 const SESSIONS: usize = 256;
 
 impl Sessions {
     fn new() -> Arc<Sessions> {
-        Arc::new(Sessions(RwLock::new(Arc::new(ClientSessionMemoryCache::new(SESSIONS)))))
+        Arc::new(Sessions {
+            cache: RwLock::new(Arc::new(ClientSessionMemoryCache::new(SESSIONS))),
+            quiet_until: std::sync::Mutex::new(None),
+        })
     }
 
-    /// Forgets every session: the next connection to each server makes a full handshake.
+    /// Forgets every session, and keeps none for a while: connections make full handshakes
+    /// (presenting the current certificate) until then.
     pub fn forget(&self) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ClientSessionMemoryCache::new(SESSIONS));
+        *self.quiet_until.lock().unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now() + QUIET);
+        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ClientSessionMemoryCache::new(SESSIONS));
     }
 
     fn cache(&self) -> Arc<ClientSessionMemoryCache> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.cache.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Whether a new session may be kept now.
+    fn keeps(&self) -> bool {
+        let mut quiet = self.quiet_until.lock().unwrap_or_else(PoisonError::into_inner);
+        match *quiet {
+            Some(until) if std::time::Instant::now() < until => false,
+            Some(_) => {
+                *quiet = None;
+                true
+            }
+            None => true,
+        }
     }
 }
 
@@ -136,7 +163,9 @@ impl ClientSessionStore for Sessions {
     }
 
     fn set_tls12_session(&self, server_name: ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
-        self.cache().set_tls12_session(server_name, value);
+        if self.keeps() {
+            self.cache().set_tls12_session(server_name, value);
+        }
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
@@ -148,7 +177,9 @@ impl ClientSessionStore for Sessions {
     }
 
     fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
-        self.cache().insert_tls13_ticket(server_name, value);
+        if self.keeps() {
+            self.cache().insert_tls13_ticket(server_name, value);
+        }
     }
 
     fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
@@ -298,6 +329,41 @@ mod tests {
         stream.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
         let client_seen = serve.await.map_err(|e| e.to_string())??;
         Ok((presented.unwrap_or_default(), client_seen))
+    }
+
+    #[tokio::test]
+    async fn a_connection_made_before_a_replacement_goes_on() {
+        let (cluster_a, cluster_b) = (certs::generate("a", &[]).unwrap(), certs::generate("b", &[]).unwrap());
+        let (member_a, member_b) = (certs::generate("m1", &[]).unwrap(), certs::generate("m1", &[]).unwrap());
+        let cluster = LiveIdentity::new(&cluster_a).unwrap();
+        let member = LiveIdentity::new(&member_a).unwrap();
+        let client =
+            live_client_config(Some(member.clone()), Pins::new(vec![cluster_a.fingerprint().unwrap()])).unwrap();
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(live_server_config(cluster.clone()).unwrap());
+        let echo = tokio::spawn(async move {
+            let mut stream = acceptor.accept(far).await.unwrap();
+            let mut byte = [0u8; 1];
+            while stream.read_exact(&mut byte).await.is_ok() {
+                stream.write_all(&byte).await.unwrap();
+                stream.flush().await.unwrap();
+            }
+        });
+        let connector = tokio_rustls::TlsConnector::from(client.config.clone());
+        let mut stream = connector.connect(super::super::server_name("m1:1"), near).await.unwrap();
+        // Everything replaced, the old cluster certificate no longer accepted, sessions gone.
+        cluster.replace(&cluster_b).unwrap();
+        member.replace(&member_b).unwrap();
+        client.pins.set(vec![cluster_b.fingerprint().unwrap()]);
+        client.sessions.forget();
+        for b in [1u8, 2, 3] {
+            stream.write_all(&[b]).await.unwrap();
+            let mut back = [0u8; 1];
+            stream.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, [b], "the open connection still carries data");
+        }
+        drop(stream);
+        echo.await.unwrap();
     }
 
     #[tokio::test]

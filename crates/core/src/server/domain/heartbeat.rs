@@ -166,6 +166,8 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
     }
     // Counted as failed if any step below returns early.
     let timer = state.metrics().heartbeat_round();
+    // From reading the members until every answer is in: a certificate rotation waits.
+    let _trust = state.lock_trust().await;
     let nodes = client.cluster().await?;
     let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
     // The leader's own set is read each round (under the same lock as every other reading of

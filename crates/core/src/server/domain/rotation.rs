@@ -1,7 +1,8 @@
 //! Replacing certificates while the cluster runs: the cluster certificate, members' own and
 //! extension servers' dedicated ones, new or supplied by the operator.
 //!
-//! The member that is asked coordinates, in three steps, each on every member it can reach:
+//! The leader coordinates (a member asked passes the request on), in three steps, each on every
+//! member it can reach:
 //! 1. **prepare**: each keeps the next pairs beside the current ones and accepts the next
 //!    cluster certificate besides the current one; the coordinator then records every member's
 //!    next certificate next to its current one (database row and every trust store), so that
@@ -39,9 +40,6 @@ use crate::tls::{self, Identity};
 
 /// How long a member may take to answer one step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One rotation at a time through this member (a second waits for the first).
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Why a rotation was refused before anything changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,10 +131,11 @@ pub(crate) fn plan(
     Ok(plan)
 }
 
-/// Replaces the certificates `request` names (see the module's documentation).
+/// Replaces the certificates `request` names (see the module's documentation). Run on the
+/// leader, holding `State::lock_trust` (one rotation at a time, and no heartbeat round between
+/// its steps).
 pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result<CertificatesRotated, Error> {
     let started = Instant::now();
-    let _one = ONE_AT_A_TIME.lock().await;
     let runtime = state.online_runtime()?;
     let trusted = state.members();
     let names: Vec<String> = trusted.iter().map(|m| m.name.clone()).collect();
@@ -147,9 +146,10 @@ pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result
     {
         request.ca = Some(std::mem::take(&mut pair.ca));
     }
+    let previous_ca = state.trust().snapshot().ca().unwrap_or_default().to_owned();
     let ca = match &request.ca {
         Some(ca) => (!ca.is_empty()).then(|| ca.clone()),
-        None => state.trust().snapshot().ca().map(str::to_owned),
+        None => (!previous_ca.is_empty()).then(|| previous_ca.clone()),
     };
     let plan = plan(&request, &names, &state.http().dedicated_servers(), ca.is_some())?;
     check_supplied(&plan, ca.as_deref())?;
@@ -163,10 +163,12 @@ pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result
             let pair = match supplied {
                 Some(pair) => pair.clone(),
                 None => {
-                    let current = runtime.cluster_identity();
-                    let name = state.name();
-                    let fresh = certs::generate(&name, &[]).map_err(Error::wrap)?;
-                    tracing::debug!(replaces = %current.fingerprint().unwrap_or_default(), "made a new cluster certificate");
+                    // The same names as the one it replaces (clients may check one).
+                    let mut names = cert_check::dns_names(&runtime.cluster_identity().cert_pem);
+                    if names.is_empty() {
+                        names.push(state.name());
+                    }
+                    let fresh = certs::generate(&names[0], &names[1..]).map_err(Error::wrap)?;
                     KeyPair { cert: fresh.cert_pem, key: fresh.key_pem, ca: String::new() }
                 }
             };
@@ -207,7 +209,9 @@ pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result
             Ok(answer) => {
                 taking_part.insert(member.name.clone());
                 if let Some(next) = answer.server {
-                    next_certs.insert(member.name.clone(), (member.certificate.clone(), next));
+                    // What it presents now, not its row: a rotation cut short may have left two.
+                    let current = if answer.current.is_empty() { member.certificate.clone() } else { answer.current };
+                    next_certs.insert(member.name.clone(), (current, next));
                 }
                 for (server, fingerprint) in answer.servers {
                     rotated.servers.insert(format!("{}/{server}", member.name), fingerprint);
@@ -218,6 +222,29 @@ pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result
                 rotated.skipped.insert(member.name.clone(), format!("prepare: {err}"));
             }
         }
+    }
+
+    // A CA changes with every member or not at all: one that missed it would go on judging
+    // certificates by the old rule, and a heartbeat does not carry it.
+    if request.ca.is_some() && !rotated.skipped.is_empty() {
+        let undo = CertificatesPrepare { ca: Some(previous_ca), ..CertificatesPrepare::default() };
+        let _ = on_every_member(state, &runtime, &trusted, |state, runtime, client, name| {
+            let (undo, part) = (undo.clone(), taking_part.contains(&name));
+            async move {
+                match (part, client) {
+                    (false, _) => Ok(CertificatesPrepared::default()),
+                    (true, None) => prepare(&state, &runtime, undo),
+                    (true, Some(client)) => client.prepare_certificates(&undo).await.map_err(Error::wrap),
+                }
+            }
+        })
+        .await;
+        finish_everywhere(state, &runtime, &trusted, &taking_part).await;
+        let missing: Vec<String> = rotated.skipped.iter().map(|(name, why)| format!("{name} ({why})")).collect();
+        return Err(Error::unavailable(format!(
+            "the CA is changed only with every member, and {} could not take part: nothing was changed",
+            missing.join(", ")
+        )));
     }
 
     // Every member taking part must trust each next certificate before anyone presents it.
@@ -292,6 +319,21 @@ pub(crate) async fn rotate(state: &State, request: CertificatesRotate) -> Result
         rotated.cluster = Some(runtime.cluster_fingerprint());
     }
     rotated.servers.retain(|key, _| key.split('/').next().is_some_and(|m| now_presenting.contains(m)));
+    // A supplied pair is what was asked for: one that was not installed is a failure (a new
+    // one made for a member that was away is made again later with `rotate --member`).
+    let not_installed: Vec<String> = plan
+        .members
+        .iter()
+        .filter(|(name, pair)| pair.is_some() && !now_presenting.contains(*name))
+        .map(|(name, _)| format!("{name} ({})", rotated.skipped.get(name).map_or("did not switch", String::as_str)))
+        .collect();
+    if !not_installed.is_empty() {
+        return Err(Error::unavailable(format!(
+            "the supplied certificate was not installed on {}: nothing was replaced there; run it again once the \
+             member can be reached",
+            not_installed.join(", ")
+        )));
+    }
     if let Some(ca) = &request.ca {
         rotated.ca = Some(!ca.is_empty());
     }
@@ -473,7 +515,7 @@ pub(crate) fn prepare(
     request: CertificatesPrepare,
 ) -> Result<CertificatesPrepared, Error> {
     let dir = state.dir();
-    let mut answer = CertificatesPrepared::default();
+    let mut answer = CertificatesPrepared { current: runtime.certs.server.identity().cert_pem, ..Default::default() };
     if let Some(next) = &request.cluster {
         // Only the key this member knows may hand the cluster on.
         let current = runtime.cluster_identity();
@@ -556,6 +598,8 @@ pub(crate) async fn switch(state: &State, runtime: &Runtime) -> Result<(), Error
 /// certificate it presents, and forget next pairs never switched to.
 pub(crate) fn finish(state: &State, runtime: &Runtime) -> Result<(), Error> {
     runtime.certs.peer.pins.set(vec![runtime.cluster_fingerprint()]);
+    // Again: a session a connection made with an old certificate handed over late.
+    runtime.certs.peer.sessions.forget();
     let dir = state.dir();
     let mut pairs = vec!["cluster".to_owned(), "server".to_owned()];
     pairs.extend(state.http().dedicated_servers().iter().map(|s| dedicated_pair(s)));
@@ -591,7 +635,8 @@ pub(crate) async fn catch_up_when_cut_off(state: State, runtime: std::sync::Weak
             _ = tokio::time::sleep(wait) => {}
         }
         let Some(runtime) = runtime.upgrade() else { return };
-        if runtime.heard_from_leader() < wait {
+        // The leader hears no heartbeats, and a member that hears them is not cut off.
+        if runtime.heard_from_leader() < wait || runtime.db.leader().as_deref() == Some(runtime.address.as_str()) {
             continue;
         }
         match catch_up(&state, &runtime).await {

@@ -352,6 +352,7 @@ impl App {
             shutdown,
             init_lock: tokio::sync::Mutex::new(()),
             role_lock: tokio::sync::Mutex::new(()),
+            trust_lock: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
             http: Arc::new(front),
             metrics: Arc::default(),

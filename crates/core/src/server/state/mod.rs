@@ -58,6 +58,9 @@ pub(crate) struct Daemon {
     /// Serialises role decisions on the leader (joins arriving at once, heartbeat changes), so
     /// that each sees the roles the previous one gave.
     pub(crate) role_lock: tokio::sync::Mutex<()>,
+    /// Held by the leader's heartbeat round and by a certificate rotation, so that a round's
+    /// list of members, read before a rotation's step, never reaches a trust store after it.
+    pub(crate) trust_lock: tokio::sync::Mutex<()>,
     /// Bumped on every reset, so a reset requested for an earlier membership is not applied
     /// to a later one.
     pub(crate) epoch: AtomicU64,
@@ -236,6 +239,11 @@ impl State {
     /// Serialises init, reset and the start-up of the runtime.
     pub(crate) async fn lock_init(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.0.init_lock.lock().await
+    }
+
+    /// Serialises the leader's heartbeat rounds with certificate rotations.
+    pub(crate) async fn lock_trust(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.trust_lock.lock().await
     }
 
     /// Serialises role decisions on the leader.

@@ -3,6 +3,7 @@
 //! steps each member takes under `/core/internal/certificates`.
 
 use crate::api::{CertificatesPrepare, CertificatesRotate, KeyPair, paths};
+use crate::client::ClientError;
 use crate::server::domain::rotation;
 use crate::server::rest::{Action, ApiError, Endpoint, HandlerResult, Request, Response, Trust};
 use crate::server::state::State;
@@ -19,7 +20,30 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 
 async fn rotate(state: State, req: Request) -> HandlerResult {
     let request: CertificatesRotate = req.json()?;
-    Response::sync(rotation::rotate(&state, request).await?)
+    on_the_leader(&state, &req, request).await
+}
+
+/// How long a member waits for the leader to finish a rotation it passed on.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Rotates on the dqlite leader, whose heartbeat rounds wait for it (a round's list of
+/// members, read before a step, must not reach a trust store after it); passed on once.
+async fn on_the_leader(state: &State, req: &Request, request: CertificatesRotate) -> HandlerResult {
+    let runtime = state.online_runtime()?;
+    let leader = runtime.db.client().leader().await?;
+    if leader.address == runtime.address {
+        let _rounds = state.lock_trust().await;
+        return Response::sync(rotation::rotate(state, request).await?);
+    }
+    if req.is_notification() {
+        return Err(ApiError::unavailable("this member is no longer the dqlite leader; run it again"));
+    }
+    let client = state.member_client(&leader.address)?.with_timeout(FORWARD_TIMEOUT).as_notification();
+    let rotated = client.rotate_certificates(&request).await.map_err(|e| match e {
+        ClientError::Api { status, message } => ApiError::new(status, message),
+        other => ApiError::unavailable(format!("passing the rotation on to the leader at {}: {other}", leader.address)),
+    })?;
+    Response::sync(rotated)
 }
 
 /// `name`: `cluster` (its `ca`, if any, is then required of members, as microcluster does), a
@@ -40,7 +64,7 @@ async fn install(state: State, req: Request) -> HandlerResult {
         }
         _ => CertificatesRotate { supplied: [(name, pair)].into(), ..CertificatesRotate::default() },
     };
-    Response::sync(rotation::rotate(&state, request).await?)
+    on_the_leader(&state, &req, request).await
 }
 
 /// The steps below are a rotation's, asked by the member that coordinates it.
