@@ -249,10 +249,27 @@ impl Member {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`, ...).
+    /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`, ...). `STOP` returns once the daemon is
+    /// stopped: the kernel delivers a signal when the process next runs, which on a loaded
+    /// machine can be after the next request already reached it.
     pub fn signal(&self, signal: &str) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").args(["-s", signal, &pid.to_string()]).status();
+        let Some(pid) = self.pid() else { return };
+        let sent = Command::new("kill").args(["-s", signal, &pid.to_string()]).status().is_ok_and(|s| s.success());
+        if signal == "STOP" {
+            assert!(sent, "kill -s STOP {pid} ({}) failed", self.name);
+            // Every thread: each stops when it next runs.
+            wait_until(&format!("{} stopped", self.name), Duration::from_secs(10), || {
+                let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+                for task in tasks {
+                    let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+                    // The state follows the command name, which is in parentheses.
+                    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_owned();
+                    if !matches!(state.as_str(), "T" | "t") {
+                        return None;
+                    }
+                }
+                Some(())
+            });
         }
     }
 

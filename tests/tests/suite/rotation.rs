@@ -386,3 +386,46 @@ fn extension_listeners_present_their_new_certificates_without_a_restart() {
     stop.send(()).unwrap();
     rt.block_on(daemon).unwrap().unwrap();
 }
+
+#[test]
+fn a_ca_changes_with_every_member_or_not_at_all() {
+    let mut cluster = Cluster::form(3);
+    let scratch = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = scratch.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca = Ca::new();
+    let ca_file = write("ca.pem", &ca.cert.pem());
+    for i in 0..3 {
+        let name = cluster.members[i].name.clone();
+        let issued = ca.issue(&name);
+        let (cert, key) =
+            (write(&format!("{name}.crt"), &issued.cert_pem), write(&format!("{name}.key"), &issued.key_pem));
+        cluster.members[0].ctl_ok(&["cluster", "certificates", "set", &name, "--cert", &cert, "--key", &key]);
+    }
+    let m3 = &mut cluster.members[2];
+    m3.signal("TERM");
+    assert!(m3.wait_exit(Duration::from_secs(30)).is_some(), "m3 did not stop");
+
+    // m3 cannot take it: refused, and m1 and m2 do not require it either.
+    let out = cluster.members[0].ctl(&["cluster", "certificates", "ca", "set", &ca_file]);
+    assert!(
+        !out.success && out.stderr.contains("only with every member") && out.stderr.contains("m3"),
+        "{}",
+        out.stderr
+    );
+    for member in &cluster.members[..2] {
+        assert!(!member.dir.join("cluster.ca").exists(), "{} kept the CA", member.name);
+    }
+    all_online(&cluster.members[0], &["m1", "m2"], Duration::from_secs(30));
+
+    // With m3 back, it is taken everywhere.
+    cluster.members[2].start();
+    all_online(&cluster.members[0], &["m1", "m2", "m3"], Duration::from_secs(60));
+    cluster.members[0].ctl_ok(&["cluster", "certificates", "ca", "set", &ca_file]);
+    for member in &cluster.members {
+        assert!(member.dir.join("cluster.ca").exists(), "{} has no CA", member.name);
+    }
+}

@@ -4,12 +4,11 @@
 
 use dqlite::Transaction;
 
-use super::{int, text};
+use super::text;
 
 /// A monitoring credential (its private key was handed out once and is not kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MonitorRow {
-    pub(crate) id: i64,
     pub(crate) name: String,
     /// SHA-256 of its certificate, hex.
     pub(crate) fingerprint: String,
@@ -19,16 +18,11 @@ pub(crate) struct MonitorRow {
 
 /// Every credential, by name.
 pub(crate) async fn list(tx: &mut Transaction<'_>) -> dqlite::Result<Vec<MonitorRow>> {
-    let rows = tx.query("SELECT id, name, fingerprint, created FROM core_monitors ORDER BY name", &[]).await?;
+    let rows = tx.query("SELECT name, fingerprint, created FROM core_monitors ORDER BY name", &[]).await?;
     Ok(rows
         .rows
         .iter()
-        .map(|r| MonitorRow {
-            id: int(r.get(0)),
-            name: text(r.get(1)),
-            fingerprint: text(r.get(2)),
-            created: text(r.get(3)),
-        })
+        .map(|r| MonitorRow { name: text(r.get(0)), fingerprint: text(r.get(1)), created: text(r.get(2)) })
         .collect())
 }
 
