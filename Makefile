@@ -7,7 +7,7 @@ BENCH_PACKAGES := go-dqlite etcd-server etcd-client
 # tests/tests/suite/clocks.rs runs a member 2 days ahead under libfaketime's preload library.
 TEST_PACKAGES := libfaketime
 
-.PHONY: all deps deps-test deps-bench build run test test-faults test-debian13 bench-debian13 fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
+.PHONY: all deps deps-test deps-bench build run test crates test-faults test-debian13 bench-debian13 fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
 
 all: build
 
@@ -29,7 +29,7 @@ run: deps
 	$(CARGO) build --release -p microd -p microctl -p microcluster-tests && ./target/release/cluster-demo
 
 # The end-to-end tests run the built microd/microctl binaries, so build them first.
-test: deps-test lint
+test: deps-test lint crates
 	$(CARGO) build --workspace && $(CARGO) test --workspace --all-targets && $(CARGO) test --workspace --doc
 
 # The full fault suite (20 leader kills, a 10 s freeze, partitions, full disks, 40 power cuts);
@@ -47,6 +47,14 @@ test-debian13:
 fuzz: deps
 	@sh .ci/apt-install g++
 	sh fuzz/run.sh
+
+# What the Rust crate registry and docs.rs do with the published crates: each packaged and
+# built from its package alone (the workspace's own crates as they would be published), and
+# their documentation built with DOCS_RS set and no libdqlite to be found.
+PUBLISHED := -p dqlite-sys -p dqlite -p microcluster -p microd -p microctl
+crates:
+	$(CARGO) package $(PUBLISHED) --allow-dirty --quiet
+	DOCS_RS=1 PKG_CONFIG_LIBDIR=/nonexistent RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p dqlite-sys -p dqlite -p microcluster --all-features --target-dir target/docs-rs --quiet
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,5 +1,6 @@
 //! Finds libdqlite: `DQLITE_LIB_DIR` (plus optional `DQLITE_STATIC`) first, then pkg-config.
-//! Stops the build with the Debian packages to install when neither finds it.
+//! Stops the build with the Debian packages to install when neither finds it. With `DOCS_RS`
+//! set (docs.rs sets it) it looks for nothing: documentation links no library.
 
 use std::env;
 
@@ -7,6 +8,12 @@ const MIN_VERSION: &str = "1.11.0";
 const PACKAGES: &str = "libdqlite-dev libuv1-dev libsqlite3-dev liblz4-dev pkg-config";
 
 fn main() {
+    println!("cargo:rerun-if-env-changed=DOCS_RS");
+    // docs.rs (and `cargo doc` with DOCS_RS set) builds documentation only: nothing is linked,
+    // so no libdqlite is needed there.
+    if env::var_os("DOCS_RS").is_some() {
+        return;
+    }
     println!("cargo:rerun-if-env-changed=DQLITE_LIB_DIR");
     println!("cargo:rerun-if-env-changed=DQLITE_STATIC");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");

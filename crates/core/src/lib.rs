@@ -38,6 +38,21 @@
 //!
 //! Then, from another process (or `microctl`): [`App::new_cluster`] on the first member,
 //! [`App::new_join_token`] there and [`App::join_cluster`] on each new one.
+//!
+//! # Other crates' types in this API
+//!
+//! A few types of other crates appear in the public API on purpose, where wrapping them would
+//! only hide what users already know, and their major versions are part of this crate's:
+//!
+//! - **rustls 0.23**: [`client::Client::https`] takes an `Arc<rustls::ClientConfig>`, and
+//!   [`tls`] builds rustls configurations (pinning verifiers, live certificates), so an
+//!   application can use them with its own connections too.
+//! - **hyper 1**: [`client::Method`] and [`client::StatusCode`] are hyper's (`http`'s) types,
+//!   re-exported so that callers need no `hyper` dependency of their own.
+//! - **dqlite** (this workspace's crate): [`State::query`], [`State::exec`] and
+//!   [`State::transaction`] take and return `dqlite::Value`, `QueryResult` and `Transaction`.
+//! - **tokio 1** is the runtime every future here runs on; **tracing 0.1** is how the crate
+//!   logs (the application chooses the subscriber).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
