@@ -1,7 +1,7 @@
 //! `microctl database backup|restore|verify`: backups as ordinary SQLite files, written
 //! atomically and readable only by their owner (they hold every table, join tokens included).
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,10 +15,21 @@ use crate::format::{Format, Listing};
 /// Backups, restores and checks copy the whole database: far longer than a request's default.
 const BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Takes a backup into `file` (replacing it only once the new one is complete).
+/// Takes a backup into `file` (replacing it only once the new one is complete), or (`-`) onto
+/// standard output, the summary then going to standard error.
 pub(crate) async fn backup(client: &Client, file: &Path, verify: bool, format: Format) -> anyhow::Result<String> {
+    let to_stdout = file == Path::new("-");
+    if to_stdout && std::io::stdout().is_terminal() {
+        bail!("standard output is a terminal: redirect the backup (`> FILE`, `| ssh …`) or give a file name");
+    }
     let (summary, bytes) =
         client.clone().with_timeout(BACKUP_TIMEOUT).backup(verify).await.context("taking a backup")?;
+    if to_stdout {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&bytes).and_then(|()| stdout.flush()).context("writing the backup to standard output")?;
+        eprint!("{}", render(&summary, "backed up to standard output", format));
+        return Ok(String::new());
+    }
     write_private(file, &bytes)?;
     Ok(render(&summary, &format!("backed up to {}", file.display()), format))
 }
@@ -48,6 +59,18 @@ pub(crate) async fn verify(client: &Client, file: &Path, format: Format) -> anyh
 }
 
 fn read_backup(file: &Path) -> anyhow::Result<Vec<u8>> {
+    if file == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .take(MAX_BACKUP as u64 + 1)
+            .read_to_end(&mut bytes)
+            .context("reading the backup from standard input")?;
+        if bytes.len() > MAX_BACKUP {
+            bail!("standard input holds more than {MAX_BACKUP} bytes, more than a backup may");
+        }
+        return Ok(bytes);
+    }
     let size = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
     if size > MAX_BACKUP as u64 {
         bail!("{} has {size} bytes; a backup holds at most {MAX_BACKUP}", file.display());
@@ -66,7 +89,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
+        .and_then(|()| std::fs::rename(&tmp, path))
+        // The rename itself, made durable: a power cut must leave the old backup or the new one.
+        .and_then(|()| match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
+            None => std::fs::File::open(".").and_then(|d| d.sync_all()),
+        });
     if let Err(err) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(err).with_context(|| format!("writing {}", path.display()));

@@ -83,11 +83,11 @@ struct Cli {
     #[arg(long, value_name = "DIR", env = "STATE_DIR", default_value = "/var/lib/microd", global = true)]
     #[arg(help_heading = "Global options")]
     state_dir: PathBuf,
-    /// More output (accepted for compatibility; currently no effect).
-    #[arg(short, long, global = true, help_heading = "Global options")]
+    /// Accepted for Go microctl's scripts, and ignored (hidden from the help).
+    #[arg(short, long, global = true, hide = true)]
     verbose: bool,
-    /// Debug output (accepted for compatibility; currently no effect).
-    #[arg(short, long, global = true, help_heading = "Global options")]
+    /// Accepted for Go microctl's scripts, and ignored (hidden from the help).
+    #[arg(short, long, global = true, hide = true)]
     debug: bool,
     #[command(subcommand)]
     command: Command,
@@ -167,15 +167,15 @@ enum Command {
     },
     /// Wait until the daemon answers and is ready.
     Waitready {
-        /// Give up after this many seconds (0: wait forever).
-        #[arg(short, long, value_name = "SECONDS", default_value_t = 0)]
-        timeout: u64,
+        /// Give up after this long: a duration (30s, 2m) or seconds (30); 0 waits forever.
+        #[arg(short, long, value_name = "DURATION", default_value = "0", value_parser = parse_timeout)]
+        timeout: Duration,
     },
     /// Stop the daemon (it hands its role and leadership over first); returns once it exited.
     Shutdown {
-        /// Give up waiting for the exit after this many seconds.
-        #[arg(short, long, value_name = "SECONDS", default_value_t = 60)]
-        timeout: u64,
+        /// Give up waiting for the exit after this long: a duration (30s, 2m) or seconds (60).
+        #[arg(short, long, value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
+        timeout: Duration,
     },
     /// The example's extended API: ask the member at ADDRESS to greet every other member.
     ///
@@ -393,7 +393,8 @@ enum CaCommand {
 enum DatabaseCommand {
     /// Write a consistent copy of the database (an SQLite file, mode 0600) to FILE.
     Backup {
-        /// Where (replaced only once the new backup is complete).
+        /// Where (replaced only once the new backup is complete); `-`: standard output, with
+        /// the summary on standard error.
         file: PathBuf,
         /// First prove that it restores: into a scratch node, comparing row counts and checksum.
         #[arg(long)]
@@ -404,7 +405,7 @@ enum DatabaseCommand {
     },
     /// Restore a backup into this (new) cluster's application tables.
     Restore {
-        /// The backup file.
+        /// The backup file; `-`: standard input.
         file: PathBuf,
         /// Replace rows that the tables already hold (otherwise refused).
         #[arg(long)]
@@ -630,7 +631,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Waitready { timeout } => waitready::run(&client, dir, timeout).await?,
         Command::Shutdown { timeout } => {
             client.shutdown().await?;
-            waitready::stopped(dir, Duration::from_secs(timeout)).await?;
+            waitready::stopped(dir, timeout).await?;
         }
         Command::Extended { address } => {
             let answer: String = remote_client(dir, &address)?
@@ -670,6 +671,15 @@ fn remote_client(dir: &Path, address: &str) -> anyhow::Result<Client> {
 }
 
 /// Writes to stdout; a reader that went away (`microctl ... | head -1`) is not an error.
+/// A timeout as `waitready` and `shutdown` take it: a duration (`30s`, `2m`, `1h`) like every
+/// other duration here, or bare seconds as Go microctl takes them.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{e}"));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 30s, 2m, 90)"))
+}
+
 fn emit(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {

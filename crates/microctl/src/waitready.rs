@@ -15,10 +15,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Deadline of one probe, so a hung daemon does not stall the loop.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Waits until the daemon at `dir` is ready, for at most `timeout` seconds (0: forever).
-pub(crate) async fn run(client: &Client, dir: &Path, timeout: u64) -> anyhow::Result<()> {
+/// Waits until the daemon at `dir` is ready, for at most `timeout` (zero: forever).
+pub(crate) async fn run(client: &Client, dir: &Path, timeout: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
-    let deadline = (timeout > 0).then(|| start + Duration::from_secs(timeout));
+    let deadline = (!timeout.is_zero()).then(|| start + timeout);
     let progress = std::io::stderr().is_terminal();
     let clear = || {
         if progress {
@@ -38,7 +38,11 @@ pub(crate) async fn run(client: &Client, dir: &Path, timeout: u64) -> anyhow::Re
         };
         if deadline.is_some_and(|d| Instant::now() >= d) {
             clear();
-            let what = format!("timed out after {timeout} s waiting for the daemon at {} to be ready", dir.display());
+            let what = format!(
+                "timed out after {} waiting for the daemon at {} to be ready",
+                humantime::format_duration(timeout),
+                dir.display()
+            );
             return Err(TimedOut { what, last: err }.into());
         }
         if progress {
@@ -70,9 +74,9 @@ pub(crate) async fn stopped(dir: &Path, timeout: Duration) -> anyhow::Result<()>
         }
         if Instant::now() >= deadline {
             anyhow::bail!(
-                "the daemon at {} accepted the shutdown but still runs after {} s (it holds {})",
+                "the daemon at {} accepted the shutdown but still runs after {} (it holds {})",
                 dir.display(),
-                timeout.as_secs(),
+                humantime::format_duration(timeout),
                 path.display()
             );
         }

@@ -37,7 +37,7 @@ pub(crate) fn init(level: LogLevel, format: LogFormat) {
             .event_format(SyslogPriority(tracing_subscriber::fmt::format().with_ansi(false).without_time()))
             .boxed(),
         LogFormat::Text if under_systemd() => text.with_ansi(false).without_time().boxed(),
-        LogFormat::Text => text.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Text => text.with_ansi(colours()).boxed(),
     };
     tracing_subscriber::registry().with(output.with_filter(filter)).init();
     if let Some(rejected) = rejected {
@@ -112,6 +112,12 @@ where
         write!(writer, "<{priority}>")?;
         self.0.format_event(ctx, writer, event)
     }
+}
+
+/// Whether the log may be coloured: on a terminal, unless `NO_COLOR` is set to anything
+/// (<https://no-color.org>).
+fn colours() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]

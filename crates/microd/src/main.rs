@@ -106,8 +106,42 @@ fn write_manpage(dir: &Path) -> anyhow::Result<()> {
     let path = dir.join("microd.1");
     let mut page = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut page).context("rendering the man page")?;
+    page.extend_from_slice(PAGE_SECTIONS.as_bytes());
     std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))
 }
+
+/// What clap does not know, appended to the page (roff).
+const PAGE_SECTIONS: &str = r#".SH ENVIRONMENT
+.TP
+\fBSTATE_DIR\fR, \fBMICROD_CONFIG\fR, \fBSOCKET_GROUP\fR
+As \fB\-\-state\-dir\fR, \fB\-\-config\fR and \fB\-\-socket\-group\fR (the flags win).
+.TP
+\fBMICROD_LOG\fR
+A log filter, as \fBRUST_LOG\fR takes it (\fBinfo,microcluster=debug\fR).
+.TP
+\fBNO_COLOR\fR
+Set to anything: no colours in the log, even on a terminal.
+.TP
+\fBJOURNAL_STREAM\fR, \fBINVOCATION_ID\fR
+Set by systemd: the log goes without timestamps, with syslog priorities, for the journal.
+.SH FILES
+.TP
+\fB/etc/microd/microd.toml\fR
+The configuration file, when \fB\-\-config\fR names it.
+.TP
+\fB/var/lib/microd\fR
+The default state directory: \fBcontrol.socket\fR, \fBdaemon.toml\fR, \fBserver.crt\fR/\fB.key\fR, \fBcluster.crt\fR/\fB.key\fR, \fBtruststore/\fR, \fBdatabase/\fR.
+.SH "EXIT STATUS"
+.TP
+\fB0\fR
+Stopped cleanly (SIGTERM, SIGINT or \fBmicroctl shutdown\fR).
+.TP
+\fB1\fR
+Failed: a damaged or missing state file, an address in use, a bad configuration; one line on standard error names the cause.
+.TP
+\fB2\fR
+Usage error.
+"#;
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let app = App::new(Args { state_dir: settings.state_dir.clone() });

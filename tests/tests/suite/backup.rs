@@ -139,3 +139,43 @@ fn bad_backups_are_refused_and_change_nothing() {
     let out = member.ctl(&["database", "backup", dir.path().join("no/such/dir.db").to_str().unwrap()]);
     assert_eq!(out.code, Some(1), "{out:?}");
 }
+
+#[test]
+fn a_backup_streams_to_standard_output_and_restores_from_standard_input() {
+    use std::process::{Command, Stdio};
+    let cluster = Cluster::form(1);
+    let m1 = &cluster.members[0];
+    m1.ctl_ok(&["sql", "CREATE TABLE piped (x INTEGER)"]);
+    m1.ctl_ok(&["sql", "INSERT INTO piped VALUES (1), (2), (3)"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("piped.db");
+
+    // `backup -`: the file on standard output, the summary on standard error.
+    let out = Command::new(&microcluster_tests::binaries().microctl)
+        .arg("--state-dir")
+        .arg(&m1.dir)
+        .args(["database", "backup", "-", "-f", "json"])
+        .stdout(std::fs::File::create(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let told: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), told["size"].as_u64().unwrap());
+    assert!(std::fs::read(&file).unwrap().starts_with(b"SQLite format 3\0"));
+    assert_eq!(summary(m1, &["database", "verify", file.to_str().unwrap()])["verified"], true);
+
+    // `restore -` into a new cluster, from standard input.
+    let mut fresh = Member::new("fresh");
+    fresh.start();
+    fresh.bootstrap();
+    let out = Command::new(&microcluster_tests::binaries().microctl)
+        .arg("--state-dir")
+        .arg(&fresh.dir)
+        .args(["database", "restore", "-"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(count(&fresh, "piped"), 3);
+}

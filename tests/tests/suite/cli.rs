@@ -66,7 +66,12 @@ fn exit_codes_without_a_daemon() {
     // 4: waitready gives up.
     let out = offline.ctl(&["waitready", "--timeout", "1"]);
     assert_code(&out, 4);
-    assert!(out.stderr.contains("timed out after 1 s"), "{out:?}");
+    assert!(out.stderr.contains("timed out after 1s"), "{out:?}");
+    // A duration, like every other one here.
+    let out = offline.ctl(&["waitready", "--timeout", "1500ms"]);
+    assert_code(&out, 4);
+    assert!(out.stderr.contains("timed out after 1s 500ms"), "{out:?}");
+    assert_code(&offline.ctl(&["waitready", "--timeout", "soon"]), 2);
 
     // 2: clap's usage errors; 0: help, which documents the codes.
     assert_code(&offline.ctl(&["cluster", "frobnicate"]), 2);

@@ -49,6 +49,11 @@ fn install_puts_everything_in_place_and_keeps_an_edited_config() {
     for page in ["microd.1", "microctl.1", "microctl-cluster-recover.1", "microctl-database-backup.1"] {
         let text = std::fs::read_to_string(root.join("usr/share/man/man1").join(page)).unwrap();
         assert!(text.contains(".TH"), "{page}");
+        if !page.contains('-') {
+            for section in [".SH ENVIRONMENT", ".SH FILES", ".SH \"EXIT STATUS\""] {
+                assert!(text.contains(section), "{section} missing from {page}");
+            }
+        }
     }
     for completion in [
         "usr/share/bash-completion/completions/microctl",
