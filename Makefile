@@ -89,6 +89,7 @@ RELEASE ?= $(or $(CARGO_TARGET_DIR),target)/release
 BIN_DIR = $(DESTDIR)$(PREFIX)/bin
 SHARE_DIR = $(DESTDIR)$(PREFIX)/share
 UNIT_DIR = $(DESTDIR)/etc/systemd/system
+SYSUSERS_DIR = $(DESTDIR)/usr/lib/sysusers.d
 CONFIG_DIR = $(DESTDIR)/etc/microd
 SYSTEMD_RUNNING = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]
 
@@ -103,6 +104,8 @@ install-files:
 	install -m 0755 $(RELEASE)/microd $(RELEASE)/microctl $(BIN_DIR)/
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|' systemd/microd.service > $(UNIT_DIR)/microd.service && chmod 0644 $(UNIT_DIR)/microd.service
 	[ -e $(CONFIG_DIR)/microd.toml ] || install -m 0644 config/microd.toml $(CONFIG_DIR)/microd.toml
+	install -D -m 0644 systemd/microd.sysusers $(SYSUSERS_DIR)/microd.conf
+	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERS_DIR)/microd.conf; fi
 	$(RELEASE)/microd --generate-manpage $(SHARE_DIR)/man/man1
 	$(RELEASE)/microctl manpages $(SHARE_DIR)/man/man1
 	$(RELEASE)/microctl completion bash > $(SHARE_DIR)/bash-completion/completions/microctl
@@ -112,7 +115,7 @@ install-files:
 
 uninstall:
 	if $(SYSTEMD_RUNNING); then systemctl disable --now microd.service || true; fi
-	rm -f $(BIN_DIR)/microd $(BIN_DIR)/microctl $(UNIT_DIR)/microd.service $(SHARE_DIR)/man/man1/microd.1 $(SHARE_DIR)/man/man1/microctl.1 $(SHARE_DIR)/man/man1/microctl-*.1
+	rm -f $(BIN_DIR)/microd $(BIN_DIR)/microctl $(UNIT_DIR)/microd.service $(SYSUSERS_DIR)/microd.conf $(SHARE_DIR)/man/man1/microd.1 $(SHARE_DIR)/man/man1/microctl.1 $(SHARE_DIR)/man/man1/microctl-*.1
 	rm -f $(SHARE_DIR)/bash-completion/completions/microctl $(SHARE_DIR)/zsh/site-functions/_microctl $(SHARE_DIR)/fish/vendor_completions.d/microctl.fish
 	if $(SYSTEMD_RUNNING); then systemctl daemon-reload; fi
 	@echo "kept $(CONFIG_DIR)/microd.toml and /var/lib/microd: remove them by hand if they are no longer wanted"

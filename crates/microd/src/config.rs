@@ -116,7 +116,15 @@ impl Config {
     }
 }
 
-/// What the daemon runs with: flag, else config file, else default.
+/// The state directory systemd made for the unit (`StateDirectory=`; the first if several).
+fn systemd_state_directory() -> Option<PathBuf> {
+    let dirs = std::env::var_os("STATE_DIRECTORY")?;
+    let first = dirs.to_str()?.split(':').next()?.to_owned();
+    (!first.is_empty()).then(|| first.into())
+}
+
+/// What the daemon runs with: flag, else config file, else systemd's `$STATE_DIRECTORY`, else
+/// the default.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Settings {
     pub(crate) state_dir: PathBuf,
@@ -141,7 +149,7 @@ impl Settings {
     pub(crate) fn new(flags: Config, file: Config) -> Settings {
         let c = flags.or(file);
         Settings {
-            state_dir: c.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir: c.state_dir.or_else(systemd_state_directory).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             heartbeat: c.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
             statement_timeout: Some(c.statement_timeout.unwrap_or(DEFAULT_STATEMENT_TIMEOUT)).filter(|d| !d.is_zero()),
             network_latency: c.network_latency.unwrap_or(DEFAULT_NETWORK_LATENCY),

@@ -169,7 +169,25 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         // Already sent on SIGTERM/SIGINT; this covers `microctl shutdown` and failures.
         notifier.stopping();
     }
-    result.with_context(|| format!("microd with state directory {}", settings.state_dir.display()))
+    result
+        .map_err(|err| read_only_hint(err.into(), &settings.state_dir))
+        .with_context(|| format!("microd with state directory {}", settings.state_dir.display()))
+}
+
+/// Says what to do when the state directory is read-only under systemd: the unit's
+/// `ProtectSystem=strict` leaves only its own `StateDirectory` writable.
+fn read_only_hint(err: anyhow::Error, state_dir: &Path) -> anyhow::Error {
+    let read_only =
+        err.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.raw_os_error() == Some(30)))
+            || err.chain().any(|cause| cause.to_string().contains("Read-only file system"));
+    if read_only && std::env::var_os("INVOCATION_ID").is_some() {
+        return err.context(format!(
+            "under systemd the unit's ProtectSystem=strict makes everything but /var/lib/microd read-only: \
+             run `systemctl edit microd` and add `[Service]` `ReadWritePaths={}`, or keep the default state directory",
+            state_dir.display()
+        ));
+    }
+    err
 }
 
 /// Raises the soft limit on open files to the hard one, as Go's runtime does for every program

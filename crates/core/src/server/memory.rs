@@ -76,6 +76,21 @@ pub(crate) fn cpu_seconds() -> Option<f64> {
 /// When this process started, in seconds since the Unix epoch: its start in clock ticks after
 /// boot (`/proc/self/stat`, field 22) plus the boot time (`/proc/stat`, `btime`).
 pub(crate) fn start_time_seconds() -> Option<f64> {
+    from_proc_stat().or_else(|| STARTED.get().copied())
+}
+
+/// When [`note_start`] was called: the start time where `/proc/stat` is hidden (systemd's
+/// `ProcSubset=pid`).
+static STARTED: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// Notes the time now as this process's start, for [`start_time_seconds`] (the first call wins).
+pub(crate) fn note_start() {
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        let _ = STARTED.set(now.as_secs_f64());
+    }
+}
+
+fn from_proc_stat() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let ticks: u64 = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().nth(19)?.parse().ok()?;
     let boot: u64 = std::fs::read_to_string("/proc/stat")

@@ -282,6 +282,7 @@ impl App {
         args: DaemonArgs,
         stop: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), AppError> {
+        crate::server::memory::note_start();
         crate::server::rest::servers::validate(&args.servers).map_err(AppError::Invalid)?;
         if let Some(address) = &args.pre_init_address {
             crate::validate::member_address(address)

@@ -274,7 +274,12 @@ fn holds_cluster_files(dir: &StateDir, truststore: &TrustStore) -> bool {
 }
 
 fn hostname() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+    // /etc/hostname where /proc/sys is hidden (systemd's `ProcSubset=pid`).
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     if validate::member_name(&name).is_ok() { name } else { "microcluster".to_owned() }
 }
 
