@@ -16,6 +16,10 @@ use crate::format::Listing;
 /// on.
 pub(crate) fn read_pair(name: &str, cert: &Path, key: &Path, ca: Option<&Path>) -> anyhow::Result<KeyPair> {
     anyhow::ensure!(ca.is_none() || name == "cluster", "--ca goes with the cluster's certificate (`set cluster`)");
+    anyhow::ensure!(
+        [Some(cert), Some(key), ca].iter().flatten().filter(|p| **p == Path::new("-")).count() <= 1,
+        "only one of the files can be standard input (`-`)"
+    );
     let (cert_pem, key_pem) = (read(cert)?, read(key)?);
     let purpose = if name == "cluster" { Purpose::Cluster } else { Purpose::Member(name) };
     let (cert_path, key_path) = (cert.display().to_string(), key.display().to_string());
@@ -41,7 +45,15 @@ pub(crate) fn read_ca(path: &Path) -> anyhow::Result<String> {
     Ok(pem)
 }
 
+/// A file's text, or (`-`) standard input's, at most 1 MiB.
 fn read(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        use std::io::Read;
+        let mut text = String::new();
+        std::io::stdin().lock().take(1024 * 1024 + 1).read_to_string(&mut text).context("reading standard input")?;
+        anyhow::ensure!(text.len() <= 1024 * 1024, "standard input: more than 1 MiB is not a certificate or key");
+        return Ok(text);
+    }
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     // Certificates and keys are a few kilobytes; anything far larger is not one.
     anyhow::ensure!(

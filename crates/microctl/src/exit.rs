@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use microcluster::client::ClientError;
 
-/// The exit codes scripts may rely on; [`HELP`] and the README document them.
+/// The exit codes scripts may rely on; [`HELP`] and docs/reference.md document them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Code {
     /// Everything worked.

@@ -355,10 +355,10 @@ enum CertificatesCommand {
     Set {
         /// `cluster`, or the member's name.
         name: String,
-        /// The certificate, PEM.
+        /// The certificate, PEM (`-`: standard input).
         #[arg(long, value_name = "FILE")]
         cert: PathBuf,
-        /// Its private key, PEM.
+        /// Its private key, PEM (`-`: standard input; one file at most).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
         /// With `cluster`: a CA (PEM) that must have issued every member's certificate from now
@@ -382,7 +382,7 @@ enum CaCommand {
     /// `microctl cluster certificates set NAME`); afterwards `rotate` cannot make member
     /// certificates itself, and a joiner needs one the CA issued.
     Set {
-        /// The CA certificate(s), PEM.
+        /// The CA certificate(s), PEM (`-`: standard input).
         file: PathBuf,
     },
     /// Stop requiring a CA: pinning alone, as before.

@@ -1,5 +1,5 @@
-//! The README's operator's guide, run as written: every `sh` block of its "Operator's guide"
-//! section but the install block (which builds release binaries and installs them system-wide),
+//! The operator's guide (`docs/operator.md`), run as written: every `sh` block but the install
+//! block (which builds release binaries and installs them system-wide),
 //! in order, in one `bash -euo pipefail`, with this build's binaries first in `PATH`. Only the
 //! paths under `/tmp/` and the addresses `127.0.0.1:9xxx` are replaced, by a temporary
 //! directory and free loopback addresses, so that the run never collides with anything.
@@ -21,11 +21,8 @@ impl Drop for Group {
     }
 }
 
-/// The `sh` blocks of the README section `title`, without the ones that install.
-fn blocks(readme: &str, title: &str) -> Vec<String> {
-    let start = readme.find(&format!("\n## {title}\n")).unwrap_or_else(|| panic!("no section {title:?}"));
-    let section = &readme[start + 1..];
-    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |end| end + 1)];
+/// The `sh` blocks of a document, without the ones that install.
+fn blocks(section: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
     for line in section.lines() {
@@ -62,8 +59,8 @@ fn localise(script: &str, tmp: &str) -> String {
 
 #[test]
 fn the_operators_guide_works_as_written() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let blocks = blocks(&readme, "Operator's guide");
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operator.md")).unwrap();
+    let blocks = blocks(&guide);
     assert!(blocks.len() >= 10, "the guide has {} runnable blocks", blocks.len());
     let tmp = tempfile::Builder::new().prefix("guide-").tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap().to_owned();

@@ -195,8 +195,10 @@ fn supplied_files_are_checked_before_anything_changes() {
     assert_eq!((fingerprint(&m1.dir, "cluster"), fingerprint(&cluster.members[1].dir, "server")), before);
 
     // Good pairs are installed: a member's and the cluster's.
-    let (cert, key) = (write("m2-good.crt", &other.cert_pem), write("m2-good.key", &other.key_pem));
-    m1.ctl_ok(&["cluster", "certificates", "set", "m2", "--cert", &cert, "--key", &key]);
+    // The key from standard input (`-`), as a secret store would pipe it.
+    let cert = write("m2-good.crt", &other.cert_pem);
+    let out = m1.ctl_stdin(&["cluster", "certificates", "set", "m2", "--cert", &cert, "--key", "-"], &other.key_pem);
+    assert!(out.success, "{}", out.stderr);
     assert_eq!(fingerprint(&cluster.members[1].dir, "server"), other.fingerprint().unwrap());
     let company = microcluster::certs::generate("cluster.example", &[]).unwrap();
     let (cert, key) = (write("cluster.crt", &company.cert_pem), write("cluster.key", &company.key_pem));
