@@ -11,6 +11,7 @@
 //! webpki does not judge (keyUsage, basicConstraints on a trust anchor) are read with a small
 //! bounded DER reader below that never indexes past its input nor allocates by a length it read.
 
+use crate::der;
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -701,135 +702,6 @@ mod oid {
     pub(super) const SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
     /// 1.3.6.1.5.5.7.3.2
     pub(super) const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
-}
-
-/// Just enough DER for a certificate's validity and extensions: every length is checked against
-/// the bytes at hand, and nothing is allocated by a length read from the input.
-mod der {
-    pub(super) const BOOLEAN: u8 = 0x01;
-    pub(super) const BIT_STRING: u8 = 0x03;
-    pub(super) const OCTET_STRING: u8 = 0x04;
-    pub(super) const OID: u8 = 0x06;
-    pub(super) const SEQUENCE: u8 = 0x30;
-    pub(super) const VERSION: u8 = 0xa0;
-    pub(super) const EXTENSIONS: u8 = 0xa3;
-    /// GeneralName's `[2] IMPLICIT IA5String` and `[7] IMPLICIT OCTET STRING`.
-    pub(super) const DNS_NAME: u8 = 0x82;
-    pub(super) const IP_ADDRESS: u8 = 0x87;
-    const UTC_TIME: u8 = 0x17;
-    const GENERALIZED_TIME: u8 = 0x18;
-
-    /// The tag and content of the element at the start of `bytes`, and what follows it.
-    /// Multi-byte tags and indefinite lengths (not DER, and not in certificates) are refused.
-    pub(super) fn any(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = bytes.split_first()?;
-        if tag & 0x1f == 0x1f {
-            return None;
-        }
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 {
-                return None;
-            }
-            let (len, rest) = rest.split_at_checked(count)?;
-            let len = len.iter().try_fold(0usize, |len, b| len.checked_mul(256)?.checked_add(usize::from(*b)))?;
-            (len, rest)
-        };
-        let (content, rest) = rest.split_at_checked(len)?;
-        Some((tag, content, rest))
-    }
-
-    /// The content of the element at the start of `bytes`, if it has tag `tag`, and what follows.
-    pub(super) fn element(bytes: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (found, content, rest) = any(bytes)?;
-        (found == tag).then_some((content, rest))
-    }
-
-    /// What follows the element at the start of `bytes`.
-    pub(super) fn skip(bytes: &[u8]) -> Option<&[u8]> {
-        any(bytes).map(|(_, _, rest)| rest)
-    }
-
-    /// The elements that make up `bytes` (tag, content), if all of it reads as elements.
-    pub(super) fn elements(bytes: &[u8]) -> Option<impl Iterator<Item = (u8, &[u8])>> {
-        let mut check = bytes;
-        while !check.is_empty() {
-            check = skip(check)?;
-        }
-        let mut rest = bytes;
-        Some(std::iter::from_fn(move || {
-            let (tag, content, next) = any(rest)?;
-            rest = next;
-            Some((tag, content))
-        }))
-    }
-
-    /// The time at the start of `bytes`, in seconds since 1970 (negative before), and what
-    /// follows: UTCTime `YYMMDDHHMMSSZ` (years 1950-2049) or GeneralizedTime `YYYYMMDDHHMMSSZ`.
-    pub(super) fn time(bytes: &[u8]) -> Option<(i64, &[u8])> {
-        let (tag, content, rest) = any(bytes)?;
-        let digits = content.strip_suffix(b"Z")?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let number = |digits: &[u8]| digits.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
-        let (year, fields) = match (tag, digits.len()) {
-            (UTC_TIME, 12) => {
-                let (yy, fields) = digits.split_at_checked(2)?;
-                let yy = number(yy);
-                (if yy < 50 { 2000 + yy } else { 1900 + yy }, fields)
-            }
-            (GENERALIZED_TIME, 14) => {
-                let (yyyy, fields) = digits.split_at_checked(4)?;
-                (number(yyyy), fields)
-            }
-            _ => return None,
-        };
-        let field = |at: usize| fields.get(at..at + 2).map(number);
-        let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-            return None;
-        }
-        let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-        Some((seconds, rest))
-    }
-
-    /// Days from 1970-01-01 to the date (the proleptic Gregorian calendar).
-    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-        let year = if month <= 2 { year - 1 } else { year };
-        let era = year.div_euclid(400);
-        let year_of_era = year - era * 400;
-        let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
-        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-        era * 146_097 + day_of_era - 719_468
-    }
-
-    /// An OID's content as dotted decimal, for messages.
-    pub(super) fn dotted(oid: &[u8]) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::new();
-        let mut arc = 0u64;
-        for &byte in oid {
-            let Some(shifted) = arc.checked_mul(128) else {
-                return "an unreadable identifier".to_owned();
-            };
-            arc = shifted | u64::from(byte & 0x7f);
-            if byte & 0x80 != 0 {
-                continue;
-            }
-            let _ = if out.is_empty() {
-                let first = arc.min(80) / 40;
-                write!(out, "{first}.{}", arc - first * 40)
-            } else {
-                write!(out, ".{arc}")
-            };
-            arc = 0;
-        }
-        if out.is_empty() { "an unreadable identifier".to_owned() } else { out }
-    }
 }
 
 #[cfg(all(test, feature = "server"))]

@@ -61,6 +61,7 @@ pub mod cert_check;
 #[cfg(feature = "server")]
 pub mod certs;
 pub mod client;
+mod der;
 pub mod raftlog;
 pub mod recovery_planning;
 pub mod report;

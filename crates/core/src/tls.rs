@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use crate::der;
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -135,117 +136,9 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Result<std::time::SystemTime, Tls
     }
     let (validity, _) = der::element(rest, der::SEQUENCE).ok_or_else(|| bad("no validity"))?;
     let after_before = der::skip(validity).ok_or_else(|| bad("a broken notBefore"))?;
-    der::time(after_before).ok_or_else(|| bad("a broken notAfter"))
-}
-
-/// Just enough DER to find a certificate's validity.
-mod der {
-    use std::time::{Duration, SystemTime};
-
-    pub(super) const SEQUENCE: u8 = 0x30;
-    pub(super) const VERSION: u8 = 0xa0;
-    const UTC_TIME: u8 = 0x17;
-    const GENERALIZED_TIME: u8 = 0x18;
-
-    /// The content of the element at the start of `bytes` (of any tag) and what follows it.
-    fn any(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = bytes.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 || rest.len() < count {
-                return None;
-            }
-            let len = rest[..count].iter().fold(0usize, |len, b| (len << 8) | usize::from(*b));
-            (len, &rest[count..])
-        };
-        (len <= rest.len()).then(|| (tag, &rest[..len], &rest[len..]))
-    }
-
-    /// The content of the element at the start of `bytes`, if it has tag `tag`, and what follows.
-    pub(super) fn element(bytes: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (found, content, rest) = any(bytes)?;
-        (found == tag).then_some((content, rest))
-    }
-
-    /// What follows the element at the start of `bytes`.
-    pub(super) fn skip(bytes: &[u8]) -> Option<&[u8]> {
-        any(bytes).map(|(_, _, rest)| rest)
-    }
-
-    /// The time at the start of `bytes`: UTCTime `YYMMDDHHMMSSZ` (years 1950-2049) or
-    /// GeneralizedTime `YYYYMMDDHHMMSSZ`.
-    pub(super) fn time(bytes: &[u8]) -> Option<SystemTime> {
-        let (tag, content, _) = any(bytes)?;
-        let text = std::str::from_utf8(content).ok()?.strip_suffix('Z')?;
-        // Digits only: slicing text with other characters could cut one in half.
-        if !text.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let (year, rest) = match (tag, text.len()) {
-            (UTC_TIME, 12) => {
-                let yy: i64 = text[..2].parse().ok()?;
-                (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
-            }
-            (GENERALIZED_TIME, 14) => (text[..4].parse().ok()?, &text[4..]),
-            _ => return None,
-        };
-        let field = |at: usize| rest.get(at..at + 2)?.parse::<i64>().ok();
-        let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-            return None;
-        }
-        let days = days_from_civil(year, month, day);
-        let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
-        u64::try_from(seconds).ok().map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-    }
-
-    /// Days from 1970-01-01 to the date (the proleptic Gregorian calendar).
-    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-        let year = if month <= 2 { year - 1 } else { year };
-        let era = year.div_euclid(400);
-        let year_of_era = year - era * 400;
-        let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
-        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-        era * 146_097 + day_of_era - 719_468
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn times_read_as_the_calendar_says() {
-            let at = |tag: u8, text: &str| {
-                let mut der = vec![tag, text.len() as u8];
-                der.extend_from_slice(text.as_bytes());
-                time(&der).map(|t| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
-            };
-            assert_eq!(at(UTC_TIME, "700101000000Z"), Some(0));
-            assert_eq!(at(UTC_TIME, "360101000000Z"), Some(2_082_758_400));
-            assert_eq!(at(GENERALIZED_TIME, "20240229120000Z"), Some(1_709_208_000));
-            assert_eq!(at(GENERALIZED_TIME, "99991231235959Z"), Some(253_402_300_799));
-            assert_eq!(at(UTC_TIME, "701301000000Z"), None, "month 13");
-            assert_eq!(at(UTC_TIME, "7001010000Z"), None, "too short");
-            assert_eq!(at(0x04, "700101000000Z"), None, "not a time");
-            assert_eq!(at(UTC_TIME, "1é345678901Z"), None, "not digits (a character cut in half before)");
-            assert_eq!(at(GENERALIZED_TIME, "2024022912000é"), None);
-        }
-
-        #[test]
-        fn lengths_beyond_the_bytes_are_refused() {
-            assert_eq!(any(&[0x30, 0x05, 1, 2]), None);
-            assert_eq!(any(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
-            assert_eq!(any(&[0x30, 0x80]), None, "indefinite length");
-            assert_eq!(any(&[0x30]), None);
-            assert_eq!(
-                any(&[0x30, 0x82, 0x00, 0x01, 7]).map(|(t, c, r)| (t, c.to_vec(), r.len())),
-                Some((0x30, vec![7], 0))
-            );
-        }
-    }
+    let (seconds, _) = der::time(after_before).ok_or_else(|| bad("a broken notAfter"))?;
+    let seconds = u64::try_from(seconds).map_err(|_| bad("a notAfter before 1970"))?;
+    Ok(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
 }
 
 /// The first private key in PEM text.

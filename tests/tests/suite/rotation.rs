@@ -19,6 +19,13 @@ fn pair(dir: &Path, which: &str) -> Identity {
     }
 }
 
+/// Writes `text` to `dir/name` and returns the path, as a command line takes it.
+fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
 fn fingerprint(dir: &Path, which: &str) -> String {
     pair(dir, which).fingerprint().unwrap()
 }
@@ -157,11 +164,7 @@ fn supplied_files_are_checked_before_anything_changes() {
     let cluster = Cluster::form(2);
     let m1 = &cluster.members[0];
     let scratch = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = scratch.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
+    let write = |name: &str, text: &str| write_file(scratch.path(), name, text);
     let before = (fingerprint(&m1.dir, "cluster"), fingerprint(&cluster.members[1].dir, "server"));
 
     // A member certificate that does not name the member.
@@ -241,11 +244,7 @@ fn a_ca_once_required_must_have_issued_every_members_certificate() {
     let cluster = Cluster::form(2);
     let (m1, m2) = (&cluster.members[0], &cluster.members[1]);
     let scratch = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = scratch.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
+    let write = |name: &str, text: &str| write_file(scratch.path(), name, text);
     let ca = Ca::new();
     let ca_file = write("ca.pem", &ca.cert.pem());
 
@@ -393,11 +392,7 @@ fn extension_listeners_present_their_new_certificates_without_a_restart() {
 fn a_ca_changes_with_every_member_or_not_at_all() {
     let mut cluster = Cluster::form(3);
     let scratch = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = scratch.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
+    let write = |name: &str, text: &str| write_file(scratch.path(), name, text);
     let ca = Ca::new();
     let ca_file = write("ca.pem", &ca.cert.pem());
     for i in 0..3 {
