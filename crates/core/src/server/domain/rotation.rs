@@ -88,7 +88,8 @@ pub(crate) struct Plan {
 }
 
 /// Decides what `request` replaces, given the members' names, the servers with a dedicated
-/// certificate and whether the cluster requires a CA. Nothing named means everything.
+/// certificate and whether the cluster requires a CA. Nothing named means everything (but the
+/// members' certificates when a CA is required: those must be supplied).
 pub(crate) fn plan(
     request: &CertificatesRotate,
     members: &[String],
@@ -104,7 +105,10 @@ pub(crate) fn plan(
     if everything || request.cluster || request.supplied.contains_key("cluster") {
         plan.cluster = Some(request.supplied.get("cluster").cloned());
     }
-    let named: BTreeSet<&String> = if everything {
+    // With a CA, a member's certificate cannot be made here: everything is then the rest.
+    let named: BTreeSet<&String> = if everything && requires_ca {
+        BTreeSet::new()
+    } else if everything {
         members.iter().collect()
     } else {
         request.members.iter().chain(request.supplied.keys().filter(|k| *k != "cluster")).collect()
@@ -802,10 +806,16 @@ mod tests {
                 Err(RotateRefused::NoSuchServer("api".into(), "public".into())),
             ),
             (
-                "a CA: members cannot get certificates made here",
+                "a CA: everything is the cluster's and the dedicated certificates",
                 request(false, &[], &[], &[]),
                 true,
-                Err(RotateRefused::NeedsCa("m1".into())),
+                Ok(Plan { cluster: Some(None), servers: dedicated.clone(), ..Plan::default() }),
+            ),
+            (
+                "a CA: a member cannot get a certificate made here",
+                request(false, &["m2"], &[], &[]),
+                true,
+                Err(RotateRefused::NeedsCa("m2".into())),
             ),
             (
                 "a CA: a supplied member pair is fine",
