@@ -294,9 +294,8 @@ fn a_leader_killed_during_a_join_leaves_nothing_half_done() {
         };
         assert!(all[leader].wait_exit(Duration::from_secs(30)).is_some(), "{point}: {victim} was not killed");
         // Before the killed leader returns: once it does, the joiner may have been promoted in
-        // its place and be demoted again, and a member demoted from voter to stand-by refuses
-        // reads until it restarts ("this member's node has known no leader", server::db's
-        // leader watch; it happens without any join too and is reported apart).
+        // its place and be demoted again, and the check would judge that move rather than the
+        // join (a demoted member serving is `health.rs`'s to test).
         assert_serves(&joiner, &all[leader_index(&all)]);
         all[leader].start();
         all.push(joiner);
