@@ -7,7 +7,7 @@ BENCH_PACKAGES := go-dqlite etcd-server etcd-client
 # tests/tests/suite/clocks.rs runs a member 2 days ahead under libfaketime's preload library.
 TEST_PACKAGES := libfaketime
 
-.PHONY: all deps deps-test deps-bench build run test crates test-faults test-debian13 bench-debian13 fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
+.PHONY: all deps deps-test deps-bench build run test crates test-faults test-debian13 deb test-deb bench-debian13 fuzz lint fmt bench bench-engine bench-cluster clean install install-files uninstall
 
 all: build
 
@@ -42,6 +42,21 @@ test-faults: deps
 DEBIAN13_TESTS := tutorial:: membership:: health:: writes:: bad_input:: faults:: guide:: recover:: doctor:: joins:: frozen_leader:: backup:: power_loss:: --skip interrupted_joins::
 test-debian13:
 	sh .ci/debian13 run sh -c 'cargo build --workspace && cargo test -p dqlite-sys -p dqlite && cargo test -p microcluster --lib && cargo test -p microcluster-tests --test suite -- $(DEBIAN13_TESTS)'
+
+# microd's Debian package for the Debian release this runs on (packaging/deb/build), from the
+# release binaries: $(DEB_DIR)/microd_VERSION-1+debN_ARCH.deb.
+DEB_DIR = $(or $(CARGO_TARGET_DIR),target)/deb
+deb: deps
+	@sh .ci/apt-install dpkg-dev
+	$(CARGO) build --release -p microd -p microctl
+	sh packaging/deb/build $(RELEASE) $(DEB_DIR)
+
+# This machine's package and one built in the Debian 13 root, each installed into a clean root of
+# its release, started, run through the tutorial and purged (packaging/deb/test).
+test-deb: deb
+	sh packaging/deb/test $(DEB_DIR)/microd_*.deb
+	sh .ci/debian13 run make deb
+	sh packaging/deb/test target/debian13/deb/microd_*.deb
 
 # Every fuzz target for FUZZ_SECONDS (default 60) each; crashes land in fuzz/regressions/.
 fuzz: deps

@@ -1,5 +1,6 @@
 //! `microctl database backup|restore|verify`: backups as ordinary SQLite files, written
 //! atomically and readable only by their owner (they hold every table, join tokens included).
+//! On a terminal a progress line shows what runs and for how long.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
@@ -11,6 +12,7 @@ use microcluster::client::{Client, MAX_BACKUP};
 use serde_json::json;
 
 use crate::format::{Format, Listing};
+use crate::progress;
 
 /// Backups, restores and checks copy the whole database: far longer than a request's default.
 const BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -22,8 +24,10 @@ pub(crate) async fn backup(client: &Client, file: &Path, verify: bool, format: F
     if to_stdout && std::io::stdout().is_terminal() {
         bail!("standard output is a terminal: redirect the backup (`> FILE`, `| ssh …`) or give a file name");
     }
+    let what = if verify { "taking a backup and verifying it" } else { "taking a backup" };
+    let client = client.clone().with_timeout(BACKUP_TIMEOUT);
     let (summary, bytes) =
-        client.clone().with_timeout(BACKUP_TIMEOUT).backup(verify).await.context("taking a backup")?;
+        progress::while_running(what, format, client.backup(verify)).await.context("taking a backup")?;
     if to_stdout {
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(&bytes).and_then(|()| stdout.flush()).context("writing the backup to standard output")?;
@@ -37,24 +41,22 @@ pub(crate) async fn backup(client: &Client, file: &Path, verify: bool, format: F
 /// Restores `file` into the cluster.
 pub(crate) async fn restore(client: &Client, file: &Path, replace: bool, format: Format) -> anyhow::Result<String> {
     let bytes = read_backup(file)?;
-    let summary = client
-        .clone()
-        .with_timeout(BACKUP_TIMEOUT)
-        .restore(bytes.into(), replace)
-        .await
-        .with_context(|| format!("restoring {}", file.display()))?;
+    let what = format!("restoring {} ({})", file.display(), progress::size(bytes.len() as u64));
+    let client = client.clone().with_timeout(BACKUP_TIMEOUT);
+    let work = client.restore(bytes.into(), replace);
+    let summary =
+        progress::while_running(&what, format, work).await.with_context(|| format!("restoring {}", file.display()))?;
     Ok(render(&summary, &format!("restored from {}", file.display()), format))
 }
 
 /// Proves that `file` restores, without touching the cluster.
 pub(crate) async fn verify(client: &Client, file: &Path, format: Format) -> anyhow::Result<String> {
     let bytes = read_backup(file)?;
-    let summary = client
-        .clone()
-        .with_timeout(BACKUP_TIMEOUT)
-        .verify_backup(bytes.into())
-        .await
-        .with_context(|| format!("verifying {}", file.display()))?;
+    let what = format!("verifying {} ({}) by restoring it aside", file.display(), progress::size(bytes.len() as u64));
+    let client = client.clone().with_timeout(BACKUP_TIMEOUT);
+    let work = client.verify_backup(bytes.into());
+    let summary =
+        progress::while_running(&what, format, work).await.with_context(|| format!("verifying {}", file.display()))?;
     Ok(render(&summary, &format!("{} restores", file.display()), format))
 }
 

@@ -32,6 +32,12 @@ const MAIN_PAGE_SECTIONS: &str = r#".SH ENVIRONMENT
 .TP
 \fBSTATE_DIR\fR
 The member's state directory, as \fB\-\-state\-dir\fR (which wins).
+.TP
+\fBNO_COLOR\fR
+Set to anything but the empty string: the \fB\-v\fR and \fB\-d\fR lines are not coloured.
+.TP
+\fBTERM\fR
+\fBdumb\fR: no progress line (otherwise drawn on a terminal for waitready, backups, restores and checks).
 .SH FILES
 .TP
 \fISTATE\fB/control.socket\fR

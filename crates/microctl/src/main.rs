@@ -17,6 +17,7 @@ mod format;
 mod listings;
 mod local;
 mod monitoring;
+mod progress;
 mod recover;
 mod shell;
 mod sql;
@@ -83,11 +84,13 @@ struct Cli {
     #[arg(long, value_name = "DIR", env = "STATE_DIR", default_value = "/var/lib/microd", global = true)]
     #[arg(help_heading = "Global options")]
     state_dir: PathBuf,
-    /// Accepted for Go microctl's scripts, and ignored (hidden from the help).
-    #[arg(short, long, global = true, hide = true)]
+    /// Show each request sent to the member, its answer's status and how long it took (on
+    /// standard error).
+    #[arg(short, long, global = true, help_heading = "Global options")]
     verbose: bool,
-    /// Accepted for Go microctl's scripts, and ignored (hidden from the help).
-    #[arg(short, long, global = true, hide = true)]
+    /// Show the client's debug messages too: connections, retries, certificates (on standard
+    /// error).
+    #[arg(short, long, global = true, help_heading = "Global options")]
     debug: bool,
     #[command(subcommand)]
     command: Command,
@@ -698,6 +701,7 @@ fn main() -> ExitCode {
         }
     };
     let state_dir = cli.state_dir.clone();
+    log_to_stderr(cli.verbose, cli.debug);
     // One request at a time: a single-threaded runtime is all the CLI needs.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -715,6 +719,26 @@ fn main() -> ExitCode {
             Code::of(&err).into()
         }
     }
+}
+
+/// `-v`: the client library's request lines; `-d`: everything it logs at debug level. Without
+/// either nothing is logged: errors are reported as the command's own message.
+fn log_to_stderr(verbose: bool, debug: bool) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = match (verbose, debug) {
+        (_, true) => Targets::new().with_default(LevelFilter::DEBUG),
+        (true, false) => Targets::new().with_target(microcluster::client::REQUEST_LOG_TARGET, LevelFilter::DEBUG),
+        (false, false) => return,
+    };
+    let colour = progress::on_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .without_time()
+        .with_level(debug)
+        .with_target(debug);
+    let _ = tracing_subscriber::registry().with(layer.with_filter(filter)).try_init();
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! progress line on a terminal, and a [`TimedOut`] failure (exit code 4) past `--timeout`.
 //! Also the wait of `microctl shutdown` for the daemon to be gone.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) async fn run(client: &Client, dir: &Path, timeout: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     let deadline = (!timeout.is_zero()).then(|| start + timeout);
-    let progress = std::io::stderr().is_terminal();
+    let progress = crate::progress::on_terminal();
     let clear = || {
         if progress {
             eprint!("\r\x1b[2K");

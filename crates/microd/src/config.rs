@@ -20,7 +20,7 @@ const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = microcluster::server::rest::DEFAULT_
 const DEFAULT_HTTP_DRAIN_TIMEOUT: Duration = microcluster::server::rest::DEFAULT_DRAIN_TIMEOUT;
 
 /// Every key the file may hold, in the order `config/microd.toml` documents them.
-const KEYS: &[&str] = &[
+pub(crate) const KEYS: &[&str] = &[
     "state_dir",
     "heartbeat",
     "statement_timeout",
@@ -184,7 +184,7 @@ pub(crate) fn load(named: Option<&Path>) -> anyhow::Result<Config> {
 
 /// Parses a config file's text. Each key is checked on its own first, so that an error can
 /// name its key (serde's messages for a bad value do not).
-fn parse(text: &str) -> Result<Config, String> {
+pub(crate) fn parse(text: &str) -> Result<Config, String> {
     let table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
         let line = err.span().map_or(1, |span| text[..span.start.min(text.len())].matches('\n').count() + 1);
         format!("line {line}: invalid TOML: {}", err.message().trim().replace('\n', "; "))
@@ -371,6 +371,44 @@ mod tests {
             ..Settings::new(Config::default(), full)
         };
         assert_eq!(documented, Settings::new(Config::default(), Config::default()));
+    }
+
+    const REFERENCE: &str = include_str!("../../../docs/reference.md");
+
+    /// docs/reference.md's config table: each key with its documented default, written as in
+    /// a config file (`"10s"`), or its words for a key without one.
+    fn reference_defaults() -> Vec<(String, String)> {
+        let table = REFERENCE.split("| key | flag | default | meaning |").nth(1).expect("the reference's config table");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                (cells[1].trim_matches('`').to_owned(), cells[3].trim_matches('`').to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_reference_documents_every_key_with_the_codes_default() {
+        let documented = reference_defaults();
+        let keys: Vec<&str> = documented.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, KEYS, "docs/reference.md's config table and the keys differ");
+        let mut file = String::new();
+        for (key, default) in &documented {
+            if default.starts_with('"') {
+                file.push_str(&format!("{key} = {default}\n"));
+            } else {
+                // Only the keys without a default may say so in words.
+                assert!(
+                    ["socket_group", "failure_domain", "max_connections"].contains(&key.as_str()),
+                    "{key}'s documented default {default:?} is not a value"
+                );
+            }
+        }
+        let file = parse(&file).unwrap_or_else(|e| panic!("the reference's defaults do not parse: {e}\n{file}"));
+        assert_eq!(Settings::new(Config::default(), file), Settings::new(Config::default(), Config::default()));
     }
 
     #[test]

@@ -247,3 +247,39 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::CommandFactory;
+
+    use super::*;
+    use config::{Config, Settings};
+
+    /// Each flag's help names its key and default ("[key: heartbeat; default: 10s]"), and the
+    /// defaults it shows are the code's.
+    #[test]
+    fn each_flags_help_shows_its_key_and_the_codes_default() {
+        let mut keys = Vec::new();
+        let mut file = String::new();
+        for arg in Cli::command().get_arguments() {
+            let help = arg.get_long_help().or(arg.get_help()).map(ToString::to_string).unwrap_or_default();
+            let Some(rest) = help.split("[key: ").nth(1) else { continue };
+            let key = rest.split([';', ']']).next().unwrap().to_owned();
+            let default = rest.split("; default: ").nth(1).map(|d| d.split([';', ']']).next().unwrap().to_owned());
+            match (key.as_str(), default) {
+                // No default: the owner's group; daemon.toml's value; from the open-file limit.
+                ("socket_group", None) => {}
+                ("failure_domain", Some(d)) => assert_eq!(d, "daemon.toml's"),
+                ("max_connections", Some(d)) => assert!(d.starts_with("from the open-file limit"), "{d}"),
+                (_, Some(d)) => file.push_str(&format!("{key} = {d:?}\n")),
+                (_, None) => panic!("--{} shows no default for {key}", arg.get_id()),
+            }
+            keys.push(key);
+        }
+        assert_eq!(keys, config::KEYS, "the flags' keys and the config file's differ");
+        let file = config::parse(&file).unwrap_or_else(|e| panic!("the flags' defaults do not parse: {e}\n{file}"));
+        assert_eq!(Settings::new(Config::default(), file), Settings::new(Config::default(), Config::default()));
+    }
+}

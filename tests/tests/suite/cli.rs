@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use microcluster_tests::{Cluster, CtlOutput, Member};
+use microcluster_tests::{Cluster, CtlOutput, Member, binaries};
 use serde_json::Value;
 
 fn assert_code(out: &CtlOutput, code: i32) {
@@ -234,4 +234,53 @@ SELECT count(*) AS n FROM notes;
     let out = m1.ctl_stdin(&["sql", "-"], "SELECT 1 AS a;\nSELECT 2 AS b");
     assert_code(&out, 0);
     assert!(out.stdout.contains("=> Query 2:"), "{out:?}");
+}
+
+/// `-v` shows each request on standard error and `-d` the client's debug messages, nothing
+/// without them; a backup's or a check's progress line is drawn on a terminal only (here
+/// `script`'s pseudo-terminal), never into a pipe and never with `--format json`.
+#[test]
+fn verbose_debug_and_progress_on_a_terminal_only() {
+    let cluster = Cluster::form(1);
+    let m1 = cluster.member(0);
+    let quiet = m1.ctl(&["cluster", "list"]);
+    assert_code(&quiet, 0);
+    assert_eq!(quiet.stderr, "", "{quiet:?}");
+    let verbose = m1.ctl(&["-v", "cluster", "list"]);
+    assert_code(&verbose, 0);
+    let line = format!("GET /core/1.0/cluster on {}: 200 OK, ", m1.socket().display());
+    assert!(verbose.stderr.starts_with(&line) && verbose.stderr.lines().count() == 1, "{verbose:?}");
+    assert!(verbose.stdout.contains(" ONLINE "), "{verbose:?}");
+    // Global, so it may follow the command too; -d names where each message comes from.
+    let debug = m1.ctl(&["cluster", "list", "--debug"]);
+    assert_code(&debug, 0);
+    assert!(debug.stderr.contains("microcluster::client::request: GET /core/1.0/cluster on "), "{debug:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.db");
+    let piped = m1.ctl(&["database", "backup", file.to_str().unwrap()]);
+    assert_code(&piped, 0);
+    assert!(piped.stdout.starts_with("backed up to ") && piped.stderr.is_empty(), "{piped:?}");
+    // On a terminal: the line is drawn at once, then cleared before the summary.
+    let on_terminal = |args: &str| {
+        let command = format!("{} --state-dir {} {args}", binaries().microctl.display(), m1.dir.display());
+        let out = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = on_terminal(&format!("database backup {}", file.display()));
+    assert!(
+        shown.starts_with("\r\x1b[2Ktaking a backup… 0.0 s") && shown.contains("\r\x1b[2Kbacked up to "),
+        "{shown:?}"
+    );
+    let shown = on_terminal(&format!("database verify {}", file.display()));
+    assert!(shown.contains(&format!("\x1b[2Kverifying {} (", file.display())), "{shown:?}");
+    assert!(shown.contains(") by restoring it aside… ") && shown.contains(" restores: "), "{shown:?}");
+    let json = on_terminal(&format!("database backup {} -f json", file.display()));
+    assert!(json.trim_start().starts_with('{') && !json.contains("taking a backup"), "{json:?}");
 }

@@ -38,6 +38,9 @@ pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 pub const MAX_BACKUP: usize = 256 * 1024 * 1024;
 /// Marks a request as forwarded by a member, so the receiver does not fan it out again.
 pub const NOTIFICATION_USER_AGENT: &str = "lxd-cluster-notifier";
+/// The target of the debug event each request logs once answered (method, path, status, time):
+/// a CLI's `--verbose` shows these alone.
+pub const REQUEST_LOG_TARGET: &str = "microcluster::client::request";
 
 /// A request failed.
 #[derive(Debug, thiserror::Error)]
@@ -363,6 +366,8 @@ impl Client {
         options: transport::Options,
     ) -> Result<transport::Answer, ClientError> {
         let path = &*self.targeted(path);
+        let started = std::time::Instant::now();
+        let logged = method.clone();
         let exchange = async {
             match (&self.target, &self.pool) {
                 (Target::Https { address, tls }, Some(pool)) => {
@@ -371,10 +376,23 @@ impl Client {
                 _ => transport::send(&self.target, method, path, body, options).await,
             }
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        let result = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout { target: self.target(), after: self.timeout }),
+        };
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &result {
+            Ok((status, _, body)) => tracing::debug!(
+                target: REQUEST_LOG_TARGET,
+                "{logged} {path} on {}: {status}, {} bytes in {ms:.1} ms",
+                self.target,
+                body.len()
+            ),
+            Err(err) => {
+                tracing::debug!(target: REQUEST_LOG_TARGET, "{logged} {path} on {}: {err} after {ms:.1} ms", self.target)
+            }
         }
+        result
     }
 
     /// `GET /core/1.0/database/backup[?verify=1]`: a consistent copy of the database as an
