@@ -41,7 +41,7 @@ test-faults: deps
 # first time (as root) and reuses: the engine tests and the main end-to-end suites.
 DEBIAN13_TESTS := tutorial:: membership:: health:: writes:: bad_input:: faults:: guide:: recover:: doctor:: joins:: frozen_leader:: backup:: power_loss:: --skip interrupted_joins::
 test-debian13:
-	sh .ci/debian13 run sh -c 'cargo build --workspace && cargo test -p dqlite-sys -p dqlite && cargo test -p microcluster --lib && cargo test -p microcluster-tests --test suite -- $(DEBIAN13_TESTS)'
+	sh .ci/debian13 run sh -c 'cargo build --workspace && cargo build -p microcluster --example kv && cargo test -p dqlite-sys -p dqlite && cargo test -p microcluster --lib && cargo test -p microcluster-tests --test suite -- $(DEBIAN13_TESTS)'
 
 # microd's Debian package for the Debian release this runs on (packaging/deb/build), from the
 # release binaries: $(DEB_DIR)/microd_VERSION-1+debN_ARCH.deb.
@@ -67,7 +67,13 @@ fuzz: deps
 # built from its package alone (the workspace's own crates as they would be published), and
 # their documentation built with DOCS_RS set and no libdqlite to be found.
 PUBLISHED := -p dqlite-sys -p dqlite -p microcluster -p microd -p microctl
+# cargo takes a packaged crate for a registry's, which never changes under a name and version: it
+# reuses one it unpacked before (in $CARGO_HOME/registry/src/-HASH/) and one it built before (its
+# fingerprint in the target directory) even when the sources changed since. Both are removed
+# first, so that each run builds what it just packaged.
+OWN_CRATES := dqlite-sys dqlite microcluster microd microctl
 crates:
+	rm -rf "$${CARGO_HOME:-$$HOME/.cargo}"/registry/src/-*/ $(foreach c,$(OWN_CRATES),$(or $(CARGO_TARGET_DIR),target)/debug/.fingerprint/$(c)-*)
 	$(CARGO) package $(PUBLISHED) --allow-dirty --quiet
 	DOCS_RS=1 PKG_CONFIG_LIBDIR=/nonexistent RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p dqlite-sys -p dqlite -p microcluster --all-features --target-dir target/docs-rs --quiet
 

@@ -78,3 +78,8 @@ pub use server::{
     Hooks, INTERNAL_EXTENSIONS, InitConfig, NoHooks, SchemaUpdate, Server, State,
 };
 pub use state_dir::StateDirError;
+
+/// The README's example, compiled by `cargo test --doc` so that it does not drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -22,6 +22,11 @@ use crate::proto::{File, NodeInfo, Role};
 const HINT_HEAD_START: Duration = Duration::from_millis(50);
 /// How long a round of the leader search waits for answers.
 const ROUND_WAIT: Duration = Duration::from_millis(250);
+/// Most nodes a round of the leader search asks at once. In a cluster of hundreds, asking every
+/// node dials hundreds of connections per round (through TLS, for microcluster); the leader is
+/// a voter, and callers list the likeliest nodes first, so a window of them is asked each round,
+/// the next window the next round.
+const MAX_PROBES: usize = 16;
 
 /// Timeouts and backoff of a [`Client`].
 #[derive(Debug, Clone)]
@@ -129,6 +134,12 @@ impl Client {
         self.inner.last_leader.lock().ok().and_then(|g| g.clone())
     }
 
+    /// A leader learnt elsewhere (a heartbeat, an admission): the next leader search asks it
+    /// first, alone for a moment, as it does the last leader it found.
+    pub fn suggest_leader(&self, address: &str) {
+        self.remember_leader(Some(address.to_owned()));
+    }
+
     fn remember_leader(&self, address: Option<String>) {
         if let Ok(mut guard) = self.inner.last_leader.lock() {
             *guard = address;
@@ -144,8 +155,9 @@ impl Client {
     /// [`ClientConfig::leader_timeout`].
     ///
     /// The last known leader is asked first and, unless it answers as leader within 50 ms,
-    /// every known address as well, all at once; the first node that names itself wins, and
-    /// leaders named by others outside the list are asked too. A round waits at most 250 ms for
+    /// the known addresses as well, all at once (at most 16 a round: the first 16 in the list's
+    /// order, the next 16 the next round); the first node that names itself wins, and leaders
+    /// named by others outside those asked are asked too. A round waits at most 250 ms for
     /// answers: a node that froze or was cut off accepts
     /// connections and never answers, so its probe goes on (until the dial timeout) while
     /// later rounds ask the others again, instead of holding every round for a dial timeout.
@@ -179,14 +191,15 @@ impl Client {
                 }
             }
             let servers = self.servers();
-            for address in &servers {
+            let asked = window(&servers, round as usize);
+            for address in &asked {
                 search.spawn(address);
             }
             if let Some(conn) = search.wait(ROUND_WAIT, true, &mut failures).await {
                 return Ok(conn);
             }
             let named: Vec<String> = std::mem::take(&mut search.named);
-            let outside: Vec<&String> = named.iter().filter(|l| !servers.contains(l)).collect();
+            let outside: Vec<&String> = named.iter().filter(|l| !asked.contains(l)).collect();
             if !outside.is_empty() {
                 outside.iter().for_each(|leader| search.spawn(leader));
                 if let Some(conn) = search.wait(ROUND_WAIT, true, &mut failures).await {
@@ -317,6 +330,17 @@ impl Client {
 
 /// One leader search: the probes under way (carried from round to round), and the leaders
 /// other nodes named.
+/// The addresses a leader search asks in round `round` (from 1): all when there are at most
+/// [`MAX_PROBES`], else a window of that many, the first at the list's head, each next one
+/// where the last ended (wrapping), so that every node is asked in turn.
+fn window(servers: &[String], round: usize) -> Vec<&String> {
+    if servers.len() <= MAX_PROBES {
+        return servers.iter().collect();
+    }
+    let start = round.saturating_sub(1).wrapping_mul(MAX_PROBES) % servers.len();
+    servers.iter().cycle().skip(start).take(MAX_PROBES).collect()
+}
+
 struct Search<'c> {
     client: &'c Client,
     probes: JoinSet<(String, Result<Probe>)>,
@@ -396,6 +420,20 @@ async fn probe(dialer: &dyn Dialer, address: &str, config: &ClientConfig) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_search_asks_sixteen_nodes_a_round_in_turn() {
+        let servers: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
+        let names = |round| window(&servers, round).into_iter().cloned().collect::<Vec<_>>();
+        assert_eq!(names(1), servers[..16]);
+        assert_eq!(names(2), servers[16..32]);
+        // The third wraps: the last 8, then the first 8.
+        assert_eq!(names(3), [&servers[32..], &servers[..8]].concat());
+        assert_eq!(window(&servers[..16], 7).len(), 16);
+        assert_eq!(window(&servers[..3], 1), servers[..3].iter().collect::<Vec<_>>());
+        assert!(window(&[], 1).is_empty());
+        assert_eq!(window(&servers, usize::MAX).len(), 16);
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

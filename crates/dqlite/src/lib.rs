@@ -53,3 +53,10 @@ pub use node::{
 pub use proto::{File, NodeInfo, Role, Value};
 pub use quorum::LeaderQuorum;
 pub use rows::{Limits, QueryResult, Row, Rows};
+
+/// The README's example and the crate's guide (`docs/dqlite.md`), compiled by `cargo test --doc`
+/// so that neither drifts from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+#[doc = include_str!("../../../docs/dqlite.md")]
+pub struct GuideDoctests;

@@ -9,7 +9,7 @@
 //! (formation, idle CPU) and failover (SIGKILL / SIGTERM of the leader under a writer).
 //!
 //! `bench [--repeat N] [--ops N] [--duration SECS] [--idle SECS] [--settle SECS] [--scale-idle SECS]
-//! [--scale-repeat N] [--failover-repeat N] [--only cluster,scale,failover] [--quick] [--alone]`
+//! [--scale-repeat N] [--failover-repeat N] [--only cluster,scale,failover,scale256] [--quick] [--alone]`
 //! (`--alone`: ours only, no anchors, for A/B runs; `MFLAGS` adds microd flags to failover's members)
 //!
 //! `bench drive --socket PATH|--tcp IP:PORT [--api ours|ours-weak|kv|demo|etcd] --op write|read [--ops N]
@@ -369,9 +369,11 @@ async fn main() -> Result<(), Error> {
         let (mut seq, mut conc) = (Vec::new(), Vec::new());
         for rep in 1..=cfg.scale_repeat {
             eprintln!("16 members {rep}/{}: sequential joins, default heartbeat", cfg.scale_repeat);
-            seq.push(scale::run(false, None, Duration::from_secs(3), cfg.scale_idle).await?);
+            seq.push(scale::run(scale::MEMBERS, false, None, Duration::from_secs(3), cfg.scale_idle).await?);
             eprintln!("16 members {rep}/{}: concurrent joins, --heartbeat {CONCURRENT_HEARTBEAT}", cfg.scale_repeat);
-            match scale::run(true, Some(CONCURRENT_HEARTBEAT), Duration::from_secs(3), cfg.scale_idle).await {
+            match scale::run(scale::MEMBERS, true, Some(CONCURRENT_HEARTBEAT), Duration::from_secs(3), cfg.scale_idle)
+                .await
+            {
                 Ok(figures) => conc.push(figures),
                 Err(err) => eprintln!("  concurrent joins: {err}"),
             }
@@ -411,6 +413,52 @@ async fn main() -> Result<(), Error> {
                 "% core",
                 of(&conc, |f| f.idle_cpu),
                 None,
+            ),
+        ]);
+    }
+    if cfg.runs("scale256") {
+        // Once: 256 daemons take about 10 GiB and several minutes on a small machine.
+        let n = scale::MANY;
+        eprintln!("{n} members: sequential joins, default heartbeat");
+        let seq = scale::run(n, false, None, Duration::from_secs(10), cfg.scale_idle).await?;
+        eprintln!("{n} members: concurrent joins, --heartbeat {CONCURRENT_HEARTBEAT}");
+        let conc = match scale::run(n, true, Some(CONCURRENT_HEARTBEAT), Duration::from_secs(10), cfg.scale_idle).await
+        {
+            Ok(figures) => vec![figures.formation],
+            Err(err) => {
+                eprintln!("  concurrent joins: {err}");
+                Vec::new()
+            }
+        };
+        let one = |name: String, unit, value: Vec<f64>, target| Row {
+            name,
+            unit,
+            ours: value,
+            anchor: Vec::new(),
+            etcd: Vec::new(),
+            target,
+        };
+        rows.extend([
+            one(
+                format!("{n} members, sequential joins -> 3/3/{} ONLINE", n - 6),
+                "s",
+                vec![seq.formation],
+                Some(Target::AtMost(120.0)),
+            ),
+            one(format!("{n} members: cluster list"), "s", vec![seq.list], Some(Target::AtMost(1.0))),
+            one(format!("{n} members: a join token"), "bytes", vec![seq.token], None),
+            one(
+                format!("{n} members idle: CPU of the whole cluster"),
+                "% core",
+                vec![seq.idle_cpu],
+                Some(Target::Below(25.0)),
+            ),
+            one(format!("{n} members idle: member RSS (median)"), "MiB", vec![seq.rss], None),
+            one(
+                format!("{n} members, concurrent joins (heartbeat {CONCURRENT_HEARTBEAT}) -> 3/3/{} ONLINE", n - 6),
+                "s",
+                conc,
+                Some(Target::AtMost(120.0)),
             ),
         ]);
     }

@@ -1,4 +1,5 @@
-//! The operator's guide (`docs/operator.md`), run as written: every `sh` block but the install
+//! The operator's guide (`docs/operator.md`), run as written (and the library guide's commands,
+//! `docs/library.md`, with the kv example): every `sh` block but the install
 //! blocks (which build release binaries or a package and install them system-wide; `make
 //! test-deb` runs the tutorial against the installed package),
 //! in order, in one `bash -euo pipefail`, with this build's binaries first in `PATH`. Only the
@@ -58,23 +59,18 @@ fn localise(script: &str, tmp: &str) -> String {
     out.replace("/tmp/", &format!("{tmp}/"))
 }
 
-#[test]
-fn the_operators_guide_works_as_written() {
-    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operator.md")).unwrap();
-    let blocks = blocks(&guide);
-    assert!(blocks.len() >= 10, "the guide has {} runnable blocks", blocks.len());
-    let tmp = tempfile::Builder::new().prefix("guide-").tempdir().unwrap();
-    let dir = tmp.path().to_str().unwrap().to_owned();
-    let script = localise(&blocks.concat(), &dir);
-    let path = tmp.path().join("guide.sh");
-    // Errors stop the run; each command is echoed so a failure shows where it happened.
+/// Runs `script` in `bash -euo pipefail -x` in `dir`, with this build's binaries first in `PATH`,
+/// in a process group of its own that is killed at the end whatever happens; returns whether it
+/// succeeded and everything it printed (commands echoed, so a failure shows where it happened).
+fn run(script: &str, dir: &std::path::Path, limit: Duration) -> (std::process::ExitStatus, String) {
+    let path = dir.join("guide.sh");
     std::fs::write(&path, format!("set -euo pipefail\nset -x\n{script}")).unwrap();
-    let log = tmp.path().join("guide.log");
+    let log = dir.join("guide.log");
     let out = std::fs::File::create(&log).unwrap();
     let bin = binaries().microd.parent().unwrap().to_owned();
     let child = Command::new("bash")
         .arg(&path)
-        .current_dir(tmp.path())
+        .current_dir(dir)
         .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
@@ -89,13 +85,24 @@ fn the_operators_guide_works_as_written() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if started.elapsed() > Duration::from_secs(300) {
-            panic!("the guide did not finish in 300 s:\n{}", std::fs::read_to_string(&log).unwrap());
+        if started.elapsed() > limit {
+            panic!("the guide did not finish in {limit:?}:\n{}", std::fs::read_to_string(&log).unwrap());
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let output = std::fs::read_to_string(&log).unwrap();
     eprintln!("the guide ran in {:.1} s", started.elapsed().as_secs_f64());
+    (status, std::fs::read_to_string(&log).unwrap())
+}
+
+#[test]
+fn the_operators_guide_works_as_written() {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operator.md")).unwrap();
+    let blocks = blocks(&guide);
+    assert!(blocks.len() >= 10, "the guide has {} runnable blocks", blocks.len());
+    let tmp = tempfile::Builder::new().prefix("guide-").tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap().to_owned();
+    let script = localise(&blocks.concat(), &dir);
+    let (status, output) = run(&script, tmp.path(), Duration::from_secs(300));
     if std::env::var_os("GUIDE_LOG").is_some() {
         eprintln!("{output}");
     }
@@ -119,6 +126,28 @@ fn the_operators_guide_works_as_written() {
     // The row written before the disaster came back three times: read on mc3, restored, recovered.
     assert!(output.matches("| written through mc2").count() >= 3, "{output}");
     assert_eq!(std::fs::read_to_string(tmp.path().join("notes.csv")).unwrap(), "id,body\n1,written through mc2\n");
+}
+
+/// The library guide's commands (`docs/library.md`): the kv example started, initialised and
+/// used with curl, with this build's `kv` and `microctl` in place of the release build the
+/// guide makes first.
+#[test]
+fn the_library_guide_works_as_written() {
+    let kv = binaries().dir.join("examples/kv");
+    assert!(kv.exists(), "{} is missing: `cargo build -p microcluster --example kv` builds it", kv.display());
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/library.md")).unwrap();
+    let blocks = blocks(&guide);
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    let tmp = tempfile::Builder::new().prefix("library-guide-").tempdir().unwrap();
+    let built: String = blocks[0].lines().filter(|l| !l.starts_with("cargo build")).map(|l| format!("{l}\n")).collect();
+    let script = localise(&built, tmp.path().to_str().unwrap())
+        .replace("./target/release/examples/kv", kv.to_str().unwrap())
+        .replace("./target/release/microctl", binaries().microctl.to_str().unwrap());
+    assert!(!script.contains("./target/release"), "{script}");
+    let (status, output) = run(&script, tmp.path(), Duration::from_secs(120));
+    assert!(status.success(), "the library guide failed ({status}):\n{output}");
+    // `curl http://…/hello` printed the value the PUT stored.
+    assert!(output.contains(r#""metadata":"world"}"#), "no `world` in the guide's output:\n{output}");
 }
 
 #[test]

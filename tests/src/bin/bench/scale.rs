@@ -1,6 +1,7 @@
-//! Sixteen members on one machine: one bootstraps, fifteen join (one after the other, or all at
-//! once), until 3 voters, 3 stand-bys and 10 spares are ONLINE; then the whole cluster idles
-//! and its CPU time is measured.
+//! Many members on one machine (16 in the default run, 256 with `--only scale256`): one
+//! bootstraps, the others join (one after the other, or all at once), until 3 voters, 3
+//! stand-bys and the rest as spares are ONLINE; then `cluster list` is timed, the whole cluster
+//! idles and its CPU time is measured.
 
 use std::time::{Duration, Instant};
 
@@ -11,14 +12,20 @@ use crate::Error;
 use crate::procfs::{self, CpuMeter};
 use crate::sides::{self, bench_args};
 
-/// Members in the cluster.
+/// Members in the default run's cluster.
 pub(crate) const MEMBERS: usize = 16;
+/// Members with `--only scale256`.
+pub(crate) const MANY: usize = 256;
 
-/// One formed sixteen-member cluster's figures.
+/// One formed cluster's figures.
 #[derive(Debug)]
 pub(crate) struct Figures {
     /// Seconds from the bootstrap until every member is ONLINE in its role.
     pub(crate) formation: f64,
+    /// Seconds `microctl cluster list` took on the bootstrapping member, once formed.
+    pub(crate) list: f64,
+    /// Length of a join token issued once formed, bytes.
+    pub(crate) token: f64,
     /// Whole-cluster CPU while idle, % of one core.
     pub(crate) idle_cpu: f64,
     /// Median resident memory of a member, MiB.
@@ -60,14 +67,22 @@ fn form_concurrently(cluster: &Cluster) -> Result<Duration, String> {
         count(role::STAND_BY),
         count(role::SPARE)
     );
-    wait_until("16 members ONLINE in their roles", Duration::from_secs(180), || {
-        sides::formed(&cluster.members[0].members(), MEMBERS, 3, 3).then_some(())
+    let n = cluster.members.len();
+    wait_until(&format!("{n} members ONLINE in their roles"), formation_limit(n), || {
+        sides::formed(&cluster.members[0].members(), n, 3, 3).then_some(())
     });
     Ok(start.elapsed())
 }
 
-/// Starts sixteen members, forms the cluster, idles `settle`, then measures `idle` seconds.
+/// How long a formation of `n` members may take before the run gives up.
+pub(crate) fn formation_limit(n: usize) -> Duration {
+    Duration::from_secs(120.max(2 * n as u64))
+}
+
+/// Starts `members` members, forms the cluster, times `cluster list`, idles `settle`, then
+/// measures `idle` seconds.
 pub(crate) async fn run(
+    members: usize,
     concurrent: bool,
     heartbeat: Option<&str>,
     settle: Duration,
@@ -78,7 +93,9 @@ pub(crate) async fn run(
         None => bench_args(),
     };
     let (cluster, formation) = tokio::task::spawn_blocking(move || {
-        let cluster = Cluster::start_with(MEMBERS, |m| m.args = args.clone());
+        let started = Instant::now();
+        let cluster = Cluster::start_with(members, |m| m.args = args.clone());
+        eprintln!("  {members} daemons started in {:.1} s", started.elapsed().as_secs_f64());
         let formation = if concurrent { form_concurrently(&cluster) } else { Ok(sides::form_sequentially(&cluster)) };
         (cluster, formation)
     })
@@ -90,6 +107,13 @@ pub(crate) async fn run(
             return Err(err.into());
         }
     };
+    eprintln!("  formed in {:.1} s", formation.as_secs_f64());
+    let listed = Instant::now();
+    let listing = cluster.members[0].ctl_ok(&["cluster", "list", "-f", "csv"]);
+    let list = listed.elapsed().as_secs_f64();
+    eprintln!("  cluster list: {} members in {list:.2} s", listing.lines().count().saturating_sub(1));
+    let token = cluster.members[0].ctl_ok(&["tokens", "add", "one-more"]).trim().len() as f64;
+    eprintln!("  a join token: {token} bytes");
     let pids: Vec<u32> = cluster.members.iter().filter_map(Member::pid).collect();
     tokio::time::sleep(settle).await;
     let meters: Vec<CpuMeter> = pids.iter().map(|p| CpuMeter::start(&[*p])).collect();
@@ -104,5 +128,5 @@ pub(crate) async fn run(
     );
     let mut rss: Vec<f64> = pids.iter().filter_map(|p| procfs::rss_mib(*p)).collect();
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
-    Ok(Figures { formation: formation.as_secs_f64(), idle_cpu, rss: procfs::median(&mut rss) })
+    Ok(Figures { formation: formation.as_secs_f64(), list, token, idle_cpu, rss: procfs::median(&mut rss) })
 }

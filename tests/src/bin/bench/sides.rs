@@ -76,7 +76,7 @@ pub(crate) fn form_sequentially(cluster: &Cluster) -> Duration {
     for i in 1..n {
         cluster.join(i, 0);
     }
-    wait_until("every member ONLINE in its role", Duration::from_secs(120), || {
+    wait_until("every member ONLINE in its role", crate::scale::formation_limit(n), || {
         formed(&cluster.members[0].members(), n, voters, stand_bys).then_some(())
     });
     start.elapsed()

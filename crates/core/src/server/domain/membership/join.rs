@@ -393,6 +393,9 @@ async fn join_steps(
     fault_point("join:after-files", &control.name);
 
     let runtime = start_runtime(state, node_id).await?;
+    // The member that admitted this one is the leader: asked first, the search for the leader
+    // needs no round over every member (hundreds, in a large cluster).
+    runtime.db.client().suggest_leader(&response.trusted_member.address);
     add_node(&runtime, node_id, &control.address).await?;
     fault_point("join:after-add", &control.name);
     let role = take_role_on_leader(state, &runtime, &control.name, node_id).await?;
@@ -500,6 +503,28 @@ async fn ask_to_join(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Most join addresses a token carries, so that a token stays short (under 1 KB) whatever the
+/// cluster's size. A join is admitted by the dqlite leader, which is always a voter, and any
+/// member passes the request on to it; the voters and the stand-bys (3 and 3 by default, the
+/// stand-bys promoted first when a voter fails) are the members worth carrying. When every one
+/// of them is unreachable the cluster has no quorum, and no member could admit a joiner anyway.
+pub(crate) const TOKEN_ADDRESSES: usize = 8;
+
+/// The join addresses of a token issued by the member at `me`, from the members' rows: its own
+/// first (it answered, so it is up), then the voters', the stand-bys' and the spares', at most
+/// [`TOKEN_ADDRESSES`]. Members still joining are left out.
+pub(crate) fn pick_token_addresses(me: &str, rows: &[members::MemberRow]) -> Vec<String> {
+    let rank = |role: &str| match role {
+        role::VOTER => 0,
+        role::STAND_BY => 1,
+        _ => 2,
+    };
+    let mut others: Vec<&members::MemberRow> =
+        rows.iter().filter(|r| r.address != me && r.role != role::PENDING).collect();
+    others.sort_by(|a, b| rank(&a.role).cmp(&rank(&b.role)).then_with(|| a.name.cmp(&b.name)));
+    std::iter::once(me.to_owned()).chain(others.into_iter().map(|r| r.address.clone())).take(TOKEN_ADDRESSES).collect()
 }
 
 /// The software a cluster runs, which a joiner must run too.
@@ -773,6 +798,56 @@ mod tests {
             schema_internal_version: 7,
             schema_external_version: 2,
             extensions: vec!["notes".into()],
+        }
+    }
+
+    #[test]
+    fn a_token_carries_this_member_then_voters_then_stand_bys_at_most_eight() {
+        let with_role =
+            |name: &str, address: &str, role: &str| members::MemberRow { role: role.into(), ..row(name, address) };
+        let cases: Vec<(&str, Vec<members::MemberRow>, Vec<&str>)> = vec![
+            // Alone: itself.
+            ("10.0.0.1:1", vec![with_role("a", "10.0.0.1:1", role::VOTER)], vec!["10.0.0.1:1"]),
+            // A spare issuing it: itself, then voters, stand-bys, spares; a joiner left out.
+            (
+                "10.0.0.5:1",
+                vec![
+                    with_role("e", "10.0.0.5:1", role::SPARE),
+                    with_role("d", "10.0.0.4:1", role::STAND_BY),
+                    with_role("c", "10.0.0.3:1", role::VOTER),
+                    with_role("b", "10.0.0.2:1", role::SPARE),
+                    with_role("a", "10.0.0.1:1", role::VOTER),
+                    with_role("f", "10.0.0.6:1", role::PENDING),
+                ],
+                vec!["10.0.0.5:1", "10.0.0.1:1", "10.0.0.3:1", "10.0.0.4:1", "10.0.0.2:1"],
+            ),
+            // 256 members: eight addresses, and every voter and stand-by among them.
+            (
+                "10.0.1.0:1",
+                (0..256)
+                    .map(|i| {
+                        let role = match i {
+                            200..203 => role::VOTER,
+                            100..103 => role::STAND_BY,
+                            _ => role::SPARE,
+                        };
+                        with_role(&format!("m{i:03}"), &format!("10.0.{}.{}:1", i / 256 + 1, i % 256), role)
+                    })
+                    .collect(),
+                vec![
+                    "10.0.1.0:1",
+                    "10.0.1.200:1",
+                    "10.0.1.201:1",
+                    "10.0.1.202:1",
+                    "10.0.1.100:1",
+                    "10.0.1.101:1",
+                    "10.0.1.102:1",
+                    "10.0.1.1:1",
+                ],
+            ),
+        ];
+        for (me, rows, expected) in cases {
+            assert_eq!(pick_token_addresses(me, &rows), expected, "issued by {me}");
         }
     }
 

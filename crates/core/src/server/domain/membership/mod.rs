@@ -29,6 +29,13 @@ use crate::server::state::State;
 use crate::server::state::runtime::Runtime;
 use crate::tls::{self, Identity};
 
+/// The join addresses a token issued here carries ([`join::pick_token_addresses`]), from the
+/// members' rows as the database holds them.
+pub(crate) async fn token_addresses(runtime: &Runtime) -> Result<Vec<String>, Error> {
+    let rows = runtime.db.read(|tx| Box::pin(members::list(tx))).await?;
+    Ok(join::pick_token_addresses(&runtime.address, &rows))
+}
+
 /// Fails with 409 if the member is already initialised.
 pub(crate) fn ensure_uninitialised(state: &State) -> Result<(), Error> {
     let initialised = state.dir().node_info().map_err(Error::wrap)?.is_some();

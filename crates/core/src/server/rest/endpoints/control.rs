@@ -31,11 +31,11 @@ async fn shutdown(state: State, _req: Request) -> HandlerResult {
     Ok(Response::empty())
 }
 
-fn token_string(state: &State, secret: &str, fingerprint: &str) -> String {
+fn token_string(join_addresses: &[String], secret: &str, fingerprint: &str) -> String {
     JoinToken {
         secret: secret.to_owned(),
         fingerprint: fingerprint.to_owned(),
-        join_addresses: state.trust().snapshot().addresses(),
+        join_addresses: join_addresses.to_vec(),
     }
     .encode()
 }
@@ -91,18 +91,20 @@ async fn add_token(state: State, req: Request) -> HandlerResult {
             request.name
         )));
     }
-    Response::sync(token_string(&state, &secret, &runtime.cluster_fingerprint()))
+    let addresses = membership::token_addresses(&runtime).await?;
+    Response::sync(token_string(&addresses, &secret, &runtime.cluster_fingerprint()))
 }
 
 async fn list_tokens(state: State, _req: Request) -> HandlerResult {
     let runtime = state.online_runtime()?;
     let rows = runtime.db.read(|tx| Box::pin(tokens::list(tx))).await?;
+    let addresses = membership::token_addresses(&runtime).await?;
     let now = state.clock().now();
     let records: Vec<TokenRecord> = rows
         .into_iter()
         .filter(|t| !t.is_expired(now))
         .map(|t| TokenRecord {
-            token: token_string(&state, &t.secret, &runtime.cluster_fingerprint()),
+            token: token_string(&addresses, &t.secret, &runtime.cluster_fingerprint()),
             name: t.name,
             expires_at: t.expiry,
         })
