@@ -28,9 +28,10 @@ build: deps
 run: deps
 	$(CARGO) build --release -p microd -p microctl -p microcluster-tests && ./target/release/cluster-demo
 
-# The end-to-end tests run the built microd/microctl binaries, so build them first.
+# The end-to-end tests run the built microd/microctl binaries (and the library guide's kv
+# example), so build them first.
 test: deps-test lint crates
-	$(CARGO) build --workspace && $(CARGO) test --workspace --all-targets && $(CARGO) test --workspace --doc
+	$(CARGO) build --workspace --bins --examples && $(CARGO) test --workspace --all-targets && $(CARGO) test --workspace --doc
 
 # The full fault suite (20 leader kills, a 10 s freeze, partitions, full disks, 40 power cuts);
 # `make test` runs a quick version of each fault.
