@@ -106,6 +106,11 @@ const TRUST_GRACE: Duration = Duration::from_secs(120);
 /// members before the removal may arrive after it (seen in the fault suite as a rejoin refused
 /// with "a member named … already exists"). Its admission, when it rejoins, adds it at once.
 const REMOVAL_GRACE: Duration = Duration::from_secs(30);
+/// Most members a heartbeat round asks at once. Each answer wakes a member to decrypt and parse
+/// the member list; with hundreds of members on few cores, all at once starved the raft
+/// threads (the leader's included) long enough for elections. A member takes a few
+/// milliseconds, so 256 members still take well under a second a round.
+const ROUND_CONCURRENCY: usize = 16;
 
 /// Makes the trust store match `members` (never dropping this member itself, the `leader`
 /// that sent the list, nor one trusted in the last [`TRUST_GRACE`]). An empty list is ignored:
@@ -204,13 +209,17 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
 
     let deadline = probe_timeout(state.settings().heartbeat);
     let mut probes = tokio::task::JoinSet::new();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(ROUND_CONCURRENCY));
     for row in rows.iter().filter(|r| r.address != runtime.address) {
         let client = state.member_client(&row.address)?.with_timeout(deadline);
         let (address, mut request) = (row.address.clone(), request.clone());
         if state.clock().is_reader(&address) {
             request.clocks = clocks.clone();
         }
+        let permits = permits.clone();
         probes.spawn(async move {
+            // Never closed: the permit always comes.
+            let _permit = permits.acquire_owned().await.ok();
             let (sent, start) = (SystemTime::now(), Instant::now());
             let answer = client.heartbeat(&request).await;
             (address, answer, sent, start.elapsed())
