@@ -371,6 +371,19 @@ impl Member {
             .unwrap_or(0.0) as u64
     }
 
+    /// A mutual-TLS client of the member at `address`, presenting this member's certificate
+    /// (what this member's own requests to it look like).
+    pub fn client_to(&self, address: &str) -> microcluster::client::Client {
+        use microcluster::tls;
+        let read = |file: &str| std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+        let identity = tls::Identity { cert_pem: read("server.crt"), key_pem: read("server.key") };
+        let cluster = tls::fingerprint_pem(&read("cluster.crt"))
+            .unwrap_or_else(|e| panic!("{}'s cluster certificate: {e}", self.name));
+        let config = tls::client_config(Some(&identity), vec![cluster])
+            .unwrap_or_else(|e| panic!("{}'s TLS client: {e}", self.name));
+        microcluster::client::Client::https(address, config)
+    }
+
     /// The control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("control.socket")

@@ -7,8 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use microcluster::api::{DoctorReport, doctor_status};
-use microcluster::client::Client;
-use microcluster::tls;
 use microcluster_tests::{Cluster, CtlOutput, Member};
 
 /// `n` members, formed like [`Cluster::form`], whose leader does not heartbeat during the test.
@@ -49,13 +47,6 @@ fn assert_clean(member: &Member) -> DoctorReport {
 }
 
 /// A client of the member at `address` with `member`'s own certificate.
-fn as_member(member: &Member, address: &str) -> Client {
-    let read = |file: &str| std::fs::read_to_string(member.dir.join(file)).unwrap();
-    let identity = tls::Identity { cert_pem: read("server.crt"), key_pem: read("server.key") };
-    let config = tls::client_config(Some(&identity), vec![tls::fingerprint_pem(&read("cluster.crt")).unwrap()]);
-    Client::https(address, config.unwrap())
-}
-
 fn by_name<'c>(cluster: &'c Cluster, name: &str) -> &'c Member {
     cluster.members.iter().find(|m| m.name == name).unwrap()
 }
@@ -72,7 +63,7 @@ fn trust_store_and_role_drift_is_reported_by_check_and_repaired() {
 
     // The victim stops trusting the stranger: a notification, so it tells no one else.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let client = as_member(leader, &victim.address).as_notification();
+    let client = leader.client_to(&victim.address).as_notification();
     rt.block_on(client.remove_trust(&stranger.name)).unwrap();
     let entry = victim.dir.join(format!("truststore/{}.toml", stranger.name));
     assert!(!entry.exists());
@@ -91,7 +82,7 @@ fn trust_store_and_role_drift_is_reported_by_check_and_repaired() {
     assert_eq!(with(&report, doctor_status::REPAIRED), [pair("trust-store", &victim.name)], "{report:#?}");
     assert_eq!((report.problems, report.repaired), (0, 1));
     assert!(entry.exists());
-    let trusted = rt.block_on(as_member(leader, &victim.address).truststore()).unwrap();
+    let trusted = rt.block_on(leader.client_to(&victim.address).truststore()).unwrap();
     assert!(trusted.iter().any(|m| m.name == stranger.name && m.address == stranger.address), "{trusted:?}");
     assert_clean(leader);
 

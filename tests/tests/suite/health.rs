@@ -233,3 +233,53 @@ fn heartbeats_keep_trusting_a_leader_whose_row_is_missing() {
     // And the leader's requests are still accepted: a write through a follower goes to it.
     others[0].ctl_ok(&["sql", "CREATE TABLE still_trusted (x)"]);
 }
+
+/// Once a member's trust store holds the leader's list, heartbeats leave the list out; a
+/// member whose store then drifts (an entry lost, one left over) is sent the whole list again
+/// and repaired.
+#[test]
+fn heartbeats_leave_out_a_list_a_member_holds_and_send_it_again_once_its_trust_store_drifts() {
+    let cluster = Cluster::form(3);
+    let leader_name = cluster.members[0].members().iter().find(|m| m["leader"] == true).map(|m| field(m, "name"));
+    let leader_name = leader_name.unwrap();
+    let leader = cluster.members.iter().find(|m| m.name == leader_name).unwrap();
+    let others: Vec<&Member> = cluster.members.iter().filter(|m| m.name != leader_name).collect();
+    let (victim, lost) = (others[0], others[1]);
+    let left_out = "microcluster_heartbeat_lists_left_out_total ";
+    wait_until("heartbeats without the member list", Duration::from_secs(30), || {
+        (leader.metric(left_out) >= 4).then_some(())
+    });
+
+    // The victim forgets a member (a notification: it tells no one), and keeps one that is not
+    // a member (its entry aged past the grace a new entry gets).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(leader.client_to(&victim.address).as_notification().remove_trust(&lost.name)).unwrap();
+    let lost_entry = victim.dir.join(format!("truststore/{}.toml", lost.name));
+    assert!(!lost_entry.exists());
+    let ghost = microcluster::api::ClusterMemberLocal {
+        name: "ghost".into(),
+        address: microcluster_tests::free_address(),
+        certificate: microcluster::certs::generate("ghost", &[]).unwrap().cert_pem,
+    };
+    rt.block_on(leader.client_to(&victim.address).as_notification().add_trust(&ghost)).unwrap();
+    let ghost = victim.dir.join("truststore/ghost.toml");
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(600);
+    std::fs::File::options().write(true).open(&ghost).unwrap().set_modified(long_ago).unwrap();
+
+    wait_until("the left-over entry removed by heartbeats", Duration::from_secs(30), || {
+        (!ghost.exists()).then_some(())
+    });
+    // A member removed by hand is not re-added from a heartbeat for 30 s (`REMOVAL_GRACE`).
+    wait_until("the lost entry back from heartbeats", Duration::from_secs(60), || lost_entry.exists().then_some(()));
+    // And it holds the list again: the heartbeats leave it out once more.
+    let now = leader.metric(left_out);
+    wait_until("heartbeats without the member list again", Duration::from_secs(30), || {
+        (leader.metric(left_out) >= now + 2).then_some(())
+    });
+    let trusted = rt.block_on(leader.client_to(&victim.address).truststore()).unwrap();
+    let mut names: Vec<&str> = trusted.iter().map(|m| m.name.as_str()).collect();
+    names.sort_unstable();
+    let mut expected: Vec<&str> = cluster.members.iter().map(|m| m.name.as_str()).collect();
+    expected.sort_unstable();
+    assert_eq!(names, expected);
+}

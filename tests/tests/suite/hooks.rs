@@ -57,6 +57,33 @@ fn a_member_refusing_a_newcomer_undoes_the_join_everywhere() {
     left_no_trace(&cluster, &joiner);
 }
 
+/// The joiner asks the member that admitted it, which runs OnNewMember and passes it on: a
+/// member it passed it to refuses, runs it once, and is named.
+#[test]
+fn a_member_refusing_a_newcomer_through_the_admitting_member_undoes_the_join_everywhere() {
+    let mut cluster = Cluster { members: vec![Member::new("m1"), failing("m2", "on-new-member")] };
+    cluster.members[0].start().bootstrap();
+    cluster.members[1].start();
+    cluster.join(1, 0);
+    let mut joiner = Member::new("m3");
+    joiner.start();
+    let token = cluster.members[0].ctl_ok(&["tokens", "add", "m3"]);
+    let out = joiner.ctl(&["init", "m3", &joiner.address, "--token", token.trim()]);
+    assert!(!out.success && out.stderr.contains("the on-new-member hook failed on m2"), "{out:?}");
+    assert!(!out.stderr.contains("on m1"), "{out:?}");
+    wait_until("m3 gone from every member", Duration::from_secs(20), || {
+        cluster.members.iter().all(|m| !names(m).contains(&"m3".to_owned())).then_some(())
+    });
+    for m in &cluster.members {
+        assert!(!m.dir.join("truststore/m3.toml").exists(), "{}", m.name);
+    }
+    // m3 asked m1, which passed the refusal on; m2's hook ran once.
+    let asked = cluster.members[0].log();
+    assert!(asked.contains("path=/core/internal/hooks/on-new-member/members status=500"), "{asked}");
+    let log = cluster.members[1].log();
+    assert_eq!(log.matches("on-new-member failed on purpose").count(), 1, "{log}");
+}
+
 #[test]
 fn a_failing_post_join_hook_undoes_the_join_everywhere() {
     let cluster = Cluster::form(1);

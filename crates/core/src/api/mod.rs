@@ -67,6 +67,8 @@ pub mod paths {
     pub const INTERNAL_TRUST: &str = "/core/internal/truststore/{name}";
     /// Remote hook calls.
     pub const INTERNAL_HOOK: &str = "/core/internal/hooks/{hook}";
+    /// A hook run on the member asked and, by it, on every other member but the caller.
+    pub const INTERNAL_HOOK_MEMBERS: &str = "/core/internal/hooks/{hook}/members";
     /// Heartbeats from the leader.
     pub const INTERNAL_HEARTBEAT: &str = "/core/internal/heartbeat";
     /// Quorum recovery between members: GET a member's log position, POST it a plan.
@@ -119,6 +121,7 @@ pub mod paths {
         INTERNAL_TRUSTSTORE,
         INTERNAL_TRUST,
         INTERNAL_HOOK,
+        INTERNAL_HOOK_MEMBERS,
         INTERNAL_HEARTBEAT,
         INTERNAL_RECOVERY,
         CONTROL_MONITORS,

@@ -477,7 +477,8 @@ pub struct TrustStoreEntry {
 pub struct HeartbeatRequest {
     /// Name of the leader sending the round.
     pub leader: String,
-    /// Every member of the cluster.
+    /// Every member of the cluster; empty when the member's last answer showed it trusts
+    /// exactly these already (an empty list changes nothing).
     pub members: Vec<ClusterMemberLocal>,
     /// Every member's clock offset from the cluster's time by name, as the leader measured it
     /// (in an earlier round). Sent only to members whose answers carry their time: older
@@ -530,6 +531,11 @@ pub struct HeartbeatResponse {
     /// every member's offset from it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub time: String,
+    /// A digest of the members its trust store holds, once synced (absent from older
+    /// software): while it equals the digest of the leader's list, the leader's next heartbeat
+    /// leaves the list out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_digest: Option<String>,
 }
 
 /// `GET /core/1.0/ready` once ready: what may still be wrong with a member that serves.

@@ -770,6 +770,13 @@ impl Client {
     pub async fn run_hook(&self, hook: &str, body: &(impl Serialize + ?Sized)) -> Result<(), ClientError> {
         self.empty(Method::POST, &paths::fill(paths::INTERNAL_HOOK, &[hook]), Some(body)).await
     }
+
+    /// `POST /core/internal/hooks/{hook}/members`: runs a remotely callable hook on this
+    /// member and on every other member but the caller. `500` names the members whose hook
+    /// failed; members that could not run it are left out, as [`Client::run_hook`]'s callers do.
+    pub async fn run_hook_on_members(&self, hook: &str, body: &(impl Serialize + ?Sized)) -> Result<(), ClientError> {
+        self.empty(Method::POST, &paths::fill(paths::INTERNAL_HOOK_MEMBERS, &[hook]), Some(body)).await
+    }
 }
 
 /// What a streamed query delivers, in order.

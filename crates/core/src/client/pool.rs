@@ -1,6 +1,6 @@
-//! Kept-alive HTTPS connections to other members, for requests a member sends often (writes a
-//! follower passes to the leader): a fresh connection per request would cost a TLS handshake
-//! each time.
+//! Kept-alive HTTPS connections to other members, for the requests a member sends them
+//! (writes a follower passes to the leader, heartbeats, fan-outs): a fresh connection per
+//! request would cost a TLS handshake each time.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -17,8 +17,9 @@ const MAX_IDLE: usize = 32;
 
 /// A connection idle for longer is closed rather than used: the longer it sat, the likelier
 /// the other side is closing it just as a request goes out (and that request's fate would be
-/// unknown).
-const MAX_IDLE_TIME: Duration = Duration::from_secs(10);
+/// unknown). Above the default heartbeat (10 s), so that a leader's rounds reuse theirs, and
+/// well under a member's idle timeout (60 s).
+const MAX_IDLE_TIME: Duration = Duration::from_secs(20);
 
 struct Idle {
     sender: SendRequest<Full<Bytes>>,

@@ -202,6 +202,8 @@ pub(crate) struct Metrics {
     heartbeat_rounds: Counter,
     heartbeat_failures: Counter,
     heartbeat_duration: Histogram,
+    /// Heartbeats sent without the member list (the member's trust store held it already).
+    pub(crate) heartbeat_lists_left_out: Counter,
     /// Times freed memory was given back to the kernel after a burst of activity.
     pub(crate) memory_releases: Counter,
     /// dqlite errors returned to the daemon's callers, by kind.
@@ -230,6 +232,7 @@ impl Default for Metrics {
             heartbeat_rounds: Counter::default(),
             heartbeat_failures: Counter::default(),
             heartbeat_duration: Histogram::new(ROUND_BUCKETS),
+            heartbeat_lists_left_out: Counter::default(),
             memory_releases: Counter::default(),
             dqlite_errors: Family::new(&["kind"], Counter::default),
             dial_errors: Family::new(&["path"], Counter::default),
@@ -389,6 +392,12 @@ impl Metrics {
             "Time one heartbeat round took on the leader.",
         );
         out.histogram("microcluster_heartbeat_round_duration_seconds", &[], &self.heartbeat_duration);
+        counter(
+            out,
+            "microcluster_heartbeat_lists_left_out_total",
+            "Heartbeats this member sent as the leader without the member list, because the member's last answer showed its trust store held that list already.",
+            &self.heartbeat_lists_left_out,
+        );
         counter(
             out,
             "microcluster_memory_releases_total",

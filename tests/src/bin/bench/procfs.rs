@@ -4,9 +4,20 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 fn status_field(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    kib_field(&format!("/proc/{pid}/status"), field)
+}
+
+fn kib_field(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
     line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// Proportional resident memory in MiB (`Pss` of `/proc/PID/smaps_rollup`): pages shared with
+/// other processes (a library, the same binary run as three members) count in part, so the
+/// members of one machine add up to what they use together.
+pub(crate) fn pss_mib(pid: u32) -> Option<f64> {
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:").map(|kib| kib as f64 / 1024.0)
 }
 
 /// Resident memory in MiB (`VmRSS`).

@@ -83,7 +83,32 @@ pub(crate) fn report(state: &State) -> HeartbeatResponse {
         weight,
         raft_log_problem: state.runtime().ok().and_then(|r| r.disk.health().problem().map(str::to_owned)),
         time: clock::format(SystemTime::now()),
+        trust_digest: None,
     }
+}
+
+/// This member's answer to a leader's heartbeat, once it synced its trust store from it.
+pub(crate) fn answer(state: &State) -> HeartbeatResponse {
+    let trusted = state.trust().snapshot();
+    HeartbeatResponse { trust_digest: Some(members_digest(trusted.iter().map(|e| &e.member))), ..report(state) }
+}
+
+/// A digest of a set of members (name, address, certificate), whatever their order: the
+/// leader's list and a member's trust store have the same digest when they hold the same
+/// members. At 256 members the list is ~190 KB, sent to every member every round; with the
+/// digests equal it is left out, and a round costs O(members) bytes instead of O(members²).
+pub(crate) fn members_digest<'a>(members: impl Iterator<Item = &'a ClusterMemberLocal>) -> String {
+    let mut sorted: Vec<&ClusterMemberLocal> = members.collect();
+    sorted.sort_by(|a, b| (&a.name, &a.address, &a.certificate).cmp(&(&b.name, &b.address, &b.certificate)));
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for member in sorted {
+        // Each field ends with a byte no name, address or PEM text holds.
+        for field in [&member.name, &member.address, &member.certificate] {
+            context.update(field.as_bytes());
+            context.update(&[0]);
+        }
+    }
+    crate::tls::hex(context.finish().as_ref())
 }
 
 /// Every member's clock offset as this member last learned it, while it is recent: a member
@@ -106,11 +131,10 @@ const TRUST_GRACE: Duration = Duration::from_secs(120);
 /// members before the removal may arrive after it (seen in the fault suite as a rejoin refused
 /// with "a member named … already exists"). Its admission, when it rejoins, adds it at once.
 const REMOVAL_GRACE: Duration = Duration::from_secs(30);
-/// Most members a heartbeat round asks at once. Each answer wakes a member to decrypt and parse
-/// the member list; with hundreds of members on few cores, all at once starved the raft
-/// threads (the leader's included) long enough for elections. A member takes a few
-/// milliseconds, so 256 members still take well under a second a round.
-const ROUND_CONCURRENCY: usize = 16;
+/// Most members a heartbeat round asks at once: as many as a fan-out. All at once starved
+/// the raft threads (the leader's included) of hundreds of members on few cores long enough
+/// for elections.
+const ROUND_CONCURRENCY: usize = crate::server::domain::membership::FAN_OUT_CONCURRENCY;
 
 /// Makes the trust store match `members` (never dropping this member itself, the `leader`
 /// that sent the list, nor one trusted in the last [`TRUST_GRACE`]). An empty list is ignored:
@@ -167,6 +191,8 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
     let runtime = state.runtime()?;
     let client = runtime.db.client().clone();
     if client.leader().await?.address != runtime.address {
+        // What members answered an earlier leadership of this member may be stale by the next.
+        state.trust_digests().clear();
         return Ok(());
     }
     // Counted as failed if any step below returns early.
@@ -207,12 +233,25 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
         monitors,
     };
 
+    // A member whose trust store held exactly this list at its last answer gets the round
+    // without it. Forgotten for a member that does not answer: it gets the whole list again.
+    let digest = members_digest(request.members.iter());
+    let synced: HashSet<String> =
+        state.trust_digests().iter().filter(|(_, d)| **d == digest).map(|(a, _)| a.clone()).collect();
+    let lean = HeartbeatRequest { members: Vec::new(), ..request.clone() };
     let deadline = probe_timeout(state.settings().heartbeat);
     let mut probes = tokio::task::JoinSet::new();
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(ROUND_CONCURRENCY));
     for row in rows.iter().filter(|r| r.address != runtime.address) {
         let client = state.member_client(&row.address)?.with_timeout(deadline);
-        let (address, mut request) = (row.address.clone(), request.clone());
+        let address = row.address.clone();
+        let mut request = match synced.contains(&address) {
+            true => {
+                state.metrics().heartbeat_lists_left_out.inc();
+                lean.clone()
+            }
+            false => request.clone(),
+        };
         if state.clock().is_reader(&address) {
             request.clocks = clocks.clone();
         }
@@ -246,6 +285,8 @@ pub(crate) async fn round(state: &State) -> Result<(), Error> {
             Err(_) => {}
         }
     }
+    *state.trust_digests() =
+        answers.iter().filter_map(|(a, answer)| Some((a.clone(), answer.trust_digest.clone()?))).collect();
     // Without a majority of the members' clocks this round, the offsets learned before stand.
     if let Some(offsets) = clock::offsets(&samples, rows.len()) {
         state.clock().learn(&state.name(), offsets, true);
@@ -353,6 +394,30 @@ mod tests {
 
     fn node(address: &str, role: Option<dqlite::Role>) -> dqlite::NodeInfo {
         dqlite::NodeInfo { id: dqlite::generate_id(address), address: address.to_owned(), role }
+    }
+
+    #[test]
+    fn the_members_digest_is_the_same_for_the_same_members_in_any_order_and_differs_for_any_change() {
+        let member = |name: &str, address: &str, cert: &str| ClusterMemberLocal {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            certificate: cert.to_owned(),
+        };
+        let (a, b) = (member("a", "10.0.0.1:1", "A"), member("b", "10.0.0.2:1", "B"));
+        let digest = |members: &[&ClusterMemberLocal]| members_digest(members.iter().copied());
+        assert_eq!(digest(&[&a, &b]), digest(&[&b, &a]));
+        let changes = [
+            member("a", "10.0.0.1:2", "A"),
+            member("a", "10.0.0.1:1", "A2"),
+            member("c", "10.0.0.1:1", "A"),
+            // Fields run together differently: still another digest.
+            member("a1", "0.0.0.1:1", "A"),
+        ];
+        for changed in &changes {
+            assert_ne!(digest(&[&a, &b]), digest(&[changed, &b]), "{changed:?}");
+        }
+        assert_ne!(digest(&[&a, &b]), digest(&[&a]));
+        assert_ne!(digest(&[&a]), digest(&[]));
     }
 
     #[test]

@@ -594,7 +594,7 @@ pub(crate) async fn switch(state: &State, runtime: &Runtime) -> Result<(), Error
     // What was made with the old certificates is not reused: a resumed session or a kept
     // connection would go on proving the old one after it is dropped.
     runtime.certs.peer.sessions.forget();
-    runtime.forward_pool.clear();
+    runtime.peer_pool.clear();
     state.http().apply_servers(state, &runtime.cluster_identity()).await
 }
 
@@ -720,7 +720,7 @@ fn adopt(
     }
     if changed {
         runtime.certs.peer.sessions.forget();
-        runtime.forward_pool.clear();
+        runtime.peer_pool.clear();
         runtime.set_servers(state.trust().snapshot().addresses());
     }
     Ok(changed)

@@ -361,6 +361,8 @@ impl App {
             lifecycle: Arc::new(MemberLifecycle),
             monitors: RwLock::default(),
             monitors_lock: tokio::sync::Mutex::new(()),
+            trust_digests: Default::default(),
+            admissions: tokio::sync::Semaphore::new(crate::server::domain::membership::ADMISSIONS),
         };
         let state = State::new(daemon);
         let socket = state.dir().socket();

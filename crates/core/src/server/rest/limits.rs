@@ -43,7 +43,7 @@ use crate::server::metrics::{self, Metrics};
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest a kept-alive connection may wait for its next request (nginx: 75 s). It must stay
-/// well above how long the members' own pools keep a connection idle (10 s), so that a member
+/// well above how long the members' own pools keep a connection idle (20 s), so that a member
 /// never sends a forwarded write on a connection this side is closing.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -76,6 +76,11 @@ pub(crate) struct Daemon {
     pub(crate) monitors: RwLock<std::collections::BTreeMap<String, String>>,
     /// Serialises reading them again (`domain::monitors::refresh`).
     pub(crate) monitors_lock: tokio::sync::Mutex<()>,
+    /// As leader: the digest of its trust store each member gave in its last heartbeat answer,
+    /// by address (`domain::heartbeat`).
+    pub(crate) trust_digests: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// As leader: a permit per admission under way (`membership::join::admit`).
+    pub(crate) admissions: tokio::sync::Semaphore,
 }
 
 /// Which node a restarted runtime starts.
@@ -221,6 +226,16 @@ impl State {
         &self.0.clock
     }
 
+    /// See [`Daemon::admissions`].
+    pub(crate) fn admissions(&self) -> &tokio::sync::Semaphore {
+        &self.0.admissions
+    }
+
+    /// See [`Daemon::trust_digests`].
+    pub(crate) fn trust_digests(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.0.trust_digests.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// What `GET /core/1.0/metrics` reports.
     pub(crate) fn metrics(&self) -> &Arc<crate::server::metrics::Metrics> {
         &self.0.metrics
@@ -351,7 +366,8 @@ impl State {
 
     /// A mutual-TLS client of the member at `address`.
     pub fn member_client(&self, address: &str) -> Result<Client, Error> {
-        Ok(Client::https(address, self.runtime()?.peer_tls.clone()))
+        let runtime = self.runtime()?;
+        Ok(Client::https(address, runtime.peer_tls.clone()).with_pool(runtime.peer_pool.clone()))
     }
 
     /// Clients of every other member, marked as notifications (receivers do not fan out again).
@@ -363,7 +379,9 @@ impl State {
             .into_iter()
             .filter(|m| m.name != me)
             .map(|m| {
-                let client = Client::https(m.address.clone(), runtime.peer_tls.clone()).as_notification();
+                let client = Client::https(m.address.clone(), runtime.peer_tls.clone())
+                    .with_pool(runtime.peer_pool.clone())
+                    .as_notification();
                 (m, client)
             })
             .collect())

@@ -78,8 +78,11 @@ pub(crate) struct Runtime {
     /// Client TLS to peers: our server certificate, their cluster certificate pinned (both
     /// followed from [`Runtime::certs`] at each handshake).
     pub(crate) peer_tls: Arc<rustls::ClientConfig>,
-    /// Kept-alive connections for the writes this member passes to the leader.
-    pub(crate) forward_pool: Arc<crate::client::Pool>,
+    /// Kept-alive connections to the other members, for every request this member sends them
+    /// but its tunnels: forwarded writes, heartbeats, fan-outs. A fresh connection each time
+    /// would cost a TLS handshake at both ends, and a fan-out to every member per join is
+    /// O(members²) handshakes when many join at once.
+    pub(crate) peer_pool: Arc<crate::client::Pool>,
     pub(crate) db: Db,
     /// The node's abstract socket.
     pub(crate) bind_name: String,
@@ -277,7 +280,7 @@ impl Runtime {
             node_id,
             certs: Certs { cluster, server, peer },
             peer_tls,
-            forward_pool: Arc::default(),
+            peer_pool: Arc::default(),
             db,
             bind_name,
             node: Mutex::new(Some(node)),

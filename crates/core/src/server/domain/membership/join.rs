@@ -44,9 +44,23 @@ use crate::state_dir::{NodeInfo, read_toml, remove_durable, write_toml};
 use crate::tls::{self, Identity};
 use crate::truststore::TrustEntry;
 use crate::validate;
+use hyper::StatusCode;
 
 /// Deadline for the join request to the cluster.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one join request may wait for its answer: the leader admits [`ADMISSIONS`] at a
+/// time, and hundreds of members started together queue for a minute or more on a small
+/// machine. Connecting is bounded apart ([`CONNECT_TIMEOUT`]), so an unreachable address
+/// still gives way to the next at once.
+const ADMISSION_WAIT: Duration = Duration::from_secs(120);
+/// How long the leader keeps a join request waiting for its turn before answering that it
+/// is busy: less than the joiner waits, so the joiner hears why.
+const ADMISSION_QUEUE: Duration = Duration::from_secs(100);
+/// How long a joiner retries recording its role while the database is locked by other
+/// writers, beyond the write queue's own retries.
+const BUSY_PATIENCE: Duration = Duration::from_secs(60);
+/// Connecting to a join address (TCP and TLS).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts to finish an interrupted join while the cluster cannot be reached.
 const RESUME_RETRY: Duration = Duration::from_secs(2);
 
@@ -402,30 +416,71 @@ async fn join_steps(
     open_database(state, &runtime, OPEN_TIMEOUT).await?;
     // The role and the token's end in one transaction: until it commits the token can admit this
     // member again, should the join have to be rolled back.
-    let (name, role_text) = (control.name.clone(), role_name(Some(role)).to_owned());
-    let stamp = clock::format(state.clock().now());
-    runtime
-        .db
-        .transaction(move |tx| {
-            let (name, role_text, stamp) = (name.clone(), role_text.clone(), stamp.clone());
-            Box::pin(async move {
-                members::set_heartbeat(tx, &name, &role_text, &stamp).await?;
-                tokens::delete(tx, &name).await.map(drop)
+    let role_text = role_name(Some(role)).to_owned();
+    // Hundreds of members joining at once contend for SQLite's write lock on the leader for
+    // longer than the write queue retries "database is locked" (one join in 255 ran out in
+    // a run on two cores): a join waits longer rather than be undone.
+    let busy_until = Instant::now() + BUSY_PATIENCE;
+    loop {
+        let (name, role_text) = (control.name.clone(), role_text.clone());
+        let stamp = clock::format(state.clock().now());
+        let recorded = runtime
+            .db
+            .transaction(move |tx| {
+                let (name, role_text, stamp) = (name.clone(), role_text.clone(), stamp.clone());
+                Box::pin(async move {
+                    members::set_heartbeat(tx, &name, &role_text, &stamp).await?;
+                    tokens::delete(tx, &name).await.map(drop)
+                })
             })
-        })
-        .await
-        .map_err(Error::from)?;
+            .await;
+        match recorded {
+            Ok(()) => break,
+            Err(err) if err.is_busy() && Instant::now() < busy_until => {
+                tracing::debug!(error = %err, "recording this member's role: retrying");
+            }
+            Err(err) => return Err(Error::from(err).context("recording this member's role").into()),
+        }
+    }
 
     let hooks = state.settings().hooks.clone();
     hooks.pre_join(state, &control.config).await.map_err(|e| StepError::Final(hook_failed("PreJoin", e)))?;
     // A member that refuses the newcomer undoes the join, as a failing PostJoin does.
     let notice = NewMemberHookRequest { new_member: me };
-    hook_on_members(state.peer_clients()?, "on-new-member", &notice).await.map_err(StepError::Final)?;
+    new_member_hooks(state, &response.trusted_member, &notice).await.map_err(StepError::Final)?;
     fault_point("join:before-post-join", &control.name);
     hooks.post_join(state, &control.config).await.map_err(|e| StepError::Final(hook_failed("PostJoin", e)))?;
     hooks.on_start(state).await.map_err(|e| StepError::Final(hook_failed("OnStart", e)))?;
     state.start_background(&runtime);
     Ok(())
+}
+
+/// OnNewMember on every other member, asked of `via` (the member that admitted this one),
+/// which runs it and passes it on over its kept connections. Where nothing ran (`via` is
+/// unreachable, not ready, or older software without that endpoint), each member is asked
+/// from here.
+async fn new_member_hooks(state: &State, via: &ClusterMemberLocal, notice: &NewMemberHookRequest) -> Result<(), Error> {
+    let hook = "on-new-member";
+    let err = match state.member_client(&via.address)?.run_hook_on_members(hook, notice).await {
+        Ok(()) => return Ok(()),
+        Err(err) => err,
+    };
+    let nothing_ran = matches!(err, ClientError::Connect { .. } | ClientError::Tls { .. })
+        || err.status().is_some_and(|s| {
+            [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED, StatusCode::SERVICE_UNAVAILABLE].contains(&s)
+        });
+    match err.status() {
+        Some(StatusCode::INTERNAL_SERVER_ERROR) => Err(Error::internal(err.to_string())),
+        _ if nothing_ran => {
+            tracing::debug!(member = via.name, error = %err, "asking every member to run {hook} from here");
+            hook_on_members(state.peer_clients()?, hook, notice).await
+        }
+        // It may have run on some: asking again could run it twice there.
+        _ => {
+            tracing::warn!(member = via.name, error = %err, "{hook} may not have run on every member");
+            Ok(())
+        }
+    }
 }
 
 /// Adds node `id` to dqlite as a spare, unless an earlier attempt of this join did. A node an
@@ -485,7 +540,9 @@ async fn ask_to_join(
     loop {
         unreachable.clear();
         for address in &addresses {
-            let client = Client::https(address.clone(), tls.clone()).with_timeout(JOIN_TIMEOUT);
+            let client = Client::https(address.clone(), tls.clone())
+                .with_timeout(ADMISSION_WAIT)
+                .with_connect_timeout(CONNECT_TIMEOUT);
             match client.join(&request).await {
                 Ok(response) => return Ok((response, client, server)),
                 Err(ClientError::Api { status, message }) if status.is_client_error() => {
@@ -504,6 +561,10 @@ async fn ask_to_join(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Admissions a leader makes at once; more wait for a turn. Each is a write and a fan-out,
+/// so a few at once keep the pooled connections to every member busy without opening more.
+pub(crate) const ADMISSIONS: usize = 4;
 
 /// Most join addresses a token carries, so that a token stays short (under 1 KB) whatever the
 /// cluster's size. A join is admitted by the dqlite leader, which is always a voter, and any
@@ -653,13 +714,25 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
 
     let leader = runtime.db.client().leader().await?;
     if leader.address != runtime.address {
-        let client = state.member_client(&leader.address)?;
+        let client = state.member_client(&leader.address)?.with_timeout(ADMISSION_WAIT);
         return client.join(&request).await.map_err(|e| match e {
             ClientError::Api { status, message } => Error::new(ErrorKind::Peer(status.as_u16()), message),
             other => Error::unavailable(format!("forwarding the join request to the leader: {other}")),
         });
     }
 
+    // The rest waits its turn: each admission writes a row and tells every member, and
+    // hundreds at once (a fleet started together) starved the leader's raft thread.
+    let _turn = match tokio::time::timeout(ADMISSION_QUEUE, state.admissions().acquire()).await {
+        Ok(Ok(turn)) => turn,
+        Ok(Err(_)) => return Err(Error::unavailable("this member is stopping")),
+        Err(_) => {
+            return Err(Error::unavailable(format!(
+                "the leader is admitting other members and this join waited {} s for its turn: try again",
+                ADMISSION_QUEUE.as_secs()
+            )));
+        }
+    };
     let settings = state.settings();
     let ours = Software {
         extensions: &settings.api_extensions,

@@ -17,7 +17,7 @@ pub(crate) use address::{relocate, set_address};
 pub(crate) use bootstrap::bootstrap;
 pub(crate) use fault::point as fault_point;
 pub(crate) use handover::handover;
-pub(crate) use join::{admit, interrupted as join_interrupted, join, resume as resume_join};
+pub(crate) use join::{ADMISSIONS, admit, interrupted as join_interrupted, join, resume as resume_join};
 pub(crate) use remove::remove;
 
 use crate::api::{ClusterMemberLocal, role};
@@ -187,16 +187,29 @@ where
     }
 }
 
-/// Runs `call` against every client at once and returns the failures.
+/// Most requests one fan-out has under way at once. Each opens (or takes from the pool) a
+/// connection to its member; with hundreds of members all at once cost a TLS handshake each
+/// and starved the raft threads on a small machine. Members answer in milliseconds, so 256
+/// still take well under a second.
+pub(crate) const FAN_OUT_CONCURRENCY: usize = 16;
+
+/// Runs `call` against every client, [`FAN_OUT_CONCURRENCY`] at a time, and returns the
+/// failures.
 pub(crate) async fn fan_out<F, Fut>(clients: Vec<(ClusterMemberLocal, Client)>, call: F) -> Vec<(String, ClientError)>
 where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = Result<(), ClientError>> + Send + 'static,
 {
     let mut set = tokio::task::JoinSet::new();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(FAN_OUT_CONCURRENCY));
     for (member, client) in clients {
         let fut = call(client);
-        set.spawn(async move { (member.name, fut.await) });
+        let permits = permits.clone();
+        set.spawn(async move {
+            // Never closed: the permit always comes.
+            let _permit = permits.acquire_owned().await.ok();
+            (member.name, fut.await)
+        });
     }
     let mut failures = Vec::new();
     while let Some(joined) = set.join_next().await {

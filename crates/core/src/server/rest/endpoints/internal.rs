@@ -23,6 +23,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             .post(Action::new(add_trust).allowed_before_init()),
         Endpoint::new(paths::INTERNAL_TRUST).delete(Action::new(remove_trust).allowed_before_init()),
         Endpoint::new(paths::INTERNAL_HOOK).post(Action::new(run_hook).proxy_target()),
+        Endpoint::new(paths::INTERNAL_HOOK_MEMBERS).post(Action::new(run_hook_on_members)),
         Endpoint::new(paths::INTERNAL_HEARTBEAT).post(Action::new(heartbeat).allowed_before_init()),
     ]
 }
@@ -124,19 +125,55 @@ async fn remove_trust(state: State, req: Request) -> HandlerResult {
 }
 
 async fn run_hook(state: State, req: Request) -> HandlerResult {
-    let hook = req.param("hook")?;
-    let hooks = state.settings().hooks.clone();
-    let result = match hook {
-        "pre-remove" => hooks.pre_remove(&state, req.json::<RemoveHookRequest>()?.force).await,
-        "post-remove" => hooks.post_remove(&state, req.json::<RemoveHookRequest>()?.force).await,
-        "on-new-member" => hooks.on_new_member(&state, &req.json::<NewMemberHookRequest>()?.new_member).await,
-        "on-daemon-config-update" => hooks.on_daemon_config_update(&state, &req.json::<MemberConfig>()?).await,
-        other => {
-            return Err(ApiError::not_found(format!("no remotely callable hook named {other:?}")));
-        }
-    };
+    let hook = remote_hook(req.param("hook")?)?;
     // `500` says the hook ran and failed, which the caller tells apart from not running it.
-    result.map_err(|e| ApiError::internal(format!("the {hook} hook failed: {e}")))?;
+    run_hook_here(&state, hook, &req).await.map_err(ApiError::internal)?;
+    Ok(Response::empty())
+}
+
+/// The hooks other members may run here, by wire name.
+fn remote_hook(name: &str) -> Result<&'static str, ApiError> {
+    ["pre-remove", "post-remove", "on-new-member", "on-daemon-config-update"]
+        .into_iter()
+        .find(|h| *h == name)
+        .ok_or_else(|| ApiError::not_found(format!("no remotely callable hook named {name:?}")))
+}
+
+/// Runs `hook` on this member with the request's body; the error says which hook failed.
+async fn run_hook_here(state: &State, hook: &'static str, req: &Request) -> Result<(), String> {
+    let hooks = state.settings().hooks.clone();
+    let bad = |e: ApiError| format!("the {hook} hook's request: {}", e.message);
+    let result = match hook {
+        "pre-remove" => hooks.pre_remove(state, req.json::<RemoveHookRequest>().map_err(bad)?.force).await,
+        "post-remove" => hooks.post_remove(state, req.json::<RemoveHookRequest>().map_err(bad)?.force).await,
+        "on-new-member" => {
+            hooks.on_new_member(state, &req.json::<NewMemberHookRequest>().map_err(bad)?.new_member).await
+        }
+        _ => hooks.on_daemon_config_update(state, &req.json::<MemberConfig>().map_err(bad)?).await,
+    };
+    result.map_err(|e| format!("the {hook} hook failed: {e}"))
+}
+
+/// Runs a hook here and on every other member but the caller, answering once all have. A
+/// joiner asks this of the member that admitted it for OnNewMember: that member's connections
+/// to every other are kept open, where the joiner would open one to each, and when hundreds
+/// join at once those handshakes (hundreds per join) starved the raft threads.
+async fn run_hook_on_members(state: State, req: Request) -> HandlerResult {
+    let hook = remote_hook(req.param("hook")?)?;
+    let Trust::Member(caller) = &req.trust else {
+        return Err(ApiError::forbidden("only a member may run a hook on every member"));
+    };
+    let body: serde_json::Value = req.json()?;
+    let me = state.name();
+    let others: Vec<_> = state.peer_clients()?.into_iter().filter(|(m, _)| m.name != *caller && m.name != me).collect();
+    let (here, there) =
+        tokio::join!(run_hook_here(&state, hook, &req), membership::hook_on_members(others, hook, &body));
+    // Worded as when the caller asks each member itself: the hook, then each member.
+    let here = here.err().map(|e| format!("the {hook} hook failed on {me}: {e}"));
+    let failed: Vec<String> = [here, there.err().map(|e| e.message().to_owned())].into_iter().flatten().collect();
+    if !failed.is_empty() {
+        return Err(ApiError::internal(failed.join("; ")));
+    }
     Ok(Response::empty())
 }
 
@@ -154,5 +191,5 @@ async fn heartbeat(state: State, req: Request) -> HandlerResult {
     if let Some(monitors) = &request.monitors {
         crate::server::domain::monitors::check(&state, monitors);
     }
-    Response::sync(beat::report(&state))
+    Response::sync(beat::answer(&state))
 }

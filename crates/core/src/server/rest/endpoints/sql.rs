@@ -282,12 +282,7 @@ async fn forward_to_leader(
     body: &bytes::Bytes,
 ) -> Option<HandlerResult> {
     let leader = runtime.db.leader_hint().filter(|leader| *leader != runtime.address)?;
-    let client = state
-        .member_client(&leader)
-        .ok()?
-        .as_notification()
-        .with_connect_timeout(FORWARD_CONNECT_TIMEOUT)
-        .with_pool(runtime.forward_pool.clone());
+    let client = state.member_client(&leader).ok()?.as_notification().with_connect_timeout(FORWARD_CONNECT_TIMEOUT);
     let sent = tokio::select! {
         sent = client.raw(hyper::Method::POST, crate::api::paths::INTERNAL_SQL, Some(body.clone())) => sent,
         () = runtime.db.leader_moved_from(&leader) => {
