@@ -204,13 +204,18 @@ fn a_rolling_upgrade_waits_for_every_member_and_applies_once() {
     assert!(stderr.contains("older than the cluster's"), "{stderr}");
 }
 
+/// The member that leads, and the others.
+fn leader_and_others(cluster: &Cluster) -> (&Member, Vec<&Member>) {
+    let name = cluster.members[0].members().iter().find(|m| m["leader"] == true).map(|m| field(m, "name")).unwrap();
+    let leader = cluster.members.iter().find(|m| m.name == name).unwrap();
+    (leader, cluster.members.iter().filter(|m| m.name != name).collect())
+}
+
 #[test]
 fn heartbeats_keep_trusting_a_leader_whose_row_is_missing() {
     let cluster = Cluster::form(3);
-    let leader_name = cluster.members[0].members().iter().find(|m| m["leader"] == true).map(|m| field(m, "name"));
-    let leader_name = leader_name.unwrap();
-    let leader = cluster.members.iter().find(|m| m.name == leader_name).unwrap();
-    let others: Vec<&Member> = cluster.members.iter().filter(|m| m.name != leader_name).collect();
+    let (leader, others) = leader_and_others(&cluster);
+    let leader_name = leader.name.clone();
     // Entries trusted in the last two minutes are kept regardless: age the leader's.
     let long_ago = std::time::SystemTime::now() - Duration::from_secs(600);
     for member in &others {
@@ -240,10 +245,8 @@ fn heartbeats_keep_trusting_a_leader_whose_row_is_missing() {
 #[test]
 fn heartbeats_leave_out_a_list_a_member_holds_and_send_it_again_once_its_trust_store_drifts() {
     let cluster = Cluster::form(3);
-    let leader_name = cluster.members[0].members().iter().find(|m| m["leader"] == true).map(|m| field(m, "name"));
-    let leader_name = leader_name.unwrap();
-    let leader = cluster.members.iter().find(|m| m.name == leader_name).unwrap();
-    let others: Vec<&Member> = cluster.members.iter().filter(|m| m.name != leader_name).collect();
+    let (leader, others) = leader_and_others(&cluster);
+    let leader_name = leader.name.clone();
     let (victim, lost) = (others[0], others[1]);
     let left_out = "microcluster_heartbeat_lists_left_out_total ";
     wait_until("heartbeats without the member list", Duration::from_secs(30), || {

@@ -344,18 +344,16 @@ impl State {
     /// Clients of every other member, to ask them all something ([`Cluster::query`]);
     /// `notification`: marked so that receivers do not pass the request on again.
     pub fn cluster(&self, notification: bool) -> Result<Cluster, Error> {
-        let runtime = self.runtime()?;
         let me = self.name();
         let members = self
             .members()
             .into_iter()
             .filter(|m| m.name != me)
             .map(|m| {
-                let client = Client::https(m.address.clone(), runtime.peer_tls.clone());
-                let client = if notification { client.as_notification() } else { client };
-                (m, client)
+                let client = self.member_client(&m.address)?;
+                Ok((m, if notification { client.as_notification() } else { client }))
             })
-            .collect();
+            .collect::<Result<_, Error>>()?;
         Ok(Cluster { members })
     }
 
@@ -372,19 +370,12 @@ impl State {
 
     /// Clients of every other member, marked as notifications (receivers do not fan out again).
     pub fn peer_clients(&self) -> Result<Vec<(ClusterMemberLocal, Client)>, Error> {
-        let runtime = self.runtime()?;
         let me = self.name();
-        Ok(self
-            .members()
+        self.members()
             .into_iter()
             .filter(|m| m.name != me)
-            .map(|m| {
-                let client = Client::https(m.address.clone(), runtime.peer_tls.clone())
-                    .with_pool(runtime.peer_pool.clone())
-                    .as_notification();
-                (m, client)
-            })
-            .collect())
+            .map(|m| self.member_client(&m.address).map(|client| (m, client.as_notification())))
+            .collect()
     }
 
     /// The database, when the member is initialised and its database online.

@@ -46,7 +46,7 @@ use crate::truststore::TrustEntry;
 use crate::validate;
 use hyper::StatusCode;
 
-/// Deadline for the join request to the cluster.
+/// How long a joiner goes on trying its join addresses while none answers.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one join request may wait for its answer: the leader admits [`ADMISSIONS`] at a
 /// time, and hundreds of members started together queue for a minute or more on a small
@@ -465,13 +465,10 @@ async fn new_member_hooks(state: &State, via: &ClusterMemberLocal, notice: &NewM
         Ok(()) => return Ok(()),
         Err(err) => err,
     };
-    let nothing_ran = matches!(err, ClientError::Connect { .. } | ClientError::Tls { .. })
-        || err.status().is_some_and(|s| {
-            [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED, StatusCode::SERVICE_UNAVAILABLE].contains(&s)
-        });
-    match err.status() {
-        Some(StatusCode::INTERNAL_SERVER_ERROR) => Err(Error::internal(err.to_string())),
-        _ if nothing_ran => {
+    match (&err, err.status()) {
+        (_, Some(StatusCode::INTERNAL_SERVER_ERROR)) => Err(Error::internal(err.to_string())),
+        (ClientError::Connect { .. } | ClientError::Tls { .. }, _)
+        | (_, Some(StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::SERVICE_UNAVAILABLE)) => {
             tracing::debug!(member = via.name, error = %err, "asking every member to run {hook} from here");
             hook_on_members(state.peer_clients()?, hook, notice).await
         }
@@ -723,15 +720,12 @@ pub(crate) async fn admit(state: &State, request: JoinRequest, proven: Option<&s
 
     // The rest waits its turn: each admission writes a row and tells every member, and
     // hundreds at once (a fleet started together) starved the leader's raft thread.
-    let _turn = match tokio::time::timeout(ADMISSION_QUEUE, state.admissions().acquire()).await {
-        Ok(Ok(turn)) => turn,
-        Ok(Err(_)) => return Err(Error::unavailable("this member is stopping")),
-        Err(_) => {
-            return Err(Error::unavailable(format!(
-                "the leader is admitting other members and this join waited {} s for its turn: try again",
-                ADMISSION_QUEUE.as_secs()
-            )));
-        }
+    // The semaphore is never closed: the permit comes, or the wait ends.
+    let Ok(_turn) = tokio::time::timeout(ADMISSION_QUEUE, state.admissions().acquire()).await else {
+        return Err(Error::unavailable(format!(
+            "the leader is admitting other members and this join waited {} s for its turn: try again",
+            ADMISSION_QUEUE.as_secs()
+        )));
     };
     let settings = state.settings();
     let ours = Software {
