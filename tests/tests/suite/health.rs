@@ -246,7 +246,6 @@ fn heartbeats_keep_trusting_a_leader_whose_row_is_missing() {
 fn heartbeats_leave_out_a_list_a_member_holds_and_send_it_again_once_its_trust_store_drifts() {
     let cluster = Cluster::form(3);
     let (leader, others) = leader_and_others(&cluster);
-    let leader_name = leader.name.clone();
     let (victim, lost) = (others[0], others[1]);
     let left_out = "microcluster_heartbeat_lists_left_out_total ";
     wait_until("heartbeats without the member list", Duration::from_secs(30), || {
