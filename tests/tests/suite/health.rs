@@ -137,6 +137,60 @@ fn a_stopping_leader_hands_over_and_leadership_can_be_moved_by_hand() {
     first_write(&cluster.members[1], "after-handover", Duration::from_secs(5));
 }
 
+/// Writers through the followers while the leader stops gracefully (twice): a write the
+/// stopping leader refused before running it is retried by the follower on the new leader, so
+/// no writer sees an error, and every acknowledged write is there afterwards.
+#[test]
+fn writers_through_followers_see_no_error_while_the_leader_stops_gracefully() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut cluster = Cluster::form(3);
+    let mut acknowledged = 0usize;
+    for round in 0..2 {
+        assert_eq!(cluster.members[0].ctl_ok(&["cluster", "transfer-leader", "m1"]).trim(), "m1 is the leader");
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..6)
+            .map(|w| {
+                let via = &cluster.members[1 + w % 2];
+                let client = microcluster::client::Client::unix(via.socket()).with_timeout(Duration::from_secs(20));
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    let (mut ok, mut errors) = (0usize, Vec::new());
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let sql = format!("INSERT INTO extended_table (key, value) VALUES ('r{round}w{w}n{i}', 'x')");
+                        match rt.block_on(client.sql(&sql)) {
+                            Ok(_) => ok += 1,
+                            Err(err) => errors.push(err.to_string()),
+                        }
+                    }
+                    (ok, errors)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        cluster.members[0].signal("TERM");
+        assert!(cluster.members[0].wait_exit(Duration::from_secs(15)).is_some());
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for writer in writers {
+            let (ok, failed) = writer.join().unwrap();
+            assert!(ok > 0, "a writer wrote nothing in round {round}");
+            acknowledged += ok;
+            errors.extend(failed);
+        }
+        assert!(errors.is_empty(), "round {round}: {} writes failed: {errors:?}", errors.len());
+        assert!(cluster.members[0].log().contains("transferred leadership before stopping"));
+        cluster.members[0].start();
+        cluster.members[0].wait_ready(Duration::from_secs(30));
+    }
+    let count = cluster.members[1].ctl_ok(&["sql", "SELECT count(*) FROM extended_table WHERE key LIKE 'r%'"]);
+    assert!(count.contains(&format!("| {acknowledged} ")), "{acknowledged} acknowledged writes, found: {count}");
+}
+
 #[test]
 fn a_rolling_upgrade_waits_for_every_member_and_applies_once() {
     let mut cluster = Cluster::form(3);

@@ -92,6 +92,9 @@ pub mod paths {
     pub const INTERNAL_CERTIFICATES_FINISH: &str = "/core/internal/certificates/finish";
     /// Header of a backup download carrying its summary (JSON).
     pub const BACKUP_SUMMARY_HEADER: &str = "x-microcluster-backup";
+    /// Header of a refusal given before any handler ran (the member is stopping or its
+    /// database is not ready): the request did nothing, so it is safe to send again.
+    pub const NOT_RUN_HEADER: &str = "x-microcluster-not-run";
 
     /// Every route of the core API.
     pub const ALL: &[&str] = &[

@@ -281,6 +281,17 @@ impl Client {
         Ok((status, body))
     }
 
+    /// [`Client::raw`], with the answer's headers.
+    pub(crate) async fn raw_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ClientError> {
+        let options = self.options(self.notification, "application/json", MAX_RESPONSE);
+        self.send(method, path, body, options).await
+    }
+
     /// Sends a request and returns once the answer's head arrived, its body to be read piece
     /// by piece as the member sends it ([`Streamed::chunk`]): for an endpoint that streams (a
     /// watch, server-sent events) or serves a large file. An error status is read whole and

@@ -351,6 +351,7 @@ impl App {
             status_reason: RwLock::new(String::new()),
             fatal: RwLock::new(None),
             shutdown,
+            running: watch::channel(0).0,
             init_lock: tokio::sync::Mutex::new(()),
             role_lock: tokio::sync::Mutex::new(()),
             trust_lock: tokio::sync::Mutex::new(()),
@@ -427,9 +428,19 @@ async fn futures_select_all<F: std::future::Future<Output = i32> + Unpin>(mut fu
     .await
 }
 
+/// How long a stopping daemon waits for the requests it accepted before the stop.
+const REQUEST_DRAIN: Duration = Duration::from_secs(2);
+
 /// Stops everything in reverse order of start-up, bounded in time.
 async fn shutdown_sequence(state: &State) {
     state.request_shutdown();
+    // What was accepted before the stop finishes while this member still leads: a write in
+    // flight during the leadership transfer would fail, some of them without saying whether
+    // they were applied. Requests arriving from now on are refused before they run, and a
+    // member that forwarded one sends it again to the next leader.
+    if !state.requests_finished(REQUEST_DRAIN).await {
+        tracing::warn!("requests still running after {REQUEST_DRAIN:?}; stopping anyway");
+    }
     let hooks = state.settings().hooks.clone();
     match tokio::time::timeout(Duration::from_secs(5), hooks.on_stop(state)).await {
         Ok(Err(err)) => tracing::warn!(error = %err, "the OnStop hook failed"),

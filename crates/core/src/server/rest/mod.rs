@@ -39,12 +39,21 @@ pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Refused before any handler ran: answered with [`paths::NOT_RUN_HEADER`](crate::api::paths::NOT_RUN_HEADER).
+    not_run: bool,
 }
 
 impl ApiError {
     /// An error with any status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), not_run: false }
+    }
+
+    /// Marks a refusal given before any handler ran, so a member that forwarded the request
+    /// knows it is safe to send again.
+    pub(crate) fn not_run(mut self) -> ApiError {
+        self.not_run = true;
+        self
     }
 
     /// 400: the request is malformed or invalid.
@@ -85,6 +94,11 @@ impl ApiError {
     /// The message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// Whether the request was refused before any handler ran.
+    pub(crate) fn was_not_run(&self) -> bool {
+        self.not_run
     }
 
     /// Prefixes the message with what was being done.

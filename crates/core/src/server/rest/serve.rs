@@ -432,9 +432,16 @@ async fn handle<'r>(
         },
         Peer::Tls(None) => Trust::Untrusted(None),
     };
-    if state.is_shutting_down() && !action.allowed_during_shutdown {
-        return Err(ApiError::unavailable("Daemon is shutting down"));
-    }
+    // Held until the handler returns: a stopping daemon waits for it before handing over.
+    let _running = if action.allowed_during_shutdown {
+        None
+    } else {
+        let running = state.request_running();
+        if state.is_shutting_down() {
+            return Err(ApiError::unavailable("Daemon is shutting down").not_run());
+        }
+        Some(running)
+    };
     let allowed = match &trust {
         Trust::Unix | Trust::Member(_) => true,
         Trust::Monitor(_) => action.allow_untrusted || action.readable_by_monitors,
@@ -451,7 +458,7 @@ async fn handle<'r>(
     let upgrading = state.database_status() == crate::server::db::DbStatus::WaitingUpgrade;
     let allowed_now = action.allowed_before_init || (upgrading && action.allowed_during_upgrade);
     if !allowed_now {
-        state.require_database()?;
+        state.require_database().map_err(|err| ApiError::from(err).not_run())?;
     }
     let limit = action.max_body;
     // Refused before a byte of it is read, however slowly it would come.
@@ -569,7 +576,14 @@ fn render(result: HandlerResult) -> hyper::Response<Body> {
         Ok(response) => response,
         Err(err) => {
             let body = serde_json::to_vec(&Envelope::error(err.status().as_u16(), err.message())).unwrap_or_default();
-            return json_response(err.status(), body);
+            let mut response = json_response(err.status(), body);
+            if err.was_not_run() {
+                response.headers_mut().insert(
+                    hyper::header::HeaderName::from_static(crate::api::paths::NOT_RUN_HEADER),
+                    hyper::header::HeaderValue::from_static("1"),
+                );
+            }
+            return response;
         }
     };
     let mut response = match inner {

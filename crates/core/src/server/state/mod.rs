@@ -53,6 +53,8 @@ pub(crate) struct Daemon {
     /// Set when the daemon must stop with an error (e.g. its software is older than the data).
     pub(crate) fatal: RwLock<Option<String>>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Requests being handled that a stopping daemon refuses (see [`State::request_running`]).
+    pub(crate) running: watch::Sender<usize>,
     /// Serialises init, reset and the start-up of the cluster runtime.
     pub(crate) init_lock: tokio::sync::Mutex<()>,
     /// Serialises role decisions on the leader (joins arriving at once, heartbeat changes), so
@@ -547,5 +549,28 @@ impl State {
     /// Asks the daemon to shut down.
     pub(crate) fn request_shutdown(&self) {
         self.0.shutdown.send_replace(true);
+    }
+
+    /// Counts a request as running until the guard is dropped. Counted before the request
+    /// checks [`State::is_shutting_down`], so that [`State::requests_finished`], called after
+    /// the shutdown was requested, never misses one that got past the check.
+    pub(crate) fn request_running(&self) -> RequestRunning {
+        self.0.running.send_modify(|n| *n += 1);
+        RequestRunning(self.clone())
+    }
+
+    /// Waits (at most `limit`) until no counted request runs; false if some still do.
+    pub(crate) async fn requests_finished(&self, limit: std::time::Duration) -> bool {
+        let mut running = self.0.running.subscribe();
+        tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await.is_ok()
+    }
+}
+
+/// A request counted as running ([`State::request_running`]).
+pub(crate) struct RequestRunning(State);
+
+impl Drop for RequestRunning {
+    fn drop(&mut self) {
+        self.0.0.running.send_modify(|n| *n = n.saturating_sub(1));
     }
 }

@@ -270,47 +270,81 @@ async fn stream_rows(
 /// otherwise hold the request for the client's whole timeout.
 const FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The longest a follower waits for leadership to move away from a leader that refused a
+/// forwarded write before running it: a stopping leader finishes what it accepted (2 s at
+/// most), runs its OnStop hook (5 s) and hands over (5 s).
+const LEADER_MOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(12);
+
+/// How long a forwarded write's answer is still awaited once leadership moved: a leader that
+/// handed over answers at once, one cut off from the others never does.
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Sends writes that reach a follower to the leader's own SQL endpoint, so that they join the
 /// leader's batches: each member's queue would otherwise take SQLite's write lock in turn
 /// ("database is locked", retried with pauses). `None`: run here (this member leads, no leader
 /// is known, or the leader could not be reached before anything was sent). A request that
 /// reached the leader but got no answer is reported, never run again here. A leader hint that
-/// is out of date costs one hop: the old leader, now a follower, runs the request itself.
+/// is out of date costs one hop: the old leader, now a follower, runs the request itself. A
+/// leader that refused the write before running it (it is stopping) is waited out: the write
+/// goes to the next leader, or runs here if that is this member, so a planned stop costs
+/// writers a pause instead of an error.
 async fn forward_to_leader(
     state: &State,
     runtime: &crate::server::state::runtime::Runtime,
     body: &bytes::Bytes,
 ) -> Option<HandlerResult> {
-    let leader = runtime.db.leader_hint().filter(|leader| *leader != runtime.address)?;
-    let client = state.member_client(&leader).ok()?.as_notification().with_connect_timeout(FORWARD_CONNECT_TIMEOUT);
-    let sent = tokio::select! {
-        sent = client.raw(hyper::Method::POST, crate::api::paths::INTERNAL_SQL, Some(body.clone())) => sent,
-        () = runtime.db.leader_moved_from(&leader) => {
-            return Some(Err(ApiError::unavailable(format!(
-                "the write was sent to the leader {leader}, which lost its leadership before answering: it may or \
-                 may not have been applied"
-            ))));
-        }
-    };
-    match sent {
-        // Refused before any handler ran: the leader no longer trusts this member.
-        Ok((hyper::StatusCode::FORBIDDEN, _)) => Some(Err(ApiError::unavailable(format!(
-            "the leader {leader} refused this member's certificate (was this member removed from the cluster?); \
-             nothing was written"
-        )))),
-        Ok((status, answer)) => {
-            state.metrics().writes_forwarded.inc();
-            Some(Ok(Response::forwarded(status, answer)))
-        }
-        Err(err)
-            if matches!(err, crate::client::ClientError::Connect { .. } | crate::client::ClientError::Tls { .. }) =>
-        {
-            tracing::debug!(%leader, error = %err, "the leader cannot be reached; writing from here");
-            None
-        }
-        Err(err) => Some(Err(ApiError::unavailable(format!(
-            "the write was sent to the leader {leader}, which did not answer ({err}): it may or may not have been applied"
-        )))),
+    let move_deadline = tokio::time::Instant::now() + LEADER_MOVE_WAIT;
+    loop {
+        let leader = runtime.db.leader_hint().filter(|leader| *leader != runtime.address)?;
+        let client = state.member_client(&leader).ok()?.as_notification().with_connect_timeout(FORWARD_CONNECT_TIMEOUT);
+        let request = client.raw_with_headers(hyper::Method::POST, crate::api::paths::INTERNAL_SQL, Some(body.clone()));
+        tokio::pin!(request);
+        let sent = tokio::select! {
+            sent = &mut request => sent,
+            () = runtime.db.leader_moved_from(&leader) => match tokio::time::timeout(ANSWER_GRACE, &mut request).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Some(Err(ApiError::unavailable(format!(
+                        "the write was sent to the leader {leader}, which lost its leadership before answering: it \
+                         may or may not have been applied"
+                    ))));
+                }
+            },
+        };
+        return match sent {
+            Ok((status, headers, answer))
+                if status == hyper::StatusCode::SERVICE_UNAVAILABLE
+                    && headers.contains_key(crate::api::paths::NOT_RUN_HEADER) =>
+            {
+                if tokio::time::timeout_at(move_deadline, runtime.db.leader_moved_from(&leader)).await.is_ok() {
+                    tracing::debug!(%leader, "the leader refused the write before running it and has handed over; again");
+                    continue;
+                }
+                Some(Ok(Response::forwarded(status, answer)))
+            }
+            // Refused before any handler ran: the leader no longer trusts this member.
+            Ok((hyper::StatusCode::FORBIDDEN, _, _)) => Some(Err(ApiError::unavailable(format!(
+                "the leader {leader} refused this member's certificate (was this member removed from the cluster?); \
+                 nothing was written"
+            )))),
+            Ok((status, _, answer)) => {
+                state.metrics().writes_forwarded.inc();
+                Some(Ok(Response::forwarded(status, answer)))
+            }
+            Err(err)
+                if matches!(
+                    err,
+                    crate::client::ClientError::Connect { .. } | crate::client::ClientError::Tls { .. }
+                ) =>
+            {
+                tracing::debug!(%leader, error = %err, "the leader cannot be reached; writing from here");
+                None
+            }
+            Err(err) => Some(Err(ApiError::unavailable(format!(
+                "the write was sent to the leader {leader}, which did not answer ({err}): it may or may not have been \
+                 applied"
+            )))),
+        };
     }
 }
 
