@@ -281,7 +281,8 @@ impl Client {
         Ok((status, body))
     }
 
-    /// [`Client::raw`], with the answer's headers.
+    /// [`Client::raw`], with the answer's headers (for a member forwarding a request).
+    #[cfg(feature = "server")]
     pub(crate) async fn raw_with_headers(
         &self,
         method: Method,
