@@ -391,7 +391,7 @@ impl App {
             kind = any_signal => tracing::info!(signal = kind, "signal received"),
             () = stop => tracing::info!("stop requested by the application"),
         }
-        shutdown_sequence(&state).await;
+        shutdown_sequence(&state, limits.drain_timeout.min(REQUEST_DRAIN)).await;
         control.stop().await;
         tracing::info!("stopped");
         match state.fatal_message() {
@@ -428,18 +428,20 @@ async fn futures_select_all<F: std::future::Future<Output = i32> + Unpin>(mut fu
     .await
 }
 
-/// How long a stopping daemon waits for the requests it accepted before the stop.
+/// The longest a stopping daemon waits for the requests it accepted before the stop (no
+/// longer than its listeners' drain time either, which the application may have set shorter).
 const REQUEST_DRAIN: Duration = Duration::from_secs(2);
 
-/// Stops everything in reverse order of start-up, bounded in time.
-async fn shutdown_sequence(state: &State) {
+/// Stops everything in reverse order of start-up, bounded in time; `drain`: how long the
+/// requests accepted before the stop may still run before the handover.
+async fn shutdown_sequence(state: &State, drain: Duration) {
     state.request_shutdown();
     // What was accepted before the stop finishes while this member still leads: a write in
     // flight during the leadership transfer would fail, some of them without saying whether
     // they were applied. Requests arriving from now on are refused before they run, and a
     // member that forwarded one sends it again to the next leader.
-    if !state.requests_finished(REQUEST_DRAIN).await {
-        tracing::warn!("requests still running after {REQUEST_DRAIN:?}; stopping anyway");
+    if !state.requests_finished(drain).await {
+        tracing::info!("requests still running after {drain:?}; stopping anyway");
     }
     let hooks = state.settings().hooks.clone();
     match tokio::time::timeout(Duration::from_secs(5), hooks.on_stop(state)).await {
