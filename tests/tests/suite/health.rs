@@ -212,8 +212,16 @@ fn a_rolling_upgrade_waits_for_every_member_and_applies_once() {
     let status = |name: &str| view.iter().find(|m| m["name"] == name).map(|m| field(m, "status")).unwrap();
     assert_eq!(status("m1"), "UPGRADING", "{view:?}");
     assert_eq!(status("m2"), "NEEDS UPGRADE", "{view:?}");
-    // The others keep working on the old schema meanwhile.
+    // The others keep working on the old schema meanwhile, even while the waiting member's
+    // node leads (its API refuses, so a follower writes to that node itself).
     cluster.members[1].ctl_ok(&["sql", "INSERT INTO extended_table (key, value) VALUES ('during', 'upgrade')"]);
+    assert_eq!(cluster.members[1].ctl_ok(&["cluster", "transfer-leader", "m1"]).trim(), "m1 is the leader");
+    // Over two seconds, so that m2 has seen m1 lead (it asks its node every second when idle).
+    for i in 0..8 {
+        let insert = format!("INSERT INTO extended_table (key, value) VALUES ('led by the waiting m1 {i}', 'x')");
+        cluster.members[1].ctl_ok(&["sql", &insert]);
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     upgrade(&mut cluster.members[1]);
     wait_until("m2 to wait too", Duration::from_secs(20), || {

@@ -92,9 +92,14 @@ pub mod paths {
     pub const INTERNAL_CERTIFICATES_FINISH: &str = "/core/internal/certificates/finish";
     /// Header of a backup download carrying its summary (JSON).
     pub const BACKUP_SUMMARY_HEADER: &str = "x-microcluster-backup";
-    /// Header of a refusal given before any handler ran (the member is stopping or its
-    /// database is not ready): the request did nothing, so it is safe to send again.
+    /// Header of a refusal given before any handler ran: the request did nothing, so it is
+    /// safe to send again. Its value says why: [`NOT_RUN_STOPPING`] or [`NOT_RUN_NOT_READY`].
     pub const NOT_RUN_HEADER: &str = "x-microcluster-not-run";
+    /// [`NOT_RUN_HEADER`]: the member is stopping (a leader hands its leadership over).
+    pub const NOT_RUN_STOPPING: &str = "stopping";
+    /// [`NOT_RUN_HEADER`]: the member's database is not ready (starting, waiting for an
+    /// upgrade).
+    pub const NOT_RUN_NOT_READY: &str = "not-ready";
 
     /// Every route of the core API.
     pub const ALL: &[&str] = &[

@@ -39,20 +39,21 @@ pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
 pub struct ApiError {
     status: StatusCode,
     message: String,
-    /// Refused before any handler ran: answered with [`paths::NOT_RUN_HEADER`](crate::api::paths::NOT_RUN_HEADER).
-    not_run: bool,
+    /// Refused before any handler ran, and why: answered with
+    /// [`paths::NOT_RUN_HEADER`](crate::api::paths::NOT_RUN_HEADER).
+    not_run: Option<&'static str>,
 }
 
 impl ApiError {
     /// An error with any status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), not_run: false }
+        ApiError { status, message: message.into(), not_run: None }
     }
 
     /// Marks a refusal given before any handler ran, so a member that forwarded the request
-    /// knows it is safe to send again.
-    pub(crate) fn not_run(mut self) -> ApiError {
-        self.not_run = true;
+    /// knows it is safe to send again; `why` is one of the header's values.
+    pub(crate) fn not_run(mut self, why: &'static str) -> ApiError {
+        self.not_run = Some(why);
         self
     }
 
@@ -96,8 +97,8 @@ impl ApiError {
         &self.message
     }
 
-    /// Whether the request was refused before any handler ran.
-    pub(crate) fn was_not_run(&self) -> bool {
+    /// Why the request was refused before any handler ran, if it was.
+    pub(crate) fn not_run_because(&self) -> Option<&'static str> {
         self.not_run
     }
 

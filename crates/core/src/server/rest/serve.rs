@@ -438,7 +438,7 @@ async fn handle<'r>(
     } else {
         let running = state.request_running();
         if state.is_shutting_down() {
-            return Err(ApiError::unavailable("Daemon is shutting down").not_run());
+            return Err(ApiError::unavailable("Daemon is shutting down").not_run(crate::api::paths::NOT_RUN_STOPPING));
         }
         Some(running)
     };
@@ -458,7 +458,7 @@ async fn handle<'r>(
     let upgrading = state.database_status() == crate::server::db::DbStatus::WaitingUpgrade;
     let allowed_now = action.allowed_before_init || (upgrading && action.allowed_during_upgrade);
     if !allowed_now {
-        state.require_database().map_err(|err| ApiError::from(err).not_run())?;
+        state.require_database().map_err(|err| ApiError::from(err).not_run(crate::api::paths::NOT_RUN_NOT_READY))?;
     }
     let limit = action.max_body;
     // Refused before a byte of it is read, however slowly it would come.
@@ -577,10 +577,10 @@ fn render(result: HandlerResult) -> hyper::Response<Body> {
         Err(err) => {
             let body = serde_json::to_vec(&Envelope::error(err.status().as_u16(), err.message())).unwrap_or_default();
             let mut response = json_response(err.status(), body);
-            if err.was_not_run() {
+            if let Some(why) = err.not_run_because() {
                 response.headers_mut().insert(
                     hyper::header::HeaderName::from_static(crate::api::paths::NOT_RUN_HEADER),
-                    hyper::header::HeaderValue::from_static("1"),
+                    hyper::header::HeaderValue::from_static(why),
                 );
             }
             return response;

@@ -311,27 +311,40 @@ async fn forward_to_leader(
                 }
             },
         };
-        return match sent {
-            Ok((status, headers, answer))
-                if status == hyper::StatusCode::SERVICE_UNAVAILABLE
-                    && headers.contains_key(crate::api::paths::NOT_RUN_HEADER) =>
-            {
+        let not_run = match &sent {
+            Ok((hyper::StatusCode::SERVICE_UNAVAILABLE, headers, _)) => {
+                let why = headers.get(crate::api::paths::NOT_RUN_HEADER).and_then(|v| v.to_str().ok());
+                [crate::api::paths::NOT_RUN_STOPPING, crate::api::paths::NOT_RUN_NOT_READY]
+                    .into_iter()
+                    .find(|known| Some(*known) == why)
+            }
+            _ => None,
+        };
+        return match (sent, not_run) {
+            // The leader is stopping: once it has handed over, to the next leader.
+            (Ok((status, _, answer)), Some(crate::api::paths::NOT_RUN_STOPPING)) => {
                 if tokio::time::timeout_at(move_deadline, runtime.db.leader_moved_from(&leader)).await.is_ok() {
                     tracing::debug!(%leader, "the leader refused the write before running it and has handed over; again");
                     continue;
                 }
                 Some(Ok(Response::forwarded(status, answer)))
             }
+            // The leader's member is not ready to serve (starting, waiting for an upgrade) while
+            // its node leads: this member's queue writes to that node directly.
+            (_, Some(_)) => {
+                tracing::debug!(%leader, "the leader's member is not ready; writing from here");
+                None
+            }
             // Refused before any handler ran: the leader no longer trusts this member.
-            Ok((hyper::StatusCode::FORBIDDEN, _, _)) => Some(Err(ApiError::unavailable(format!(
+            (Ok((hyper::StatusCode::FORBIDDEN, _, _)), None) => Some(Err(ApiError::unavailable(format!(
                 "the leader {leader} refused this member's certificate (was this member removed from the cluster?); \
                  nothing was written"
             )))),
-            Ok((status, _, answer)) => {
+            (Ok((status, _, answer)), None) => {
                 state.metrics().writes_forwarded.inc();
                 Some(Ok(Response::forwarded(status, answer)))
             }
-            Err(err)
+            (Err(err), None)
                 if matches!(
                     err,
                     crate::client::ClientError::Connect { .. } | crate::client::ClientError::Tls { .. }
@@ -340,7 +353,7 @@ async fn forward_to_leader(
                 tracing::debug!(%leader, error = %err, "the leader cannot be reached; writing from here");
                 None
             }
-            Err(err) => Some(Err(ApiError::unavailable(format!(
+            (Err(err), None) => Some(Err(ApiError::unavailable(format!(
                 "the write was sent to the leader {leader}, which did not answer ({err}): it may or may not have been \
                  applied"
             )))),
