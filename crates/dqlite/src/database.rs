@@ -97,8 +97,17 @@ impl Database {
                 }
             }
         }
+        // Whoever watches the cluster already names another leader: a request sent on this
+        // connection would be refused, or cut if that node is stopping (ambiguous for a write).
+        let hinted =
+            if node.is_none() { self.leader_hint.as_ref().and_then(|hint| hint.borrow().clone()) } else { None };
         let reusable = match self.conn.as_mut() {
-            Some(conn) => conn.is_usable() && node.is_none_or(|node| conn.address() == node) && !conn.peer_closed(),
+            Some(conn) => {
+                conn.is_usable()
+                    && node.is_none_or(|node| conn.address() == node)
+                    && hinted.as_deref().is_none_or(|leader| conn.address() == leader)
+                    && !conn.peer_closed()
+            }
             None => false,
         };
         if !reusable {

@@ -67,6 +67,11 @@ const LEADER_POLL: Duration = Duration::from_millis(100);
 const IDLE_LEADER_POLL: Duration = Duration::from_secs(1);
 /// How long after a request the member counts as busy.
 const BUSY_WINDOW: Duration = Duration::from_secs(3);
+/// How often it is asked while a request waits for leadership to move ([`Db::leader_moved_soon`]).
+const URGENT_LEADER_POLL: Duration = Duration::from_millis(5);
+/// How often a member whose node names no leader (a stand-by or spare) asks the cluster
+/// instead while a request waits for leadership to move.
+const URGENT_LEADER_SEARCH: Duration = Duration::from_millis(50);
 
 /// When the member last served a request, and a way to wake the leader watcher.
 #[derive(Debug)]
@@ -77,6 +82,17 @@ struct Activity {
     /// Polls the watcher made, and a signal after each.
     polls: std::sync::atomic::AtomicU64,
     polled: tokio::sync::Notify,
+    /// Requests waiting for leadership to move: the watcher looks every [`URGENT_LEADER_POLL`].
+    urgent: std::sync::atomic::AtomicUsize,
+}
+
+/// A request waiting for leadership to move ([`Activity::urgent`]).
+struct Urgent<'a>(&'a Activity);
+
+impl Drop for Urgent<'_> {
+    fn drop(&mut self) {
+        self.0.urgent.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Activity {
@@ -87,7 +103,20 @@ impl Activity {
             wake: tokio::sync::Notify::new(),
             polls: 0.into(),
             polled: tokio::sync::Notify::new(),
+            urgent: 0.into(),
         }
+    }
+
+    /// The watcher looks every [`URGENT_LEADER_POLL`] until the guard is dropped.
+    fn urgent(&self) -> Urgent<'_> {
+        self.urgent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.last_ms.store(self.elapsed_ms(), std::sync::atomic::Ordering::Relaxed);
+        self.wake.notify_one();
+        Urgent(self)
+    }
+
+    fn is_urgent(&self) -> bool {
+        self.urgent.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -243,6 +272,29 @@ impl Db {
         let mut watch = self.leader.clone();
         if watch.wait_for(|now| now.as_deref().is_some_and(|now| now != leader)).await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// Waits (until `until`) for leadership to move away from `leader`, looking often: for a
+    /// request `leader` refused before running it because it is stopping, to be sent to the
+    /// next leader as soon as there is one. False if it did not move in time.
+    pub(crate) async fn leader_moved_soon(&self, leader: &str, until: tokio::time::Instant) -> bool {
+        let _urgent = self.activity.urgent();
+        let mut searched = tokio::time::Instant::now();
+        loop {
+            if self.leader_hint().is_some_and(|now| now != leader) {
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return false;
+            }
+            // A stand-by's or spare's node names no leader; the search remembers what it finds.
+            if self.leader().is_none() && now >= searched + URGENT_LEADER_SEARCH {
+                searched = now;
+                let _ = tokio::time::timeout_at(until, self.client.connect_leader()).await;
+            }
+            tokio::time::sleep_until(until.min(now + URGENT_LEADER_POLL)).await;
         }
     }
 
@@ -533,8 +585,13 @@ async fn watch_leader(client: dqlite::Client, own_address: String, watch: Watch,
             }
         }
         activity.polled();
-        if activity.busy() {
-            tokio::time::sleep(LEADER_POLL).await;
+        if activity.is_urgent() {
+            tokio::time::sleep(URGENT_LEADER_POLL).await;
+        } else if activity.busy() {
+            tokio::select! {
+                _ = tokio::time::sleep(LEADER_POLL) => {}
+                _ = activity.wake.notified() => {}
+            }
         } else {
             tokio::select! {
                 _ = tokio::time::sleep(IDLE_LEADER_POLL) => {}

@@ -323,7 +323,7 @@ async fn forward_to_leader(
         return match (sent, not_run) {
             // The leader is stopping: once it has handed over, to the next leader.
             (Ok((status, _, answer)), Some(crate::api::paths::NOT_RUN_STOPPING)) => {
-                if tokio::time::timeout_at(move_deadline, runtime.db.leader_moved_from(&leader)).await.is_ok() {
+                if runtime.db.leader_moved_soon(&leader, move_deadline).await {
                     tracing::debug!(%leader, "the leader refused the write before running it and has handed over; again");
                     continue;
                 }
