@@ -274,11 +274,12 @@ async fn drive(args: &[String]) -> Result<(), Error> {
     let stats = load::run(&[endpoint], workers, Until::Count(ops / workers), workload).await?;
     let done = stats.latencies.len();
     println!(
-        "{op}: {done} ok, {} errors, {:.0}/s, p50 {:.3} ms, p99 {:.3} ms",
+        "{op}: {done} ok, {} errors, {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         stats.errors,
         stats.rate(),
         stats.p(0.5),
-        stats.p(0.99)
+        stats.p(0.99),
+        stats.p(1.0)
     );
     if let (Some(p), Some((switches, cpu))) = (pid, before) {
         let per = |v: f64| v / done.max(1) as f64;

@@ -102,6 +102,7 @@ pub(crate) fn connect_func(
     metrics: Arc<Metrics>,
 ) -> impl Fn(&str) -> io::Result<OwnedFd> + Send + Sync + 'static {
     move |address: &str| {
+        let started = std::time::Instant::now();
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         theirs.set_nonblocking(true)?;
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -129,7 +130,11 @@ pub(crate) fn connect_func(
             }
         });
         match ready_rx.recv_timeout(DIAL_TIMEOUT + Duration::from_secs(1)) {
-            Ok(Ok(())) => Ok(ours.into()),
+            Ok(Ok(())) => {
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                tracing::debug!(peer = address, "raft reached a peer in {ms:.1} ms");
+                Ok(ours.into())
+            }
             Ok(Err(err)) => {
                 metrics.dial_failed(DIAL_RAFT);
                 tracing::debug!(peer = address, error = %err, "raft could not reach a peer");
